@@ -1,0 +1,148 @@
+// Matrix products and neural-network ops as differentiable ops.
+#include "autograd/functions.h"
+
+namespace forge {
+
+// ---------------------------------------------------------------------------------------------
+// Matrix products. With C = op(A) op(B) and G = dL/dC:
+//   C = A B      : dA = G B^T      dB = A^T G
+//   C = A B^T    : dA = G B        dB = G^T A
+//   C = A^T B    : dA = B G^T      dB = A G
+//   C = A^T B^T  : dA = B^T G^T    dB = G^T A^T
+// Every case is one more product with transpose flags; nothing is transposed in memory.
+
+namespace {
+template <class Mm>
+std::vector<Tensor> matmul_grads(const Tensor& g, const Tensor& a, const Tensor& b, bool ta,
+                                 bool tb, bool ga, bool gb, Mm mm) {
+  Tensor da, db;
+  if (!ta && !tb) {
+    if (ga) da = mm(g, b, false, true);
+    if (gb) db = mm(a, g, true, false);
+  } else if (!ta && tb) {
+    if (ga) da = mm(g, b, false, false);
+    if (gb) db = mm(g, a, true, false);
+  } else if (ta && !tb) {
+    if (ga) da = mm(b, g, false, true);
+    if (gb) db = mm(a, g, false, false);
+  } else {
+    if (ga) da = mm(b, g, true, true);
+    if (gb) db = mm(g, a, true, true);
+  }
+  return {da, db};
+}
+}  // namespace
+
+Variable matmul(const Variable& a, const Variable& b, bool ta, bool tb) {
+  bool ga = a.requires_grad(), gb = b.requires_grad();
+  Tensor sa = gb ? a.data() : Tensor(), sb = ga ? b.data() : Tensor();
+  return make_variable(matmul(a.data(), b.data(), ta, tb), "matmul", {&a, &b},
+                       [=](const Tensor& g) {
+                         return matmul_grads(g, sa, sb, ta, tb, ga, gb,
+                                             [](const Tensor& x, const Tensor& y, bool t1,
+                                                bool t2) { return matmul(x, y, t1, t2); });
+                       });
+}
+
+Variable bmm(const Variable& a, const Variable& b, bool ta, bool tb) {
+  bool ga = a.requires_grad(), gb = b.requires_grad();
+  Tensor sa = gb ? a.data() : Tensor(), sb = ga ? b.data() : Tensor();
+  Shape shape_a = a.shape(), shape_b = b.shape();
+  return make_variable(bmm(a.data(), b.data(), ta, tb), "bmm", {&a, &b}, [=](const Tensor& g) {
+    std::vector<Tensor> grads = matmul_grads(
+        g, sa, sb, ta, tb, ga, gb,
+        [](const Tensor& x, const Tensor& y, bool t1, bool t2) { return bmm(x, y, t1, t2); });
+    // An operand broadcast over the batch (batch size 1) gets the sum over the batch.
+    if (grads[0].defined()) grads[0] = sum_to(grads[0], shape_a);
+    if (grads[1].defined()) grads[1] = sum_to(grads[1], shape_b);
+    return grads;
+  });
+}
+
+Variable linear(const Variable& x, const Variable& w, const Variable& bias) {
+  bool gx = x.requires_grad(), gw = w.requires_grad();
+  bool gbias = bias.defined() && bias.requires_grad();
+  Tensor xs = gw ? x.data() : Tensor(), ws = gx ? w.data() : Tensor();
+  Shape x_shape = x.shape();
+  Tensor out = linear(x.data(), w.data(), bias.defined() ? bias.data() : Tensor());
+  return make_variable(out, "linear", {&x, &w, &bias},
+                       [=](const Tensor& g) -> std::vector<Tensor> {
+                         Tensor g2 = g.reshape({-1, g.size(-1)});  // (M, out)
+                         Tensor dx, dw, db;
+                         if (gx) dx = matmul(g2, ws).view(x_shape);  // (M, out) @ (out, in)
+                         if (gw) dw = matmul(g2, xs.reshape({-1, xs.size(-1)}), true, false);
+                         if (gbias) db = sum(g2, {0});
+                         return {dx, dw, db};
+                       });
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax, log_softmax
+
+Variable softmax(const Variable& a, int dim) {
+  Tensor y = softmax(a.data(), dim);
+  return make_variable(y, "softmax", {&a}, [y, dim](const Tensor& g) -> std::vector<Tensor> {
+    return {softmax_backward(g, y, dim)};
+  });
+}
+
+Variable log_softmax(const Variable& a, int dim) {
+  Tensor y = log_softmax(a.data(), dim);
+  return make_variable(y, "log_softmax", {&a}, [y, dim](const Tensor& g) -> std::vector<Tensor> {
+    return {log_softmax_backward(g, y, dim)};
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// layer norm
+
+Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias, double eps) {
+  Tensor w = weight.defined() ? weight.data() : Tensor();
+  LayerNormResult r = layer_norm(x.data(), w, bias.defined() ? bias.data() : Tensor(), eps);
+  bool gx = x.requires_grad();
+  bool gw = (weight.defined() && weight.requires_grad()) || (bias.defined() && bias.requires_grad());
+  Tensor xs = x.data(), mean = r.mean, rstd = r.rstd;
+  return make_variable(r.y, "layer_norm", {&x, &weight, &bias},
+                       [=](const Tensor& g) -> std::vector<Tensor> {
+                         LayerNormGrads d = layer_norm_backward(g, xs, w, mean, rstd, gx, gw);
+                         return {d.dx, d.dweight, d.dbias};
+                       });
+}
+
+// ---------------------------------------------------------------------------------------------
+// embedding
+
+Variable embedding(const Variable& weight, const Tensor& indices) {
+  int64_t V = weight.size(0);
+  return make_variable(embedding(weight.data(), indices), "embedding", {&weight},
+                       [indices, V](const Tensor& g) -> std::vector<Tensor> {
+                         return {embedding_backward(g, indices, V)};
+                       });
+}
+
+// ---------------------------------------------------------------------------------------------
+// cross-entropy
+
+Variable cross_entropy(const Variable& logits, const Tensor& targets, int64_t ignore_index) {
+  CrossEntropyResult r = cross_entropy(logits.data(), targets, ignore_index);
+  Tensor x = logits.data(), lse = r.lse;
+  int64_t count = r.count;
+  return make_variable(r.loss, "cross_entropy", {&logits},
+                       [=](const Tensor& g) -> std::vector<Tensor> {
+                         return {cross_entropy_backward(g, x, targets, lse, count, ignore_index)};
+                       });
+}
+
+// ---------------------------------------------------------------------------------------------
+// dropout
+
+Variable dropout(const Variable& x, double p, bool training, Generator& gen) {
+  if (!training || p == 0.0) return x;
+  DropoutResult r = dropout(x.data(), p, gen);
+  Tensor mask = r.mask;
+  return make_variable(r.y, "dropout", {&x}, [mask, p](const Tensor& g) -> std::vector<Tensor> {
+    return {dropout_backward(g, mask, p)};
+  });
+}
+
+}  // namespace forge

@@ -1,0 +1,72 @@
+"""One epoch of the Fashion-MNIST MLP (784-256-256-10, ReLU, batch 128, AdamW lr 1e-3) in PyTorch.
+
+The reference for bench/compare_mlp.sh. Run it under Debian's /usr/bin/python3 with the fair setup
+of the developers' guide (OpenMP OpenBLAS, OPENBLAS_CORETYPE, thread variables set before import):
+the shell script does that. Prints one line of JSON per epoch: {"epoch", "epoch_s", "train_loss",
+"test_acc"}.
+"""
+import argparse
+import gzip
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def read_idx(path, magic):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    got = int.from_bytes(data[0:4], "big")
+    if got != magic:
+        sys.exit(f"{path}: wrong magic {got:#x}")
+    ndim = magic & 0xFF
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    d = args.data
+    xtr = torch.from_numpy(read_idx(f"{d}/train-images-idx3-ubyte.gz", 0x803).reshape(-1, 784).astype(np.float32) / 255.0)
+    ytr = torch.from_numpy(read_idx(f"{d}/train-labels-idx1-ubyte.gz", 0x801).astype(np.int64))
+    xte = torch.from_numpy(read_idx(f"{d}/t10k-images-idx3-ubyte.gz", 0x803).reshape(-1, 784).astype(np.float32) / 255.0)
+    yte = torch.from_numpy(read_idx(f"{d}/t10k-labels-idx1-ubyte.gz", 0x801).astype(np.int64))
+
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    n, bs = xtr.shape[0], 128
+    for epoch in range(1, args.epochs + 1):
+        t0 = time.perf_counter()
+        perm = torch.randperm(n)
+        total = 0.0
+        steps = 0
+        for at in range(0, n, bs):
+            idx = perm[at:at + bs]
+            loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            steps += 1
+        epoch_s = time.perf_counter() - t0
+        with torch.no_grad():
+            acc = (model(xte).argmax(1) == yte).float().mean().item()
+        print(json.dumps({"epoch": epoch, "epoch_s": epoch_s, "train_loss": total / steps, "test_acc": acc}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

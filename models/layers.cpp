@@ -1,0 +1,47 @@
+#include "models/layers.h"
+
+#include <cmath>
+
+namespace forge {
+
+namespace {
+Tensor uniform_tensor(const Shape& shape, double bound, Generator& gen) {
+  MemoryTagScope tag(MemoryTag::parameters);
+  Tensor t = Tensor::empty(shape);
+  uniform_(t, -bound, bound, gen);
+  return t;
+}
+}  // namespace
+
+Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, Generator& gen) {
+  FORGE_CHECK(in_features > 0 && out_features > 0, "Linear: sizes must be positive, got {} -> {}",
+              in_features, out_features);
+  double bound = 1.0 / std::sqrt(double(in_features));
+  weight = register_parameter("weight", uniform_tensor({out_features, in_features}, bound, gen));
+  if (has_bias) bias = register_parameter("bias", uniform_tensor({out_features}, bound, gen));
+}
+
+Variable Linear::forward(const Variable& x) { return linear(x, weight, bias); }
+
+Embedding::Embedding(int64_t num, int64_t dim, Generator& gen) {
+  MemoryTagScope tag(MemoryTag::parameters);
+  weight = register_parameter("weight", randn({num, dim}, gen));
+}
+
+Variable Embedding::forward(const Tensor& indices) { return embedding(weight, indices); }
+
+LayerNorm::LayerNorm(int64_t dim, bool has_bias, double eps_) : eps(eps_) {
+  MemoryTagScope tag(MemoryTag::parameters);
+  weight = register_parameter("weight", ones({dim}));
+  if (has_bias) bias = register_parameter("bias", zeros({dim}));
+}
+
+Variable LayerNorm::forward(const Variable& x) { return layer_norm(x, weight, bias, eps); }
+
+Variable Sequential::forward(const Variable& x) {
+  Variable h = x;
+  for (auto& [name, m] : children()) h = m->forward(h);
+  return h;
+}
+
+}  // namespace forge

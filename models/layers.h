@@ -1,0 +1,77 @@
+// The building blocks: Linear, Embedding, LayerNorm, Dropout, activations, Sequential.
+//
+//   Generator gen(0);
+//   auto net = std::make_shared<Sequential>();
+//   net->add("0", std::make_shared<Linear>(784, 256, true, gen));
+//   net->add("1", std::make_shared<ReLU>());
+//   net->add("2", std::make_shared<Linear>(256, 10, true, gen));
+//   Variable logits = net->forward(x);   // x: (N, 784)
+//
+// Initialisation follows PyTorch's defaults so the same seed-free recipe trains the same way:
+// Linear weight and bias ~ U(-1/sqrt(in), 1/sqrt(in)); Embedding ~ N(0, 1); LayerNorm 1 and 0.
+#pragma once
+
+#include "autograd/functions.h"
+#include "models/module.h"
+
+namespace forge {
+
+class Linear : public Module {
+ public:
+  Linear(int64_t in_features, int64_t out_features, bool bias, Generator& gen);
+  Variable forward(const Variable& x) override;  // (..., in) -> (..., out)
+  Variable weight, bias;                         // (out, in), (out) or undefined
+};
+
+class Embedding : public Module {
+ public:
+  Embedding(int64_t num, int64_t dim, Generator& gen);
+  Variable forward(const Tensor& indices);  // (...) integers -> (..., dim)
+  Variable weight;                          // (num, dim)
+};
+
+class LayerNorm : public Module {
+ public:
+  explicit LayerNorm(int64_t dim, bool bias = true, double eps = 1e-5);
+  Variable forward(const Variable& x) override;
+  Variable weight, bias;
+  double eps;
+};
+
+class Dropout : public Module {
+ public:
+  // Masks are drawn from `gen`, which the caller owns (its state goes in checkpoints).
+  Dropout(double p, Generator& gen) : p_(p), gen_(&gen) {}
+  Variable forward(const Variable& x) override { return dropout(x, p_, is_training(), *gen_); }
+
+ private:
+  double p_;
+  Generator* gen_;
+};
+
+class ReLU : public Module {
+ public:
+  Variable forward(const Variable& x) override { return relu(x); }
+};
+
+class GELU : public Module {
+ public:
+  explicit GELU(GeluApprox approx = GeluApprox::tanh) : approx_(approx) {}
+  Variable forward(const Variable& x) override { return gelu(x, approx_); }
+
+ private:
+  GeluApprox approx_;
+};
+
+class Tanh : public Module {
+ public:
+  Variable forward(const Variable& x) override { return tanh(x); }
+};
+
+class Sequential : public Module {
+ public:
+  void add(const std::string& name, std::shared_ptr<Module> m) { register_module(name, std::move(m)); }
+  Variable forward(const Variable& x) override;
+};
+
+}  // namespace forge

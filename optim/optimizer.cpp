@@ -1,0 +1,232 @@
+#include "optim/optimizer.h"
+
+#include <cmath>
+#include <unordered_map>
+
+#include "tensor/ops.h"
+#include "tensor/parallel.h"
+
+namespace forge {
+
+Optimizer::Optimizer(std::vector<ParamGroup> groups, double lr) : groups_(std::move(groups)), lr_(lr) {
+  for (const ParamGroup& g : groups_)
+    for (const Variable& p : g.params)
+      FORGE_CHECK(p.defined() && p.requires_grad() && p.is_leaf(),
+                  "optimizer: parameter '{}' must be a leaf that requires grad", p.name());
+}
+
+void Optimizer::zero_grad() {
+  for (ParamGroup& g : groups_)
+    for (Variable& p : g.params) p.zero_grad();
+}
+
+namespace {
+
+Tensor zeros_like_state(const Tensor& p) {
+  MemoryTagScope tag(MemoryTag::optimizer);
+  return zeros(p.shape(), p.dtype());
+}
+
+void check_param(const Variable& p, const char* opt) {
+  FORGE_CHECK(p.data().is_contiguous() && p.grad().is_contiguous(),
+              "{}: parameter '{}' and its gradient must be contiguous", opt, p.name());
+  FORGE_CHECK(p.data().dtype() == DType::f32 || p.data().dtype() == DType::f64,
+              "{}: parameter '{}' is {}; optimizers update f32 or f64 (master) weights", opt,
+              p.name(), p.data().dtype());
+}
+
+using StateList = std::vector<std::pair<std::string, Tensor>>;
+
+std::unordered_map<std::string, Tensor> by_name(const StateList& s) {
+  std::unordered_map<std::string, Tensor> m;
+  for (const auto& [n, t] : s) m[n] = t;
+  return m;
+}
+
+// Restores one state tensor into `slot` (allocating it), checking it against the parameter.
+void restore(Tensor& slot, const std::unordered_map<std::string, Tensor>& state,
+             const std::string& name, const Variable& p) {
+  auto it = state.find(name);
+  if (it == state.end()) {
+    slot = Tensor();
+    return;
+  }
+  FORGE_CHECK(it->second.shape() == p.shape() && it->second.dtype() == p.dtype(),
+              "optimizer state '{}' is {} {}, parameter '{}' is {} {}", name, it->second.shape(),
+              it->second.dtype(), p.name(), p.shape(), p.dtype());
+  slot = zeros_like_state(p.data());
+  slot.copy_(it->second);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// SGD
+
+SGD::SGD(std::vector<ParamGroup> groups, SGDOptions o) : Optimizer(std::move(groups), o.lr), o_(o) {
+  FORGE_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
+              "SGD: nesterov needs momentum > 0 and dampening 0");
+  for (const ParamGroup& g : groups_) momentum_.emplace_back(g.params.size());
+}
+
+void SGD::step() {
+  NoGradGuard ng;
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    ParamGroup& group = groups_[gi];
+    for (size_t i = 0; i < group.params.size(); ++i) {
+      Variable& p = group.params[i];
+      if (!p.grad().defined()) continue;
+      check_param(p, "SGD");
+      Tensor g = p.grad();
+      if (group.weight_decay != 0) g = add(g, mul(p.data(), group.weight_decay));
+      if (o_.momentum != 0) {
+        Tensor& buf = momentum_[gi][i];
+        if (!buf.defined()) {
+          buf = zeros_like_state(p.data());
+          buf.copy_(g);
+        } else {
+          mul_(buf, o_.momentum);
+          add_(buf, g, 1.0 - o_.dampening);
+        }
+        g = o_.nesterov ? add(g, mul(buf, o_.momentum)) : buf;
+      }
+      add_(p.data(), g, -lr_);
+    }
+  }
+}
+
+StateList SGD::state() const {
+  StateList s;
+  for (size_t gi = 0; gi < groups_.size(); ++gi)
+    for (size_t i = 0; i < groups_[gi].params.size(); ++i)
+      if (momentum_[gi][i].defined())
+        s.emplace_back(fmt::format("sgd.momentum.{}.{}", gi, i), momentum_[gi][i]);
+  return s;
+}
+
+void SGD::load_state(const StateList& state) {
+  auto m = by_name(state);
+  for (size_t gi = 0; gi < groups_.size(); ++gi)
+    for (size_t i = 0; i < groups_[gi].params.size(); ++i)
+      restore(momentum_[gi][i], m, fmt::format("sgd.momentum.{}.{}", gi, i), groups_[gi].params[i]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// AdamW
+
+AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions o)
+    : Optimizer(std::move(groups), o.lr), o_(o) {
+  for (const ParamGroup& g : groups_) {
+    m_.emplace_back(g.params.size());
+    v_.emplace_back(g.params.size());
+  }
+}
+
+namespace {
+// One AdamW update of n elements, in the order of PyTorch's single-tensor AdamW. Plain restrict
+// pointers and by-value coefficients so the loop vectorises.
+template <class T>
+void adamw_update(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
+                  int64_t n, T lr, T wd, T b1, T b2, T eps, T step_size, T bc2_sqrt) {
+  const T decay = T(1) - lr * wd, one_b1 = T(1) - b1, one_b2 = T(1) - b2;
+  for (int64_t i = 0; i < n; ++i) {
+    T gi = g[i];
+    T mi = m[i] * b1 + gi * one_b1;
+    T vi = v[i] * b2 + gi * gi * one_b2;
+    T denom = std::sqrt(vi) / bc2_sqrt + eps;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] * decay - step_size * (mi / denom);
+  }
+}
+
+template <class T>
+void adamw_kernel(T* p, const T* g, T* m, T* v, int64_t n, T lr, T wd, T b1, T b2, T eps,
+                  T step_size, T bc2_sqrt) {
+  parallel_for(0, n, 1 << 14, [=](int64_t lo, int64_t hi) {
+    adamw_update(p + lo, g + lo, m + lo, v + lo, hi - lo, lr, wd, b1, b2, eps, step_size, bc2_sqrt);
+  });
+}
+}  // namespace
+
+void AdamW::step() {
+  NoGradGuard ng;
+  ++t_;
+  double bc1 = 1.0 - std::pow(o_.beta1, double(t_)), bc2 = 1.0 - std::pow(o_.beta2, double(t_));
+  double step_size = lr_ / bc1, bc2_sqrt = std::sqrt(bc2);
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    ParamGroup& group = groups_[gi];
+    for (size_t i = 0; i < group.params.size(); ++i) {
+      Variable& p = group.params[i];
+      if (!p.grad().defined()) continue;
+      check_param(p, "AdamW");
+      FORGE_CHECK(p.grad().dtype() == p.dtype(), "AdamW: gradient of '{}' is {}, parameter {}",
+                  p.name(), p.grad().dtype(), p.dtype());
+      Tensor& m = m_[gi][i];
+      Tensor& v = v_[gi][i];
+      if (!m.defined()) {
+        m = zeros_like_state(p.data());
+        v = zeros_like_state(p.data());
+      }
+      dispatch_float(p.dtype(), "AdamW", [&]<class T>() {
+        if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+          adamw_kernel<T>(p.data().data<T>(), p.grad().data<T>(), m.data<T>(), v.data<T>(),
+                          p.numel(), T(lr_), T(group.weight_decay), T(o_.beta1), T(o_.beta2),
+                          T(o_.eps), T(step_size), T(bc2_sqrt));
+        }
+      });
+    }
+  }
+}
+
+StateList AdamW::state() const {
+  StateList s;
+  s.emplace_back("adamw.step", from_vector<int64_t>({t_}));
+  for (size_t gi = 0; gi < groups_.size(); ++gi)
+    for (size_t i = 0; i < groups_[gi].params.size(); ++i)
+      if (m_[gi][i].defined()) {
+        s.emplace_back(fmt::format("adamw.m.{}.{}", gi, i), m_[gi][i]);
+        s.emplace_back(fmt::format("adamw.v.{}.{}", gi, i), v_[gi][i]);
+      }
+  return s;
+}
+
+void AdamW::load_state(const StateList& state) {
+  auto m = by_name(state);
+  auto it = m.find("adamw.step");
+  FORGE_CHECK(it != m.end() && it->second.numel() == 1, "AdamW state: missing 'adamw.step'");
+  t_ = int64_t(it->second.item());
+  for (size_t gi = 0; gi < groups_.size(); ++gi)
+    for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
+      const Variable& p = groups_[gi].params[i];
+      restore(m_[gi][i], m, fmt::format("adamw.m.{}.{}", gi, i), p);
+      restore(v_[gi][i], m, fmt::format("adamw.v.{}.{}", gi, i), p);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gradient clipping
+
+double grad_norm(const std::vector<Variable>& params) {
+  double total = 0;
+  for (const Variable& p : params)
+    if (p.grad().defined()) {
+      Tensor g = p.grad();
+      total += sum(mul(g, g)).item();
+    }
+  return std::sqrt(total);
+}
+
+double clip_grad_norm(const std::vector<Variable>& params, double max_norm) {
+  double norm = grad_norm(params);
+  double coef = max_norm / (norm + 1e-6);
+  if (coef < 1.0)
+    for (const Variable& p : params)
+      if (p.grad().defined()) {
+        Tensor g = p.grad();
+        mul_(g, coef);
+      }
+  return norm;
+}
+
+}  // namespace forge

@@ -1,0 +1,96 @@
+// Optimizers: SGD and AdamW with PyTorch's update rules, over groups of parameters.
+//
+//   AdamW opt({{model.parameters(), /*weight_decay=*/0.01}}, {.lr = 1e-3});
+//   loss.backward();
+//   clip_grad_norm(model.parameters(), 1.0);
+//   opt.step();          // parameters without a gradient are skipped
+//   opt.zero_grad();
+//
+// State (momentum buffers, Adam moments, step counts) is allocated under MemoryTag::optimizer and
+// can be read and restored by name for checkpoints (state() / load_state()).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "autograd/variable.h"
+
+namespace forge {
+
+struct ParamGroup {
+  std::vector<Variable> params;
+  double weight_decay = 0.0;
+};
+
+class Optimizer {
+ public:
+  explicit Optimizer(std::vector<ParamGroup> groups, double lr);
+  virtual ~Optimizer() = default;
+  virtual void step() = 0;
+  void zero_grad();
+  double lr() const { return lr_; }
+  void set_lr(double lr) { lr_ = lr; }
+  const std::vector<ParamGroup>& groups() const { return groups_; }
+
+  // Optimizer state as named tensors ("<kind>.<group>.<index>"), for checkpoints.
+  virtual std::vector<std::pair<std::string, Tensor>> state() const = 0;
+  // Restores what state() returned; names, shapes and dtypes must match (errors name the entry).
+  virtual void load_state(const std::vector<std::pair<std::string, Tensor>>& state) = 0;
+
+ protected:
+  std::vector<ParamGroup> groups_;
+  double lr_;
+};
+
+struct SGDOptions {
+  double lr = 0.01;
+  double momentum = 0.0;
+  double dampening = 0.0;
+  bool nesterov = false;
+};
+
+// PyTorch's SGD: g += wd p; buf = momentum buf + (1 - dampening) g (buf = g on the first step);
+// g = nesterov ? g + momentum buf : buf; p -= lr g.
+class SGD : public Optimizer {
+ public:
+  SGD(std::vector<ParamGroup> groups, SGDOptions o);
+  void step() override;
+  std::vector<std::pair<std::string, Tensor>> state() const override;
+  void load_state(const std::vector<std::pair<std::string, Tensor>>& state) override;
+
+ private:
+  SGDOptions o_;
+  std::vector<std::vector<Tensor>> momentum_;  // per group, per param; undefined until first step
+};
+
+struct AdamWOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+};
+
+// PyTorch's AdamW (decoupled weight decay, bias correction):
+//   p -= lr wd p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+//   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+class AdamW : public Optimizer {
+ public:
+  AdamW(std::vector<ParamGroup> groups, AdamWOptions o);
+  void step() override;
+  int64_t steps() const { return t_; }
+  std::vector<std::pair<std::string, Tensor>> state() const override;
+  void load_state(const std::vector<std::pair<std::string, Tensor>>& state) override;
+
+ private:
+  AdamWOptions o_;
+  int64_t t_ = 0;
+  std::vector<std::vector<Tensor>> m_, v_;
+};
+
+// Scales all gradients so their global L2 norm is at most max_norm; returns the norm before
+// clipping (PyTorch's clip_grad_norm_: coefficient max_norm / (norm + 1e-6), capped at 1).
+double clip_grad_norm(const std::vector<Variable>& params, double max_norm);
+// The global L2 norm of the gradients (accumulated in f64).
+double grad_norm(const std::vector<Variable>& params);
+
+}  // namespace forge

@@ -1,0 +1,89 @@
+#include "recipes/mnist.h"
+
+#include <chrono>
+
+#include "optim/optimizer.h"
+#include "recipes/report.h"
+#include "tensor/ops.h"
+
+namespace forge {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+}  // namespace
+
+double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_size) {
+  NoGradGuard ng;
+  MemoryTagScope tag(MemoryTag::activations);
+  bool was_training = model.is_training();
+  model.eval();
+  int64_t n = data.size(), correct = 0;
+  for (int64_t at = 0; at < n; at += batch_size) {
+    int64_t len = std::min(batch_size, n - at);
+    Variable x(data.images.narrow(0, at, len));
+    Tensor pred = argmax(model.forward(x).data(), 1);
+    correct += int64_t(sum(eq(pred, data.labels.narrow(0, at, len))).item());
+  }
+  model.train(was_training);
+  return n ? double(correct) / double(n) : 0.0;
+}
+
+MnistRun train_mnist(const MnistOptions& o, const std::function<void(const EpochStats&)>& on_epoch) {
+  FORGE_CHECK(o.epochs >= 0, "epochs must be >= 0, got {}", o.epochs);
+  FORGE_CHECK(o.batch_size > 0, "batch size must be positive, got {}", o.batch_size);
+  ImageDataset train = load_fashion_mnist(o.data_dir, Split::train);
+  ImageDataset test = load_fashion_mnist(o.data_dir, Split::test);
+
+  Generator init_gen(o.seed), shuffle_gen(o.seed + 1);
+  std::vector<int64_t> sizes{train.rows * train.cols};
+  sizes.insert(sizes.end(), o.hidden.begin(), o.hidden.end());
+  sizes.push_back(10);
+  MnistRun run;
+  run.model = std::make_shared<MLP>(sizes, init_gen);
+  MLP& model = *run.model;
+  AdamW opt({{model.parameters(), o.weight_decay}}, {.lr = o.lr});
+  MetricsWriter metrics(o.metrics_path);
+
+  int64_t n = train.size();
+  int64_t steps = (n + o.batch_size - 1) / o.batch_size;
+  if (o.max_steps_per_epoch >= 0) steps = std::min(steps, o.max_steps_per_epoch);
+  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+    auto t0 = std::chrono::steady_clock::now();
+    Tensor perm = randperm(n, shuffle_gen);
+    ProgressBar bar(steps, fmt::format("epoch {}/{}", epoch, o.epochs), o.progress);
+    double loss_sum = 0;
+    for (int64_t s = 0; s < steps; ++s) {
+      int64_t at = s * o.batch_size, len = std::min(o.batch_size, n - at);
+      Tensor idx = perm.narrow(0, at, len);
+      MemoryTagScope tag(MemoryTag::activations);
+      Variable x(index_select(train.images, idx));
+      Tensor y = index_select(train.labels, idx);
+      Variable loss = cross_entropy(model.forward(x), y);
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+      double l = loss.item();
+      loss_sum += l;
+      bar.update(s + 1, fmt::format("loss {:.4f}", l));
+    }
+    bar.finish();
+    EpochStats st;
+    st.epoch = epoch;
+    st.epoch_s = seconds_since(t0);
+    st.train_loss = steps ? loss_sum / double(steps) : 0.0;
+    auto t1 = std::chrono::steady_clock::now();
+    st.test_acc = evaluate_accuracy(model, test);
+    st.eval_s = seconds_since(t1);
+    run.epochs.push_back(st);
+    metrics.write({{"epoch", int64_t(epoch)},
+                   {"train_loss", st.train_loss},
+                   {"test_acc", st.test_acc},
+                   {"epoch_s", st.epoch_s}});
+    if (on_epoch) on_epoch(st);
+  }
+  return run;
+}
+
+}  // namespace forge

@@ -1,0 +1,49 @@
+// The Fashion-MNIST classifier recipe behind `train mnist`, callable from tests and benchmarks.
+//
+//   MnistOptions o;                     // MLP 784-256-256-10, batch 128, AdamW lr 1e-3, 5 epochs
+//   o.epochs = 1;
+//   MnistRun run = train_mnist(o, [](const EpochStats& e) { fmt::print("{}\n", e.test_acc); });
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "io/fashion_mnist.h"
+#include "models/mlp.h"
+
+namespace forge {
+
+struct MnistOptions {
+  std::string data_dir = kFashionMnistDir;
+  int epochs = 5;
+  int64_t batch_size = 128;
+  double lr = 1e-3;
+  double weight_decay = 0.01;  // torch.optim.AdamW's default
+  uint64_t seed = 0;
+  std::vector<int64_t> hidden = {256, 256};
+  std::string metrics_path;  // JSON lines appended per epoch when set
+  bool progress = false;     // draw a progress bar (the app turns it on for terminals)
+  int64_t max_steps_per_epoch = -1;  // for benchmarks and tests: stop an epoch early
+};
+
+struct EpochStats {
+  int epoch = 0;
+  double train_loss = 0;  // mean of the epoch's batch losses
+  double test_acc = 0;
+  double epoch_s = 0;     // training time of the epoch (without the evaluation)
+  double eval_s = 0;
+};
+
+struct MnistRun {
+  std::vector<EpochStats> epochs;
+  std::shared_ptr<MLP> model;
+};
+
+MnistRun train_mnist(const MnistOptions& options,
+                     const std::function<void(const EpochStats&)>& on_epoch = {});
+
+// Accuracy of `model` on a dataset, in batches, without building a graph.
+double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_size = 1000);
+
+}  // namespace forge

@@ -1,0 +1,161 @@
+// The op surface of the tensor library: every computation on tensors goes through here.
+//
+//   Tensor y = add(matmul(x, w, false, true), b);   // x @ w^T + b, b broadcast over rows
+//   Tensor p = softmax(y, -1);
+//   Tensor l = cross_entropy(y, targets).loss;       // mean over rows, targets i64
+//
+// Each op checks its arguments (shape, dtype, device) and throws forge::Error naming the op and
+// the shapes it got, then dispatches on device, then on dtype. Ops return fresh tensors; those
+// ending in `_` write into their first argument. Kernels behind an op may change (Eigen today, our
+// own packed kernels tomorrow) without any caller noticing.
+//
+// Backward kernels of the fused ops (softmax, layer norm, cross-entropy, GELU...) sit next to their
+// forwards here: the autograd layer pairs them into differentiable ops.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "tensor/random.h"
+#include "tensor/tensor.h"
+
+namespace forge {
+
+// ============================================================================================
+// Elementwise, broadcasting (numpy rules). Floating dtypes compute in f32 (bf16, f16 too) or f64;
+// add, sub, mul work on integers too.
+
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor maximum(const Tensor& a, const Tensor& b);
+Tensor add(const Tensor& a, double s);
+Tensor mul(const Tensor& a, double s);
+
+// Comparisons give u8 masks (1 where true).
+Tensor eq(const Tensor& a, const Tensor& b);
+Tensor gt(const Tensor& a, const Tensor& b);
+Tensor lt(const Tensor& a, const Tensor& b);
+
+Tensor neg(const Tensor& a);
+Tensor exp(const Tensor& a);
+Tensor log(const Tensor& a);
+Tensor sqrt(const Tensor& a);
+Tensor tanh(const Tensor& a);
+Tensor sigmoid(const Tensor& a);
+Tensor relu(const Tensor& a);
+Tensor abs(const Tensor& a);
+Tensor pow(const Tensor& a, double exponent);
+
+enum class GeluApprox { none, tanh };  // erf form (exact) or the tanh approximation
+Tensor gelu(const Tensor& a, GeluApprox approx);
+
+// cond (any integer dtype, nonzero = true) ? a : b, all three broadcast together.
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+Tensor masked_fill(const Tensor& a, const Tensor& mask, double value);
+
+// In place: a += alpha * b (b broadcast to a's shape); a *= s.
+Tensor& add_(Tensor& a, const Tensor& b, double alpha = 1.0);
+Tensor& mul_(Tensor& a, double s);
+
+// Backward kernels of the unary activations: grad_in = grad_out * f'(x).
+Tensor relu_backward(const Tensor& grad, const Tensor& x);
+Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx);
+Tensor tanh_backward(const Tensor& grad, const Tensor& y);     // y = tanh(x)
+Tensor sigmoid_backward(const Tensor& grad, const Tensor& y);  // y = sigmoid(x)
+
+// Dropout: keeps each element with probability 1-p (mask 1, u8) and scales kept ones by 1/(1-p).
+struct DropoutResult {
+  Tensor y, mask;
+};
+DropoutResult dropout(const Tensor& x, double p, Generator& gen);
+Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p);
+
+// ============================================================================================
+// Reductions. Floating sums accumulate in the dtype's compute type with a fixed summation order,
+// so results never depend on the thread count. Integer sums are i64.
+
+Tensor sum(const Tensor& a);  // over all elements: a 0-d tensor
+Tensor sum(const Tensor& a, const std::vector<int>& dims, bool keepdim = false);
+Tensor mean(const Tensor& a);
+Tensor mean(const Tensor& a, const std::vector<int>& dims, bool keepdim = false);
+Tensor max(const Tensor& a);  // over all elements
+struct MaxResult {
+  Tensor values, indices;  // indices i64
+};
+MaxResult max(const Tensor& a, int dim, bool keepdim = false);
+Tensor argmax(const Tensor& a, int dim, bool keepdim = false);
+// Sums `a` down to `shape` (the reverse of broadcasting `shape` up to a.shape()).
+Tensor sum_to(const Tensor& a, const Shape& shape);
+
+// ============================================================================================
+// Matrix products (f32, f64; bf16 and f16 inputs accumulate in f32).
+
+// a (m, k) @ b (k, n) with optional transposes of the operands: op(a) @ op(b).
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// Batched: a (B, m, k) @ b (B, k, n), with transposes per flag. A batch size of 1 broadcasts.
+Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// out = beta * out + alpha * op(a) @ op(b); out (m, n) must be contiguous or have unit col stride.
+void gemm_(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+           double alpha = 1.0, double beta = 0.0);
+// x (..., in) @ w (out, in)^T + bias (out): the Linear layer in one op.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias);
+
+// ============================================================================================
+// Neural-network ops with their backward kernels.
+
+Tensor softmax(const Tensor& a, int dim);
+Tensor log_softmax(const Tensor& a, int dim);
+Tensor softmax_backward(const Tensor& grad, const Tensor& y, int dim);      // y = softmax
+Tensor log_softmax_backward(const Tensor& grad, const Tensor& y, int dim);  // y = log_softmax
+
+// Layer norm over the last dim: y = (x - mean) * rstd * weight + bias.
+struct LayerNormResult {
+  Tensor y, mean, rstd;  // mean, rstd: f32, shape of x without its last dim
+};
+LayerNormResult layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+struct LayerNormGrads {
+  Tensor dx, dweight, dbias;
+};
+LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                   const Tensor& mean, const Tensor& rstd, bool need_dx = true,
+                                   bool need_dweight = true);
+
+// Rows of `weight` (V, C) picked by `indices` (any shape, integer): (..., C).
+Tensor embedding(const Tensor& weight, const Tensor& indices);
+// Scatter-adds grad (..., C) into a (V, C) gradient; deterministic whatever the thread count.
+Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num_weights);
+
+// Cross-entropy of logits (N, C) against integer targets (N); rows whose target equals
+// ignore_index count neither in the loss nor in the mean. Mean over counted rows.
+struct CrossEntropyResult {
+  Tensor loss;  // 0-d f32 (f64 for f64 logits)
+  Tensor lse;   // (N) log-sum-exp of each row, saved for the backward
+  int64_t count = 0;
+};
+CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
+                                 int64_t ignore_index = -100);
+// d loss / d logits = (softmax - onehot(target)) * grad / count, zero on ignored rows.
+Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, const Tensor& targets,
+                              const Tensor& lse, int64_t count, int64_t ignore_index = -100);
+
+// ============================================================================================
+// Joining, splitting, gathering.
+
+// Rows of `a` picked by integer `indices` (1-d): (len(indices), ...). Any dtype.
+Tensor index_select(const Tensor& a, const Tensor& indices);
+
+Tensor concat(const std::vector<Tensor>& parts, int dim);
+// Views of `a` along dim, with the given sizes (they must add up to a.size(dim)).
+std::vector<Tensor> split(const Tensor& a, const std::vector<int64_t>& sizes, int dim);
+
+// ============================================================================================
+// Helpers for tests and checks.
+
+bool allclose(const Tensor& a, const Tensor& b, double rtol = 1e-5, double atol = 1e-8);
+double max_abs_diff(const Tensor& a, const Tensor& b);
+// True when every element is finite (no inf, no NaN).
+bool all_finite(const Tensor& a);
+
+}  // namespace forge

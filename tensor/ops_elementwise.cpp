@@ -1,0 +1,373 @@
+// Elementwise ops: unary, binary with broadcasting, where/masked_fill, and the activation backwards.
+#include <cmath>
+
+#include "tensor/cpu/loops.h"
+#include "tensor/cpu/vec_math.h"
+#include "tensor/ops.h"
+
+namespace forge {
+
+namespace {
+
+void check_cpu(const Tensor& a, const char* op) {
+  FORGE_CHECK(a.defined(), "{}: undefined tensor", op);
+  FORGE_CHECK(a.device().is_cpu(), "{}: device {} is not supported in this build", op,
+              a.device().str());
+}
+
+void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
+  FORGE_CHECK(a.dtype() == b.dtype(), "{}: dtypes differ ({} {} and {} {})", op, a.dtype(),
+              a.shape(), b.dtype(), b.shape());
+}
+
+// out[i] = f(a[i]) with T the storage type and f on its compute type.
+template <class TOut, class TIn, class F> void unary_loop(Tensor& out, const Tensor& a, F f) {
+  cpu::for_each_strided<2>(
+      out.shape(), {static_cast<char*>(out.raw_data()), static_cast<char*>(a.raw_data())},
+      {&out.strides(), &a.strides()}, {int64_t(sizeof(TOut)), int64_t(sizeof(TIn))},
+      [f](char** p, int64_t n, const int64_t* s) {
+        TOut* o = reinterpret_cast<TOut*>(p[0]);
+        const TIn* x = reinterpret_cast<const TIn*>(p[1]);
+        if (s[0] == sizeof(TOut) && s[1] == sizeof(TIn)) {
+          for (int64_t i = 0; i < n; ++i) store(o + i, f(load(x + i)));
+        } else {
+          for (int64_t i = 0; i < n; ++i)
+            store(reinterpret_cast<TOut*>(p[0] + i * s[0]),
+                  f(load(reinterpret_cast<const TIn*>(p[1] + i * s[1]))));
+        }
+      });
+}
+
+// out[i] = f(a[i], b[i]); a and b already expanded to out's shape.
+template <class TOut, class TIn, class F>
+void binary_loop(Tensor& out, const Tensor& a, const Tensor& b, F f) {
+  constexpr int64_t eo = sizeof(TOut), ei = sizeof(TIn);
+  cpu::for_each_strided<3>(
+      out.shape(),
+      {static_cast<char*>(out.raw_data()), static_cast<char*>(a.raw_data()),
+       static_cast<char*>(b.raw_data())},
+      {&out.strides(), &a.strides(), &b.strides()}, {eo, ei, ei},
+      [f](char** p, int64_t n, const int64_t* s) {
+        TOut* o = reinterpret_cast<TOut*>(p[0]);
+        const TIn* x = reinterpret_cast<const TIn*>(p[1]);
+        const TIn* y = reinterpret_cast<const TIn*>(p[2]);
+        if (s[0] == eo && s[1] == ei && s[2] == ei) {
+          for (int64_t i = 0; i < n; ++i) store(o + i, f(load(x + i), load(y + i)));
+        } else if (s[0] == eo && s[1] == ei && s[2] == 0) {
+          auto yv = load(y);
+          for (int64_t i = 0; i < n; ++i) store(o + i, f(load(x + i), yv));
+        } else if (s[0] == eo && s[1] == 0 && s[2] == ei) {
+          auto xv = load(x);
+          for (int64_t i = 0; i < n; ++i) store(o + i, f(xv, load(y + i)));
+        } else {
+          for (int64_t i = 0; i < n; ++i)
+            store(reinterpret_cast<TOut*>(p[0] + i * s[0]),
+                  f(load(reinterpret_cast<const TIn*>(p[1] + i * s[1])),
+                    load(reinterpret_cast<const TIn*>(p[2] + i * s[2]))));
+        }
+      });
+}
+
+enum class Kinds { floating, any };
+
+template <class F> Tensor unary_op(const Tensor& a, const char* op, F f) {
+  check_cpu(a, op);
+  Tensor out = Tensor::empty(a.shape(), a.dtype());
+  dispatch_float(a.dtype(), op, [&]<class T>() { unary_loop<T, T>(out, a, f); });
+  return out;
+}
+
+template <class F> Tensor binary_op(const Tensor& a, const Tensor& b, const char* op, Kinds kinds,
+                                    F f) {
+  check_cpu(a, op);
+  check_cpu(b, op);
+  check_same_dtype(a, b, op);
+  Shape shape = broadcast_shapes(a.shape(), b.shape(), op);
+  Tensor out = Tensor::empty(shape, a.dtype());
+  Tensor ea = a.expand(shape), eb = b.expand(shape);
+  auto run = [&]<class T>() { binary_loop<T, T>(out, ea, eb, f); };
+  if (kinds == Kinds::floating) dispatch_float(a.dtype(), op, run);
+  else dispatch_all(a.dtype(), op, run);
+  return out;
+}
+
+template <class F> Tensor compare_op(const Tensor& a, const Tensor& b, const char* op, F f) {
+  check_cpu(a, op);
+  check_cpu(b, op);
+  check_same_dtype(a, b, op);
+  Shape shape = broadcast_shapes(a.shape(), b.shape(), op);
+  Tensor out = Tensor::empty(shape, DType::u8);
+  Tensor ea = a.expand(shape), eb = b.expand(shape);
+  dispatch_all(a.dtype(), op, [&]<class T>() {
+    binary_loop<uint8_t, T>(out, ea, eb, [&](auto x, auto y) { return uint8_t(f(x, y)); });
+  });
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Binary
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  return binary_op(a, b, "add", Kinds::any, [](auto x, auto y) { return x + y; });
+}
+Tensor sub(const Tensor& a, const Tensor& b) {
+  return binary_op(a, b, "sub", Kinds::any, [](auto x, auto y) { return x - y; });
+}
+Tensor mul(const Tensor& a, const Tensor& b) {
+  return binary_op(a, b, "mul", Kinds::any, [](auto x, auto y) { return x * y; });
+}
+Tensor div(const Tensor& a, const Tensor& b) {
+  return binary_op(a, b, "div", Kinds::floating, [](auto x, auto y) { return x / y; });
+}
+Tensor maximum(const Tensor& a, const Tensor& b) {
+  return binary_op(a, b, "maximum", Kinds::any, [](auto x, auto y) { return x > y ? x : y; });
+}
+
+Tensor add(const Tensor& a, double s) {
+  check_cpu(a, "add");
+  Tensor out = Tensor::empty(a.shape(), a.dtype());
+  dispatch_all(a.dtype(), "add", [&]<class T>() {
+    auto v = compute_t<T>(s);
+    unary_loop<T, T>(out, a, [v](auto x) { return x + v; });
+  });
+  return out;
+}
+
+Tensor mul(const Tensor& a, double s) {
+  check_cpu(a, "mul");
+  Tensor out = Tensor::empty(a.shape(), a.dtype());
+  dispatch_all(a.dtype(), "mul", [&]<class T>() {
+    auto v = compute_t<T>(s);
+    unary_loop<T, T>(out, a, [v](auto x) { return x * v; });
+  });
+  return out;
+}
+
+Tensor eq(const Tensor& a, const Tensor& b) {
+  return compare_op(a, b, "eq", [](auto x, auto y) { return x == y; });
+}
+Tensor gt(const Tensor& a, const Tensor& b) {
+  return compare_op(a, b, "gt", [](auto x, auto y) { return x > y; });
+}
+Tensor lt(const Tensor& a, const Tensor& b) {
+  return compare_op(a, b, "lt", [](auto x, auto y) { return x < y; });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unary
+
+Tensor neg(const Tensor& a) {
+  return unary_op(a, "neg", [](auto x) { return -x; });
+}
+Tensor exp(const Tensor& a) {
+  return unary_op(a, "exp", [](auto x) { return cpu::vexp(x); });
+}
+Tensor log(const Tensor& a) {
+  return unary_op(a, "log", [](auto x) { return std::log(x); });
+}
+Tensor sqrt(const Tensor& a) {
+  return unary_op(a, "sqrt", [](auto x) { return std::sqrt(x); });
+}
+Tensor tanh(const Tensor& a) {
+  return unary_op(a, "tanh", [](auto x) { return cpu::vtanh(x); });
+}
+Tensor sigmoid(const Tensor& a) {
+  return unary_op(a, "sigmoid", [](auto x) {
+    using C = decltype(x);
+    return C(1) / (C(1) + cpu::vexp(-x));
+  });
+}
+Tensor relu(const Tensor& a) {
+  return unary_op(a, "relu", [](auto x) { return x > 0 ? x : decltype(x)(0); });
+}
+Tensor abs(const Tensor& a) {
+  return unary_op(a, "abs", [](auto x) { return std::abs(x); });
+}
+
+Tensor pow(const Tensor& a, double exponent) {
+  if (exponent == 2.0) return unary_op(a, "pow", [](auto x) { return x * x; });
+  if (exponent == 1.0) return unary_op(a, "pow", [](auto x) { return x; });
+  return unary_op(a, "pow", [exponent](auto x) {
+    using C = decltype(x);
+    return C(std::pow(x, C(exponent)));
+  });
+}
+
+// GELU. tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); erf form: 0.5 x (1 + erf(x/sqrt2)).
+namespace {
+constexpr double kSqrt2OverPi = 0.7978845608028654;
+constexpr double kInvSqrt2 = 0.7071067811865476;
+constexpr double kInvSqrt2Pi = 0.3989422804014327;
+}  // namespace
+
+Tensor gelu(const Tensor& a, GeluApprox approx) {
+  if (approx == GeluApprox::tanh)
+    return unary_op(a, "gelu", [](auto x) {
+      using C = decltype(x);
+      C inner = C(kSqrt2OverPi) * (x + C(0.044715) * x * x * x);
+      return C(0.5) * x * (C(1) + cpu::vtanh(inner));
+    });
+  return unary_op(a, "gelu", [](auto x) {
+    using C = decltype(x);
+    return C(0.5) * x * (C(1) + std::erf(x * C(kInvSqrt2)));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation backwards: grad * f'(x)
+
+namespace {
+template <class F>
+Tensor backward_op(const Tensor& grad, const Tensor& x, const char* op, F f) {
+  check_cpu(grad, op);
+  check_cpu(x, op);
+  check_same_dtype(grad, x, op);
+  FORGE_CHECK(grad.shape() == x.shape(), "{}: grad {} and input {} differ in shape", op,
+              grad.shape(), x.shape());
+  Tensor out = Tensor::empty(x.shape(), x.dtype());
+  dispatch_float(x.dtype(), op, [&]<class T>() { binary_loop<T, T>(out, grad, x, f); });
+  return out;
+}
+}  // namespace
+
+Tensor relu_backward(const Tensor& grad, const Tensor& x) {
+  return backward_op(grad, x, "relu_backward",
+                     [](auto g, auto v) { return v > 0 ? g : decltype(g)(0); });
+}
+
+Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
+  if (approx == GeluApprox::tanh)
+    return backward_op(grad, x, "gelu_backward", [](auto g, auto v) {
+      using C = decltype(v);
+      C v2 = v * v;
+      C t = cpu::vtanh(C(kSqrt2OverPi) * (v + C(0.044715) * v2 * v));
+      C dinner = C(kSqrt2OverPi) * (C(1) + C(3 * 0.044715) * v2);
+      return g * (C(0.5) * (C(1) + t) + C(0.5) * v * (C(1) - t * t) * dinner);
+    });
+  return backward_op(grad, x, "gelu_backward", [](auto g, auto v) {
+    using C = decltype(v);
+    C cdf = C(0.5) * (C(1) + std::erf(v * C(kInvSqrt2)));
+    C pdf = C(kInvSqrt2Pi) * std::exp(C(-0.5) * v * v);
+    return g * (cdf + v * pdf);
+  });
+}
+
+Tensor tanh_backward(const Tensor& grad, const Tensor& y) {
+  return backward_op(grad, y, "tanh_backward",
+                     [](auto g, auto t) { return g * (decltype(t)(1) - t * t); });
+}
+
+Tensor sigmoid_backward(const Tensor& grad, const Tensor& y) {
+  return backward_op(grad, y, "sigmoid_backward",
+                     [](auto g, auto s) { return g * s * (decltype(s)(1) - s); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// where, masked_fill
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  check_cpu(cond, "where");
+  check_cpu(a, "where");
+  check_cpu(b, "where");
+  check_same_dtype(a, b, "where");
+  FORGE_CHECK(is_integral(cond.dtype()), "where: condition must be an integer mask, got {}",
+              cond.dtype());
+  Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(),
+                                 "where");
+  Tensor c = cond.to(DType::u8).expand(shape), ea = a.expand(shape), eb = b.expand(shape);
+  Tensor out = Tensor::empty(shape, a.dtype());
+  dispatch_all(a.dtype(), "where", [&]<class T>() {
+    cpu::for_each_strided<4>(
+        shape,
+        {static_cast<char*>(out.raw_data()), static_cast<char*>(c.raw_data()),
+         static_cast<char*>(ea.raw_data()), static_cast<char*>(eb.raw_data())},
+        {&out.strides(), &c.strides(), &ea.strides(), &eb.strides()},
+        {int64_t(sizeof(T)), 1, int64_t(sizeof(T)), int64_t(sizeof(T))},
+        [](char** p, int64_t n, const int64_t* s) {
+          for (int64_t i = 0; i < n; ++i) {
+            bool take_a = *reinterpret_cast<const uint8_t*>(p[1] + i * s[1]) != 0;
+            *reinterpret_cast<T*>(p[0] + i * s[0]) =
+                *reinterpret_cast<const T*>(p[take_a ? 2 : 3] + i * s[take_a ? 2 : 3]);
+          }
+        });
+  });
+  return out;
+}
+
+Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
+  Tensor v = full({}, value, a.dtype());
+  return where(mask, v, a);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dropout
+
+DropoutResult dropout(const Tensor& x, double p, Generator& gen) {
+  check_cpu(x, "dropout");
+  FORGE_CHECK(p >= 0.0 && p < 1.0, "dropout: probability must be in [0, 1), got {}", p);
+  DropoutResult r{Tensor(), Tensor::empty(x.shape(), DType::u8)};
+  // Mask element i keeps when the i-th uniform of this draw is >= p (a pure function of the
+  // generator state and i, so any thread split gives the same mask).
+  uint8_t* m = r.mask.data<uint8_t>();
+  int64_t n = x.numel(), blocks = (n + 3) / 4;
+  uint64_t first = gen.advance(uint64_t(blocks));
+  float pf = float(p);
+  parallel_for(0, blocks, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      auto w = gen.block(first, uint64_t(i));
+      for (int j = 0; j < 4 && i * 4 + j < n; ++j) m[i * 4 + j] = uniform_from_bits(w[j]) >= pf;
+    }
+  });
+  r.y = dropout_backward(x, r.mask, p);  // the same arithmetic: x * mask / (1 - p)
+  return r;
+}
+
+Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p) {
+  check_cpu(grad, "dropout_backward");
+  FORGE_CHECK(mask.dtype() == DType::u8 && mask.shape() == grad.shape(),
+              "dropout_backward: mask {} {} does not match grad {}", mask.dtype(), mask.shape(),
+              grad.shape());
+  Tensor g = grad.contiguous(), mk = mask.contiguous();
+  Tensor out = Tensor::empty(g.shape(), g.dtype());
+  dispatch_float(g.dtype(), "dropout", [&]<class T>() {
+    using C = compute_t<T>;
+    C scale = C(1.0 / (1.0 - p));
+    const T* pg = g.data<T>();
+    const uint8_t* pm = mk.data<uint8_t>();
+    T* po = out.data<T>();
+    parallel_for(0, g.numel(), 1 << 15, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) store(po + i, pm[i] ? C(load(pg + i)) * scale : C(0));
+    });
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// In place
+
+Tensor& add_(Tensor& a, const Tensor& b, double alpha) {
+  check_cpu(a, "add_");
+  check_cpu(b, "add_");
+  check_same_dtype(a, b, "add_");
+  Tensor eb = b.shape() == a.shape() ? b : b.expand(a.shape());
+  dispatch_all(a.dtype(), "add_", [&]<class T>() {
+    using C = compute_t<T>;
+    C al = C(alpha);
+    if (alpha == 1.0) binary_loop<T, T>(a, a, eb, [](auto x, auto y) { return x + y; });
+    else binary_loop<T, T>(a, a, eb, [al](auto x, auto y) { return x + al * y; });
+  });
+  return a;
+}
+
+Tensor& mul_(Tensor& a, double s) {
+  check_cpu(a, "mul_");
+  dispatch_all(a.dtype(), "mul_", [&]<class T>() {
+    auto v = compute_t<T>(s);
+    unary_loop<T, T>(a, a, [v](auto x) { return x * v; });
+  });
+  return a;
+}
+
+}  // namespace forge

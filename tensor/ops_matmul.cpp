@@ -1,0 +1,148 @@
+// Matrix products: matmul, bmm, gemm_, linear. Checks and layout here; kernels in tensor/cpu/gemm.h.
+#include "tensor/cpu/gemm.h"
+#include "tensor/ops.h"
+#include "tensor/parallel.h"
+
+namespace forge {
+
+namespace {
+
+// A 2-D operand as the BLAS interface sees it: a row-major buffer with a leading dim, maybe
+// transposed. Views with a unit stride in either dim are used in place; others are copied.
+struct MatArg {
+  Tensor keep;  // holds the buffer (a contiguous copy if one was needed)
+  int64_t ld = 0;
+  bool trans = false;
+};
+
+// Whether the last two dims of t can be handed to the kernel without a copy.
+bool matrix_in_place(const Tensor& t) {
+  int64_t r = t.size(-2), c = t.size(-1), s0 = t.stride(-2), s1 = t.stride(-1);
+  return ((s1 == 1 || c == 1) && s0 >= std::max<int64_t>(c, 1)) ||
+         ((s0 == 1 || r == 1) && s1 >= std::max<int64_t>(r, 1));
+}
+
+MatArg mat_arg(const Tensor& t, bool trans) {
+  int64_t r = t.size(0), c = t.size(1), s0 = t.stride(0), s1 = t.stride(1);
+  if ((s1 == 1 || c == 1) && s0 >= std::max<int64_t>(c, 1)) return {t, s0, trans};
+  if ((s0 == 1 || r == 1) && s1 >= std::max<int64_t>(r, 1)) return {t, s1, !trans};
+  Tensor cpy = t.contiguous();
+  return {cpy, std::max<int64_t>(c, 1), trans};
+}
+
+void check_matmul_args(const Tensor& a, const Tensor& b, const char* op, int dims) {
+  FORGE_CHECK(a.defined() && b.defined(), "{}: undefined tensor", op);
+  FORGE_CHECK(a.dim() == dims && b.dim() == dims, "{}: expected {}-d tensors, got {} and {}", op,
+              dims, a.shape(), b.shape());
+  FORGE_CHECK(a.dtype() == b.dtype(), "{}: dtypes differ ({} and {})", op, a.dtype(), b.dtype());
+  FORGE_CHECK(is_floating(a.dtype()), "{}: expected floating tensors, got {}", op, a.dtype());
+  check_same_device(a, b, op);
+  FORGE_CHECK(a.device().is_cpu(), "{}: device {} is not supported in this build", op,
+              a.device().str());
+}
+
+// C = alpha op(A) op(B) + beta C for 2-D views; C must have unit column stride.
+void gemm_2d(Tensor& c, const Tensor& a, const Tensor& b, bool ta, bool tb, double alpha,
+             double beta) {
+  int64_t m = c.size(0), n = c.size(1), k = ta ? a.size(0) : a.size(1);
+  if (a.dtype() == DType::bf16 || a.dtype() == DType::f16) {
+    // 16-bit inputs: products in f32 (accumulation in f32), result rounded to the output dtype.
+    Tensor cf = beta == 0.0 ? Tensor::empty(c.shape(), DType::f32) : c.to(DType::f32).contiguous();
+    Tensor af = a.to(DType::f32), bf = b.to(DType::f32);
+    gemm_2d(cf, af, bf, ta, tb, alpha, beta);
+    c.copy_(cf);
+    return;
+  }
+  MatArg A = mat_arg(a, ta), B = mat_arg(b, tb);
+  FORGE_ASSERT(c.stride(1) == 1 || n == 1);
+  int64_t ldc = std::max<int64_t>(c.stride(0), n);
+  dispatch_float(c.dtype(), "matmul", [&]<class T>() {
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      cpu::gemm<T>(A.trans, B.trans, m, n, k, T(alpha), static_cast<const T*>(A.keep.raw_data()),
+                   A.ld, static_cast<const T*>(B.keep.raw_data()), B.ld, T(beta),
+                   static_cast<T*>(c.raw_data()), ldc);
+    }
+  });
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  check_matmul_args(a, b, "matmul", 2);
+  int64_t m = trans_a ? a.size(1) : a.size(0), ka = trans_a ? a.size(0) : a.size(1);
+  int64_t kb = trans_b ? b.size(1) : b.size(0), n = trans_b ? b.size(0) : b.size(1);
+  FORGE_CHECK(ka == kb,
+              "matmul: inner dims differ: {}{} @ {}{} (trans_a={}, trans_b={}) gives k={} vs {}",
+              a.shape(), trans_a ? "^T" : "", b.shape(), trans_b ? "^T" : "", trans_a, trans_b, ka,
+              kb);
+  Tensor c = Tensor::empty({m, n}, a.dtype());
+  gemm_2d(c, a, b, trans_a, trans_b, 1.0, 0.0);
+  return c;
+}
+
+void gemm_(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+           double alpha, double beta) {
+  check_matmul_args(a, b, "gemm_", 2);
+  int64_t m = trans_a ? a.size(1) : a.size(0), ka = trans_a ? a.size(0) : a.size(1);
+  int64_t kb = trans_b ? b.size(1) : b.size(0), n = trans_b ? b.size(0) : b.size(1);
+  FORGE_CHECK(ka == kb, "gemm_: inner dims differ: {} @ {} (trans_a={}, trans_b={})", a.shape(),
+              b.shape(), trans_a, trans_b);
+  FORGE_CHECK(out.dim() == 2 && out.size(0) == m && out.size(1) == n,
+              "gemm_: output {} should be [{}, {}]", out.shape(), m, n);
+  FORGE_CHECK(out.dtype() == a.dtype(), "gemm_: output dtype {} differs from inputs' {}",
+              out.dtype(), a.dtype());
+  FORGE_CHECK(out.stride(1) == 1 || n == 1, "gemm_: output needs unit column stride, has {}",
+              out.strides());
+  gemm_2d(out, a, b, trans_a, trans_b, alpha, beta);
+}
+
+Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  check_matmul_args(a, b, "bmm", 3);
+  int64_t ba = a.size(0), bb = b.size(0);
+  FORGE_CHECK(ba == bb || ba == 1 || bb == 1, "bmm: batch sizes differ: {} and {}", a.shape(),
+              b.shape());
+  int64_t batch = std::max(ba, bb);
+  int64_t m = trans_a ? a.size(2) : a.size(1), ka = trans_a ? a.size(1) : a.size(2);
+  int64_t kb = trans_b ? b.size(2) : b.size(1), n = trans_b ? b.size(1) : b.size(2);
+  FORGE_CHECK(ka == kb, "bmm: inner dims differ: {} @ {} (trans_a={}, trans_b={})", a.shape(),
+              b.shape(), trans_a, trans_b);
+  if (a.dtype() == DType::bf16 || a.dtype() == DType::f16)
+    return bmm(a.to(DType::f32), b.to(DType::f32), trans_a, trans_b).to(a.dtype());
+  // Copies, if any, happen here and not inside the threads below.
+  if (!matrix_in_place(a)) return bmm(a.contiguous(), b, trans_a, trans_b);
+  if (!matrix_in_place(b)) return bmm(a, b.contiguous(), trans_a, trans_b);
+  Tensor c = Tensor::empty({batch, m, n}, a.dtype());
+  // Each batch entry is one product; the batch is split across threads, each product single-threaded
+  // inside (omp_in_parallel), so the result is the same whatever the thread count.
+  parallel_for(0, batch, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      Tensor ci = c.select(0, i);
+      gemm_2d(ci, a.select(0, ba == 1 ? 0 : i), b.select(0, bb == 1 ? 0 : i), trans_a, trans_b, 1.0,
+              0.0);
+    }
+  });
+  return c;
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  FORGE_CHECK(x.defined() && w.defined(), "linear: undefined tensor");
+  FORGE_CHECK(w.dim() == 2, "linear: weight must be 2-d (out, in), got {}", w.shape());
+  FORGE_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1),
+              "linear: input {} does not end in the weight's in_features {} (weight {})",
+              x.shape(), w.size(1), w.shape());
+  Shape out_shape = x.shape();
+  out_shape[-1] = w.size(0);
+  Tensor x2 = x.reshape({-1, x.size(-1)});
+  Tensor out = Tensor::empty({x2.size(0), w.size(0)}, x.dtype());
+  if (bias.defined()) {
+    FORGE_CHECK(bias.dim() == 1 && bias.size(0) == w.size(0),
+                "linear: bias {} should be [{}] for weight {}", bias.shape(), w.size(0), w.shape());
+    out.copy_(bias);  // broadcast over rows, then accumulate the product on top
+    gemm_(out, x2, w, false, true, 1.0, 1.0);
+  } else {
+    gemm_(out, x2, w, false, true, 1.0, 0.0);
+  }
+  return out.view(out_shape);
+}
+
+}  // namespace forge

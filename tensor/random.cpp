@@ -1,0 +1,117 @@
+#include "tensor/random.h"
+
+#include <cmath>
+
+#include "tensor/parallel.h"
+
+namespace forge {
+
+std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> c, uint64_t key) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // round multipliers
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // key schedule (golden ratio, sqrt 3)
+  uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
+  for (int round = 0; round < 10; ++round) {
+    uint64_t p0 = uint64_t(kM0) * c[0], p1 = uint64_t(kM1) * c[2];
+    c = {uint32_t(p1 >> 32) ^ c[1] ^ k0, uint32_t(p1), uint32_t(p0 >> 32) ^ c[3] ^ k1,
+         uint32_t(p0)};
+    k0 += kW0;
+    k1 += kW1;
+  }
+  return c;
+}
+
+double Generator::uniform() {
+  auto b = block(advance(1), 0);
+  uint64_t x = (uint64_t(b[0]) << 32 | b[1]) >> 11;  // 53 bits
+  return double(x) * (1.0 / 9007199254740992.0);
+}
+
+uint64_t Generator::randint(uint64_t n) {
+  FORGE_CHECK(n > 0, "randint: empty range");
+  auto b = block(advance(1), 0);
+  uint64_t x = uint64_t(b[0]) << 32 | b[1];
+  return uint64_t((__uint128_t(x) * n) >> 64);  // Lemire's multiply-shift: no modulo bias to speak of
+}
+
+Generator& default_generator() {
+  static Generator g(0);
+  return g;
+}
+
+void manual_seed(uint64_t seed) { default_generator() = Generator(seed); }
+
+namespace {
+
+// Fills n values from the generator: fn(block, i) -> 4 values, i the block index.
+template <class T, class F> void fill_blocks(Tensor& t, Generator& gen, F fn) {
+  int64_t n = t.numel();
+  int64_t blocks = (n + 3) / 4;
+  uint64_t first = gen.advance(uint64_t(blocks));
+  T* p = t.data<T>();
+  parallel_for(0, blocks, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      std::array<double, 4> v = fn(gen.block(first, uint64_t(i)));
+      for (int j = 0; j < 4 && i * 4 + j < n; ++j) store(p + i * 4 + j, compute_t<T>(v[j]));
+    }
+  });
+}
+
+void check_fillable(const Tensor& t, const char* op) {
+  FORGE_CHECK(t.is_contiguous() && is_floating(t.dtype()) && t.device().is_cpu(),
+              "{}: expected a contiguous floating cpu tensor, got {} {}", op, t.shape(), t.dtype());
+}
+
+}  // namespace
+
+void uniform_(Tensor& t, double lo, double hi, Generator& gen) {
+  check_fillable(t, "uniform_");
+  dispatch_float(t.dtype(), "uniform_", [&]<class T>() {
+    fill_blocks<T>(t, gen, [&](std::array<uint32_t, 4> b) {
+      std::array<double, 4> v;
+      for (int j = 0; j < 4; ++j) v[j] = lo + (hi - lo) * double(uniform_from_bits(b[j]));
+      return v;
+    });
+  });
+}
+
+void normal_(Tensor& t, double mean, double std, Generator& gen) {
+  check_fillable(t, "normal_");
+  dispatch_float(t.dtype(), "normal_", [&]<class T>() {
+    fill_blocks<T>(t, gen, [&](std::array<uint32_t, 4> b) {
+      // Box-Muller on two pairs of uniforms; u1 in (0, 1] so log(u1) is finite.
+      std::array<double, 4> v;
+      for (int j = 0; j < 4; j += 2) {
+        double u1 = (double(b[j] >> 8) + 1.0) * (1.0 / 16777216.0);
+        double u2 = double(uniform_from_bits(b[j + 1]));
+        double r = std::sqrt(-2.0 * std::log(u1));
+        v[j] = mean + std * r * std::cos(2.0 * M_PI * u2);
+        v[j + 1] = mean + std * r * std::sin(2.0 * M_PI * u2);
+      }
+      return v;
+    });
+  });
+}
+
+Tensor rand(const Shape& shape, Generator& gen, DType dtype) {
+  Tensor t = Tensor::empty(shape, dtype);
+  uniform_(t, 0.0, 1.0, gen);
+  return t;
+}
+
+Tensor randn(const Shape& shape, Generator& gen, DType dtype) {
+  Tensor t = Tensor::empty(shape, dtype);
+  normal_(t, 0.0, 1.0, gen);
+  return t;
+}
+
+Tensor rand(const Shape& shape, DType dtype) { return rand(shape, default_generator(), dtype); }
+Tensor randn(const Shape& shape, DType dtype) { return randn(shape, default_generator(), dtype); }
+
+Tensor randperm(int64_t n, Generator& gen) {
+  Tensor t = arange(0, double(n), 1, DType::i64);
+  int64_t* p = t.data<int64_t>();
+  for (int64_t i = n - 1; i > 0; --i) std::swap(p[i], p[gen.randint(uint64_t(i + 1))]);
+  return t;
+}
+
+}  // namespace forge
