@@ -1,12 +1,17 @@
 // CPU matrix products behind the `matmul` op, BLAS-style.
 //
 //   // C (m, n) = alpha * op(A) @ op(B) + beta * C, all row-major with leading dims lda, ldb, ldc;
-//   // op(A) is A (m, k) or, with trans_a, the transpose of a stored (k, m).
+//   // op(A) is A (m, k) or, with trans_a, the transpose of a stored (k, m). beta 0: C not read.
 //   cpu::gemm<float>(false, true, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc);
 //
-// Today the kernel is Eigen's (on our buffers through Eigen::Map, no copies). The work is split into
-// fixed blocks of columns (or rows) whatever the thread count, and each block is one single-threaded
-// Eigen product, so every output element is computed the same way with 1 thread or 16.
+// Two implementations sit behind it:
+//  - packed (f32, default): our own. Panels of A and B are packed into cache-sized blocks and a
+//    register-blocked microkernel (AVX-512 12x32, AVX2 6x16, or portable 4x8, chosen at run time,
+//    see cpu_features.h) computes each tile. K is cut into blocks whose size depends only on K, and
+//    each output element is summed in k order inside one tile, so the result is the same whatever
+//    the thread count; threads split the tiles.
+//  - eigen (f64 always; f32 with FORGE_GEMM=eigen or set_gemm_backend): Eigen's product on our
+//    buffers through Eigen::Map, in fixed column blocks, single-threaded per block.
 #pragma once
 
 #include <cstdint>
@@ -16,5 +21,18 @@ namespace forge::cpu {
 template <class T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+enum class GemmBackend { packed, eigen };
+GemmBackend gemm_backend();
+void set_gemm_backend(GemmBackend b);  // FORGE_GEMM=eigen|packed sets the initial one
+const char* gemm_kernel_name();        // e.g. "avx2 6x16", for benchmark headers
+
+// The two implementations, callable directly (tests compare them).
+void gemm_packed(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                 int64_t ldc);
+template <class T>
+void gemm_eigen(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* A,
+                int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
 }  // namespace forge::cpu

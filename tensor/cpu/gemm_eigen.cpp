@@ -43,7 +43,7 @@ void gemm_block(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, cons
 }  // namespace
 
 template <class T>
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda,
+void gemm_eigen(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda,
           const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   if (m == 0 || n == 0) return;
   // Fixed blocks along the longer output side; the block size never depends on the thread count.
@@ -68,9 +68,9 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A
   });
 }
 
-template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
-                          const float*, int64_t, float, float*, int64_t);
-template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
-                           const double*, int64_t, double, double*, int64_t);
+template void gemm_eigen<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*,
+                                int64_t, const float*, int64_t, float, float*, int64_t);
+template void gemm_eigen<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
+                                 int64_t, const double*, int64_t, double, double*, int64_t);
 
 }  // namespace forge::cpu

@@ -1,0 +1,214 @@
+// The packed f32 GEMM driver (the BLIS loop structure) and backend selection.
+//
+//   for jc over N in steps of NC:               B panel (KC x NC) lives in L3
+//     for pc over K in steps of KC:             KC depends on K only (fixes the summation order)
+//       pack B[pc:pc+kc, jc:jc+nc]              threads split its NR-wide slivers
+//       for ic over M in steps of MC:           A block (MC x KC) lives in L2
+//         pack A[ic:ic+mc, pc:pc+kc]            threads split its MR-high slivers
+//         for each (jr, ir) tile: microkernel   threads split the tiles; a B sliver stays in L1
+//
+// Tiles at the right and bottom edges run the same microkernel into a scratch tile (the packed
+// panels are zero-padded), then the valid part is combined into C.
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "tensor/allocator.h"
+#include "tensor/cpu/cpu_features.h"
+#include "tensor/cpu/gemm.h"
+#include "tensor/cpu/gemm_kernels.h"
+#include "tensor/error.h"
+#include "tensor/parallel.h"
+
+namespace forge::cpu {
+
+// ---------------------------------------------------------------------------------------------
+// Backend selection
+
+namespace {
+GemmBackend initial_backend() {
+  const char* env = std::getenv("FORGE_GEMM");
+  if (!env || std::strcmp(env, "packed") == 0) return GemmBackend::packed;
+  if (std::strcmp(env, "eigen") == 0) return GemmBackend::eigen;
+  throw_error(fmt::format("FORGE_GEMM={}: expected 'packed' or 'eigen'", env));
+}
+GemmBackend g_backend = initial_backend();
+
+// The portable microkernel: plain loops, 4 x 8, the same arithmetic order as the vector ones.
+void kernel_portable(long kc, const float* a, const float* b, float* c, long ldc, float alpha,
+                     float beta) {
+  constexpr int MR = 4, NR = 8;
+  float acc[MR][NR] = {};
+  for (long p = 0; p < kc; ++p)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j] += a[p * MR + i] * b[p * NR + j];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j)
+      c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * c[i * ldc + j];
+}
+const GemmKernelInfo kPortable{"portable 4x8", 4, 8, kernel_portable};
+
+const GemmKernelInfo& kernel_for(Isa isa) {
+  const GemmKernelInfo* k = nullptr;
+  if (isa == Isa::avx512) k = gemm_kernel_avx512();
+  if (isa == Isa::avx2) k = gemm_kernel_avx2();
+  return k ? *k : kPortable;
+}
+}  // namespace
+
+GemmBackend gemm_backend() { return g_backend; }
+void set_gemm_backend(GemmBackend b) { g_backend = b; }
+const char* gemm_kernel_name() { return kernel_for(cpu_isa()).name; }
+
+template <>
+void gemm<float>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A,
+                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (g_backend == GemmBackend::eigen) gemm_eigen<float>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+  else gemm_packed(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+template <>
+void gemm<double>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* A,
+                  int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  gemm_eigen<double>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packing
+
+namespace {
+
+constexpr int64_t kMaxKC = 256;  // K block: a B sliver (KC x NR) and an A sliver stay in L1
+constexpr int64_t kMC = 240;     // rows per A block: a multiple of every MR (4, 6, 12)
+constexpr int64_t kNC = 3072;    // columns per B panel: a multiple of every NR (8, 16, 32)
+
+// A sliver: rows [r0, r0+MR) x cols [p0, p0+kc) of op(A), stored p-major: dst[p*MR + i].
+void pack_a_sliver(bool ta, const float* A, int64_t lda, int64_t m, int64_t r0, int64_t p0,
+                   int64_t kc, int MR, float* dst) {
+  int64_t rows = std::min<int64_t>(MR, m - r0);
+  if (ta) {  // op(A)(r, p) = A[p * lda + r]: each p reads MR contiguous values
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = A + (p0 + p) * lda + r0;
+      float* d = dst + p * MR;
+      int64_t i = 0;
+      for (; i < rows; ++i) d[i] = src[i];
+      for (; i < MR; ++i) d[i] = 0.0f;
+    }
+  } else {  // op(A)(r, p) = A[r * lda + p]: each row is contiguous in p
+    for (int64_t i = 0; i < MR; ++i) {
+      if (i < rows) {
+        const float* src = A + (r0 + i) * lda + p0;
+        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = src[p];
+      } else {
+        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
+      }
+    }
+  }
+}
+
+// B sliver: rows [p0, p0+kc) x cols [c0, c0+NR) of op(B), stored p-major: dst[p*NR + j].
+void pack_b_sliver(bool tb, const float* B, int64_t ldb, int64_t n, int64_t c0, int64_t p0,
+                   int64_t kc, int NR, float* dst) {
+  int64_t cols = std::min<int64_t>(NR, n - c0);
+  if (!tb) {  // op(B)(p, c) = B[p * ldb + c]
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = B + (p0 + p) * ldb + c0;
+      float* d = dst + p * NR;
+      int64_t j = 0;
+      for (; j < cols; ++j) d[j] = src[j];
+      for (; j < NR; ++j) d[j] = 0.0f;
+    }
+  } else {  // op(B)(p, c) = B[c * ldb + p]
+    for (int64_t j = 0; j < NR; ++j) {
+      if (j < cols) {
+        const float* src = B + (c0 + j) * ldb + p0;
+        for (int64_t p = 0; p < kc; ++p) dst[p * NR + j] = src[p];
+      } else {
+        for (int64_t p = 0; p < kc; ++p) dst[p * NR + j] = 0.0f;
+      }
+    }
+  }
+}
+
+// Scratch buffers from the caching allocator, for one call.
+struct Workspace {
+  float* p = nullptr;
+  size_t bytes = 0;
+  explicit Workspace(size_t n) : bytes(n * sizeof(float)) {
+    p = static_cast<float*>(cpu_allocator().allocate(bytes, MemoryTag::other));
+  }
+  ~Workspace() { cpu_allocator().deallocate(p, bytes, MemoryTag::other); }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+};
+
+}  // namespace
+
+void gemm_packed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A,
+                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+    return;
+  }
+  const GemmKernelInfo& K = kernel_for(cpu_isa());
+  const int MR = K.mr, NR = K.nr;
+  // K blocks of (nearly) equal size, a function of k alone.
+  const int64_t k_blocks = (k + kMaxKC - 1) / kMaxKC;
+  const int64_t KC = (k + k_blocks - 1) / k_blocks;
+  const int64_t MC = std::min<int64_t>(kMC, (m + MR - 1) / MR * MR);
+  const int64_t NC = std::min<int64_t>(kNC, (n + NR - 1) / NR * NR);
+  Workspace a_pack(size_t(MC * KC)), b_pack(size_t(NC * KC));
+  float* Ap = a_pack.p;
+  float* Bp = b_pack.p;
+
+  // Threads only pay off with enough work: about 2^21 multiply-adds each.
+  double work = double(m) * double(n) * double(k);
+  int threads = int(std::min<double>(get_num_threads(), std::max(1.0, work / double(1 << 21))));
+  if (omp_in_parallel()) threads = 1;
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    float scratch[12 * 32];  // an edge tile: MR x NR of the widest kernel
+    for (int64_t jc = 0; jc < n; jc += NC) {
+      const int64_t nc = std::min(NC, n - jc);
+      const int64_t b_slivers = (nc + NR - 1) / NR;
+      for (int64_t pc = 0; pc < k; pc += KC) {
+        const int64_t kc = std::min(KC, k - pc);
+        const float beta_eff = pc == 0 ? beta : 1.0f;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < b_slivers; ++t)
+          pack_b_sliver(tb, B, ldb, n, jc + t * NR, pc, kc, NR, Bp + t * kc * NR);
+        for (int64_t ic = 0; ic < m; ic += MC) {
+          const int64_t mc = std::min(MC, m - ic);
+          const int64_t a_slivers = (mc + MR - 1) / MR;
+#pragma omp for schedule(static)
+          for (int64_t s = 0; s < a_slivers; ++s)
+            pack_a_sliver(ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
+#pragma omp for schedule(static)
+          for (int64_t tile = 0; tile < a_slivers * b_slivers; ++tile) {
+            const int64_t jr = tile / a_slivers, ir = tile % a_slivers;
+            const int64_t row = ic + ir * MR, col = jc + jr * NR;
+            const float* a = Ap + ir * kc * MR;
+            const float* b = Bp + jr * kc * NR;
+            const int64_t rows = std::min<int64_t>(MR, m - row), cols = std::min<int64_t>(NR, n - col);
+            float* c = C + row * ldc + col;
+            if (rows == MR && cols == NR) {
+              K.kernel(long(kc), a, b, c, long(ldc), alpha, beta_eff);
+            } else {
+              K.kernel(long(kc), a, b, scratch, NR, 1.0f, 0.0f);
+              for (int64_t i = 0; i < rows; ++i)
+                for (int64_t j = 0; j < cols; ++j) {
+                  float v = alpha * scratch[i * NR + j];
+                  c[i * ldc + j] = beta_eff == 0.0f ? v : v + beta_eff * c[i * ldc + j];
+                }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace forge::cpu

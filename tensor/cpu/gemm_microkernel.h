@@ -1,0 +1,59 @@
+// The register-blocked inner kernel of the packed f32 GEMM, written once for every vector width.
+//
+// Included only by gemm_avx2.cpp and gemm_avx512.cpp, each compiled for its instruction set with a
+// traits struct V (reg, W lanes, zero/load/store/broadcast/fma/mul). Everything here has internal
+// linkage and uses no library code, so nothing compiled for AVX-512 can be picked by the linker for
+// use elsewhere.
+//
+//   C[MR x NR] = alpha * sum_p A[p][0..MR) (x) B[p][0..NR) + beta * C      (beta == 0: C not read)
+//
+// A is a packed sliver (kc x MR, one column of MR values per p), B a packed sliver (kc x NR). Each
+// accumulator sums its products in p order with one fused multiply-add per p: the order never
+// depends on how the caller split the work across threads.
+#pragma once
+
+namespace {
+
+template <class V, int MR, int NV>
+void microkernel(long kc, const float* __restrict a, const float* __restrict b, float* c, long ldc,
+                 float alpha, float beta) {
+  constexpr int W = V::W;
+  constexpr int NR = NV * W;
+  typename V::reg acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[i][j] = V::zero();
+
+#pragma GCC unroll 4
+  for (long p = 0; p < kc; ++p) {
+    typename V::reg bv[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) bv[j] = V::load(b + p * NR + j * W);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      typename V::reg av = V::broadcast(a[p * MR + i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+    }
+  }
+
+  typename V::reg va = V::broadcast(alpha);
+  if (beta == 0.0f) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) V::store(c + i * ldc + j * W, V::mul(va, acc[i][j]));
+  } else {
+    typename V::reg vb = V::broadcast(beta);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        float* cp = c + i * ldc + j * W;
+        V::store(cp, V::fma(va, acc[i][j], V::mul(vb, V::load(cp))));
+      }
+  }
+}
+
+}  // namespace

@@ -1,0 +1,144 @@
+// The CPU GEMM implementations behind matmul: every microkernel family this processor can run
+// (forced one at a time), and the Eigen backend, against a naive f64 product.
+#include <cstdio>
+
+#include "tensor/cpu/cpu_features.h"
+#include "tensor/cpu/gemm.h"
+#include "testing.h"
+
+using namespace forge;
+using forge::cpu::Isa;
+
+namespace {
+
+// op(A) (m, k) @ op(B) (k, n) in f64 loops.
+std::vector<double> naive(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A,
+                          int64_t lda, const float* B, int64_t ldb) {
+  std::vector<double> c(size_t(m * n), 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (int64_t p = 0; p < k; ++p)
+        s += double(ta ? A[p * lda + i] : A[i * lda + p]) * double(tb ? B[j * ldb + p] : B[p * ldb + j]);
+      c[size_t(i * n + j)] = s;
+    }
+  return c;
+}
+
+struct IsaScope {
+  Isa saved = cpu::cpu_isa();
+  explicit IsaScope(Isa isa) { cpu::set_cpu_isa(isa); }
+  ~IsaScope() { cpu::set_cpu_isa(saved); }
+};
+
+std::vector<Isa> runnable_isas() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512}) {
+    if (cpu::isa_supported(isa)) out.push_back(isa);
+    else std::printf("SKIPPED: gemm kernel family %s: not supported by this processor\n", cpu::isa_name(isa));
+  }
+  return out;
+}
+
+// Runs one product with the packed driver and checks it against the naive one, including
+// alpha/beta on a C with a leading dim larger than n.
+void check_packed(Isa isa, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                  float beta) {
+  IsaScope scope(isa);
+  Generator gen(uint64_t(m * 131 + n * 17 + k));
+  int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 5, ldc = n + 2;
+  Tensor a = randn({ta ? k : m, lda}, gen), b = randn({tb ? n : k, ldb}, gen);
+  Tensor c0 = randn({m, ldc}, gen);
+  Tensor c = c0.clone();
+  cpu::gemm_packed(ta, tb, m, n, k, alpha, a.data<float>(), lda, b.data<float>(), ldb, beta,
+                   c.data<float>(), ldc);
+  std::vector<double> ref = naive(ta, tb, m, n, k, a.data<float>(), lda, b.data<float>(), ldb);
+  const float* pc = c.data<float>();
+  const float* p0 = c0.data<float>();
+  double worst = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double want = alpha * ref[size_t(i * n + j)] + (beta == 0 ? 0.0 : beta * p0[i * ldc + j]);
+      // f32 accumulation of k products of N(0,1) values: error ~ sqrt(k) * eps * |terms|.
+      double tol = 1e-5 * (1.0 + std::sqrt(double(k))) * (1.0 + std::abs(want));
+      worst = std::max(worst, std::abs(pc[i * ldc + j] - want) / tol);
+    }
+    for (int64_t j = n; j < ldc; ++j) REQUIRE(pc[i * ldc + j] == p0[i * ldc + j]);  // padding untouched
+  }
+  INFO("isa " << cpu::isa_name(isa) << " ta " << ta << " tb " << tb << " m " << m << " n " << n
+              << " k " << k << " alpha " << alpha << " beta " << beta);
+  CHECK(worst <= 1.0);
+}
+
+}  // namespace
+
+TEST_CASE("packed gemm matches a naive f64 product for every kernel family, transpose and edge") {
+  for (Isa isa : runnable_isas())
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{
+                 {1, 1, 1}, {7, 13, 5}, {12, 32, 64}, {13, 33, 257}, {250, 70, 600}, {3, 3100, 9}})
+          check_packed(isa, ta, tb, m, n, k, 1.0f, 0.0f);
+}
+
+TEST_CASE("packed gemm applies alpha and beta (beta also across K blocks)") {
+  for (Isa isa : runnable_isas()) {
+    check_packed(isa, false, false, 37, 45, 700, 0.5f, 1.0f);
+    check_packed(isa, true, false, 37, 45, 300, -2.0f, 0.25f);
+    check_packed(isa, false, true, 9, 100, 3, 1.0f, 1.0f);
+  }
+}
+
+TEST_CASE("packed gemm with beta 0 ignores NaN already in C") {
+  for (Isa isa : runnable_isas()) {
+    IsaScope scope(isa);
+    Generator gen(3);
+    Tensor a = randn({20, 30}, gen), b = randn({30, 40}, gen);
+    Tensor c = full({20, 40}, std::nan(""));
+    cpu::gemm_packed(false, false, 20, 40, 30, 1.0f, a.data<float>(), 30, b.data<float>(), 40, 0.0f,
+                     c.data<float>(), 40);
+    CHECK(all_finite(c));
+  }
+}
+
+TEST_CASE("packed gemm with k = 0 scales C by beta") {
+  Tensor c = full({3, 4}, 2.0);
+  cpu::gemm_packed(false, false, 3, 4, 0, 1.0f, nullptr, 1, nullptr, 4, 0.5f, c.data<float>(), 4);
+  CHECK(max_abs_diff(c, full({3, 4}, 1.0)) == 0.0);
+}
+
+TEST_CASE("packed gemm gives bitwise the same result at 1, 2 and 3 threads for every family") {
+  Generator gen(11);
+  Tensor a = randn({301, 530}, gen), b = randn({530, 190}, gen);
+  for (Isa isa : runnable_isas()) {
+    IsaScope scope(isa);
+    std::vector<Tensor> results;
+    for (int t : {1, 2, 3}) {
+      testing::ThreadCount threads(t);
+      Tensor c = Tensor::empty({301, 190});
+      cpu::gemm_packed(false, false, 301, 190, 530, 1.0f, a.data<float>(), 530, b.data<float>(),
+                       190, 0.0f, c.data<float>(), 190);
+      results.push_back(c);
+    }
+    CHECK(testing::bitwise_equal(results[0], results[1]));
+    CHECK(testing::bitwise_equal(results[0], results[2]));
+  }
+}
+
+TEST_CASE("the Eigen backend and the packed kernels agree through the matmul op") {
+  Generator gen(5);
+  Tensor a = randn({65, 129}, gen), b = randn({129, 67}, gen);
+  Tensor packed = matmul(a, b);
+  cpu::set_gemm_backend(cpu::GemmBackend::eigen);
+  Tensor eigen = matmul(a, b);
+  cpu::set_gemm_backend(cpu::GemmBackend::packed);
+  CHECK(max_abs_diff(packed, eigen) < 1e-3);
+  CHECK(allclose(packed, eigen, 1e-4, 1e-4));
+}
+
+TEST_CASE("forcing a kernel family the processor lacks is refused with its name") {
+  for (Isa isa : {Isa::avx2, Isa::avx512})
+    if (!cpu::isa_supported(isa))
+      REQUIRE_THROWS_WITH(cpu::set_cpu_isa(isa), Catch::Matchers::Contains(cpu::isa_name(isa)));
+  REQUIRE_THROWS_WITH(cpu::parse_isa("sse9"), Catch::Matchers::Contains("sse9"));
+}
