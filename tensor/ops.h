@@ -112,7 +112,7 @@ Tensor log_softmax_backward(const Tensor& grad, const Tensor& y, int dim);  // y
 
 // Layer norm over the last dim: y = (x - mean) * rstd * weight + bias.
 struct LayerNormResult {
-  Tensor y, mean, rstd;  // mean, rstd: f32, shape of x without its last dim
+  Tensor y, mean, rstd;  // mean, rstd: f32 (f64 for f64 x), shape of x without its last dim
 };
 LayerNormResult layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
 struct LayerNormGrads {

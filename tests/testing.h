@@ -1,9 +1,8 @@
 // Helpers shared by the tests.
 //
 //   REQUIRE_THROWS_WITH(op(), Contains("matmul") && Contains("[2, 3]"));
-//   Tensor r = reference_matmul(a, b);               // naive f64 loops, the ground truth
-//   CHECK(max_abs_diff(x, y) < 1e-6);
-//   ThreadCount t(1);                                // restores the thread count on scope exit
+//   ThreadCount t(1);                  // sets the thread count, restores it on scope exit
+//   CHECK(bitwise_equal(x, y));        // same shape, dtype and bytes
 #pragma once
 
 #include <catch2/catch.hpp>
