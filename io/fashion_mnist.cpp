@@ -18,11 +18,13 @@ uint32_t be32(const std::string& b, size_t at) {
 std::vector<int64_t> idx_dims(const std::string& bytes, const std::string& path, uint32_t magic,
                               int ndims) {
   size_t header = 4 + 4 * size_t(ndims);
-  FORGE_CHECK(bytes.size() >= header, "{}: truncated: {} bytes is shorter than an IDX header", path,
-              bytes.size());
+  FORGE_CHECK(bytes.size() >= 4, "{}: truncated: {} bytes is shorter than an IDX magic number",
+              path, bytes.size());
   uint32_t got = be32(bytes, 0);
   FORGE_CHECK(got == magic, "{}: wrong magic 0x{:08x} (expected 0x{:08x}, {})", path, got, magic,
               magic == 0x803 ? "IDX images" : "IDX labels");
+  FORGE_CHECK(bytes.size() >= header, "{}: truncated: {} bytes is shorter than an IDX header", path,
+              bytes.size());
   std::vector<int64_t> dims;
   int64_t total = 1;
   for (int i = 0; i < ndims; ++i) {

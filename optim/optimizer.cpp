@@ -119,6 +119,7 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions o)
   for (const ParamGroup& g : groups_) {
     m_.emplace_back(g.params.size());
     v_.emplace_back(g.params.size());
+    steps_.emplace_back(g.params.size(), 0);
   }
 }
 
@@ -152,8 +153,6 @@ void adamw_kernel(T* p, const T* g, T* m, T* v, int64_t n, T lr, T wd, T b1, T b
 void AdamW::step() {
   NoGradGuard ng;
   ++t_;
-  double bc1 = 1.0 - std::pow(o_.beta1, double(t_)), bc2 = 1.0 - std::pow(o_.beta2, double(t_));
-  double step_size = lr_ / bc1, bc2_sqrt = std::sqrt(bc2);
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     ParamGroup& group = groups_[gi];
     for (size_t i = 0; i < group.params.size(); ++i) {
@@ -168,6 +167,9 @@ void AdamW::step() {
         m = zeros_like_state(p.data());
         v = zeros_like_state(p.data());
       }
+      double t = double(++steps_[gi][i]);
+      double bc1 = 1.0 - std::pow(o_.beta1, t), bc2 = 1.0 - std::pow(o_.beta2, t);
+      double step_size = lr_ / bc1, bc2_sqrt = std::sqrt(bc2);
       dispatch_float(p.dtype(), "AdamW", [&]<class T>() {
         if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
           adamw_kernel<T>(p.data().data<T>(), p.grad().data<T>(), m.data<T>(), v.data<T>(),
@@ -187,6 +189,7 @@ StateList AdamW::state() const {
       if (m_[gi][i].defined()) {
         s.emplace_back(fmt::format("adamw.m.{}.{}", gi, i), m_[gi][i]);
         s.emplace_back(fmt::format("adamw.v.{}.{}", gi, i), v_[gi][i]);
+        s.emplace_back(fmt::format("adamw.t.{}.{}", gi, i), from_vector<int64_t>({steps_[gi][i]}));
       }
   return s;
 }
@@ -201,6 +204,14 @@ void AdamW::load_state(const StateList& state) {
       const Variable& p = groups_[gi].params[i];
       restore(m_[gi][i], m, fmt::format("adamw.m.{}.{}", gi, i), p);
       restore(v_[gi][i], m, fmt::format("adamw.v.{}.{}", gi, i), p);
+      steps_[gi][i] = 0;
+      if (m_[gi][i].defined()) {
+        auto ts = m.find(fmt::format("adamw.t.{}.{}", gi, i));
+        FORGE_CHECK(ts != m.end() && ts->second.numel() == 1,
+                    "AdamW state: moments of parameter '{}' without its step count 'adamw.t.{}.{}'",
+                    p.name(), gi, i);
+        steps_[gi][i] = int64_t(ts->second.item());
+      }
     }
 }
 

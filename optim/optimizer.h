@@ -73,6 +73,8 @@ struct AdamWOptions {
 // PyTorch's AdamW (decoupled weight decay, bias correction):
 //   p -= lr wd p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
 //   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+// t counts the steps that parameter took (as PyTorch's per-parameter state['step']): a parameter
+// that first gets a gradient late starts at t = 1.
 class AdamW : public Optimizer {
  public:
   AdamW(std::vector<ParamGroup> groups, AdamWOptions o);
@@ -83,7 +85,8 @@ class AdamW : public Optimizer {
 
  private:
   AdamWOptions o_;
-  int64_t t_ = 0;
+  int64_t t_ = 0;                          // step() calls
+  std::vector<std::vector<int64_t>> steps_;  // per parameter: updates taken
   std::vector<std::vector<Tensor>> m_, v_;
 };
 
