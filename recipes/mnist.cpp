@@ -30,11 +30,19 @@ double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_
   return n ? double(correct) / double(n) : 0.0;
 }
 
+void standardize_images(ImageDataset& train, ImageDataset& test) {
+  double mu = mean(train.images).item();
+  double sd = std::sqrt(mean(pow(add(train.images, -mu), 2.0)).item());
+  train.images = mul(add(train.images, -mu), 1.0 / sd);
+  test.images = mul(add(test.images, -mu), 1.0 / sd);
+}
+
 MnistRun train_mnist(const MnistOptions& o, const std::function<void(const EpochStats&)>& on_epoch) {
   FORGE_CHECK(o.epochs >= 0, "epochs must be >= 0, got {}", o.epochs);
   FORGE_CHECK(o.batch_size > 0, "batch size must be positive, got {}", o.batch_size);
   ImageDataset train = load_fashion_mnist(o.data_dir, Split::train);
   ImageDataset test = load_fashion_mnist(o.data_dir, Split::test);
+  if (o.standardize) standardize_images(train, test);
 
   Generator init_gen(o.seed), shuffle_gen(o.seed + 1);
   std::vector<int64_t> sizes{train.rows * train.cols};

@@ -22,6 +22,9 @@ struct MnistOptions {
   double weight_decay = 0.01;  // torch.optim.AdamW's default
   uint64_t seed = 0;
   std::vector<int64_t> hidden = {256, 256};
+  // Shift and scale pixels to mean 0, variance 1 over the training set (torchvision's
+  // Normalize((0.2860,), (0.3530,)) for Fashion-MNIST).
+  bool standardize = true;
   std::string metrics_path;  // JSON lines appended per epoch when set
   bool progress = false;     // draw a progress bar (the app turns it on for terminals)
   int64_t max_steps_per_epoch = -1;  // for benchmarks and tests: stop an epoch early
@@ -42,6 +45,9 @@ struct MnistRun {
 
 MnistRun train_mnist(const MnistOptions& options,
                      const std::function<void(const EpochStats&)>& on_epoch = {});
+
+// Standardises both sets' pixels with the training set's mean and standard deviation.
+void standardize_images(ImageDataset& train, ImageDataset& test);
 
 // Accuracy of `model` on a dataset, in batches, without building a graph.
 double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_size = 1000);

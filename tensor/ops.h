@@ -37,6 +37,7 @@ Tensor mul(const Tensor& a, double s);
 Tensor eq(const Tensor& a, const Tensor& b);
 Tensor gt(const Tensor& a, const Tensor& b);
 Tensor lt(const Tensor& a, const Tensor& b);
+Tensor ne(const Tensor& a, const Tensor& b);
 
 Tensor neg(const Tensor& a);
 Tensor exp(const Tensor& a);

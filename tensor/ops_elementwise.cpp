@@ -154,6 +154,9 @@ Tensor gt(const Tensor& a, const Tensor& b) {
 Tensor lt(const Tensor& a, const Tensor& b) {
   return compare_op(a, b, "lt", [](auto x, auto y) { return x < y; });
 }
+Tensor ne(const Tensor& a, const Tensor& b) {
+  return compare_op(a, b, "ne", [](auto x, auto y) { return x != y; });
+}
 
 // ---------------------------------------------------------------------------------------------
 // Unary
@@ -276,7 +279,9 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
               cond.dtype());
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(),
                                  "where");
-  Tensor c = cond.to(DType::u8).expand(shape), ea = a.expand(shape), eb = b.expand(shape);
+  // Any nonzero value is true: compare, do not convert (a cast to u8 would wrap 256 to 0).
+  Tensor c8 = cond.dtype() == DType::u8 ? cond : ne(cond, zeros({}, cond.dtype()));
+  Tensor c = c8.expand(shape), ea = a.expand(shape), eb = b.expand(shape);
   Tensor out = Tensor::empty(shape, a.dtype());
   dispatch_all(a.dtype(), "where", [&]<class T>() {
     cpu::for_each_strided<4>(
@@ -351,6 +356,10 @@ Tensor& add_(Tensor& a, const Tensor& b, double alpha) {
   check_cpu(a, "add_");
   check_cpu(b, "add_");
   check_same_dtype(a, b, "add_");
+  if (b.shape() != a.shape())
+    FORGE_CHECK(broadcast_shapes(a.shape(), b.shape(), "add_") == a.shape(),
+                "add_: {} does not broadcast to the shape of the tensor added into, {}", b.shape(),
+                a.shape());
   Tensor eb = b.shape() == a.shape() ? b : b.expand(a.shape());
   dispatch_all(a.dtype(), "add_", [&]<class T>() {
     using C = compute_t<T>;

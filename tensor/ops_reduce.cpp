@@ -135,7 +135,10 @@ Tensor sum(const Tensor& a, const std::vector<int>& dims_in, bool keepdim) {
   check_cpu(a, "sum");
   if (a.dim() == 0) return a.clone();
   std::vector<int> dims = normalize_dims(dims_in, a.dim(), "sum");
-  Tensor out = a;
+  // Several runs of dims are reduced one after the other; 16-bit floats keep the partial sums in
+  // f32 between them and round once at the end.
+  bool half = a.dtype() == DType::bf16 || a.dtype() == DType::f16;
+  Tensor out = half ? a.to(DType::f32) : a;
   // Reduce runs of adjacent dims, last run first (so earlier dim indices stay valid).
   for (size_t j = dims.size(); j > 0;) {
     size_t i = j - 1;
@@ -144,6 +147,7 @@ Tensor sum(const Tensor& a, const std::vector<int>& dims_in, bool keepdim) {
     j = i;
   }
   if (dims.empty()) out = out.clone();
+  if (half) out = out.to(a.dtype());
   return keepdim ? out : out.reshape(drop_dims(a.shape(), dims));
 }
 

@@ -1,6 +1,7 @@
 #include "tensor/random.h"
 
 #include <cmath>
+#include <type_traits>
 
 #include "tensor/parallel.h"
 
@@ -66,9 +67,13 @@ void check_fillable(const Tensor& t, const char* op) {
 void uniform_(Tensor& t, double lo, double hi, Generator& gen) {
   check_fillable(t, "uniform_");
   dispatch_float(t.dtype(), "uniform_", [&]<class T>() {
+    // As many random bits as the dtype has significant digits, so u is exact in it and below 1
+    // (24 bits of a 16-bit float would round up to 1.0 now and then).
+    constexpr int digits = std::is_same_v<T, bf16> ? 8 : std::is_same_v<T, f16> ? 11 : 24;
+    const double scale = 1.0 / double(1u << digits);
     fill_blocks<T>(t, gen, [&](std::array<uint32_t, 4> b) {
       std::array<double, 4> v;
-      for (int j = 0; j < 4; ++j) v[j] = lo + (hi - lo) * double(uniform_from_bits(b[j]));
+      for (int j = 0; j < 4; ++j) v[j] = lo + (hi - lo) * (double(b[j] >> (32 - digits)) * scale);
       return v;
     });
   });

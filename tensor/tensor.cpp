@@ -304,6 +304,9 @@ Tensor& Tensor::copy_(const Tensor& src) {
   FORGE_CHECK(defined() && src.defined(), "copy_: undefined tensor");
   check_same_device(*this, src, "copy_");
   FORGE_CHECK(device().is_cpu(), "copy_: device {} is not supported in this build", device().str());
+  if (src.shape() != shape_)
+    FORGE_CHECK(broadcast_shapes(src.shape(), shape_, "copy_") == shape_,
+                "copy_: source {} does not broadcast to destination {}", src.shape(), shape_);
   Tensor s = src.shape() == shape_ ? src : src.expand(shape_);
   dispatch_all(dtype_, "copy_", [&]<class D>() {
     dispatch_all(s.dtype(), "copy_", [&]<class S>() { copy_cast_kernel<D, S>(*this, s); });

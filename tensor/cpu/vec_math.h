@@ -57,7 +57,8 @@ inline float tanh_f32(float x) {
   float e = exp_f32(2.0f * (ax < 9.0f ? ax : 9.0f));
   float big = 1.0f - 2.0f / (e + 1.0f);
   big = std::copysign(big, x);
-  return ax < 0.625f ? small : big;
+  float y = ax < 0.625f ? small : big;
+  return x != x ? x : y;  // NaN in, NaN out (every comparison above is false for NaN)
 }
 
 inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
