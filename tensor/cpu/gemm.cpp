@@ -46,7 +46,12 @@ void kernel_portable(long kc, const float* a, const float* b, float* c, long ldc
     for (int j = 0; j < NR; ++j)
       c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * c[i * ldc + j];
 }
-const GemmKernelInfo kPortable{"portable 4x8", 4, 8, kernel_portable};
+void pack_a_portable(bool ta, const float* A, int64_t lda, int64_t m, int64_t r0, int64_t p0,
+                     int64_t kc, int MR, float* dst);
+void pack_b_portable(bool tb, const float* B, int64_t ldb, int64_t n, int64_t c0, int64_t p0,
+                     int64_t kc, int NR, float* dst);
+const GemmKernelInfo kPortable{"portable 4x8", 4, 8, kernel_portable, pack_a_portable,
+                               pack_b_portable};
 
 const GemmKernelInfo& kernel_for(Isa isa) {
   const GemmKernelInfo* k = nullptr;
@@ -82,9 +87,9 @@ constexpr int64_t kMaxKC = 256;  // K block: a B sliver (KC x NR) and an A slive
 constexpr int64_t kMC = 240;     // rows per A block: a multiple of every MR (4, 6, 12)
 constexpr int64_t kNC = 3072;    // columns per B panel: a multiple of every NR (8, 16, 32)
 
-// A sliver: rows [r0, r0+MR) x cols [p0, p0+kc) of op(A), stored p-major: dst[p*MR + i].
-void pack_a_sliver(bool ta, const float* A, int64_t lda, int64_t m, int64_t r0, int64_t p0,
-                   int64_t kc, int MR, float* dst) {
+// The portable packers (see GemmPackA / GemmPackB in gemm_kernels.h).
+void pack_a_portable(bool ta, const float* A, int64_t lda, int64_t m, int64_t r0, int64_t p0,
+                     int64_t kc, int MR, float* dst) {
   int64_t rows = std::min<int64_t>(MR, m - r0);
   if (ta) {  // op(A)(r, p) = A[p * lda + r]: each p reads MR contiguous values
     for (int64_t p = 0; p < kc; ++p) {
@@ -106,9 +111,8 @@ void pack_a_sliver(bool ta, const float* A, int64_t lda, int64_t m, int64_t r0, 
   }
 }
 
-// B sliver: rows [p0, p0+kc) x cols [c0, c0+NR) of op(B), stored p-major: dst[p*NR + j].
-void pack_b_sliver(bool tb, const float* B, int64_t ldb, int64_t n, int64_t c0, int64_t p0,
-                   int64_t kc, int NR, float* dst) {
+void pack_b_portable(bool tb, const float* B, int64_t ldb, int64_t n, int64_t c0, int64_t p0,
+                     int64_t kc, int NR, float* dst) {
   int64_t cols = std::min<int64_t>(NR, n - c0);
   if (!tb) {  // op(B)(p, c) = B[p * ldb + c]
     for (int64_t p = 0; p < kc; ++p) {
@@ -179,13 +183,13 @@ void gemm_packed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
         const float beta_eff = pc == 0 ? beta : 1.0f;
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < b_slivers; ++t)
-          pack_b_sliver(tb, B, ldb, n, jc + t * NR, pc, kc, NR, Bp + t * kc * NR);
+          K.pack_b(tb, B, ldb, n, jc + t * NR, pc, kc, NR, Bp + t * kc * NR);
         for (int64_t ic = 0; ic < m; ic += MC) {
           const int64_t mc = std::min(MC, m - ic);
           const int64_t a_slivers = (mc + MR - 1) / MR;
 #pragma omp for schedule(static)
           for (int64_t s = 0; s < a_slivers; ++s)
-            pack_a_sliver(ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
+            K.pack_a(ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
 #pragma omp for schedule(static)
           for (int64_t tile = 0; tile < a_slivers * b_slivers; ++tile) {
             const int64_t jr = tile / a_slivers, ir = tile % a_slivers;

@@ -1,5 +1,6 @@
-// AVX2 + FMA instance of the f32 GEMM microkernel: 6 x 16 (12 ymm accumulators).
-// Compiled with -mavx2 -mfma; called only after cpu_features says the processor has them.
+// AVX2 + FMA instance of the f32 GEMM: the 6 x 16 microkernel (12 ymm accumulators) and packers that
+// transpose 8 x 8 blocks in registers. Compiled with -mavx2 -mfma; called only after
+// cpu_features says the processor has them. No library code here (see gemm_microkernel.h).
 #include <immintrin.h>
 
 #include "tensor/cpu/gemm_kernels.h"
@@ -22,9 +23,107 @@ void kernel_6x16(long kc, const float* a, const float* b, float* c, long ldc, fl
   microkernel<Avx2, 6, 2>(kc, a, b, c, ldc, alpha, beta);
 }
 
-const forge::cpu::GemmKernelInfo kInfo{"avx2 6x16", 6, 16, kernel_6x16};
+long min_l(long a, long b) { return a < b ? a : b; }
+
+// r[i] holds 8 floats of row i; afterwards r[p] holds column p: (row0[p], ..., row7[p]).
+inline void transpose8x8(__m256 r[8]) {
+  __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// Stores the first `lanes` floats of v. (No vmaskmovps: it is microcoded and slow on AMD.)
+inline void store_lanes(float* dst, __m256 v, long lanes) {
+  switch (lanes) {
+    case 8: _mm256_storeu_ps(dst, v); return;
+    case 6:
+      _mm_storeu_ps(dst, _mm256_castps256_ps128(v));
+      _mm_storel_pi(reinterpret_cast<__m64*>(dst + 4), _mm256_extractf128_ps(v, 1));
+      return;
+    case 4: _mm_storeu_ps(dst, _mm256_castps256_ps128(v)); return;
+    default: {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, v);
+      for (long i = 0; i < lanes; ++i) dst[i] = tmp[i];
+    }
+  }
+}
+
+// Gathers `lanes` (<= 8) strided rows of `len` contiguous floats each (rows past `valid` read as
+// zero) and writes them transposed: dst[p * ldd + i] = src[i * lds + p]. Eight p at a time through
+// registers, the rest one by one.
+void transpose_rows(const float* src, long lds, long valid, long lanes, long len, float* dst,
+                    long ldd) {
+  long p = 0;
+  for (; p + 8 <= len; p += 8) {
+    __m256 r[8];
+    for (int i = 0; i < 8; ++i)
+      r[i] = i < valid ? _mm256_loadu_ps(src + i * lds + p) : _mm256_setzero_ps();
+    transpose8x8(r);
+    for (int q = 0; q < 8; ++q) store_lanes(dst + (p + q) * ldd, r[q], lanes);
+  }
+  for (; p < len; ++p)
+    for (long i = 0; i < lanes; ++i) dst[p * ldd + i] = i < valid ? src[i * lds + p] : 0.0f;
+}
+
+// Copies `len` rows of `width` contiguous floats (zero past `valid`) into rows of `width`.
+void copy_rows(const float* src, long lds, long valid, long width, long len, float* dst) {
+  for (long p = 0; p < len; ++p) {
+    const float* s = src + p * lds;
+    float* d = dst + p * width;
+    long j = 0;
+    for (; j < valid; ++j) d[j] = s[j];
+    for (; j < width; ++j) d[j] = 0.0f;
+  }
+}
+
+const forge::cpu::GemmKernelInfo kInfo{"avx2 6x16", 6, 16, kernel_6x16, forge::cpu::gemm_pack_a_avx2,
+                                       forge::cpu::gemm_pack_b_avx2};
 }  // namespace
 
 namespace forge::cpu {
+
+void gemm_pack_a_avx2(bool ta, const float* A, int64_t lda, int64_t m, int64_t r0, int64_t p0,
+                      int64_t kc, int MR, float* dst) {
+  long rows = min_l(MR, m - r0);
+  if (ta) {  // op(A)(r, p) = A[p * lda + r]: each p is MR contiguous values
+    copy_rows(A + p0 * lda + r0, lda, rows, MR, kc, dst);
+    return;
+  }
+  // op(A)(r, p) = A[r * lda + p]: rows are contiguous in p; transpose in groups of 8 rows.
+  for (long g = 0; g < MR; g += 8) {
+    long lanes = min_l(8, MR - g), valid = rows - g < 0 ? 0 : min_l(lanes, rows - g);
+    transpose_rows(A + (r0 + g) * lda + p0, lda, valid, lanes, kc, dst + g, MR);
+  }
+}
+
+void gemm_pack_b_avx2(bool tb, const float* B, int64_t ldb, int64_t n, int64_t c0, int64_t p0,
+                      int64_t kc, int NR, float* dst) {
+  long cols = min_l(NR, n - c0);
+  if (!tb) {  // op(B)(p, c) = B[p * ldb + c]: each p is NR contiguous values
+    copy_rows(B + p0 * ldb + c0, ldb, cols, NR, kc, dst);
+    return;
+  }
+  // op(B)(p, c) = B[c * ldb + p]: columns are contiguous in p; transpose in groups of 8 columns.
+  for (long g = 0; g < NR; g += 8) {
+    long lanes = min_l(8, NR - g), valid = cols - g < 0 ? 0 : min_l(lanes, cols - g);
+    transpose_rows(B + (c0 + g) * ldb + p0, ldb, valid, lanes, kc, dst + g, NR);
+  }
+}
+
 const GemmKernelInfo* gemm_kernel_avx2() { return &kInfo; }
+
 }  // namespace forge::cpu
