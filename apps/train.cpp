@@ -19,8 +19,8 @@ int run_mnist(const MnistOptions& o) {
              o.data_dir);
   std::fflush(stdout);
   MnistRun run = train_mnist(o, [](const EpochStats& e) {
-    fmt::print("epoch {:2d}  train_loss {:.4f}  test_acc {:.4f}  {:.2f}s (+{:.2f}s eval)\n", e.epoch,
-               e.train_loss, e.test_acc, e.epoch_s, e.eval_s);
+    fmt::print("epoch {:2d}  train_loss {:.4f}  test_acc {:.4f}  {:.2f}s (+{:.2f}s eval)\n",
+               e.epoch, e.train_loss, e.test_acc, e.epoch_s, e.eval_s);
     std::fflush(stdout);
   });
   if (!run.epochs.empty()) fmt::print("test accuracy: {:.4f}\n", run.epochs.back().test_acc);
@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
   m->add_option("--seed", mnist.seed, "seed for initialisation and shuffling");
   m->add_option("--data", mnist.data_dir, "directory with the gzip'd IDX files");
   m->add_option("--metrics", mnist.metrics_path, "append one JSON line per epoch to FILE");
-  m->add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::PositiveNumber);
+  m->add_option("--threads", threads, "CPU threads (default: all cores)")
+      ->check(CLI::PositiveNumber);
 
   try {
     app.parse(argc, argv);

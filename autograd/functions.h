@@ -36,13 +36,27 @@ Variable pow(const Variable& a, double exponent);
 Variable where(const Tensor& cond, const Variable& a, const Variable& b);
 Variable masked_fill(const Variable& a, const Tensor& mask, double value);
 
-inline Variable operator+(const Variable& a, const Variable& b) { return add(a, b); }
-inline Variable operator-(const Variable& a, const Variable& b) { return sub(a, b); }
-inline Variable operator*(const Variable& a, const Variable& b) { return mul(a, b); }
-inline Variable operator/(const Variable& a, const Variable& b) { return div(a, b); }
-inline Variable operator-(const Variable& a) { return neg(a); }
-inline Variable operator+(const Variable& a, double s) { return add(a, s); }
-inline Variable operator*(const Variable& a, double s) { return mul(a, s); }
+inline Variable operator+(const Variable& a, const Variable& b) {
+  return add(a, b);
+}
+inline Variable operator-(const Variable& a, const Variable& b) {
+  return sub(a, b);
+}
+inline Variable operator*(const Variable& a, const Variable& b) {
+  return mul(a, b);
+}
+inline Variable operator/(const Variable& a, const Variable& b) {
+  return div(a, b);
+}
+inline Variable operator-(const Variable& a) {
+  return neg(a);
+}
+inline Variable operator+(const Variable& a, double s) {
+  return add(a, s);
+}
+inline Variable operator*(const Variable& a, double s) {
+  return mul(a, s);
+}
 
 // ---- Reductions ----
 Variable sum(const Variable& a);

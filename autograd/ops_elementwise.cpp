@@ -89,8 +89,9 @@ Variable sqrt(const Variable& a) {
 
 Variable tanh(const Variable& a) {
   Tensor y = tanh(a.data());
-  return make_variable(y, "tanh", {&a},
-                       [y](const Tensor& g) -> std::vector<Tensor> { return {tanh_backward(g, y)}; });
+  return make_variable(y, "tanh", {&a}, [y](const Tensor& g) -> std::vector<Tensor> {
+    return {tanh_backward(g, y)};
+  });
 }
 
 Variable sigmoid(const Variable& a) {
@@ -102,8 +103,9 @@ Variable sigmoid(const Variable& a) {
 
 Variable relu(const Variable& a) {
   Tensor y = relu(a.data());  // relu'(x) = [y > 0]: the output serves as well as the input
-  return make_variable(y, "relu", {&a},
-                       [y](const Tensor& g) -> std::vector<Tensor> { return {relu_backward(g, y)}; });
+  return make_variable(y, "relu", {&a}, [y](const Tensor& g) -> std::vector<Tensor> {
+    return {relu_backward(g, y)};
+  });
 }
 
 Variable gelu(const Variable& a, GeluApprox approx) {

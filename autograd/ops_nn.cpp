@@ -65,15 +65,14 @@ Variable linear(const Variable& x, const Variable& w, const Variable& bias) {
   Tensor xs = gw ? x.data() : Tensor(), ws = gx ? w.data() : Tensor();
   Shape x_shape = x.shape();
   Tensor out = linear(x.data(), w.data(), bias.defined() ? bias.data() : Tensor());
-  return make_variable(out, "linear", {&x, &w, &bias},
-                       [=](const Tensor& g) -> std::vector<Tensor> {
-                         Tensor g2 = g.reshape({-1, g.size(-1)});  // (M, out)
-                         Tensor dx, dw, db;
-                         if (gx) dx = matmul(g2, ws).view(x_shape);  // (M, out) @ (out, in)
-                         if (gw) dw = matmul(g2, xs.reshape({-1, xs.size(-1)}), true, false);
-                         if (gbias) db = sum(g2, {0});
-                         return {dx, dw, db};
-                       });
+  return make_variable(out, "linear", {&x, &w, &bias}, [=](const Tensor& g) -> std::vector<Tensor> {
+    Tensor g2 = g.reshape({-1, g.size(-1)});  // (M, out)
+    Tensor dx, dw, db;
+    if (gx) dx = matmul(g2, ws).view(x_shape);  // (M, out) @ (out, in)
+    if (gw) dw = matmul(g2, xs.reshape({-1, xs.size(-1)}), true, false);
+    if (gbias) db = sum(g2, {0});
+    return {dx, dw, db};
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -100,7 +99,8 @@ Variable layer_norm(const Variable& x, const Variable& weight, const Variable& b
   Tensor w = weight.defined() ? weight.data() : Tensor();
   LayerNormResult r = layer_norm(x.data(), w, bias.defined() ? bias.data() : Tensor(), eps);
   bool gx = x.requires_grad();
-  bool gw = (weight.defined() && weight.requires_grad()) || (bias.defined() && bias.requires_grad());
+  bool gw =
+      (weight.defined() && weight.requires_grad()) || (bias.defined() && bias.requires_grad());
   Tensor xs = x.data(), mean = r.mean, rstd = r.rstd;
   return make_variable(r.y, "layer_norm", {&x, &weight, &bias},
                        [=](const Tensor& g) -> std::vector<Tensor> {

@@ -10,9 +10,8 @@ namespace forge {
 
 Variable sum(const Variable& a) {
   Shape s = a.shape();
-  return make_variable(sum(a.data()), "sum", {&a}, [s](const Tensor& g) -> std::vector<Tensor> {
-    return {g.expand(s)};
-  });
+  return make_variable(sum(a.data()), "sum", {&a},
+                       [s](const Tensor& g) -> std::vector<Tensor> { return {g.expand(s)}; });
 }
 
 namespace {
@@ -26,19 +25,17 @@ Shape kept_shape(const Shape& s, const std::vector<int>& dims) {
 
 Variable sum(const Variable& a, const std::vector<int>& dims, bool keepdim) {
   Shape s = a.shape(), k = kept_shape(a.shape(), dims);
-  return make_variable(sum(a.data(), dims, keepdim), "sum_dims", {&a},
-                       [s, k](const Tensor& g) -> std::vector<Tensor> {
-                         return {g.reshape(k).expand(s)};
-                       });
+  return make_variable(
+      sum(a.data(), dims, keepdim), "sum_dims", {&a},
+      [s, k](const Tensor& g) -> std::vector<Tensor> { return {g.reshape(k).expand(s)}; });
 }
 
 Variable mean(const Variable& a) {
   Shape s = a.shape();
   double inv = 1.0 / double(std::max<int64_t>(1, a.numel()));
-  return make_variable(mean(a.data()), "mean", {&a},
-                       [s, inv](const Tensor& g) -> std::vector<Tensor> {
-                         return {mul(g, inv).expand(s)};
-                       });
+  return make_variable(
+      mean(a.data()), "mean", {&a},
+      [s, inv](const Tensor& g) -> std::vector<Tensor> { return {mul(g, inv).expand(s)}; });
 }
 
 Variable mean(const Variable& a, const std::vector<int>& dims, bool keepdim) {
@@ -102,18 +99,17 @@ Variable flatten(const Variable& a, int start_dim, int end_dim) {
 
 Variable permute(const Variable& a, const std::vector<int>& order) {
   std::vector<int> inverse(order.size());
-  for (size_t i = 0; i < order.size(); ++i) inverse[size_t(wrap_dim(order[i], a.dim(), "permute"))] = int(i);
-  return make_variable(a.data().permute(order), "permute", {&a},
-                       [inverse](const Tensor& g) -> std::vector<Tensor> {
-                         return {g.permute(inverse)};
-                       });
+  for (size_t i = 0; i < order.size(); ++i)
+    inverse[size_t(wrap_dim(order[i], a.dim(), "permute"))] = int(i);
+  return make_variable(
+      a.data().permute(order), "permute", {&a},
+      [inverse](const Tensor& g) -> std::vector<Tensor> { return {g.permute(inverse)}; });
 }
 
 Variable transpose(const Variable& a, int d0, int d1) {
-  return make_variable(a.data().transpose(d0, d1), "transpose", {&a},
-                       [d0, d1](const Tensor& g) -> std::vector<Tensor> {
-                         return {g.transpose(d0, d1)};
-                       });
+  return make_variable(
+      a.data().transpose(d0, d1), "transpose", {&a},
+      [d0, d1](const Tensor& g) -> std::vector<Tensor> { return {g.transpose(d0, d1)}; });
 }
 
 Variable narrow(const Variable& a, int dim, int64_t start, int64_t length) {

@@ -17,9 +17,15 @@ thread_local bool g_grad_enabled = true;
 std::atomic<uint64_t> g_sequence{0};
 }  // namespace
 
-bool grad_enabled() { return g_grad_enabled; }
-NoGradGuard::NoGradGuard() : saved_(g_grad_enabled) { g_grad_enabled = false; }
-NoGradGuard::~NoGradGuard() { g_grad_enabled = saved_; }
+bool grad_enabled() {
+  return g_grad_enabled;
+}
+NoGradGuard::NoGradGuard() : saved_(g_grad_enabled) {
+  g_grad_enabled = false;
+}
+NoGradGuard::~NoGradGuard() {
+  g_grad_enabled = saved_;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Variable
@@ -38,25 +44,51 @@ VariableImpl& checked(const std::shared_ptr<VariableImpl>& p) {
 }
 }  // namespace
 
-const Tensor& Variable::data() const { return checked(impl_).data; }
-Tensor& Variable::data() { return checked(impl_).data; }
-const Tensor& Variable::grad() const { return checked(impl_).grad; }
-Tensor& Variable::grad() { return checked(impl_).grad; }
-void Variable::set_grad(Tensor g) { checked(impl_).grad = std::move(g); }
-bool Variable::requires_grad() const { return checked(impl_).requires_grad; }
+const Tensor& Variable::data() const {
+  return checked(impl_).data;
+}
+Tensor& Variable::data() {
+  return checked(impl_).data;
+}
+const Tensor& Variable::grad() const {
+  return checked(impl_).grad;
+}
+Tensor& Variable::grad() {
+  return checked(impl_).grad;
+}
+void Variable::set_grad(Tensor g) {
+  checked(impl_).grad = std::move(g);
+}
+bool Variable::requires_grad() const {
+  return checked(impl_).requires_grad;
+}
 void Variable::set_requires_grad(bool r) {
   FORGE_CHECK(is_leaf() || r, "set_requires_grad(false) on a non-leaf variable; use detach()");
   FORGE_CHECK(!r || is_floating(data().dtype()),
               "only floating tensors can require gradients, got {}", data().dtype());
   impl_->requires_grad = r;
 }
-bool Variable::is_leaf() const { return checked(impl_).grad_fn == nullptr; }
-const std::shared_ptr<Node>& Variable::grad_fn() const { return checked(impl_).grad_fn; }
-const std::string& Variable::name() const { return checked(impl_).name; }
-void Variable::set_name(std::string n) { checked(impl_).name = std::move(n); }
-void Variable::retain_grad() { checked(impl_).retains_grad = true; }
-void Variable::zero_grad() { checked(impl_).grad = Tensor(); }
-Variable Variable::detach() const { return Variable(data(), false); }
+bool Variable::is_leaf() const {
+  return checked(impl_).grad_fn == nullptr;
+}
+const std::shared_ptr<Node>& Variable::grad_fn() const {
+  return checked(impl_).grad_fn;
+}
+const std::string& Variable::name() const {
+  return checked(impl_).name;
+}
+void Variable::set_name(std::string n) {
+  checked(impl_).name = std::move(n);
+}
+void Variable::retain_grad() {
+  checked(impl_).retains_grad = true;
+}
+void Variable::zero_grad() {
+  checked(impl_).grad = Tensor();
+}
+Variable Variable::detach() const {
+  return Variable(data(), false);
+}
 
 void Variable::register_grad_ready_hook(Hook hook) {
   FORGE_CHECK(is_leaf(), "grad-ready hooks go on leaf variables (parameters)");
@@ -83,8 +115,10 @@ Variable make_variable(Tensor out, const char* name, const std::vector<const Var
   for (const Variable* v : inputs) {
     Edge e;
     if (v->defined() && v->requires_grad()) {
-      if (v->is_leaf()) e.leaf = v->shared_impl();
-      else e.node = v->grad_fn();
+      if (v->is_leaf())
+        e.leaf = v->shared_impl();
+      else
+        e.node = v->grad_fn();
     }
     node->next.push_back(std::move(e));
   }
@@ -103,8 +137,7 @@ namespace {
 // (the same tensor may have been handed to several inputs, e.g. by add's backward).
 Tensor own(Tensor g) {
   const auto& s = g.storage();
-  if (s.use_count() == 1 && g.is_contiguous() && g.offset_bytes() == 0 &&
-      g.nbytes() == s->nbytes())
+  if (s.use_count() == 1 && g.is_contiguous() && g.offset_bytes() == 0 && g.nbytes() == s->nbytes())
     return g;
   return g.clone();
 }

@@ -8,8 +8,8 @@
 // Each differentiable op computes its output tensor and a closure that maps the output's gradient
 // to its inputs' gradients; the closure lives in a Node that the output points to. backward() walks
 // the nodes from the loss in reverse order of creation, sums the gradients that meet at a node, and
-// adds the ones that reach a leaf into its .grad() (gradients accumulate across backward calls until
-// zero_grad()). After backward the graph is freed, with the tensors its closures saved.
+// adds the ones that reach a leaf into its .grad() (gradients accumulate across backward calls
+// until zero_grad()). After backward the graph is freed, with the tensors its closures saved.
 //
 // A leaf's grad-ready hooks run the moment its gradient for this backward is final, while the rest
 // of backward goes on: data-parallel training starts its all-reduce from there.
@@ -98,7 +98,7 @@ struct Node {
   const char* name = "";
   std::vector<Edge> next;  // one per input of the op
   BackwardFn backward;
-  uint64_t sequence = 0;  // creation order: backward visits later nodes first
+  uint64_t sequence = 0;               // creation order: backward visits later nodes first
   std::weak_ptr<VariableImpl> output;  // for retain_grad
 };
 

@@ -41,6 +41,8 @@ inline Timings time_runs(int repeats, const std::function<void()>& fn) {
   return summarize(runs);
 }
 
-inline std::string commit() { return kGitCommit; }
+inline std::string commit() {
+  return kGitCommit;
+}
 
 }  // namespace forge::bench

@@ -1,7 +1,8 @@
 // Matrix-product throughput (GFLOP/s) of the matmul op, f32, at square and transformer shapes.
 // bench/compare_matmul.sh runs it beside torch.matmul (OpenBLAS) and prints the ratio.
 //
-//   build/bench/matmul --threads 1     # one JSON line per shape: m, n, k, min/median seconds, GFLOP/s
+//   build/bench/matmul --threads 1     # one JSON line per shape: m, n, k, min/median seconds,
+//   GFLOP/s
 #include <CLI/CLI.hpp>
 
 #include "bench/bench_util.h"
@@ -20,16 +21,17 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", repeats)->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   set_num_threads(threads);
-  fmt::print("# matmul: C(m,n) = A(m,k) @ B(k,n), f32, kernel {}, threads {}, repeats {}, commit {}\n",
-             cpu::gemm_kernel_name(), threads, repeats, bench::commit());
+  fmt::print(
+      "# matmul: C(m,n) = A(m,k) @ B(k,n), f32, kernel {}, threads {}, repeats {}, commit {}\n",
+      cpu::gemm_kernel_name(), threads, repeats, bench::commit());
   struct Case {
     int64_t m, n, k;
     const char* name;
   };
-  std::vector<Case> cases = {{256, 256, 256, "square"},        {512, 512, 512, "square"},
-                             {1024, 1024, 1024, "square"},     {2048, 2048, 2048, "square"},
-                             {128, 768, 512, "transformer"},   {512, 768, 128, "transformer"},
-                             {128, 3072, 768, "gpt2-mlp"},     {128, 50257, 768, "gpt2-head"}};
+  std::vector<Case> cases = {{256, 256, 256, "square"},      {512, 512, 512, "square"},
+                             {1024, 1024, 1024, "square"},   {2048, 2048, 2048, "square"},
+                             {128, 768, 512, "transformer"}, {512, 768, 128, "transformer"},
+                             {128, 3072, 768, "gpt2-mlp"},   {128, 50257, 768, "gpt2-head"}};
   Generator gen(0);
   for (const Case& c : cases) {
     Tensor a = randn({c.m, c.k}, gen), b = randn({c.k, c.n}, gen);
@@ -43,8 +45,11 @@ int main(int argc, char** argv) {
     fmt::print("{}\n", to_json_line({{"impl", std::string("forge")},
                                      {"shape", std::string(c.name)},
                                      {"threads", int64_t(threads)},
-                                     {"m", c.m}, {"n", c.n}, {"k", c.k},
-                                     {"min_s", best}, {"median_s", med},
+                                     {"m", c.m},
+                                     {"n", c.n},
+                                     {"k", c.k},
+                                     {"min_s", best},
+                                     {"median_s", med},
                                      {"gflops", flop / best * 1e-9}}));
     std::fflush(stdout);
   }

@@ -1,7 +1,8 @@
 // One epoch of the Fashion-MNIST MLP (784-256-256-10, ReLU, batch 128, AdamW lr 1e-3), timed.
 // bench/compare_mlp.sh runs it beside the same epoch in PyTorch and prints the ratio.
 //
-//   build/bench/mlp_epoch --threads 1 --epochs 3     # prints settings, then one JSON line per epoch
+//   build/bench/mlp_epoch --threads 1 --epochs 3     # prints settings, then one JSON line per
+//   epoch
 #include <CLI/CLI.hpp>
 
 #include "bench/bench_util.h"

@@ -28,6 +28,6 @@ ImageDataset load_fashion_mnist(const std::string& dir, Split split);
 
 // The pieces, for tests: an IDX file's contents after gunzip (images: magic 0x803, labels 0x801).
 Tensor read_idx_images(const std::string& path, int64_t& rows, int64_t& cols);  // (N, r*c) u8
-Tensor read_idx_labels(const std::string& path);                                 // (N) u8
+Tensor read_idx_labels(const std::string& path);                                // (N) u8
 
 }  // namespace forge

@@ -1,6 +1,7 @@
 // Reads a whole file, gunzipping it when it is gzip'd (zlib reads plain files as they are).
 //
-//   std::string bytes = read_maybe_gzip("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz");
+//   std::string bytes =
+//   read_maybe_gzip("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz");
 #pragma once
 
 #include <string>

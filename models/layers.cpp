@@ -21,14 +21,18 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, Generat
   if (has_bias) bias = register_parameter("bias", uniform_tensor({out_features}, bound, gen));
 }
 
-Variable Linear::forward(const Variable& x) { return linear(x, weight, bias); }
+Variable Linear::forward(const Variable& x) {
+  return linear(x, weight, bias);
+}
 
 Embedding::Embedding(int64_t num, int64_t dim, Generator& gen) {
   MemoryTagScope tag(MemoryTag::parameters);
   weight = register_parameter("weight", randn({num, dim}, gen));
 }
 
-Variable Embedding::forward(const Tensor& indices) { return embedding(weight, indices); }
+Variable Embedding::forward(const Tensor& indices) {
+  return embedding(weight, indices);
+}
 
 LayerNorm::LayerNorm(int64_t dim, bool has_bias, double eps_) : eps(eps_) {
   MemoryTagScope tag(MemoryTag::parameters);
@@ -36,7 +40,9 @@ LayerNorm::LayerNorm(int64_t dim, bool has_bias, double eps_) : eps(eps_) {
   if (has_bias) bias = register_parameter("bias", zeros({dim}));
 }
 
-Variable LayerNorm::forward(const Variable& x) { return layer_norm(x, weight, bias, eps); }
+Variable LayerNorm::forward(const Variable& x) {
+  return layer_norm(x, weight, bias, eps);
+}
 
 Variable Sequential::forward(const Variable& x) {
   Variable h = x;

@@ -70,7 +70,9 @@ class Tanh : public Module {
 
 class Sequential : public Module {
  public:
-  void add(const std::string& name, std::shared_ptr<Module> m) { register_module(name, std::move(m)); }
+  void add(const std::string& name, std::shared_ptr<Module> m) {
+    register_module(name, std::move(m));
+  }
   Variable forward(const Variable& x) override;
 };
 

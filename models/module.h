@@ -52,14 +52,14 @@ class Module {
 
  protected:
   Variable& register_parameter(const std::string& name, Tensor value, bool requires_grad = true);
-  template <class M> std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
+  template <class M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
     children_.emplace_back(name, m);
     return m;
   }
 
  private:
-  void collect(const std::string& prefix,
-               std::vector<std::pair<std::string, Variable>>& out) const;
+  void collect(const std::string& prefix, std::vector<std::pair<std::string, Variable>>& out) const;
 
   std::vector<std::pair<std::string, Variable>> params_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;

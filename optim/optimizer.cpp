@@ -8,7 +8,8 @@
 
 namespace forge {
 
-Optimizer::Optimizer(std::vector<ParamGroup> groups, double lr) : groups_(std::move(groups)), lr_(lr) {
+Optimizer::Optimizer(std::vector<ParamGroup> groups, double lr)
+    : groups_(std::move(groups)), lr_(lr) {
   for (const ParamGroup& g : groups_)
     for (const Variable& p : g.params)
       FORGE_CHECK(p.defined() && p.requires_grad() && p.is_leaf(),

@@ -85,7 +85,7 @@ class AdamW : public Optimizer {
 
  private:
   AdamWOptions o_;
-  int64_t t_ = 0;                          // step() calls
+  int64_t t_ = 0;                            // step() calls
   std::vector<std::vector<int64_t>> steps_;  // per parameter: updates taken
   std::vector<std::vector<Tensor>> m_, v_;
 };

@@ -37,7 +37,8 @@ void standardize_images(ImageDataset& train, ImageDataset& test) {
   test.images = mul(add(test.images, -mu), 1.0 / sd);
 }
 
-MnistRun train_mnist(const MnistOptions& o, const std::function<void(const EpochStats&)>& on_epoch) {
+MnistRun train_mnist(const MnistOptions& o,
+                     const std::function<void(const EpochStats&)>& on_epoch) {
   FORGE_CHECK(o.epochs >= 0, "epochs must be >= 0, got {}", o.epochs);
   FORGE_CHECK(o.batch_size > 0, "batch size must be positive, got {}", o.batch_size);
   ImageDataset train = load_fashion_mnist(o.data_dir, Split::train);

@@ -25,8 +25,8 @@ struct MnistOptions {
   // Shift and scale pixels to mean 0, variance 1 over the training set (torchvision's
   // Normalize((0.2860,), (0.3530,)) for Fashion-MNIST).
   bool standardize = true;
-  std::string metrics_path;  // JSON lines appended per epoch when set
-  bool progress = false;     // draw a progress bar (the app turns it on for terminals)
+  std::string metrics_path;          // JSON lines appended per epoch when set
+  bool progress = false;             // draw a progress bar (the app turns it on for terminals)
   int64_t max_steps_per_epoch = -1;  // for benchmarks and tests: stop an epoch early
 };
 
@@ -34,7 +34,7 @@ struct EpochStats {
   int epoch = 0;
   double train_loss = 0;  // mean of the epoch's batch losses
   double test_acc = 0;
-  double epoch_s = 0;     // training time of the epoch (without the evaluation)
+  double epoch_s = 0;  // training time of the epoch (without the evaluation)
   double eval_s = 0;
 };
 

@@ -10,7 +10,9 @@
 
 namespace forge {
 
-bool stdout_is_terminal() { return isatty(fileno(stdout)) != 0; }
+bool stdout_is_terminal() {
+  return isatty(fileno(stdout)) != 0;
+}
 
 ProgressBar::ProgressBar(int64_t total, std::string label, bool enabled)
     : total_(total), label_(std::move(label)), enabled_(enabled) {
@@ -44,12 +46,20 @@ std::string json_escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
       default:
-        if (uint8_t(c) < 0x20) out += fmt::format("\\u{:04x}", int(c));
-        else out += c;
+        if (uint8_t(c) < 0x20)
+          out += fmt::format("\\u{:04x}", int(c));
+        else
+          out += c;
     }
   }
   return out;
@@ -62,10 +72,12 @@ std::string to_json_line(const MetricRecord& record) {
     const auto& [key, value] = record[i];
     if (i) s += ", ";
     s += fmt::format("\"{}\": ", json_escape(key));
-    if (auto* iv = std::get_if<int64_t>(&value)) s += std::to_string(*iv);
+    if (auto* iv = std::get_if<int64_t>(&value))
+      s += std::to_string(*iv);
     else if (auto* dv = std::get_if<double>(&value))
       s += std::isfinite(*dv) ? fmt::format("{:.9g}", *dv) : std::string("null");
-    else s += fmt::format("\"{}\"", json_escape(std::get<std::string>(value)));
+    else
+      s += fmt::format("\"{}\"", json_escape(std::get<std::string>(value)));
   }
   s += '}';
   return s;

@@ -18,12 +18,18 @@ std::string Device::str() const {
 
 const char* memory_tag_name(MemoryTag t) {
   switch (t) {
-    case MemoryTag::other: return "other";
-    case MemoryTag::parameters: return "parameters";
-    case MemoryTag::gradients: return "gradients";
-    case MemoryTag::optimizer: return "optimizer";
-    case MemoryTag::activations: return "activations";
-    case MemoryTag::count: break;
+    case MemoryTag::other:
+      return "other";
+    case MemoryTag::parameters:
+      return "parameters";
+    case MemoryTag::gradients:
+      return "gradients";
+    case MemoryTag::optimizer:
+      return "optimizer";
+    case MemoryTag::activations:
+      return "activations";
+    case MemoryTag::count:
+      break;
   }
   return "?";
 }
@@ -44,9 +50,15 @@ Counters& counters(Device d) {
 }
 }  // namespace
 
-MemoryTagScope::MemoryTagScope(MemoryTag t) : saved_(g_tag) { g_tag = t; }
-MemoryTagScope::~MemoryTagScope() { g_tag = saved_; }
-MemoryTag current_memory_tag() { return g_tag; }
+MemoryTagScope::MemoryTagScope(MemoryTag t) : saved_(g_tag) {
+  g_tag = t;
+}
+MemoryTagScope::~MemoryTagScope() {
+  g_tag = saved_;
+}
+MemoryTag current_memory_tag() {
+  return g_tag;
+}
 
 void record_alloc(Device d, size_t nbytes, MemoryTag tag) {
   Counters& c = counters(d);
@@ -88,8 +100,9 @@ void reset_peak_memory(Device d) {
 namespace {
 
 // glibc returns freed memory at the top of the heap to the system and gives large blocks their own
-// mmap; a library that mallocs and frees the same large scratch buffer on every call (Eigen's packing
-// buffers) then page-faults it in afresh each time. Keep such memory in the process instead.
+// mmap; a library that mallocs and frees the same large scratch buffer on every call (Eigen's
+// packing buffers) then page-faults it in afresh each time. Keep such memory in the process
+// instead.
 [[maybe_unused]] const bool g_malloc_tuned = [] {
 #ifdef __GLIBC__
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
@@ -99,7 +112,9 @@ namespace {
 }();
 
 constexpr size_t kAlign = 64;
-size_t round_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+size_t round_up(size_t n) {
+  return (n + kAlign - 1) / kAlign * kAlign;
+}
 
 class CpuCachingAllocator final : public Allocator {
  public:

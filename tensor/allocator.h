@@ -5,9 +5,9 @@
 //   { MemoryTagScope scope(MemoryTag::optimizer);   // allocations in this scope count as optimizer
 //     ... }                                          // state in the per-tag figures
 //
-// The CPU allocator caches freed blocks by size: a training loop asks for the same sizes every step,
-// and handing back a warm block is much cheaper than a fresh mmap that faults in every page. The
-// counters count bytes handed out and not yet returned (live), never the cache.
+// The CPU allocator caches freed blocks by size: a training loop asks for the same sizes every
+// step, and handing back a warm block is much cheaper than a fresh mmap that faults in every page.
+// The counters count bytes handed out and not yet returned (live), never the cache.
 #pragma once
 
 #include <array>
@@ -49,8 +49,8 @@ class MemoryTagScope {
 MemoryTag current_memory_tag();
 
 struct MemoryStats {
-  int64_t live_bytes = 0;  // handed out, not yet freed
-  int64_t peak_bytes = 0;  // max of live_bytes since the last reset
+  int64_t live_bytes = 0;   // handed out, not yet freed
+  int64_t peak_bytes = 0;   // max of live_bytes since the last reset
   int64_t allocations = 0;  // number of allocate() calls since the last reset
   std::array<int64_t, size_t(MemoryTag::count)> live_by_tag{};
   std::array<int64_t, size_t(MemoryTag::count)> peak_by_tag{};  // each tag's own maximum

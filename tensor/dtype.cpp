@@ -4,14 +4,22 @@ namespace forge {
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::f32: return "f32";
-    case DType::f64: return "f64";
-    case DType::bf16: return "bf16";
-    case DType::f16: return "f16";
-    case DType::i8: return "i8";
-    case DType::u8: return "u8";
-    case DType::i32: return "i32";
-    case DType::i64: return "i64";
+    case DType::f32:
+      return "f32";
+    case DType::f64:
+      return "f64";
+    case DType::bf16:
+      return "bf16";
+    case DType::f16:
+      return "f16";
+    case DType::i8:
+      return "i8";
+    case DType::u8:
+      return "u8";
+    case DType::i32:
+      return "i32";
+    case DType::i64:
+      return "i64";
   }
   return "?";
 }
@@ -22,15 +30,15 @@ DType parse_dtype(std::string_view name) {
     DType t;
   };
   static constexpr Entry table[] = {
-      {"f32", "float32", DType::f32}, {"f64", "float64", DType::f64},
+      {"f32", "float32", DType::f32},    {"f64", "float64", DType::f64},
       {"bf16", "bfloat16", DType::bf16}, {"f16", "float16", DType::f16},
-      {"i8", "int8", DType::i8},      {"u8", "uint8", DType::u8},
-      {"i32", "int32", DType::i32},   {"i64", "int64", DType::i64},
+      {"i8", "int8", DType::i8},         {"u8", "uint8", DType::u8},
+      {"i32", "int32", DType::i32},      {"i64", "int64", DType::i64},
   };
   for (const Entry& e : table)
     if (name == e.a || name == e.b) return e.t;
-  throw_error(fmt::format("unknown dtype '{}' (expected f32, f64, bf16, f16, i8, u8, i32, i64)",
-                          name));
+  throw_error(
+      fmt::format("unknown dtype '{}' (expected f32, f64, bf16, f16, i8, u8, i32, i64)", name));
 }
 
 // f32 -> f16 with round-to-nearest-even, overflow to inf and gradual underflow (the bit recipe of

@@ -23,13 +23,17 @@ enum class DType : uint8_t { f32, f64, bf16, f16, i8, u8, i32, i64 };
 constexpr size_t dtype_size(DType t) {
   switch (t) {
     case DType::f64:
-    case DType::i64: return 8;
+    case DType::i64:
+      return 8;
     case DType::f32:
-    case DType::i32: return 4;
+    case DType::i32:
+      return 4;
     case DType::bf16:
-    case DType::f16: return 2;
+    case DType::f16:
+      return 2;
     case DType::i8:
-    case DType::u8: return 1;
+    case DType::u8:
+      return 1;
   }
   return 0;
 }
@@ -37,7 +41,9 @@ constexpr size_t dtype_size(DType t) {
 constexpr bool is_floating(DType t) {
   return t == DType::f32 || t == DType::f64 || t == DType::bf16 || t == DType::f16;
 }
-constexpr bool is_integral(DType t) { return !is_floating(t); }
+constexpr bool is_integral(DType t) {
+  return !is_floating(t);
+}
 
 const char* dtype_name(DType t);
 // Parses "f32", "float32", "bf16", ...; throws naming the text on anything else.
@@ -63,7 +69,9 @@ inline uint16_t f32_to_bf16_bits(float f) {
   u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
   return uint16_t(u >> 16);
 }
-inline float bf16_bits_to_f32(uint16_t h) { return f32_from_bits(uint32_t(h) << 16); }
+inline float bf16_bits_to_f32(uint16_t h) {
+  return f32_from_bits(uint32_t(h) << 16);
+}
 
 uint16_t f32_to_f16_bits(float f);
 float f16_bits_to_f32(uint16_t h);
@@ -93,73 +101,137 @@ struct f16 {
 };
 
 // The C++ type of each dtype, both ways.
-template <class T> struct dtype_of_t;
-template <> struct dtype_of_t<float> { static constexpr DType value = DType::f32; };
-template <> struct dtype_of_t<double> { static constexpr DType value = DType::f64; };
-template <> struct dtype_of_t<bf16> { static constexpr DType value = DType::bf16; };
-template <> struct dtype_of_t<f16> { static constexpr DType value = DType::f16; };
-template <> struct dtype_of_t<int8_t> { static constexpr DType value = DType::i8; };
-template <> struct dtype_of_t<uint8_t> { static constexpr DType value = DType::u8; };
-template <> struct dtype_of_t<int32_t> { static constexpr DType value = DType::i32; };
-template <> struct dtype_of_t<int64_t> { static constexpr DType value = DType::i64; };
-template <class T> inline constexpr DType dtype_of = dtype_of_t<T>::value;
+template <class T>
+struct dtype_of_t;
+template <>
+struct dtype_of_t<float> {
+  static constexpr DType value = DType::f32;
+};
+template <>
+struct dtype_of_t<double> {
+  static constexpr DType value = DType::f64;
+};
+template <>
+struct dtype_of_t<bf16> {
+  static constexpr DType value = DType::bf16;
+};
+template <>
+struct dtype_of_t<f16> {
+  static constexpr DType value = DType::f16;
+};
+template <>
+struct dtype_of_t<int8_t> {
+  static constexpr DType value = DType::i8;
+};
+template <>
+struct dtype_of_t<uint8_t> {
+  static constexpr DType value = DType::u8;
+};
+template <>
+struct dtype_of_t<int32_t> {
+  static constexpr DType value = DType::i32;
+};
+template <>
+struct dtype_of_t<int64_t> {
+  static constexpr DType value = DType::i64;
+};
+template <class T>
+inline constexpr DType dtype_of = dtype_of_t<T>::value;
 
 // The type arithmetic happens in: 16-bit floats compute in f32.
-template <class T> struct compute_type { using type = T; };
-template <> struct compute_type<bf16> { using type = float; };
-template <> struct compute_type<f16> { using type = float; };
-template <class T> using compute_t = typename compute_type<T>::type;
+template <class T>
+struct compute_type {
+  using type = T;
+};
+template <>
+struct compute_type<bf16> {
+  using type = float;
+};
+template <>
+struct compute_type<f16> {
+  using type = float;
+};
+template <class T>
+using compute_t = typename compute_type<T>::type;
 
-template <class T> inline compute_t<T> load(const T* p) {
-  if constexpr (std::is_same_v<T, bf16> || std::is_same_v<T, f16>) return float(*p);
-  else return *p;
+template <class T>
+inline compute_t<T> load(const T* p) {
+  if constexpr (std::is_same_v<T, bf16> || std::is_same_v<T, f16>)
+    return float(*p);
+  else
+    return *p;
 }
-template <class T, class C> inline void store(T* p, C v) {
-  if constexpr (std::is_same_v<T, bf16> || std::is_same_v<T, f16>) *p = T(float(v));
-  else *p = T(v);
+template <class T, class C>
+inline void store(T* p, C v) {
+  if constexpr (std::is_same_v<T, bf16> || std::is_same_v<T, f16>)
+    *p = T(float(v));
+  else
+    *p = T(v);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Dispatch: call f.template operator()<T>() with the C++ type of `t`.
 
-template <class F> decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
+template <class F>
+decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
   switch (t) {
-    case DType::f32: return f.template operator()<float>();
-    case DType::f64: return f.template operator()<double>();
-    case DType::bf16: return f.template operator()<bf16>();
-    case DType::f16: return f.template operator()<f16>();
-    default: throw_error(fmt::format("{}: expected a floating dtype, got {}", op, dtype_name(t)));
+    case DType::f32:
+      return f.template operator()<float>();
+    case DType::f64:
+      return f.template operator()<double>();
+    case DType::bf16:
+      return f.template operator()<bf16>();
+    case DType::f16:
+      return f.template operator()<f16>();
+    default:
+      throw_error(fmt::format("{}: expected a floating dtype, got {}", op, dtype_name(t)));
   }
 }
 
-template <class F> decltype(auto) dispatch_all(DType t, const char* op, F&& f) {
+template <class F>
+decltype(auto) dispatch_all(DType t, const char* op, F&& f) {
   (void)op;
   switch (t) {
-    case DType::f32: return f.template operator()<float>();
-    case DType::f64: return f.template operator()<double>();
-    case DType::bf16: return f.template operator()<bf16>();
-    case DType::f16: return f.template operator()<f16>();
-    case DType::i8: return f.template operator()<int8_t>();
-    case DType::u8: return f.template operator()<uint8_t>();
-    case DType::i32: return f.template operator()<int32_t>();
-    case DType::i64: return f.template operator()<int64_t>();
+    case DType::f32:
+      return f.template operator()<float>();
+    case DType::f64:
+      return f.template operator()<double>();
+    case DType::bf16:
+      return f.template operator()<bf16>();
+    case DType::f16:
+      return f.template operator()<f16>();
+    case DType::i8:
+      return f.template operator()<int8_t>();
+    case DType::u8:
+      return f.template operator()<uint8_t>();
+    case DType::i32:
+      return f.template operator()<int32_t>();
+    case DType::i64:
+      return f.template operator()<int64_t>();
   }
   throw_error(fmt::format("{}: unknown dtype", op));
 }
 
-template <class F> decltype(auto) dispatch_index(DType t, const char* op, F&& f) {
+template <class F>
+decltype(auto) dispatch_index(DType t, const char* op, F&& f) {
   switch (t) {
-    case DType::i32: return f.template operator()<int32_t>();
-    case DType::i64: return f.template operator()<int64_t>();
-    case DType::u8: return f.template operator()<uint8_t>();
-    case DType::i8: return f.template operator()<int8_t>();
-    default: throw_error(fmt::format("{}: expected an integer dtype, got {}", op, dtype_name(t)));
+    case DType::i32:
+      return f.template operator()<int32_t>();
+    case DType::i64:
+      return f.template operator()<int64_t>();
+    case DType::u8:
+      return f.template operator()<uint8_t>();
+    case DType::i8:
+      return f.template operator()<int8_t>();
+    default:
+      throw_error(fmt::format("{}: expected an integer dtype, got {}", op, dtype_name(t)));
   }
 }
 
 }  // namespace forge
 
-template <> struct fmt::formatter<forge::DType> : fmt::formatter<std::string_view> {
+template <>
+struct fmt::formatter<forge::DType> : fmt::formatter<std::string_view> {
   auto format(forge::DType t, format_context& ctx) const {
     return fmt::formatter<std::string_view>::format(forge::dtype_name(t), ctx);
   }

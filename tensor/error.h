@@ -26,12 +26,14 @@ class Error : public std::invalid_argument {
 
 }  // namespace forge
 
-#define FORGE_CHECK(cond, ...)                                                  \
-  do {                                                                          \
-    if (!(cond)) [[unlikely]] ::forge::throw_error(::fmt::format(__VA_ARGS__)); \
+#define FORGE_CHECK(cond, ...)                          \
+  do {                                                  \
+    if (!(cond)) [[unlikely]]                           \
+      ::forge::throw_error(::fmt::format(__VA_ARGS__)); \
   } while (0)
 
-#define FORGE_ASSERT(cond)                                                        \
-  do {                                                                            \
-    if (!(cond)) [[unlikely]] ::forge::throw_assert(#cond, __FILE__, __LINE__); \
+#define FORGE_ASSERT(cond)                              \
+  do {                                                  \
+    if (!(cond)) [[unlikely]]                           \
+      ::forge::throw_assert(#cond, __FILE__, __LINE__); \
   } while (0)

@@ -1,4 +1,5 @@
-// Elementwise ops: unary, binary with broadcasting, where/masked_fill, and the activation backwards.
+// Elementwise ops: unary, binary with broadcasting, where/masked_fill, and the activation
+// backwards.
 #include <cmath>
 
 #include "tensor/cpu/loops.h"
@@ -21,7 +22,8 @@ void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
 }
 
 // out[i] = f(a[i]) with T the storage type and f on its compute type.
-template <class TOut, class TIn, class F> void unary_loop(Tensor& out, const Tensor& a, F f) {
+template <class TOut, class TIn, class F>
+void unary_loop(Tensor& out, const Tensor& a, F f) {
   cpu::for_each_strided<2>(
       out.shape(), {static_cast<char*>(out.raw_data()), static_cast<char*>(a.raw_data())},
       {&out.strides(), &a.strides()}, {int64_t(sizeof(TOut)), int64_t(sizeof(TIn))},
@@ -42,43 +44,44 @@ template <class TOut, class TIn, class F> void unary_loop(Tensor& out, const Ten
 template <class TOut, class TIn, class F>
 void binary_loop(Tensor& out, const Tensor& a, const Tensor& b, F f) {
   constexpr int64_t eo = sizeof(TOut), ei = sizeof(TIn);
-  cpu::for_each_strided<3>(
-      out.shape(),
-      {static_cast<char*>(out.raw_data()), static_cast<char*>(a.raw_data()),
-       static_cast<char*>(b.raw_data())},
-      {&out.strides(), &a.strides(), &b.strides()}, {eo, ei, ei},
-      [f](char** p, int64_t n, const int64_t* s) {
-        TOut* o = reinterpret_cast<TOut*>(p[0]);
-        const TIn* x = reinterpret_cast<const TIn*>(p[1]);
-        const TIn* y = reinterpret_cast<const TIn*>(p[2]);
-        if (s[0] == eo && s[1] == ei && s[2] == ei) {
-          for (int64_t i = 0; i < n; ++i) store(o + i, f(load(x + i), load(y + i)));
-        } else if (s[0] == eo && s[1] == ei && s[2] == 0) {
-          auto yv = load(y);
-          for (int64_t i = 0; i < n; ++i) store(o + i, f(load(x + i), yv));
-        } else if (s[0] == eo && s[1] == 0 && s[2] == ei) {
-          auto xv = load(x);
-          for (int64_t i = 0; i < n; ++i) store(o + i, f(xv, load(y + i)));
-        } else {
-          for (int64_t i = 0; i < n; ++i)
-            store(reinterpret_cast<TOut*>(p[0] + i * s[0]),
-                  f(load(reinterpret_cast<const TIn*>(p[1] + i * s[1])),
-                    load(reinterpret_cast<const TIn*>(p[2] + i * s[2]))));
-        }
-      });
+  cpu::for_each_strided<3>(out.shape(),
+                           {static_cast<char*>(out.raw_data()), static_cast<char*>(a.raw_data()),
+                            static_cast<char*>(b.raw_data())},
+                           {&out.strides(), &a.strides(), &b.strides()}, {eo, ei, ei},
+                           [f](char** p, int64_t n, const int64_t* s) {
+                             TOut* o = reinterpret_cast<TOut*>(p[0]);
+                             const TIn* x = reinterpret_cast<const TIn*>(p[1]);
+                             const TIn* y = reinterpret_cast<const TIn*>(p[2]);
+                             if (s[0] == eo && s[1] == ei && s[2] == ei) {
+                               for (int64_t i = 0; i < n; ++i)
+                                 store(o + i, f(load(x + i), load(y + i)));
+                             } else if (s[0] == eo && s[1] == ei && s[2] == 0) {
+                               auto yv = load(y);
+                               for (int64_t i = 0; i < n; ++i) store(o + i, f(load(x + i), yv));
+                             } else if (s[0] == eo && s[1] == 0 && s[2] == ei) {
+                               auto xv = load(x);
+                               for (int64_t i = 0; i < n; ++i) store(o + i, f(xv, load(y + i)));
+                             } else {
+                               for (int64_t i = 0; i < n; ++i)
+                                 store(reinterpret_cast<TOut*>(p[0] + i * s[0]),
+                                       f(load(reinterpret_cast<const TIn*>(p[1] + i * s[1])),
+                                         load(reinterpret_cast<const TIn*>(p[2] + i * s[2]))));
+                             }
+                           });
 }
 
 enum class Kinds { floating, any };
 
-template <class F> Tensor unary_op(const Tensor& a, const char* op, F f) {
+template <class F>
+Tensor unary_op(const Tensor& a, const char* op, F f) {
   check_cpu(a, op);
   Tensor out = Tensor::empty(a.shape(), a.dtype());
   dispatch_float(a.dtype(), op, [&]<class T>() { unary_loop<T, T>(out, a, f); });
   return out;
 }
 
-template <class F> Tensor binary_op(const Tensor& a, const Tensor& b, const char* op, Kinds kinds,
-                                    F f) {
+template <class F>
+Tensor binary_op(const Tensor& a, const Tensor& b, const char* op, Kinds kinds, F f) {
   check_cpu(a, op);
   check_cpu(b, op);
   check_same_dtype(a, b, op);
@@ -86,12 +89,15 @@ template <class F> Tensor binary_op(const Tensor& a, const Tensor& b, const char
   Tensor out = Tensor::empty(shape, a.dtype());
   Tensor ea = a.expand(shape), eb = b.expand(shape);
   auto run = [&]<class T>() { binary_loop<T, T>(out, ea, eb, f); };
-  if (kinds == Kinds::floating) dispatch_float(a.dtype(), op, run);
-  else dispatch_all(a.dtype(), op, run);
+  if (kinds == Kinds::floating)
+    dispatch_float(a.dtype(), op, run);
+  else
+    dispatch_all(a.dtype(), op, run);
   return out;
 }
 
-template <class F> Tensor compare_op(const Tensor& a, const Tensor& b, const char* op, F f) {
+template <class F>
+Tensor compare_op(const Tensor& a, const Tensor& b, const char* op, F f) {
   check_cpu(a, op);
   check_cpu(b, op);
   check_same_dtype(a, b, op);
@@ -198,7 +204,8 @@ Tensor pow(const Tensor& a, double exponent) {
   });
 }
 
-// GELU. tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); erf form: 0.5 x (1 + erf(x/sqrt2)).
+// GELU. tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); erf form: 0.5 x (1 +
+// erf(x/sqrt2)).
 namespace {
 constexpr double kSqrt2OverPi = 0.7978845608028654;
 constexpr double kInvSqrt2 = 0.7071067811865476;
@@ -277,8 +284,8 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_same_dtype(a, b, "where");
   FORGE_CHECK(is_integral(cond.dtype()), "where: condition must be an integer mask, got {}",
               cond.dtype());
-  Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(),
-                                 "where");
+  Shape shape =
+      broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
   // Any nonzero value is true: compare, do not convert (a cast to u8 would wrap 256 to 0).
   Tensor c8 = cond.dtype() == DType::u8 ? cond : ne(cond, zeros({}, cond.dtype()));
   Tensor c = c8.expand(shape), ea = a.expand(shape), eb = b.expand(shape);
@@ -364,8 +371,10 @@ Tensor& add_(Tensor& a, const Tensor& b, double alpha) {
   dispatch_all(a.dtype(), "add_", [&]<class T>() {
     using C = compute_t<T>;
     C al = C(alpha);
-    if (alpha == 1.0) binary_loop<T, T>(a, a, eb, [](auto x, auto y) { return x + y; });
-    else binary_loop<T, T>(a, a, eb, [al](auto x, auto y) { return x + al * y; });
+    if (alpha == 1.0)
+      binary_loop<T, T>(a, a, eb, [](auto x, auto y) { return x + y; });
+    else
+      binary_loop<T, T>(a, a, eb, [al](auto x, auto y) { return x + al * y; });
   });
   return a;
 }

@@ -1,4 +1,5 @@
-// Matrix products: matmul, bmm, gemm_, linear. Checks and layout here; kernels in tensor/cpu/gemm.h.
+// Matrix products: matmul, bmm, gemm_, linear. Checks and layout here; kernels in
+// tensor/cpu/gemm.h.
 #include "tensor/cpu/gemm.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
@@ -71,17 +72,16 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   check_matmul_args(a, b, "matmul", 2);
   int64_t m = trans_a ? a.size(1) : a.size(0), ka = trans_a ? a.size(0) : a.size(1);
   int64_t kb = trans_b ? b.size(1) : b.size(0), n = trans_b ? b.size(0) : b.size(1);
-  FORGE_CHECK(ka == kb,
-              "matmul: inner dims differ: {}{} @ {}{} (trans_a={}, trans_b={}) gives k={} vs {}",
-              a.shape(), trans_a ? "^T" : "", b.shape(), trans_b ? "^T" : "", trans_a, trans_b, ka,
-              kb);
+  FORGE_CHECK(
+      ka == kb, "matmul: inner dims differ: {}{} @ {}{} (trans_a={}, trans_b={}) gives k={} vs {}",
+      a.shape(), trans_a ? "^T" : "", b.shape(), trans_b ? "^T" : "", trans_a, trans_b, ka, kb);
   Tensor c = Tensor::empty({m, n}, a.dtype());
   gemm_2d(c, a, b, trans_a, trans_b, 1.0, 0.0);
   return c;
 }
 
-void gemm_(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
-           double alpha, double beta) {
+void gemm_(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha,
+           double beta) {
   check_matmul_args(a, b, "gemm_", 2);
   int64_t m = trans_a ? a.size(1) : a.size(0), ka = trans_a ? a.size(0) : a.size(1);
   int64_t kb = trans_b ? b.size(1) : b.size(0), n = trans_b ? b.size(0) : b.size(1);
@@ -112,8 +112,8 @@ Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   if (!matrix_in_place(a)) return bmm(a.contiguous(), b, trans_a, trans_b);
   if (!matrix_in_place(b)) return bmm(a, b.contiguous(), trans_a, trans_b);
   Tensor c = Tensor::empty({batch, m, n}, a.dtype());
-  // Each batch entry is one product; the batch is split across threads, each product single-threaded
-  // inside (omp_in_parallel), so the result is the same whatever the thread count.
+  // Each batch entry is one product; the batch is split across threads, each product
+  // single-threaded inside (omp_in_parallel), so the result is the same whatever the thread count.
   parallel_for(0, batch, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       Tensor ci = c.select(0, i);
@@ -128,8 +128,8 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   FORGE_CHECK(x.defined() && w.defined(), "linear: undefined tensor");
   FORGE_CHECK(w.dim() == 2, "linear: weight must be 2-d (out, in), got {}", w.shape());
   FORGE_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1),
-              "linear: input {} does not end in the weight's in_features {} (weight {})",
-              x.shape(), w.size(1), w.shape());
+              "linear: input {} does not end in the weight's in_features {} (weight {})", x.shape(),
+              w.size(1), w.shape());
   Shape out_shape = x.shape();
   out_shape[-1] = w.size(0);
   Tensor x2 = x.reshape({-1, x.size(-1)});

@@ -22,16 +22,23 @@ void check_cpu_float(const Tensor& a, const char* op) {
 }
 
 // Runs `rows_fn(x_rows, ...)` on a contiguous copy with `dim` moved last, then moves it back.
-template <class F> Tensor along_last(const Tensor& a, int dim, F rows_fn) {
+template <class F>
+Tensor along_last(const Tensor& a, int dim, F rows_fn) {
   int d = wrap_dim(dim, a.dim(), "softmax");
   if (d == a.dim() - 1) return rows_fn(a.contiguous());
   Tensor moved = a.transpose(d, -1).contiguous();
   return rows_fn(moved).transpose(d, -1).contiguous();
 }
 
-int64_t rows_of(const Tensor& t) { return t.dim() == 0 ? 1 : t.numel() / t.size(-1); }
-int64_t cols_of(const Tensor& t) { return t.dim() == 0 ? 1 : t.size(-1); }
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
+int64_t rows_of(const Tensor& t) {
+  return t.dim() == 0 ? 1 : t.numel() / t.size(-1);
+}
+int64_t cols_of(const Tensor& t) {
+  return t.dim() == 0 ? 1 : t.size(-1);
+}
+int64_t row_grain(int64_t cols) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1));
+}
 
 }  // namespace
 
@@ -42,9 +49,9 @@ int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<i
 
 namespace {
 // One row of softmax (kLog false) or log_softmax (kLog true) in the compute type.
-template <bool kLog, class T> void softmax_row(const T* xr, T* yr, int64_t C,
-                                               std::vector<compute_t<T>>& buf,
-                                               std::vector<compute_t<T>>& tmp) {
+template <bool kLog, class T>
+void softmax_row(const T* xr, T* yr, int64_t C, std::vector<compute_t<T>>& buf,
+                 std::vector<compute_t<T>>& tmp) {
   using A = compute_t<T>;
   const A* x = cpu::row_in_compute_type(xr, C, buf);
   A m = cpu::lanes_max(x, C);
@@ -60,7 +67,8 @@ template <bool kLog, class T> void softmax_row(const T* xr, T* yr, int64_t C,
   }
 }
 
-template <bool kLog> Tensor softmax_impl(const Tensor& a, int dim, const char* op) {
+template <bool kLog>
+Tensor softmax_impl(const Tensor& a, int dim, const char* op) {
   check_cpu_float(a, op);
   if (a.dim() == 0) return kLog ? zeros({}, a.dtype()) : ones({}, a.dtype());
   return along_last(a, dim, [op](const Tensor& x) {
@@ -79,8 +87,12 @@ template <bool kLog> Tensor softmax_impl(const Tensor& a, int dim, const char* o
 }
 }  // namespace
 
-Tensor softmax(const Tensor& a, int dim) { return softmax_impl<false>(a, dim, "softmax"); }
-Tensor log_softmax(const Tensor& a, int dim) { return softmax_impl<true>(a, dim, "log_softmax"); }
+Tensor softmax(const Tensor& a, int dim) {
+  return softmax_impl<false>(a, dim, "softmax");
+}
+Tensor log_softmax(const Tensor& a, int dim) {
+  return softmax_impl<true>(a, dim, "log_softmax");
+}
 
 namespace {
 template <bool kLog>
@@ -165,7 +177,8 @@ LayerNormResult layer_norm(const Tensor& x_in, const Tensor& weight, const Tenso
   dispatch_float(x.dtype(), "layer_norm", [&]<class T>() {
     using A = compute_t<T>;
     const T* px = x.data<T>();
-    std::vector<A> w = affine_in_compute_type<T>(weight, C, 1), bb = affine_in_compute_type<T>(bias, C, 0);
+    std::vector<A> w = affine_in_compute_type<T>(weight, C, 1),
+                   bb = affine_in_compute_type<T>(bias, C, 0);
     T* py = res.y.data<T>();
     A* pm = static_cast<A*>(res.mean.raw_data());
     A* ps = static_cast<A*>(res.rstd.raw_data());
@@ -255,7 +268,8 @@ LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, cons
 // Embedding: out[..., :] = weight[idx[...], :]; backward scatter-adds rows of grad.
 
 namespace {
-template <class I> void check_indices(const I* idx, int64_t n, int64_t V, const char* op) {
+template <class I>
+void check_indices(const I* idx, int64_t n, int64_t V, const char* op) {
   for (int64_t i = 0; i < n; ++i)
     FORGE_CHECK(idx[i] >= 0 && int64_t(idx[i]) < V,
                 "{}: index {} at position {} is out of range for {} rows", op, int64_t(idx[i]), i,
@@ -322,10 +336,10 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
                                  int64_t ignore_index) {
   check_cpu_float(logits, "cross_entropy");
   FORGE_CHECK(logits.dim() == 2, "cross_entropy: logits must be (N, C), got {}", logits.shape());
-  FORGE_CHECK(is_integral(targets.dtype()) && targets.dim() == 1 &&
-                  targets.size(0) == logits.size(0),
-              "cross_entropy: targets must be integers of shape [{}], got {} {}", logits.size(0),
-              targets.dtype(), targets.shape());
+  FORGE_CHECK(
+      is_integral(targets.dtype()) && targets.dim() == 1 && targets.size(0) == logits.size(0),
+      "cross_entropy: targets must be integers of shape [{}], got {} {}", logits.size(0),
+      targets.dtype(), targets.shape());
   Tensor x = logits.contiguous(), t = targets.to(DType::i64).contiguous();
   int64_t N = x.size(0), C = x.size(1);
   DType acc = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
@@ -359,9 +373,8 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
   return res;
 }
 
-Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits,
-                              const Tensor& targets, const Tensor& lse, int64_t count,
-                              int64_t ignore_index) {
+Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, const Tensor& targets,
+                              const Tensor& lse, int64_t count, int64_t ignore_index) {
   check_cpu_float(logits, "cross_entropy_backward");
   Tensor x = logits.contiguous(), t = targets.to(DType::i64).contiguous();
   int64_t N = x.size(0), C = x.size(1);
@@ -429,9 +442,10 @@ Tensor concat(const std::vector<Tensor>& parts, int dim) {
                 "concat: tensor {} is {} {}, tensor 0 is {} {}", i, p.shape(), p.dtype(),
                 first.shape(), first.dtype());
     for (int k = 0; k < first.dim(); ++k)
-      FORGE_CHECK(k == d || p.size(k) == first.size(k),
-                  "concat: tensor {} has shape {}, tensor 0 has {} (they may differ only in dim {})",
-                  i, p.shape(), first.shape(), d);
+      FORGE_CHECK(
+          k == d || p.size(k) == first.size(k),
+          "concat: tensor {} has shape {}, tensor 0 has {} (they may differ only in dim {})", i,
+          p.shape(), first.shape(), d);
     total += p.size(d);
   }
   Shape shape = first.shape();
@@ -452,8 +466,8 @@ std::vector<Tensor> split(const Tensor& a, const std::vector<int64_t>& sizes, in
     FORGE_CHECK(s >= 0, "split: negative size in {}", sizes);
     total += s;
   }
-  FORGE_CHECK(total == a.size(d), "split: sizes {} add up to {}, dim {} of {} has {}", sizes,
-              total, d, a.shape(), a.size(d));
+  FORGE_CHECK(total == a.size(d), "split: sizes {} add up to {}, dim {} of {} has {}", sizes, total,
+              d, a.shape(), a.size(d));
   std::vector<Tensor> out;
   int64_t at = 0;
   for (int64_t s : sizes) {

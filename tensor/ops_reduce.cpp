@@ -1,9 +1,9 @@
 // Reductions: sum, mean, max, argmax, sum_to; and the comparison helpers for tests.
 //
-// Every reduction sees its input as (outer, R, inner), R the reduced extent, and sums each output in
-// a fixed order: contiguous runs in 16 interleaved partial sums, combined in a fixed tree; long runs
-// in fixed-size chunks combined in chunk order. Threads only decide who computes which output or
-// chunk, never the order of additions, so results do not depend on the thread count.
+// Every reduction sees its input as (outer, R, inner), R the reduced extent, and sums each output
+// in a fixed order: contiguous runs in 16 interleaved partial sums, combined in a fixed tree; long
+// runs in fixed-size chunks combined in chunk order. Threads only decide who computes which output
+// or chunk, never the order of additions, so results do not depend on the thread count.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -18,7 +18,8 @@ namespace {
 constexpr int64_t kChunk = 1 << 14;  // elements per partial sum of a long contiguous run
 
 // Sum of n contiguous values in 16 lanes, combined pairwise: vectorises and is order-fixed.
-template <class T> compute_t<T> sum_run(const T* x, int64_t n) {
+template <class T>
+compute_t<T> sum_run(const T* x, int64_t n) {
   using C = compute_t<T>;
   C acc[16] = {};
   int64_t i = 0;
@@ -31,7 +32,8 @@ template <class T> compute_t<T> sum_run(const T* x, int64_t n) {
 }
 
 // Sum of a long run: fixed chunks summed (in parallel), then combined in chunk order.
-template <class T> compute_t<T> sum_long_run(const T* x, int64_t n) {
+template <class T>
+compute_t<T> sum_long_run(const T* x, int64_t n) {
   using C = compute_t<T>;
   int64_t chunks = fixed_chunks(n, kChunk);
   if (chunks <= 1) return sum_run(x, n);
@@ -46,7 +48,8 @@ template <class T> compute_t<T> sum_long_run(const T* x, int64_t n) {
 }
 
 // out (outer, inner) = sum over r of x (outer, R, inner); x contiguous.
-template <class T> void sum_kernel(T* out, const T* x, int64_t outer, int64_t R, int64_t inner) {
+template <class T>
+void sum_kernel(T* out, const T* x, int64_t outer, int64_t R, int64_t inner) {
   using C = compute_t<T>;
   if (inner == 1) {
     if (outer == 1) {
@@ -105,8 +108,8 @@ std::vector<int> normalize_dims(const std::vector<int>& dims, int ndim, const ch
   std::vector<int> out;
   for (int d : dims) out.push_back(wrap_dim(d, ndim, op));
   std::sort(out.begin(), out.end());
-  FORGE_CHECK(std::adjacent_find(out.begin(), out.end()) == out.end(), "{}: repeated dim in {}",
-              op, dims);
+  FORGE_CHECK(std::adjacent_find(out.begin(), out.end()) == out.end(), "{}: repeated dim in {}", op,
+              dims);
   return out;
 }
 
@@ -211,7 +214,9 @@ Tensor max(const Tensor& a) {
   return max(a.reshape({-1}), 0).values.reshape({});
 }
 
-Tensor argmax(const Tensor& a, int dim, bool keepdim) { return max(a, dim, keepdim).indices; }
+Tensor argmax(const Tensor& a, int dim, bool keepdim) {
+  return max(a, dim, keepdim).indices;
+}
 
 Tensor sum_to(const Tensor& a, const Shape& shape) {
   if (a.shape() == shape) return a;
@@ -219,8 +224,10 @@ Tensor sum_to(const Tensor& a, const Shape& shape) {
   FORGE_CHECK(lead >= 0, "sum_to: cannot sum {} down to {}", a.shape(), shape);
   std::vector<int> dims;
   for (int d = 0; d < a.dim(); ++d) {
-    if (d < lead) dims.push_back(d);
-    else if (shape[d - lead] == 1 && a.size(d) != 1) dims.push_back(d);
+    if (d < lead)
+      dims.push_back(d);
+    else if (shape[d - lead] == 1 && a.size(d) != 1)
+      dims.push_back(d);
     else
       FORGE_CHECK(shape[d - lead] == a.size(d), "sum_to: cannot sum {} down to {}", a.shape(),
                   shape);

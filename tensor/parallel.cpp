@@ -25,6 +25,8 @@ void set_num_threads(int n) {
   omp_set_num_threads(n);
 }
 
-int get_num_threads() { return g_threads; }
+int get_num_threads() {
+  return g_threads;
+}
 
 }  // namespace forge

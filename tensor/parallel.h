@@ -20,7 +20,8 @@ namespace forge {
 void set_num_threads(int n);
 int get_num_threads();
 
-template <class F> void parallel_for(int64_t begin, int64_t end, int64_t grain, F&& f) {
+template <class F>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, F&& f) {
   int64_t n = end - begin;
   if (n <= 0) return;
   int threads = get_num_threads();
@@ -40,6 +41,8 @@ template <class F> void parallel_for(int64_t begin, int64_t end, int64_t grain, 
 }
 
 // Number of fixed-size chunks of `chunk` covering n; chunk boundaries never depend on threads.
-inline int64_t fixed_chunks(int64_t n, int64_t chunk) { return (n + chunk - 1) / chunk; }
+inline int64_t fixed_chunks(int64_t n, int64_t chunk) {
+  return (n + chunk - 1) / chunk;
+}
 
 }  // namespace forge

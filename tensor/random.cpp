@@ -31,7 +31,8 @@ uint64_t Generator::randint(uint64_t n) {
   FORGE_CHECK(n > 0, "randint: empty range");
   auto b = block(advance(1), 0);
   uint64_t x = uint64_t(b[0]) << 32 | b[1];
-  return uint64_t((__uint128_t(x) * n) >> 64);  // Lemire's multiply-shift: no modulo bias to speak of
+  return uint64_t((__uint128_t(x) * n) >>
+                  64);  // Lemire's multiply-shift: no modulo bias to speak of
 }
 
 Generator& default_generator() {
@@ -39,12 +40,15 @@ Generator& default_generator() {
   return g;
 }
 
-void manual_seed(uint64_t seed) { default_generator() = Generator(seed); }
+void manual_seed(uint64_t seed) {
+  default_generator() = Generator(seed);
+}
 
 namespace {
 
 // Fills n values from the generator: fn(block, i) -> 4 values, i the block index.
-template <class T, class F> void fill_blocks(Tensor& t, Generator& gen, F fn) {
+template <class T, class F>
+void fill_blocks(Tensor& t, Generator& gen, F fn) {
   int64_t n = t.numel();
   int64_t blocks = (n + 3) / 4;
   uint64_t first = gen.advance(uint64_t(blocks));
@@ -109,8 +113,12 @@ Tensor randn(const Shape& shape, Generator& gen, DType dtype) {
   return t;
 }
 
-Tensor rand(const Shape& shape, DType dtype) { return rand(shape, default_generator(), dtype); }
-Tensor randn(const Shape& shape, DType dtype) { return randn(shape, default_generator(), dtype); }
+Tensor rand(const Shape& shape, DType dtype) {
+  return rand(shape, default_generator(), dtype);
+}
+Tensor randn(const Shape& shape, DType dtype) {
+  return randn(shape, default_generator(), dtype);
+}
 
 Tensor randperm(int64_t n, Generator& gen) {
   Tensor t = arange(0, double(n), 1, DType::i64);

@@ -46,8 +46,8 @@ class Generator {
   }
 
   // Scalar draws (one block each), for sampling and shuffling.
-  double uniform();                       // [0, 1)
-  uint64_t randint(uint64_t n);           // [0, n)
+  double uniform();              // [0, 1)
+  uint64_t randint(uint64_t n);  // [0, n)
 
  private:
   State state_;
@@ -58,7 +58,9 @@ Generator& default_generator();
 void manual_seed(uint64_t seed);
 
 // 32 random bits -> float in [0, 1) with 24 bits of precision.
-inline float uniform_from_bits(uint32_t x) { return float(x >> 8) * (1.0f / 16777216.0f); }
+inline float uniform_from_bits(uint32_t x) {
+  return float(x >> 8) * (1.0f / 16777216.0f);
+}
 
 Tensor rand(const Shape& shape, Generator& gen, DType dtype = DType::f32);
 Tensor randn(const Shape& shape, Generator& gen, DType dtype = DType::f32);

@@ -23,7 +23,10 @@ class Shape {
   Shape() = default;
   Shape(std::initializer_list<int64_t> dims) { assign(dims.begin(), dims.end()); }
   explicit Shape(const std::vector<int64_t>& dims) { assign(dims.begin(), dims.end()); }
-  template <class It> Shape(It first, It last) { assign(first, last); }
+  template <class It>
+  Shape(It first, It last) {
+    assign(first, last);
+  }
 
   int size() const { return n_; }
   bool empty() const { return n_ == 0; }
@@ -67,7 +70,8 @@ class Shape {
   }
 
  private:
-  template <class It> void assign(It first, It last) {
+  template <class It>
+  void assign(It first, It last) {
     for (; first != last; ++first) push_back(int64_t(*first));
   }
   int wrap(int i) const { return i < 0 ? i + n_ : i; }
@@ -91,8 +95,8 @@ inline Shape contiguous_strides(const Shape& shape) {
 // Normalizes a possibly negative dim index against `ndim`; throws naming `op` when out of range.
 inline int wrap_dim(int dim, int ndim, const char* op) {
   int d = dim < 0 ? dim + ndim : dim;
-  FORGE_CHECK(d >= 0 && d < std::max(ndim, 1), "{}: dim {} out of range for a {}-d tensor", op,
-              dim, ndim);
+  FORGE_CHECK(d >= 0 && d < std::max(ndim, 1), "{}: dim {} out of range for a {}-d tensor", op, dim,
+              ndim);
   return d;
 }
 
@@ -101,7 +105,8 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
 
 }  // namespace forge
 
-template <> struct fmt::formatter<forge::Shape> : fmt::formatter<std::string_view> {
+template <>
+struct fmt::formatter<forge::Shape> : fmt::formatter<std::string_view> {
   auto format(const forge::Shape& s, format_context& ctx) const {
     return fmt::format_to(ctx.out(), "[{}]", fmt::join(s.begin(), s.end(), ", "));
   }

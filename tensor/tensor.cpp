@@ -20,8 +20,10 @@ Storage::Storage(void* data, size_t nbytes, Device device, std::function<void(vo
     : data_(data), nbytes_(nbytes), device_(device), release_(std::move(release)) {}
 
 Storage::~Storage() {
-  if (release_) release_(data_);
-  else allocator_for(device_).deallocate(data_, nbytes_, tag_);
+  if (release_)
+    release_(data_);
+  else
+    allocator_for(device_).deallocate(data_, nbytes_, tag_);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -37,7 +39,9 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   return t;
 }
 
-Device Tensor::device() const { return storage_ ? storage_->device() : Device::cpu(); }
+Device Tensor::device() const {
+  return storage_ ? storage_->device() : Device::cpu();
+}
 
 void* Tensor::raw_data() const {
   FORGE_CHECK(defined(), "data access on an undefined tensor");
@@ -98,8 +102,8 @@ Shape infer_shape(const Shape& shape, int64_t numel, const char* op, const Shape
     }
   }
   if (infer >= 0) {
-    FORGE_CHECK(known > 0 && numel % known == 0, "{}: cannot view {} elements {} as {}", op,
-                numel, from, shape);
+    FORGE_CHECK(known > 0 && numel % known == 0, "{}: cannot view {} elements {} as {}", op, numel,
+                from, shape);
     out[infer] = numel / known;
   }
   FORGE_CHECK(out.numel() == numel, "{}: shape {} has {} elements, tensor {} has {}", op, shape,
@@ -232,7 +236,8 @@ Tensor Tensor::expand(const Shape& shape) const {
     }
     int64_t have = shape_[i - lead];
     if (shape[i] == -1) out[i] = have;
-    if (have == out[i]) st[i] = strides_[i - lead];
+    if (have == out[i])
+      st[i] = strides_[i - lead];
     else {
       FORGE_CHECK(have == 1, "expand: dim {} of {} has size {}, cannot expand to {}", i - lead,
                   shape_, have, shape);
@@ -279,7 +284,8 @@ Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t extr
 // Copies
 
 namespace {
-template <class D, class S> void copy_cast_kernel(const Tensor& dst, const Tensor& src) {
+template <class D, class S>
+void copy_cast_kernel(const Tensor& dst, const Tensor& src) {
   cpu::for_each_strided<2>(
       dst.shape(), {static_cast<char*>(dst.raw_data()), static_cast<char*>(src.raw_data())},
       {&dst.strides(), &src.strides()}, {int64_t(sizeof(D)), int64_t(sizeof(S))},
@@ -293,8 +299,10 @@ template <class D, class S> void copy_cast_kernel(const Tensor& dst, const Tenso
         for (int64_t i = 0; i < n; ++i) {
           const S* x = reinterpret_cast<const S*>(p[1] + i * s[1]);
           D* y = reinterpret_cast<D*>(p[0] + i * s[0]);
-          if constexpr (std::is_same_v<D, S>) *y = *x;
-          else store(y, load(x));
+          if constexpr (std::is_same_v<D, S>)
+            *y = *x;
+          else
+            store(y, load(x));
         }
       });
 }
@@ -351,7 +359,8 @@ double Tensor::item() const {
                       [&]<class T>() { return double(load(static_cast<const T*>(raw_data()))); });
 }
 
-template <class T> std::vector<T> Tensor::to_vector() const {
+template <class T>
+std::vector<T> Tensor::to_vector() const {
   Tensor c = to(dtype_of<T>).contiguous();
   const T* p = c.data<T>();
   return std::vector<T>(p, p + c.numel());
@@ -365,8 +374,8 @@ template std::vector<uint8_t> Tensor::to_vector<uint8_t>() const;
 
 std::string Tensor::str() const {
   if (!defined()) return "Tensor(undefined)";
-  std::string s = fmt::format("Tensor(shape={}, dtype={}, device={}", shape_, dtype_,
-                              device().str());
+  std::string s =
+      fmt::format("Tensor(shape={}, dtype={}, device={}", shape_, dtype_, device().str());
   if (numel() <= 16) {
     std::vector<double> v = to(DType::f64).to_vector<double>();
     s += fmt::format(", values=[{:.6g}]", fmt::join(v, ", "));
@@ -379,8 +388,10 @@ std::string Tensor::str() const {
 
 Tensor zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = Tensor::empty(shape, dtype, device);
-  if (device.is_cpu() && t.nbytes()) std::memset(t.raw_data(), 0, t.nbytes());
-  else t.zero_();
+  if (device.is_cpu() && t.nbytes())
+    std::memset(t.raw_data(), 0, t.nbytes());
+  else
+    t.zero_();
   return t;
 }
 
@@ -394,7 +405,9 @@ Tensor full(const Shape& shape, double value, DType dtype, Device device) {
   return t;
 }
 
-Tensor scalar_tensor(double value, DType dtype) { return full({}, value, dtype); }
+Tensor scalar_tensor(double value, DType dtype) {
+  return full({}, value, dtype);
+}
 
 Tensor arange(double start, double end, double step, DType dtype) {
   FORGE_CHECK(step != 0, "arange: step must be non-zero");
@@ -407,7 +420,8 @@ Tensor arange(double start, double end, double step, DType dtype) {
   return t;
 }
 
-template <class T> Tensor from_vector(const std::vector<T>& values, Shape shape) {
+template <class T>
+Tensor from_vector(const std::vector<T>& values, Shape shape) {
   if (shape.empty() && values.size() != 1) shape = Shape{int64_t(values.size())};
   FORGE_CHECK(shape.numel() == int64_t(values.size()),
               "from_vector: {} values do not fill shape {}", values.size(), shape);

@@ -66,7 +66,8 @@ class Tensor {
 
   void* raw_data() const;
   // Typed pointer to the first element; throws when T is not this tensor's dtype.
-  template <class T> T* data() const {
+  template <class T>
+  T* data() const {
     FORGE_CHECK(dtype_of<T> == dtype_, "data<{}>() called on a {} tensor", dtype_of<T>, dtype_);
     return static_cast<T*>(raw_data());
   }
@@ -89,8 +90,8 @@ class Tensor {
   Tensor as_strided(const Shape& shape, const Shape& strides, int64_t extra_offset = 0) const;
 
   // ---- Copies ----
-  Tensor contiguous() const;  // this tensor when already contiguous
-  Tensor clone() const;       // always a fresh contiguous copy
+  Tensor contiguous() const;     // this tensor when already contiguous
+  Tensor clone() const;          // always a fresh contiguous copy
   Tensor to(DType dtype) const;  // this tensor when already of that dtype
   // Copies `src` into this tensor (broadcasting src's shape, converting its dtype).
   Tensor& copy_(const Tensor& src);
@@ -99,7 +100,8 @@ class Tensor {
 
   // ---- Element access (slow; for tests, printing and scalars) ----
   double item() const;  // a one-element tensor as double
-  template <class T> std::vector<T> to_vector() const;
+  template <class T>
+  std::vector<T> to_vector() const;
   std::string str() const;
 
  private:
@@ -122,14 +124,16 @@ Tensor scalar_tensor(double value, DType dtype = DType::f32);
 // [start, end) in steps of `step`.
 Tensor arange(double start, double end, double step = 1.0, DType dtype = DType::i64);
 // A tensor holding a copy of `values` with the given shape (defaults to 1-D).
-template <class T> Tensor from_vector(const std::vector<T>& values, Shape shape = {});
+template <class T>
+Tensor from_vector(const std::vector<T>& values, Shape shape = {});
 
 // ---- Checks shared by the ops ----
 void check_same_device(const Tensor& a, const Tensor& b, const char* op);
 
 }  // namespace forge
 
-template <> struct fmt::formatter<forge::Tensor> : fmt::formatter<std::string_view> {
+template <>
+struct fmt::formatter<forge::Tensor> : fmt::formatter<std::string_view> {
   auto format(const forge::Tensor& t, format_context& ctx) const {
     return fmt::format_to(ctx.out(), "{}", t.str());
   }

@@ -19,7 +19,8 @@ std::vector<double> naive(bool ta, bool tb, int64_t m, int64_t n, int64_t k, con
     for (int64_t j = 0; j < n; ++j) {
       double s = 0;
       for (int64_t p = 0; p < k; ++p)
-        s += double(ta ? A[p * lda + i] : A[i * lda + p]) * double(tb ? B[j * ldb + p] : B[p * ldb + j]);
+        s += double(ta ? A[p * lda + i] : A[i * lda + p]) *
+             double(tb ? B[j * ldb + p] : B[p * ldb + j]);
       c[size_t(i * n + j)] = s;
     }
   return c;
@@ -34,8 +35,11 @@ struct IsaScope {
 std::vector<Isa> runnable_isas() {
   std::vector<Isa> out;
   for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512}) {
-    if (cpu::isa_supported(isa)) out.push_back(isa);
-    else std::printf("SKIPPED: gemm kernel family %s: not supported by this processor\n", cpu::isa_name(isa));
+    if (cpu::isa_supported(isa))
+      out.push_back(isa);
+    else
+      std::printf("SKIPPED: gemm kernel family %s: not supported by this processor\n",
+                  cpu::isa_name(isa));
   }
   return out;
 }
@@ -63,7 +67,8 @@ void check_packed(Isa isa, bool ta, bool tb, int64_t m, int64_t n, int64_t k, fl
       double tol = 1e-5 * (1.0 + std::sqrt(double(k))) * (1.0 + std::abs(want));
       worst = std::max(worst, std::abs(pc[i * ldc + j] - want) / tol);
     }
-    for (int64_t j = n; j < ldc; ++j) REQUIRE(pc[i * ldc + j] == p0[i * ldc + j]);  // padding untouched
+    for (int64_t j = n; j < ldc; ++j)
+      REQUIRE(pc[i * ldc + j] == p0[i * ldc + j]);  // padding untouched
   }
   INFO("isa " << cpu::isa_name(isa) << " ta " << ta << " tb " << tb << " m " << m << " n " << n
               << " k " << k << " alpha " << alpha << " beta " << beta);
@@ -155,8 +160,8 @@ TEST_CASE("every kernel family gives bitwise the same product for alpha 1 and be
     IsaScope scope(isa);
     for (float beta : {0.0f, 1.0f}) {
       Tensor c = c0.clone();
-      cpu::gemm_packed(false, true, 77, 53, 600, 1.0f, a.data<float>(), 600, b.t().contiguous().data<float>(),
-                       600, beta, c.data<float>(), 53);
+      cpu::gemm_packed(false, true, 77, 53, 600, 1.0f, a.data<float>(), 600,
+                       b.t().contiguous().data<float>(), 600, beta, c.data<float>(), 53);
       results.push_back(c);
     }
   }

@@ -17,44 +17,6 @@ using forge::testing::Contains;
 
 namespace {
 
-// Element `idx` of a tensor of any dtype as double, read from memory with its strides.
-double read(const Tensor& t, const std::vector<int64_t>& idx) {
-  const char* p = static_cast<const char*>(t.raw_data());
-  for (int d = 0; d < t.dim(); ++d) p += idx[size_t(d)] * t.stride(d) * int64_t(t.itemsize());
-  switch (t.dtype()) {
-    case DType::f32:
-      return *reinterpret_cast<const float*>(p);
-    case DType::f64:
-      return *reinterpret_cast<const double*>(p);
-    case DType::bf16: {
-      uint32_t u = uint32_t(*reinterpret_cast<const uint16_t*>(p)) << 16;
-      float f;
-      std::memcpy(&f, &u, 4);
-      return f;
-    }
-    case DType::f16:
-      return double(*reinterpret_cast<const _Float16*>(p));
-    case DType::i8:
-      return *reinterpret_cast<const int8_t*>(p);
-    case DType::u8:
-      return *reinterpret_cast<const uint8_t*>(p);
-    case DType::i32:
-      return *reinterpret_cast<const int32_t*>(p);
-    case DType::i64:
-      return double(*reinterpret_cast<const int64_t*>(p));
-  }
-  return 0;
-}
-
-std::vector<int64_t> unravel(int64_t i, const Shape& s) {
-  std::vector<int64_t> idx(size_t(s.size()));
-  for (int d = s.size() - 1; d >= 0; --d) {
-    idx[size_t(d)] = i % s[d];
-    i /= s[d];
-  }
-  return idx;
-}
-
 // The index into `t` of output index `out_idx` under numpy broadcasting (right-aligned dims).
 std::vector<int64_t> source_index(const Tensor& t, const std::vector<int64_t>& out_idx) {
   std::vector<int64_t> idx(size_t(t.dim()));
@@ -79,7 +41,8 @@ using Fn2 = std::function<double(double, double)>;
 
 std::vector<double> reference_unary(const Tensor& a, const Fn1& f) {
   std::vector<double> out;
-  for (int64_t i = 0; i < a.numel(); ++i) out.push_back(f(read(a, unravel(i, a.shape()))));
+  for (int64_t i = 0; i < a.numel(); ++i)
+    out.push_back(f(testing::read_element(a, testing::unravel(i, a.shape()))));
   return out;
 }
 
@@ -87,8 +50,9 @@ std::vector<double> reference_binary(const Tensor& a, const Tensor& b, const Fn2
   Shape s = broadcast_reference(a.shape(), b.shape());
   std::vector<double> out;
   for (int64_t i = 0; i < s.numel(); ++i) {
-    auto idx = unravel(i, s);
-    out.push_back(f(read(a, source_index(a, idx)), read(b, source_index(b, idx))));
+    auto idx = testing::unravel(i, s);
+    out.push_back(f(testing::read_element(a, source_index(a, idx)),
+                    testing::read_element(b, source_index(b, idx))));
   }
   return out;
 }
@@ -101,7 +65,7 @@ void check_close(const Tensor& got, const std::vector<double>& want, double rtol
   double worst_excess = -1;
   std::string worst;
   for (int64_t i = 0; i < got.numel(); ++i) {
-    double g = read(got, unravel(i, got.shape())), w = want[size_t(i)];
+    double g = testing::read_element(got, testing::unravel(i, got.shape())), w = want[size_t(i)];
     if ((std::isnan(w) && std::isnan(g)) || g == w) continue;
     double err = std::abs(g - w), tol = rtol * std::abs(w) + atol;
     if (!(err <= tol)) {
@@ -348,7 +312,7 @@ TEST_CASE("where picks a where cond is nonzero and b elsewhere, broadcasting all
   CHECK(y.shape() == Shape{3, 4});
   std::vector<double> want;
   for (int64_t i = 0; i < 3; ++i)
-    for (int64_t j = 0; j < 4; ++j) want.push_back(i == 1 ? 9.0 : read(a, {i, j}));
+    for (int64_t j = 0; j < 4; ++j) want.push_back(i == 1 ? 9.0 : testing::read_element(a, {i, j}));
   check_close(y, want, 0, 0);
   // Any integer dtype; any nonzero value counts as true.
   Tensor c64 = from_vector(std::vector<int64_t>{0, 5, -1, 0});
@@ -377,13 +341,13 @@ TEST_CASE("masked_fill writes the value where the broadcast mask is set") {
   for (int64_t i = 0; i < 3; ++i)
     for (int64_t j = 0; j < 4; ++j) {
       if (j % 2)
-        CHECK(read(y, {i, j}) == -INFINITY);
+        CHECK(testing::read_element(y, {i, j}) == -INFINITY);
       else
-        CHECK(read(y, {i, j}) == read(a, {i, j}));
+        CHECK(testing::read_element(y, {i, j}) == testing::read_element(a, {i, j}));
     }
   Tensor hb = masked_fill(a.to(DType::bf16), mask, 0.5);
   CHECK(hb.dtype() == DType::bf16);
-  CHECK(read(hb, {2, 3}) == 0.5);
+  CHECK(testing::read_element(hb, {2, 3}) == 0.5);
 }
 
 TEST_CASE("add_ adds alpha times a broadcast b in place, also through a view") {
@@ -404,7 +368,8 @@ TEST_CASE("add_ adds alpha times a broadcast b in place, also through a view") {
   Tensor col = uniform_tensor({3, 1}, 1, 2, 63);
   add_(v, col, 2.0);  // b (3, 1) broadcast over v (3, 4)
   for (int64_t i = 0; i < 3; ++i)
-    for (int64_t j = 0; j < 4; ++j) CHECK(read(base, {j, i}) == 2 * read(col, {i, 0}));
+    for (int64_t j = 0; j < 4; ++j)
+      CHECK(testing::read_element(base, {j, i}) == 2 * testing::read_element(col, {i, 0}));
   Tensor ai = from_vector(std::vector<int64_t>{1, 2, 3});
   add_(ai, from_vector(std::vector<int64_t>{10}), 3.0);
   CHECK(ai.to_vector<int64_t>() == std::vector<int64_t>{31, 32, 33});
@@ -425,8 +390,9 @@ TEST_CASE("mul_ scales in place, through views and in integer dtypes") {
   mul_(v, -1.5);
   for (int64_t i = 0; i < 5; ++i)
     for (int64_t j = 0; j < 6; ++j) {
-      double want = read(keep, {i, j}) * (j >= 2 && j < 5 ? -1.5 : 1.0);
-      CHECK(read(base, {i, j}) == double(float(want)));  // both are the correctly rounded product
+      double want = testing::read_element(keep, {i, j}) * (j >= 2 && j < 5 ? -1.5 : 1.0);
+      CHECK(testing::read_element(base, {i, j}) ==
+            double(float(want)));  // both are the correctly rounded product
     }
   Tensor i = from_vector(std::vector<int32_t>{-4, 7});
   mul_(i, 3);
@@ -496,7 +462,8 @@ TEST_CASE("dropout keeps about 1-p of the elements and scales them by 1/(1-p)") 
   CHECK(std::abs(kept / n - (1 - p)) < 5 * std::sqrt(p * (1 - p) / n));
   std::vector<double> want;
   for (int64_t i = 0; i < n; ++i)
-    want.push_back(mask[size_t(i)] ? read(x, unravel(i, x.shape())) / (1 - p) : 0.0);
+    want.push_back(
+        mask[size_t(i)] ? testing::read_element(x, testing::unravel(i, x.shape())) / (1 - p) : 0.0);
   check_close(r.y, want, 2.4e-7, 0);
   // The same generator state gives the same mask; the next draw gives another.
   Generator again(0);
@@ -507,7 +474,8 @@ TEST_CASE("dropout keeps about 1-p of the elements and scales them by 1/(1-p)") 
   Tensor g = uniform_tensor({256, 256}, -1, 1, 92);
   std::vector<double> want_g;
   for (int64_t i = 0; i < n; ++i)
-    want_g.push_back(mask[size_t(i)] ? read(g, unravel(i, g.shape())) / (1 - p) : 0.0);
+    want_g.push_back(
+        mask[size_t(i)] ? testing::read_element(g, testing::unravel(i, g.shape())) / (1 - p) : 0.0);
   check_close(dropout_backward(g, r.mask, p), want_g, 2.4e-7, 0);
   // p = 0 keeps everything unchanged.
   DropoutResult none = dropout(x, 0.0, gen);

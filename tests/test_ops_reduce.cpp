@@ -16,43 +16,6 @@ using forge::testing::Contains;
 
 namespace {
 
-double read(const Tensor& t, const std::vector<int64_t>& idx) {
-  const char* p = static_cast<const char*>(t.raw_data());
-  for (int d = 0; d < t.dim(); ++d) p += idx[size_t(d)] * t.stride(d) * int64_t(t.itemsize());
-  switch (t.dtype()) {
-    case DType::f32:
-      return *reinterpret_cast<const float*>(p);
-    case DType::f64:
-      return *reinterpret_cast<const double*>(p);
-    case DType::bf16: {
-      uint32_t u = uint32_t(*reinterpret_cast<const uint16_t*>(p)) << 16;
-      float f;
-      std::memcpy(&f, &u, 4);
-      return f;
-    }
-    case DType::f16:
-      return double(*reinterpret_cast<const _Float16*>(p));
-    case DType::i8:
-      return *reinterpret_cast<const int8_t*>(p);
-    case DType::u8:
-      return *reinterpret_cast<const uint8_t*>(p);
-    case DType::i32:
-      return *reinterpret_cast<const int32_t*>(p);
-    case DType::i64:
-      return double(*reinterpret_cast<const int64_t*>(p));
-  }
-  return 0;
-}
-
-std::vector<int64_t> unravel(int64_t i, const Shape& s) {
-  std::vector<int64_t> idx(size_t(s.size()));
-  for (int d = s.size() - 1; d >= 0; --d) {
-    idx[size_t(d)] = i % s[d];
-    i /= s[d];
-  }
-  return idx;
-}
-
 int64_t ravel(const std::vector<int64_t>& idx, const Shape& s) {
   int64_t i = 0;
   for (int d = 0; d < s.size(); ++d) i = i * s[d] + idx[size_t(d)];
@@ -61,7 +24,8 @@ int64_t ravel(const std::vector<int64_t>& idx, const Shape& s) {
 
 std::vector<double> all_values(const Tensor& t) {
   std::vector<double> v;
-  for (int64_t i = 0; i < t.numel(); ++i) v.push_back(read(t, unravel(i, t.shape())));
+  for (int64_t i = 0; i < t.numel(); ++i)
+    v.push_back(testing::read_element(t, testing::unravel(i, t.shape())));
   return v;
 }
 
@@ -81,8 +45,8 @@ Reduced reference_sum(const Tensor& a, const std::vector<int>& dims) {
   r.abs_sum.assign(n, 0);
   r.count.assign(n, 0);
   for (int64_t i = 0; i < a.numel(); ++i) {
-    auto idx = unravel(i, a.shape());
-    double v = read(a, idx);
+    auto idx = testing::unravel(i, a.shape());
+    double v = testing::read_element(a, idx);
     for (int d = 0; d < a.dim(); ++d)
       if (r.keep_shape[d] == 1) idx[size_t(d)] = 0;
     size_t o = size_t(ravel(idx, r.keep_shape));
@@ -125,7 +89,7 @@ void check_reduction(const Tensor& got, const Reduced& r, bool mean) {
                   (mean ? 3 * u + 2 * st : st) * std::abs(want)) *
                      1.01 +
                  1e-300;
-    double g = read(got, unravel(int64_t(o), got.shape()));
+    double g = testing::read_element(got, testing::unravel(int64_t(o), got.shape()));
     double ratio = std::abs(g - want) / tol;
     if (!(ratio <= 1)) {
       ++bad;
@@ -283,12 +247,12 @@ TEST_CASE("max and argmax over a dim pick the first maximum and match a naive sc
         Shape keep = x.shape();
         keep[d] = 1;
         for (int64_t o = 0; o < keep.numel(); ++o) {
-          auto idx = unravel(o, keep);
+          auto idx = testing::unravel(o, keep);
           double best = -INFINITY;
           int64_t arg = -1;
           for (int64_t k = 0; k < x.size(d); ++k) {
             idx[size_t(d)] = k;
-            double v = read(x, idx);
+            double v = testing::read_element(x, idx);
             if (v > best) best = v, arg = k;
           }
           CHECK(m.values.to_vector<float>()[size_t(o)] == best);

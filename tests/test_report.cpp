@@ -1,17 +1,15 @@
-#include "recipes/report.h"
-
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
+#include "recipes/report.h"
 #include "testing.h"
 
 using namespace forge;
 
 TEST_CASE("to_json_line writes one JSON object with keys in order and escapes strings") {
-  std::string s = to_json_line({{"epoch", int64_t(3)},
-                                {"train_loss", 0.25},
-                                {"note", std::string("a \"quoted\"\nline")}});
+  std::string s = to_json_line(
+      {{"epoch", int64_t(3)}, {"train_loss", 0.25}, {"note", std::string("a \"quoted\"\nline")}});
   CHECK(s == R"({"epoch": 3, "train_loss": 0.25, "note": "a \"quoted\"\nline"})");
 }
 

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <catch2/catch.hpp>
+#include <cstring>
+#include <vector>
 
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
@@ -30,6 +32,46 @@ inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
   Tensor x = a.contiguous(), y = b.contiguous();
   return std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0;
+}
+
+// Element `idx` of a tensor of any dtype as double, read straight from memory with its strides
+// (independent of the library's own conversions: f16 goes through GCC's _Float16).
+inline double read_element(const Tensor& t, const std::vector<int64_t>& idx) {
+  const char* p = static_cast<const char*>(t.raw_data());
+  for (int d = 0; d < t.dim(); ++d) p += idx[size_t(d)] * t.stride(d) * int64_t(t.itemsize());
+  switch (t.dtype()) {
+    case DType::f32:
+      return *reinterpret_cast<const float*>(p);
+    case DType::f64:
+      return *reinterpret_cast<const double*>(p);
+    case DType::bf16: {
+      uint32_t u = uint32_t(*reinterpret_cast<const uint16_t*>(p)) << 16;
+      float f;
+      std::memcpy(&f, &u, 4);
+      return f;
+    }
+    case DType::f16:
+      return double(*reinterpret_cast<const _Float16*>(p));
+    case DType::i8:
+      return *reinterpret_cast<const int8_t*>(p);
+    case DType::u8:
+      return *reinterpret_cast<const uint8_t*>(p);
+    case DType::i32:
+      return *reinterpret_cast<const int32_t*>(p);
+    case DType::i64:
+      return double(*reinterpret_cast<const int64_t*>(p));
+  }
+  return 0;
+}
+
+// The multi-index of row-major position i in shape s.
+inline std::vector<int64_t> unravel(int64_t i, const Shape& s) {
+  std::vector<int64_t> idx(size_t(s.size()));
+  for (int d = s.size() - 1; d >= 0; --d) {
+    idx[size_t(d)] = i % s[d];
+    i /= s[d];
+  }
+  return idx;
 }
 
 // Where the test data lives (Debian's dataset-fashion-mnist).

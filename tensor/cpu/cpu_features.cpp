@@ -9,9 +9,12 @@ namespace forge::cpu {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::portable: return "portable";
-    case Isa::avx2: return "avx2";
-    case Isa::avx512: return "avx512";
+    case Isa::portable:
+      return "portable";
+    case Isa::avx2:
+      return "avx2";
+    case Isa::avx512:
+      return "avx512";
   }
   return "?";
 }
@@ -19,12 +22,14 @@ const char* isa_name(Isa isa) {
 Isa parse_isa(const char* name) {
   for (Isa i : {Isa::portable, Isa::avx2, Isa::avx512})
     if (std::strcmp(name, isa_name(i)) == 0) return i;
-  throw_error(fmt::format("unknown CPU kernel family '{}' (expected portable, avx2 or avx512)", name));
+  throw_error(
+      fmt::format("unknown CPU kernel family '{}' (expected portable, avx2 or avx512)", name));
 }
 
 bool isa_supported(Isa isa) {
   switch (isa) {
-    case Isa::portable: return true;
+    case Isa::portable:
+      return true;
     case Isa::avx2:
 #if defined(__x86_64__)
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -60,7 +65,9 @@ Isa initial_isa() {
 Isa g_isa = initial_isa();
 }  // namespace
 
-Isa cpu_isa() { return g_isa; }
+Isa cpu_isa() {
+  return g_isa;
+}
 
 void set_cpu_isa(Isa isa) {
   FORGE_CHECK(isa_supported(isa), "CPU kernel family {} is not supported by this processor",

@@ -9,13 +9,14 @@
 //
 // Tiles at the right and bottom edges run the same microkernel into a scratch tile (the packed
 // panels are zero-padded), then the valid part is combined into C.
+#include "tensor/cpu/gemm.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "tensor/allocator.h"
 #include "tensor/cpu/cpu_features.h"
-#include "tensor/cpu/gemm.h"
 #include "tensor/cpu/gemm_kernels.h"
 #include "tensor/error.h"
 #include "tensor/parallel.h"
@@ -61,15 +62,23 @@ const GemmKernelInfo& kernel_for(Isa isa) {
 }
 }  // namespace
 
-GemmBackend gemm_backend() { return g_backend; }
-void set_gemm_backend(GemmBackend b) { g_backend = b; }
-const char* gemm_kernel_name() { return kernel_for(cpu_isa()).name; }
+GemmBackend gemm_backend() {
+  return g_backend;
+}
+void set_gemm_backend(GemmBackend b) {
+  g_backend = b;
+}
+const char* gemm_kernel_name() {
+  return kernel_for(cpu_isa()).name;
+}
 
 template <>
 void gemm<float>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A,
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (g_backend == GemmBackend::eigen) gemm_eigen<float>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-  else gemm_packed(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (g_backend == GemmBackend::eigen)
+    gemm_eigen<float>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+  else
+    gemm_packed(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 template <>
@@ -196,7 +205,8 @@ void gemm_packed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
             const int64_t row = ic + ir * MR, col = jc + jr * NR;
             const float* a = Ap + ir * kc * MR;
             const float* b = Bp + jr * kc * NR;
-            const int64_t rows = std::min<int64_t>(MR, m - row), cols = std::min<int64_t>(NR, n - col);
+            const int64_t rows = std::min<int64_t>(MR, m - row),
+                          cols = std::min<int64_t>(NR, n - col);
             float* c = C + row * ldc + col;
             if (rows == MR && cols == NR) {
               K.kernel(long(kc), a, b, c, long(ldc), alpha, beta_eff);

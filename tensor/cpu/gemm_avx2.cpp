@@ -1,5 +1,5 @@
-// AVX2 + FMA instance of the f32 GEMM: the 6 x 16 microkernel (12 ymm accumulators) and packers that
-// transpose 8 x 8 blocks in registers. Compiled with -mavx2 -mfma; called only after
+// AVX2 + FMA instance of the f32 GEMM: the 6 x 16 microkernel (12 ymm accumulators) and packers
+// that transpose 8 x 8 blocks in registers. Compiled with -mavx2 -mfma; called only after
 // cpu_features says the processor has them. No library code here (see gemm_microkernel.h).
 #include <immintrin.h>
 
@@ -23,7 +23,9 @@ void kernel_6x16(long kc, const float* a, const float* b, float* c, long ldc, fl
   microkernel<Avx2, 6, 2>(kc, a, b, c, ldc, alpha, beta);
 }
 
-long min_l(long a, long b) { return a < b ? a : b; }
+long min_l(long a, long b) {
+  return a < b ? a : b;
+}
 
 // r[i] holds 8 floats of row i; afterwards r[p] holds column p: (row0[p], ..., row7[p]).
 inline void transpose8x8(__m256 r[8]) {
@@ -48,12 +50,16 @@ inline void transpose8x8(__m256 r[8]) {
 // Stores the first `lanes` floats of v. (No vmaskmovps: it is microcoded and slow on AMD.)
 inline void store_lanes(float* dst, __m256 v, long lanes) {
   switch (lanes) {
-    case 8: _mm256_storeu_ps(dst, v); return;
+    case 8:
+      _mm256_storeu_ps(dst, v);
+      return;
     case 6:
       _mm_storeu_ps(dst, _mm256_castps256_ps128(v));
       _mm_storel_pi(reinterpret_cast<__m64*>(dst + 4), _mm256_extractf128_ps(v, 1));
       return;
-    case 4: _mm_storeu_ps(dst, _mm256_castps256_ps128(v)); return;
+    case 4:
+      _mm_storeu_ps(dst, _mm256_castps256_ps128(v));
+      return;
     default: {
       alignas(32) float tmp[8];
       _mm256_store_ps(tmp, v);
@@ -90,8 +96,8 @@ void copy_rows(const float* src, long lds, long valid, long width, long len, flo
   }
 }
 
-const forge::cpu::GemmKernelInfo kInfo{"avx2 6x16", 6, 16, kernel_6x16, forge::cpu::gemm_pack_a_avx2,
-                                       forge::cpu::gemm_pack_b_avx2};
+const forge::cpu::GemmKernelInfo kInfo{
+    "avx2 6x16", 6, 16, kernel_6x16, forge::cpu::gemm_pack_a_avx2, forge::cpu::gemm_pack_b_avx2};
 }  // namespace
 
 namespace forge::cpu {
@@ -124,6 +130,8 @@ void gemm_pack_b_avx2(bool tb, const float* B, int64_t ldb, int64_t n, int64_t c
   }
 }
 
-const GemmKernelInfo* gemm_kernel_avx2() { return &kInfo; }
+const GemmKernelInfo* gemm_kernel_avx2() {
+  return &kInfo;
+}
 
 }  // namespace forge::cpu

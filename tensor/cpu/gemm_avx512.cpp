@@ -23,10 +23,16 @@ void kernel_12x32(long kc, const float* a, const float* b, float* c, long ldc, f
 }
 
 // AVX-512 processors have AVX2: the packers are the AVX2 ones.
-const forge::cpu::GemmKernelInfo kInfo{"avx512 12x32", 12, 32, kernel_12x32,
-                                       forge::cpu::gemm_pack_a_avx2, forge::cpu::gemm_pack_b_avx2};
+const forge::cpu::GemmKernelInfo kInfo{"avx512 12x32",
+                                       12,
+                                       32,
+                                       kernel_12x32,
+                                       forge::cpu::gemm_pack_a_avx2,
+                                       forge::cpu::gemm_pack_b_avx2};
 }  // namespace
 
 namespace forge::cpu {
-const GemmKernelInfo* gemm_kernel_avx512() { return &kInfo; }
+const GemmKernelInfo* gemm_kernel_avx512() {
+  return &kInfo;
+}
 }  // namespace forge::cpu

@@ -2,8 +2,14 @@
 #include "tensor/cpu/gemm_kernels.h"
 
 namespace forge::cpu {
-const GemmKernelInfo* gemm_kernel_avx2() { return nullptr; }
-const GemmKernelInfo* gemm_kernel_avx512() { return nullptr; }
-void gemm_pack_a_avx2(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, float*) {}
-void gemm_pack_b_avx2(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, float*) {}
+const GemmKernelInfo* gemm_kernel_avx2() {
+  return nullptr;
+}
+const GemmKernelInfo* gemm_kernel_avx512() {
+  return nullptr;
+}
+void gemm_pack_a_avx2(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int,
+                      float*) {}
+void gemm_pack_b_avx2(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int,
+                      float*) {}
 }  // namespace forge::cpu

@@ -18,13 +18,15 @@
 
 namespace forge::cpu {
 
-template <class A> A combine_lanes(A* acc) {
+template <class A>
+A combine_lanes(A* acc) {
   for (int w = 8; w >= 1; w /= 2)
     for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
   return acc[0];
 }
 
-template <class A> A lanes_sum(const A* x, int64_t n) {
+template <class A>
+A lanes_sum(const A* x, int64_t n) {
   A acc[16] = {};
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
@@ -33,7 +35,8 @@ template <class A> A lanes_sum(const A* x, int64_t n) {
   return combine_lanes(acc);
 }
 
-template <class A> A lanes_dot(const A* x, const A* y, int64_t n) {
+template <class A>
+A lanes_dot(const A* x, const A* y, int64_t n) {
   A acc[16] = {};
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
@@ -43,7 +46,8 @@ template <class A> A lanes_dot(const A* x, const A* y, int64_t n) {
 }
 
 // Maximum; NaN if any element is NaN.
-template <class A> A lanes_max(const A* x, int64_t n) {
+template <class A>
+A lanes_max(const A* x, int64_t n) {
   A acc[16];
   for (int j = 0; j < 16; ++j) acc[j] = -std::numeric_limits<A>::infinity();
   bool nan = false;
@@ -64,8 +68,8 @@ template <class A> A lanes_max(const A* x, int64_t n) {
 
 // A row in the compute type: the row itself when it is already of that type, else a converted
 // copy in `buf`.
-template <class T> const compute_t<T>* row_in_compute_type(const T* x, int64_t n,
-                                                          std::vector<compute_t<T>>& buf) {
+template <class T>
+const compute_t<T>* row_in_compute_type(const T* x, int64_t n, std::vector<compute_t<T>>& buf) {
   if constexpr (std::is_same_v<T, compute_t<T>>) {
     return x;
   } else {

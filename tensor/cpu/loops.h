@@ -18,14 +18,16 @@
 
 namespace forge::cpu {
 
-template <int N> struct StridedLayout {
+template <int N>
+struct StridedLayout {
   int ndim = 0;
   int64_t size[kMaxDims];
   int64_t stride[N][kMaxDims];  // bytes
 
   StridedLayout(const Shape& shape, const std::array<const Shape*, N>& strides,
                 const std::array<int64_t, N>& itemsize) {
-    // Keep dims of size != 1, then merge dim d into d+1 when every operand is contiguous across them.
+    // Keep dims of size != 1, then merge dim d into d+1 when every operand is contiguous across
+    // them.
     for (int d = 0; d < shape.size(); ++d) {
       if (shape[d] == 1) continue;
       size[ndim] = shape[d];
@@ -97,12 +99,12 @@ void for_each_range(const StridedLayout<N>& L, const std::array<char*, N>& base,
 template <int N, class F>
 void for_each_strided(const Shape& shape, const std::array<char*, N>& base,
                       const std::array<const Shape*, N>& strides,
-                      const std::array<int64_t, N>& itemsize, F&& body,
-                      int64_t grain = 1 << 15) {
+                      const std::array<int64_t, N>& itemsize, F&& body, int64_t grain = 1 << 15) {
   StridedLayout<N> L(shape, strides, itemsize);
   int64_t total = L.numel();
   if (total == 0) return;
-  parallel_for(0, total, grain, [&](int64_t b, int64_t e) { for_each_range<N>(L, base, b, e, body); });
+  parallel_for(0, total, grain,
+               [&](int64_t b, int64_t e) { for_each_range<N>(L, base, b, e, body); });
 }
 
 }  // namespace forge::cpu

@@ -61,13 +61,23 @@ inline float tanh_f32(float x) {
   return x != x ? x : y;  // NaN in, NaN out (every comparison above is false for NaN)
 }
 
-inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+inline float sigmoid_f32(float x) {
+  return 1.0f / (1.0f + exp_f32(-x));
+}
 
 // The C++ type of the kernel: float math goes through the vectorisable versions, double through
 // the standard library.
-inline float vexp(float x) { return exp_f32(x); }
-inline double vexp(double x) { return std::exp(x); }
-inline float vtanh(float x) { return tanh_f32(x); }
-inline double vtanh(double x) { return std::tanh(x); }
+inline float vexp(float x) {
+  return exp_f32(x);
+}
+inline double vexp(double x) {
+  return std::exp(x);
+}
+inline float vtanh(float x) {
+  return tanh_f32(x);
+}
+inline double vtanh(double x) {
+  return std::tanh(x);
+}
 
 }  // namespace forge::cpu
