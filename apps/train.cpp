@@ -1,10 +1,16 @@
 // build/apps/train: trains the project's models. Thin on purpose: it parses options and calls the
 // recipes (recipes/), which tests and benchmarks call too.
 //
+//   build/apps/train gpt --preset cpu --data shakespeare.txt --out out
+//   build/apps/train gpt --config run.toml --max-iters 500 --resume out
 //   build/apps/train mnist --epochs 5 --threads 2 --metrics run.jsonl
 #include <CLI/CLI.hpp>
+#include <atomic>
+#include <csignal>
 #include <cstdio>
+#include <map>
 
+#include "recipes/gpt_train.h"
 #include "recipes/mnist.h"
 #include "recipes/report.h"
 #include "tensor/parallel.h"
@@ -13,17 +19,51 @@ using namespace forge;
 
 namespace {
 
+std::atomic<bool> g_stop{false};
+
+void on_sigint(int) {
+  g_stop = true;
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
+}
+
 int run_mnist(const MnistOptions& o) {
   fmt::print("train mnist: MLP {}-{}-10, batch {}, AdamW lr {}, {} epochs, {} threads, data {}\n",
              784, fmt::join(o.hidden, "-"), o.batch_size, o.lr, o.epochs, get_num_threads(),
              o.data_dir);
   std::fflush(stdout);
   MnistRun run = train_mnist(o, [](const EpochStats& e) {
-    fmt::print("epoch {:2d}  train_loss {:.4f}  test_acc {:.4f}  {:.2f}s (+{:.2f}s eval)\n",
-               e.epoch, e.train_loss, e.test_acc, e.epoch_s, e.eval_s);
+    fmt::print("epoch {:2d}  train_loss {:.4f}  test_acc {:.4f}  {:.2f}s (+{:.2f}s eval)\n", e.epoch,
+               e.train_loss, e.test_acc, e.epoch_s, e.eval_s);
     std::fflush(stdout);
   });
   if (!run.epochs.empty()) fmt::print("test accuracy: {:.4f}\n", run.epochs.back().test_acc);
+  return 0;
+}
+
+int run_gpt(const GptTrainConfig& cfg) {
+  bool tty = stdout_is_terminal();
+  auto line = [tty](const std::string& text) {
+    fmt::print("{}{}\n", tty ? "\r\033[K" : "", text);
+    std::fflush(stdout);
+  };
+  GptRunHooks hooks;
+  hooks.progress = tty;
+  hooks.stop = &g_stop;
+  hooks.on_message = line;
+  hooks.on_step = [&](const StepStats& s) {
+    if (s.step % cfg.log_interval == 0)
+      line(fmt::format("step {:5d} | loss {:.4f} | lr {:.2e} | {:7.1f} ms | {:8.0f} tok/s | {:6.1f} "
+                       "GFLOP/s | peak {:.1f} MB",
+                       s.step, s.loss, s.lr, s.ms_per_step, s.tokens_per_s, s.gflops,
+                       double(s.peak_bytes) / (1 << 20)));
+    if (s.val_loss)
+      line(fmt::format("step {:5d} | train loss {:.4f} | val loss {:.4f}", s.step,
+                       *s.train_eval_loss, *s.val_loss));
+  };
+  std::signal(SIGINT, on_sigint);
+  GptRun run = train_gpt(cfg, hooks);
+  if (run.final_val_loss) line(fmt::format("val loss: {:.4f}", *run.final_val_loss));
+  if (!run.last_checkpoint.empty()) line(fmt::format("checkpoint: {}", run.last_checkpoint));
   return 0;
 }
 
@@ -44,8 +84,17 @@ int main(int argc, char** argv) {
   m->add_option("--seed", mnist.seed, "seed for initialisation and shuffling");
   m->add_option("--data", mnist.data_dir, "directory with the gzip'd IDX files");
   m->add_option("--metrics", mnist.metrics_path, "append one JSON line per epoch to FILE");
-  m->add_option("--threads", threads, "CPU threads (default: all cores)")
-      ->check(CLI::PositiveNumber);
+  m->add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::PositiveNumber);
+
+  CLI::App* g = app.add_subcommand("gpt", "GPT language model on a text corpus (Tiny Shakespeare)");
+  std::string preset = "cpu", config_file;
+  g->add_option("--preset", preset, "starting settings: cpu (nanoGPT's CPU run) or baby");
+  g->add_option("--config", config_file, "TOML file of settings (applied after the preset)");
+  // One flag per setting (--n-layer, --batch-size, ...), applied after the file.
+  std::map<std::string, std::string> flags;
+  std::vector<std::pair<std::string, CLI::Option*>> flag_options;
+  for (const auto& f : GptTrainConfig::fields())
+    flag_options.emplace_back(f.key, g->add_option(f.flag, flags[f.key], f.help));
 
   try {
     app.parse(argc, argv);
@@ -57,6 +106,14 @@ int main(int argc, char** argv) {
     if (m->parsed()) {
       mnist.progress = stdout_is_terminal();
       return run_mnist(mnist);
+    }
+    if (g->parsed()) {
+      GptTrainConfig cfg = GptTrainConfig::preset(preset);
+      if (!config_file.empty()) cfg.apply_toml_file(config_file);
+      for (const auto& [key, opt] : flag_options)
+        if (opt->count() > 0) cfg.set(key, flags[key], opt->get_name());
+      cfg.validate();
+      return run_gpt(cfg);
     }
   } catch (const std::exception& e) {
     std::fflush(stdout);

@@ -134,6 +134,20 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets, int64_t ig
 }
 
 // ---------------------------------------------------------------------------------------------
+// causal attention
+
+Variable causal_attention(const Variable& qkv, int n_head, double dropout_p, bool training,
+                          Generator* gen) {
+  double p = training ? dropout_p : 0.0;
+  AttentionResult r = causal_attention(qkv.data(), n_head, p, gen);
+  Tensor x = qkv.data(), probs = r.probs, mask = r.mask;
+  return make_variable(r.out, "causal_attention", {&qkv},
+                       [=](const Tensor& g) -> std::vector<Tensor> {
+                         return {causal_attention_backward(g, x, probs, mask, n_head, p)};
+                       });
+}
+
+// ---------------------------------------------------------------------------------------------
 // dropout
 
 Variable dropout(const Variable& x, double p, bool training, Generator& gen) {

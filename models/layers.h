@@ -68,6 +68,15 @@ class Tanh : public Module {
   Variable forward(const Variable& x) override { return tanh(x); }
 };
 
+// A named group of submodules with no computation of its own (torch.nn.ModuleDict): it gives
+// their parameters a common prefix, e.g. transformer.h.0.ln_1.weight.
+class ModuleDict : public Module {
+ public:
+  template <class M> std::shared_ptr<M> add(const std::string& name, std::shared_ptr<M> m) {
+    return register_module(name, std::move(m));
+  }
+};
+
 class Sequential : public Module {
  public:
   void add(const std::string& name, std::shared_ptr<Module> m) {

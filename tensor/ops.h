@@ -141,6 +141,24 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
 Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, const Tensor& targets,
                               const Tensor& lse, int64_t count, int64_t ignore_index = -100);
 
+// Causal multi-head self-attention (tensor/ops_attention.cpp). qkv (B, T, 3C) holds q, k, v side
+// by side, each split into n_head heads of C / n_head columns; out (B, T, C). probs (B, NH, T, T)
+// are the attention weights before dropout (zero above the diagonal), saved for the backward with
+// the dropout mask (u8, undefined when dropout_p is 0).
+struct AttentionResult {
+  Tensor out, probs, mask;
+};
+AttentionResult causal_attention(const Tensor& qkv, int n_head, double dropout_p = 0.0,
+                                 Generator* gen = nullptr);
+// d loss / d qkv (B, T, 3C) from d loss / d out.
+Tensor causal_attention_backward(const Tensor& dout, const Tensor& qkv, const Tensor& probs,
+                                 const Tensor& mask, int n_head, double dropout_p);
+// Inference against a key/value cache: q (B, Tq, C) for positions offset .. offset+Tq-1, k and v
+// (B, offset+Tq, C) holding every position so far (views with unit column stride); query i sees
+// keys 0 .. offset+i. Returns (B, Tq, C). No backward.
+Tensor cached_attention(const Tensor& q, const Tensor& k, const Tensor& v, int n_head,
+                        int64_t offset);
+
 // ============================================================================================
 // Joining, splitting, gathering.
 

@@ -13,6 +13,8 @@
 
 #include <functional>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "tensor/allocator.h"
@@ -114,6 +116,9 @@ class Tensor {
   size_t offset_ = 0;
   DType dtype_ = DType::f32;
 };
+
+// Tensors with names, in order (state dicts, checkpoint contents).
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
 // ---- Factories ----
 Tensor zeros(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu());

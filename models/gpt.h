@@ -1,0 +1,111 @@
+// GPT: a decoder-only transformer (GPT-2 / nanoGPT layout).
+//
+//   GPTConfig cfg{.n_layer = 4, .n_head = 4, .n_embd = 128, .block_size = 64, .vocab_size = 65};
+//   Generator init(1337), dropout_gen(1338);
+//   GPT model(cfg, init, dropout_gen);
+//   Variable logits = model.forward(idx);          // idx (B, T) i64 -> (B, T, vocab) f32
+//   Variable loss = model.loss(logits, targets);   // mean cross-entropy over B*T positions
+//
+//   x = wte[idx] + wpe[0..T)                      token + learned position embeddings, dropout
+//   for each block:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))      (pre-LayerNorm)
+//   logits = ln_f(x) @ wte^T                      output head tied to the token embedding
+//
+// Generation keeps a KVCache: forward_cached(next_token, cache) costs O(context) per token.
+//
+// Parameter names follow nanoGPT's (transformer.h.0.attn.c_attn.weight, ...), so checkpoints read
+// like PyTorch ones. The tied head is the one tensor transformer.wte.weight. Initialisation as GPT-2:
+// weights N(0, 0.02), biases 0, residual projections (attn.c_proj, mlp.c_proj) N(0, 0.02/sqrt(2L)).
+#pragma once
+
+#include <string>
+
+#include "models/layers.h"
+
+namespace forge {
+
+struct GPTConfig {
+  int64_t n_layer = 4;
+  int64_t n_head = 4;
+  int64_t n_embd = 128;
+  int64_t block_size = 64;
+  int64_t vocab_size = 65;
+  double dropout = 0.0;
+  bool bias = true;  // biases in Linear and LayerNorm
+
+  // Throws naming the field when the numbers do not make a model.
+  void validate() const;
+  // Parameters (the tied head counted once); with `non_embedding`, without wpe (nanoGPT's count).
+  int64_t num_parameters(bool non_embedding = false) const;
+  // Training FLOPs per token at context T (PaLM's estimate, as nanoGPT's estimate_mfu):
+  // 6 N + 12 L C T (N: parameters without wpe; the second term is attention's two products).
+  double flops_per_token(int64_t T) const;
+  friend bool operator==(const GPTConfig&, const GPTConfig&) = default;
+};
+
+// Keys and values of every position seen so far, per layer, for generation: each new token then
+// costs attention over the cache instead of a re-run of the whole context.
+struct KVCache {
+  std::vector<Tensor> k, v;  // per layer (B, block_size, C)
+  int64_t length = 0;        // positions filled
+};
+
+class CausalSelfAttention : public Module {
+ public:
+  CausalSelfAttention(const GPTConfig& cfg, Generator& init, Generator& dropout_gen);
+  Variable forward(const Variable& x) override;  // (B, T, C) -> (B, T, C)
+  // Inference: x holds positions cache.length ..; their keys and values are appended to layer
+  // `layer` of the cache (the caller advances cache.length once all layers have run).
+  Variable forward(const Variable& x, KVCache& cache, int64_t layer);
+  std::shared_ptr<Linear> c_attn, c_proj;
+
+ private:
+  int64_t n_head_;
+  double dropout_;
+  Generator* gen_;
+};
+
+class GPTMLP : public Module {
+ public:
+  GPTMLP(const GPTConfig& cfg, Generator& init, Generator& dropout_gen);
+  Variable forward(const Variable& x) override;  // C -> 4C -> GELU(tanh) -> C
+  std::shared_ptr<Linear> c_fc, c_proj;
+
+ private:
+  double dropout_;
+  Generator* gen_;
+};
+
+class Block : public Module {
+ public:
+  Block(const GPTConfig& cfg, Generator& init, Generator& dropout_gen);
+  Variable forward(const Variable& x) override;
+  Variable forward(const Variable& x, KVCache* cache, int64_t layer);
+  std::shared_ptr<LayerNorm> ln_1, ln_2;
+  std::shared_ptr<CausalSelfAttention> attn;
+  std::shared_ptr<GPTMLP> mlp;
+};
+
+class GPT : public Module {
+ public:
+  GPT(const GPTConfig& cfg, Generator& init, Generator& dropout_gen);
+  const GPTConfig& config() const { return cfg_; }
+
+  // idx (B, T) integer tokens, T <= block_size -> logits (B, T, vocab_size).
+  Variable forward(const Tensor& idx);
+  // Generation: idx (B, T) continues the positions in `cache` (cache.length + T <= block_size);
+  // returns the logits of the last position only (B, 1, vocab_size). Run under NoGradGuard.
+  Variable forward_cached(const Tensor& idx, KVCache& cache);
+  KVCache make_cache(int64_t batch) const;
+  // Mean cross-entropy of logits (B, T, V) against targets (B, T).
+  static Variable loss(const Variable& logits, const Tensor& targets);
+
+  std::shared_ptr<Embedding> wte, wpe;
+  std::vector<std::shared_ptr<Block>> blocks;
+  std::shared_ptr<LayerNorm> ln_f;
+
+ private:
+  GPTConfig cfg_;
+  Generator* dropout_gen_;
+};
+
+}  // namespace forge

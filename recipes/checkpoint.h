@@ -1,0 +1,63 @@
+// GPT checkpoints: weights as safetensors, the rest of the training state beside them.
+//
+//   save_checkpoint("out", step, model, tokenizer, state, config_json, /*keep_last=*/3);
+//     -> out/ckpt-000250/model.safetensors   weights; metadata: config, tokenizer, step
+//        out/ckpt-000250/state.safetensors   AdamW moments; metadata: step, generator states
+//   auto latest = latest_checkpoint("out");  // the highest complete ckpt-*
+//   LoadedModel m = load_model("out/ckpt-000250/model.safetensors");
+//
+// A checkpoint is written into a hidden temporary directory, every file fsynced, then renamed into
+// place, so an interrupted save never replaces a good checkpoint with a broken one. Loading refuses
+// a file whose config, tokenizer or tensors do not make the model, naming the file and the tensor.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "io/tokenizer.h"
+#include "models/gpt.h"
+#include "tensor/random.h"
+
+namespace forge {
+
+// Everything besides the weights that a run needs to continue exactly where it stopped.
+struct TrainingState {
+  int64_t step = 0;  // steps completed
+  Generator::State batch_gen, dropout_gen;
+  NamedTensors optimizer;  // Optimizer::state()
+};
+
+struct CheckpointPaths {
+  std::string dir, model, state;
+  int64_t step = 0;
+};
+
+CheckpointPaths save_checkpoint(const std::string& out_dir, int64_t step, const GPT& model,
+                                const Tokenizer& tokenizer, const TrainingState& state,
+                                const std::string& train_config_json, int64_t keep_last);
+
+// The newest complete checkpoint under `dir` (or `dir` itself when it is one); nullopt if none.
+std::optional<CheckpointPaths> latest_checkpoint(const std::string& dir);
+
+struct LoadedModel {
+  std::string path;
+  GPTConfig config;
+  Tokenizer tokenizer;
+  NamedTensors weights;
+  int64_t step = 0;
+};
+
+// Reads and checks a model file: config and tokenizer from its metadata, and every tensor the
+// config implies present with its shape and dtype, nothing else.
+LoadedModel load_model(const std::string& path);
+// Finds the model file for a path that is a model file, a checkpoint directory or an out directory.
+std::string resolve_model_path(const std::string& path);
+// Copies loaded weights into a model built from the same config.
+void load_weights(GPT& model, const LoadedModel& loaded);
+// Reads the training state, checking it belongs to a model with `config`.
+TrainingState load_training_state(const std::string& path, const GPTConfig& config);
+
+std::string gpt_config_to_json(const GPTConfig& c);
+GPTConfig gpt_config_from_json(const std::string& json, const std::string& where);
+
+}  // namespace forge

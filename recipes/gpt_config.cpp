@@ -1,0 +1,216 @@
+#include "recipes/gpt_config.h"
+
+#include <algorithm>
+#include <charconv>
+#include <nlohmann/json.hpp>
+#include <toml++/toml.h>
+
+#include "tensor/error.h"
+
+namespace forge {
+
+namespace {
+
+using FieldPtr = std::variant<int64_t*, double*, bool*, std::string*>;
+
+struct Field {
+  const char* key;
+  const char* help;
+  FieldPtr (*get)(GptTrainConfig&);
+};
+
+// The one list of settings: TOML keys, flags (key with dashes), help, and where each value lives.
+const std::vector<Field>& field_table() {
+  using C = GptTrainConfig;
+  static const std::vector<Field> table = {
+      {"n_layer", "transformer blocks", [](C& c) -> FieldPtr { return &c.model.n_layer; }},
+      {"n_head", "attention heads", [](C& c) -> FieldPtr { return &c.model.n_head; }},
+      {"n_embd", "embedding width", [](C& c) -> FieldPtr { return &c.model.n_embd; }},
+      {"block_size", "context length T", [](C& c) -> FieldPtr { return &c.model.block_size; }},
+      {"dropout", "dropout probability", [](C& c) -> FieldPtr { return &c.model.dropout; }},
+      {"bias", "biases in Linear and LayerNorm", [](C& c) -> FieldPtr { return &c.model.bias; }},
+      {"data", "text corpus to train on", [](C& c) -> FieldPtr { return &c.data; }},
+      {"tokenizer", "char or byte", [](C& c) -> FieldPtr { return &c.tokenizer; }},
+      {"max_iters", "training steps", [](C& c) -> FieldPtr { return &c.max_iters; }},
+      {"batch_size", "sequences per step B", [](C& c) -> FieldPtr { return &c.batch_size; }},
+      {"lr", "peak learning rate", [](C& c) -> FieldPtr { return &c.lr; }},
+      {"min_lr", "learning rate after decay", [](C& c) -> FieldPtr { return &c.min_lr; }},
+      {"warmup_iters", "linear warm-up steps", [](C& c) -> FieldPtr { return &c.warmup_iters; }},
+      {"lr_decay_iters", "step where the cosine reaches min_lr",
+       [](C& c) -> FieldPtr { return &c.lr_decay_iters; }},
+      {"weight_decay", "AdamW weight decay on matrices",
+       [](C& c) -> FieldPtr { return &c.weight_decay; }},
+      {"beta1", "AdamW beta1", [](C& c) -> FieldPtr { return &c.beta1; }},
+      {"beta2", "AdamW beta2", [](C& c) -> FieldPtr { return &c.beta2; }},
+      {"grad_clip", "gradient-norm clip (0: off)", [](C& c) -> FieldPtr { return &c.grad_clip; }},
+      {"eval_interval", "steps between val-loss evaluations",
+       [](C& c) -> FieldPtr { return &c.eval_interval; }},
+      {"eval_iters", "batches per evaluation", [](C& c) -> FieldPtr { return &c.eval_iters; }},
+      {"log_interval", "steps between log lines", [](C& c) -> FieldPtr { return &c.log_interval; }},
+      {"seed", "seed of initialisation, batches and dropout",
+       [](C& c) -> FieldPtr { return &c.seed; }},
+      {"threads", "CPU threads (0: all cores)", [](C& c) -> FieldPtr { return &c.threads; }},
+      {"out", "directory for checkpoints", [](C& c) -> FieldPtr { return &c.out; }},
+      {"checkpoint_interval", "steps between checkpoints (0: at every evaluation)",
+       [](C& c) -> FieldPtr { return &c.checkpoint_interval; }},
+      {"keep_last", "checkpoints kept in the out directory",
+       [](C& c) -> FieldPtr { return &c.keep_last; }},
+      {"metrics", "append JSON lines of step metrics to this file",
+       [](C& c) -> FieldPtr { return &c.metrics; }},
+      {"resume", "checkpoint directory to continue from", [](C& c) -> FieldPtr { return &c.resume; }},
+  };
+  return table;
+}
+
+const Field* find_field(const std::string& key) {
+  for (const Field& f : field_table())
+    if (key == f.key) return &f;
+  return nullptr;
+}
+
+std::string flag_of(const std::string& key) {
+  std::string f = "--" + key;
+  std::replace(f.begin(), f.end(), '_', '-');
+  return f;
+}
+
+}  // namespace
+
+std::vector<GptTrainConfig::FieldInfo> GptTrainConfig::fields() {
+  std::vector<FieldInfo> out;
+  for (const Field& f : field_table()) out.push_back({f.key, flag_of(f.key), f.help});
+  return out;
+}
+
+std::vector<std::string> GptTrainConfig::preset_names() { return {"cpu", "baby"}; }
+
+GptTrainConfig GptTrainConfig::preset(const std::string& name) {
+  GptTrainConfig c;  // the defaults are the `cpu` preset
+  if (name == "cpu") {
+    // nanoGPT's README, "I only have a macbook": shakespeare_char at block 64, batch 12, 4 x 4 x 128,
+    // 2000 iterations decaying to 2000, no dropout (val loss 1.88).
+    c.eval_iters = 200;
+    return c;
+  }
+  if (name == "baby") {
+    // nanoGPT's config/train_shakespeare_char.py: the "baby GPT".
+    c.model.n_layer = 6;
+    c.model.n_head = 6;
+    c.model.n_embd = 384;
+    c.model.block_size = 256;
+    c.model.dropout = 0.2;
+    c.batch_size = 64;
+    c.max_iters = 5000;
+    c.lr_decay_iters = 5000;
+    return c;
+  }
+  throw_error(fmt::format("unknown preset '{}' (expected cpu or baby)", name));
+}
+
+void GptTrainConfig::set(const std::string& key, const std::string& value,
+                         const std::string& where) {
+  const Field* f = find_field(key);
+  FORGE_CHECK(f != nullptr, "{}: unknown setting '{}'", where, key);
+  FieldPtr ptr = f->get(*this);
+  auto bad = [&](const char* type) {
+    throw_error(fmt::format("{}: '{}' expects {}, got '{}'", where, key, type, value));
+  };
+  if (auto* p = std::get_if<int64_t*>(&ptr)) {
+    int64_t v = 0;
+    auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+    if (ec != std::errc() || end != value.data() + value.size()) bad("an integer");
+    **p = v;
+  } else if (auto* p = std::get_if<double*>(&ptr)) {
+    try {
+      size_t used = 0;
+      double v = std::stod(value, &used);
+      if (used != value.size()) bad("a number");
+      **p = v;
+    } catch (const std::logic_error&) {
+      bad("a number");
+    }
+  } else if (auto* p = std::get_if<bool*>(&ptr)) {
+    if (value == "true" || value == "1") **p = true;
+    else if (value == "false" || value == "0") **p = false;
+    else bad("true or false");
+  } else {
+    *std::get<std::string*>(ptr) = value;
+  }
+}
+
+void GptTrainConfig::apply_toml_file(const std::string& path) {
+  toml::table tbl;
+  try {
+    tbl = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    throw_error(fmt::format("{}:{}: {}", path, e.source().begin.line, e.description()));
+  }
+  std::function<void(const toml::table&)> walk = [&](const toml::table& t) {
+    for (const auto& [k, node] : t) {
+      std::string key(k.str());
+      std::string where = fmt::format("{}:{}", path, node.source().begin.line);
+      if (const toml::table* sub = node.as_table()) {
+        walk(*sub);
+        continue;
+      }
+      const Field* f = find_field(key);
+      FORGE_CHECK(f != nullptr, "{}: unknown setting '{}'", where, key);
+      FieldPtr ptr = f->get(*this);
+      std::string text;
+      bool ok = false;
+      if (std::holds_alternative<int64_t*>(ptr)) {
+        if (auto v = node.value_exact<int64_t>()) text = std::to_string(*v), ok = true;
+      } else if (std::holds_alternative<double*>(ptr)) {
+        if (auto v = node.value<double>()) text = fmt::format("{}", *v), ok = true;
+      } else if (std::holds_alternative<bool*>(ptr)) {
+        if (auto v = node.value_exact<bool>()) text = *v ? "true" : "false", ok = true;
+      } else {
+        if (auto v = node.value_exact<std::string>()) text = *v, ok = true;
+      }
+      FORGE_CHECK(ok, "{}: '{}' has the wrong type ({})", where, key,
+                  std::holds_alternative<int64_t*>(ptr)  ? "expected an integer"
+                  : std::holds_alternative<double*>(ptr) ? "expected a number"
+                  : std::holds_alternative<bool*>(ptr)   ? "expected true or false"
+                                                         : "expected a string");
+      set(key, text, where);
+    }
+  };
+  walk(tbl);
+}
+
+void GptTrainConfig::validate() const {
+  GPTConfig m = model;
+  if (m.vocab_size == 0) m.vocab_size = 1;  // known only once the tokenizer is built
+  m.validate();
+  FORGE_CHECK(tokenizer == "char" || tokenizer == "byte",
+              "tokenizer must be char or byte, got '{}'", tokenizer);
+  FORGE_CHECK(max_iters >= 0, "max_iters must be >= 0, got {}", max_iters);
+  FORGE_CHECK(batch_size > 0, "batch_size must be positive, got {}", batch_size);
+  FORGE_CHECK(lr > 0 && min_lr >= 0 && min_lr <= lr, "need 0 <= min_lr <= lr, got lr {} min_lr {}",
+              lr, min_lr);
+  FORGE_CHECK(warmup_iters >= 0 && lr_decay_iters >= warmup_iters,
+              "need 0 <= warmup_iters <= lr_decay_iters, got {} and {}", warmup_iters,
+              lr_decay_iters);
+  FORGE_CHECK(weight_decay >= 0, "weight_decay must be >= 0, got {}", weight_decay);
+  FORGE_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1,
+              "AdamW betas must be in [0, 1), got {} and {}", beta1, beta2);
+  FORGE_CHECK(grad_clip >= 0, "grad_clip must be >= 0, got {}", grad_clip);
+  FORGE_CHECK(eval_interval > 0 && eval_iters > 0 && log_interval > 0,
+              "eval_interval, eval_iters and log_interval must be positive");
+  FORGE_CHECK(threads >= 0, "threads must be >= 0, got {}", threads);
+  FORGE_CHECK(checkpoint_interval >= 0, "checkpoint_interval must be >= 0, got {}",
+              checkpoint_interval);
+  FORGE_CHECK(keep_last >= 1, "keep_last must be at least 1, got {}", keep_last);
+}
+
+std::string GptTrainConfig::to_json() const {
+  nlohmann::ordered_json j;
+  GptTrainConfig copy = *this;
+  for (const Field& f : field_table()) {
+    FieldPtr ptr = f.get(copy);
+    std::visit([&](auto* p) { j[f.key] = *p; }, ptr);
+  }
+  return j.dump();
+}
+
+}  // namespace forge

@@ -1,0 +1,72 @@
+// The settings of a GPT training run: presets, a TOML file, command-line overrides.
+//
+//   GptTrainConfig c = GptTrainConfig::preset("cpu");    // nanoGPT's shakespeare_char on a CPU
+//   c.apply_toml_file("run.toml");                      // e.g.  max_iters = 500
+//   c.set("lr", "3e-4", "--lr");                        // what a command-line flag does
+//   c.validate();
+//
+// Every field has one name, used as the TOML key (`batch_size`) and, with dashes, as the flag
+// (`--batch-size`). Precedence: preset, then file, then flags. Unknown keys, values of the wrong type
+// and impossible settings are errors that name the key and where it came from.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "models/gpt.h"
+
+namespace forge {
+
+struct GptTrainConfig {
+  // Model (vocab_size comes from the tokenizer).
+  GPTConfig model{.n_layer = 4, .n_head = 4, .n_embd = 128, .block_size = 64, .vocab_size = 0,
+                  .dropout = 0.0, .bias = false};
+  // Data.
+  std::string data;                // corpus path; "" -> $TINYSHAKESPEARE, then data/tinyshakespeare.txt
+  std::string tokenizer = "char";  // char | byte
+  // Optimisation (AdamW, nanoGPT's schedule: warm-up, cosine to min_lr at lr_decay_iters).
+  int64_t max_iters = 2000;
+  int64_t batch_size = 12;
+  double lr = 1e-3;
+  double min_lr = 1e-4;
+  int64_t warmup_iters = 100;
+  int64_t lr_decay_iters = 2000;
+  double weight_decay = 0.1;  // on matrices (dim >= 2) only, as nanoGPT
+  double beta1 = 0.9;
+  double beta2 = 0.99;
+  double grad_clip = 1.0;  // 0: no clipping
+  // Evaluation and logging.
+  int64_t eval_interval = 250;
+  int64_t eval_iters = 200;
+  int64_t log_interval = 1;
+  // Run.
+  int64_t seed = 1337;
+  int64_t threads = 0;  // 0: all cores
+  std::string out = "out";
+  int64_t checkpoint_interval = 0;  // 0: at every evaluation
+  int64_t keep_last = 3;
+  std::string metrics;
+  std::string resume;  // a checkpoint directory (or its parent) to continue from
+
+  static GptTrainConfig preset(const std::string& name);  // "cpu" or "baby"
+  static std::vector<std::string> preset_names();
+
+  // Sets one field from text, as a flag or a config key would. `where` names the source in errors.
+  void set(const std::string& key, const std::string& value, const std::string& where);
+  // Reads a TOML file of `key = value` lines (tables [model], [train] ... are allowed and ignored as
+  // namespaces). Errors name the file and line.
+  void apply_toml_file(const std::string& path);
+  void validate() const;
+
+  struct FieldInfo {
+    std::string key;   // TOML key
+    std::string flag;  // command-line flag
+    std::string help;
+  };
+  static std::vector<FieldInfo> fields();
+  std::string to_json() const;  // every field, for checkpoints and logs
+};
+
+}  // namespace forge

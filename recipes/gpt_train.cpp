@@ -1,0 +1,198 @@
+#include "recipes/gpt_train.h"
+
+#include <chrono>
+#include <filesystem>
+
+#include "optim/lr_schedule.h"
+#include "optim/optimizer.h"
+#include "recipes/checkpoint.h"
+#include "recipes/report.h"
+#include "tensor/ops.h"
+#include "tensor/parallel.h"
+
+namespace forge {
+
+std::string resolve_data_path(const GptTrainConfig& config) {
+  if (!config.data.empty()) return config.data;
+  std::string env = tinyshakespeare_path();
+  if (!env.empty()) return env;
+  return "data/tinyshakespeare.txt";
+}
+
+double estimate_loss(GPT& model, const Tensor& split, int64_t iters, int64_t batch_size,
+                     Generator& gen, const char* split_name) {
+  NoGradGuard no_grad;
+  MemoryTagScope tag(MemoryTag::activations);
+  bool was_training = model.is_training();
+  model.eval();
+  double total = 0;
+  for (int64_t i = 0; i < iters; ++i) {
+    Batch b = get_batch(split, batch_size, model.config().block_size, gen, split_name);
+    total += GPT::loss(model.forward(b.x), b.y).item();
+  }
+  model.train(was_training);
+  return total / double(std::max<int64_t>(iters, 1));
+}
+
+namespace {
+
+// The generator of the evaluation at `step`: a function of (seed, step) alone.
+Generator eval_generator(int64_t seed, int64_t step) {
+  return Generator(uint64_t(seed) * 0x9E3779B97F4A7C15ull + uint64_t(step) * 0xBF58476D1CE4E5B9ull +
+                   7);
+}
+
+// nanoGPT's optimizer groups: weight decay on tensors of 2+ dims (matmul weights, embeddings), none
+// on biases and LayerNorm gains.
+std::vector<ParamGroup> param_groups(const GPT& model, double weight_decay) {
+  ParamGroup decay{{}, weight_decay}, no_decay{{}, 0.0};
+  for (const auto& [name, p] : model.named_parameters())
+    (p.dim() >= 2 ? decay : no_decay).params.push_back(p);
+  return {decay, no_decay};
+}
+
+void check_same_architecture(const GPTConfig& run, const GPTConfig& saved, const std::string& where) {
+  auto field = [&](const char* name, auto a, auto b) {
+    FORGE_CHECK(a == b, "{}: the checkpoint has {} = {}, this run asks for {}", where, name, b, a);
+  };
+  field("n_layer", run.n_layer, saved.n_layer);
+  field("n_head", run.n_head, saved.n_head);
+  field("n_embd", run.n_embd, saved.n_embd);
+  field("block_size", run.block_size, saved.block_size);
+  field("bias", run.bias, saved.bias);
+  field("dropout", run.dropout, saved.dropout);
+}
+
+}  // namespace
+
+GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
+  GptTrainConfig cfg = config;
+  cfg.validate();
+  if (cfg.threads > 0) set_num_threads(int(cfg.threads));
+  auto say = [&](const std::string& m) {
+    if (hooks.on_message) hooks.on_message(m);
+  };
+
+  // Data, and the checkpoint to continue from.
+  std::optional<CheckpointPaths> resume;
+  LoadedModel loaded;
+  std::string data_path = resolve_data_path(cfg);
+  TextData data;
+  if (!cfg.resume.empty()) {
+    resume = latest_checkpoint(cfg.resume);
+    FORGE_CHECK(resume.has_value(), "--resume {}: no complete checkpoint found there", cfg.resume);
+    loaded = load_model(resume->model);
+    check_same_architecture(cfg.model, loaded.config, resume->model);
+    data = load_text(data_path, loaded.tokenizer);
+  } else {
+    data = load_text(data_path, Tokenizer::parse_kind(cfg.tokenizer));
+  }
+  cfg.model.vocab_size = data.tokenizer.vocab_size();
+  for (auto [split, name] : {std::pair{&data.train, "train"}, std::pair{&data.val, "val"}})
+    FORGE_CHECK(split->numel() > cfg.model.block_size,
+                "{}: block_size {} is larger than the {} split ({} tokens)", data_path,
+                cfg.model.block_size, name, split->numel());
+
+  Generator init_gen(uint64_t(cfg.seed)), batch_gen(uint64_t(cfg.seed) + 1),
+      dropout_gen(uint64_t(cfg.seed) + 2);
+  GptRun run;
+  run.tokenizer = data.tokenizer;
+  run.model = std::make_shared<GPT>(cfg.model, init_gen, dropout_gen);
+  GPT& model = *run.model;
+  model.train();
+  AdamW opt(param_groups(model, cfg.weight_decay), {.lr = cfg.lr, .beta1 = cfg.beta1,
+                                                    .beta2 = cfg.beta2, .eps = 1e-8});
+  int64_t start = 0;
+  if (resume) {
+    load_weights(model, loaded);
+    TrainingState st = load_training_state(resume->state, cfg.model);
+    opt.load_state(st.optimizer);
+    batch_gen.set_state(st.batch_gen);
+    dropout_gen.set_state(st.dropout_gen);
+    start = st.step;
+    say(fmt::format("resumed from {} at step {}", resume->dir, start));
+  }
+  say(fmt::format("model: {} layers, {} heads, {} wide, block {}, vocab {} ({}), {:.2f}M parameters",
+                  cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size,
+                  cfg.model.vocab_size, cfg.tokenizer, double(model.num_parameters()) / 1e6));
+  say(fmt::format("data: {} ({} train / {} val tokens); batch {} x {}; {} threads", data_path,
+                  data.train.numel(), data.val.numel(), cfg.batch_size, cfg.model.block_size,
+                  get_num_threads()));
+
+  WarmupCosine schedule(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters);
+  MetricsWriter metrics(cfg.metrics);
+  const std::vector<Variable> params = model.parameters();
+  const int64_t B = cfg.batch_size, T = cfg.model.block_size;
+  const double flops_per_step = cfg.model.flops_per_token(T) * double(B * T);
+  const int64_t ckpt_every = cfg.checkpoint_interval > 0 ? cfg.checkpoint_interval : cfg.eval_interval;
+
+  auto save = [&](int64_t step) {
+    if (cfg.out.empty()) return;
+    TrainingState st{step, batch_gen.state(), dropout_gen.state(), opt.state()};
+    CheckpointPaths p =
+        save_checkpoint(cfg.out, step, model, data.tokenizer, st, cfg.to_json(), cfg.keep_last);
+    run.last_checkpoint = p.dir;
+    say(fmt::format("saved checkpoint {}", p.dir));
+  };
+  auto evaluate = [&](int64_t step, StepStats& s) {
+    Generator g = eval_generator(cfg.seed, step);
+    s.train_eval_loss = estimate_loss(model, data.train, cfg.eval_iters, B, g, "train");
+    s.val_loss = estimate_loss(model, data.val, cfg.eval_iters, B, g, "val");
+    run.final_val_loss = s.val_loss;
+  };
+
+  ProgressBar bar(cfg.max_iters - start, "train", hooks.progress);
+  run.steps_done = start;
+  for (int64_t step = start + 1; step <= cfg.max_iters; ++step) {
+    auto t0 = std::chrono::steady_clock::now();
+    StepStats s;
+    s.step = step;
+    s.lr = schedule.lr(step - 1);  // nanoGPT's get_lr(iter) with iter counted from 0
+    opt.set_lr(s.lr);
+    {
+      MemoryTagScope tag(MemoryTag::activations);
+      Batch b = get_batch(data.train, B, T, batch_gen, "train");
+      Variable loss = GPT::loss(model.forward(b.x), b.y);
+      opt.zero_grad();
+      loss.backward();
+      s.loss = loss.item();
+    }
+    s.grad_norm = cfg.grad_clip > 0 ? clip_grad_norm(params, cfg.grad_clip) : grad_norm(params);
+    opt.step();
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    s.ms_per_step = secs * 1e3;
+    s.tokens_per_s = double(B * T) / secs;
+    s.gflops = flops_per_step / secs * 1e-9;
+    s.peak_bytes = memory_stats(Device::cpu()).peak_bytes;
+    run.losses.push_back(s.loss);
+    run.steps_done = step;
+    if (step % cfg.eval_interval == 0 || step == cfg.max_iters) evaluate(step, s);
+    bar.update(step - start, fmt::format("loss {:.4f}", s.loss));
+    if (s.val_loss || step % cfg.log_interval == 0) {
+      metrics.write({{"step", step},
+                     {"loss", s.loss},
+                     {"val_loss", s.val_loss ? *s.val_loss : std::nan("")},
+                     {"lr", s.lr},
+                     {"ms_per_step", s.ms_per_step},
+                     {"tokens_per_s", s.tokens_per_s},
+                     {"gflops", s.gflops},
+                     {"peak_bytes", s.peak_bytes}});
+    }
+    if (hooks.on_step) hooks.on_step(s);
+    bool stop = hooks.stop && hooks.stop->load();
+    if (step % ckpt_every == 0 || step == cfg.max_iters || stop) save(step);
+    if (stop) {
+      run.stopped = true;
+      say(fmt::format("stopped at step {}", step));
+      break;
+    }
+  }
+  bar.finish();
+  if (!run.final_val_loss && start >= cfg.max_iters) {
+    StepStats s;
+    evaluate(start, s);
+  }
+  return run;
+}
+
+}  // namespace forge

@@ -1,0 +1,65 @@
+// The GPT training recipe behind `train gpt`, callable from tests and benchmarks.
+//
+//   GptTrainConfig c = GptTrainConfig::preset("cpu");
+//   c.data = "shakespeare.txt";
+//   GptRun run = train_gpt(c);               // logs through the callbacks, checkpoints into c.out
+//   run.final_val_loss;
+//
+// One step: a batch of B random windows (nanoGPT's get_batch), forward, mean cross-entropy,
+// backward, gradient clipping, the step's learning rate (warm-up + cosine), AdamW (weight decay on
+// matrices only). Validation loss every eval_interval steps and at the end, over eval_iters batches
+// drawn by a generator seeded from (seed, step), so evaluating never disturbs the training stream
+// and a resumed run reproduces the uninterrupted one bit for bit.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "io/text_data.h"
+#include "models/gpt.h"
+#include "recipes/gpt_config.h"
+
+namespace forge {
+
+struct StepStats {
+  int64_t step = 0;  // 1-based: steps completed
+  double loss = 0;
+  double lr = 0;
+  double ms_per_step = 0;
+  double tokens_per_s = 0;
+  double gflops = 0;  // achieved, from the model's FLOPs per token
+  int64_t peak_bytes = 0;
+  double grad_norm = 0;
+  std::optional<double> val_loss, train_eval_loss;  // on evaluation steps
+};
+
+struct GptRunHooks {
+  std::function<void(const StepStats&)> on_step;         // every step
+  std::function<void(const std::string&)> on_message;    // setup, checkpoints, stops
+  const std::atomic<bool>* stop = nullptr;               // set (e.g. by SIGINT): save and return
+  bool progress = false;                                 // progress bar (terminals)
+};
+
+struct GptRun {
+  std::vector<double> losses;  // one per step taken in this call
+  std::optional<double> final_val_loss;
+  int64_t steps_done = 0;      // including those of a resumed checkpoint
+  bool stopped = false;        // interrupted by hooks.stop
+  std::string last_checkpoint;
+  std::shared_ptr<GPT> model;
+  Tokenizer tokenizer;
+};
+
+// The corpus a config means: its data field, else $TINYSHAKESPEARE, else data/tinyshakespeare.txt.
+std::string resolve_data_path(const GptTrainConfig& config);
+
+GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks = {});
+
+// Mean loss over `iters` batches of a split, in eval mode, without a graph.
+double estimate_loss(GPT& model, const Tensor& split, int64_t iters, int64_t batch_size,
+                     Generator& gen, const char* split_name);
+
+}  // namespace forge

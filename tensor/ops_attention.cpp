@@ -1,0 +1,218 @@
+// Causal multi-head self-attention, forward and backward in one place (the llm.c shape).
+//
+// qkv (B, T, 3C) holds q, k, v side by side; head h of each uses columns [h*hs, (h+1)*hs), hs = C/NH.
+// Per (batch, head), with Q, K, V the (T, hs) views into qkv (row stride 3C, no copies):
+//   pass 1  S = Q K^T / sqrt(hs)                    (T, T)  one matrix product
+//   pass 2  P = softmax of each row t over keys 0..t; entries above the diagonal are 0 (no mask
+//           tensor: the row loop stops at t)
+//   pass 3  P' = P * dropout mask / (1 - p)         (only when dropout is on)
+//   pass 4  O = P' V                                (T, hs) written into out (B, T, C) at column h*hs
+// Backward, given dO:
+//   dP' = dO V^T          dV = P'^T dO
+//   dP  = dP' * mask / (1 - p)
+//   dS  = P * (dP - rowsum(P * dP))   on and below the diagonal, 0 above
+//   dQ  = dS K / sqrt(hs)  dK = dS^T Q / sqrt(hs)
+// The (batch, head) pairs are split across threads; each pair's products run single-threaded, so
+// results do not depend on the thread count.
+#include <cmath>
+#include <limits>
+
+#include "tensor/cpu/gemm.h"
+#include "tensor/cpu/lanes.h"
+#include "tensor/cpu/vec_math.h"
+#include "tensor/ops.h"
+#include "tensor/parallel.h"
+
+namespace forge {
+
+namespace {
+
+void check_qkv(const Tensor& qkv, int n_head, const char* op) {
+  FORGE_CHECK(qkv.defined() && qkv.device().is_cpu(), "{}: expected a cpu tensor", op);
+  FORGE_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0,
+              "{}: qkv must be (B, T, 3C), got {}", op, qkv.shape());
+  int64_t C = qkv.size(2) / 3;
+  FORGE_CHECK(n_head > 0 && C % n_head == 0, "{}: {} channels do not split into {} heads", op, C,
+              n_head);
+  FORGE_CHECK(qkv.dtype() == DType::f32 || qkv.dtype() == DType::f64,
+              "{}: expected f32 or f64, got {}", op, qkv.dtype());
+}
+
+// Per-thread scratch of `per_thread` elements each, allocated before the parallel region.
+template <class T> struct Scratch {
+  Tensor buf;
+  int64_t per_thread;
+  Scratch(int64_t n, int64_t elems) : per_thread(elems) {
+    buf = Tensor::empty({std::max<int64_t>(n, 1) * std::max<int64_t>(elems, 1)}, dtype_of<T>);
+  }
+  T* get() const { return buf.data<T>() + int64_t(omp_get_thread_num()) * per_thread; }
+};
+
+// Rows of P (pass 2): causal softmax of S (rows x cols) in place; row t sees columns
+// 0 .. offset+t, the rest become 0.
+template <class T> void causal_softmax_rows(T* S, int64_t rows, int64_t cols, int64_t offset = 0) {
+  for (int64_t t = 0; t < rows; ++t) {
+    T* row = S + t * cols;
+    int64_t n = std::min(cols, offset + t + 1);
+    T m = cpu::lanes_max(row, n);
+    for (int64_t j = 0; j < n; ++j) row[j] = cpu::vexp(row[j] - m);
+    T inv = T(1) / cpu::lanes_sum(row, n);
+    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+    for (int64_t j = n; j < cols; ++j) row[j] = T(0);
+  }
+}
+
+// P' = P * mask / (1 - p) into dst.
+template <class T>
+void apply_mask(const T* P, const uint8_t* mask, T scale, int64_t n, T* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = mask[i] ? P[i] * scale : T(0);
+}
+
+}  // namespace
+
+AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropout_p,
+                                 Generator* gen) {
+  check_qkv(qkv_in, n_head, "causal_attention");
+  FORGE_CHECK(dropout_p >= 0 && dropout_p < 1, "causal_attention: dropout {} not in [0, 1)",
+              dropout_p);
+  FORGE_CHECK(dropout_p == 0 || gen != nullptr, "causal_attention: dropout needs a generator");
+  Tensor qkv = qkv_in.contiguous();
+  const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3, NH = n_head;
+  const int64_t hs = C / NH;
+  AttentionResult r;
+  r.out = Tensor::empty({B, Tn, C}, qkv.dtype());
+  r.probs = Tensor::empty({B, NH, Tn, Tn}, qkv.dtype());
+  if (dropout_p > 0) {
+    // The mask is drawn like dropout's (one uniform per element), so it is thread-count free.
+    r.mask = dropout(zeros({B, NH, Tn, Tn}, qkv.dtype()), dropout_p, *gen).mask;
+  }
+  dispatch_float(qkv.dtype(), "causal_attention", [&]<class T>() {
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      const T* pqkv = qkv.data<T>();
+      T* pout = r.out.data<T>();
+      T* pprobs = r.probs.data<T>();
+      const uint8_t* pmask = r.mask.defined() ? r.mask.data<uint8_t>() : nullptr;
+      const T scale = T(1.0 / std::sqrt(double(hs))), keep = T(1.0 / (1.0 - dropout_p));
+      Scratch<T> dropped(get_num_threads(), pmask ? Tn * Tn : 0);
+      parallel_for(0, B * NH, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t bh = lo; bh < hi; ++bh) {
+          const int64_t b = bh / NH, h = bh % NH;
+          const T* Q = pqkv + b * Tn * 3 * C + h * hs;
+          const T* K = Q + C;
+          const T* V = Q + 2 * C;
+          T* P = pprobs + bh * Tn * Tn;
+          cpu::gemm<T>(false, true, Tn, Tn, hs, scale, Q, 3 * C, K, 3 * C, T(0), P, Tn);  // pass 1
+          causal_softmax_rows(P, Tn, Tn);                                                // pass 2
+          const T* Pd = P;
+          if (pmask) {  // pass 3
+            T* buf = dropped.get();
+            apply_mask(P, pmask + bh * Tn * Tn, keep, Tn * Tn, buf);
+            Pd = buf;
+          }
+          cpu::gemm<T>(false, false, Tn, hs, Tn, T(1), Pd, Tn, V, 3 * C, T(0),  // pass 4
+                       pout + b * Tn * C + h * hs, C);
+        }
+      });
+    }
+  });
+  return r;
+}
+
+Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, const Tensor& probs,
+                                 const Tensor& mask, int n_head, double dropout_p) {
+  check_qkv(qkv_in, n_head, "causal_attention_backward");
+  Tensor qkv = qkv_in.contiguous(), dout = dout_in.contiguous();
+  const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3, NH = n_head;
+  const int64_t hs = C / NH;
+  FORGE_CHECK(dout.shape() == Shape({B, Tn, C}) && dout.dtype() == qkv.dtype(),
+              "causal_attention_backward: grad {} {} does not match qkv {} {}", dout.shape(),
+              dout.dtype(), qkv.shape(), qkv.dtype());
+  FORGE_CHECK(probs.shape() == Shape({B, NH, Tn, Tn}) && probs.is_contiguous(),
+              "causal_attention_backward: saved probabilities {} do not match", probs.shape());
+  Tensor dqkv = Tensor::empty(qkv.shape(), qkv.dtype());
+  dispatch_float(qkv.dtype(), "causal_attention_backward", [&]<class T>() {
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      const T* pqkv = qkv.data<T>();
+      const T* pdout = dout.data<T>();
+      const T* pprobs = probs.data<T>();
+      const uint8_t* pmask = mask.defined() ? mask.data<uint8_t>() : nullptr;
+      T* pd = dqkv.data<T>();
+      const T scale = T(1.0 / std::sqrt(double(hs))), keep = T(1.0 / (1.0 - dropout_p));
+      // Per thread: dP (T x T) and, with dropout, P' (T x T).
+      Scratch<T> scratch(get_num_threads(), Tn * Tn * (pmask ? 2 : 1));
+      parallel_for(0, B * NH, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t bh = lo; bh < hi; ++bh) {
+          const int64_t b = bh / NH, h = bh % NH;
+          const T* Q = pqkv + b * Tn * 3 * C + h * hs;
+          const T* K = Q + C;
+          const T* V = Q + 2 * C;
+          const T* dO = pdout + b * Tn * C + h * hs;
+          T* dQ = pd + b * Tn * 3 * C + h * hs;
+          T* dK = dQ + C;
+          T* dV = dQ + 2 * C;
+          const T* P = pprobs + bh * Tn * Tn;
+          T* dP = scratch.get();
+          const T* Pd = P;
+          if (pmask) {
+            T* buf = dP + Tn * Tn;
+            apply_mask(P, pmask + bh * Tn * Tn, keep, Tn * Tn, buf);
+            Pd = buf;
+          }
+          cpu::gemm<T>(false, true, Tn, Tn, hs, T(1), dO, C, V, 3 * C, T(0), dP, Tn);  // dP'
+          cpu::gemm<T>(true, false, Tn, hs, Tn, T(1), Pd, Tn, dO, C, T(0), dV, 3 * C);  // dV
+          if (pmask) apply_mask(dP, pmask + bh * Tn * Tn, keep, Tn * Tn, dP);  // dP
+          for (int64_t t = 0; t < Tn; ++t) {  // dS, in place of dP
+            const T* p = P + t * Tn;
+            T* d = dP + t * Tn;
+            int64_t n = t + 1;
+            T dot = cpu::lanes_dot(p, d, n);
+            for (int64_t j = 0; j < n; ++j) d[j] = p[j] * (d[j] - dot);
+            for (int64_t j = n; j < Tn; ++j) d[j] = T(0);
+          }
+          cpu::gemm<T>(false, false, Tn, hs, Tn, scale, dP, Tn, K, 3 * C, T(0), dQ, 3 * C);  // dQ
+          cpu::gemm<T>(true, false, Tn, hs, Tn, scale, dP, Tn, Q, 3 * C, T(0), dK, 3 * C);   // dK
+        }
+      });
+    }
+  });
+  return dqkv;
+}
+
+Tensor cached_attention(const Tensor& q_in, const Tensor& k, const Tensor& v, int n_head,
+                        int64_t offset) {
+  const char* op = "cached_attention";
+  FORGE_CHECK(q_in.dim() == 3 && k.dim() == 3 && v.dim() == 3 && k.shape() == v.shape(),
+              "{}: expected q (B, Tq, C) and k, v (B, L, C), got {}, {}, {}", op, q_in.shape(),
+              k.shape(), v.shape());
+  FORGE_CHECK(q_in.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32,
+              "{}: expected f32 tensors", op);
+  Tensor q = q_in.contiguous();
+  const int64_t B = q.size(0), Tq = q.size(1), C = q.size(2), L = k.size(1), NH = n_head;
+  FORGE_CHECK(k.size(0) == B && k.size(2) == C && L == offset + Tq && C % NH == 0,
+              "{}: q {} at offset {} does not match cache {} with {} heads", op, q.shape(), offset,
+              k.shape(), n_head);
+  FORGE_CHECK(k.stride(2) == 1 && v.stride(2) == 1 && k.strides() == v.strides(),
+              "{}: k and v need unit column strides", op);
+  const int64_t hs = C / NH, krow = k.stride(1), kbatch = k.stride(0);
+  Tensor out = Tensor::empty({B, Tq, C});
+  const float *pq = q.data<float>(), *pk = k.data<float>(), *pv = v.data<float>();
+  float* po = out.data<float>();
+  const float scale = float(1.0 / std::sqrt(double(hs)));
+  Scratch<float> scores(get_num_threads(), Tq * L);
+  parallel_for(0, B * NH, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t bh = lo; bh < hi; ++bh) {
+      const int64_t b = bh / NH, h = bh % NH;
+      const float* Q = pq + b * Tq * C + h * hs;
+      const float* K = pk + b * kbatch + h * hs;
+      const float* V = pv + b * kbatch + h * hs;
+      float* S = scores.get();
+      cpu::gemm<float>(false, true, Tq, L, hs, scale, Q, C, K, krow, 0.0f, S, L);
+      causal_softmax_rows(S, Tq, L, offset);
+      cpu::gemm<float>(false, false, Tq, hs, L, 1.0f, S, L, V, krow, 0.0f, po + b * Tq * C + h * hs,
+                       C);
+    }
+  });
+  return out;
+}
+
+}  // namespace forge
