@@ -83,8 +83,7 @@ const Tensor* SafetensorsContents::find(const std::string& name) const {
 void write_file_atomically(const std::string& path, const std::string& bytes) {
   std::filesystem::path target(path);
   std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : ".";
-  std::string tmp = (dir / ("." + target.filename().string() + ".tmp." + std::to_string(getpid())))
-                        .string();
+  std::string tmp = (dir / fmt::format(".{}.tmp.{}", target.filename().string(), getpid())).string();
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   sys_check(fd >= 0, fmt::format("{}: cannot create", tmp));
   size_t done = 0;
@@ -242,6 +241,17 @@ SafetensorsContents load_safetensors(const std::string& path) {
   }
   FORGE_CHECK(at == data_size, "{}: corrupt: {} bytes of data after the last tensor", path,
               data_size - at);
+  // A file with checksums (one forge wrote) must have all of them: a bit flipped in a checksum's
+  // key would otherwise silently turn the check off, or turn the checksum into user metadata.
+  if (!crcs.empty()) {
+    FORGE_CHECK(crcs.count(kMetadataCrc), "{}: corrupt: the metadata checksum is missing", path);
+    for (const Entry& e : entries)
+      FORGE_CHECK(crcs.count(e.name), "{}: corrupt: tensor '{}' has no checksum", path, e.name);
+    for (const auto& [name, crc] : crcs)
+      FORGE_CHECK(name == kMetadataCrc || std::any_of(entries.begin(), entries.end(),
+                                                      [&](const Entry& e) { return e.name == name; }),
+                  "{}: corrupt: a checksum for '{}', which is not in the file", path, name);
+  }
   if (auto it = crcs.find(kMetadataCrc); it != crcs.end()) {
     std::string got = fmt::format("{:08x}", metadata_crc(out.metadata));
     FORGE_CHECK(got == it->second, "{}: corrupt: the metadata fails its checksum ({} != {})", path,
