@@ -212,12 +212,14 @@ constexpr double kInvSqrt2 = 0.7071067811865476;
 constexpr double kInvSqrt2Pi = 0.3989422804014327;
 }  // namespace
 
+// The tanh form through the identity 0.5 (1 + tanh(u)) = 1 / (1 + e^-2u): one exponential and one
+// division per element instead of tanh's two branches, and no cancellation for large |u|.
 Tensor gelu(const Tensor& a, GeluApprox approx) {
   if (approx == GeluApprox::tanh)
     return unary_op(a, "gelu", [](auto x) {
       using C = decltype(x);
-      C inner = C(kSqrt2OverPi) * (x + C(0.044715) * x * x * x);
-      return C(0.5) * x * (C(1) + cpu::vtanh(inner));
+      C two_u = C(2 * kSqrt2OverPi) * (x + C(0.044715) * x * x * x);
+      return x / (C(1) + cpu::vexp(-two_u));
     });
   return unary_op(a, "gelu", [](auto x) {
     using C = decltype(x);
@@ -249,12 +251,15 @@ Tensor relu_backward(const Tensor& grad, const Tensor& x) {
 
 Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
   if (approx == GeluApprox::tanh)
+    // With s = 0.5 (1 + tanh(u)) = 1 / (1 + e), e = e^-2u:  d/dx [x s] = s + 2 x s (1 - s) u'
+    // and s (1 - s) = e s^2 (no cancellation as s -> 1).
     return backward_op(grad, x, "gelu_backward", [](auto g, auto v) {
       using C = decltype(v);
       C v2 = v * v;
-      C t = cpu::vtanh(C(kSqrt2OverPi) * (v + C(0.044715) * v2 * v));
-      C dinner = C(kSqrt2OverPi) * (C(1) + C(3 * 0.044715) * v2);
-      return g * (C(0.5) * (C(1) + t) + C(0.5) * v * (C(1) - t * t) * dinner);
+      C e = cpu::vexp(C(-2 * kSqrt2OverPi) * (v + C(0.044715) * v2 * v));
+      C s = C(1) / (C(1) + e);
+      C du = C(kSqrt2OverPi) * (C(1) + C(3 * 0.044715) * v2);
+      return g * (s + C(2) * v * e * s * s * du);
     });
   return backward_op(grad, x, "gelu_backward", [](auto g, auto v) {
     using C = decltype(v);
