@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> flags;
   std::vector<std::pair<std::string, CLI::Option*>> flag_options;
   for (const auto& f : GptTrainConfig::fields())
-    flag_options.emplace_back(f.key, g->add_option(f.flag, flags[f.key], f.help));
+    flag_options.emplace_back(f.key, g->add_option(f.flag, flags[f.key], f.help)->type_name(f.type));
 
   try {
     app.parse(argc, argv);

@@ -77,8 +77,11 @@ std::string flag_of(const std::string& key) {
 }  // namespace
 
 std::vector<GptTrainConfig::FieldInfo> GptTrainConfig::fields() {
+  static constexpr const char* kTypeNames[] = {"INT", "FLOAT", "BOOL", "TEXT"};  // FieldPtr order
+  GptTrainConfig probe;
   std::vector<FieldInfo> out;
-  for (const Field& f : field_table()) out.push_back({f.key, flag_of(f.key), f.help});
+  for (const Field& f : field_table())
+    out.push_back({f.key, flag_of(f.key), f.help, kTypeNames[f.get(probe).index()]});
   return out;
 }
 

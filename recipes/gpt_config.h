@@ -64,6 +64,7 @@ struct GptTrainConfig {
     std::string key;   // TOML key
     std::string flag;  // command-line flag
     std::string help;
+    std::string type;  // INT, FLOAT, BOOL or TEXT, for --help
   };
   static std::vector<FieldInfo> fields();
   std::string to_json() const;  // every field, for checkpoints and logs

@@ -23,34 +23,12 @@ using namespace forge;
 using forge::testing::bitwise_equal;
 using forge::testing::Contains;
 using forge::testing::ThreadCount;
+using forge::testing::read_bytes;
+using forge::testing::TempDir;
+using forge::testing::write_bytes;
 namespace fs = std::filesystem;
 
 namespace {
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "forge_ckpt_XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::string path() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-void write_bytes(const std::string& path, const std::string& bytes) {
-  fs::create_directories(fs::path(path).parent_path());
-  std::ofstream(path, std::ios::binary | std::ios::trunc)
-      .write(bytes.data(), std::streamsize(bytes.size()));
-}
 
 std::vector<std::string> entries(const std::string& dir) {
   std::vector<std::string> out;

@@ -20,6 +20,7 @@
 
 using namespace forge;
 using forge::testing::Contains;
+using forge::testing::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
@@ -29,21 +30,6 @@ const ImageDataset& real(Split split) {
   static ImageDataset test = load_fashion_mnist(testing::fashion_mnist_dir(), Split::test);
   return split == Split::train ? train : test;
 }
-
-// A fresh directory for this process, removed at exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "forge_fmnist_XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 void put_be32(std::string& s, uint32_t v) {
   for (int shift : {24, 16, 8, 0}) s.push_back(char(uint8_t(v >> shift)));

@@ -23,30 +23,11 @@
 using namespace forge;
 using forge::testing::bitwise_equal;
 using forge::testing::Contains;
+using forge::testing::TempDir;
+using forge::testing::write_bytes;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory for this test, removed at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "forge_text_XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::string path() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
-
-std::string write_file(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
-  return path;
-}
 
 // The ids a char tokenizer must give: each byte's rank among the text's distinct bytes.
 std::vector<int64_t> rank_ids(const std::string& vocab_text, const std::string& text) {
@@ -203,7 +184,7 @@ TEST_CASE("load_text splits int(n * 0.9) tokens into train and the rest into val
   for (size_t n : {size_t(2), size_t(10), size_t(11), size_t(19), size_t(99), size_t(1001)}) {
     INFO("corpus of " << n << " bytes");
     std::string text = synthetic_corpus(n, "abcdefg \n", uint32_t(n));
-    std::string path = write_file(dir.file("c.txt"), text);
+    std::string path = write_bytes(dir.file("c.txt"), text);
     TextData d = load_text(path, Tokenizer::Kind::chars);
     int64_t n_train = int64_t(n) * 9 / 10;  // Python's int(n * 0.9) for these n
     CHECK(d.path == path);
@@ -218,7 +199,7 @@ TEST_CASE("load_text splits int(n * 0.9) tokens into train and the rest into val
 TEST_CASE("load_text with a byte tokenizer gives byte values and honours the fraction") {
   TempDir dir;
   std::string text = synthetic_corpus(40, "\x01\x7f\xfe xyz", 5);
-  std::string path = write_file(dir.file("b.txt"), text);
+  std::string path = write_bytes(dir.file("b.txt"), text);
   TextData d = load_text(path, Tokenizer::Kind::bytes, 0.75);
   CHECK(d.tokenizer.vocab_size() == 256);
   CHECK(d.train.numel() == 30);
@@ -243,11 +224,11 @@ TEST_CASE("Tiny Shakespeare splits into nanoGPT's 1,003,854 train and 111,540 va
 
 TEST_CASE("load_text with a given tokenizer refuses a character outside it, naming the file") {
   TempDir dir;
-  std::string path = write_file(dir.file("other.txt"), "abba\ncab!");
+  std::string path = write_bytes(dir.file("other.txt"), "abba\ncab!");
   Tokenizer tok = Tokenizer::chars_of("abc\n");
   CHECK_THROWS_WITH(load_text(path, tok),
                     Contains(path) && Contains("'!'") && Contains("position 8"));
-  std::string ok = write_file(dir.file("ok.txt"), "cabbac\nabc");
+  std::string ok = write_bytes(dir.file("ok.txt"), "cabbac\nabc");
   TextData d = load_text(ok, tok);
   CHECK(d.tokenizer == tok);
   CHECK(concat(d.train, d.val) == rank_ids("abc\n", "cabbac\nabc"));
@@ -262,7 +243,7 @@ TEST_CASE("load_text errors name the path: missing file, directory, empty file")
                     Contains(missing) && Contains("not found"));
   CHECK_THROWS_WITH(load_text(dir.path(), Tokenizer::Kind::chars),
                     Contains(dir.path()) && Contains("directory"));
-  std::string empty = write_file(dir.file("empty.txt"), "");
+  std::string empty = write_bytes(dir.file("empty.txt"), "");
   CHECK_THROWS_WITH(load_text(empty, Tokenizer::Kind::chars),
                     Contains(empty) && Contains("empty"));
   CHECK_THROWS_WITH(load_text(empty, Tokenizer::bytes()), Contains(empty) && Contains("empty"));
@@ -296,7 +277,7 @@ TEST_CASE("get_batch draws one start per row with randint(n - T) and y is x shif
 TEST_CASE("get_batch windows on a real encoding are corpus slices inside the split") {
   TempDir dir;
   std::string text = synthetic_corpus(300, "abcdefghij \n", 9);
-  TextData d = load_text(write_file(dir.file("c.txt"), text), Tokenizer::Kind::chars);
+  TextData d = load_text(write_bytes(dir.file("c.txt"), text), Tokenizer::Kind::chars);
   std::vector<int64_t> val = d.val.to_vector<int64_t>();  // 30 tokens
   const int64_t T = 7, B = 64;
   // Every start in [0, 30 - 7) is possible; with 64 draws over 23 starts the last ones show up.

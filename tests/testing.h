@@ -3,10 +3,17 @@
 //   REQUIRE_THROWS_WITH(op(), Contains("matmul") && Contains("[2, 3]"));
 //   ThreadCount t(1);                  // sets the thread count, restores it on scope exit
 //   CHECK(bitwise_equal(x, y));        // same shape, dtype and bytes
+//   TempDir dir;  write_bytes(dir.file("a.bin"), bytes);   // removed at scope exit
 #pragma once
 
+#include <stdlib.h>
+
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include "tensor/ops.h"
@@ -26,6 +33,51 @@ class ThreadCount {
  private:
   int saved_;
 };
+
+// A fresh directory under the system's temporary folder, removed with its contents at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "forge_test_XXXXXX").string();
+    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  std::string path() const { return path_.string(); }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+  // Writes `name` in the directory and returns its path.
+  std::string write(const std::string& name, const std::string& bytes) const;
+  // Names of the entries, sorted.
+  std::vector<std::string> entries() const {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(path_))
+      out.push_back(e.path().filename().string());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+// Writes (replaces) a file, creating its directory; returns the path.
+inline std::string write_bytes(const std::string& path, const std::string& bytes) {
+  std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  std::ofstream(path, std::ios::binary | std::ios::trunc)
+      .write(bytes.data(), std::streamsize(bytes.size()));
+  return path;
+}
+inline std::string TempDir::write(const std::string& name, const std::string& bytes) const {
+  return write_bytes(file(name), bytes);
+}
 
 // Bitwise equality of two tensors' contents (same shape and dtype).
 inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
