@@ -26,6 +26,12 @@ NoGradGuard::NoGradGuard() : saved_(g_grad_enabled) {
 NoGradGuard::~NoGradGuard() {
   g_grad_enabled = saved_;
 }
+EnableGradGuard::EnableGradGuard() : saved_(g_grad_enabled) {
+  g_grad_enabled = true;
+}
+EnableGradGuard::~EnableGradGuard() {
+  g_grad_enabled = saved_;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Variable

@@ -121,6 +121,18 @@ class NoGradGuard {
   bool saved_;
 };
 
+// Turns grad mode on for a scope (inside a backward, which runs with it off: recomputation).
+class EnableGradGuard {
+ public:
+  EnableGradGuard();
+  ~EnableGradGuard();
+  EnableGradGuard(const EnableGradGuard&) = delete;
+  EnableGradGuard& operator=(const EnableGradGuard&) = delete;
+
+ private:
+  bool saved_;
+};
+
 // Backward from several roots at once (e.g. the outputs of a pipeline stage and their gradients).
 void run_backward(const std::vector<Variable>& roots, const std::vector<Tensor>& grads,
                   bool retain_graph = false);

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "autograd/checkpoint.h"
 #include "tensor/ops.h"
 
 namespace forge {
@@ -127,7 +128,12 @@ Variable GPT::forward(const Tensor& idx) {
   Tensor pos = arange(0, double(T), 1, DType::i64);
   Variable x = add(wte->forward(idx), wpe->forward(pos));  // (B, T, C) + (T, C)
   x = dropout(x, cfg_.dropout, is_training(), *dropout_gen_);
-  for (auto& b : blocks) x = b->forward(x);
+  for (auto& b : blocks) {
+    if (checkpoint_blocks_ && is_training())
+      x = checkpoint([b](const Variable& in) { return b->forward(in); }, x, {dropout_gen_});
+    else
+      x = b->forward(x);
+  }
   x = ln_f->forward(x);
   return linear(x, wte->weight, Variable());  // (B, T, V): the head is wte^T
 }

@@ -98,6 +98,10 @@ class GPT : public Module {
   KVCache make_cache(int64_t batch) const;
   // Mean cross-entropy of logits (B, T, V) against targets (B, T).
   static Variable loss(const Variable& logits, const Tensor& targets);
+  // Activation checkpointing of the transformer blocks in training: each keeps only its input and
+  // is recomputed in backward (same dropout masks; gradients bit for bit the same).
+  void set_checkpoint_blocks(bool on) { checkpoint_blocks_ = on; }
+  bool checkpoint_blocks() const { return checkpoint_blocks_; }
 
   std::shared_ptr<Embedding> wte, wpe;
   std::vector<std::shared_ptr<Block>> blocks;
@@ -106,6 +110,7 @@ class GPT : public Module {
  private:
   GPTConfig cfg_;
   Generator* dropout_gen_;
+  bool checkpoint_blocks_ = false;
 };
 
 }  // namespace forge

@@ -43,6 +43,8 @@ const std::vector<Field>& field_table() {
       {"beta1", "AdamW beta1", [](C& c) -> FieldPtr { return &c.beta1; }},
       {"beta2", "AdamW beta2", [](C& c) -> FieldPtr { return &c.beta2; }},
       {"grad_clip", "gradient-norm clip (0: off)", [](C& c) -> FieldPtr { return &c.grad_clip; }},
+      {"checkpoint", "activation checkpointing: none, or blocks (recompute each block in backward)",
+       [](C& c) -> FieldPtr { return &c.checkpoint; }},
       {"eval_interval", "steps between val-loss evaluations",
        [](C& c) -> FieldPtr { return &c.eval_interval; }},
       {"eval_iters", "batches per evaluation", [](C& c) -> FieldPtr { return &c.eval_iters; }},
@@ -187,6 +189,8 @@ void GptTrainConfig::validate() const {
   m.validate();
   FORGE_CHECK(tokenizer == "char" || tokenizer == "byte",
               "tokenizer must be char or byte, got '{}'", tokenizer);
+  FORGE_CHECK(checkpoint == "none" || checkpoint == "blocks",
+              "checkpoint must be none or blocks, got '{}'", checkpoint);
   FORGE_CHECK(max_iters >= 0, "max_iters must be >= 0, got {}", max_iters);
   FORGE_CHECK(batch_size > 0, "batch_size must be positive, got {}", batch_size);
   FORGE_CHECK(lr > 0 && min_lr >= 0 && min_lr <= lr, "need 0 <= min_lr <= lr, got lr {} min_lr {}",

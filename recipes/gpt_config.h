@@ -37,6 +37,7 @@ struct GptTrainConfig {
   double beta1 = 0.9;
   double beta2 = 0.99;
   double grad_clip = 1.0;  // 0: no clipping
+  std::string checkpoint = "none";  // activation checkpointing: none | blocks
   // Evaluation and logging.
   int64_t eval_interval = 250;
   int64_t eval_iters = 200;

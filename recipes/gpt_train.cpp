@@ -98,6 +98,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   GptRun run;
   run.tokenizer = data.tokenizer;
   run.model = std::make_shared<GPT>(cfg.model, init_gen, dropout_gen);
+  run.model->set_checkpoint_blocks(cfg.checkpoint == "blocks");
   GPT& model = *run.model;
   model.train();
   AdamW opt(param_groups(model, cfg.weight_decay), {.lr = cfg.lr, .beta1 = cfg.beta1,

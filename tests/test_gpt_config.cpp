@@ -39,6 +39,7 @@ const nlohmann::ordered_json kAllFields = {
     {"warmup_iters", 11},   {"lr_decay_iters", 66},
     {"weight_decay", 0.05}, {"beta1", 0.8},
     {"beta2", 0.95},        {"grad_clip", 0.5},
+    {"checkpoint", "blocks"},
     {"eval_interval", 13},  {"eval_iters", 4},
     {"log_interval", 2},    {"seed", 2024},
     {"threads", 3},         {"out", "runs/x"},
@@ -284,6 +285,7 @@ TEST_CASE("every field can be set by its key and reaches the struct") {
   CHECK(c.model.n_head == 5);
   CHECK(c.model.n_embd == 35);
   CHECK(c.model.block_size == 17);
+  CHECK(c.checkpoint == "blocks");
   CHECK(c.model.dropout == 0.125);
   CHECK(c.model.bias == true);
   CHECK(c.data == "corpus.txt");
