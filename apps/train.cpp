@@ -32,8 +32,8 @@ int run_mnist(const MnistOptions& o) {
              o.data_dir);
   std::fflush(stdout);
   MnistRun run = train_mnist(o, [](const EpochStats& e) {
-    fmt::print("epoch {:2d}  train_loss {:.4f}  test_acc {:.4f}  {:.2f}s (+{:.2f}s eval)\n", e.epoch,
-               e.train_loss, e.test_acc, e.epoch_s, e.eval_s);
+    fmt::print("epoch {:2d}  train_loss {:.4f}  test_acc {:.4f}  {:.2f}s (+{:.2f}s eval)\n",
+               e.epoch, e.train_loss, e.test_acc, e.epoch_s, e.eval_s);
     std::fflush(stdout);
   });
   if (!run.epochs.empty()) fmt::print("test accuracy: {:.4f}\n", run.epochs.back().test_acc);
@@ -51,17 +51,28 @@ int run_gpt(const GptTrainConfig& cfg) {
   hooks.stop = &g_stop;
   hooks.on_message = line;
   hooks.on_step = [&](const StepStats& s) {
-    if (s.step % cfg.log_interval == 0)
-      line(fmt::format("step {:5d} | loss {:.4f} | lr {:.2e} | {:7.1f} ms | {:8.0f} tok/s | {:6.1f} "
-                       "GFLOP/s | peak {:.1f} MB",
-                       s.step, s.loss, s.lr, s.ms_per_step, s.tokens_per_s, s.gflops,
-                       double(s.peak_bytes) / (1 << 20)));
+    if (s.step % cfg.log_interval == 0 || s.skipped) {
+      std::string scale = s.loss_scale != 1.0 ? fmt::format(" | scale {:g}", s.loss_scale) : "";
+      if (s.skipped) scale += " (step skipped: inf/NaN gradients)";
+      line(
+          fmt::format("step {:5d} | loss {:.4f} | lr {:.2e} | {:7.1f} ms | {:8.0f} tok/s | {:6.1f} "
+                      "GFLOP/s | peak {:.1f} MB{}",
+                      s.step, s.loss, s.lr, s.ms_per_step, s.tokens_per_s, s.gflops,
+                      double(s.peak_bytes) / (1 << 20), scale));
+    }
     if (s.val_loss)
       line(fmt::format("step {:5d} | train loss {:.4f} | val loss {:.4f}", s.step,
                        *s.train_eval_loss, *s.val_loss));
   };
   std::signal(SIGINT, on_sigint);
   GptRun run = train_gpt(cfg, hooks);
+  MemoryStats mem = memory_stats(Device::cpu());
+  auto mb = [&](MemoryTag t) { return double(mem.at_peak_by_tag[size_t(t)]) / (1 << 20); };
+  line(fmt::format(
+      "peak memory {:.1f} MB: parameters {:.1f}, gradients {:.1f}, optimizer {:.1f}, "
+      "activations {:.1f}, other {:.1f}",
+      double(mem.peak_bytes) / (1 << 20), mb(MemoryTag::parameters), mb(MemoryTag::gradients),
+      mb(MemoryTag::optimizer), mb(MemoryTag::activations), mb(MemoryTag::other)));
   if (run.final_val_loss) line(fmt::format("val loss: {:.4f}", *run.final_val_loss));
   if (!run.last_checkpoint.empty()) line(fmt::format("checkpoint: {}", run.last_checkpoint));
   return 0;
@@ -84,7 +95,8 @@ int main(int argc, char** argv) {
   m->add_option("--seed", mnist.seed, "seed for initialisation and shuffling");
   m->add_option("--data", mnist.data_dir, "directory with the gzip'd IDX files");
   m->add_option("--metrics", mnist.metrics_path, "append one JSON line per epoch to FILE");
-  m->add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::PositiveNumber);
+  m->add_option("--threads", threads, "CPU threads (default: all cores)")
+      ->check(CLI::PositiveNumber);
 
   CLI::App* g = app.add_subcommand("gpt", "GPT language model on a text corpus (Tiny Shakespeare)");
   std::string preset = "cpu", config_file;
@@ -94,7 +106,8 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> flags;
   std::vector<std::pair<std::string, CLI::Option*>> flag_options;
   for (const auto& f : GptTrainConfig::fields())
-    flag_options.emplace_back(f.key, g->add_option(f.flag, flags[f.key], f.help)->type_name(f.type));
+    flag_options.emplace_back(f.key,
+                              g->add_option(f.flag, flags[f.key], f.help)->type_name(f.type));
 
   try {
     app.parse(argc, argv);

@@ -1,5 +1,6 @@
 // Elementwise differentiable ops. Broadcasting backward: an input's gradient is the output
 // gradient summed down to that input's shape (sum_to).
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 
 namespace forge {
@@ -109,11 +110,13 @@ Variable relu(const Variable& a) {
 }
 
 Variable gelu(const Variable& a, GeluApprox approx) {
-  Tensor x = a.data();
-  return make_variable(gelu(x, approx), "gelu", {&a},
-                       [x, approx](const Tensor& g) -> std::vector<Tensor> {
-                         return {gelu_backward(g, x, approx)};
-                       });
+  Tensor y = gelu(a.data(), approx);
+  // Under autocast the input is kept for backward in 16 bits (autograd/autocast.h).
+  std::optional<DType> dt = a.data().dtype() == DType::f32 ? autocast_dtype() : std::nullopt;
+  Tensor x = dt ? autocast_round(a.data(), *dt) : a.data();
+  return make_variable(y, "gelu", {&a}, [x, approx](const Tensor& g) -> std::vector<Tensor> {
+    return {gelu_backward(g, x.dtype() == g.dtype() ? x : x.to(g.dtype()), approx)};
+  });
 }
 
 Variable pow(const Variable& a, double exponent) {

@@ -115,7 +115,9 @@ CheckpointPaths save_checkpoint(const std::string& out_dir, int64_t step, const 
       {"forge.generator.batch", generator_to_string(state.batch_gen)},
       {"forge.generator.dropout", generator_to_string(state.dropout_gen)},
       {"forge.train_config", train_config_json}};
-  save_safetensors((tmp_dir / kStateFile).string(), state.optimizer, state_meta);
+  NamedTensors state_tensors = state.optimizer;
+  state_tensors.insert(state_tensors.end(), state.scaler.begin(), state.scaler.end());
+  save_safetensors((tmp_dir / kStateFile).string(), state_tensors, state_meta);
   fsync_dir(tmp_dir);
 
   // Swap into place; an older checkpoint of the same step goes only once the new one is there.
@@ -241,7 +243,8 @@ TrainingState load_training_state(const std::string& path, const GPTConfig& conf
   s.step = parse_int(meta(c.metadata, "forge.step", path), path + ": forge.step");
   s.batch_gen = generator_from_string(meta(c.metadata, "forge.generator.batch", path), path);
   s.dropout_gen = generator_from_string(meta(c.metadata, "forge.generator.dropout", path), path);
-  s.optimizer = c.tensors;
+  for (auto& [name, t] : c.tensors)
+    (name.rfind("scaler.", 0) == 0 ? s.scaler : s.optimizer).emplace_back(name, t);
   return s;
 }
 

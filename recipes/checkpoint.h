@@ -25,6 +25,7 @@ struct TrainingState {
   int64_t step = 0;  // steps completed
   Generator::State batch_gen, dropout_gen;
   NamedTensors optimizer;  // Optimizer::state()
+  NamedTensors scaler;     // GradScaler::state() ("scaler.*"); empty without loss scaling
 };
 
 struct CheckpointPaths {

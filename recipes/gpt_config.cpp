@@ -1,9 +1,10 @@
 #include "recipes/gpt_config.h"
 
+#include <toml++/toml.h>
+
 #include <algorithm>
 #include <charconv>
 #include <nlohmann/json.hpp>
-#include <toml++/toml.h>
 
 #include "tensor/error.h"
 
@@ -45,6 +46,13 @@ const std::vector<Field>& field_table() {
       {"grad_clip", "gradient-norm clip (0: off)", [](C& c) -> FieldPtr { return &c.grad_clip; }},
       {"checkpoint", "activation checkpointing: none, or blocks (recompute each block in backward)",
        [](C& c) -> FieldPtr { return &c.checkpoint; }},
+      {"precision", "f32, or bf16 / f16 mixed precision (f32 master weights)",
+       [](C& c) -> FieldPtr { return &c.precision; }},
+      {"loss_scale", "dynamic loss scaling: auto (f16 only), on or off",
+       [](C& c) -> FieldPtr { return &c.loss_scale; }},
+      {"init_scale", "initial loss scale", [](C& c) -> FieldPtr { return &c.init_scale; }},
+      {"scale_growth_interval", "good steps before the loss scale doubles",
+       [](C& c) -> FieldPtr { return &c.scale_growth_interval; }},
       {"eval_interval", "steps between val-loss evaluations",
        [](C& c) -> FieldPtr { return &c.eval_interval; }},
       {"eval_iters", "batches per evaluation", [](C& c) -> FieldPtr { return &c.eval_iters; }},
@@ -59,7 +67,8 @@ const std::vector<Field>& field_table() {
        [](C& c) -> FieldPtr { return &c.keep_last; }},
       {"metrics", "append JSON lines of step metrics to this file",
        [](C& c) -> FieldPtr { return &c.metrics; }},
-      {"resume", "checkpoint directory to continue from", [](C& c) -> FieldPtr { return &c.resume; }},
+      {"resume", "checkpoint directory to continue from",
+       [](C& c) -> FieldPtr { return &c.resume; }},
   };
   return table;
 }
@@ -87,13 +96,15 @@ std::vector<GptTrainConfig::FieldInfo> GptTrainConfig::fields() {
   return out;
 }
 
-std::vector<std::string> GptTrainConfig::preset_names() { return {"cpu", "baby"}; }
+std::vector<std::string> GptTrainConfig::preset_names() {
+  return {"cpu", "baby"};
+}
 
 GptTrainConfig GptTrainConfig::preset(const std::string& name) {
   GptTrainConfig c;  // the defaults are the `cpu` preset
   if (name == "cpu") {
-    // nanoGPT's README, "I only have a macbook": shakespeare_char at block 64, batch 12, 4 x 4 x 128,
-    // 2000 iterations decaying to 2000, no dropout (val loss 1.88).
+    // nanoGPT's README, "I only have a macbook": shakespeare_char at block 64, batch 12, 4 x 4 x
+    // 128, 2000 iterations decaying to 2000, no dropout (val loss 1.88).
     c.eval_iters = 200;
     return c;
   }
@@ -135,9 +146,12 @@ void GptTrainConfig::set(const std::string& key, const std::string& value,
       bad("a number");
     }
   } else if (auto* p = std::get_if<bool*>(&ptr)) {
-    if (value == "true" || value == "1") **p = true;
-    else if (value == "false" || value == "0") **p = false;
-    else bad("true or false");
+    if (value == "true" || value == "1")
+      **p = true;
+    else if (value == "false" || value == "0")
+      **p = false;
+    else
+      bad("true or false");
   } else {
     *std::get<std::string*>(ptr) = value;
   }
@@ -191,6 +205,13 @@ void GptTrainConfig::validate() const {
               "tokenizer must be char or byte, got '{}'", tokenizer);
   FORGE_CHECK(checkpoint == "none" || checkpoint == "blocks",
               "checkpoint must be none or blocks, got '{}'", checkpoint);
+  FORGE_CHECK(precision == "f32" || precision == "bf16" || precision == "f16",
+              "precision must be f32, bf16 or f16, got '{}'", precision);
+  FORGE_CHECK(loss_scale == "auto" || loss_scale == "on" || loss_scale == "off",
+              "loss_scale must be auto, on or off, got '{}'", loss_scale);
+  FORGE_CHECK(init_scale > 0 && scale_growth_interval > 0,
+              "init_scale and scale_growth_interval must be positive (got {}, {})", init_scale,
+              scale_growth_interval);
   FORGE_CHECK(max_iters >= 0, "max_iters must be >= 0, got {}", max_iters);
   FORGE_CHECK(batch_size > 0, "batch_size must be positive, got {}", batch_size);
   FORGE_CHECK(lr > 0 && min_lr >= 0 && min_lr <= lr, "need 0 <= min_lr <= lr, got lr {} min_lr {}",

@@ -38,6 +38,11 @@ struct GptTrainConfig {
   double beta2 = 0.99;
   double grad_clip = 1.0;  // 0: no clipping
   std::string checkpoint = "none";  // activation checkpointing: none | blocks
+  // Mixed precision (autograd/autocast.h) and loss scaling (optim/grad_scaler.h).
+  std::string precision = "f32";    // f32 | bf16 | f16
+  std::string loss_scale = "auto";  // auto (on for f16 only) | on | off
+  double init_scale = 65536.0;
+  int64_t scale_growth_interval = 2000;
   // Evaluation and logging.
   int64_t eval_interval = 250;
   int64_t eval_iters = 200;

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <filesystem>
 
+#include "autograd/autocast.h"
+#include "optim/grad_scaler.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
 #include "recipes/checkpoint.h"
@@ -51,7 +53,8 @@ std::vector<ParamGroup> param_groups(const GPT& model, double weight_decay) {
   return {decay, no_decay};
 }
 
-void check_same_architecture(const GPTConfig& run, const GPTConfig& saved, const std::string& where) {
+void check_same_architecture(const GPTConfig& run, const GPTConfig& saved,
+                             const std::string& where) {
   auto field = [&](const char* name, auto a, auto b) {
     FORGE_CHECK(a == b, "{}: the checkpoint has {} = {}, this run asks for {}", where, name, b, a);
   };
@@ -101,35 +104,49 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   run.model->set_checkpoint_blocks(cfg.checkpoint == "blocks");
   GPT& model = *run.model;
   model.train();
-  AdamW opt(param_groups(model, cfg.weight_decay), {.lr = cfg.lr, .beta1 = cfg.beta1,
-                                                    .beta2 = cfg.beta2, .eps = 1e-8});
+  AdamW opt(param_groups(model, cfg.weight_decay),
+            {.lr = cfg.lr, .beta1 = cfg.beta1, .beta2 = cfg.beta2, .eps = 1e-8});
+  const bool mixed = cfg.precision != "f32";
+  const DType autocast_dtype = mixed ? parse_dtype(cfg.precision) : DType::f32;
+  GradScaler scaler(
+      {.init_scale = cfg.init_scale,
+       .growth_interval = cfg.scale_growth_interval,
+       .enabled = cfg.loss_scale == "on" || (cfg.loss_scale == "auto" && cfg.precision == "f16")});
   int64_t start = 0;
   if (resume) {
     load_weights(model, loaded);
     TrainingState st = load_training_state(resume->state, cfg.model);
     opt.load_state(st.optimizer);
+    if (scaler.enabled() && !st.scaler.empty()) scaler.load_state(st.scaler);
     batch_gen.set_state(st.batch_gen);
     dropout_gen.set_state(st.dropout_gen);
     start = st.step;
     say(fmt::format("resumed from {} at step {}", resume->dir, start));
   }
-  say(fmt::format("model: {} layers, {} heads, {} wide, block {}, vocab {} ({}), {:.2f}M parameters",
-                  cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size,
-                  cfg.model.vocab_size, cfg.tokenizer, double(model.num_parameters()) / 1e6));
+  say(fmt::format(
+      "model: {} layers, {} heads, {} wide, block {}, vocab {} ({}), {:.2f}M parameters",
+      cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size,
+      cfg.model.vocab_size, cfg.tokenizer, double(model.num_parameters()) / 1e6));
   say(fmt::format("data: {} ({} train / {} val tokens); batch {} x {}; {} threads", data_path,
                   data.train.numel(), data.val.numel(), cfg.batch_size, cfg.model.block_size,
                   get_num_threads()));
+  if (mixed || cfg.checkpoint != "none")
+    say(fmt::format("precision {}{}; activation checkpointing {}", cfg.precision,
+                    scaler.enabled() ? fmt::format(", loss scale {:g}", scaler.scale_value()) : "",
+                    cfg.checkpoint));
 
   WarmupCosine schedule(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters);
   MetricsWriter metrics(cfg.metrics);
   const std::vector<Variable> params = model.parameters();
   const int64_t B = cfg.batch_size, T = cfg.model.block_size;
   const double flops_per_step = cfg.model.flops_per_token(T) * double(B * T);
-  const int64_t ckpt_every = cfg.checkpoint_interval > 0 ? cfg.checkpoint_interval : cfg.eval_interval;
+  const int64_t ckpt_every =
+      cfg.checkpoint_interval > 0 ? cfg.checkpoint_interval : cfg.eval_interval;
 
   auto save = [&](int64_t step) {
     if (cfg.out.empty()) return;
-    TrainingState st{step, batch_gen.state(), dropout_gen.state(), opt.state()};
+    TrainingState st{step, batch_gen.state(), dropout_gen.state(), opt.state(),
+                     scaler.enabled() ? scaler.state() : NamedTensors{}};
     CheckpointPaths p =
         save_checkpoint(cfg.out, step, model, data.tokenizer, st, cfg.to_json(), cfg.keep_last);
     run.last_checkpoint = p.dir;
@@ -152,14 +169,20 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     opt.set_lr(s.lr);
     {
       MemoryTagScope tag(MemoryTag::activations);
+      std::optional<Autocast> scope;
+      if (mixed) scope.emplace(autocast_dtype);
       Batch b = get_batch(data.train, B, T, batch_gen, "train");
       Variable loss = GPT::loss(model.forward(b.x), b.y);
       opt.zero_grad();
-      loss.backward();
+      scaler.scale(loss).backward();
       s.loss = loss.item();
     }
-    s.grad_norm = cfg.grad_clip > 0 ? clip_grad_norm(params, cfg.grad_clip) : grad_norm(params);
-    opt.step();
+    scaler.unscale(params);  // before clipping; finds inf/NaN
+    if (!scaler.found_inf())
+      s.grad_norm = cfg.grad_clip > 0 ? clip_grad_norm(params, cfg.grad_clip) : grad_norm(params);
+    s.skipped = !scaler.step(opt, params);
+    s.loss_scale = scaler.scale_value();
+    scaler.update();
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     s.ms_per_step = secs * 1e3;
     s.tokens_per_s = double(B * T) / secs;
@@ -177,7 +200,9 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
                      {"ms_per_step", s.ms_per_step},
                      {"tokens_per_s", s.tokens_per_s},
                      {"gflops", s.gflops},
-                     {"peak_bytes", s.peak_bytes}});
+                     {"peak_bytes", s.peak_bytes},
+                     {"loss_scale", s.loss_scale},
+                     {"skipped", int64_t(s.skipped)}});
     }
     if (hooks.on_step) hooks.on_step(s);
     bool stop = hooks.stop && hooks.stop->load();

@@ -102,6 +102,9 @@ void gemm_(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool tra
            double alpha = 1.0, double beta = 0.0);
 // x (..., in) @ w (out, in)^T + bias (out): the Linear layer in one op.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias);
+// The same with the output in `out_dtype`: f32 from bf16/f16 x and w keeps the f32 accumulation
+// (mixed precision); the bias is added in the output dtype.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, DType out_dtype);
 
 // ============================================================================================
 // Neural-network ops with their backward kernels.
@@ -148,8 +151,11 @@ Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, con
 struct AttentionResult {
   Tensor out, probs, mask;
 };
+// `probs_dtype` bf16 or f16 (with f32 qkv) stores the probabilities in 16 bits for backward
+// (mixed precision); the forward itself computes in f32 throughout.
 AttentionResult causal_attention(const Tensor& qkv, int n_head, double dropout_p = 0.0,
-                                 Generator* gen = nullptr);
+                                 Generator* gen = nullptr,
+                                 std::optional<DType> probs_dtype = std::nullopt);
 // d loss / d qkv (B, T, 3C) from d loss / d out.
 Tensor causal_attention_backward(const Tensor& dout, const Tensor& qkv, const Tensor& probs,
                                  const Tensor& mask, int n_head, double dropout_p);

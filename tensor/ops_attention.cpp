@@ -1,12 +1,13 @@
 // Causal multi-head self-attention, forward and backward in one place (the llm.c shape).
 //
-// qkv (B, T, 3C) holds q, k, v side by side; head h of each uses columns [h*hs, (h+1)*hs), hs = C/NH.
-// Per (batch, head), with Q, K, V the (T, hs) views into qkv (row stride 3C, no copies):
+// qkv (B, T, 3C) holds q, k, v side by side; head h of each uses columns [h*hs, (h+1)*hs), hs =
+// C/NH. Per (batch, head), with Q, K, V the (T, hs) views into qkv (row stride 3C, no copies):
 //   pass 1  S = Q K^T / sqrt(hs)                    (T, T)  one matrix product
 //   pass 2  P = softmax of each row t over keys 0..t; entries above the diagonal are 0 (no mask
 //           tensor: the row loop stops at t)
 //   pass 3  P' = P * dropout mask / (1 - p)         (only when dropout is on)
-//   pass 4  O = P' V                                (T, hs) written into out (B, T, C) at column h*hs
+//   pass 4  O = P' V                                (T, hs) written into out (B, T, C) at column
+//   h*hs
 // Backward, given dO:
 //   dP' = dO V^T          dV = P'^T dO
 //   dP  = dP' * mask / (1 - p)
@@ -16,6 +17,7 @@
 // results do not depend on the thread count.
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/lanes.h"
@@ -29,8 +31,8 @@ namespace {
 
 void check_qkv(const Tensor& qkv, int n_head, const char* op) {
   FORGE_CHECK(qkv.defined() && qkv.device().is_cpu(), "{}: expected a cpu tensor", op);
-  FORGE_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0,
-              "{}: qkv must be (B, T, 3C), got {}", op, qkv.shape());
+  FORGE_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0, "{}: qkv must be (B, T, 3C), got {}", op,
+              qkv.shape());
   int64_t C = qkv.size(2) / 3;
   FORGE_CHECK(n_head > 0 && C % n_head == 0, "{}: {} channels do not split into {} heads", op, C,
               n_head);
@@ -39,7 +41,8 @@ void check_qkv(const Tensor& qkv, int n_head, const char* op) {
 }
 
 // Per-thread scratch of `per_thread` elements each, allocated before the parallel region.
-template <class T> struct Scratch {
+template <class T>
+struct Scratch {
   Tensor buf;
   int64_t per_thread;
   Scratch(int64_t n, int64_t elems) : per_thread(elems) {
@@ -50,7 +53,8 @@ template <class T> struct Scratch {
 
 // Rows of P (pass 2): causal softmax of S (rows x cols) in place; row t sees columns
 // 0 .. offset+t, the rest become 0.
-template <class T> void causal_softmax_rows(T* S, int64_t rows, int64_t cols, int64_t offset = 0) {
+template <class T>
+void causal_softmax_rows(T* S, int64_t rows, int64_t cols, int64_t offset = 0) {
   for (int64_t t = 0; t < rows; ++t) {
     T* row = S + t * cols;
     int64_t n = std::min(cols, offset + t + 1);
@@ -70,8 +74,8 @@ void apply_mask(const T* P, const uint8_t* mask, T scale, int64_t n, T* dst) {
 
 }  // namespace
 
-AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropout_p,
-                                 Generator* gen) {
+AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropout_p, Generator* gen,
+                                 std::optional<DType> probs_dtype) {
   check_qkv(qkv_in, n_head, "causal_attention");
   FORGE_CHECK(dropout_p >= 0 && dropout_p < 1, "causal_attention: dropout {} not in [0, 1)",
               dropout_p);
@@ -81,7 +85,13 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
   const int64_t hs = C / NH;
   AttentionResult r;
   r.out = Tensor::empty({B, Tn, C}, qkv.dtype());
-  r.probs = Tensor::empty({B, NH, Tn, Tn}, qkv.dtype());
+  const DType pdt = probs_dtype.value_or(qkv.dtype());
+  const bool narrow_probs = pdt != qkv.dtype();
+  FORGE_CHECK(
+      !narrow_probs || (qkv.dtype() == DType::f32 && (pdt == DType::bf16 || pdt == DType::f16)),
+      "causal_attention: probabilities in {} for qkv {} (expected {}, or bf16/f16 with f32)", pdt,
+      qkv.dtype(), qkv.dtype());
+  r.probs = Tensor::empty({B, NH, Tn, Tn}, pdt);
   if (dropout_p > 0) {
     // The mask is drawn like dropout's (one uniform per element), so it is thread-count free.
     r.mask = dropout(zeros({B, NH, Tn, Tn}, qkv.dtype()), dropout_p, *gen).mask;
@@ -90,19 +100,25 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
       const T* pqkv = qkv.data<T>();
       T* pout = r.out.data<T>();
-      T* pprobs = r.probs.data<T>();
+      T* pprobs = narrow_probs ? nullptr : r.probs.data<T>();
       const uint8_t* pmask = r.mask.defined() ? r.mask.data<uint8_t>() : nullptr;
       const T scale = T(1.0 / std::sqrt(double(hs))), keep = T(1.0 / (1.0 - dropout_p));
-      Scratch<T> dropped(get_num_threads(), pmask ? Tn * Tn : 0);
+      // Per thread: P' with dropout; P itself when it is stored narrower.
+      Scratch<T> dropped(get_num_threads(), Tn * Tn * ((pmask ? 1 : 0) + (narrow_probs ? 1 : 0)));
       parallel_for(0, B * NH, 1, [&](int64_t lo, int64_t hi) {
         for (int64_t bh = lo; bh < hi; ++bh) {
           const int64_t b = bh / NH, h = bh % NH;
           const T* Q = pqkv + b * Tn * 3 * C + h * hs;
           const T* K = Q + C;
           const T* V = Q + 2 * C;
-          T* P = pprobs + bh * Tn * Tn;
+          T* P = narrow_probs ? dropped.get() + (pmask ? Tn * Tn : 0) : pprobs + bh * Tn * Tn;
           cpu::gemm<T>(false, true, Tn, Tn, hs, scale, Q, 3 * C, K, 3 * C, T(0), P, Tn);  // pass 1
-          causal_softmax_rows(P, Tn, Tn);                                                // pass 2
+          causal_softmax_rows(P, Tn, Tn);                                                 // pass 2
+          if (narrow_probs)  // kept for backward in 16 bits; the forward goes on in T
+            dispatch_float(pdt, "causal_attention", [&]<class P16>() {
+              P16* dst = r.probs.data<P16>() + bh * Tn * Tn;
+              for (int64_t i = 0; i < Tn * Tn; ++i) dst[i] = P16(float(P[i]));
+            });
           const T* Pd = P;
           if (pmask) {  // pass 3
             T* buf = dropped.get();
@@ -129,17 +145,25 @@ Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, co
               dout.dtype(), qkv.shape(), qkv.dtype());
   FORGE_CHECK(probs.shape() == Shape({B, NH, Tn, Tn}) && probs.is_contiguous(),
               "causal_attention_backward: saved probabilities {} do not match", probs.shape());
+  // Probabilities kept in 16 bits (mixed precision) are widened one (b, h) slice at a time.
+  const bool narrow_probs = probs.dtype() != qkv.dtype();
+  FORGE_CHECK(!narrow_probs || (qkv.dtype() == DType::f32 &&
+                                (probs.dtype() == DType::bf16 || probs.dtype() == DType::f16)),
+              "causal_attention_backward: probabilities {} for qkv {} (expected {}, or bf16/f16 "
+              "with f32)",
+              probs.dtype(), qkv.dtype(), qkv.dtype());
   Tensor dqkv = Tensor::empty(qkv.shape(), qkv.dtype());
   dispatch_float(qkv.dtype(), "causal_attention_backward", [&]<class T>() {
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
       const T* pqkv = qkv.data<T>();
       const T* pdout = dout.data<T>();
-      const T* pprobs = probs.data<T>();
+      const T* pprobs = narrow_probs ? nullptr : probs.data<T>();
       const uint8_t* pmask = mask.defined() ? mask.data<uint8_t>() : nullptr;
       T* pd = dqkv.data<T>();
       const T scale = T(1.0 / std::sqrt(double(hs))), keep = T(1.0 / (1.0 - dropout_p));
-      // Per thread: dP (T x T) and, with dropout, P' (T x T).
-      Scratch<T> scratch(get_num_threads(), Tn * Tn * (pmask ? 2 : 1));
+      // Per thread: dP (T x T), with dropout P' (T x T), with 16-bit probabilities P (T x T).
+      const int64_t slices = 1 + (pmask ? 1 : 0) + (narrow_probs ? 1 : 0);
+      Scratch<T> scratch(get_num_threads(), Tn * Tn * slices);
       parallel_for(0, B * NH, 1, [&](int64_t lo, int64_t hi) {
         for (int64_t bh = lo; bh < hi; ++bh) {
           const int64_t b = bh / NH, h = bh % NH;
@@ -150,17 +174,24 @@ Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, co
           T* dQ = pd + b * Tn * 3 * C + h * hs;
           T* dK = dQ + C;
           T* dV = dQ + 2 * C;
-          const T* P = pprobs + bh * Tn * Tn;
           T* dP = scratch.get();
+          const T* P = narrow_probs ? dP + Tn * Tn * (slices - 1) : pprobs + bh * Tn * Tn;
+          if (narrow_probs) {
+            T* wide = dP + Tn * Tn * (slices - 1);
+            dispatch_float(probs.dtype(), "causal_attention_backward", [&]<class P16>() {
+              const P16* src = probs.data<P16>() + bh * Tn * Tn;
+              for (int64_t i = 0; i < Tn * Tn; ++i) wide[i] = T(float(src[i]));
+            });
+          }
           const T* Pd = P;
           if (pmask) {
             T* buf = dP + Tn * Tn;
             apply_mask(P, pmask + bh * Tn * Tn, keep, Tn * Tn, buf);
             Pd = buf;
           }
-          cpu::gemm<T>(false, true, Tn, Tn, hs, T(1), dO, C, V, 3 * C, T(0), dP, Tn);  // dP'
+          cpu::gemm<T>(false, true, Tn, Tn, hs, T(1), dO, C, V, 3 * C, T(0), dP, Tn);   // dP'
           cpu::gemm<T>(true, false, Tn, hs, Tn, T(1), Pd, Tn, dO, C, T(0), dV, 3 * C);  // dV
-          if (pmask) apply_mask(dP, pmask + bh * Tn * Tn, keep, Tn * Tn, dP);  // dP
+          if (pmask) apply_mask(dP, pmask + bh * Tn * Tn, keep, Tn * Tn, dP);           // dP
           for (int64_t t = 0; t < Tn; ++t) {  // dS, in place of dP
             const T* p = P + t * Tn;
             T* d = dP + t * Tn;

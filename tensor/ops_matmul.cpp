@@ -47,11 +47,18 @@ void gemm_2d(Tensor& c, const Tensor& a, const Tensor& b, bool ta, bool tb, doub
              double beta) {
   int64_t m = c.size(0), n = c.size(1), k = ta ? a.size(0) : a.size(1);
   if (a.dtype() == DType::bf16 || a.dtype() == DType::f16) {
-    // 16-bit inputs: products in f32 (accumulation in f32), result rounded to the output dtype.
-    Tensor cf = beta == 0.0 ? Tensor::empty(c.shape(), DType::f32) : c.to(DType::f32).contiguous();
-    Tensor af = a.to(DType::f32), bf = b.to(DType::f32);
-    gemm_2d(cf, af, bf, ta, tb, alpha, beta);
-    c.copy_(cf);
+    // 16-bit inputs: widened to f32 as they are packed, products accumulated in f32. An f32 output
+    // takes the result directly; a 16-bit one is rounded once at the end.
+    MatArg A = mat_arg(a, ta), B = mat_arg(b, tb);
+    const cpu::GemmElem e = a.dtype() == DType::bf16 ? cpu::GemmElem::bf16 : cpu::GemmElem::f16;
+    Tensor cf = c.dtype() == DType::f32 ? c
+                : beta == 0.0           ? Tensor::empty(c.shape(), DType::f32)
+                                        : c.to(DType::f32).contiguous();
+    FORGE_ASSERT(cf.stride(1) == 1 || n == 1);
+    cpu::gemm_mixed(A.trans, B.trans, m, n, k, float(alpha), A.keep.raw_data(), e, A.ld,
+                    B.keep.raw_data(), e, B.ld, float(beta), static_cast<float*>(cf.raw_data()),
+                    std::max<int64_t>(cf.stride(0), n));
+    if (c.dtype() != DType::f32) c.copy_(cf);
     return;
   }
   MatArg A = mat_arg(a, ta), B = mat_arg(b, tb);
@@ -89,8 +96,10 @@ void gemm_(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool tra
               b.shape(), trans_a, trans_b);
   FORGE_CHECK(out.dim() == 2 && out.size(0) == m && out.size(1) == n,
               "gemm_: output {} should be [{}, {}]", out.shape(), m, n);
-  FORGE_CHECK(out.dtype() == a.dtype(), "gemm_: output dtype {} differs from inputs' {}",
-              out.dtype(), a.dtype());
+  FORGE_CHECK(out.dtype() == a.dtype() ||
+                  (out.dtype() == DType::f32 && (a.dtype() == DType::bf16 || a.dtype() == DType::f16)),
+              "gemm_: output dtype {} for {} inputs (expected {}{})", out.dtype(), a.dtype(),
+              a.dtype(), a.dtype() == DType::bf16 || a.dtype() == DType::f16 ? " or f32" : "");
   FORGE_CHECK(out.stride(1) == 1 || n == 1, "gemm_: output needs unit column stride, has {}",
               out.strides());
   gemm_2d(out, a, b, trans_a, trans_b, alpha, beta);
@@ -125,6 +134,10 @@ Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
 }
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  return linear(x, w, bias, x.dtype());
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, DType out_dtype) {
   FORGE_CHECK(x.defined() && w.defined(), "linear: undefined tensor");
   FORGE_CHECK(w.dim() == 2, "linear: weight must be 2-d (out, in), got {}", w.shape());
   FORGE_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1),
@@ -133,7 +146,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   Shape out_shape = x.shape();
   out_shape[-1] = w.size(0);
   Tensor x2 = x.reshape({-1, x.size(-1)});
-  Tensor out = Tensor::empty({x2.size(0), w.size(0)}, x.dtype());
+  Tensor out = Tensor::empty({x2.size(0), w.size(0)}, out_dtype);
   if (bias.defined()) {
     FORGE_CHECK(bias.dim() == 1 && bias.size(0) == w.size(0),
                 "linear: bias {} should be [{}] for weight {}", bias.shape(), w.size(0), w.shape());

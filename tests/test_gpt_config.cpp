@@ -39,7 +39,9 @@ const nlohmann::ordered_json kAllFields = {
     {"warmup_iters", 11},   {"lr_decay_iters", 66},
     {"weight_decay", 0.05}, {"beta1", 0.8},
     {"beta2", 0.95},        {"grad_clip", 0.5},
-    {"checkpoint", "blocks"},
+    {"checkpoint", "blocks"},  {"precision", "bf16"},
+    {"loss_scale", "on"},      {"init_scale", 1024.0},
+    {"scale_growth_interval", 50},
     {"eval_interval", 13},  {"eval_iters", 4},
     {"log_interval", 2},    {"seed", 2024},
     {"threads", 3},         {"out", "runs/x"},
@@ -285,6 +287,10 @@ TEST_CASE("every field can be set by its key and reaches the struct") {
   CHECK(c.model.n_head == 5);
   CHECK(c.model.n_embd == 35);
   CHECK(c.model.block_size == 17);
+  CHECK(c.precision == "bf16");
+  CHECK(c.loss_scale == "on");
+  CHECK(c.init_scale == 1024.0);
+  CHECK(c.scale_growth_interval == 50);
   CHECK(c.checkpoint == "blocks");
   CHECK(c.model.dropout == 0.125);
   CHECK(c.model.bias == true);

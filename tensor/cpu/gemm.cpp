@@ -18,6 +18,7 @@
 #include "tensor/allocator.h"
 #include "tensor/cpu/cpu_features.h"
 #include "tensor/cpu/gemm_kernels.h"
+#include "tensor/dtype.h"
 #include "tensor/error.h"
 #include "tensor/parallel.h"
 
@@ -47,10 +48,10 @@ void kernel_portable(long kc, const float* a, const float* b, float* c, long ldc
     for (int j = 0; j < NR; ++j)
       c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * c[i * ldc + j];
 }
-void pack_a_portable(bool ta, const float* A, int64_t lda, int64_t m, int64_t r0, int64_t p0,
-                     int64_t kc, int MR, float* dst);
-void pack_b_portable(bool tb, const float* B, int64_t ldb, int64_t n, int64_t c0, int64_t p0,
-                     int64_t kc, int NR, float* dst);
+void pack_a_portable(GemmElem e, bool ta, const void* A, int64_t lda, int64_t m, int64_t r0,
+                     int64_t p0, int64_t kc, int MR, float* dst);
+void pack_b_portable(GemmElem e, bool tb, const void* B, int64_t ldb, int64_t n, int64_t c0,
+                     int64_t p0, int64_t kc, int NR, float* dst);
 const GemmKernelInfo kPortable{"portable 4x8", 4, 8, kernel_portable, pack_a_portable,
                                pack_b_portable};
 
@@ -96,51 +97,59 @@ constexpr int64_t kMaxKC = 256;  // K block: a B sliver (KC x NR) and an A slive
 constexpr int64_t kMC = 240;     // rows per A block: a multiple of every MR (4, 6, 12)
 constexpr int64_t kNC = 3072;    // columns per B panel: a multiple of every NR (8, 16, 32)
 
-// The portable packers (see GemmPackA / GemmPackB in gemm_kernels.h).
-void pack_a_portable(bool ta, const float* A, int64_t lda, int64_t m, int64_t r0, int64_t p0,
-                     int64_t kc, int MR, float* dst) {
-  int64_t rows = std::min<int64_t>(MR, m - r0);
-  if (ta) {  // op(A)(r, p) = A[p * lda + r]: each p reads MR contiguous values
-    for (int64_t p = 0; p < kc; ++p) {
-      const float* src = A + (p0 + p) * lda + r0;
-      float* d = dst + p * MR;
-      int64_t i = 0;
-      for (; i < rows; ++i) d[i] = src[i];
-      for (; i < MR; ++i) d[i] = 0.0f;
-    }
-  } else {  // op(A)(r, p) = A[r * lda + p]: each row is contiguous in p
-    for (int64_t i = 0; i < MR; ++i) {
-      if (i < rows) {
-        const float* src = A + (r0 + i) * lda + p0;
-        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = src[p];
-      } else {
-        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
-      }
-    }
+// Element readers for the portable packers: element i of a buffer, widened to f32.
+struct ReadF32 {
+  static float at(const void* p, int64_t i) { return static_cast<const float*>(p)[i]; }
+};
+struct ReadBf16 {
+  static float at(const void* p, int64_t i) {
+    return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+  }
+};
+struct ReadF16 {
+  static float at(const void* p, int64_t i) {
+    return f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+  }
+};
+
+// Calls f.template operator()<Reader>() for the element type.
+template <class F>
+void with_reader(GemmElem e, F&& f) {
+  switch (e) {
+    case GemmElem::f32:
+      return f.template operator()<ReadF32>();
+    case GemmElem::bf16:
+      return f.template operator()<ReadBf16>();
+    case GemmElem::f16:
+      return f.template operator()<ReadF16>();
   }
 }
 
-void pack_b_portable(bool tb, const float* B, int64_t ldb, int64_t n, int64_t c0, int64_t p0,
-                     int64_t kc, int NR, float* dst) {
-  int64_t cols = std::min<int64_t>(NR, n - c0);
-  if (!tb) {  // op(B)(p, c) = B[p * ldb + c]
-    for (int64_t p = 0; p < kc; ++p) {
-      const float* src = B + (p0 + p) * ldb + c0;
-      float* d = dst + p * NR;
-      int64_t j = 0;
-      for (; j < cols; ++j) d[j] = src[j];
-      for (; j < NR; ++j) d[j] = 0.0f;
-    }
-  } else {  // op(B)(p, c) = B[c * ldb + p]
-    for (int64_t j = 0; j < NR; ++j) {
-      if (j < cols) {
-        const float* src = B + (c0 + j) * ldb + p0;
-        for (int64_t p = 0; p < kc; ++p) dst[p * NR + j] = src[p];
-      } else {
-        for (int64_t p = 0; p < kc; ++p) dst[p * NR + j] = 0.0f;
+// The portable packers (see GemmPackA / GemmPackB in gemm_kernels.h).
+void pack_a_portable(GemmElem e, bool ta, const void* A, int64_t lda, int64_t m, int64_t r0,
+                     int64_t p0, int64_t kc, int MR, float* dst) {
+  int64_t rows = std::min<int64_t>(MR, m - r0);
+  with_reader(e, [&]<class R>() {
+    for (int64_t p = 0; p < kc; ++p)
+      for (int64_t i = 0; i < MR; ++i) {
+        // op(A)(r, p) is A[p * lda + r] with ta, A[r * lda + p] without.
+        int64_t r = r0 + i, q = p0 + p;
+        dst[p * MR + i] = i < rows ? R::at(A, ta ? q * lda + r : r * lda + q) : 0.0f;
       }
-    }
-  }
+  });
+}
+
+void pack_b_portable(GemmElem e, bool tb, const void* B, int64_t ldb, int64_t n, int64_t c0,
+                     int64_t p0, int64_t kc, int NR, float* dst) {
+  int64_t cols = std::min<int64_t>(NR, n - c0);
+  with_reader(e, [&]<class R>() {
+    for (int64_t p = 0; p < kc; ++p)
+      for (int64_t j = 0; j < NR; ++j) {
+        // op(B)(p, c) is B[c * ldb + p] with tb, B[p * ldb + c] without.
+        int64_t c = c0 + j, q = p0 + p;
+        dst[p * NR + j] = j < cols ? R::at(B, tb ? c * ldb + q : q * ldb + c) : 0.0f;
+      }
+  });
 }
 
 // Scratch buffers from the caching allocator, for one call.
@@ -159,6 +168,12 @@ struct Workspace {
 
 void gemm_packed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A,
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  gemm_mixed(ta, tb, m, n, k, alpha, A, GemmElem::f32, lda, B, GemmElem::f32, ldb, beta, C, ldc);
+}
+
+void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* A,
+                GemmElem ea, int64_t lda, const void* B, GemmElem eb, int64_t ldb, float beta,
+                float* C, int64_t ldc) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
     for (int64_t i = 0; i < m; ++i)
@@ -192,13 +207,13 @@ void gemm_packed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
         const float beta_eff = pc == 0 ? beta : 1.0f;
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < b_slivers; ++t)
-          K.pack_b(tb, B, ldb, n, jc + t * NR, pc, kc, NR, Bp + t * kc * NR);
+          K.pack_b(eb, tb, B, ldb, n, jc + t * NR, pc, kc, NR, Bp + t * kc * NR);
         for (int64_t ic = 0; ic < m; ic += MC) {
           const int64_t mc = std::min(MC, m - ic);
           const int64_t a_slivers = (mc + MR - 1) / MR;
 #pragma omp for schedule(static)
           for (int64_t s = 0; s < a_slivers; ++s)
-            K.pack_a(ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
+            K.pack_a(ea, ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
 #pragma omp for schedule(static)
           for (int64_t tile = 0; tile < a_slivers * b_slivers; ++tile) {
             const int64_t jr = tile / a_slivers, ir = tile % a_slivers;

@@ -22,6 +22,17 @@ template <class T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// Element types the packed kernels read: 16-bit inputs are widened to f32 as they are packed, and
+// the products accumulate in f32 (exact widening: the result is, bit for bit, the f32 product of
+// the widened inputs).
+enum class GemmElem : uint8_t { f32, bf16, f16 };
+
+// C (f32) = alpha * op(A) @ op(B) + beta * C with A and B each f32, bf16 or f16 (bf16/f16 given as
+// their 16-bit patterns). Always the packed kernels.
+void gemm_mixed(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                const void* A, GemmElem a_elem, int64_t lda, const void* B, GemmElem b_elem,
+                int64_t ldb, float beta, float* C, int64_t ldc);
+
 enum class GemmBackend { packed, eigen };
 GemmBackend gemm_backend();
 void set_gemm_backend(GemmBackend b);  // FORGE_GEMM=eigen|packed sets the initial one

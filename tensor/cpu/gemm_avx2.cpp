@@ -1,7 +1,11 @@
 // AVX2 + FMA instance of the f32 GEMM: the 6 x 16 microkernel (12 ymm accumulators) and packers
-// that transpose 8 x 8 blocks in registers. Compiled with -mavx2 -mfma; called only after
-// cpu_features says the processor has them. No library code here (see gemm_microkernel.h).
+// that transpose 8 x 8 blocks in registers, widening bf16/f16 inputs to f32 on the way (shifts,
+// F16C). Compiled with -mavx2 -mfma -mf16c; called only after cpu_features says the processor
+// has them. No library code here (see gemm_microkernel.h).
 #include <immintrin.h>
+
+#include <cstdint>
+#include <type_traits>
 
 #include "tensor/cpu/gemm_kernels.h"
 #include "tensor/cpu/gemm_microkernel.h"
@@ -68,58 +72,127 @@ inline void store_lanes(float* dst, __m256 v, long lanes) {
   }
 }
 
-// Gathers `lanes` (<= 8) strided rows of `len` contiguous floats each (rows past `valid` read as
-// zero) and writes them transposed: dst[p * ldd + i] = src[i * lds + p]. Eight p at a time through
-// registers, the rest one by one.
-void transpose_rows(const float* src, long lds, long valid, long lanes, long len, float* dst,
-                    long ldd) {
+// Element loaders: 8 consecutive elements, or one, widened to f32. bf16 is the top half of an f32;
+// f16 goes through F16C's vcvtph2ps.
+struct LoadF32 {
+  using T = float;
+  static __m256 load8(const T* p) { return _mm256_loadu_ps(p); }
+  static float load1(const T* p) { return *p; }
+};
+struct LoadBf16 {
+  using T = uint16_t;
+  static __m256 load8(const T* p) {
+    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static float load1(const T* p) {
+    return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(int(uint32_t(*p) << 16))));
+  }
+};
+struct LoadF16 {
+  using T = uint16_t;
+  static __m256 load8(const T* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static float load1(const T* p) { return _cvtsh_ss(*p); }
+};
+
+// Gathers `lanes` (<= 8) strided rows of `len` contiguous elements each (rows past `valid` read as
+// zero) and writes them transposed, as f32: dst[p * ldd + i] = src[i * lds + p]. Eight p at a time
+// through registers, the rest one by one.
+template <class L>
+void transpose_rows(const typename L::T* src, long lds, long valid, long lanes, long len,
+                    float* dst, long ldd) {
   long p = 0;
   for (; p + 8 <= len; p += 8) {
     __m256 r[8];
     for (int i = 0; i < 8; ++i)
-      r[i] = i < valid ? _mm256_loadu_ps(src + i * lds + p) : _mm256_setzero_ps();
+      r[i] = i < valid ? L::load8(src + i * lds + p) : _mm256_setzero_ps();
     transpose8x8(r);
     for (int q = 0; q < 8; ++q) store_lanes(dst + (p + q) * ldd, r[q], lanes);
   }
   for (; p < len; ++p)
-    for (long i = 0; i < lanes; ++i) dst[p * ldd + i] = i < valid ? src[i * lds + p] : 0.0f;
+    for (long i = 0; i < lanes; ++i)
+      dst[p * ldd + i] = i < valid ? L::load1(src + i * lds + p) : 0.0f;
 }
 
-// Copies `len` rows of W contiguous floats, W a multiple of 2 known at compile time, with whole
-// vector moves (8, then 4, then 2 floats).
-template <long W>
-void copy_full_rows(const float* src, long lds, long len, float* dst) {
+// Copies `len` rows of W contiguous elements, W known at compile time, as f32: whole vector moves
+// (f32: 8, then 4, then 2 floats; 16-bit: 8 at a time, then one by one).
+template <class L, long W>
+void copy_full_rows(const typename L::T* src, long lds, long len, float* dst) {
   for (long p = 0; p < len; ++p, src += lds, dst += W) {
     long j = 0;
-    for (; j + 8 <= W; j += 8) _mm256_storeu_ps(dst + j, _mm256_loadu_ps(src + j));
-    if constexpr (W % 8 >= 4) {
-      _mm_storeu_ps(dst + j, _mm_loadu_ps(src + j));
-      j += 4;
+    for (; j + 8 <= W; j += 8) _mm256_storeu_ps(dst + j, L::load8(src + j));
+    if constexpr (std::is_same_v<L, LoadF32>) {
+      if constexpr (W % 8 >= 4) {
+        _mm_storeu_ps(dst + j, _mm_loadu_ps(src + j));
+        j += 4;
+      }
+      if constexpr (W % 4 == 2)
+        _mm_storel_pi(reinterpret_cast<__m64*>(dst + j),
+                      _mm_loadl_pi(_mm_setzero_ps(), reinterpret_cast<const __m64*>(src + j)));
+    } else {
+      for (; j < W; ++j) dst[j] = L::load1(src + j);
     }
-    if constexpr (W % 4 == 2)
-      _mm_storel_pi(reinterpret_cast<__m64*>(dst + j),
-                    _mm_loadl_pi(_mm_setzero_ps(), reinterpret_cast<const __m64*>(src + j)));
   }
 }
 
-// Copies `len` rows of `width` contiguous floats (zero past `valid`) into rows of `width`. The
-// full slivers of the kernels' widths take the vector path; edges the scalar one.
-void copy_rows(const float* src, long lds, long valid, long width, long len, float* dst) {
+// Copies `len` rows of `width` contiguous elements (zero past `valid`) into f32 rows of `width`.
+// The full slivers of the kernels' widths take the vector path; edges the scalar one.
+template <class L>
+void copy_rows(const typename L::T* src, long lds, long valid, long width, long len, float* dst) {
   if (valid == width) {
     switch (width) {
-      case 6: return copy_full_rows<6>(src, lds, len, dst);
-      case 12: return copy_full_rows<12>(src, lds, len, dst);
-      case 16: return copy_full_rows<16>(src, lds, len, dst);
-      case 32: return copy_full_rows<32>(src, lds, len, dst);
-      default: break;
+      case 6:
+        return copy_full_rows<L, 6>(src, lds, len, dst);
+      case 12:
+        return copy_full_rows<L, 12>(src, lds, len, dst);
+      case 16:
+        return copy_full_rows<L, 16>(src, lds, len, dst);
+      case 32:
+        return copy_full_rows<L, 32>(src, lds, len, dst);
+      default:
+        break;
     }
   }
   for (long p = 0; p < len; ++p) {
-    const float* s = src + p * lds;
+    const typename L::T* s = src + p * lds;
     float* d = dst + p * width;
     long j = 0;
-    for (; j < valid; ++j) d[j] = s[j];
+    for (; j < valid; ++j) d[j] = L::load1(s + j);
     for (; j < width; ++j) d[j] = 0.0f;
+  }
+}
+
+template <class L>
+void pack_a(bool ta, const void* Av, int64_t lda, int64_t m, int64_t r0, int64_t p0, int64_t kc,
+            int MR, float* dst) {
+  const auto* A = static_cast<const typename L::T*>(Av);
+  long rows = min_l(MR, m - r0);
+  if (ta) {  // op(A)(r, p) = A[p * lda + r]: each p is MR contiguous values
+    copy_rows<L>(A + p0 * lda + r0, lda, rows, MR, kc, dst);
+    return;
+  }
+  // op(A)(r, p) = A[r * lda + p]: rows are contiguous in p; transpose in groups of 8 rows.
+  for (long g = 0; g < MR; g += 8) {
+    long lanes = min_l(8, MR - g), valid = rows - g < 0 ? 0 : min_l(lanes, rows - g);
+    transpose_rows<L>(A + (r0 + g) * lda + p0, lda, valid, lanes, kc, dst + g, MR);
+  }
+}
+
+template <class L>
+void pack_b(bool tb, const void* Bv, int64_t ldb, int64_t n, int64_t c0, int64_t p0, int64_t kc,
+            int NR, float* dst) {
+  const auto* B = static_cast<const typename L::T*>(Bv);
+  long cols = min_l(NR, n - c0);
+  if (!tb) {  // op(B)(p, c) = B[p * ldb + c]: each p is NR contiguous values
+    copy_rows<L>(B + p0 * ldb + c0, ldb, cols, NR, kc, dst);
+    return;
+  }
+  // op(B)(p, c) = B[c * ldb + p]: columns are contiguous in p; transpose in groups of 8 columns.
+  for (long g = 0; g < NR; g += 8) {
+    long lanes = min_l(8, NR - g), valid = cols - g < 0 ? 0 : min_l(lanes, cols - g);
+    transpose_rows<L>(B + (c0 + g) * ldb + p0, ldb, valid, lanes, kc, dst + g, NR);
   }
 }
 
@@ -129,31 +202,27 @@ const forge::cpu::GemmKernelInfo kInfo{
 
 namespace forge::cpu {
 
-void gemm_pack_a_avx2(bool ta, const float* A, int64_t lda, int64_t m, int64_t r0, int64_t p0,
-                      int64_t kc, int MR, float* dst) {
-  long rows = min_l(MR, m - r0);
-  if (ta) {  // op(A)(r, p) = A[p * lda + r]: each p is MR contiguous values
-    copy_rows(A + p0 * lda + r0, lda, rows, MR, kc, dst);
-    return;
-  }
-  // op(A)(r, p) = A[r * lda + p]: rows are contiguous in p; transpose in groups of 8 rows.
-  for (long g = 0; g < MR; g += 8) {
-    long lanes = min_l(8, MR - g), valid = rows - g < 0 ? 0 : min_l(lanes, rows - g);
-    transpose_rows(A + (r0 + g) * lda + p0, lda, valid, lanes, kc, dst + g, MR);
+void gemm_pack_a_avx2(GemmElem e, bool ta, const void* A, int64_t lda, int64_t m, int64_t r0,
+                      int64_t p0, int64_t kc, int MR, float* dst) {
+  switch (e) {
+    case GemmElem::f32:
+      return pack_a<LoadF32>(ta, A, lda, m, r0, p0, kc, MR, dst);
+    case GemmElem::bf16:
+      return pack_a<LoadBf16>(ta, A, lda, m, r0, p0, kc, MR, dst);
+    case GemmElem::f16:
+      return pack_a<LoadF16>(ta, A, lda, m, r0, p0, kc, MR, dst);
   }
 }
 
-void gemm_pack_b_avx2(bool tb, const float* B, int64_t ldb, int64_t n, int64_t c0, int64_t p0,
-                      int64_t kc, int NR, float* dst) {
-  long cols = min_l(NR, n - c0);
-  if (!tb) {  // op(B)(p, c) = B[p * ldb + c]: each p is NR contiguous values
-    copy_rows(B + p0 * ldb + c0, ldb, cols, NR, kc, dst);
-    return;
-  }
-  // op(B)(p, c) = B[c * ldb + p]: columns are contiguous in p; transpose in groups of 8 columns.
-  for (long g = 0; g < NR; g += 8) {
-    long lanes = min_l(8, NR - g), valid = cols - g < 0 ? 0 : min_l(lanes, cols - g);
-    transpose_rows(B + (c0 + g) * ldb + p0, ldb, valid, lanes, kc, dst + g, NR);
+void gemm_pack_b_avx2(GemmElem e, bool tb, const void* B, int64_t ldb, int64_t n, int64_t c0,
+                      int64_t p0, int64_t kc, int NR, float* dst) {
+  switch (e) {
+    case GemmElem::f32:
+      return pack_b<LoadF32>(tb, B, ldb, n, c0, p0, kc, NR, dst);
+    case GemmElem::bf16:
+      return pack_b<LoadBf16>(tb, B, ldb, n, c0, p0, kc, NR, dst);
+    case GemmElem::f16:
+      return pack_b<LoadF16>(tb, B, ldb, n, c0, p0, kc, NR, dst);
   }
 }
 

@@ -4,19 +4,21 @@
 
 #include <cstdint>
 
+#include "tensor/cpu/gemm.h"
+
 namespace forge::cpu {
 
 // C[mr x nr] (row stride ldc) = alpha * A_packed (kc x mr) . B_packed (kc x nr) + beta * C.
 using GemmMicrokernel = void (*)(long kc, const float* a, const float* b, float* c, long ldc,
                                  float alpha, float beta);
 // An A sliver: rows [r0, r0+MR) x cols [p0, p0+kc) of op(A) (m rows in all; rows past m are zero),
-// stored p-major: dst[p * MR + i].
-using GemmPackA = void (*)(bool trans_a, const float* A, int64_t lda, int64_t m, int64_t r0,
-                           int64_t p0, int64_t kc, int MR, float* dst);
+// widened to f32 and stored p-major: dst[p * MR + i]. A holds elements of type `elem`.
+using GemmPackA = void (*)(GemmElem elem, bool trans_a, const void* A, int64_t lda, int64_t m,
+                           int64_t r0, int64_t p0, int64_t kc, int MR, float* dst);
 // A B sliver: rows [p0, p0+kc) x cols [c0, c0+NR) of op(B) (n cols in all; cols past n are zero),
-// stored p-major: dst[p * NR + j].
-using GemmPackB = void (*)(bool trans_b, const float* B, int64_t ldb, int64_t n, int64_t c0,
-                           int64_t p0, int64_t kc, int NR, float* dst);
+// widened to f32 and stored p-major: dst[p * NR + j].
+using GemmPackB = void (*)(GemmElem elem, bool trans_b, const void* B, int64_t ldb, int64_t n,
+                           int64_t c0, int64_t p0, int64_t kc, int NR, float* dst);
 
 struct GemmKernelInfo {
   const char* name;
@@ -31,10 +33,11 @@ struct GemmKernelInfo {
 const GemmKernelInfo* gemm_kernel_avx2();
 const GemmKernelInfo* gemm_kernel_avx512();
 
-// The AVX2 packers (8x8 register transposes); the AVX-512 family uses them too.
-void gemm_pack_a_avx2(bool trans_a, const float* A, int64_t lda, int64_t m, int64_t r0, int64_t p0,
-                      int64_t kc, int MR, float* dst);
-void gemm_pack_b_avx2(bool trans_b, const float* B, int64_t ldb, int64_t n, int64_t c0, int64_t p0,
-                      int64_t kc, int NR, float* dst);
+// The AVX2 packers (8x8 register transposes; F16C and shifts widen 16-bit inputs); the AVX-512
+// family uses them too.
+void gemm_pack_a_avx2(GemmElem elem, bool trans_a, const void* A, int64_t lda, int64_t m,
+                      int64_t r0, int64_t p0, int64_t kc, int MR, float* dst);
+void gemm_pack_b_avx2(GemmElem elem, bool trans_b, const void* B, int64_t ldb, int64_t n,
+                      int64_t c0, int64_t p0, int64_t kc, int NR, float* dst);
 
 }  // namespace forge::cpu

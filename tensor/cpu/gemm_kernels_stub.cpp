@@ -8,8 +8,8 @@ const GemmKernelInfo* gemm_kernel_avx2() {
 const GemmKernelInfo* gemm_kernel_avx512() {
   return nullptr;
 }
-void gemm_pack_a_avx2(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int,
+void gemm_pack_a_avx2(GemmElem, bool, const void*, int64_t, int64_t, int64_t, int64_t, int64_t, int,
                       float*) {}
-void gemm_pack_b_avx2(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int,
+void gemm_pack_b_avx2(GemmElem, bool, const void*, int64_t, int64_t, int64_t, int64_t, int64_t, int,
                       float*) {}
 }  // namespace forge::cpu

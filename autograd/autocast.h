@@ -1,0 +1,52 @@
+// Mixed precision: a scope in which matrix products take bf16 or f16 inputs and accumulate in f32.
+//
+//   {
+//     Autocast ac(DType::bf16);                       // f16 wants a GradScaler (optim/)
+//     Variable loss = GPT::loss(model.forward(x), y); // linear, attention and GELU follow the
+//     policy scaler.scale(loss).backward();                  // gradients arrive in f32 (master
+//     weights)
+//   }                                                 // the outermost scope drops the cast cache
+//
+// The policy, per op (autograd/ops_*.cpp):
+//  - linear: input and weight rounded to the autocast dtype, product accumulated in f32, output
+//  f32;
+//    both saved for backward in the 16-bit dtype. In backward the output gradient is rounded too
+//    (where f16 gradients underflow without a loss scale), the products again accumulate in f32,
+//    and the weight's gradient is f32.
+//  - causal attention: qkv rounded (its products take 16-bit inputs), computed in f32; qkv saved
+//    in the 16-bit dtype.
+//  - GELU: computed in f32, its input saved in the 16-bit dtype.
+//  - softmax, layer norm, reductions, the loss: f32, unchanged.
+// Parameters stay f32. Their 16-bit copies are made once per scope (the cast cache, keyed by the
+// parameter and its version), not once per use.
+#pragma once
+
+#include <optional>
+
+#include "autograd/variable.h"
+
+namespace forge {
+
+class Autocast {
+ public:
+  explicit Autocast(DType dtype);  // bf16 or f16; scopes nest (the innermost dtype applies)
+  ~Autocast();
+  Autocast(const Autocast&) = delete;
+  Autocast& operator=(const Autocast&) = delete;
+
+ private:
+  std::optional<DType> saved_;
+};
+
+// The dtype of the innermost open scope on this thread, or nullopt.
+std::optional<DType> autocast_dtype();
+
+// `t` rounded to `dtype` (a no-op when it already is).
+Tensor autocast_round(const Tensor& t, DType dtype);
+// A leaf's data in `dtype` through the cast cache: the first use in a scope converts, later uses
+// of the same leaf share that copy. Non-leaves are simply rounded.
+Tensor autocast_weight(const Variable& v, DType dtype);
+// Number of tensors in the cast cache (tests).
+size_t autocast_cache_size();
+
+}  // namespace forge
