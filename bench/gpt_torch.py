@@ -3,7 +3,9 @@
 The model is nanoGPT's (model.py) as it runs on torch 1.13 (no scaled_dot_product_attention:
 explicit masked softmax), with GELU in its tanh form and no biases, as forge's; the optimizer is
 nanoGPT's configure_optimizers on a CPU (default AdamW, weight decay on 2-d tensors), plus
-clip_grad_norm_(1.0). Random tokens, like bench/gpt_step.cpp. Prints one JSON line.
+clip_grad_norm_(1.0). Random tokens, like bench/gpt_step.cpp. `--precision bf16` runs forward and
+loss under torch.autocast("cpu", dtype=torch.bfloat16) (torch 1.13's CPU autocast has no f16).
+Prints one JSON line.
 """
 import argparse
 import json
@@ -13,7 +15,8 @@ import time
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shape", choices=["cpu", "gpt2-small"], default="cpu")
+    ap.add_argument("--shape", choices=["cpu", "gpt2-small", "baby"], default="cpu")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
@@ -27,8 +30,10 @@ def main():
 
     if args.shape == "cpu":
         L, H, C, V, T, B = 4, 4, 128, 65, 64, 12
-    else:
+    elif args.shape == "gpt2-small":
         L, H, C, V, T, B = 12, 12, 768, 50257, 64, 4
+    else:
+        L, H, C, V, T, B = 6, 6, 384, 65, 256, 64
 
     class Attention(nn.Module):
         def __init__(self):
@@ -93,7 +98,11 @@ def main():
     def step():
         x = torch.randint(V, (B, T))
         y = torch.randint(V, (B, T))
-        loss = model(x, y)
+        if args.precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(x, y)
+        else:
+            loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -109,7 +118,8 @@ def main():
         times.append(time.perf_counter() - t0)
     times.sort()
     med = times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2])
-    print(json.dumps({"impl": "torch", "shape": args.shape, "threads": args.threads, "steps": args.steps,
+    print(json.dumps({"impl": "torch", "shape": args.shape, "precision": args.precision,
+                      "threads": args.threads, "steps": args.steps,
                       "min_ms": times[0] * 1e3, "median_ms": med * 1e3, "tokens_per_s": B * T / med,
                       "loss": loss}), flush=True)
 

@@ -284,17 +284,47 @@ Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t extr
 // Copies
 
 namespace {
+
+// Unit-stride runs of f32 <-> bf16, branch-free so they vectorise (mixed precision converts whole
+// activations and weights every step). The same rounding as f32_to_bf16_bits.
+void f32_to_bf16_run(const char* src, char* dst, int64_t n) {
+  const float* x = reinterpret_cast<const float*>(src);
+  uint16_t* y = reinterpret_cast<uint16_t*>(dst);
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t quiet_nan = (u >> 16) | 0x40u;
+    y[i] = uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+  }
+}
+void bf16_to_f32_run(const char* src, char* dst, int64_t n) {
+  const uint16_t* x = reinterpret_cast<const uint16_t*>(src);
+  float* y = reinterpret_cast<float*>(dst);
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u = uint32_t(x[i]) << 16;
+    std::memcpy(y + i, &u, 4);
+  }
+}
+
 template <class D, class S>
 void copy_cast_kernel(const Tensor& dst, const Tensor& src) {
   cpu::for_each_strided<2>(
       dst.shape(), {static_cast<char*>(dst.raw_data()), static_cast<char*>(src.raw_data())},
       {&dst.strides(), &src.strides()}, {int64_t(sizeof(D)), int64_t(sizeof(S))},
       [](char** p, int64_t n, const int64_t* s) {
+        const bool unit = s[0] == int64_t(sizeof(D)) && s[1] == int64_t(sizeof(S));
         if constexpr (std::is_same_v<D, S>) {
-          if (s[0] == int64_t(sizeof(D)) && s[1] == int64_t(sizeof(S))) {
+          if (unit) {
             std::memcpy(p[0], p[1], size_t(n) * sizeof(D));
             return;
           }
+        }
+        if constexpr (std::is_same_v<D, bf16> && std::is_same_v<S, float>) {
+          if (unit) return f32_to_bf16_run(p[1], p[0], n);
+        }
+        if constexpr (std::is_same_v<D, float> && std::is_same_v<S, bf16>) {
+          if (unit) return bf16_to_f32_run(p[1], p[0], n);
         }
         for (int64_t i = 0; i < n; ++i) {
           const S* x = reinterpret_cast<const S*>(p[1] + i * s[1]);
