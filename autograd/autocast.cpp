@@ -42,6 +42,14 @@ Autocast::~Autocast() {
   if (--g_depth == 0) g_cache.clear();
 }
 
+NoAutocast::NoAutocast() : saved_(g_dtype) {
+  g_dtype.reset();
+}
+
+NoAutocast::~NoAutocast() {
+  g_dtype = saved_;
+}
+
 std::optional<DType> autocast_dtype() {
   return g_dtype;
 }
@@ -54,10 +62,13 @@ Tensor autocast_weight(const Variable& v, DType dtype) {
   if (!v.is_leaf() || v.data().dtype() == dtype) return autocast_round(v.data(), dtype);
   CacheKey key{v.impl(), dtype};
   auto it = g_cache.find(key);
-  // Re-made when the leaf's data was replaced by another tensor. (Writes in place are not seen:
-  // open the scope around forward and backward, not across optimizer steps.)
-  if (it != g_cache.end() && it->second.source.storage() == v.data().storage())
-    return it->second.copy;
+  // Re-made when the leaf's data is another tensor than the one the copy was made from.
+  const Tensor& d = v.data();
+  if (it != g_cache.end()) {
+    const Tensor& src = it->second.source;
+    if (src.raw_data() == d.raw_data() && src.shape() == d.shape() && src.strides() == d.strides())
+      return it->second.copy;
+  }
   MemoryTagScope tag(MemoryTag::parameters);  // copies of parameters
   Tensor copy = v.data().to(dtype);
   g_cache[key] = {v.data(), copy};

@@ -18,7 +18,8 @@
 //  - GELU: computed in f32, its input saved in the 16-bit dtype.
 //  - softmax, layer norm, reductions, the loss: f32, unchanged.
 // Parameters stay f32. Their 16-bit copies are made once per scope (the cast cache, keyed by the
-// parameter and its version), not once per use.
+// parameter and the buffer, shape and strides of its data), not once per use. Writes in place are
+// not seen: open the scope around forward and backward of one step, not across optimizer steps.
 #pragma once
 
 #include <optional>
@@ -33,6 +34,18 @@ class Autocast {
   ~Autocast();
   Autocast(const Autocast&) = delete;
   Autocast& operator=(const Autocast&) = delete;
+
+ private:
+  std::optional<DType> saved_;
+};
+
+// Turns autocast off for a scope (inside an autocast scope); restores it at exit.
+class NoAutocast {
+ public:
+  NoAutocast();
+  ~NoAutocast();
+  NoAutocast(const NoAutocast&) = delete;
+  NoAutocast& operator=(const NoAutocast&) = delete;
 
  private:
   std::optional<DType> saved_;

@@ -5,8 +5,11 @@
 //
 // The generators listed are set back, for the recomputation, to their states at the forward, so
 // dropout draws the same masks; afterwards they continue from where the backward found them. The
-// gradients are those of the plain run, bit for bit. Parameters used inside `fn` get their
-// gradients from the recomputation's own backward. Without grad mode, or when `x` needs no
+// gradients are those of the plain run, bit for bit. The recomputation runs under the autocast
+// setting of the forward (autograd/autocast.h), wherever backward is called. Parameters used inside
+// `fn` get their gradients from the recomputation's own backward (their grad-ready hooks fire
+// there); `fn` must not capture non-leaf variables of the enclosing graph, and modules must stay
+// in the mode (train/eval) they had at the forward. Without grad mode, or when `x` needs no
 // gradient, it is simply fn(x).
 #pragma once
 

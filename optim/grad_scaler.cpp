@@ -51,7 +51,7 @@ void GradScaler::update() {
   if (found_inf_) {
     scale_ *= o_.backoff_factor;
     growth_tracker_ = 0;
-  } else if (++growth_tracker_ == o_.growth_interval) {
+  } else if (++growth_tracker_ >= o_.growth_interval) {  // >=: the interval may shrink on resume
     scale_ *= o_.growth_factor;
     growth_tracker_ = 0;
   }
@@ -79,8 +79,12 @@ void GradScaler::load_state(const std::vector<std::pair<std::string, Tensor>>& s
   FORGE_CHECK(s > 0 && std::isfinite(s),
               "GradScaler::load_state: scale {} is not a positive number", s);
   scale_ = s;
-  growth_tracker_ = int64_t(find("scaler.growth_tracker"));
-  skipped_steps_ = int64_t(find("scaler.skipped_steps"));
+  double tracker = find("scaler.growth_tracker"), skipped = find("scaler.skipped_steps");
+  FORGE_CHECK(tracker >= 0 && tracker < 9e18 && skipped >= 0 && skipped < 9e18,
+              "GradScaler::load_state: growth_tracker {} and skipped_steps {} must be counts",
+              tracker, skipped);
+  growth_tracker_ = int64_t(tracker);
+  skipped_steps_ = int64_t(skipped);
   found_inf_ = false;
   unscaled_ = false;
 }

@@ -177,9 +177,10 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
       scaler.scale(loss).backward();
       s.loss = loss.item();
     }
-    scaler.unscale(params);  // before clipping; finds inf/NaN
-    if (!scaler.found_inf())
-      s.grad_norm = cfg.grad_clip > 0 ? clip_grad_norm(params, cfg.grad_clip) : grad_norm(params);
+    scaler.unscale(params);                           // before clipping; finds inf/NaN
+    s.grad_norm = scaler.found_inf()  ? std::nan("")  // not computed on a skipped step
+                  : cfg.grad_clip > 0 ? clip_grad_norm(params, cfg.grad_clip)
+                                      : grad_norm(params);
     s.skipped = !scaler.step(opt, params);
     s.loss_scale = scaler.scale_value();
     scaler.update();

@@ -32,7 +32,7 @@ struct StepStats {
   double tokens_per_s = 0;
   double gflops = 0;  // achieved, from the model's FLOPs per token
   int64_t peak_bytes = 0;
-  double grad_norm = 0;  // before clipping; not computed on a skipped step
+  double grad_norm = 0;  // before clipping; NaN on a skipped step (not computed)
   double loss_scale = 1;  // the scale this step's loss was multiplied by (1 without scaling)
   bool skipped = false;   // the optimizer step was skipped (inf/NaN gradients)
   std::optional<double> val_loss, train_eval_loss;  // on evaluation steps

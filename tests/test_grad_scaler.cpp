@@ -209,3 +209,25 @@ TEST_CASE("GradScaler misuse and a disabled scaler") {
   SGD opt({{pa, 0.0}}, {.lr = 1e-3});
   CHECK(off.step(opt, pa));
 }
+
+TEST_CASE("a resumed scaler with a shorter growth interval still grows") {
+  GradScaler a({.init_scale = 8.0, .growth_interval = 10});
+  Net n;
+  std::vector<Variable> ps = n.params();
+  SGD opt({{ps, 0.0}}, {.lr = 1e-3});
+  for (int i = 0; i < 5; ++i) {
+    opt.zero_grad();
+    a.scale(n.loss()).backward();
+    a.step(opt, ps);
+    a.update();
+  }
+  GradScaler b({.growth_interval = 3});
+  b.load_state(a.state());
+  CHECK(b.growth_tracker() == 5);
+  opt.zero_grad();
+  b.scale(n.loss()).backward();
+  b.step(opt, ps);
+  b.update();
+  CHECK(b.scale_value() == 16.0);
+  CHECK(b.growth_tracker() == 0);
+}
