@@ -54,12 +54,12 @@ std::optional<DType> autocast_dtype() {
   return g_dtype;
 }
 
-Tensor autocast_round(const Tensor& t, DType dtype) {
-  return t.dtype() == dtype ? t : t.to(dtype);
+std::optional<DType> autocast_dtype_for(const Tensor& t) {
+  return t.dtype() == DType::f32 ? g_dtype : std::nullopt;
 }
 
 Tensor autocast_weight(const Variable& v, DType dtype) {
-  if (!v.is_leaf() || v.data().dtype() == dtype) return autocast_round(v.data(), dtype);
+  if (!v.is_leaf() || v.data().dtype() == dtype) return v.data().to(dtype);
   CacheKey key{v.impl(), dtype};
   auto it = g_cache.find(key);
   // Re-made when the leaf's data is another tensor than the one the copy was made from.

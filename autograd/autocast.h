@@ -54,8 +54,9 @@ class NoAutocast {
 // The dtype of the innermost open scope on this thread, or nullopt.
 std::optional<DType> autocast_dtype();
 
-// `t` rounded to `dtype` (a no-op when it already is).
-Tensor autocast_round(const Tensor& t, DType dtype);
+// The dtype an op under the policy rounds `t` to: the innermost scope's, when one is open and `t`
+// is f32 (other dtypes are left as they are), else nullopt.
+std::optional<DType> autocast_dtype_for(const Tensor& t);
 // A leaf's data in `dtype` through the cast cache: the first use in a scope converts, later uses
 // of the same leaf share that copy. Non-leaves are simply rounded.
 Tensor autocast_weight(const Variable& v, DType dtype);

@@ -112,10 +112,10 @@ Variable relu(const Variable& a) {
 Variable gelu(const Variable& a, GeluApprox approx) {
   Tensor y = gelu(a.data(), approx);
   // Under autocast the input is kept for backward in 16 bits (autograd/autocast.h).
-  std::optional<DType> dt = a.data().dtype() == DType::f32 ? autocast_dtype() : std::nullopt;
-  Tensor x = dt ? autocast_round(a.data(), *dt) : a.data();
+  std::optional<DType> dt = autocast_dtype_for(a.data());
+  Tensor x = dt ? a.data().to(*dt) : a.data();
   return make_variable(y, "gelu", {&a}, [x, approx](const Tensor& g) -> std::vector<Tensor> {
-    return {gelu_backward(g, x.dtype() == g.dtype() ? x : x.to(g.dtype()), approx)};
+    return {gelu_backward(g, x.to(g.dtype()), approx)};
   });
 }
 

@@ -62,49 +62,34 @@ Variable bmm(const Variable& a, const Variable& b, bool ta, bool tb) {
 
 namespace {
 
-// op(a) @ op(b) with the result in f32, whatever the (f32, bf16 or f16) inputs.
-Tensor matmul_f32(const Tensor& a, const Tensor& b, bool ta, bool tb) {
-  Tensor out = Tensor::empty({ta ? a.size(1) : a.size(0), tb ? b.size(0) : b.size(1)}, DType::f32);
-  gemm_(out, a, b, ta, tb);
-  return out;
-}
-
-// linear under autocast (autograd/autocast.h): 16-bit inputs, f32 accumulation and output, 16-bit
-// tensors saved for backward.
-Variable linear_autocast(const Variable& x, const Variable& w, const Variable& bias, DType dt) {
-  bool gx = x.requires_grad(), gw = w.requires_grad();
-  bool gbias = bias.defined() && bias.requires_grad();
-  Tensor xl = autocast_round(x.data(), dt), wl = autocast_weight(w, dt);
-  Tensor out = linear(xl, wl, bias.defined() ? bias.data() : Tensor(), DType::f32);
-  Tensor xs = gw ? xl : Tensor(), ws = gx ? wl : Tensor();
-  Shape x_shape = x.shape();
-  return make_variable(out, "linear", {&x, &w, &bias}, [=](const Tensor& g) -> std::vector<Tensor> {
-    Tensor g2 = g.reshape({-1, g.size(-1)});  // (M, out), f32
-    Tensor gl = autocast_round(g2, dt);       // the products take 16-bit inputs
-    Tensor dx, dw, db;
-    if (gx) dx = matmul_f32(gl, ws, false, false).view(x_shape);
-    if (gw) dw = matmul_f32(gl, xs.reshape({-1, xs.size(-1)}), true, false);
-    if (gbias) db = sum(g2, {0});
-    return {dx, dw, db};
-  });
+// op(a) @ op(b) with the result in `out` dtype: f32 from 16-bit inputs under autocast.
+Tensor matmul_to(const Tensor& a, const Tensor& b, bool ta, bool tb, DType out) {
+  Tensor c = Tensor::empty({ta ? a.size(1) : a.size(0), tb ? b.size(0) : b.size(1)}, out);
+  gemm_(c, a, b, ta, tb);
+  return c;
 }
 
 }  // namespace
 
+// Under autocast (autograd/autocast.h) the products take 16-bit copies of x, w and the output
+// gradient and accumulate in f32; the output and the gradients stay in x's dtype, and backward
+// keeps the 16-bit copies.
 Variable linear(const Variable& x, const Variable& w, const Variable& bias) {
-  if (auto dt = autocast_dtype();
-      dt && x.data().dtype() == DType::f32 && w.data().dtype() == DType::f32)
-    return linear_autocast(x, w, bias, *dt);
+  std::optional<DType> dt = autocast_dtype_for(x.data());
+  if (w.data().dtype() != DType::f32) dt.reset();
   bool gx = x.requires_grad(), gw = w.requires_grad();
   bool gbias = bias.defined() && bias.requires_grad();
-  Tensor xs = gw ? x.data() : Tensor(), ws = gx ? w.data() : Tensor();
+  const DType out_dtype = x.data().dtype();
+  Tensor xl = dt ? x.data().to(*dt) : x.data(), wl = dt ? autocast_weight(w, *dt) : w.data();
+  Tensor xs = gw ? xl : Tensor(), ws = gx ? wl : Tensor();
   Shape x_shape = x.shape();
-  Tensor out = linear(x.data(), w.data(), bias.defined() ? bias.data() : Tensor());
+  Tensor out = linear(xl, wl, bias.defined() ? bias.data() : Tensor(), out_dtype);
   return make_variable(out, "linear", {&x, &w, &bias}, [=](const Tensor& g) -> std::vector<Tensor> {
     Tensor g2 = g.reshape({-1, g.size(-1)});  // (M, out)
+    Tensor gl = dt ? g2.to(*dt) : g2;
     Tensor dx, dw, db;
-    if (gx) dx = matmul(g2, ws).view(x_shape);  // (M, out) @ (out, in)
-    if (gw) dw = matmul(g2, xs.reshape({-1, xs.size(-1)}), true, false);
+    if (gx) dx = matmul_to(gl, ws, false, false, out_dtype).view(x_shape);  // (M, out) @ (out, in)
+    if (gw) dw = matmul_to(gl, xs.reshape({-1, xs.size(-1)}), true, false, out_dtype);
     if (gbias) db = sum(g2, {0});
     return {dx, dw, db};
   });
@@ -176,16 +161,15 @@ Variable causal_attention(const Variable& qkv, int n_head, double dropout_p, boo
   double p = training ? dropout_p : 0.0;
   // Under autocast the products take qkv rounded to 16 bits (computed in f32 from there), and
   // the 16-bit qkv is what backward keeps.
-  std::optional<DType> dt = qkv.data().dtype() == DType::f32 ? autocast_dtype() : std::nullopt;
-  Tensor x = dt ? autocast_round(qkv.data(), *dt) : qkv.data();
+  std::optional<DType> dt = autocast_dtype_for(qkv.data());
+  Tensor x = dt ? qkv.data().to(*dt) : qkv.data();
   // The probabilities (B, H, T, T) are kept in 16 bits too: at long contexts they are the largest
   // saved activation (PyTorch's autocast keeps a 16-bit copy of them for the product with v).
-  AttentionResult r = causal_attention(dt ? x.to(DType::f32) : x, n_head, p, gen, dt);
+  AttentionResult r = causal_attention(x.to(qkv.data().dtype()), n_head, p, gen, dt);
   Tensor probs = r.probs, mask = r.mask;
   return make_variable(
       r.out, "causal_attention", {&qkv}, [=](const Tensor& g) -> std::vector<Tensor> {
-        auto widen = [&](const Tensor& t) { return t.dtype() == g.dtype() ? t : t.to(g.dtype()); };
-        return {causal_attention_backward(g, widen(x), probs, mask, n_head, p)};
+        return {causal_attention_backward(g, x.to(g.dtype()), probs, mask, n_head, p)};
       });
 }
 

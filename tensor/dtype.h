@@ -63,11 +63,12 @@ inline float f32_from_bits(uint32_t u) {
   return f;
 }
 
+// Branch-free (a select, not an early return), so loops of it vectorise.
 inline uint16_t f32_to_bf16_bits(float f) {
   uint32_t u = f32_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
-  return uint16_t(u >> 16);
+  uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // round to nearest, ties to even
+  uint32_t quiet_nan = (u >> 16) | 0x40u;
+  return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 inline float bf16_bits_to_f32(uint16_t h) {
   return f32_from_bits(uint32_t(h) << 16);

@@ -285,26 +285,17 @@ Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t extr
 
 namespace {
 
-// Unit-stride runs of f32 <-> bf16, branch-free so they vectorise (mixed precision converts whole
-// activations and weights every step). The same rounding as f32_to_bf16_bits.
+// Unit-stride runs of f32 <-> bf16 on plain pointers, so they vectorise (mixed precision converts
+// whole activations and weights every step).
 void f32_to_bf16_run(const char* src, char* dst, int64_t n) {
   const float* x = reinterpret_cast<const float*>(src);
   uint16_t* y = reinterpret_cast<uint16_t*>(dst);
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, x + i, 4);
-    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    uint32_t quiet_nan = (u >> 16) | 0x40u;
-    y[i] = uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-  }
+  for (int64_t i = 0; i < n; ++i) y[i] = f32_to_bf16_bits(x[i]);
 }
 void bf16_to_f32_run(const char* src, char* dst, int64_t n) {
   const uint16_t* x = reinterpret_cast<const uint16_t*>(src);
   float* y = reinterpret_cast<float*>(dst);
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u = uint32_t(x[i]) << 16;
-    std::memcpy(y + i, &u, 4);
-  }
+  for (int64_t i = 0; i < n; ++i) y[i] = bf16_bits_to_f32(x[i]);
 }
 
 template <class D, class S>
