@@ -4,6 +4,8 @@
 #include <cstring>
 #include <numeric>
 
+#include "tensor/cpu/convert.h"
+#include "tensor/cpu/cpu_features.h"
 #include "tensor/cpu/loops.h"
 
 namespace forge {
@@ -297,6 +299,19 @@ void bf16_to_f32_run(const char* src, char* dst, int64_t n) {
   float* y = reinterpret_cast<float*>(dst);
   for (int64_t i = 0; i < n; ++i) y[i] = bf16_bits_to_f32(x[i]);
 }
+// f16 has no shift-only conversion: F16C does it where present, else the scalar recipe.
+void f32_to_f16_run(const char* src, char* dst, int64_t n) {
+  const float* x = reinterpret_cast<const float*>(src);
+  uint16_t* y = reinterpret_cast<uint16_t*>(dst);
+  if (cpu::cpu_isa() != cpu::Isa::portable) return cpu::f32_to_f16_run_f16c(x, y, n);
+  for (int64_t i = 0; i < n; ++i) y[i] = f32_to_f16_bits(x[i]);
+}
+void f16_to_f32_run(const char* src, char* dst, int64_t n) {
+  const uint16_t* x = reinterpret_cast<const uint16_t*>(src);
+  float* y = reinterpret_cast<float*>(dst);
+  if (cpu::cpu_isa() != cpu::Isa::portable) return cpu::f16_to_f32_run_f16c(x, y, n);
+  for (int64_t i = 0; i < n; ++i) y[i] = f16_bits_to_f32(x[i]);
+}
 
 template <class D, class S>
 void copy_cast_kernel(const Tensor& dst, const Tensor& src) {
@@ -316,6 +331,12 @@ void copy_cast_kernel(const Tensor& dst, const Tensor& src) {
         }
         if constexpr (std::is_same_v<D, float> && std::is_same_v<S, bf16>) {
           if (unit) return bf16_to_f32_run(p[1], p[0], n);
+        }
+        if constexpr (std::is_same_v<D, f16> && std::is_same_v<S, float>) {
+          if (unit) return f32_to_f16_run(p[1], p[0], n);
+        }
+        if constexpr (std::is_same_v<D, float> && std::is_same_v<S, f16>) {
+          if (unit) return f16_to_f32_run(p[1], p[0], n);
         }
         for (int64_t i = 0; i < n; ++i) {
           const S* x = reinterpret_cast<const S*>(p[1] + i * s[1]);

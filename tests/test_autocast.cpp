@@ -19,6 +19,8 @@
 using namespace forge;
 using forge::testing::bitwise_equal;
 using forge::testing::Contains;
+using forge::testing::IsaScope;
+using forge::testing::runnable_isas;
 
 namespace {
 
@@ -35,25 +37,12 @@ double rel_err(const Tensor& a, const Tensor& b) {
   return num / (den > 0 ? den : 1.0);
 }
 
-class IsaScope {
- public:
-  explicit IsaScope(cpu::Isa isa) : saved_(cpu::cpu_isa()) { cpu::set_cpu_isa(isa); }
-  ~IsaScope() { cpu::set_cpu_isa(saved_); }
-
- private:
-  cpu::Isa saved_;
-};
-
 }  // namespace
 
 TEST_CASE("16-bit GEMM inputs: bitwise the f32 product of the widened inputs, on every kernel") {
   Generator g(11);
   const int64_t shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {13, 37, 29}, {64, 48, 300}, {100, 33, 17}};
-  for (cpu::Isa isa : {cpu::Isa::portable, cpu::Isa::avx2, cpu::Isa::avx512}) {
-    if (!cpu::isa_supported(isa)) {
-      WARN("SKIPPED: " << cpu::isa_name(isa) << " kernels: not supported by this processor");
-      continue;
-    }
+  for (cpu::Isa isa : runnable_isas("16-bit GEMM inputs")) {
     IsaScope scope(isa);
     for (DType ea : {DType::f32, DType::bf16, DType::f16})
       for (DType eb : {DType::f32, DType::bf16, DType::f16})

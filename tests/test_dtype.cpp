@@ -2,10 +2,12 @@
 // against the compiler's own _Float16 conversion (hardware vcvtps2ph on x86-64: an independent
 // round-to-nearest-even reference).
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
 
+#include "tensor/cpu/cpu_features.h"
 #include "tensor/dtype.h"
 #include "testing.h"
 
@@ -369,4 +371,54 @@ TEST_CASE("contiguous f32 <-> bf16 conversions (the vectorised runs) match the s
   // A strided source takes the scalar path: the same bits.
   Tensor strided = t.reshape({-1, 5}).transpose(0, 1).to(DType::bf16).transpose(0, 1).contiguous();
   CHECK(std::memcmp(strided.raw_data(), h.raw_data(), h.nbytes()) == 0);
+}
+
+TEST_CASE("contiguous f32 <-> f16 conversions (F16C runs) match the scalar rounding on every path") {
+  // Every 16-bit top half with low halves that straddle f16's rounding points (the 13 dropped
+  // bits: below, at and above the tie) plus NaN payloads, infinities and subnormals; then the
+  // exact midpoints between consecutive f16 values and their neighbours.
+  std::vector<float> xs;
+  for (uint32_t hi = 0; hi < 0x10000u; ++hi)
+    for (uint32_t lo : {0x0000u, 0x0fffu, 0x1000u, 0x1001u, 0x2fffu, 0x3000u, 0x3001u, 0xffffu}) {
+      uint32_t u = (hi << 16) | lo;
+      float f;
+      std::memcpy(&f, &u, 4);
+      xs.push_back(f);
+    }
+  for (uint32_t b = 0; b < 0x7c00; ++b) {
+    float lo = reference_f16_to_f32(uint16_t(b)), hi = reference_f16_to_f32(uint16_t(b + 1));
+    float mid = lo + (hi - lo) * 0.5f;
+    for (float f : {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e30f)}) {
+      xs.push_back(f);
+      xs.push_back(-f);
+    }
+  }
+  std::vector<uint16_t> all16(0x10000);
+  for (uint32_t b = 0; b < 0x10000u; ++b) all16[b] = uint16_t(b);
+
+  for (cpu::Isa isa : testing::runnable_isas("f16 conversion runs")) {
+    testing::IsaScope scope(isa);
+    INFO(cpu::isa_name(isa));
+    // Lengths 1..17 reach every tail of the 8-wide loop; the last one is the whole set.
+    for (size_t n : {size_t(1), size_t(7), size_t(8), size_t(9), size_t(17), xs.size()}) {
+      INFO("n " << n);
+      Tensor t = from_vector(std::vector<float>(xs.end() - std::ptrdiff_t(n), xs.end()));
+      Tensor h = t.to(DType::f16);
+      const uint16_t* got = static_cast<const uint16_t*>(h.raw_data());
+      size_t bad = 0;
+      for (size_t i = 0; i < n; ++i) bad += got[i] != f32_to_f16_bits(xs[xs.size() - n + i]);
+      CHECK(bad == 0);
+    }
+    // Widening: every f16 bit pattern, bitwise the scalar result (a NaN only has to stay NaN).
+    Tensor h = Tensor::empty({int64_t(all16.size())}, DType::f16);
+    std::memcpy(h.raw_data(), all16.data(), all16.size() * 2);
+    Tensor w = h.to(DType::f32);
+    const float* back = static_cast<const float*>(w.raw_data());
+    size_t bad = 0;
+    for (uint32_t b = 0; b < 0x10000u; ++b) {
+      float want = f16_bits_to_f32(uint16_t(b));
+      bad += std::isnan(want) ? !std::isnan(back[b]) : f32_bits(back[b]) != f32_bits(want);
+    }
+    CHECK(bad == 0);
+  }
 }

@@ -8,6 +8,8 @@
 
 using namespace forge;
 using forge::cpu::Isa;
+using forge::testing::IsaScope;
+using forge::testing::runnable_isas;
 
 namespace {
 
@@ -24,24 +26,6 @@ std::vector<double> naive(bool ta, bool tb, int64_t m, int64_t n, int64_t k, con
       c[size_t(i * n + j)] = s;
     }
   return c;
-}
-
-struct IsaScope {
-  Isa saved = cpu::cpu_isa();
-  explicit IsaScope(Isa isa) { cpu::set_cpu_isa(isa); }
-  ~IsaScope() { cpu::set_cpu_isa(saved); }
-};
-
-std::vector<Isa> runnable_isas() {
-  std::vector<Isa> out;
-  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512}) {
-    if (cpu::isa_supported(isa))
-      out.push_back(isa);
-    else
-      std::printf("SKIPPED: gemm kernel family %s: not supported by this processor\n",
-                  cpu::isa_name(isa));
-  }
-  return out;
 }
 
 // Runs one product with the packed driver and checks it against the naive one, including
@@ -78,7 +62,7 @@ void check_packed(Isa isa, bool ta, bool tb, int64_t m, int64_t n, int64_t k, fl
 }  // namespace
 
 TEST_CASE("packed gemm matches a naive f64 product for every kernel family, transpose and edge") {
-  for (Isa isa : runnable_isas())
+  for (Isa isa : runnable_isas("gemm kernel family"))
     for (bool ta : {false, true})
       for (bool tb : {false, true})
         for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{
@@ -87,7 +71,7 @@ TEST_CASE("packed gemm matches a naive f64 product for every kernel family, tran
 }
 
 TEST_CASE("packed gemm applies alpha and beta (beta also across K blocks)") {
-  for (Isa isa : runnable_isas()) {
+  for (Isa isa : runnable_isas("gemm kernel family")) {
     check_packed(isa, false, false, 37, 45, 700, 0.5f, 1.0f);
     check_packed(isa, true, false, 37, 45, 300, -2.0f, 0.25f);
     check_packed(isa, false, true, 9, 100, 3, 1.0f, 1.0f);
@@ -95,7 +79,7 @@ TEST_CASE("packed gemm applies alpha and beta (beta also across K blocks)") {
 }
 
 TEST_CASE("packed gemm with beta 0 ignores NaN already in C") {
-  for (Isa isa : runnable_isas()) {
+  for (Isa isa : runnable_isas("gemm kernel family")) {
     IsaScope scope(isa);
     Generator gen(3);
     Tensor a = randn({20, 30}, gen), b = randn({30, 40}, gen);
@@ -115,7 +99,7 @@ TEST_CASE("packed gemm with k = 0 scales C by beta") {
 TEST_CASE("packed gemm gives bitwise the same result at 1, 2 and 3 threads for every family") {
   Generator gen(11);
   Tensor a = randn({301, 530}, gen), b = randn({530, 190}, gen);
-  for (Isa isa : runnable_isas()) {
+  for (Isa isa : runnable_isas("gemm kernel family")) {
     IsaScope scope(isa);
     std::vector<Tensor> results;
     for (int t : {1, 2, 3}) {
@@ -156,7 +140,7 @@ TEST_CASE("every kernel family gives bitwise the same product for alpha 1 and be
   Generator gen(21);
   Tensor a = randn({77, 600}, gen), b = randn({600, 53}, gen), c0 = randn({77, 53}, gen);
   std::vector<Tensor> results;
-  for (Isa isa : runnable_isas()) {
+  for (Isa isa : runnable_isas("gemm kernel family")) {
     IsaScope scope(isa);
     for (float beta : {0.0f, 1.0f}) {
       Tensor c = c0.clone();

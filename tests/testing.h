@@ -3,6 +3,7 @@
 //   REQUIRE_THROWS_WITH(op(), Contains("matmul") && Contains("[2, 3]"));
 //   ThreadCount t(1);                  // sets the thread count, restores it on scope exit
 //   CHECK(bitwise_equal(x, y));        // same shape, dtype and bytes
+//   for (cpu::Isa isa : runnable_isas("gemm")) { IsaScope s(isa); ... }  // every kernel family
 //   TempDir dir;  write_bytes(dir.file("a.bin"), bytes);   // removed at scope exit
 #pragma once
 
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "tensor/cpu/cpu_features.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 #include "tensor/random.h"
@@ -33,6 +35,31 @@ class ThreadCount {
  private:
   int saved_;
 };
+
+// Forces a CPU kernel family for a scope.
+class IsaScope {
+ public:
+  explicit IsaScope(cpu::Isa isa) : saved_(cpu::cpu_isa()) { cpu::set_cpu_isa(isa); }
+  ~IsaScope() { cpu::set_cpu_isa(saved_); }
+  IsaScope(const IsaScope&) = delete;
+  IsaScope& operator=(const IsaScope&) = delete;
+
+ private:
+  cpu::Isa saved_;
+};
+
+// The kernel families this processor runs; prints a SKIPPED line naming `what` for each other.
+inline std::vector<cpu::Isa> runnable_isas(const char* what) {
+  std::vector<cpu::Isa> out;
+  for (cpu::Isa isa : {cpu::Isa::portable, cpu::Isa::avx2, cpu::Isa::avx512}) {
+    if (cpu::isa_supported(isa))
+      out.push_back(isa);
+    else
+      std::printf("SKIPPED: %s on %s: not supported by this processor\n", what,
+                  cpu::isa_name(isa));
+  }
+  return out;
+}
 
 // A fresh directory under the system's temporary folder, removed with its contents at scope exit.
 class TempDir {

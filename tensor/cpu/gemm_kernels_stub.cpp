@@ -1,4 +1,5 @@
-// Builds for processors other than x86-64 have no AVX kernels: the portable one runs.
+// Builds for processors other than x86-64 have no AVX kernels or F16C runs: the portable code runs.
+#include "tensor/cpu/convert.h"
 #include "tensor/cpu/gemm_kernels.h"
 
 namespace forge::cpu {
@@ -12,4 +13,6 @@ void gemm_pack_a_avx2(GemmElem, bool, const void*, int64_t, int64_t, int64_t, in
                       float*) {}
 void gemm_pack_b_avx2(GemmElem, bool, const void*, int64_t, int64_t, int64_t, int64_t, int64_t, int,
                       float*) {}
+void f32_to_f16_run_f16c(const float*, uint16_t*, int64_t) {}
+void f16_to_f32_run_f16c(const uint16_t*, float*, int64_t) {}
 }  // namespace forge::cpu

@@ -1,0 +1,14 @@
+// Unit-stride f32 <-> f16 runs through F16C (vcvtps2ph / vcvtph2ps), for processors on the AVX2
+// path or wider (cpu_features counts F16C as part of AVX2). They give the bits of the scalar
+// f32_to_f16_bits / f16_bits_to_f32 (dtype.h), except that a NaN's payload may differ on widening
+// (it stays a NaN); narrowing makes every NaN sign | 0x7e00 as the scalar code does.
+#pragma once
+
+#include <cstdint>
+
+namespace forge::cpu {
+
+void f32_to_f16_run_f16c(const float* x, uint16_t* y, int64_t n);
+void f16_to_f32_run_f16c(const uint16_t* x, float* y, int64_t n);
+
+}  // namespace forge::cpu
