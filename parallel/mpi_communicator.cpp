@@ -1,0 +1,292 @@
+// The MPI backend. MPI is initialised with MPI_THREAD_MULTIPLE: each communicator runs its
+// collectives on its own worker thread (blocking MPI calls there, so an asynchronous all-reduce
+// progresses while the caller computes, which MPI's nonblocking collectives would not do without
+// the caller polling), and point-to-point transfers are MPI_Isend / MPI_Irecv completed in wait().
+// The C API only: the deprecated C++ bindings would come in otherwise (and warn).
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <vector>
+
+#include "parallel/comm_internal.h"
+#include "tensor/ops.h"
+
+namespace forge {
+
+namespace {
+
+void mpi_check(int code, const char* op, int rank) {
+  if (code == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, text, &len);
+  throw_error(fmt::format("rank {}: MPI {} failed: {}", rank, op, std::string(text, size_t(len))));
+}
+
+// 16-bit floats travel as MPI_UINT16_T; their reductions decode to f32, combine, and round back.
+template <class H, bool Max>
+void reduce16(void* in, void* inout, int* len, MPI_Datatype*) {
+  const H* a = static_cast<const H*>(in);
+  H* b = static_cast<H*>(inout);
+  for (int i = 0; i < *len; ++i) {
+    float x = float(a[i]), y = float(b[i]);
+    b[i] = H(Max ? (x > y || x != x ? x : y) : x + y);
+  }
+}
+
+struct MpiOps {
+  MPI_Op sum_bf16, max_bf16, sum_f16, max_f16;
+};
+MpiOps g_ops;
+
+// Live communicators, stopped (their workers joined, their MPI_Comm freed) before MPI_Finalize.
+class MpiCommunicator;
+std::mutex g_live_mu;
+std::vector<MpiCommunicator*> g_live;
+bool g_finalizing = false;
+
+MPI_Datatype mpi_type(DType t) {
+  switch (t) {
+    case DType::f32:
+      return MPI_FLOAT;
+    case DType::f64:
+      return MPI_DOUBLE;
+    case DType::bf16:
+    case DType::f16:
+      return MPI_UINT16_T;
+    case DType::i8:
+      return MPI_INT8_T;
+    case DType::u8:
+      return MPI_UINT8_T;
+    case DType::i32:
+      return MPI_INT32_T;
+    case DType::i64:
+      return MPI_INT64_T;
+  }
+  return MPI_DATATYPE_NULL;
+}
+
+MPI_Op mpi_op(DType t, ReduceOp op) {
+  const bool max = op == ReduceOp::max;  // avg is a sum, then a division
+  if (t == DType::bf16) return max ? g_ops.max_bf16 : g_ops.sum_bf16;
+  if (t == DType::f16) return max ? g_ops.max_f16 : g_ops.sum_f16;
+  return max ? MPI_MAX : MPI_SUM;
+}
+
+int count_of(const Tensor& t, const char* op) {
+  FORGE_CHECK(t.numel() <= int64_t(INT32_MAX), "{}: {} elements is more than MPI's int count", op,
+              t.numel());
+  return int(t.numel());
+}
+
+class MpiCommunicator final : public Communicator {
+ public:
+  explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
+    std::lock_guard<std::mutex> lock(g_live_mu);
+    g_live.push_back(this);
+  }
+  ~MpiCommunicator() override {
+    {
+      std::lock_guard<std::mutex> lock(g_live_mu);
+      std::erase(g_live, this);
+    }
+    shut_down();
+  }
+
+  // Joins the worker and frees the MPI communicator (before MPI_Finalize, or at destruction).
+  void shut_down() {
+    worker_.stop();
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized && comm_ != MPI_COMM_WORLD && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+    comm_ = MPI_COMM_NULL;
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "mpi"; }
+
+  Work all_reduce_async(Tensor t, ReduceOp op) override {
+    check_comm_tensor(t, "all_reduce");
+    check_reduce(t.dtype(), op, "all_reduce");
+    int n = count_of(t, "all_reduce");
+    return post(&CommStats::all_reduce, int64_t(t.nbytes()), [this, t, op, n]() mutable {
+      mpi_check(MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), n, mpi_type(t.dtype()),
+                              mpi_op(t.dtype(), op), comm_),
+                "all_reduce", world_rank_);
+      if (op == ReduceOp::avg && size_ > 1) mul_(t, 1.0 / double(size_));
+    });
+  }
+
+  Work all_gather_async(Tensor out, Tensor in) override {
+    check_comm_tensor(out, "all_gather");
+    check_comm_tensor(in, "all_gather");
+    FORGE_CHECK(out.dtype() == in.dtype() && out.numel() == in.numel() * size_,
+                "all_gather: the output has {} elements of {}, expected {} x {} of {}", out.numel(),
+                out.dtype(), size_, in.numel(), in.dtype());
+    int n = count_of(in, "all_gather");
+    count_of(out, "all_gather");
+    return post(&CommStats::all_gather, int64_t(out.nbytes()), [this, out, in, n] {
+      MPI_Datatype dt = mpi_type(in.dtype());
+      mpi_check(MPI_Allgather(in.raw_data(), n, dt, out.raw_data(), n, dt, comm_), "all_gather",
+                world_rank_);
+    });
+  }
+
+  Work reduce_scatter_async(Tensor out, Tensor in, ReduceOp op) override {
+    check_comm_tensor(out, "reduce_scatter");
+    check_comm_tensor(in, "reduce_scatter");
+    check_reduce(in.dtype(), op, "reduce_scatter");
+    FORGE_CHECK(out.dtype() == in.dtype() && in.numel() == out.numel() * size_,
+                "reduce_scatter: the input has {} elements of {}, expected {} x {} of {}",
+                in.numel(), in.dtype(), size_, out.numel(), out.dtype());
+    int n = count_of(out, "reduce_scatter");
+    count_of(in, "reduce_scatter");
+    return post(&CommStats::reduce_scatter, int64_t(in.nbytes()), [this, out, in, op, n]() mutable {
+      mpi_check(MPI_Reduce_scatter_block(in.raw_data(), out.raw_data(), n, mpi_type(in.dtype()),
+                                         mpi_op(in.dtype(), op), comm_),
+                "reduce_scatter", world_rank_);
+      if (op == ReduceOp::avg && size_ > 1) mul_(out, 1.0 / double(size_));
+    });
+  }
+
+  Work broadcast_async(Tensor t, int root) override {
+    check_comm_tensor(t, "broadcast");
+    check_peer(root, "broadcast root");
+    int n = count_of(t, "broadcast");
+    return post(&CommStats::broadcast, int64_t(t.nbytes()), [this, t, root, n] {
+      mpi_check(MPI_Bcast(t.raw_data(), n, mpi_type(t.dtype()), root, comm_), "broadcast",
+                world_rank_);
+    });
+  }
+
+  Work barrier_async() override {
+    return post(&CommStats::barrier, 0,
+                [this] { mpi_check(MPI_Barrier(comm_), "barrier", world_rank_); });
+  }
+
+  Work send_async(Tensor t, int dst, int tag) override {
+    check_comm_tensor(t, "send");
+    check_peer(dst, "send to");
+    return p2p(&CommStats::send, t, [&](MPI_Request* r) {
+      return MPI_Isend(t.raw_data(), count_of(t, "send"), mpi_type(t.dtype()), dst, tag, comm_, r);
+    }, "send");
+  }
+
+  Work recv_async(Tensor t, int src, int tag) override {
+    check_comm_tensor(t, "recv");
+    check_peer(src, "recv from");
+    return p2p(&CommStats::recv, t, [&](MPI_Request* r) {
+      return MPI_Irecv(t.raw_data(), count_of(t, "recv"), mpi_type(t.dtype()), src, tag, comm_, r);
+    }, "recv");
+  }
+
+  std::shared_ptr<Communicator> split(int color, int key) override {
+    MPI_Comm sub = MPI_COMM_NULL;
+    // Collective on this communicator: ordered with its other collectives on the worker.
+    worker_
+        .post([&] {
+          mpi_check(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &sub), "split",
+                    world_rank_);
+        })
+        .wait();
+    if (sub == MPI_COMM_NULL) return nullptr;
+    return std::make_shared<MpiCommunicator>(sub);
+  }
+
+  CommStats stats() const override { return counters_.get(); }
+
+ private:
+  void check_peer(int r, const char* what) const {
+    FORGE_CHECK(r >= 0 && r < size_, "{} rank {}: the communicator has ranks 0..{}", what, r,
+                size_ - 1);
+  }
+
+  Work post(CommStats::Entry CommStats::*which, int64_t bytes, std::function<void()> fn) {
+    return worker_.post([this, which, bytes, fn = std::move(fn)] {
+      auto t0 = std::chrono::steady_clock::now();
+      fn();
+      counters_.add(which, bytes, seconds_since(t0));
+    });
+  }
+
+  template <class Start>
+  Work p2p(CommStats::Entry CommStats::*which, const Tensor& t, Start start, const char* op) {
+    auto s = std::make_shared<Work::State>();
+    auto request = std::make_shared<MPI_Request>(MPI_REQUEST_NULL);
+    mpi_check(start(request.get()), op, world_rank_);
+    auto t0 = std::chrono::steady_clock::now();
+    int64_t bytes = int64_t(t.nbytes());
+    // Keeps the tensor alive until the transfer is done.
+    s->complete = [this, request, t, which, bytes, t0, op] {
+      mpi_check(MPI_Wait(request.get(), MPI_STATUS_IGNORE), op, world_rank_);
+      counters_.add(which, bytes, seconds_since(t0));
+    };
+    return Work(s);
+  }
+
+  MPI_Comm comm_;
+  int rank_ = 0, size_ = 1, world_rank_ = 0;
+  CommCounters counters_;
+  CommWorker worker_;
+};
+
+void finalize_mpi() {
+  std::vector<MpiCommunicator*> live;
+  {
+    std::lock_guard<std::mutex> lock(g_live_mu);
+    g_finalizing = true;
+    live = g_live;
+  }
+  for (MpiCommunicator* c : live) c->shut_down();
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+}  // namespace
+
+bool mpi_initialized() {
+  int init = 0, fin = 0;
+  MPI_Initialized(&init);
+  MPI_Finalized(&fin);
+  return init && !fin;
+}
+
+void mpi_abort(int code) {
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::exit(code);  // not reached
+}
+
+std::shared_ptr<Communicator> mpi_world_communicator() {
+  int init = 0;
+  MPI_Initialized(&init);
+  if (!init) {
+    int provided = 0;
+    MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+    if (provided < MPI_THREAD_MULTIPLE) {
+      MPI_Finalize();
+      throw_error(
+          "this MPI library does not provide MPI_THREAD_MULTIPLE, which the communicator's worker "
+          "threads need (OpenMPI 4 does)");
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Op_create(&reduce16<bf16, false>, 1, &g_ops.sum_bf16);
+    MPI_Op_create(&reduce16<bf16, true>, 1, &g_ops.max_bf16);
+    MPI_Op_create(&reduce16<f16, false>, 1, &g_ops.sum_f16);
+    MPI_Op_create(&reduce16<f16, true>, 1, &g_ops.max_f16);
+    std::atexit(finalize_mpi);
+  }
+  MPI_Comm dup;
+  MPI_Comm_dup(MPI_COMM_WORLD, &dup);
+  return std::make_shared<MpiCommunicator>(dup);
+}
+
+}  // namespace forge
