@@ -180,7 +180,9 @@ class SingleProcessCommunicator final : public Communicator {
       throw_error(fmt::format("recv from rank {}: a 1-rank communicator has no peer", src));
     });
   }
-  Work barrier_async() override { return run_now([&] { counters_.add(&CommStats::barrier, 0, 0); }); }
+  Work barrier_async() override {
+    return run_now([&] { counters_.add(&CommStats::barrier, 0, 0); });
+  }
   std::shared_ptr<Communicator> split(int color, int) override {
     if (color < 0) return nullptr;
     return std::make_shared<SingleProcessCommunicator>();

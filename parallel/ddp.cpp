@@ -9,21 +9,22 @@ namespace forge {
 
 struct DistributedDataParallel::Impl {
   struct Bucket {
-    Tensor flat;                // f32, all its parameters' gradients back to back
-    std::vector<int> params;    // indices into `params`
-    int pending = 0;            // parameters whose gradient is not final yet in this backward
+    Tensor flat;              // f32, all its parameters' gradients back to back
+    std::vector<int> params;  // indices into `params`
+    int pending = 0;          // parameters whose gradient is not final yet in this backward
     bool ready = false;
     Work work;
     bool launched = false;
   };
 
   std::vector<Variable> params;
-  std::vector<Tensor> views;       // params[i]'s slice of its bucket, in its shape
-  std::vector<int> bucket_of;      // params[i] -> bucket
+  std::vector<Tensor> views;   // params[i]'s slice of its bucket, in its shape
+  std::vector<int> bucket_of;  // params[i] -> bucket
   std::vector<Bucket> buckets;
   std::shared_ptr<Communicator> group;
   bool sync = true;
   int next_launch = 0;
+  int launched_by_hooks = 0;
   DdpSyncStats last;
   double allreduce_seconds_before = 0;
 
@@ -71,7 +72,8 @@ DistributedDataParallel::DistributedDataParallel(std::vector<Variable> params,
                                                  DdpOptions options)
     : impl_(std::make_shared<Impl>()) {
   FORGE_CHECK(group != nullptr, "DistributedDataParallel: no communicator");
-  FORGE_CHECK(options.bucket_bytes > 0, "DistributedDataParallel: bucket_bytes must be positive, got {}",
+  FORGE_CHECK(options.bucket_bytes > 0,
+              "DistributedDataParallel: bucket_bytes must be positive, got {}",
               options.bucket_bytes);
   Impl& m = *impl_;
   m.params = std::move(params);
@@ -80,8 +82,10 @@ DistributedDataParallel::DistributedDataParallel(std::vector<Variable> params,
   // Every rank must hold the same parameters, or the all-reduces would mix unrelated tensors.
   std::string layout;
   for (const Variable& p : m.params) {
-    FORGE_CHECK(p.dtype() == DType::f32, "DistributedDataParallel: parameter '{}' is {}; master "
-                "weights are f32", p.name(), p.dtype());
+    FORGE_CHECK(p.dtype() == DType::f32,
+                "DistributedDataParallel: parameter '{}' is {}; master "
+                "weights are f32",
+                p.name(), p.dtype());
     layout += fmt::format("{}{};", p.name(), p.shape());
   }
   check_same_on_all_ranks(*m.group, layout, "the model's parameters (names and shapes)");
@@ -157,24 +161,26 @@ void DistributedDataParallel::zero_grad() {
 void DistributedDataParallel::finish_grad_sync() {
   Impl& m = *impl_;
   auto t0 = std::chrono::steady_clock::now();
+  m.launched_by_hooks = m.next_launch;
   // Buckets whose parameters got no gradient in this backward still take part (as zeros), so
   // that every rank issues the same all-reduces.
   for (int i = 0; i < int(m.params.size()); ++i)
     if (m.bucket_of[size_t(i)] >= 0) m.attach(i);
   while (m.next_launch < int(m.buckets.size())) m.launch(m.next_launch++);
+  const int started = m.launched_by_hooks;
   int64_t bytes = 0;
   for (auto& b : m.buckets) {
     b.work.wait();
     bytes += int64_t(b.flat.nbytes());
   }
   double total = m.group->stats().all_reduce.seconds;
-  m.last = {int(m.buckets.size()), bytes, seconds_since(t0), total - m.allreduce_seconds_before};
+  m.last = {int(m.buckets.size()), started, bytes, seconds_since(t0),
+            total - m.allreduce_seconds_before};
   m.allreduce_seconds_before = total;
   m.reset_round();
 }
 
-DistributedDataParallel::NoSync::NoSync(DistributedDataParallel& d)
-    : d_(d), saved_(d.impl_->sync) {
+DistributedDataParallel::NoSync::NoSync(DistributedDataParallel& d) : d_(d), saved_(d.impl_->sync) {
   d_.impl_->sync = false;
 }
 DistributedDataParallel::NoSync::~NoSync() {
@@ -204,8 +210,16 @@ void check_same_on_all_ranks(Communicator& group, const std::string& text,
   group.all_gather(all, mine);
   const int64_t* hs = static_cast<const int64_t*>(all.raw_data());
   for (int r = 1; r < group.size(); ++r)
-    FORGE_CHECK(hs[r] == hs[0], "{} differ between ranks: rank {} does not match rank 0 (rank {} "
-                "of {} here)", what, r, group.rank(), group.size());
+    FORGE_CHECK(hs[r] == hs[0],
+                "{} differ between ranks: rank {} does not match rank 0 (rank {} "
+                "of {} here)",
+                what, r, group.rank(), group.size());
+}
+
+bool any_rank(Communicator& group, bool flag) {
+  Tensor t = full({1}, flag ? 1.0 : 0.0, DType::i32);
+  group.all_reduce(t, ReduceOp::max);
+  return t.item() != 0;
 }
 
 }  // namespace forge

@@ -1,8 +1,8 @@
 // Distributed data parallel: every rank holds the whole model, runs its own share of the batch,
 // and averages gradients over the data-parallel group before the optimizer step.
 //
-//   DistributedDataParallel ddp(model.parameters(), grid.dp_group());  // broadcasts rank 0's weights
-//   for (...) {
+//   DistributedDataParallel ddp(model.parameters(), grid.dp_group());  // broadcasts rank 0's
+//   weights for (...) {
 //     ddp.zero_grad();                 // instead of opt.zero_grad(): gradients live in buckets
 //     loss.backward();                 // buckets are all-reduced as they fill, during backward
 //     ddp.finish_grad_sync();          // the one wait; gradients now hold the average
@@ -33,6 +33,7 @@ struct DdpOptions {
 // What the last finish_grad_sync() saw.
 struct DdpSyncStats {
   int buckets = 0;
+  int started_in_backward = 0;  // buckets whose all-reduce a grad-ready hook started
   int64_t bytes = 0;
   double wait_seconds = 0;       // blocked in finish_grad_sync: communication not hidden
   double allreduce_seconds = 0;  // time inside the all-reduces, hidden or not
@@ -80,5 +81,8 @@ class DistributedDataParallel {
 // Refuses to go on when `text` (a config, a list of shapes) differs between the ranks of `group`:
 // every rank throws the same error naming the first rank that differs from rank 0. Collective.
 void check_same_on_all_ranks(Communicator& group, const std::string& text, const std::string& what);
+
+// True on every rank when `flag` is true on any (the loss scaler's inf/NaN verdict). Collective.
+bool any_rank(Communicator& group, bool flag);
 
 }  // namespace forge

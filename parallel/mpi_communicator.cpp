@@ -175,17 +175,25 @@ class MpiCommunicator final : public Communicator {
   Work send_async(Tensor t, int dst, int tag) override {
     check_comm_tensor(t, "send");
     check_peer(dst, "send to");
-    return p2p(&CommStats::send, t, [&](MPI_Request* r) {
-      return MPI_Isend(t.raw_data(), count_of(t, "send"), mpi_type(t.dtype()), dst, tag, comm_, r);
-    }, "send");
+    return p2p(
+        &CommStats::send, t,
+        [&](MPI_Request* r) {
+          return MPI_Isend(t.raw_data(), count_of(t, "send"), mpi_type(t.dtype()), dst, tag, comm_,
+                           r);
+        },
+        "send");
   }
 
   Work recv_async(Tensor t, int src, int tag) override {
     check_comm_tensor(t, "recv");
     check_peer(src, "recv from");
-    return p2p(&CommStats::recv, t, [&](MPI_Request* r) {
-      return MPI_Irecv(t.raw_data(), count_of(t, "recv"), mpi_type(t.dtype()), src, tag, comm_, r);
-    }, "recv");
+    return p2p(
+        &CommStats::recv, t,
+        [&](MPI_Request* r) {
+          return MPI_Irecv(t.raw_data(), count_of(t, "recv"), mpi_type(t.dtype()), src, tag, comm_,
+                           r);
+        },
+        "recv");
   }
 
   std::shared_ptr<Communicator> split(int color, int key) override {

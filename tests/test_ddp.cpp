@@ -1,0 +1,224 @@
+// DDP against the serial run: N ranks with batch b each train like one process with batch N * b.
+// Every rank also runs the serial model itself (on the whole batch), so each rank compares its
+// DDP weights with a reference computed in the same process. Runs on 1 rank as a unit test and
+// under mpirun on 2 and 4 ranks.
+#include <cmath>
+#include <optional>
+
+#include "autograd/autocast.h"
+#include "models/gpt.h"
+#include "optim/grad_scaler.h"
+#include "optim/optimizer.h"
+#include "parallel/ddp.h"
+#include "testing.h"
+
+using namespace forge;
+using forge::testing::Contains;
+
+namespace {
+
+// Without biases: the key bias of attention has a gradient that is zero in exact arithmetic
+// (softmax ignores a constant added to a row of scores), so both runs see only rounding noise
+// there, and AdamW scales noise up to full-size steps: those weights drift apart by ~lr per step
+// in any two runs that sum in a different order, parallel or not.
+const GPTConfig kCfg{.n_layer = 2,
+                     .n_head = 2,
+                     .n_embd = 32,
+                     .block_size = 16,
+                     .vocab_size = 65,
+                     .dropout = 0.0,
+                     .bias = false};
+constexpr int64_t kB = 2;  // per rank
+
+struct Trainer {
+  Generator init, drop;
+  std::shared_ptr<GPT> model;
+  std::vector<Variable> params;
+  std::unique_ptr<AdamW> opt;
+  explicit Trainer(uint64_t seed) : init(seed), drop(seed + 1) {
+    model = std::make_shared<GPT>(kCfg, init, drop);
+    params = model->parameters();
+    opt =
+        std::make_unique<AdamW>(std::vector<ParamGroup>{{params, 0.1}},
+                                // nanoGPT's lr; 1e-2 amplifies rounding noise as above
+                                AdamWOptions{.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8});
+  }
+};
+
+// The global batch of step `step` (the same on every rank), and this rank's rows of it.
+std::pair<Tensor, Tensor> global_batch(int64_t step, int64_t rows) {
+  Generator g(1000 + uint64_t(step));
+  Tensor x = mul(rand({rows, kCfg.block_size}, g), double(kCfg.vocab_size)).to(DType::i64);
+  Tensor y = mul(rand({rows, kCfg.block_size}, g), double(kCfg.vocab_size)).to(DType::i64);
+  return {x, y};
+}
+Tensor rows_of(const Tensor& t, int rank, int64_t b) {
+  return t.narrow(0, rank * b, b).contiguous();
+}
+
+double max_rel_diff(const Tensor& a, const Tensor& b) {
+  double num = max(abs(sub(a.to(DType::f64), b.to(DType::f64)))).item();
+  double den = max(abs(b.to(DType::f64))).item();
+  return num / (den > 0 ? den : 1.0);
+}
+
+double mean_over_ranks(Communicator& c, double v) {
+  Tensor t = full({1}, v, DType::f64);
+  c.all_reduce(t, ReduceOp::avg);
+  return t.item();
+}
+
+// Trains `steps` steps data-parallel and serially; returns the worst relative differences of the
+// per-step losses and of the final weights.
+struct Compare {
+  double loss = 0, weights = 0;
+  int buckets = 0, started_early = 0;
+};
+Compare train_both(int steps, int64_t bucket_bytes, std::optional<DType> autocast = {}) {
+  auto w = world_communicator();
+  const int R = w->size(), me = w->rank();
+  Trainer serial(7);
+  // Every rank but 0 starts from other weights: DDP's broadcast must fix that.
+  Trainer dist(7 + uint64_t(me) * 100);
+  DistributedDataParallel ddp(dist.params, w, {.bucket_bytes = bucket_bytes});
+  Compare c;
+  c.buckets = ddp.num_buckets();
+  for (int step = 0; step < steps; ++step) {
+    auto [x, y] = global_batch(step, R * kB);
+    std::optional<Autocast> scope;
+    if (autocast) scope.emplace(*autocast);
+    serial.opt->zero_grad();
+    Variable ls = GPT::loss(serial.model->forward(x), y);
+    ls.backward();
+    ddp.zero_grad();
+    Variable ld = GPT::loss(dist.model->forward(rows_of(x, me, kB)), rows_of(y, me, kB));
+    ld.backward();
+    ddp.finish_grad_sync();
+    scope.reset();
+    c.started_early = std::max(c.started_early, ddp.last_sync().started_in_backward);
+    clip_grad_norm(serial.params, 1.0);
+    clip_grad_norm(dist.params, 1.0);
+    serial.opt->step();
+    dist.opt->step();
+    double l_serial = ls.item(), l_dist = mean_over_ranks(*w, ld.item());
+    c.loss = std::max(c.loss, std::abs(l_dist - l_serial) / std::abs(l_serial));
+  }
+  for (size_t i = 0; i < serial.params.size(); ++i) {
+    double d = max_rel_diff(dist.params[i].data(), serial.params[i].data());
+    c.weights = std::max(c.weights, d);
+  }
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("DDP on N ranks with batch b equals one process with batch N*b (f32, 20 steps)") {
+  const int R = world_communicator()->size();
+  for (int64_t bucket : {int64_t(25) << 20, int64_t(4096)}) {
+    INFO(R << " ranks, bucket " << bucket << " bytes");
+    Compare c = train_both(20, bucket);
+    CHECK(c.loss <= 1e-5);
+    CHECK(c.weights <= 1e-5);
+    if (bucket == 4096) {
+      CHECK(c.buckets > 5);
+      // Most buckets start from the hooks, during backward, not at the wait.
+      if (R > 1) CHECK(c.started_early >= c.buckets - 1);
+    } else {
+      CHECK(c.buckets == 1);
+    }
+  }
+}
+
+TEST_CASE("DDP under bf16 autocast matches the serial bf16 run") {
+  Compare c = train_both(5, 4096, DType::bf16);
+  CHECK(c.loss <= 1e-3);
+  CHECK(c.weights <= 1e-3);
+}
+
+TEST_CASE("no_sync accumulates micro-steps without communicating; the last one averages all") {
+  auto w = world_communicator();
+  const int R = w->size(), me = w->rank();
+  Trainer serial(3), dist(3);
+  DistributedDataParallel ddp(dist.params, w, {.bucket_bytes = 4096});
+  serial.opt->zero_grad();
+  ddp.zero_grad();
+  for (int micro = 0; micro < 3; ++micro) {
+    auto [x, y] = global_batch(micro, R * kB);
+    GPT::loss(serial.model->forward(x), y).backward();
+    int64_t calls = w->stats().all_reduce.calls;
+    Variable l = GPT::loss(dist.model->forward(rows_of(x, me, kB)), rows_of(y, me, kB));
+    if (micro < 2) {
+      auto guard = ddp.no_sync();
+      l.backward();
+      CHECK(w->stats().all_reduce.calls == calls);  // nothing sent
+    } else {
+      l.backward();
+    }
+  }
+  ddp.finish_grad_sync();
+  for (size_t i = 0; i < serial.params.size(); ++i) {
+    INFO(serial.params[i].name());
+    CHECK(max_rel_diff(dist.params[i].grad(), serial.params[i].grad()) <= 1e-5);
+  }
+}
+
+TEST_CASE("an inf on one rank skips the step on every rank and halves every scale") {
+  auto w = world_communicator();
+  const int R = w->size(), me = w->rank();
+  Trainer t(5);
+  DistributedDataParallel ddp(t.params, w);
+  GradScaler scaler({.init_scale = 1024.0});
+  std::vector<Tensor> before;
+  for (auto& p : t.params) before.push_back(p.data().clone());
+  auto [x, y] = global_batch(0, R * kB);
+  ddp.zero_grad();
+  {
+    Autocast scope(DType::f16);
+    scaler.scale(GPT::loss(t.model->forward(rows_of(x, me, kB)), rows_of(y, me, kB))).backward();
+  }
+  if (me == R - 1) t.params[3].grad().data<float>()[0] = INFINITY;  // one rank, one element
+  ddp.finish_grad_sync();
+  scaler.unscale(t.params);
+  scaler.set_found_inf(any_rank(*w, scaler.found_inf()));
+  CHECK(scaler.found_inf());
+  CHECK_FALSE(scaler.step(*t.opt, t.params));
+  scaler.update();
+  CHECK(scaler.scale_value() == 512.0);
+  for (size_t i = 0; i < t.params.size(); ++i)
+    CHECK(testing::bitwise_equal(t.params[i].data(), before[i]));
+}
+
+TEST_CASE("ranks with different models are refused on every rank, not left hanging") {
+  auto w = world_communicator();
+  const int R = w->size(), me = w->rank();
+  REQUIRE_NOTHROW(check_same_on_all_ranks(*w, "same text", "the config"));
+  if (R == 1) return;
+  REQUIRE_THROWS_WITH(check_same_on_all_ranks(*w, me == 1 ? "other" : "same", "the config"),
+                      Contains("the config differ") && Contains("rank 1"));
+  GPTConfig cfg = kCfg;
+  if (me == R - 1) cfg.n_embd = 64;
+  Generator g(1), d(2);
+  GPT model(cfg, g, d);
+  REQUIRE_THROWS_WITH(DistributedDataParallel(model.parameters(), w),
+                      Contains("parameters") && Contains("rank " + std::to_string(R - 1)));
+}
+
+TEST_CASE("DDP lays gradients out as views of its buckets, in reverse parameter order") {
+  auto w = world_communicator();
+  Trainer t(9);
+  DistributedDataParallel ddp(t.params, w, {.bucket_bytes = 1});  // one parameter per bucket
+  REQUIRE(ddp.num_buckets() == int(t.params.size()));
+  for (int b = 0; b < ddp.num_buckets(); ++b)
+    CHECK(ddp.bucket_params(b) == std::vector<int>{int(t.params.size()) - 1 - b});
+  ddp.zero_grad();
+  for (auto& p : t.params) {
+    REQUIRE(p.grad().defined());
+    CHECK(p.grad().shape() == p.shape());
+  }
+  // Optimizer::zero_grad drops the views; the next sync puts the gradients back into buckets.
+  t.opt->zero_grad();
+  auto [x, y] = global_batch(0, w->size() * kB);
+  GPT::loss(t.model->forward(rows_of(x, w->rank(), kB)), rows_of(y, w->rank(), kB)).backward();
+  ddp.finish_grad_sync();
+  for (auto& p : t.params) CHECK(std::isfinite(max(abs(p.grad())).item()));
+}
