@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <map>
 
+#include "parallel/communicator.h"
 #include "recipes/gpt_train.h"
 #include "recipes/mnist.h"
 #include "recipes/report.h"
@@ -40,9 +41,16 @@ int run_mnist(const MnistOptions& o) {
   return 0;
 }
 
+// Under mpirun: this process's rank (0 otherwise). Only rank 0 prints.
+int world_rank() {
+  return launched_by_mpi() ? world_communicator()->rank() : 0;
+}
+
 int run_gpt(const GptTrainConfig& cfg) {
-  bool tty = stdout_is_terminal();
-  auto line = [tty](const std::string& text) {
+  bool tty = stdout_is_terminal() && !launched_by_mpi();  // mpirun gives ranks a pty
+  const bool lead = world_rank() == 0;
+  auto line = [tty, lead](const std::string& text) {
+    if (!lead) return;
     fmt::print("{}{}\n", tty ? "\r\033[K" : "", text);
     std::fflush(stdout);
   };
@@ -130,6 +138,10 @@ int main(int argc, char** argv) {
     }
   } catch (const std::exception& e) {
     std::fflush(stdout);
+    // With several ranks, the failing one ends the job: the others may be waiting for it in a
+    // collective and would never return otherwise.
+    if (launched_by_mpi() && world_communicator()->size() > 1)
+      abort_job(fmt::format("rank {}: error: {}", world_rank(), e.what()));
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;
   }

@@ -243,6 +243,8 @@ TrainingState load_training_state(const std::string& path, const GPTConfig& conf
   s.step = parse_int(meta(c.metadata, "forge.step", path), path + ": forge.step");
   s.batch_gen = generator_from_string(meta(c.metadata, "forge.generator.batch", path), path);
   s.dropout_gen = generator_from_string(meta(c.metadata, "forge.generator.dropout", path), path);
+  if (auto it = c.metadata.find("forge.train_config"); it != c.metadata.end())
+    s.train_config_json = it->second;
   for (auto& [name, t] : c.tensors)
     (name.rfind("scaler.", 0) == 0 ? s.scaler : s.optimizer).emplace_back(name, t);
   return s;

@@ -26,6 +26,7 @@ struct TrainingState {
   Generator::State batch_gen, dropout_gen;
   NamedTensors optimizer;  // Optimizer::state()
   NamedTensors scaler;     // GradScaler::state() ("scaler.*"); empty without loss scaling
+  std::string train_config_json;  // the run's settings when saved ("" in older checkpoints)
 };
 
 struct CheckpointPaths {

@@ -53,6 +53,10 @@ const std::vector<Field>& field_table() {
       {"init_scale", "initial loss scale", [](C& c) -> FieldPtr { return &c.init_scale; }},
       {"scale_growth_interval", "good steps before the loss scale doubles",
        [](C& c) -> FieldPtr { return &c.scale_growth_interval; }},
+      {"dp", "data-parallel ranks (start with mpirun -np DP)",
+       [](C& c) -> FieldPtr { return &c.dp; }},
+      {"bucket_mb", "DDP gradient bucket size in MiB",
+       [](C& c) -> FieldPtr { return &c.bucket_mb; }},
       {"eval_interval", "steps between val-loss evaluations",
        [](C& c) -> FieldPtr { return &c.eval_interval; }},
       {"eval_iters", "batches per evaluation", [](C& c) -> FieldPtr { return &c.eval_iters; }},
@@ -226,6 +230,8 @@ void GptTrainConfig::validate() const {
   FORGE_CHECK(eval_interval > 0 && eval_iters > 0 && log_interval > 0,
               "eval_interval, eval_iters and log_interval must be positive");
   FORGE_CHECK(threads >= 0, "threads must be >= 0, got {}", threads);
+  FORGE_CHECK(dp >= 1, "dp must be >= 1, got {}", dp);
+  FORGE_CHECK(bucket_mb > 0, "bucket_mb must be positive, got {}", bucket_mb);
   FORGE_CHECK(checkpoint_interval >= 0, "checkpoint_interval must be >= 0, got {}",
               checkpoint_interval);
   FORGE_CHECK(keep_last >= 1, "keep_last must be at least 1, got {}", keep_last);

@@ -43,6 +43,10 @@ struct GptTrainConfig {
   std::string loss_scale = "auto";  // auto (on for f16 only) | on | off
   double init_scale = 65536.0;
   int64_t scale_growth_interval = 2000;
+  // Data parallelism (parallel/ddp.h): dp ranks under mpirun, each with batch_size sequences of
+  // a global batch of dp * batch_size, gradients averaged in buckets of bucket_mb MiB.
+  int64_t dp = 1;
+  double bucket_mb = 25.0;
   // Evaluation and logging.
   int64_t eval_interval = 250;
   int64_t eval_iters = 200;

@@ -2,11 +2,14 @@
 
 #include <chrono>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "autograd/autocast.h"
 #include "optim/grad_scaler.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
+#include "parallel/ddp.h"
+#include "parallel/grid.h"
 #include "recipes/checkpoint.h"
 #include "recipes/report.h"
 #include "tensor/ops.h"
@@ -66,14 +69,38 @@ void check_same_architecture(const GPTConfig& run, const GPTConfig& saved,
   field("dropout", run.dropout, saved.dropout);
 }
 
+// The settings every data-parallel rank must share: everything but paths and the thread count.
+std::string shared_settings(const GptTrainConfig& c) {
+  GptTrainConfig s = c;
+  s.data = s.out = s.metrics = s.resume = "";
+  s.threads = 0;
+  return s.to_json();
+}
+
+// The dp setting a checkpoint was trained with (1 when it predates data parallelism).
+int64_t saved_dp(const TrainingState& st) {
+  if (st.train_config_json.empty()) return 1;
+  auto j = nlohmann::json::parse(st.train_config_json, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() && j.contains("dp") && j["dp"].is_number_integer() ? j["dp"].get<int64_t>()
+                                                                          : 1;
+}
+
 }  // namespace
 
 GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   GptTrainConfig cfg = config;
   cfg.validate();
   if (cfg.threads > 0) set_num_threads(int(cfg.threads));
+  // Data parallelism: dp ranks, each running batch_size rows of a global batch of dp * batch_size
+  // drawn from the same generator on every rank; rank 0 alone logs, evaluates and saves.
+  std::shared_ptr<Communicator> world =
+      cfg.dp > 1 || launched_by_mpi() ? world_communicator() : single_process_communicator();
+  ProcessGrid grid(world, {.pp = 1, .dp = int(cfg.dp), .tp = 1});
+  const int rank = grid.coord().dp;
+  const bool lead = world->rank() == 0;
+  check_same_on_all_ranks(*world, shared_settings(cfg), "the training settings (--dp, model, ...)");
   auto say = [&](const std::string& m) {
-    if (hooks.on_message) hooks.on_message(m);
+    if (lead && hooks.on_message) hooks.on_message(m);
   };
 
   // Data, and the checkpoint to continue from.
@@ -96,8 +123,11 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
                 "{}: block_size {} is larger than the {} split ({} tokens)", data_path,
                 cfg.model.block_size, name, split->numel());
 
+  // Dropout draws differ between ranks (rank 0's are the serial run's); every rank draws the same
+  // number, so one saved offset restores them all.
+  auto dropout_seed = [&] { return uint64_t(cfg.seed) + 2 + uint64_t(rank) * 0x9E3779B97F4A7C15ull; };
   Generator init_gen(uint64_t(cfg.seed)), batch_gen(uint64_t(cfg.seed) + 1),
-      dropout_gen(uint64_t(cfg.seed) + 2);
+      dropout_gen(dropout_seed());
   GptRun run;
   run.tokenizer = data.tokenizer;
   run.model = std::make_shared<GPT>(cfg.model, init_gen, dropout_gen);
@@ -118,8 +148,12 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     TrainingState st = load_training_state(resume->state, cfg.model);
     opt.load_state(st.optimizer);
     if (scaler.enabled() && !st.scaler.empty()) scaler.load_state(st.scaler);
+    FORGE_CHECK(saved_dp(st) == cfg.dp,
+                "{}: the checkpoint was trained with dp = {} (a global batch of {} x {}); resume it "
+                "with --dp {}",
+                resume->state, saved_dp(st), saved_dp(st), cfg.batch_size, saved_dp(st));
     batch_gen.set_state(st.batch_gen);
-    dropout_gen.set_state(st.dropout_gen);
+    dropout_gen.set_state({dropout_seed(), st.dropout_gen.offset});
     start = st.step;
     say(fmt::format("resumed from {} at step {}", resume->dir, start));
   }
@@ -130,13 +164,21 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   say(fmt::format("data: {} ({} train / {} val tokens); batch {} x {}; {} threads", data_path,
                   data.train.numel(), data.val.numel(), cfg.batch_size, cfg.model.block_size,
                   get_num_threads()));
+  std::optional<DistributedDataParallel> ddp;
+  if (cfg.dp > 1) {
+    ddp.emplace(model.parameters(), grid.dp_group(),
+                DdpOptions{.bucket_bytes = std::max<int64_t>(1, int64_t(cfg.bucket_mb * (1 << 20)))});
+    say(fmt::format("data parallel: {} ranks ({}), global batch {} x {}, {} gradient buckets",
+                    cfg.dp, world->backend(), cfg.dp * cfg.batch_size, cfg.model.block_size,
+                    ddp->num_buckets()));
+  }
   if (mixed || cfg.checkpoint != "none")
     say(fmt::format("precision {}{}; activation checkpointing {}", cfg.precision,
                     scaler.enabled() ? fmt::format(", loss scale {:g}", scaler.scale_value()) : "",
                     cfg.checkpoint));
 
   WarmupCosine schedule(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters);
-  MetricsWriter metrics(cfg.metrics);
+  MetricsWriter metrics(lead ? cfg.metrics : "");
   const std::vector<Variable> params = model.parameters();
   const int64_t B = cfg.batch_size, T = cfg.model.block_size;
   const double flops_per_step = cfg.model.flops_per_token(T) * double(B * T);
@@ -144,22 +186,23 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
       cfg.checkpoint_interval > 0 ? cfg.checkpoint_interval : cfg.eval_interval;
 
   auto save = [&](int64_t step) {
-    if (cfg.out.empty()) return;
+    if (cfg.out.empty() || !lead) return;
     TrainingState st{step, batch_gen.state(), dropout_gen.state(), opt.state(),
-                     scaler.enabled() ? scaler.state() : NamedTensors{}};
+                     scaler.enabled() ? scaler.state() : NamedTensors{}, cfg.to_json()};
     CheckpointPaths p =
         save_checkpoint(cfg.out, step, model, data.tokenizer, st, cfg.to_json(), cfg.keep_last);
     run.last_checkpoint = p.dir;
     say(fmt::format("saved checkpoint {}", p.dir));
   };
   auto evaluate = [&](int64_t step, StepStats& s) {
+    if (!lead) return;  // the others go on to the next step and wait for rank 0 there
     Generator g = eval_generator(cfg.seed, step);
-    s.train_eval_loss = estimate_loss(model, data.train, cfg.eval_iters, B, g, "train");
-    s.val_loss = estimate_loss(model, data.val, cfg.eval_iters, B, g, "val");
+    s.train_eval_loss = estimate_loss(model, data.train, cfg.eval_iters, B * cfg.dp, g, "train");
+    s.val_loss = estimate_loss(model, data.val, cfg.eval_iters, B * cfg.dp, g, "val");
     run.final_val_loss = s.val_loss;
   };
 
-  ProgressBar bar(cfg.max_iters - start, "train", hooks.progress);
+  ProgressBar bar(cfg.max_iters - start, "train", hooks.progress && lead);
   run.steps_done = start;
   for (int64_t step = start + 1; step <= cfg.max_iters; ++step) {
     auto t0 = std::chrono::steady_clock::now();
@@ -171,13 +214,28 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
       MemoryTagScope tag(MemoryTag::activations);
       std::optional<Autocast> scope;
       if (mixed) scope.emplace(autocast_dtype);
-      Batch b = get_batch(data.train, B, T, batch_gen, "train");
+      Batch b = get_batch(data.train, B * cfg.dp, T, batch_gen, "train");
+      if (ddp) b = {b.x.narrow(0, rank * B, B).contiguous(), b.y.narrow(0, rank * B, B).contiguous()};
       Variable loss = GPT::loss(model.forward(b.x), b.y);
-      opt.zero_grad();
+      ddp ? ddp->zero_grad() : opt.zero_grad();
       scaler.scale(loss).backward();
       s.loss = loss.item();
     }
+    if (ddp) ddp->finish_grad_sync();
     scaler.unscale(params);                           // before clipping; finds inf/NaN
+    bool stop = hooks.stop && hooks.stop->load();
+    if (ddp) {
+      // One small all-reduce: the mean loss, and the inf/NaN and stop verdicts of any rank, so
+      // every rank skips, stops and logs alike.
+      Tensor v = from_vector<double>({s.loss, scaler.found_inf() ? 1.0 : 0.0, stop ? 1.0 : 0.0});
+      world->all_reduce(v, ReduceOp::sum);
+      std::vector<double> r = v.to_vector<double>();
+      s.loss = r[0] / double(cfg.dp);
+      scaler.set_found_inf(r[1] > 0);
+      stop = r[2] > 0;
+      s.comm_wait_ms = ddp->last_sync().wait_seconds * 1e3;
+      s.allreduce_ms = ddp->last_sync().allreduce_seconds * 1e3;
+    }
     s.grad_norm = scaler.found_inf()  ? std::nan("")  // not computed on a skipped step
                   : cfg.grad_clip > 0 ? clip_grad_norm(params, cfg.grad_clip)
                                       : grad_norm(params);
@@ -186,8 +244,8 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     scaler.update();
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     s.ms_per_step = secs * 1e3;
-    s.tokens_per_s = double(B * T) / secs;
-    s.gflops = flops_per_step / secs * 1e-9;
+    s.tokens_per_s = double(B * T * cfg.dp) / secs;
+    s.gflops = flops_per_step * double(cfg.dp) / secs * 1e-9;
     s.peak_bytes = memory_stats(Device::cpu()).peak_bytes;
     run.losses.push_back(s.loss);
     run.steps_done = step;
@@ -203,10 +261,11 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
                      {"gflops", s.gflops},
                      {"peak_bytes", s.peak_bytes},
                      {"loss_scale", s.loss_scale},
-                     {"skipped", int64_t(s.skipped)}});
+                     {"skipped", int64_t(s.skipped)},
+                     {"comm_wait_ms", s.comm_wait_ms},
+                     {"allreduce_ms", s.allreduce_ms}});
     }
-    if (hooks.on_step) hooks.on_step(s);
-    bool stop = hooks.stop && hooks.stop->load();
+    if (hooks.on_step && lead) hooks.on_step(s);
     if (step % ckpt_every == 0 || step == cfg.max_iters || stop) save(step);
     if (stop) {
       run.stopped = true;

@@ -10,6 +10,10 @@
 // matrices only). Validation loss every eval_interval steps and at the end, over eval_iters batches
 // drawn by a generator seeded from (seed, step), so evaluating never disturbs the training stream
 // and a resumed run reproduces the uninterrupted one bit for bit.
+//
+// With dp > 1 (under mpirun -np dp) every rank draws the same global batch of dp * B windows and
+// trains on its B of them; DDP averages the gradients, so the run matches one process with batch
+// dp * B. Rank 0 alone logs, evaluates and saves checkpoints.
 #pragma once
 
 #include <atomic>
@@ -35,6 +39,8 @@ struct StepStats {
   double grad_norm = 0;  // before clipping; NaN on a skipped step (not computed)
   double loss_scale = 1;  // the scale this step's loss was multiplied by (1 without scaling)
   bool skipped = false;   // the optimizer step was skipped (inf/NaN gradients)
+  double comm_wait_ms = 0;  // data parallel: waiting for gradient all-reduces (not hidden)
+  double allreduce_ms = 0;  // data parallel: time inside them, hidden or not
   std::optional<double> val_loss, train_eval_loss;  // on evaluation steps
 };
 

@@ -74,7 +74,7 @@ struct Trained {
     opt.step();
   }
   TrainingState state(int64_t step) const {
-    return {step, {5, 123}, dropout.state(), opt.state(), {}};
+    return {step, {5, 123}, dropout.state(), opt.state(), {}, {}};
   }
 };
 

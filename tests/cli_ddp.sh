@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# `mpirun -np 2 train gpt --dp 2` end to end: the same losses as one process with twice the batch,
+# --resume with the same number of ranks reproducing the uninterrupted run, a grid that does not
+# match the job refused, and faults: a rank that throws, and a rank killed from outside, end the
+# whole job with a non-zero status and a message naming the rank, within 30 s.
+# Corpus: $TINYSHAKESPEARE if set, else a small synthetic text.
+# Usage: cli_ddp.sh path/to/train
+set -u
+
+train=${1:?usage: cli_ddp.sh path/to/train}
+if ! command -v mpirun >/dev/null 2>&1; then
+  echo "SKIPPED: mpirun not found (Debian: apt-get install openmpi-bin)"
+  exit 77
+fi
+tmp=$(mktemp -d)
+bg_pid=
+trap '[ -n "$bg_pid" ] && kill "$bg_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+failures=0
+export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_btl=self,vader
+mpi=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
+
+fail() {
+  echo "FAIL: $*"
+  failures=$((failures + 1))
+}
+run() {
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  rc=$?
+}
+show() {
+  echo "  stdout: $(tail -c 800 "$tmp/out")"
+  echo "  stderr: $(tail -c 800 "$tmp/err")"
+}
+# Expects a non-zero exit and each string in stdout or stderr: expect_error WHAT STRING...
+expect_error() {
+  local what=$1
+  shift
+  if [ "$rc" -eq 0 ]; then
+    fail "$what exited 0"
+    show
+    return
+  fi
+  for s in "$@"; do
+    cat "$tmp/out" "$tmp/err" | grep -qF -- "$s" || { fail "$what: output lacks '$s'"; show; }
+  done
+}
+# The "step loss" pairs of a metrics file.
+losses() {
+  sed -n 's/.*"step": *\([0-9]*\).*"loss": *\([-0-9.e]*\).*/\1 \2/p' "$1"
+}
+
+corpus=${TINYSHAKESPEARE:-}
+if [ -z "$corpus" ] || [ ! -f "$corpus" ]; then
+  corpus="$tmp/corpus.txt"
+  for i in $(seq 1 300); do
+    echo "First Citizen: we are accounted poor citizens, the patricians good $i."
+    echo "All: speak, speak. Resolved, resolved; we know it, we know it!"
+  done >"$corpus"
+fi
+# Flags may be given once: per-run ones (--data, --eval-interval) are added where used.
+tiny=(--n-layer 2 --n-head 2 --n-embd 32 --block-size 16 --eval-iters 2 --threads 1
+  --bucket-mb 0.01)
+tiny_data=("${tiny[@]}" --data "$corpus" --eval-interval 10)
+
+# 1. Two ranks with batch 4 each against one process with batch 8: losses within 1e-5 relative.
+run "$train" gpt "${tiny_data[@]}" --batch-size 8 --max-iters 20 --out "$tmp/serial" --metrics "$tmp/serial.jsonl"
+[ "$rc" -eq 0 ] || { fail "serial run exited $rc"; show; }
+run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --max-iters 20 \
+  --out "$tmp/dp" --metrics "$tmp/dp.jsonl"
+[ "$rc" -eq 0 ] || { fail "dp=2 run exited $rc"; show; }
+grep -q "data parallel: 2 ranks" "$tmp/out" || { fail "no data-parallel line"; show; }
+[ "$(grep -c '^step .*| loss' "$tmp/out")" -eq 20 ] || { fail "expected 20 step lines from rank 0 only"; show; }
+worst=$(paste <(losses "$tmp/serial.jsonl") <(losses "$tmp/dp.jsonl") |
+  awk 'BEGIN { w = 0; n = 0 } $1 == $3 { d = ($2 - $4) / $2; if (d < 0) d = -d; if (d > w) w = d; n++ }
+       END { if (n != 20) print "missing"; else print w }')
+echo "dp=2 against serial batch 8: worst relative loss difference $worst"
+awk -v w="$worst" 'BEGIN { exit !(w != "missing" && w <= 1e-5) }' || fail "losses differ: $worst"
+
+# 2. Resume with the same number of ranks: steps 11-20 as in the uninterrupted run.
+run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --max-iters 10 \
+  --out "$tmp/half" --metrics "$tmp/half.jsonl"
+[ "$rc" -eq 0 ] || { fail "first half exited $rc"; show; }
+run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --max-iters 20 \
+  --out "$tmp/half" --resume "$tmp/half" --metrics "$tmp/half.jsonl"
+[ "$rc" -eq 0 ] || { fail "resumed half exited $rc"; show; }
+if ! diff <(losses "$tmp/dp.jsonl") <(losses "$tmp/half.jsonl") >/dev/null; then
+  fail "resumed dp=2 run differs from the uninterrupted one"
+  diff <(losses "$tmp/dp.jsonl") <(losses "$tmp/half.jsonl") | head -5
+fi
+# ... and not with another number of ranks.
+run "$train" gpt "${tiny_data[@]}" --batch-size 4 --max-iters 30 --out "$tmp/half" --resume "$tmp/half"
+expect_error "resume of a dp=2 checkpoint with dp=1" "trained with dp = 2" "--dp 2"
+
+# 3. A grid that does not match the job.
+run timeout 60 "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --dp 3 --max-iters 5 --out "$tmp/bad"
+expect_error "--dp 3 on 2 ranks" "needs 3 ranks" "has 2"
+
+# 4. A rank that throws (rank 1 alone cannot read its corpus) ends the job, naming the rank.
+start=$(date +%s)
+run timeout 60 "${mpi[@]}" -np 1 "$train" gpt "${tiny_data[@]}" --dp 2 --max-iters 5 --out "$tmp/t" : \
+  -np 1 "$train" gpt "${tiny[@]}" --eval-interval 10 --dp 2 --max-iters 5 --out "$tmp/t" \
+  --data "$tmp/missing.txt"
+took=$(($(date +%s) - start))
+expect_error "a rank that throws" "rank 1: error" "missing.txt"
+[ "$rc" -ne 124 ] && [ "$took" -le 30 ] || fail "a rank that throws: the job took ${took}s (rc $rc)"
+echo "a rank that throws: exit $rc after ${took}s"
+
+# 5. A rank killed from outside (SIGKILL) ends the job, naming the rank.
+"${mpi[@]}" -np 2 "$train" gpt "${tiny[@]}" --data "$corpus" --batch-size 4 --dp 2 --max-iters 100000 \
+  --eval-interval 100000 --out "$tmp/kill" --metrics "$tmp/kill.jsonl" >"$tmp/out" 2>"$tmp/err" &
+bg_pid=$!
+for _ in $(seq 1 300); do
+  [ -f "$tmp/kill.jsonl" ] && [ "$(wc -l <"$tmp/kill.jsonl")" -ge 3 ] && break
+  sleep 0.1
+done
+victim=
+for p in $(pgrep -f -- "$tmp/kill"); do
+  if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1' &&
+    tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- "^$train "; then
+    victim=$p
+  fi
+done
+if [ -z "$victim" ]; then
+  fail "could not find rank 1's process"
+  show
+else
+  start=$(date +%s)
+  kill -9 "$victim"
+  rc=
+  for _ in $(seq 1 300); do
+    kill -0 "$bg_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  took=$(($(date +%s) - start))
+  if kill -0 "$bg_pid" 2>/dev/null; then
+    fail "the job still runs ${took}s after rank 1 was killed"
+    kill -9 "$bg_pid"
+  fi
+  wait "$bg_pid"
+  rc=$?
+  bg_pid=
+  expect_error "a killed rank" "rank 1"
+  grep -h "rank 1" "$tmp/out" "$tmp/err" | head -2
+  echo "a killed rank: exit $rc after ${took}s"
+fi
+
+if [ "$failures" -eq 0 ]; then
+  echo "cli_ddp: all checks passed"
+else
+  echo "cli_ddp: $failures failed"
+  exit 1
+fi
