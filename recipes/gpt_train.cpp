@@ -223,16 +223,14 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     }
     if (ddp) ddp->finish_grad_sync();
     scaler.unscale(params);                           // before clipping; finds inf/NaN
-    bool stop = hooks.stop && hooks.stop->load();
     if (ddp) {
-      // One small all-reduce: the mean loss, and the inf/NaN and stop verdicts of any rank, so
-      // every rank skips, stops and logs alike.
-      Tensor v = from_vector<double>({s.loss, scaler.found_inf() ? 1.0 : 0.0, stop ? 1.0 : 0.0});
+      // One small all-reduce: the mean loss, and the inf/NaN verdict of any rank, so every rank
+      // skips alike and rank 0 logs the loss of the whole batch.
+      Tensor v = from_vector<double>({s.loss, scaler.found_inf() ? 1.0 : 0.0});
       world->all_reduce(v, ReduceOp::sum);
       std::vector<double> r = v.to_vector<double>();
       s.loss = r[0] / double(cfg.dp);
       scaler.set_found_inf(r[1] > 0);
-      stop = r[2] > 0;
       s.comm_wait_ms = ddp->last_sync().wait_seconds * 1e3;
       s.allreduce_ms = ddp->last_sync().allreduce_seconds * 1e3;
     }
@@ -266,6 +264,8 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
                      {"allreduce_ms", s.allreduce_ms}});
     }
     if (hooks.on_step && lead) hooks.on_step(s);
+    bool stop = hooks.stop && hooks.stop->load();
+    if (ddp) stop = any_rank(*world, stop);  // Ctrl-C reaches the ranks at different moments
     if (step % ckpt_every == 0 || step == cfg.max_iters || stop) save(step);
     if (stop) {
       run.stopped = true;

@@ -50,6 +50,7 @@ if [ -z "$corpus" ] || [ ! -f "$corpus" ]; then
   for i in $(seq 1 300); do
     echo "First Citizen: we are accounted poor citizens, the patricians good $i."
     echo "All: speak, speak. Resolved, resolved; we know it, we know it!"
+    echo "The people shall have it."
   done >"$corpus"
 fi
 echo "corpus: $corpus"

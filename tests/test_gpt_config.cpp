@@ -42,6 +42,7 @@ const nlohmann::ordered_json kAllFields = {
     {"checkpoint", "blocks"},  {"precision", "bf16"},
     {"loss_scale", "on"},      {"init_scale", 1024.0},
     {"scale_growth_interval", 50},
+    {"dp", 4},              {"bucket_mb", 5.5},
     {"eval_interval", 13},  {"eval_iters", 4},
     {"log_interval", 2},    {"seed", 2024},
     {"threads", 3},         {"out", "runs/x"},
@@ -291,6 +292,8 @@ TEST_CASE("every field can be set by its key and reaches the struct") {
   CHECK(c.loss_scale == "on");
   CHECK(c.init_scale == 1024.0);
   CHECK(c.scale_growth_interval == 50);
+  CHECK(c.dp == 4);
+  CHECK(c.bucket_mb == 5.5);
   CHECK(c.checkpoint == "blocks");
   CHECK(c.model.dropout == 0.125);
   CHECK(c.model.bias == true);
@@ -374,6 +377,8 @@ TEST_CASE("validate rejects impossible settings, naming them") {
            Case{"eval_iters", "0", "eval_iters"},
            Case{"log_interval", "0", "log_interval"},
            Case{"threads", "-2", "threads"},
+           Case{"dp", "0", "dp"},
+           Case{"bucket_mb", "0", "bucket_mb"},
            Case{"checkpoint_interval", "-1", "checkpoint_interval"},
            Case{"keep_last", "0", "keep_last"},
        }) {
