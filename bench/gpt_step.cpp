@@ -9,7 +9,11 @@
 //         gpt2-small = 12 layers, 12 heads, 768 wide, vocab 50257, B=4, T=64;
 //         baby = the `baby` preset (6 layers, 6 heads, 384 wide, vocab 65, B=64, T=256; dropout
 //         off here, so runs compare exactly).
-// Prints one JSON line: step times, the peak bytes and their split by tag at the peak (parameters
+// Under mpirun it trains data-parallel (DDP over all ranks, each with its own B sequences: the
+// global batch grows with the ranks) and adds the ranks, the bucket size and, per step, the time
+// blocked waiting for gradients (exposed communication) and the time inside the all-reduces:
+//   mpirun -np 2 build/bench/gpt_step --shape gpt2-small --threads 1 --bucket-mb 25
+// Prints one JSON line (rank 0): step times, the peak bytes and their split by tag at the peak (parameters
 // include the 16-bit copies of the cast cache), and the loss after the last step.
 #include <CLI/CLI.hpp>
 
@@ -18,6 +22,7 @@
 #include "models/gpt.h"
 #include "optim/grad_scaler.h"
 #include "optim/optimizer.h"
+#include "parallel/ddp.h"
 #include "recipes/report.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/ops.h"
@@ -37,7 +42,12 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads)->check(CLI::PositiveNumber);
   app.add_option("--steps", steps, "timed steps")->check(CLI::PositiveNumber);
   app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
+  double bucket_mb = 25;
+  app.add_option("--bucket-mb", bucket_mb, "DDP gradient bucket size (under mpirun)")
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
+  std::shared_ptr<Communicator> world = world_communicator();
+  const bool lead = world->rank() == 0;
   set_num_threads(threads);
 
   GPTConfig cfg;
@@ -81,20 +91,28 @@ int main(int argc, char** argv) {
     (p.dim() >= 2 ? decay : no_decay).params.push_back(p);
   AdamW opt({decay, no_decay}, {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8});
   const std::vector<Variable> params = model.parameters();
+  std::optional<DistributedDataParallel> ddp;
+  if (world->size() > 1)
+    ddp.emplace(params, world,
+                DdpOptions{.bucket_bytes = std::max<int64_t>(1, int64_t(bucket_mb * (1 << 20)))});
   double flops = cfg.flops_per_token(T) * double(B * T);
-  fmt::print(
-      "# gpt_step: shape {} ({:.2f}M params, B={}, T={}), {}{}, checkpointing {}, gemm {}, "
-      "threads {}, commit {}\n",
-      shape, double(model.num_parameters()) / 1e6, B, T, precision,
-      scaler.enabled() ? " with loss scaling" : "", checkpointing, cpu::gemm_kernel_name(), threads,
-      bench::commit());
+  if (lead)
+    fmt::print(
+        "# gpt_step: shape {} ({:.2f}M params, B={}, T={}), {}{}, checkpointing {}, gemm {}, "
+        "threads {}, ranks {}{}, commit {}\n",
+        shape, double(model.num_parameters()) / 1e6, B, T, precision,
+        scaler.enabled() ? " with loss scaling" : "", checkpointing, cpu::gemm_kernel_name(),
+        threads, world->size(),
+        ddp ? fmt::format(" (DDP, {} buckets of <= {} MiB)", ddp->num_buckets(), bucket_mb) : "",
+        bench::commit());
   std::fflush(stdout);
 
   double last_loss = 0;
+  std::vector<double> waits, allreduces;  // per step, seconds
   auto step = [&] {
     Tensor x = mul(rand({B, T}, data), double(cfg.vocab_size)).to(DType::i64);
     Tensor y = mul(rand({B, T}, data), double(cfg.vocab_size)).to(DType::i64);
-    opt.zero_grad();
+    ddp ? ddp->zero_grad() : opt.zero_grad();
     {
       MemoryTagScope tag(MemoryTag::activations);
       std::optional<Autocast> scope;
@@ -103,16 +121,27 @@ int main(int argc, char** argv) {
       scaler.scale(loss).backward();
       last_loss = loss.item();
     }
+    if (ddp) {
+      ddp->finish_grad_sync();
+      waits.push_back(ddp->last_sync().wait_seconds);
+      allreduces.push_back(ddp->last_sync().allreduce_seconds);
+    }
     scaler.unscale(params);
+    if (ddp) scaler.set_found_inf(any_rank(*world, scaler.found_inf()));
     if (!scaler.found_inf()) clip_grad_norm(params, 1.0);
     scaler.step(opt, params);
     scaler.update();
   };
   for (int i = 0; i < warmup; ++i) step();
+  waits.clear();
+  allreduces.clear();
   reset_peak_memory(Device::cpu());
   bench::Timings t = bench::time_runs(steps, step);
   MemoryStats mem = memory_stats(Device::cpu());
   auto at_peak = [&](MemoryTag t) { return mem.at_peak_by_tag[size_t(t)]; };
+  const int ranks = world->size();
+  bench::Timings wait = bench::summarize(waits), allreduce = bench::summarize(allreduces);
+  if (!lead) return 0;
   fmt::print("{}\n",
              to_json_line({{"impl", std::string("forge")},
                            {"shape", shape},
@@ -122,8 +151,12 @@ int main(int argc, char** argv) {
                            {"steps", int64_t(steps)},
                            {"min_ms", t.min * 1e3},
                            {"median_ms", t.median * 1e3},
-                           {"tokens_per_s", double(B * T) / t.median},
-                           {"gflops", flops / t.median * 1e-9},
+                           {"ranks", int64_t(ranks)},
+                           {"bucket_mb", ddp ? bucket_mb : 0.0},
+                           {"tokens_per_s", double(B * T * ranks) / t.median},
+                           {"gflops", flops * ranks / t.median * 1e-9},
+                           {"comm_wait_ms_median", wait.median * 1e3},
+                           {"allreduce_ms_median", allreduce.median * 1e3},
                            {"peak_bytes", mem.peak_bytes},
                            {"peak_parameters", at_peak(MemoryTag::parameters)},
                            {"peak_gradients", at_peak(MemoryTag::gradients)},
