@@ -8,6 +8,7 @@
 #include <mpi.h>
 
 #include <cstdlib>
+#include <stdlib.h>
 #include <mutex>
 #include <vector>
 
@@ -277,6 +278,12 @@ std::shared_ptr<Communicator> mpi_world_communicator() {
   int init = 0;
   MPI_Initialized(&init);
   if (!init) {
+    // A rank waiting in a collective polls; by default it spins without yielding whenever the
+    // ranks do not oversubscribe the cores. Here each rank's communication runs on a worker thread
+    // beside its compute thread, so a spinning worker takes a core from compute: yield instead
+    // (GPT-2-small, 2 ranks on 2 cores: 3.8 s per step instead of 4.4 s). A setting from the
+    // environment or mpirun wins.
+    setenv("OMPI_MCA_mpi_yield_when_idle", "1", /*overwrite=*/0);
     int provided = 0;
     MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
     if (provided < MPI_THREAD_MULTIPLE) {
