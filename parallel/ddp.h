@@ -13,7 +13,8 @@
 // Gradients are laid out in buckets (default 25 MiB) in reverse parameter order, roughly the order
 // backward finishes them; each parameter's .grad() is a view into its bucket. A bucket's
 // asynchronous all-reduce (avg) starts from the grad-ready hook of its last parameter; buckets
-// start in index order, so every rank issues the same collectives in the same order.
+// start in index order, so every rank issues the same collectives in the same order. Between
+// backward and finish_grad_sync() the gradients belong to the communication: do not touch them.
 #pragma once
 
 #include <memory>

@@ -7,7 +7,9 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <stdlib.h>
 #include <mutex>
 #include <vector>
@@ -83,6 +85,131 @@ int count_of(const Tensor& t, const char* op) {
   return int(t.numel());
 }
 
+// The f32 all-reduce of ranks that share a node, through a shared-memory window instead of MPI's
+// message pipeline: every rank copies its piece into its slot; each reduces 1/R of the piece
+// across all slots, in rank order, in place in its own slot; each copies the R reduced parts
+// out. Per rank that moves about 4 bytes per byte reduced, where OpenMPI's shared-memory
+// transport copies each fragment in and out of a queue per step of its algorithm: 2-3x faster
+// for large buffers here, and CPU time matters when communication shares the cores with
+// compute. Pieces of kSlotBytes; three barriers per piece. Built on first use (collective).
+class NodeAllReduce {
+ public:
+  static constexpr int64_t kSlotBytes = int64_t(8) << 20;
+  static constexpr int64_t kMinBytes = int64_t(64) << 10;  // below, MPI's latency is better
+
+  // Null when the ranks of `comm` do not all share one node or the window cannot be had.
+  static std::unique_ptr<NodeAllReduce> make(MPI_Comm comm, int size) {
+    MPI_Comm node = MPI_COMM_NULL;
+    if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) != MPI_SUCCESS)
+      return nullptr;
+    int node_size = 0;
+    MPI_Comm_size(node, &node_size);
+    // Every rank must take the same decision: agree on it.
+    int ok = node_size == size ? 1 : 0, all = 0;
+    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, comm);
+    if (!all) {
+      MPI_Comm_free(&node);
+      return nullptr;
+    }
+    auto r = std::unique_ptr<NodeAllReduce>(new NodeAllReduce);
+    r->node_ = node;
+    MPI_Comm_set_errhandler(node, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(node, &r->rank_);
+    r->size_ = node_size;
+    void* base = nullptr;
+    ok = MPI_Win_allocate_shared(kSlotBytes, 1, MPI_INFO_NULL, node, &base, &r->win_) ==
+                 MPI_SUCCESS
+             ? 1
+             : 0;
+    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, comm);
+    if (!all) {
+      if (ok) MPI_Win_free(&r->win_);
+      MPI_Comm_free(&r->node_);
+      return nullptr;
+    }
+    MPI_Win_lock_all(MPI_MODE_NOCHECK, r->win_);
+    for (int i = 0; i < node_size; ++i) {
+      MPI_Aint bytes = 0;
+      int disp = 0;
+      void* p = nullptr;
+      MPI_Win_shared_query(r->win_, i, &bytes, &disp, &p);
+      r->slots_.push_back(static_cast<float*>(p));
+    }
+    return r;
+  }
+
+  ~NodeAllReduce() {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (finalized) return;
+    MPI_Win_unlock_all(win_);
+    MPI_Win_free(&win_);
+    MPI_Comm_free(&node_);
+  }
+
+  // x[0, n) <- the sum (or max) over ranks, times `scale`.
+  void run(float* x, int64_t n, bool max, float scale) {
+    const int64_t piece = kSlotBytes / int64_t(sizeof(float));
+    const int R = size_;
+    for (int64_t o = 0; o < n; o += piece) {
+      const int64_t m = std::min(piece, n - o);
+      std::memcpy(slots_[size_t(rank_)], x + o, size_t(m) * sizeof(float));
+      sync();
+      // My part [b, e) of the piece, reduced across the slots in rank order.
+      const int64_t b = m * rank_ / R, e = m * (rank_ + 1) / R;
+      float* mine = slots_[size_t(rank_)];
+      reduce_part(mine + b, b, e - b, max, scale);
+      sync();
+      for (int r = 0; r < R; ++r) {
+        const int64_t rb = m * r / R, re = m * (r + 1) / R;
+        std::memcpy(x + o + rb, slots_[size_t(r)] + rb, size_t(re - rb) * sizeof(float));
+      }
+      sync();  // before the slots are written again
+    }
+  }
+
+ private:
+  NodeAllReduce() = default;
+
+  // out[i] = op over r of slots_[r][at + i], r = 0..R-1, times scale (out aliases this rank's
+  // slot). In blocks that stay in L1, so each slot is read once.
+  void reduce_part(float* out, int64_t at, int64_t len, bool max, float scale) {
+    constexpr int64_t kBlock = 1024;
+    float acc[kBlock];
+    for (int64_t b = 0; b < len; b += kBlock) {
+      const int64_t k = std::min(kBlock, len - b);
+      std::memcpy(acc, slots_[0] + at + b, size_t(k) * sizeof(float));
+      for (int r = 1; r < size_; ++r) {
+        const float* s = slots_[size_t(r)] + at + b;
+        if (max) {
+          for (int64_t i = 0; i < k; ++i) acc[i] = s[i] > acc[i] || s[i] != s[i] ? s[i] : acc[i];
+        } else {
+          for (int64_t i = 0; i < k; ++i) acc[i] += s[i];
+        }
+      }
+      for (int64_t i = 0; i < k; ++i) out[b + i] = acc[i] * scale;
+    }
+  }
+
+  // Everyone's writes to the window visible to everyone.
+  void sync() {
+    MPI_Win_sync(win_);
+    MPI_Barrier(node_);
+    MPI_Win_sync(win_);
+  }
+
+  MPI_Comm node_ = MPI_COMM_NULL;
+  MPI_Win win_ = MPI_WIN_NULL;
+  int rank_ = 0, size_ = 1;
+  std::vector<float*> slots_;
+};
+
+// FORGE_COMM_SHM=0 sends every all-reduce through MPI (to compare, or where shared windows fail).
+bool node_all_reduce_allowed() {
+  const char* v = std::getenv("FORGE_COMM_SHM");
+  return v == nullptr || std::string(v) != "0";
+}
+
 class MpiCommunicator final : public Communicator {
  public:
   explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
@@ -104,6 +231,7 @@ class MpiCommunicator final : public Communicator {
   // Joins the worker and frees the MPI communicator (before MPI_Finalize, or at destruction).
   void shut_down() {
     worker_.stop();
+    node_reduce_.reset();
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized && comm_ != MPI_COMM_WORLD && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
@@ -119,6 +247,12 @@ class MpiCommunicator final : public Communicator {
     check_reduce(t.dtype(), op, "all_reduce");
     int n = count_of(t, "all_reduce");
     return post(&CommStats::all_reduce, int64_t(t.nbytes()), [this, t, op, n]() mutable {
+      if (t.dtype() == DType::f32 && size_ > 1 && int64_t(t.nbytes()) >= NodeAllReduce::kMinBytes &&
+          node_reduce()) {
+        node_reduce_->run(static_cast<float*>(t.raw_data()), t.numel(), op == ReduceOp::max,
+                          op == ReduceOp::avg ? 1.0f / float(size_) : 1.0f);
+        return;
+      }
       mpi_check(MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), n, mpi_type(t.dtype()),
                               mpi_op(t.dtype(), op), comm_),
                 "all_reduce", world_rank_);
@@ -241,8 +375,20 @@ class MpiCommunicator final : public Communicator {
     return Work(s);
   }
 
+  // The shared-memory all-reduce, made on the first large f32 all-reduce (on the worker, in
+  // collective order); null when it cannot be used.
+  NodeAllReduce* node_reduce() {
+    if (!node_reduce_tried_) {
+      node_reduce_tried_ = true;
+      if (node_all_reduce_allowed()) node_reduce_ = NodeAllReduce::make(comm_, size_);
+    }
+    return node_reduce_.get();
+  }
+
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1, world_rank_ = 0;
+  std::unique_ptr<NodeAllReduce> node_reduce_;
+  bool node_reduce_tried_ = false;
   CommCounters counters_;
   CommWorker worker_;
 };

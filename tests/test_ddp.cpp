@@ -173,11 +173,14 @@ TEST_CASE("an inf on one rank skips the step on every rank and halves every scal
   auto [x, y] = global_batch(0, R * kB);
   ddp.zero_grad();
   {
+    // Without sync, so that the inf can be planted before any bucket is sent (a gradient must
+    // not be touched while its bucket's all-reduce is in flight).
+    auto no_sync = ddp.no_sync();
     Autocast scope(DType::f16);
     scaler.scale(GPT::loss(t.model->forward(rows_of(x, me, kB)), rows_of(y, me, kB))).backward();
   }
   if (me == R - 1) t.params[3].grad().data<float>()[0] = INFINITY;  // one rank, one element
-  ddp.finish_grad_sync();
+  ddp.finish_grad_sync();  // sends every bucket
   scaler.unscale(t.params);
   scaler.set_found_inf(any_rank(*w, scaler.found_inf()));
   CHECK(scaler.found_inf());
