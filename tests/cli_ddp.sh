@@ -12,38 +12,10 @@ if ! command -v mpirun >/dev/null 2>&1; then
   echo "SKIPPED: mpirun not found (Debian: apt-get install openmpi-bin)"
   exit 77
 fi
-tmp=$(mktemp -d)
-bg_pid=
-trap '[ -n "$bg_pid" ] && kill "$bg_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
-failures=0
+. "$(dirname "$0")/cli_lib.sh"
 export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_btl=self,vader
 mpi=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
 
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
-run() {
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  rc=$?
-}
-show() {
-  echo "  stdout: $(tail -c 800 "$tmp/out")"
-  echo "  stderr: $(tail -c 800 "$tmp/err")"
-}
-# Expects a non-zero exit and each string in stdout or stderr: expect_error WHAT STRING...
-expect_error() {
-  local what=$1
-  shift
-  if [ "$rc" -eq 0 ]; then
-    fail "$what exited 0"
-    show
-    return
-  fi
-  for s in "$@"; do
-    cat "$tmp/out" "$tmp/err" | grep -qF -- "$s" || { fail "$what: output lacks '$s'"; show; }
-  done
-}
 # The "step loss" pairs of a metrics file.
 losses() {
   sed -n 's/.*"step": *\([0-9]*\).*"loss": *\([-0-9.e]*\).*/\1 \2/p' "$1"
@@ -140,13 +112,8 @@ else
   rc=$?
   bg_pid=
   expect_error "a killed rank" "rank 1"
-  grep -h "rank 1" "$tmp/out" "$tmp/err" | head -2
+  grep -h "rank 1" "$tmp/err" | head -2
   echo "a killed rank: exit $rc after ${took}s"
 fi
 
-if [ "$failures" -eq 0 ]; then
-  echo "cli_ddp: all checks passed"
-else
-  echo "cli_ddp: $failures failed"
-  exit 1
-fi
+finish cli_ddp

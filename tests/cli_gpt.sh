@@ -8,40 +8,7 @@ set -u
 
 train=${1:?usage: cli_gpt.sh path/to/train path/to/infer}
 infer=${2:?usage: cli_gpt.sh path/to/train path/to/infer}
-tmp=$(mktemp -d)
-bg_pid=
-trap '[ -n "$bg_pid" ] && kill "$bg_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
-failures=0
-
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
-
-# Runs a binary with arguments; leaves the exit status in $rc, output in $tmp/out, $tmp/err.
-run() {
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  rc=$?
-}
-
-show() {
-  echo "  stdout: $(head -c 800 "$tmp/out")"
-  echo "  stderr: $(head -c 800 "$tmp/err")"
-}
-
-# Expects a failure whose stderr contains every given fixed string: expect_error WHAT STRING...
-expect_error() {
-  local what=$1
-  shift
-  if [ "$rc" -eq 0 ]; then
-    fail "$what exited 0"
-    show
-    return
-  fi
-  for s in "$@"; do
-    grep -qF -- "$s" "$tmp/err" || { fail "$what: stderr does not contain '$s'"; show; }
-  done
-}
+. "$(dirname "$0")/cli_lib.sh"
 
 # The corpus. Neither it nor Tiny Shakespeare has a '~' (used for the bad prompt below).
 corpus=${TINYSHAKESPEARE:-}
@@ -250,8 +217,4 @@ expect_error "infer of a truncated model file" "$tmp/truncated.safetensors" "tru
 run "$infer" --checkpoint "$out" --prompt "a~b" --max-tokens 5
 expect_error "a prompt with a character outside the vocabulary" "prompt" "~" "position 1"
 
-if [ "$failures" -ne 0 ]; then
-  echo "cli_gpt: $failures check(s) failed"
-  exit 1
-fi
-echo "cli_gpt: all checks passed"
+finish cli_gpt
