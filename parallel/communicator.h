@@ -8,9 +8,10 @@
 //   w.wait();                                                    // the bucket holds the average
 //   auto tp = world->split(/*color=*/rank / 2, /*key=*/rank);    // a group of ranks
 //
-// Tensors are contiguous CPU tensors of one dtype: f32, f64, bf16, f16, i8, u8, i32, i64 (avg and
-// max need a floating dtype or, for max, any). 16-bit floats are summed in f32 and rounded once
-// per pairwise reduction, as NCCL does. Collectives must be called in the same order on every rank
+// Tensors are contiguous CPU tensors of one dtype: f32, f64, bf16, f16, i8, u8, i32, i64; avg
+// needs a floating dtype, sum and max take any. 16-bit floats are summed in f32 and rounded once
+// per pairwise reduction, as NCCL does. Where a max meets a NaN, the result may or may not be
+// NaN depending on the path (MPI's own MPI_MAX drops it in some operand orders). Collectives must be called in the same order on every rank
 // of a communicator; an asynchronous call's tensor must not be touched until its wait returns.
 //
 // Backends: MPI (`mpirun -np N ...`; collectives run on one worker thread per communicator, so an

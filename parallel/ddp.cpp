@@ -53,8 +53,13 @@ struct DistributedDataParallel::Impl {
 
   void on_ready(int i) {
     if (!sync) return;
-    attach(i);
     Bucket& b = buckets[size_t(bucket_of[size_t(i)])];
+    FORGE_CHECK(!b.launched && b.pending > 0,
+                "DDP: parameter '{}' got a second synchronised gradient before finish_grad_sync() "
+                "(its bucket is already being all-reduced); accumulate micro-steps under no_sync() "
+                "and let only the last one synchronise",
+                params[size_t(i)].name());
+    attach(i);
     if (--b.pending == 0) b.ready = true;
     while (next_launch < int(buckets.size()) && buckets[size_t(next_launch)].ready)
       launch(next_launch++);
@@ -81,14 +86,12 @@ DistributedDataParallel::DistributedDataParallel(std::vector<Variable> params,
 
   // Every rank must hold the same parameters, or the all-reduces would mix unrelated tensors.
   std::string layout;
-  for (const Variable& p : m.params) {
+  for (const Variable& p : m.params) layout += fmt::format("{}{}{};", p.name(), p.shape(), p.dtype());
+  check_same_on_all_ranks(*m.group, layout, "the model's parameters (names, shapes and dtypes)");
+  for (const Variable& p : m.params)  // after the check, so that every rank throws alike
     FORGE_CHECK(p.dtype() == DType::f32,
-                "DistributedDataParallel: parameter '{}' is {}; master "
-                "weights are f32",
-                p.name(), p.dtype());
-    layout += fmt::format("{}{};", p.name(), p.shape());
-  }
-  check_same_on_all_ranks(*m.group, layout, "the model's parameters (names and shapes)");
+                "DistributedDataParallel: parameter '{}' is {}; master weights are f32", p.name(),
+                p.dtype());
 
   if (options.broadcast_parameters)
     for (Variable& p : m.params) m.group->broadcast(p.data(), 0);

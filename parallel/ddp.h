@@ -37,7 +37,9 @@ struct DdpSyncStats {
   int started_in_backward = 0;  // buckets whose all-reduce a grad-ready hook started
   int64_t bytes = 0;
   double wait_seconds = 0;       // blocked in finish_grad_sync: communication not hidden
-  double allreduce_seconds = 0;  // time inside the all-reduces, hidden or not
+  // Time inside the group's all-reduces since the last sync, hidden or not (the buckets', and any
+  // other all-reduce issued on the group meanwhile).
+  double allreduce_seconds = 0;
 };
 
 class DistributedDataParallel {

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <exception>
 #include <cstring>
 #include <stdlib.h>
 #include <mutex>
@@ -49,7 +50,6 @@ MpiOps g_ops;
 class MpiCommunicator;
 std::mutex g_live_mu;
 std::vector<MpiCommunicator*> g_live;
-bool g_finalizing = false;
 
 MPI_Datatype mpi_type(DType t) {
   switch (t) {
@@ -141,7 +141,10 @@ class NodeAllReduce {
   ~NodeAllReduce() {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (finalized) return;
+    // Freeing the window is collective (a barrier). While an exception unwinds this rank, the
+    // others are elsewhere (waiting in the next step's all-reduce): freeing would hang the job
+    // instead of letting the error end it. Leave the window to MPI_Abort or MPI_Finalize.
+    if (finalized || std::uncaught_exceptions() > 0) return;
     MPI_Win_unlock_all(win_);
     MPI_Win_free(&win_);
     MPI_Comm_free(&node_);
@@ -230,6 +233,18 @@ class MpiCommunicator final : public Communicator {
 
   // Joins the worker and frees the MPI communicator (before MPI_Finalize, or at destruction).
   void shut_down() {
+    std::vector<Work> pending;
+    {
+      std::lock_guard<std::mutex> lock(p2p_mu_);
+      pending.swap(p2p_pending_);
+    }
+    if (std::uncaught_exceptions() == 0)
+      for (Work& w : pending) {
+        try {
+          w.wait();
+        } catch (...) {
+        }
+      }
     worker_.stop();
     node_reduce_.reset();
     int finalized = 0;
@@ -363,6 +378,13 @@ class MpiCommunicator final : public Communicator {
   template <class Start>
   Work p2p(CommStats::Entry CommStats::*which, const Tensor& t, Start start, const char* op) {
     auto s = std::make_shared<Work::State>();
+    {
+      // The communicator keeps every transfer until it is complete, so that dropping a Work
+      // without waiting cannot free a tensor MPI still writes into; shut_down() completes them.
+      std::lock_guard<std::mutex> lock(p2p_mu_);
+      std::erase_if(p2p_pending_, [](const Work& w) { return w.done(); });
+      p2p_pending_.push_back(Work(s));
+    }
     auto request = std::make_shared<MPI_Request>(MPI_REQUEST_NULL);
     mpi_check(start(request.get()), op, world_rank_);
     auto t0 = std::chrono::steady_clock::now();
@@ -389,6 +411,8 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1, world_rank_ = 0;
   std::unique_ptr<NodeAllReduce> node_reduce_;
   bool node_reduce_tried_ = false;
+  std::mutex p2p_mu_;
+  std::vector<Work> p2p_pending_;
   CommCounters counters_;
   CommWorker worker_;
 };
@@ -397,7 +421,6 @@ void finalize_mpi() {
   std::vector<MpiCommunicator*> live;
   {
     std::lock_guard<std::mutex> lock(g_live_mu);
-    g_finalizing = true;
     live = g_live;
   }
   for (MpiCommunicator* c : live) c->shut_down();

@@ -153,7 +153,9 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
                 "with --dp {}",
                 resume->state, saved_dp(st), saved_dp(st), cfg.batch_size, saved_dp(st));
     batch_gen.set_state(st.batch_gen);
-    dropout_gen.set_state({dropout_seed(), st.dropout_gen.offset});
+    // Rank 0's saved generator gives the run's dropout seed, whatever --seed says now.
+    dropout_gen.set_state({st.dropout_gen.seed + uint64_t(rank) * 0x9E3779B97F4A7C15ull,
+                           st.dropout_gen.offset});
     start = st.step;
     say(fmt::format("resumed from {} at step {}", resume->dir, start));
   }

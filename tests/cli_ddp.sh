@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `mpirun -np 2 train gpt --dp 2` end to end: the same losses as one process with twice the batch,
 # --resume with the same number of ranks reproducing the uninterrupted run, a grid that does not
-# match the job refused, and faults: a rank that throws, and a rank killed from outside, end the
-# whole job with a non-zero status and a message naming the rank, within 30 s.
+# match the job refused, and faults: a rank that throws at start, rank 0 failing mid-run while the
+# other waits for it, and a rank killed from outside, each end the whole job with a non-zero
+# status and a message naming the rank, within 30 s.
 # Corpus: $TINYSHAKESPEARE if set, else a small synthetic text.
 # Usage: cli_ddp.sh path/to/train
 set -u
@@ -30,9 +31,9 @@ if [ -z "$corpus" ] || [ ! -f "$corpus" ]; then
   done >"$corpus"
 fi
 # Flags may be given once: per-run ones (--data, --eval-interval) are added where used.
-tiny=(--n-layer 2 --n-head 2 --n-embd 32 --block-size 16 --eval-iters 2 --threads 1
-  --bucket-mb 0.01)
-tiny_data=("${tiny[@]}" --data "$corpus" --eval-interval 10)
+# Small buckets (10 KB) take MPI's all-reduce; test 5 uses 1 MiB, which takes the shared-memory one.
+tiny=(--n-layer 2 --n-head 2 --n-embd 32 --block-size 16 --eval-iters 2 --threads 1)
+tiny_data=("${tiny[@]}" --data "$corpus" --eval-interval 10 --bucket-mb 0.01)
 
 # 1. Two ranks with batch 4 each against one process with batch 8: losses within 1e-5 relative.
 run "$train" gpt "${tiny_data[@]}" --batch-size 8 --max-iters 20 --out "$tmp/serial" --metrics "$tmp/serial.jsonl"
@@ -70,14 +71,25 @@ expect_error "--dp 3 on 2 ranks" "needs 3 ranks" "has 2"
 # 4. A rank that throws (rank 1 alone cannot read its corpus) ends the job, naming the rank.
 start=$(date +%s)
 run timeout 60 "${mpi[@]}" -np 1 "$train" gpt "${tiny_data[@]}" --dp 2 --max-iters 5 --out "$tmp/t" : \
-  -np 1 "$train" gpt "${tiny[@]}" --eval-interval 10 --dp 2 --max-iters 5 --out "$tmp/t" \
+  -np 1 "$train" gpt "${tiny[@]}" --eval-interval 10 --bucket-mb 0.01 --dp 2 --max-iters 5 --out "$tmp/t" \
   --data "$tmp/missing.txt"
 took=$(($(date +%s) - start))
 expect_error "a rank that throws" "rank 1: error" "missing.txt"
 [ "$rc" -ne 124 ] && [ "$took" -le 30 ] || fail "a rank that throws: the job took ${took}s (rc $rc)"
 echo "a rank that throws: exit $rc after ${took}s"
 
-# 5. A rank killed from outside (SIGKILL) ends the job, naming the rank.
+# 5. Rank 0 failing mid-run (its checkpoint cannot be written) while rank 1 waits in the next
+#    step's all-reduce, with buckets large enough for the shared-memory path: the job ends.
+touch "$tmp/not-a-dir"
+start=$(date +%s)
+run timeout 60 "${mpi[@]}" -np 2 "$train" gpt "${tiny[@]}" --data "$corpus" --eval-interval 10 \
+  --batch-size 4 --dp 2 --max-iters 30 --bucket-mb 1 --out "$tmp/not-a-dir/out"
+took=$(($(date +%s) - start))
+expect_error "rank 0 failing at its checkpoint" "rank 0: error" "not-a-dir"
+[ "$rc" -ne 124 ] && [ "$took" -le 30 ] || fail "rank 0 failing: the job took ${took}s (rc $rc)"
+echo "rank 0 failing at its checkpoint: exit $rc after ${took}s"
+
+# 6. A rank killed from outside (SIGKILL) ends the job, naming the rank.
 "${mpi[@]}" -np 2 "$train" gpt "${tiny[@]}" --data "$corpus" --batch-size 4 --dp 2 --max-iters 100000 \
   --eval-interval 100000 --out "$tmp/kill" --metrics "$tmp/kill.jsonl" >"$tmp/out" 2>"$tmp/err" &
 bg_pid=$!
