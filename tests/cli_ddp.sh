@@ -22,14 +22,7 @@ losses() {
   sed -n 's/.*"step": *\([0-9]*\).*"loss": *\([-0-9.e]*\).*/\1 \2/p' "$1"
 }
 
-corpus=${TINYSHAKESPEARE:-}
-if [ -z "$corpus" ] || [ ! -f "$corpus" ]; then
-  corpus="$tmp/corpus.txt"
-  for i in $(seq 1 300); do
-    echo "First Citizen: we are accounted poor citizens, the patricians good $i."
-    echo "All: speak, speak. Resolved, resolved; we know it, we know it!"
-  done >"$corpus"
-fi
+corpus=$(test_corpus)
 # Flags may be given once: per-run ones (--data, --eval-interval) are added where used.
 # Small buckets (10 KB) take MPI's all-reduce; test 5 uses 1 MiB, which takes the shared-memory one.
 tiny=(--n-layer 2 --n-head 2 --n-embd 32 --block-size 16 --eval-iters 2 --threads 1)

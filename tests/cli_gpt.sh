@@ -10,16 +10,8 @@ train=${1:?usage: cli_gpt.sh path/to/train path/to/infer}
 infer=${2:?usage: cli_gpt.sh path/to/train path/to/infer}
 . "$(dirname "$0")/cli_lib.sh"
 
-# The corpus. Neither it nor Tiny Shakespeare has a '~' (used for the bad prompt below).
-corpus=${TINYSHAKESPEARE:-}
-if [ -z "$corpus" ] || [ ! -f "$corpus" ]; then
-  corpus="$tmp/corpus.txt"
-  for i in $(seq 1 300); do
-    echo "First Citizen: we are accounted poor citizens, the patricians good $i."
-    echo "All: speak, speak. Resolved, resolved; we know it, we know it!"
-    echo "The people shall have it."
-  done >"$corpus"
-fi
+# The corpus (cli_lib.sh: without a "~", used for the bad prompt below).
+corpus=$(test_corpus)
 echo "corpus: $corpus"
 
 tiny=(--n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4

@@ -2,6 +2,7 @@
 #   run CMD ARGS...          -> $rc, stdout in $tmp/out, stderr in $tmp/err
 #   expect_error WHAT STR... -> a failure unless rc != 0 and stderr holds every STR
 #   fail MESSAGE; show; finish NAME (prints the verdict and exits 1 on any failure)
+#   corpus=$(test_corpus)    -> $TINYSHAKESPEARE if it exists, else a small synthetic text
 # $tmp is a fresh directory, removed at exit with any background job left in $bg_pid.
 tmp=$(mktemp -d)
 bg_pid=
@@ -43,4 +44,19 @@ finish() {
   fi
   echo "$1: $failures check(s) failed"
   exit 1
+}
+
+# Neither corpus has a '~' (cli_gpt.sh uses one for a bad prompt); both have every letter of
+# "The" (its prompt).
+test_corpus() {
+  if [ -n "${TINYSHAKESPEARE:-}" ] && [ -f "$TINYSHAKESPEARE" ]; then
+    echo "$TINYSHAKESPEARE"
+    return
+  fi
+  for i in $(seq 1 300); do
+    echo "First Citizen: we are accounted poor citizens, the patricians good $i."
+    echo "All: speak, speak. Resolved, resolved; we know it, we know it!"
+    echo "The people shall have it."
+  done >"$tmp/corpus.txt"
+  echo "$tmp/corpus.txt"
 }

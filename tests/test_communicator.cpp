@@ -34,6 +34,15 @@ double value(int64_t i, int rank) {
   return double((i * 7 + rank * 3) % 11 - 5);
 }
 
+// Whether `got` is element i of pattern() reduced with `op` over R ranks.
+bool reduced_ok(double got, int64_t i, int R, ReduceOp op, DType dt) {
+  double want = op == ReduceOp::max ? -1e9 : 0;
+  for (int r = 0; r < R; ++r)
+    want = op == ReduceOp::max ? std::max(want, value(i, r)) : want + value(i, r);
+  if (op == ReduceOp::avg) want /= R;
+  return matches(got, want, dt, op == ReduceOp::avg && R == 3);
+}
+
 Tensor pattern(DType dt, int64_t n, int rank) {
   std::vector<double> v(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) v[size_t(i)] = value(i, rank);
@@ -58,13 +67,7 @@ TEST_CASE("all_reduce: sum, avg and max of every dtype and size, in place") {
         w->all_reduce(t, op);
         std::vector<double> got = values(t);
         size_t bad = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          double want = op == ReduceOp::max ? -1e9 : 0;
-          for (int r = 0; r < R; ++r)
-            want = op == ReduceOp::max ? std::max(want, value(i, r)) : want + value(i, r);
-          if (op == ReduceOp::avg) want /= R;
-          bad += !matches(got[size_t(i)], want, dt, op == ReduceOp::avg && R == 3);
-        }
+        for (int64_t i = 0; i < n; ++i) bad += !reduced_ok(got[size_t(i)], i, R, op, dt);
         CHECK(bad == 0);
         CHECK(t.dtype() == dt);
       }
@@ -80,13 +83,7 @@ TEST_CASE("a large f32 all-reduce, over several pieces of the shared-memory path
     w->all_reduce(t, op);
     const float* got = t.data<float>();
     size_t bad = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      double want = op == ReduceOp::max ? -1e9 : 0;
-      for (int r = 0; r < R; ++r)
-        want = op == ReduceOp::max ? std::max(want, value(i, r)) : want + value(i, r);
-      if (op == ReduceOp::avg) want /= R;
-      bad += !matches(double(got[i]), want, DType::f32, op == ReduceOp::avg && R == 3);
-    }
+    for (int64_t i = 0; i < n; ++i) bad += !reduced_ok(double(got[i]), i, R, op, DType::f32);
     CHECK(bad == 0);
   }
 }
@@ -123,14 +120,7 @@ TEST_CASE("all_gather and reduce_scatter of every dtype and size") {
         w->reduce_scatter(mine, in, op);
         got = values(mine);
         bad = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          double want = op == ReduceOp::max ? -1e9 : 0;
-          for (int r = 0; r < R; ++r)
-            want = op == ReduceOp::max ? std::max(want, value(me * n + i, r))
-                                       : want + value(me * n + i, r);
-          if (op == ReduceOp::avg) want /= R;
-          bad += !matches(got[size_t(i)], want, dt, op == ReduceOp::avg && R == 3);
-        }
+        for (int64_t i = 0; i < n; ++i) bad += !reduced_ok(got[size_t(i)], me * n + i, R, op, dt);
         CHECK(bad == 0);
       }
     }
