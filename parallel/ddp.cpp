@@ -11,10 +11,8 @@ struct DistributedDataParallel::Impl {
   struct Bucket {
     Tensor flat;              // f32, all its parameters' gradients back to back
     std::vector<int> params;  // indices into `params`
-    int pending = 0;          // parameters whose gradient is not final yet in this backward
-    bool ready = false;
+    int pending = 0;  // parameters whose gradient is not final yet in this backward (0: ready)
     Work work;
-    bool launched = false;
   };
 
   std::vector<Variable> params;
@@ -24,15 +22,12 @@ struct DistributedDataParallel::Impl {
   std::shared_ptr<Communicator> group;
   bool sync = true;
   int next_launch = 0;
-  int launched_by_hooks = 0;
   DdpSyncStats last;
   double allreduce_seconds_before = 0;
 
   void reset_round() {
     for (Bucket& b : buckets) {
       b.pending = int(b.params.size());
-      b.ready = false;
-      b.launched = false;
       b.work = Work();
     }
     next_launch = 0;
@@ -54,21 +49,20 @@ struct DistributedDataParallel::Impl {
   void on_ready(int i) {
     if (!sync) return;
     Bucket& b = buckets[size_t(bucket_of[size_t(i)])];
-    FORGE_CHECK(!b.launched && b.pending > 0,
+    FORGE_CHECK(b.pending > 0,
                 "DDP: parameter '{}' got a second synchronised gradient before finish_grad_sync() "
                 "(its bucket is already being all-reduced); accumulate micro-steps under no_sync() "
                 "and let only the last one synchronise",
                 params[size_t(i)].name());
     attach(i);
-    if (--b.pending == 0) b.ready = true;
-    while (next_launch < int(buckets.size()) && buckets[size_t(next_launch)].ready)
+    --b.pending;
+    while (next_launch < int(buckets.size()) && buckets[size_t(next_launch)].pending == 0)
       launch(next_launch++);
   }
 
   void launch(int b) {
     Bucket& bk = buckets[size_t(b)];
     bk.work = group->all_reduce_async(bk.flat, ReduceOp::avg);
-    bk.launched = true;
   }
 };
 
@@ -86,7 +80,8 @@ DistributedDataParallel::DistributedDataParallel(std::vector<Variable> params,
 
   // Every rank must hold the same parameters, or the all-reduces would mix unrelated tensors.
   std::string layout;
-  for (const Variable& p : m.params) layout += fmt::format("{}{}{};", p.name(), p.shape(), p.dtype());
+  for (const Variable& p : m.params)
+    layout += fmt::format("{}{}{};", p.name(), p.shape(), p.dtype());
   check_same_on_all_ranks(*m.group, layout, "the model's parameters (names, shapes and dtypes)");
   for (const Variable& p : m.params)  // after the check, so that every rank throws alike
     FORGE_CHECK(p.dtype() == DType::f32,
@@ -164,13 +159,12 @@ void DistributedDataParallel::zero_grad() {
 void DistributedDataParallel::finish_grad_sync() {
   Impl& m = *impl_;
   auto t0 = std::chrono::steady_clock::now();
-  m.launched_by_hooks = m.next_launch;
+  const int started = m.next_launch;  // by the grad-ready hooks, during backward
   // Buckets whose parameters got no gradient in this backward still take part (as zeros), so
   // that every rank issues the same all-reduces.
   for (int i = 0; i < int(m.params.size()); ++i)
     if (m.bucket_of[size_t(i)] >= 0) m.attach(i);
   while (m.next_launch < int(m.buckets.size())) m.launch(m.next_launch++);
-  const int started = m.launched_by_hooks;
   int64_t bytes = 0;
   for (auto& b : m.buckets) {
     b.work.wait();

@@ -93,8 +93,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   if (cfg.threads > 0) set_num_threads(int(cfg.threads));
   // Data parallelism: dp ranks, each running batch_size rows of a global batch of dp * batch_size
   // drawn from the same generator on every rank; rank 0 alone logs, evaluates and saves.
-  std::shared_ptr<Communicator> world =
-      cfg.dp > 1 || launched_by_mpi() ? world_communicator() : single_process_communicator();
+  std::shared_ptr<Communicator> world = world_communicator();  // one rank without mpirun
   ProcessGrid grid(world, {.pp = 1, .dp = int(cfg.dp), .tp = 1});
   const int rank = grid.coord().dp;
   const bool lead = world->rank() == 0;
@@ -125,9 +124,11 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
 
   // Dropout draws differ between ranks (rank 0's are the serial run's); every rank draws the same
   // number, so one saved offset restores them all.
-  auto dropout_seed = [&] { return uint64_t(cfg.seed) + 2 + uint64_t(rank) * 0x9E3779B97F4A7C15ull; };
+  auto dropout_seed = [&](uint64_t rank0_seed) {
+    return rank0_seed + uint64_t(rank) * 0x9E3779B97F4A7C15ull;
+  };
   Generator init_gen(uint64_t(cfg.seed)), batch_gen(uint64_t(cfg.seed) + 1),
-      dropout_gen(dropout_seed());
+      dropout_gen(dropout_seed(uint64_t(cfg.seed) + 2));
   GptRun run;
   run.tokenizer = data.tokenizer;
   run.model = std::make_shared<GPT>(cfg.model, init_gen, dropout_gen);
@@ -148,14 +149,14 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     TrainingState st = load_training_state(resume->state, cfg.model);
     opt.load_state(st.optimizer);
     if (scaler.enabled() && !st.scaler.empty()) scaler.load_state(st.scaler);
-    FORGE_CHECK(saved_dp(st) == cfg.dp,
-                "{}: the checkpoint was trained with dp = {} (a global batch of {} x {}); resume it "
-                "with --dp {}",
-                resume->state, saved_dp(st), saved_dp(st), cfg.batch_size, saved_dp(st));
+    FORGE_CHECK(
+        saved_dp(st) == cfg.dp,
+        "{}: the checkpoint was trained with dp = {} (a global batch of {} x {}); resume it "
+        "with --dp {}",
+        resume->state, saved_dp(st), saved_dp(st), cfg.batch_size, saved_dp(st));
     batch_gen.set_state(st.batch_gen);
     // Rank 0's saved generator gives the run's dropout seed, whatever --seed says now.
-    dropout_gen.set_state({st.dropout_gen.seed + uint64_t(rank) * 0x9E3779B97F4A7C15ull,
-                           st.dropout_gen.offset});
+    dropout_gen.set_state({dropout_seed(st.dropout_gen.seed), st.dropout_gen.offset});
     start = st.step;
     say(fmt::format("resumed from {} at step {}", resume->dir, start));
   }
@@ -168,8 +169,9 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
                   get_num_threads()));
   std::optional<DistributedDataParallel> ddp;
   if (cfg.dp > 1) {
-    ddp.emplace(model.parameters(), grid.dp_group(),
-                DdpOptions{.bucket_bytes = std::max<int64_t>(1, int64_t(cfg.bucket_mb * (1 << 20)))});
+    ddp.emplace(
+        model.parameters(), grid.dp_group(),
+        DdpOptions{.bucket_bytes = std::max<int64_t>(1, int64_t(cfg.bucket_mb * (1 << 20)))});
     say(fmt::format("data parallel: {} ranks ({}), global batch {} x {}, {} gradient buckets",
                     cfg.dp, world->backend(), cfg.dp * cfg.batch_size, cfg.model.block_size,
                     ddp->num_buckets()));
@@ -189,8 +191,12 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
 
   auto save = [&](int64_t step) {
     if (cfg.out.empty() || !lead) return;
-    TrainingState st{step, batch_gen.state(), dropout_gen.state(), opt.state(),
-                     scaler.enabled() ? scaler.state() : NamedTensors{}, cfg.to_json()};
+    TrainingState st{step,
+                     batch_gen.state(),
+                     dropout_gen.state(),
+                     opt.state(),
+                     scaler.enabled() ? scaler.state() : NamedTensors{},
+                     cfg.to_json()};
     CheckpointPaths p =
         save_checkpoint(cfg.out, step, model, data.tokenizer, st, cfg.to_json(), cfg.keep_last);
     run.last_checkpoint = p.dir;
@@ -217,14 +223,15 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
       std::optional<Autocast> scope;
       if (mixed) scope.emplace(autocast_dtype);
       Batch b = get_batch(data.train, B * cfg.dp, T, batch_gen, "train");
-      if (ddp) b = {b.x.narrow(0, rank * B, B).contiguous(), b.y.narrow(0, rank * B, B).contiguous()};
+      if (ddp)
+        b = {b.x.narrow(0, rank * B, B).contiguous(), b.y.narrow(0, rank * B, B).contiguous()};
       Variable loss = GPT::loss(model.forward(b.x), b.y);
       ddp ? ddp->zero_grad() : opt.zero_grad();
       scaler.scale(loss).backward();
       s.loss = loss.item();
     }
     if (ddp) ddp->finish_grad_sync();
-    scaler.unscale(params);                           // before clipping; finds inf/NaN
+    scaler.unscale(params);  // before clipping; finds inf/NaN
     if (ddp) {
       // One small all-reduce: the mean loss, and the inf/NaN verdict of any rank, so every rank
       // skips alike and rank 0 logs the loss of the whole batch.
