@@ -92,9 +92,10 @@ Variable layer_norm(const Variable& x, const Variable& weight, const Variable& b
 Variable embedding(const Variable& weight, const Tensor& indices);
 Variable cross_entropy(const Variable& logits, const Tensor& targets, int64_t ignore_index = -100);
 // Causal multi-head self-attention of qkv (B, T, 3C) -> (B, T, C), with dropout p on the attention
-// weights in training (masks drawn from gen). Forward and backward: tensor/ops_attention.cpp.
+// weights in training (masks drawn from gen; `heads` places these heads among those of an unsplit
+// layer, see HeadSlice). Forward and backward: tensor/ops_attention.cpp.
 Variable causal_attention(const Variable& qkv, int n_head, double dropout_p = 0.0,
-                          bool training = false, Generator* gen = nullptr);
+                          bool training = false, Generator* gen = nullptr, HeadSlice heads = {});
 // Zeroes each element with probability p and scales the rest by 1/(1-p); identity when !training.
 Variable dropout(const Variable& x, double p, bool training, Generator& gen);
 

@@ -157,7 +157,7 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets, int64_t ig
 // causal attention
 
 Variable causal_attention(const Variable& qkv, int n_head, double dropout_p, bool training,
-                          Generator* gen) {
+                          Generator* gen, HeadSlice heads) {
   double p = training ? dropout_p : 0.0;
   // Under autocast the products take qkv rounded to 16 bits (computed in f32 from there), and
   // the 16-bit qkv is what backward keeps.
@@ -165,7 +165,7 @@ Variable causal_attention(const Variable& qkv, int n_head, double dropout_p, boo
   Tensor x = dt ? qkv.data().to(*dt) : qkv.data();
   // The probabilities (B, H, T, T) are kept in 16 bits too: at long contexts they are the largest
   // saved activation (PyTorch's autocast keeps a 16-bit copy of them for the product with v).
-  AttentionResult r = causal_attention(x.to(qkv.data().dtype()), n_head, p, gen, dt);
+  AttentionResult r = causal_attention(x.to(qkv.data().dtype()), n_head, p, gen, dt, heads);
   Tensor probs = r.probs, mask = r.mask;
   return make_variable(
       r.out, "causal_attention", {&qkv}, [=](const Tensor& g) -> std::vector<Tensor> {

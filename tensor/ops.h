@@ -71,6 +71,13 @@ struct DropoutResult {
   Tensor y, mask;
 };
 DropoutResult dropout(const Tensor& x, double p, Generator& gen);
+// The keep-mask (u8) that dropout draws for a tensor of shape `whole`, of which only the slice
+// [start, start + length) of dimension `dim` is made (length -1: to the end). The generator
+// advances by the whole draw, and element i of `whole` keeps when the i-th uniform is >= p, so
+// ranks that each hold a slice of a split activation draw their parts of the one mask
+// (tensor-parallel attention), and dropout_mask(x.shape(), p, gen) is dropout's own mask.
+Tensor dropout_mask(const Shape& whole, double p, Generator& gen, int dim = 0, int64_t start = 0,
+                    int64_t length = -1);
 Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p);
 
 // ============================================================================================
@@ -153,9 +160,16 @@ struct AttentionResult {
 };
 // `probs_dtype` bf16 or f16 (with f32 qkv) stores the probabilities in 16 bits for backward
 // (mixed precision); the forward itself computes in f32 throughout.
+// Which heads of a larger attention these are, when tensor parallelism splits the heads across
+// ranks: heads [first, first + n_head) of `total` (0: these are all the heads). The dropout mask is
+// then that slice of the mask of all `total` heads, so the ranks together draw the unsplit mask.
+struct HeadSlice {
+  int64_t first = 0, total = 0;
+};
 AttentionResult causal_attention(const Tensor& qkv, int n_head, double dropout_p = 0.0,
                                  Generator* gen = nullptr,
-                                 std::optional<DType> probs_dtype = std::nullopt);
+                                 std::optional<DType> probs_dtype = std::nullopt,
+                                 HeadSlice heads = {});
 // d loss / d qkv (B, T, 3C) from d loss / d out.
 Tensor causal_attention_backward(const Tensor& dout, const Tensor& qkv, const Tensor& probs,
                                  const Tensor& mask, int n_head, double dropout_p);

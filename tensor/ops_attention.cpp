@@ -75,7 +75,7 @@ void apply_mask(const T* P, const uint8_t* mask, T scale, int64_t n, T* dst) {
 }  // namespace
 
 AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropout_p, Generator* gen,
-                                 std::optional<DType> probs_dtype) {
+                                 std::optional<DType> probs_dtype, HeadSlice heads) {
   check_qkv(qkv_in, n_head, "causal_attention");
   FORGE_CHECK(dropout_p >= 0 && dropout_p < 1, "causal_attention: dropout {} not in [0, 1)",
               dropout_p);
@@ -93,8 +93,12 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
       qkv.dtype(), qkv.dtype());
   r.probs = Tensor::empty({B, NH, Tn, Tn}, pdt);
   if (dropout_p > 0) {
-    // The mask is drawn like dropout's (one uniform per element), so it is thread-count free.
-    r.mask = dropout(zeros({B, NH, Tn, Tn}, qkv.dtype()), dropout_p, *gen).mask;
+    // Drawn like dropout's mask (one uniform per element): thread-count free, and with a head
+    // slice, this rank's part of the mask of all the heads.
+    const int64_t all = heads.total > 0 ? heads.total : NH;
+    FORGE_CHECK(heads.first >= 0 && heads.first + NH <= all,
+                "causal_attention: heads [{}, {}) of {}", heads.first, heads.first + NH, all);
+    r.mask = dropout_mask({B, all, Tn, Tn}, dropout_p, *gen, 1, heads.first, NH);
   }
   dispatch_float(qkv.dtype(), "causal_attention", [&]<class T>() {
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {

@@ -1,5 +1,6 @@
 // Elementwise ops: unary, binary with broadcasting, where/masked_fill, and the activation
 // backwards.
+#include <array>
 #include <cmath>
 
 #include "tensor/cpu/loops.h"
@@ -323,22 +324,53 @@ Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
 
 DropoutResult dropout(const Tensor& x, double p, Generator& gen) {
   check_cpu(x, "dropout");
-  FORGE_CHECK(p >= 0.0 && p < 1.0, "dropout: probability must be in [0, 1), got {}", p);
-  DropoutResult r{Tensor(), Tensor::empty(x.shape(), DType::u8)};
-  // Mask element i keeps when the i-th uniform of this draw is >= p (a pure function of the
-  // generator state and i, so any thread split gives the same mask).
-  uint8_t* m = r.mask.data<uint8_t>();
-  int64_t n = x.numel(), blocks = (n + 3) / 4;
-  uint64_t first = gen.advance(uint64_t(blocks));
-  float pf = float(p);
-  parallel_for(0, blocks, 4096, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      auto w = gen.block(first, uint64_t(i));
-      for (int j = 0; j < 4 && i * 4 + j < n; ++j) m[i * 4 + j] = uniform_from_bits(w[j]) >= pf;
-    }
-  });
+  DropoutResult r{Tensor(), dropout_mask(x.shape(), p, gen)};
   r.y = dropout_backward(x, r.mask, p);  // the same arithmetic: x * mask / (1 - p)
   return r;
+}
+
+Tensor dropout_mask(const Shape& whole, double p, Generator& gen, int dim, int64_t start,
+                    int64_t length) {
+  FORGE_CHECK(p >= 0.0 && p < 1.0, "dropout: probability must be in [0, 1), got {}", p);
+  const int nd = int(whole.size());
+  FORGE_CHECK(nd == 0 || (dim >= 0 && dim < nd), "dropout_mask: dim {} of a {}-d shape", dim, nd);
+  const int64_t n_dim = nd == 0 ? 1 : whole[dim];
+  if (length < 0) length = n_dim - start;
+  FORGE_CHECK(start >= 0 && start + length <= n_dim,
+              "dropout_mask: slice [{}, {}) of dim {} (size {}) of {}", start, start + length, dim,
+              n_dim, whole);
+  // The slice is `outer` runs of `length * inner` elements; run o starts at element
+  // (o * n_dim + start) * inner of the whole tensor.
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < dim; ++d) outer *= whole[d];
+  for (int d = dim + 1; d < nd; ++d) inner *= whole[d];
+  const int64_t total = outer * n_dim * inner, run = length * inner;
+  Shape out_shape = whole;
+  if (nd > 0) out_shape[dim] = length;
+  Tensor mask = Tensor::empty(out_shape, DType::u8);
+  // Element i of the whole draw keeps when the i-th uniform is >= p: a pure function of the
+  // generator state and i, so any thread split (and any slice) gives the same bits.
+  const uint64_t first = gen.advance(uint64_t((total + 3) / 4));
+  const float pf = float(p);
+  uint8_t* m = mask.data<uint8_t>();
+  parallel_for(0, outer * run, 1 << 14, [&](int64_t b, int64_t e) {
+    int64_t o = b / run, j = b % run;  // run and offset in it of slice element b
+    int64_t i = (o * n_dim + start) * inner + j;
+    std::array<uint32_t, 4> w = gen.block(first, uint64_t(i / 4));
+    for (int64_t k = b; k < e; ++k) {
+      if (i % 4 == 0) w = gen.block(first, uint64_t(i / 4));
+      m[k] = uniform_from_bits(w[size_t(i % 4)]) >= pf;
+      if (++j == run) {  // next run: jump over the rest of dim
+        j = 0;
+        ++o;
+        i = (o * n_dim + start) * inner;
+        if (k + 1 < e) w = gen.block(first, uint64_t(i / 4));
+      } else {
+        ++i;
+      }
+    }
+  });
+  return mask;
 }
 
 Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p) {

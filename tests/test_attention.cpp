@@ -211,6 +211,34 @@ TEST_CASE("causal_attention dropout masks repeat for the same generator state an
   CHECK_FALSE(bitwise_equal(ra.mask, ra2.mask));
 }
 
+TEST_CASE("causal_attention over a slice of the heads draws that slice of the whole mask") {
+  // Tensor parallelism: rank r holds heads [r * NH / R, ...) with their q, k, v columns. Its
+  // output and mask must be those heads' part of the unsplit layer's, and the generator must
+  // advance alike on every rank.
+  const int64_t B = 2, T = 7, NH = 4, hs = 3, C = NH * hs;
+  Generator gen(8);
+  Tensor qkv = randn({B, T, 3 * C}, gen, DType::f64);
+  Generator whole_gen(21);
+  AttentionResult whole = causal_attention(qkv, int(NH), 0.4, &whole_gen);
+  for (int64_t R : {2, 4}) {
+    const int64_t nh = NH / R;
+    for (int64_t r = 0; r < R; ++r) {
+      INFO(R << " ranks, rank " << r);
+      std::vector<Tensor> parts;
+      for (int64_t w = 0; w < 3; ++w) parts.push_back(qkv.narrow(2, w * C + r * nh * hs, nh * hs));
+      Generator g(21);
+      AttentionResult part =
+          causal_attention(concat(parts, 2), int(nh), 0.4, &g, std::nullopt, {r * nh, NH});
+      CHECK(bitwise_equal(part.mask, whole.mask.narrow(1, r * nh, nh).contiguous()));
+      CHECK(bitwise_equal(part.out, whole.out.narrow(2, r * nh * hs, nh * hs).contiguous()));
+      CHECK(g.state() == whole_gen.state());
+    }
+  }
+  Generator g(21);
+  REQUIRE_THROWS_WITH(causal_attention(qkv, int(NH), 0.4, &g, std::nullopt, {2, 5}),
+                      Contains("causal_attention") && Contains("heads [2, 6) of 5"));
+}
+
 TEST_CASE("causal_attention Variable op ignores dropout outside training") {
   Generator gen(7);
   Variable qkv(randn({2, 6, 3 * 8}, gen, DType::f64));

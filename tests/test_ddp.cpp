@@ -14,6 +14,7 @@
 
 using namespace forge;
 using forge::testing::Contains;
+using forge::testing::max_rel_diff;
 
 namespace {
 
@@ -54,12 +55,6 @@ std::pair<Tensor, Tensor> global_batch(int64_t step, int64_t rows) {
 }
 Tensor rows_of(const Tensor& t, int rank, int64_t b) {
   return t.narrow(0, rank * b, b).contiguous();
-}
-
-double max_rel_diff(const Tensor& a, const Tensor& b) {
-  double num = max(abs(sub(a.to(DType::f64), b.to(DType::f64)))).item();
-  double den = max(abs(b.to(DType::f64))).item();
-  return num / (den > 0 ? den : 1.0);
 }
 
 double mean_over_ranks(Communicator& c, double v) {

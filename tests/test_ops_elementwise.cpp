@@ -487,6 +487,33 @@ TEST_CASE("dropout keeps about 1-p of the elements and scales them by 1/(1-p)") 
                       Contains("dropout_backward") && Contains("[3]") && Contains("[256, 256]"));
 }
 
+TEST_CASE("dropout_mask of a slice is that slice of the whole mask, drawn with the same advance") {
+  const Shape whole{3, 5, 6, 7};
+  Generator ref(12);
+  Tensor mask = dropout(zeros(whole), 0.5, ref).mask;
+  for (int dim = 0; dim < 4; ++dim) {
+    for (auto [start, length] : {std::pair<int64_t, int64_t>{0, 1}, {1, 2}, {2, -1}}) {
+      INFO("dim " << dim << " start " << start << " length " << length);
+      Generator g(12);
+      Tensor part = dropout_mask(whole, 0.5, g, dim, start, length);
+      int64_t len = length < 0 ? whole[dim] - start : length;
+      CHECK(testing::bitwise_equal(part, mask.narrow(dim, start, len).contiguous()));
+      CHECK(g.state() == ref.state());
+    }
+  }
+  // Long runs split across threads give the same bits.
+  Generator a(13), b(13);
+  Tensor big = dropout(zeros({4, 1 << 16}), 0.1, a).mask;
+  for (int threads : {1, 2}) {
+    testing::ThreadCount tc(threads);
+    Generator c(13);
+    CHECK(testing::bitwise_equal(dropout_mask({4, 1 << 16}, 0.1, c, 0, 1, 2),
+                                 big.narrow(0, 1, 2).contiguous()));
+  }
+  REQUIRE_THROWS_WITH(dropout_mask(whole, 0.5, b, 1, 3, 3),
+                      Contains("dropout_mask") && Contains("[3, 6)"));
+}
+
 TEST_CASE("dropout masks and elementwise results are bitwise the same at 1 and 2 threads") {
   Tensor x = uniform_tensor({1 << 18}, -3, 3, 93);  // 65536 dropout blocks: split across threads
   Tensor x2 = x.view({512, 512});

@@ -9,17 +9,11 @@
 
 using namespace forge;
 using forge::testing::Contains;
+using forge::testing::max_rel_diff;
 
 namespace {
 
 constexpr int64_t kB = 3, kD = 8, kH = 16;
-
-double max_rel_diff(const Tensor& a, const Tensor& b) {
-  REQUIRE(a.shape() == b.shape());
-  double num = max(abs(sub(a.to(DType::f64), b.to(DType::f64)))).item();
-  double den = max(abs(b.to(DType::f64))).item();
-  return num / (den > 0 ? den : 1.0);
-}
 
 // Columns [r * n / R, (r + 1) * n / R) of a 2-D tensor, or rows with dim 0.
 Tensor part(const Tensor& t, int dim, int r, int R) {
