@@ -231,6 +231,11 @@ double grad_norm(const std::vector<Variable>& params) {
 
 double clip_grad_norm(const std::vector<Variable>& params, double max_norm) {
   double norm = grad_norm(params);
+  clip_grads_to_norm(params, norm, max_norm);
+  return norm;
+}
+
+void clip_grads_to_norm(const std::vector<Variable>& params, double norm, double max_norm) {
   double coef = max_norm / (norm + 1e-6);
   if (coef < 1.0)
     for (const Variable& p : params)
@@ -238,7 +243,6 @@ double clip_grad_norm(const std::vector<Variable>& params, double max_norm) {
         Tensor g = p.grad();
         mul_(g, coef);
       }
-  return norm;
 }
 
 }  // namespace forge

@@ -93,6 +93,9 @@ class AdamW : public Optimizer {
 // Scales all gradients so their global L2 norm is at most max_norm; returns the norm before
 // clipping (PyTorch's clip_grad_norm_: coefficient max_norm / (norm + 1e-6), capped at 1).
 double clip_grad_norm(const std::vector<Variable>& params, double max_norm);
+// Its second half, for a norm computed elsewhere (a model split over ranks): scales every gradient
+// by max_norm / (norm + 1e-6) when that is below 1.
+void clip_grads_to_norm(const std::vector<Variable>& params, double norm, double max_norm);
 // The global L2 norm of the gradients (accumulated in f64).
 double grad_norm(const std::vector<Variable>& params);
 

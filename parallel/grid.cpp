@@ -14,6 +14,9 @@ ProcessGrid::ProcessGrid(std::shared_ptr<Communicator> world, GridSizes sizes)
   tp_ = world_->split(c.pp * sizes_.dp + c.dp, c.tp);
   dp_ = world_->split(c.pp * sizes_.tp + c.tp, c.dp);
   pp_ = world_->split(c.dp * sizes_.tp + c.tp, c.pp);
+  mp_ = world_->split(c.dp, c.pp * sizes_.tp + c.tp);
+  const bool ends = c.pp == 0 || c.pp == sizes_.pp - 1;
+  embedding_ = world_->split(sizes_.pp > 1 && ends ? c.dp * sizes_.tp + c.tp : -1, c.pp);
 }
 
 int ProcessGrid::rank_of(GridCoord c) const {

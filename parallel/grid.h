@@ -38,10 +38,15 @@ class ProcessGrid {
   const std::shared_ptr<Communicator>& dp_group() const { return dp_; }
   const std::shared_ptr<Communicator>& tp_group() const { return tp_; }
   const std::shared_ptr<Communicator>& pp_group() const { return pp_; }
+  // The ranks of one model replica: those that differ only in tp and pp.
+  const std::shared_ptr<Communicator>& model_parallel_group() const { return mp_; }
+  // The first and the last pipeline stage of one (dp, tp): both hold the tied token embedding and
+  // sum its gradient. nullptr on the other stages and without a pipeline.
+  const std::shared_ptr<Communicator>& embedding_group() const { return embedding_; }
 
  private:
   GridSizes sizes_;
-  std::shared_ptr<Communicator> world_, dp_, tp_, pp_;
+  std::shared_ptr<Communicator> world_, dp_, tp_, pp_, mp_, embedding_;
 };
 
 }  // namespace forge

@@ -1,6 +1,7 @@
 #include "parallel/parallel_gpt.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "autograd/checkpoint.h"
 #include "parallel/tp_mappings.h"
@@ -201,6 +202,20 @@ Variable ParallelGPT::loss(const Variable& logits, const Tensor& targets) const 
   FORGE_CHECK(last_stage(), "GPT: the loss is computed on the last pipeline stage, not stage {}",
               mp_.stage);
   return vocab_parallel_cross_entropy(logits, targets, wte->range(), mp_.tp);
+}
+
+double parallel_grad_norm(const ParallelGPT& model, Communicator& model_parallel_group) {
+  const bool tp_lead = model.layout().tp->rank() == 0;
+  double local = 0;
+  for (const auto& [name, p] : model.named_parameters()) {
+    if (!p.grad().defined()) continue;
+    if (gpt_tp_split(name).replicated() && !tp_lead) continue;
+    if (name == "transformer.wte.weight" && !model.first_stage()) continue;
+    local += sum(mul(p.grad(), p.grad())).item();
+  }
+  Tensor total = full({1}, local, DType::f64);
+  model_parallel_group.all_reduce(total, ReduceOp::sum);
+  return std::sqrt(total.item());
 }
 
 }  // namespace forge

@@ -118,4 +118,9 @@ class ParallelGPT : public Module {
   bool checkpoint_blocks_ = false;
 };
 
+// The norm of the whole model's gradient from every rank's shards: each parameter of the serial
+// model counted once (a tensor-parallel replica on tp rank 0 only, the tied embedding on the first
+// stage only), summed over the model-parallel group (the ranks of one replica).
+double parallel_grad_norm(const ParallelGPT& model, Communicator& model_parallel_group);
+
 }  // namespace forge

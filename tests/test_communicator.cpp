@@ -229,13 +229,22 @@ TEST_CASE("process grid: tp fastest, then dp, then pp; groups hold the right ran
       g.all_gather(ids, full({1}, double(w->rank()), DType::i32));
       return ids.to_vector<int32_t>();
     };
-    std::vector<int32_t> tp, dp, pp;
+    std::vector<int32_t> tp, dp, pp, mp, ends;
     for (int t = 0; t < s.tp; ++t) tp.push_back(grid.rank_of({c.pp, c.dp, t}));
     for (int d = 0; d < s.dp; ++d) dp.push_back(grid.rank_of({c.pp, d, c.tp}));
     for (int p = 0; p < s.pp; ++p) pp.push_back(grid.rank_of({p, c.dp, c.tp}));
+    for (int p = 0; p < s.pp; ++p)
+      for (int t = 0; t < s.tp; ++t) mp.push_back(grid.rank_of({p, c.dp, t}));
     CHECK(members(*grid.tp_group()) == tp);
     CHECK(members(*grid.dp_group()) == dp);
     CHECK(members(*grid.pp_group()) == pp);
+    CHECK(members(*grid.model_parallel_group()) == mp);
+    // The embedding group: first and last stage of this (dp, tp), when there is a pipeline.
+    const bool ends_here = s.pp > 1 && (c.pp == 0 || c.pp == s.pp - 1);
+    REQUIRE((grid.embedding_group() != nullptr) == ends_here);
+    if (ends_here)
+      CHECK(members(*grid.embedding_group()) ==
+            std::vector<int32_t>{grid.rank_of({0, c.dp, c.tp}), grid.rank_of({s.pp - 1, c.dp, c.tp})});
   }
   REQUIRE_THROWS_WITH(ProcessGrid(w, {.pp = 1, .dp = R + 1, .tp = 1}),
                       Contains("needs " + std::to_string(R + 1) + " ranks") &&

@@ -1,0 +1,73 @@
+// Pipeline parallelism: the forwards and backwards of one training step of a ParallelGPT stage,
+// over M micro-batches, in GPipe or 1F1B order.
+//
+//   Pipeline pipe(model, grid.pp_group(), {.schedule = PipelineSchedule::one_f_one_b,
+//                                           .micro_batches = 4});
+//   PipelineStepStats s = pipe.step(x, y);   // gradients of the step accumulate in .grad()
+//   sync_tied_embedding(model, grid.embedding_group());
+//   opt.step();
+//
+// Stage s receives each micro-batch's hidden state (mb, T, C) from stage s - 1 and sends its own to
+// s + 1; in backward the gradients of those states travel the other way. Sends are asynchronous
+// and receives block, so a stage waits only for what it needs next.
+//
+//   GPipe:  F1 F2 .. FM  B1 B2 .. BM              every micro-batch's activations held at once
+//   1F1B:   P - s - 1 warm-up forwards, then one forward and one backward in turn, then the
+//           remaining backwards: stage s holds at most P - s micro-batches' activations.
+//
+// With M micro-batches of B / M rows, each micro-batch's loss is scaled by 1 / M, so the
+// accumulated gradients are those of the mean loss over the whole batch B: the serial run's.
+// Stage s idles for (P - 1) / (M + P - 1) of the step in both schedules (the bubble) when every
+// stage costs the same.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "parallel/ddp.h"
+#include "parallel/parallel_gpt.h"
+
+namespace forge {
+
+enum class PipelineSchedule { gpipe, one_f_one_b };
+PipelineSchedule parse_pipeline_schedule(const std::string& name);  // "gpipe" or "1f1b"
+const char* pipeline_schedule_name(PipelineSchedule s);
+
+struct PipelineOptions {
+  PipelineSchedule schedule = PipelineSchedule::one_f_one_b;
+  int micro_batches = 1;
+};
+
+struct PipelineStepStats {
+  double loss = 0;          // mean loss of the batch, on every stage (sent from the last)
+  double step_seconds = 0;  // the whole schedule on this stage
+  double busy_seconds = 0;  // of which forward and backward computation
+  int max_in_flight = 0;    // micro-batches forwarded and not yet backwarded, at most at once
+  int64_t peak_activation_bytes = 0;  // allocator peak above the step's start (activations)
+  double idle_fraction() const { return step_seconds > 0 ? 1 - busy_seconds / step_seconds : 0; }
+};
+
+class Pipeline {
+ public:
+  // `pp`: this rank's pipeline group (rank = stage). The model's stage must match pp's rank.
+  Pipeline(ParallelGPT& model, std::shared_ptr<Communicator> pp, PipelineOptions options);
+
+  // One step over the batch x, y (B, T): the first stage reads x, the last y (every stage may pass
+  // both). The backward of each micro-batch starts from loss * loss_scale / M. With `ddp`, the
+  // gradients are all-reduced during the last micro-batch's backward only (no_sync before).
+  PipelineStepStats step(const Tensor& x, const Tensor& y, double loss_scale = 1.0,
+                         DistributedDataParallel* ddp = nullptr);
+
+  const PipelineOptions& options() const { return options_; }
+
+ private:
+  ParallelGPT& model_;
+  std::shared_ptr<Communicator> pp_;
+  PipelineOptions options_;
+};
+
+// Sums the tied token embedding's gradient between the first and the last stage (the embedding
+// lookup's part and the output head's part). No-op without a group (one stage).
+void sync_tied_embedding(ParallelGPT& model, const std::shared_ptr<Communicator>& embedding_group);
+
+}  // namespace forge

@@ -1,0 +1,234 @@
+// Tensor, pipeline and data parallelism composed, against the serial run: the same GPT, seed and
+// data trained for 10 AdamW steps (gradient clipping included) serially and on every process grid
+// the world allows (pp x dp x tp), with each pipeline schedule and 1 or 4 micro-batches. Per step
+// the losses and the gradient norms, and at the end every rank's weights against its slice of the
+// serial ones (per tensor, ||got - want|| / ||want||; see rel_l2), must agree within 1e-5. Every rank runs the serial model itself, so it
+// compares against a reference computed in the same process.
+//
+// 1 rank (unit suite): one stage, micro-batches accumulated. Under mpirun: 2 and 4 ranks run every
+// grid of those sizes; 8 ranks run dp=2 x tp=2 x pp=2.
+#include <cmath>
+#include <map>
+#include <optional>
+
+#include "optim/optimizer.h"
+#include "parallel/grid.h"
+#include "parallel/pipeline.h"
+#include "testing.h"
+
+using namespace forge;
+using forge::testing::Contains;
+using forge::testing::max_rel_diff;
+
+namespace {
+
+// Without biases, as test_ddp explains: AdamW turns the rounding noise of the (exactly zero) key
+// bias gradient into full-size steps in any two runs that sum in different orders.
+const GPTConfig kCfg{.n_layer = 4,
+                     .n_head = 4,
+                     .n_embd = 32,
+                     .block_size = 16,
+                     .vocab_size = 65,
+                     .dropout = 0.0,
+                     .bias = false};
+constexpr int64_t kB = 4;  // rows per data-parallel rank
+constexpr int kSteps = 10;
+constexpr double kClip = 0.5;  // below the first steps' norms: clipping does act
+constexpr double kTol = 1e-5;
+
+AdamWOptions adamw() { return {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8}; }
+
+// The global batch of step `step`, the same on every rank.
+std::pair<Tensor, Tensor> global_batch(int step, int64_t rows) {
+  Generator g(500 + uint64_t(step));
+  Tensor x = mul(rand({rows, kCfg.block_size}, g), double(kCfg.vocab_size)).to(DType::i64);
+  Tensor y = mul(rand({rows, kCfg.block_size}, g), double(kCfg.vocab_size)).to(DType::i64);
+  return {x, y};
+}
+
+struct Run {
+  std::vector<double> losses, norms;
+  NamedTensors weights;
+};
+
+Run serial_run(int64_t rows) {
+  Generator init(7), drop(8);
+  GPT model(kCfg, init, drop);
+  std::vector<Variable> params = model.parameters();
+  AdamW opt({{params, 0.1}}, adamw());
+  Run run;
+  for (int step = 0; step < kSteps; ++step) {
+    auto [x, y] = global_batch(step, rows);
+    opt.zero_grad();
+    Variable loss = GPT::loss(model.forward(x), y);
+    loss.backward();
+    run.losses.push_back(loss.item());
+    run.norms.push_back(clip_grad_norm(params, kClip));
+    opt.step();
+  }
+  run.weights = model.state_dict();
+  return run;
+}
+
+// The serial run for a global batch of `rows`, computed once per process.
+const Run& serial_reference(int64_t rows) {
+  static std::map<int64_t, Run> runs;
+  auto it = runs.find(rows);
+  if (it == runs.end()) it = runs.emplace(rows, serial_run(rows)).first;
+  return it->second;
+}
+
+struct Layout {
+  GridSizes grid;
+  PipelineSchedule schedule;
+  int micro_batches;
+};
+
+// ||a - b|| / ||b||. Weights are compared per tensor this way: the largest single element's
+// difference (printed too) reaches a few 1e-5 of the tensor's largest weight on some MLP weights,
+// whose gradients there are rounding-sized sums of cancelling terms that AdamW normalises into
+// steps of up to lr, in any two runs that sum in different orders (one rank's vocab-parallel
+// cross-entropy alone, summing in f64, gives 5e-6).
+double rel_l2(const Tensor& a, const Tensor& b) {
+  Tensor d = sub(a.to(DType::f64), b.to(DType::f64)), b64 = b.to(DType::f64);
+  return std::sqrt(sum(mul(d, d)).item() / sum(mul(b64, b64)).item());
+}
+
+std::string describe(const Layout& l) {
+  return fmt::format("pp {} x dp {} x tp {}, {}, {} micro-batches", l.grid.pp, l.grid.dp,
+                     l.grid.tp, pipeline_schedule_name(l.schedule), l.micro_batches);
+}
+
+// This rank's share of the run under `layout`: its shard's weights.
+Run parallel_run(const Layout& layout) {
+  auto world = world_communicator();
+  ProcessGrid grid(world, layout.grid);
+  const GridCoord c = grid.coord();
+  Generator init(7), drop(8);
+  ParallelGPT model(kCfg, {grid.tp_group(), c.pp, layout.grid.pp}, init, drop);
+  std::vector<Variable> params = model.parameters();
+  AdamW opt({{params, 0.1}}, adamw());
+  std::optional<DistributedDataParallel> ddp;
+  if (layout.grid.dp > 1) ddp.emplace(params, grid.dp_group(), DdpOptions{.bucket_bytes = 16384});
+  Pipeline pipe(model, grid.pp_group(), {layout.schedule, layout.micro_batches});
+  Run run;
+  for (int step = 0; step < kSteps; ++step) {
+    auto [x, y] = global_batch(step, kB * layout.grid.dp);
+    Tensor xr = x.narrow(0, c.dp * kB, kB).contiguous(), yr = y.narrow(0, c.dp * kB, kB).contiguous();
+    ddp ? ddp->zero_grad() : opt.zero_grad();
+    PipelineStepStats s = pipe.step(xr, yr, 1.0, ddp ? &*ddp : nullptr);
+    if (ddp) ddp->finish_grad_sync();
+    sync_tied_embedding(model, grid.embedding_group());
+    const double norm = parallel_grad_norm(model, *grid.model_parallel_group());
+    clip_grads_to_norm(params, norm, kClip);
+    opt.step();
+    Tensor loss = full({1}, s.loss, DType::f64);
+    grid.dp_group()->all_reduce(loss, ReduceOp::avg);
+    run.losses.push_back(loss.item());
+    run.norms.push_back(norm);
+    CHECK(s.max_in_flight == (layout.schedule == PipelineSchedule::gpipe
+                                  ? layout.micro_batches
+                                  : std::min(layout.micro_batches, layout.grid.pp - c.pp)));
+  }
+  run.weights = model.state_dict();
+  return run;
+}
+
+std::vector<Layout> layouts_for(int world) {
+  std::vector<GridSizes> grids;
+  if (world == 8) {
+    grids.push_back({.pp = 2, .dp = 2, .tp = 2});
+  } else {
+    for (int pp : {1, 2, 4})
+      for (int tp : {1, 2, 4})
+        if (world % (pp * tp) == 0) grids.push_back({pp, world / (pp * tp), tp});
+  }
+  std::vector<Layout> out;
+  for (const GridSizes& g : grids)
+    for (PipelineSchedule s : {PipelineSchedule::gpipe, PipelineSchedule::one_f_one_b})
+      for (int m : {1, 4})
+        if (g.pp > 1 || s == PipelineSchedule::one_f_one_b) out.push_back({g, s, m});
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("shard_gpt_state and merge_gpt_shards round-trip the serial weights for any layout") {
+  const GPTConfig cfg{.n_layer = 4, .n_head = 4, .n_embd = 16, .block_size = 8,
+                      .vocab_size = 11, .dropout = 0.0, .bias = true};
+  Generator init(1), drop(2);
+  GPT serial(cfg, init, drop);
+  const NamedTensors full = serial.state_dict();
+  for (int pp : {1, 2, 3, 4}) {
+    for (int tp : {1, 2, 4}) {
+      INFO("pp " << pp << " tp " << tp);
+      std::vector<std::vector<NamedTensors>> shards(static_cast<size_t>(pp));
+      for (int s = 0; s < pp; ++s)
+        for (int r = 0; r < tp; ++r) shards[size_t(s)].push_back(shard_gpt_state(full, cfg, r, tp, s, pp));
+      NamedTensors merged = merge_gpt_shards(shards);
+      REQUIRE(merged.size() == full.size());
+      for (size_t i = 0; i < full.size(); ++i) {
+        INFO(full[i].first);
+        CHECK(merged[i].first == full[i].first);
+        CHECK(testing::bitwise_equal(merged[i].second, full[i].second));
+      }
+    }
+  }
+  REQUIRE_THROWS_WITH(shard_gpt_state(full, cfg, 0, 1, 0, 5), Contains("5 stages for 4 layers"));
+}
+
+TEST_CASE("ParallelGPT on one rank and one stage is the serial GPT") {
+  auto one = single_process_communicator();
+  Generator i1(3), d1(4), i2(3), d2(4);
+  GPT serial(kCfg, i1, d1);
+  ParallelGPT par(kCfg, {one, 0, 1}, i2, d2);
+  auto [x, y] = global_batch(0, 2);
+  Variable ls = GPT::loss(serial.forward(x), y);
+  Variable lp = par.loss(par.forward(x, {}), y);
+  CHECK(std::abs(lp.item() - ls.item()) <= 1e-6 * ls.item());
+}
+
+TEST_CASE("pipeline, tensor and data parallel training equals the serial run") {
+  auto world = world_communicator();
+  for (const Layout& layout : layouts_for(world->size())) {
+    INFO(describe(layout));
+    const Run& want = serial_reference(kB * layout.grid.dp);
+    Run got = parallel_run(layout);
+    double worst_loss = 0, worst_norm = 0, worst_weight = 0, worst_element = 0;
+    for (int s = 0; s < kSteps; ++s) {
+      worst_loss = std::max(worst_loss, std::abs(got.losses[size_t(s)] - want.losses[size_t(s)]) /
+                                            want.losses[size_t(s)]);
+      worst_norm = std::max(worst_norm, std::abs(got.norms[size_t(s)] - want.norms[size_t(s)]) /
+                                            want.norms[size_t(s)]);
+    }
+    ProcessGrid grid(world, layout.grid);
+    const GridCoord c = grid.coord();
+    NamedTensors mine = shard_gpt_state(want.weights, kCfg, c.tp, layout.grid.tp, c.pp,
+                                        layout.grid.pp);
+    REQUIRE(mine.size() == got.weights.size());
+    for (size_t i = 0; i < mine.size(); ++i) {
+      REQUIRE(mine[i].first == got.weights[i].first);
+      worst_weight = std::max(worst_weight, rel_l2(got.weights[i].second, mine[i].second));
+      worst_element = std::max(worst_element, max_rel_diff(got.weights[i].second, mine[i].second));
+    }
+    CHECK(worst_loss <= kTol);
+    CHECK(worst_norm <= kTol);
+    CHECK(worst_weight <= kTol);
+    if (world->rank() == 0)
+      fmt::print("{}: worst relative difference: loss {:.1e}, grad norm {:.1e}, weights {:.1e} "
+                 "(largest element {:.1e})\n",
+                 describe(layout), worst_loss, worst_norm, worst_weight, worst_element);
+  }
+}
+
+TEST_CASE("pipeline options are checked") {
+  auto one = single_process_communicator();
+  Generator i(1), d(2);
+  ParallelGPT model(kCfg, {one, 0, 1}, i, d);
+  REQUIRE_THROWS_WITH(parse_pipeline_schedule("zigzag"), Contains("zigzag") && Contains("1f1b"));
+  Pipeline pipe(model, one, {PipelineSchedule::gpipe, 3});
+  auto [x, y] = global_batch(0, 4);
+  REQUIRE_THROWS_WITH(pipe.step(x, y), Contains("4 rows") && Contains("3 micro-batches"));
+  REQUIRE_THROWS_WITH(Pipeline(model, one, {PipelineSchedule::gpipe, 0}),
+                      Contains("micro_batches"));
+}
