@@ -4,6 +4,8 @@
 //   build/apps/train gpt --preset cpu --data shakespeare.txt --out out
 //   build/apps/train gpt --config run.toml --max-iters 500 --resume out
 //   build/apps/train mnist --epochs 5 --threads 2 --metrics run.jsonl
+//   build/apps/train reshard --from out --to merged            # shards -> one model (infer reads it)
+//   build/apps/train reshard --from merged --to out4 --tp 4    # -> another tensor/pipeline layout
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <csignal>
@@ -14,6 +16,7 @@
 #include "recipes/gpt_train.h"
 #include "recipes/mnist.h"
 #include "recipes/report.h"
+#include "recipes/sharded_checkpoint.h"
 #include "tensor/parallel.h"
 
 using namespace forge;
@@ -117,6 +120,17 @@ int main(int argc, char** argv) {
     flag_options.emplace_back(f.key,
                               g->add_option(f.flag, flags[f.key], f.help)->type_name(f.type));
 
+  CLI::App* rs = app.add_subcommand(
+      "reshard", "write a GPT checkpoint (serial or sharded) at another tensor/pipeline layout");
+  std::string reshard_from, reshard_to;
+  ShardLayout reshard_layout;
+  rs->add_option("--from", reshard_from, "checkpoint directory (or the out directory above it)")
+      ->required();
+  rs->add_option("--to", reshard_to, "out directory for the new checkpoint")->required();
+  rs->add_option("--tp", reshard_layout.tp, "tensor-parallel ranks (1 with --pp 1: one model file)")
+      ->check(CLI::PositiveNumber);
+  rs->add_option("--pp", reshard_layout.pp, "pipeline stages")->check(CLI::PositiveNumber);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -127,6 +141,11 @@ int main(int argc, char** argv) {
     if (m->parsed()) {
       mnist.progress = stdout_is_terminal();
       return run_mnist(mnist);
+    }
+    if (rs->parsed()) {
+      CheckpointPaths p = reshard_checkpoint(reshard_from, reshard_to, reshard_layout);
+      fmt::print("wrote {} (tp {} x pp {})\n", p.dir, reshard_layout.tp, reshard_layout.pp);
+      return 0;
     }
     if (g->parsed()) {
       GptTrainConfig cfg = GptTrainConfig::preset(preset);

@@ -61,7 +61,8 @@ NamedTensors shard_gpt_state(const NamedTensors& serial, const GPTConfig& cfg, i
   return out;
 }
 
-NamedTensors merge_gpt_shards(const std::vector<std::vector<NamedTensors>>& shards) {
+NamedTensors merge_gpt_shards(const std::vector<std::vector<NamedTensors>>& shards,
+                              const std::function<TpSplit(const std::string&)>& split_of) {
   NamedTensors out;
   auto have = [&](const std::string& n) {
     return std::any_of(out.begin(), out.end(), [&](const auto& e) { return e.first == n; });
@@ -80,7 +81,7 @@ NamedTensors merge_gpt_shards(const std::vector<std::vector<NamedTensors>>& shar
                     s, r, name);
         parts.push_back(ranks[r][i].second);
       }
-      out.emplace_back(name, merge_shards(parts, gpt_tp_split(name)));
+      out.emplace_back(name, merge_shards(parts, split_of(name)));
     }
   }
   return out;

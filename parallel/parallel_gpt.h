@@ -26,6 +26,8 @@
 // parallel run starts from the serial run's weights (at the cost of the whole model in memory once).
 #pragma once
 
+#include <functional>
+
 #include "models/gpt.h"
 #include "parallel/tensor_parallel.h"
 
@@ -46,7 +48,10 @@ bool gpt_stage_holds(const GPTConfig& cfg, const std::string& name, int stage, i
 NamedTensors shard_gpt_state(const NamedTensors& serial, const GPTConfig& cfg, int tp_rank,
                              int tp_size, int stage, int stages);
 // The inverse: shards[stage][tp_rank] -> the serial state dict (the tied wte taken from stage 0).
-NamedTensors merge_gpt_shards(const std::vector<std::vector<NamedTensors>>& shards);
+// `split_of` says how each name was cut (other tensors named after parameters: optimizer moments).
+NamedTensors merge_gpt_shards(
+    const std::vector<std::vector<NamedTensors>>& shards,
+    const std::function<TpSplit(const std::string&)>& split_of = gpt_tp_split);
 
 class ParallelAttention : public Module {
  public:

@@ -129,6 +129,33 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
   return stats;
 }
 
+double Pipeline::evaluate(const Tensor& x, const Tensor& y) {
+  NoGradGuard no_grad;
+  const int M = options_.micro_batches, s = pp_->rank(), P = pp_->size();
+  const bool first = model_.first_stage(), last = model_.last_stage();
+  const Tensor& batch = first ? x : y;
+  const int64_t B = batch.size(0), T = batch.size(1), mb = B / M;
+  FORGE_CHECK(B % M == 0, "pipeline: a batch of {} rows does not split into {} micro-batches", B,
+              M);
+  double loss_sum = 0;
+  for (int m = 0; m < M; ++m) {
+    Variable in;
+    if (!first) {
+      Tensor h = Tensor::empty({mb, T, model_.config().n_embd});
+      pp_->recv(h, s - 1, kForwardTag);
+      in = Variable(h);
+    }
+    Variable out = model_.forward(first ? x.narrow(0, m * mb, mb).contiguous() : Tensor(), in);
+    if (last)
+      loss_sum += model_.loss(out, y.narrow(0, m * mb, mb).contiguous()).item();
+    else
+      pp_->send(out.data().to(DType::f32).contiguous(), s + 1, kForwardTag);
+  }
+  Tensor loss = full({1}, last ? loss_sum / double(M) : 0.0, DType::f64);
+  pp_->broadcast(loss, P - 1);
+  return loss.item();
+}
+
 void sync_tied_embedding(ParallelGPT& model, const std::shared_ptr<Communicator>& embedding_group) {
   if (!embedding_group) return;
   FORGE_CHECK(model.wte && model.wte->weight.grad().defined(),

@@ -58,6 +58,10 @@ class Pipeline {
   PipelineStepStats step(const Tensor& x, const Tensor& y, double loss_scale = 1.0,
                          DistributedDataParallel* ddp = nullptr);
 
+  // The mean loss over x, y without gradients (evaluation; the model's train/eval mode is the
+  // caller's), through the same micro-batches and stages. Returned on every stage.
+  double evaluate(const Tensor& x, const Tensor& y);
+
   const PipelineOptions& options() const { return options_; }
 
  private:

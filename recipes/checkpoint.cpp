@@ -12,9 +12,11 @@ namespace fs = std::filesystem;
 namespace forge {
 
 namespace {
-constexpr const char* kFormat = "forge-gpt-1";
+constexpr const char* kFormat = kGptCheckpointFormat;
 constexpr const char* kModelFile = "model.safetensors";
 constexpr const char* kStateFile = "state.safetensors";
+
+}  // namespace
 
 std::string generator_to_string(Generator::State s) {
   return fmt::format("{}:{}", s.seed, s.offset);
@@ -33,12 +35,18 @@ Generator::State generator_from_string(const std::string& text, const std::strin
   return s;
 }
 
-const std::string& meta(const std::map<std::string, std::string>& m, const std::string& key,
-                        const std::string& path) {
+const std::string& checkpoint_meta(const std::map<std::string, std::string>& m,
+                                   const std::string& key, const std::string& path) {
   auto it = m.find(key);
   FORGE_CHECK(it != m.end(), "{}: metadata '{}' is missing (not a forge GPT checkpoint?)", path,
               key);
   return it->second;
+}
+
+namespace {
+const std::string& meta(const std::map<std::string, std::string>& m, const std::string& key,
+                        const std::string& path) {
+  return checkpoint_meta(m, key, path);
 }
 
 int64_t parse_int(const std::string& text, const std::string& what) {
@@ -92,7 +100,7 @@ CheckpointPaths save_checkpoint(const std::string& out_dir, int64_t step, const 
                                 const Tokenizer& tokenizer, const TrainingState& state,
                                 const std::string& train_config_json, int64_t keep_last) {
   fs::create_directories(out_dir);
-  std::string name = fmt::format("ckpt-{:06d}", step);
+  std::string name = checkpoint_name(step);
   fs::path final_dir = fs::path(out_dir) / name;
   fs::path tmp_dir = fs::path(out_dir) / (".tmp-" + name);
   fs::remove_all(tmp_dir);
@@ -118,8 +126,21 @@ CheckpointPaths save_checkpoint(const std::string& out_dir, int64_t step, const 
   NamedTensors state_tensors = state.optimizer;
   state_tensors.insert(state_tensors.end(), state.scaler.begin(), state.scaler.end());
   save_safetensors((tmp_dir / kStateFile).string(), state_tensors, state_meta);
-  fsync_dir(tmp_dir);
 
+  publish_checkpoint(tmp_dir.string(), out_dir, step, keep_last);
+  return {final_dir.string(), (final_dir / kModelFile).string(), (final_dir / kStateFile).string(),
+          step};
+}
+
+std::string checkpoint_name(int64_t step) {
+  return fmt::format("ckpt-{:06d}", step);
+}
+
+void publish_checkpoint(const std::string& tmp_dir, const std::string& out_dir, int64_t step,
+                        int64_t keep_last) {
+  fsync_dir(tmp_dir);
+  const std::string name = checkpoint_name(step);
+  const fs::path final_dir = fs::path(out_dir) / name;
   // Swap into place; an older checkpoint of the same step goes only once the new one is there.
   fs::path old_dir = fs::path(out_dir) / (".old-" + name);
   fs::remove_all(old_dir);
@@ -141,17 +162,21 @@ CheckpointPaths save_checkpoint(const std::string& out_dir, int64_t step, const 
   }
   std::sort(all.begin(), all.end());
   for (size_t i = 0; i + size_t(keep_last) < all.size(); ++i) fs::remove_all(all[i].second);
-
-  return {final_dir.string(), (final_dir / kModelFile).string(), (final_dir / kStateFile).string(),
-          step};
 }
 
 // ---------------------------------------------------------------------------------------------
 // Finding and loading
 
 std::optional<CheckpointPaths> latest_checkpoint(const std::string& dir) {
-  auto complete = [](const fs::path& d) {
-    return fs::exists(d / kModelFile) && fs::exists(d / kStateFile);
+  // Directories appear by rename once fully written: the files are there or it is not a
+  // checkpoint. A sharded one has no single model file (model is left empty).
+  auto sharded = [](const fs::path& d) { return fs::exists(d / "model-pp0-tp0.safetensors"); };
+  auto complete = [&](const fs::path& d) {
+    return (fs::exists(d / kModelFile) && fs::exists(d / kStateFile)) || sharded(d);
+  };
+  auto paths = [&](const fs::path& d, int64_t step) {
+    if (sharded(d)) return CheckpointPaths{d.string(), "", "", step};
+    return CheckpointPaths{d.string(), (d / kModelFile).string(), (d / kStateFile).string(), step};
   };
   if (!fs::is_directory(dir)) return std::nullopt;
   if (complete(dir)) {
@@ -159,16 +184,14 @@ std::optional<CheckpointPaths> latest_checkpoint(const std::string& dir) {
     int64_t step = 0;
     std::string n = d.filename().string();
     if (n.rfind("ckpt-", 0) == 0) step = std::atoll(n.c_str() + 5);
-    return CheckpointPaths{d.string(), (d / kModelFile).string(), (d / kStateFile).string(), step};
+    return paths(d, step);
   }
   std::optional<CheckpointPaths> best;
   for (const auto& e : fs::directory_iterator(dir)) {
     std::string n = e.path().filename().string();
     if (!e.is_directory() || n.rfind("ckpt-", 0) != 0 || !complete(e.path())) continue;
     int64_t step = std::atoll(n.c_str() + 5);
-    if (!best || step > best->step)
-      best = CheckpointPaths{e.path().string(), (e.path() / kModelFile).string(),
-                             (e.path() / kStateFile).string(), step};
+    if (!best || step > best->step) best = paths(e.path(), step);
   }
   return best;
 }
@@ -179,6 +202,10 @@ std::string resolve_model_path(const std::string& path) {
   auto latest = latest_checkpoint(path);
   FORGE_CHECK(latest.has_value(), "{}: no complete checkpoint (ckpt-*/{} and {}) found", path,
               kModelFile, kStateFile);
+  FORGE_CHECK(!latest->model.empty(),
+              "{}: a sharded checkpoint (tensor/pipeline parallel); merge it into one model first: "
+              "build/apps/train reshard --from {} --to DIR",
+              latest->dir, latest->dir);
   return latest->model;
 }
 

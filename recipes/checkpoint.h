@@ -11,6 +11,7 @@
 // a file whose config, tokenizer or tensors do not make the model, naming the file and the tensor.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 
@@ -19,6 +20,8 @@
 #include "tensor/random.h"
 
 namespace forge {
+
+inline constexpr const char* kGptCheckpointFormat = "forge-gpt-1";
 
 // Everything besides the weights that a run needs to continue exactly where it stopped.
 struct TrainingState {
@@ -61,5 +64,17 @@ TrainingState load_training_state(const std::string& path, const GPTConfig& conf
 
 std::string gpt_config_to_json(const GPTConfig& c);
 GPTConfig gpt_config_from_json(const std::string& json, const std::string& where);
+
+// Building blocks shared with sharded checkpoints (recipes/sharded_checkpoint.h).
+std::string checkpoint_name(int64_t step);  // ckpt-000250
+// Moves a fully written directory to out_dir/ckpt-<step> (an older one of the same step goes only
+// once the new one is in place) and keeps the newest keep_last checkpoints.
+void publish_checkpoint(const std::string& tmp_dir, const std::string& out_dir, int64_t step,
+                        int64_t keep_last);
+std::string generator_to_string(Generator::State s);  // seed:offset
+Generator::State generator_from_string(const std::string& text, const std::string& where);
+// metadata[key], or an error naming the file.
+const std::string& checkpoint_meta(const std::map<std::string, std::string>& metadata,
+                                   const std::string& key, const std::string& path);
 
 }  // namespace forge

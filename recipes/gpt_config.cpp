@@ -57,6 +57,14 @@ const std::vector<Field>& field_table() {
        [](C& c) -> FieldPtr { return &c.dp; }},
       {"bucket_mb", "DDP gradient bucket size in MiB",
        [](C& c) -> FieldPtr { return &c.bucket_mb; }},
+      {"tp", "tensor-parallel ranks (Megatron: heads and MLP columns split)",
+       [](C& c) -> FieldPtr { return &c.tp; }},
+      {"pp", "pipeline stages (blocks split into contiguous stages)",
+       [](C& c) -> FieldPtr { return &c.pp; }},
+      {"micro_batches", "micro-batches per step (the batch is split; gradients accumulate)",
+       [](C& c) -> FieldPtr { return &c.micro_batches; }},
+      {"schedule", "pipeline schedule: gpipe or 1f1b",
+       [](C& c) -> FieldPtr { return &c.schedule; }},
       {"eval_interval", "steps between val-loss evaluations",
        [](C& c) -> FieldPtr { return &c.eval_interval; }},
       {"eval_iters", "batches per evaluation", [](C& c) -> FieldPtr { return &c.eval_iters; }},
@@ -232,6 +240,15 @@ void GptTrainConfig::validate() const {
   FORGE_CHECK(threads >= 0, "threads must be >= 0, got {}", threads);
   FORGE_CHECK(dp >= 1, "dp must be >= 1, got {}", dp);
   FORGE_CHECK(bucket_mb > 0, "bucket_mb must be positive, got {}", bucket_mb);
+  FORGE_CHECK(tp >= 1 && pp >= 1, "tp and pp must be >= 1, got {} and {}", tp, pp);
+  FORGE_CHECK(model.n_head % tp == 0, "tp {} must divide n_head {} (heads are split over ranks)",
+              tp, model.n_head);
+  FORGE_CHECK(pp <= model.n_layer, "pp {} is more stages than n_layer {} blocks", pp,
+              model.n_layer);
+  FORGE_CHECK(micro_batches >= 1 && batch_size % micro_batches == 0,
+              "micro_batches {} must divide batch_size {}", micro_batches, batch_size);
+  FORGE_CHECK(schedule == "gpipe" || schedule == "1f1b", "schedule must be gpipe or 1f1b, got '{}'",
+              schedule);
   FORGE_CHECK(checkpoint_interval >= 0, "checkpoint_interval must be >= 0, got {}",
               checkpoint_interval);
   FORGE_CHECK(keep_last >= 1, "keep_last must be at least 1, got {}", keep_last);

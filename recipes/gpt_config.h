@@ -47,6 +47,13 @@ struct GptTrainConfig {
   // a global batch of dp * batch_size, gradients averaged in buckets of bucket_mb MiB.
   int64_t dp = 1;
   double bucket_mb = 25.0;
+  // Model parallelism (parallel/parallel_gpt.h, parallel/pipeline.h): tp tensor-parallel ranks
+  // times pp pipeline stages per model replica, so mpirun -np dp * tp * pp. Each step splits the
+  // batch into micro_batches, run in the pipeline schedule gpipe or 1f1b.
+  int64_t tp = 1;
+  int64_t pp = 1;
+  int64_t micro_batches = 1;
+  std::string schedule = "1f1b";
   // Evaluation and logging.
   int64_t eval_interval = 250;
   int64_t eval_iters = 200;

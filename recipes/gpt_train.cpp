@@ -10,7 +10,9 @@
 #include "optim/optimizer.h"
 #include "parallel/ddp.h"
 #include "parallel/grid.h"
+#include "parallel/pipeline.h"
 #include "recipes/checkpoint.h"
+#include "recipes/sharded_checkpoint.h"
 #include "recipes/report.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
@@ -48,8 +50,8 @@ Generator eval_generator(int64_t seed, int64_t step) {
 }
 
 // nanoGPT's optimizer groups: weight decay on tensors of 2+ dims (matmul weights, embeddings), none
-// on biases and LayerNorm gains.
-std::vector<ParamGroup> param_groups(const GPT& model, double weight_decay) {
+// on biases and LayerNorm gains (the order gpt_param_group_names gives checkpoints).
+std::vector<ParamGroup> param_groups(const Module& model, double weight_decay) {
   ParamGroup decay{{}, weight_decay}, no_decay{{}, 0.0};
   for (const auto& [name, p] : model.named_parameters())
     (p.dim() >= 2 ? decay : no_decay).params.push_back(p);
@@ -87,32 +89,36 @@ int64_t saved_dp(const TrainingState& st) {
 
 }  // namespace
 
+
 GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   GptTrainConfig cfg = config;
   cfg.validate();
   if (cfg.threads > 0) set_num_threads(int(cfg.threads));
-  // Data parallelism: dp ranks, each running batch_size rows of a global batch of dp * batch_size
-  // drawn from the same generator on every rank; rank 0 alone logs, evaluates and saves.
-  std::shared_ptr<Communicator> world = world_communicator();  // one rank without mpirun
-  ProcessGrid grid(world, {.pp = 1, .dp = int(cfg.dp), .tp = 1});
-  const int rank = grid.coord().dp;
+  // The ranks form a grid of dp replicas, each split over tp x pp ranks (all 1 without mpirun).
+  // Every rank draws the same global batch of dp * batch_size rows and its replica trains on its
+  // batch_size of them; rank 0 alone logs and evaluates, the first replica's ranks save.
+  std::shared_ptr<Communicator> world = world_communicator();
+  ProcessGrid grid(world, {.pp = int(cfg.pp), .dp = int(cfg.dp), .tp = int(cfg.tp)});
+  const GridCoord at = grid.coord();
   const bool lead = world->rank() == 0;
-  check_same_on_all_ranks(*world, shared_settings(cfg), "the training settings (--dp, model, ...)");
+  const bool model_parallel = cfg.tp > 1 || cfg.pp > 1;
+  const ShardLayout layout{int(cfg.tp), int(cfg.pp)};
+  check_same_on_all_ranks(*world, shared_settings(cfg),
+                          "the training settings (--dp, --tp, --pp, model, ...)");
   auto say = [&](const std::string& m) {
     if (lead && hooks.on_message) hooks.on_message(m);
   };
 
-  // Data, and the checkpoint to continue from.
-  std::optional<CheckpointPaths> resume;
-  LoadedModel loaded;
+  // Data, and the checkpoint to continue from (serial or sharded, at any layout).
+  std::optional<FullCheckpoint> resumed;
   std::string data_path = resolve_data_path(cfg);
   TextData data;
   if (!cfg.resume.empty()) {
-    resume = latest_checkpoint(cfg.resume);
-    FORGE_CHECK(resume.has_value(), "--resume {}: no complete checkpoint found there", cfg.resume);
-    loaded = load_model(resume->model);
-    check_same_architecture(cfg.model, loaded.config, resume->model);
-    data = load_text(data_path, loaded.tokenizer);
+    auto latest = latest_checkpoint(cfg.resume);
+    FORGE_CHECK(latest.has_value(), "--resume {}: no complete checkpoint found there", cfg.resume);
+    resumed = load_full_checkpoint(latest->dir);
+    check_same_architecture(cfg.model, resumed->config, latest->dir);
+    data = load_text(data_path, resumed->tokenizer);
   } else {
     data = load_text(data_path, Tokenizer::parse_kind(cfg.tokenizer));
   }
@@ -122,18 +128,25 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
                 "{}: block_size {} is larger than the {} split ({} tokens)", data_path,
                 cfg.model.block_size, name, split->numel());
 
-  // Dropout draws differ between ranks (rank 0's are the serial run's); every rank draws the same
-  // number, so one saved offset restores them all.
-  auto dropout_seed = [&](uint64_t rank0_seed) {
-    return rank0_seed + uint64_t(rank) * 0x9E3779B97F4A7C15ull;
+  // Dropout draws differ between replicas and between pipeline stages (replica 0's first stage
+  // draws the serial run's first masks) and agree between the tensor-parallel ranks of a stage.
+  auto dropout_seed = [&](uint64_t base) {
+    return base + uint64_t(at.dp) * 0x9E3779B97F4A7C15ull + uint64_t(at.pp) * 0xD1B54A32D192ED03ull;
   };
   Generator init_gen(uint64_t(cfg.seed)), batch_gen(uint64_t(cfg.seed) + 1),
       dropout_gen(dropout_seed(uint64_t(cfg.seed) + 2));
   GptRun run;
   run.tokenizer = data.tokenizer;
-  run.model = std::make_shared<GPT>(cfg.model, init_gen, dropout_gen);
-  run.model->set_checkpoint_blocks(cfg.checkpoint == "blocks");
-  GPT& model = *run.model;
+  std::shared_ptr<ParallelGPT> shard;  // model parallel: this rank's share
+  if (model_parallel) {
+    shard = std::make_shared<ParallelGPT>(
+        cfg.model, ModelParallel{grid.tp_group(), at.pp, int(cfg.pp)}, init_gen, dropout_gen);
+    shard->set_checkpoint_blocks(cfg.checkpoint == "blocks");
+  } else {
+    run.model = std::make_shared<GPT>(cfg.model, init_gen, dropout_gen);
+    run.model->set_checkpoint_blocks(cfg.checkpoint == "blocks");
+  }
+  Module& model = model_parallel ? static_cast<Module&>(*shard) : *run.model;
   model.train();
   AdamW opt(param_groups(model, cfg.weight_decay),
             {.lr = cfg.lr, .beta1 = cfg.beta1, .beta2 = cfg.beta2, .eps = 1e-8});
@@ -144,26 +157,37 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
        .growth_interval = cfg.scale_growth_interval,
        .enabled = cfg.loss_scale == "on" || (cfg.loss_scale == "auto" && cfg.precision == "f16")});
   int64_t start = 0;
-  if (resume) {
-    load_weights(model, loaded);
-    TrainingState st = load_training_state(resume->state, cfg.model);
-    opt.load_state(st.optimizer);
+  if (resumed) {
+    const TrainingState& st = resumed->state;
+    CheckpointShard mine = shard_checkpoint(*resumed, layout, at.pp, at.tp);
+    model.load_state_dict(mine.weights);
+    opt.load_state(optimizer_state_by_index(mine.optimizer,
+                                            gpt_param_group_names(model.state_dict())));
     if (scaler.enabled() && !st.scaler.empty()) scaler.load_state(st.scaler);
     FORGE_CHECK(
         saved_dp(st) == cfg.dp,
         "{}: the checkpoint was trained with dp = {} (a global batch of {} x {}); resume it "
         "with --dp {}",
-        resume->state, saved_dp(st), saved_dp(st), cfg.batch_size, saved_dp(st));
+        resumed->dir, saved_dp(st), saved_dp(st), cfg.batch_size, saved_dp(st));
     batch_gen.set_state(st.batch_gen);
-    // Rank 0's saved generator gives the run's dropout seed, whatever --seed says now.
-    dropout_gen.set_state({dropout_seed(st.dropout_gen.seed), st.dropout_gen.offset});
+    // The saved first shard's generator gives the run's dropout seed, whatever --seed says now;
+    // under the same layout each stage continues its own stream.
+    const auto& gens = resumed->dropout_gens;
+    const uint64_t offset = resumed->layout == layout ? gens[size_t(at.pp)][size_t(at.tp)].offset
+                                                      : gens[0][0].offset;
+    dropout_gen.set_state({dropout_seed(gens[0][0].seed), offset});
     start = st.step;
-    say(fmt::format("resumed from {} at step {}", resume->dir, start));
+    say(fmt::format("resumed from {} at step {}{}", resumed->dir, start,
+                    resumed->layout == layout
+                        ? ""
+                        : fmt::format(" (saved at tp {} x pp {}, now tp {} x pp {})",
+                                      resumed->layout.tp, resumed->layout.pp, layout.tp,
+                                      layout.pp)));
   }
   say(fmt::format(
       "model: {} layers, {} heads, {} wide, block {}, vocab {} ({}), {:.2f}M parameters",
       cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size,
-      cfg.model.vocab_size, cfg.tokenizer, double(model.num_parameters()) / 1e6));
+      cfg.model.vocab_size, cfg.tokenizer, double(cfg.model.num_parameters()) / 1e6));
   say(fmt::format("data: {} ({} train / {} val tokens); batch {} x {}; {} threads", data_path,
                   data.train.numel(), data.val.numel(), cfg.batch_size, cfg.model.block_size,
                   get_num_threads()));
@@ -176,6 +200,18 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
                     cfg.dp, world->backend(), cfg.dp * cfg.batch_size, cfg.model.block_size,
                     ddp->num_buckets()));
   }
+  std::optional<Pipeline> pipe;
+  if (model_parallel) {
+    pipe.emplace(*shard, grid.pp_group(),
+                 PipelineOptions{parse_pipeline_schedule(cfg.schedule), int(cfg.micro_batches)});
+    say(fmt::format("model parallel: tp {} x pp {} ({} ranks per replica), {} micro-batches, {} "
+                    "schedule; rank 0 holds blocks [{}, {})",
+                    cfg.tp, cfg.pp, cfg.tp * cfg.pp, cfg.micro_batches, cfg.schedule,
+                    shard->layers().begin, shard->layers().end));
+  } else if (cfg.micro_batches > 1) {
+    say(fmt::format("gradient accumulation: {} micro-batches of {}", cfg.micro_batches,
+                    cfg.batch_size / cfg.micro_batches));
+  }
   if (mixed || cfg.checkpoint != "none")
     say(fmt::format("precision {}{}; activation checkpointing {}", cfg.precision,
                     scaler.enabled() ? fmt::format(", loss scale {:g}", scaler.scale_value()) : "",
@@ -184,30 +220,77 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   WarmupCosine schedule(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters);
   MetricsWriter metrics(lead ? cfg.metrics : "");
   const std::vector<Variable> params = model.parameters();
-  const int64_t B = cfg.batch_size, T = cfg.model.block_size;
+  const int64_t B = cfg.batch_size, T = cfg.model.block_size, M = cfg.micro_batches;
   const double flops_per_step = cfg.model.flops_per_token(T) * double(B * T);
   const int64_t ckpt_every =
       cfg.checkpoint_interval > 0 ? cfg.checkpoint_interval : cfg.eval_interval;
 
   auto save = [&](int64_t step) {
-    if (cfg.out.empty() || !lead) return;
+    if (cfg.out.empty()) return;
     TrainingState st{step,
                      batch_gen.state(),
                      dropout_gen.state(),
-                     opt.state(),
+                     {},
                      scaler.enabled() ? scaler.state() : NamedTensors{},
                      cfg.to_json()};
-    CheckpointPaths p =
-        save_checkpoint(cfg.out, step, model, data.tokenizer, st, cfg.to_json(), cfg.keep_last);
+    CheckpointPaths p;
+    if (model_parallel) {
+      // Replica 0's ranks write their shards; every rank takes part (the directory is renamed
+      // into place once all are written).
+      std::vector<CheckpointShard> mine;
+      if (at.dp == 0) {
+        NamedTensors weights = model.state_dict();
+        mine.push_back({at.pp, at.tp, weights,
+                        optimizer_state_by_name(opt.state(), gpt_param_group_names(weights)),
+                        dropout_gen.state()});
+      }
+      p = save_sharded_checkpoint(*world, cfg.out, step, layout, cfg.model, data.tokenizer, st,
+                                  mine, cfg.keep_last);
+    } else {
+      if (!lead) return;
+      st.optimizer = opt.state();
+      p = save_checkpoint(cfg.out, step, *run.model, data.tokenizer, st, cfg.to_json(),
+                          cfg.keep_last);
+    }
     run.last_checkpoint = p.dir;
     say(fmt::format("saved checkpoint {}", p.dir));
   };
+  // Mean loss over eval_iters batches of dp * B rows: on rank 0 alone, or through the pipeline of
+  // replica 0 (whose ranks all take part).
+  auto eval_split = [&](const Tensor& split, Generator& g, const char* name) {
+    if (!model_parallel) return estimate_loss(*run.model, split, cfg.eval_iters, B * cfg.dp, g, name);
+    NoGradGuard no_grad;
+    MemoryTagScope tag(MemoryTag::activations);
+    model.eval();
+    double total = 0;
+    for (int64_t i = 0; i < cfg.eval_iters; ++i) {
+      Batch b = get_batch(split, B * cfg.dp, T, g, name);
+      total += pipe->evaluate(b.x, b.y);
+    }
+    model.train();
+    return total / double(cfg.eval_iters);
+  };
   auto evaluate = [&](int64_t step, StepStats& s) {
-    if (!lead) return;  // the others go on to the next step and wait for rank 0 there
+    if (model_parallel ? at.dp != 0 : !lead) return;  // the others wait at the next collective
     Generator g = eval_generator(cfg.seed, step);
-    s.train_eval_loss = estimate_loss(model, data.train, cfg.eval_iters, B * cfg.dp, g, "train");
-    s.val_loss = estimate_loss(model, data.val, cfg.eval_iters, B * cfg.dp, g, "val");
+    s.train_eval_loss = eval_split(data.train, g, "train");
+    s.val_loss = eval_split(data.val, g, "val");
     run.final_val_loss = s.val_loss;
+  };
+  // Forward and backward of this replica's rows; gradients accumulate over the micro-batches.
+  auto forward_backward = [&](const Batch& b) -> double {
+    if (model_parallel) return pipe->step(b.x, b.y, scaler.scale_value(), ddp ? &*ddp : nullptr).loss;
+    const int64_t mb = B / M;
+    double loss_sum = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      std::optional<DistributedDataParallel::NoSync> local;  // all-reduce in the last one only
+      if (ddp && m < M - 1) local.emplace(*ddp);
+      Variable loss = GPT::loss(run.model->forward(b.x.narrow(0, m * mb, mb).contiguous()),
+                                b.y.narrow(0, m * mb, mb).contiguous());
+      scaler.scale(mul(loss, 1.0 / double(M))).backward();
+      loss_sum += loss.item();
+    }
+    return loss_sum / double(M);
   };
 
   ProgressBar bar(cfg.max_iters - start, "train", hooks.progress && lead);
@@ -223,29 +306,34 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
       std::optional<Autocast> scope;
       if (mixed) scope.emplace(autocast_dtype);
       Batch b = get_batch(data.train, B * cfg.dp, T, batch_gen, "train");
-      if (ddp)
-        b = {b.x.narrow(0, rank * B, B).contiguous(), b.y.narrow(0, rank * B, B).contiguous()};
-      Variable loss = GPT::loss(model.forward(b.x), b.y);
+      if (cfg.dp > 1)
+        b = {b.x.narrow(0, at.dp * B, B).contiguous(), b.y.narrow(0, at.dp * B, B).contiguous()};
       ddp ? ddp->zero_grad() : opt.zero_grad();
-      scaler.scale(loss).backward();
-      s.loss = loss.item();
+      s.loss = forward_backward(b);
     }
     if (ddp) ddp->finish_grad_sync();
+    if (model_parallel) sync_tied_embedding(*shard, grid.embedding_group());
     scaler.unscale(params);  // before clipping; finds inf/NaN
-    if (ddp) {
-      // One small all-reduce: the mean loss, and the inf/NaN verdict of any rank, so every rank
-      // skips alike and rank 0 logs the loss of the whole batch.
+    if (world->size() > 1) {
+      // One small all-reduce: the mean loss, and the inf/NaN verdict of any rank (shards see
+      // different gradients), so every rank skips alike and rank 0 logs the whole batch's loss.
       Tensor v = from_vector<double>({s.loss, scaler.found_inf() ? 1.0 : 0.0});
       world->all_reduce(v, ReduceOp::sum);
       std::vector<double> r = v.to_vector<double>();
-      s.loss = r[0] / double(cfg.dp);
+      s.loss = r[0] / double(world->size());  // equal within a replica: the mean over replicas
       scaler.set_found_inf(r[1] > 0);
+    }
+    if (ddp) {
       s.comm_wait_ms = ddp->last_sync().wait_seconds * 1e3;
       s.allreduce_ms = ddp->last_sync().allreduce_seconds * 1e3;
     }
-    s.grad_norm = scaler.found_inf()  ? std::nan("")  // not computed on a skipped step
-                  : cfg.grad_clip > 0 ? clip_grad_norm(params, cfg.grad_clip)
-                                      : grad_norm(params);
+    if (scaler.found_inf()) {
+      s.grad_norm = std::nan("");  // not computed on a skipped step
+    } else {
+      s.grad_norm = model_parallel ? parallel_grad_norm(*shard, *grid.model_parallel_group())
+                                   : grad_norm(params);
+      if (cfg.grad_clip > 0) clip_grads_to_norm(params, s.grad_norm, cfg.grad_clip);
+    }
     s.skipped = !scaler.step(opt, params);
     s.loss_scale = scaler.scale_value();
     scaler.update();
@@ -274,7 +362,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     }
     if (hooks.on_step && lead) hooks.on_step(s);
     bool stop = hooks.stop && hooks.stop->load();
-    if (ddp) stop = any_rank(*world, stop);  // Ctrl-C reaches the ranks at different moments
+    if (world->size() > 1) stop = any_rank(*world, stop);  // Ctrl-C reaches ranks at different moments
     if (step % ckpt_every == 0 || step == cfg.max_iters || stop) save(step);
     if (stop) {
       run.stopped = true;

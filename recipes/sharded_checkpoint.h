@@ -1,0 +1,89 @@
+// Checkpoints of tensor- and pipeline-parallel runs: one model file and one state file per shard,
+// written by the ranks that hold them (data-parallel replicas hold the same shards; replica 0
+// writes).
+//
+//   out/ckpt-000250/model-pp0-tp1.safetensors   stage 0, tensor-parallel rank 1: its slices of the
+//                                               weights, under the serial model's names
+//   out/ckpt-000250/state-pp0-tp1.safetensors   its AdamW moments under the parameters' names
+//                                               (adamw.m.transformer.wte.weight, ...), generators
+//
+// A serial or data-parallel checkpoint (model.safetensors + state.safetensors, recipes/checkpoint.h)
+// is the 1 x 1 layout of the same thing. load_full_checkpoint reads either kind back into the serial
+// model's tensors; shard_checkpoint cuts those for any layout; `train reshard` is the two in turn,
+// so a run saved at tp = 2, pp = 2 samples in `infer` as one process once merged, and resumes under
+// another layout.
+//
+// The directory is written under a hidden name and renamed into place by rank 0 once every writer
+// is done, so an interrupted save never leaves a checkpoint with missing shards.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "models/module.h"
+#include "parallel/communicator.h"
+#include "recipes/checkpoint.h"
+
+namespace forge {
+
+struct ShardLayout {
+  int tp = 1, pp = 1;
+  bool serial() const { return tp == 1 && pp == 1; }
+  friend bool operator==(const ShardLayout&, const ShardLayout&) = default;
+};
+
+// One rank's share of a checkpoint.
+struct CheckpointShard {
+  int stage = 0, tp_rank = 0;
+  NamedTensors weights;    // serial names, this shard's slices
+  NamedTensors optimizer;  // by parameter name (optimizer_state_by_name)
+  Generator::State dropout_gen;
+};
+
+// The whole of a checkpoint, in the serial model's terms.
+struct FullCheckpoint {
+  std::string dir;
+  ShardLayout layout;  // what it was saved with
+  GPTConfig config;
+  Tokenizer tokenizer;
+  NamedTensors weights;    // the serial model's state dict
+  NamedTensors optimizer;  // by parameter name, merged
+  TrainingState state;     // step, generators, scaler, train config (optimizer left empty)
+  std::vector<std::vector<Generator::State>> dropout_gens;  // [stage][tp_rank]
+};
+
+// AdamW's state keys its moments by (group, index): adamw.m.<g>.<i>. Checkpoints that must survive
+// a change of layout key them by parameter name instead: adamw.m.<name>. The groups are the GPT
+// recipe's (gpt_param_groups): tensors of 2+ dims (weight decay), then the rest, each in the
+// model's parameter order.
+std::vector<std::vector<std::string>> gpt_param_group_names(const NamedTensors& params);
+NamedTensors optimizer_state_by_name(const NamedTensors& by_index,
+                                     const std::vector<std::vector<std::string>>& groups);
+NamedTensors optimizer_state_by_index(const NamedTensors& by_name,
+                                      const std::vector<std::vector<std::string>>& groups);
+
+// Whether `dir` (a ckpt-* directory) holds a sharded checkpoint.
+bool is_sharded_checkpoint(const std::string& dir);
+// Reads a serial or sharded checkpoint directory, merging the shards.
+FullCheckpoint load_full_checkpoint(const std::string& dir);
+// The shard of (stage, tp_rank) at `layout`: weights and optimizer moments cut by name.
+CheckpointShard shard_checkpoint(const FullCheckpoint& full, ShardLayout layout, int stage,
+                                 int tp_rank);
+
+// Writes `shards` (this rank's, or every shard of the layout from one process) into
+// out_dir/ckpt-<step>. Collective over `comm`: rank 0 makes the directory, every rank writes its
+// shards, rank 0 renames it into place and keeps the newest keep_last checkpoints. `state` gives
+// the step, the batch generator, the scaler and the train config; optimizer and dropout are per
+// shard.
+CheckpointPaths save_sharded_checkpoint(Communicator& comm, const std::string& out_dir,
+                                        int64_t step, ShardLayout layout, const GPTConfig& config,
+                                        const Tokenizer& tokenizer, const TrainingState& state,
+                                        const std::vector<CheckpointShard>& shards,
+                                        int64_t keep_last);
+
+// `train reshard`: the checkpoint at `from` written at `layout` into out_dir (serial files when
+// the layout is 1 x 1). Returns where.
+CheckpointPaths reshard_checkpoint(const std::string& from, const std::string& out_dir,
+                                   ShardLayout layout);
+
+}  // namespace forge
