@@ -17,11 +17,6 @@ fi
 export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_btl=self,vader
 mpi=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
 
-# The "step loss" pairs of a metrics file.
-losses() {
-  sed -n 's/.*"step": *\([0-9]*\).*"loss": *\([-0-9.e]*\).*/\1 \2/p' "$1"
-}
-
 corpus=$(test_corpus)
 # Flags may be given once: per-run ones (--data, --eval-interval) are added where used.
 # Small buckets (10 KB) take MPI's all-reduce; test 5 uses 1 MiB, which takes the shared-memory one.
@@ -36,9 +31,7 @@ run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --max
 [ "$rc" -eq 0 ] || { fail "dp=2 run exited $rc"; show; }
 grep -q "data parallel: 2 ranks" "$tmp/out" || { fail "no data-parallel line"; show; }
 [ "$(grep -c '^step .*| loss' "$tmp/out")" -eq 20 ] || { fail "expected 20 step lines from rank 0 only"; show; }
-worst=$(paste <(losses "$tmp/serial.jsonl") <(losses "$tmp/dp.jsonl") |
-  awk 'BEGIN { w = 0; n = 0 } $1 == $3 { d = ($2 - $4) / $2; if (d < 0) d = -d; if (d > w) w = d; n++ }
-       END { if (n != 20) print "missing"; else print w }')
+worst=$(worst_loss_diff "$tmp/serial.jsonl" "$tmp/dp.jsonl" 20)
 echo "dp=2 against serial batch 8: worst relative loss difference $worst"
 awk -v w="$worst" 'BEGIN { exit !(w != "missing" && w <= 1e-5) }' || fail "losses differ: $worst"
 

@@ -3,6 +3,9 @@
 #   expect_error WHAT STR... -> a failure unless rc != 0 and stderr holds every STR
 #   fail MESSAGE; show; finish NAME (prints the verdict and exits 1 on any failure)
 #   corpus=$(test_corpus)    -> $TINYSHAKESPEARE if it exists, else a small synthetic text
+#   losses FILE              -> the "step loss" pairs of a --metrics file
+#   worst_loss_diff A B N    -> the largest relative difference of the losses of two metrics files
+#                               over the steps they share ("missing" unless they share N)
 # $tmp is a fresh directory, removed at exit with any background job left in $bg_pid.
 tmp=$(mktemp -d)
 bg_pid=
@@ -59,4 +62,14 @@ test_corpus() {
     echo "The people shall have it."
   done >"$tmp/corpus.txt"
   echo "$tmp/corpus.txt"
+}
+
+losses() {
+  sed -n 's/.*"step": *\([0-9]*\).*"loss": *\([-0-9.e]*\).*/\1 \2/p' "$1"
+}
+
+worst_loss_diff() {
+  awk -v n="$3" 'NR == FNR { a[$1] = $2; next }
+    ($1 in a) { d = (a[$1] - $2) / a[$1]; if (d < 0) d = -d; if (d > w) w = d; k++ }
+    END { if (k != n) print "missing"; else print w + 0 }' <(losses "$1") <(losses "$2")
 }

@@ -17,6 +17,7 @@
 #include "optim/optimizer.h"
 #include "recipes/checkpoint.h"
 #include "recipes/gpt_train.h"
+#include "recipes/sharded_checkpoint.h"
 #include "testing.h"
 
 using namespace forge;
@@ -548,4 +549,65 @@ TEST_CASE("resuming with another architecture is refused, naming the field") {
   nowhere.resume = dir.file("empty");
   fs::create_directory(nowhere.resume);
   CHECK_THROWS_WITH(train_gpt(nowhere), Contains(nowhere.resume));
+}
+
+// ---- Sharded checkpoints (tensor/pipeline-parallel runs) ----
+
+namespace {
+// Optimizer states merged from pipeline stages list their entries stage by stage: compare by name.
+NamedTensors sorted(NamedTensors ts) {
+  std::sort(ts.begin(), ts.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return ts;
+}
+}  // namespace
+
+TEST_CASE("sharded checkpoints of any layout merge back to the serial weights and AdamW state") {
+  TempDir dir;
+  GPTConfig cfg = tiny_config(/*n_layer=*/3);
+  cfg.n_head = 4;
+  Generator init(21), drop(22);
+  GPT model(cfg, init, drop);
+  // The recipe's groups (gpt_param_group_names): matrices with weight decay, then the rest.
+  ParamGroup decay{{}, 0.1}, rest{{}, 0.0};
+  for (const auto& [n, p] : model.named_parameters()) (p.dim() >= 2 ? decay : rest).params.push_back(p);
+  AdamW opt({decay, rest}, {.lr = 1e-2});
+  Tensor idx = from_vector<int64_t>({0, 1, 2, 3, 4, 5, 6, 7}, {1, 8});
+  opt.zero_grad();
+  GPT::loss(model.forward(idx), idx).backward();
+  opt.step();
+  TrainingState st{7, {5, 123}, drop.state(), opt.state(), {}, "{\"dp\": 1}"};
+  save_checkpoint(dir.file("serial"), 7, model, kTok, st, st.train_config_json, 3);
+
+  FullCheckpoint full = load_full_checkpoint(dir.file("serial/ckpt-000007"));
+  CHECK(full.layout == ShardLayout{1, 1});
+  check_same(full.weights, model.state_dict());
+  const auto groups = gpt_param_group_names(model.state_dict());
+  check_same(optimizer_state_by_index(full.optimizer, groups), opt.state());
+
+  for (ShardLayout layout : {ShardLayout{2, 1}, ShardLayout{4, 1}, ShardLayout{1, 3},
+                             ShardLayout{2, 2}, ShardLayout{4, 3}}) {
+    INFO("tp " << layout.tp << " pp " << layout.pp);
+    const std::string name = fmt::format("tp{}pp{}", layout.tp, layout.pp);
+    CheckpointPaths p = reshard_checkpoint(dir.file("serial"), dir.file(name), layout);
+    CHECK(is_sharded_checkpoint(p.dir));
+    CHECK(fs::exists(fs::path(p.dir) /
+                     fmt::format("state-pp{}-tp{}.safetensors", layout.pp - 1, layout.tp - 1)));
+    FullCheckpoint back = load_full_checkpoint(p.dir);
+    CHECK(back.layout == layout);
+    CHECK(back.state.step == 7);
+    CHECK(back.state.batch_gen == st.batch_gen);
+    check_same(back.weights, model.state_dict());
+    check_same(sorted(optimizer_state_by_index(back.optimizer, groups)), sorted(opt.state()));
+    // And merged into one model again: the serial files, bit for bit.
+    CheckpointPaths merged = reshard_checkpoint(p.dir, dir.file(name + "-merged"), {1, 1});
+    check_same(load_model(merged.model).weights, model.state_dict());
+    check_same(sorted(load_training_state(merged.state, cfg).optimizer), sorted(opt.state()));
+  }
+  // One shard missing: named.
+  fs::remove(dir.file("tp2pp2/ckpt-000007/state-pp1-tp0.safetensors"));
+  REQUIRE_THROWS_WITH(load_full_checkpoint(dir.file("tp2pp2/ckpt-000007")),
+                      Contains("stage 1, tp rank 0") && Contains("missing"));
+  // infer's path resolution points sharded checkpoints to reshard.
+  REQUIRE_THROWS_WITH(resolve_model_path(dir.file("tp4pp1")),
+                      Contains("sharded checkpoint") && Contains("train reshard"));
 }

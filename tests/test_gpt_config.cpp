@@ -43,6 +43,8 @@ const nlohmann::ordered_json kAllFields = {
     {"loss_scale", "on"},      {"init_scale", 1024.0},
     {"scale_growth_interval", 50},
     {"dp", 4},              {"bucket_mb", 5.5},
+    {"tp", 5},              {"pp", 3},
+    {"micro_batches", 3},   {"schedule", "gpipe"},
     {"eval_interval", 13},  {"eval_iters", 4},
     {"log_interval", 2},    {"seed", 2024},
     {"threads", 3},         {"out", "runs/x"},
@@ -294,6 +296,10 @@ TEST_CASE("every field can be set by its key and reaches the struct") {
   CHECK(c.scale_growth_interval == 50);
   CHECK(c.dp == 4);
   CHECK(c.bucket_mb == 5.5);
+  CHECK(c.tp == 5);
+  CHECK(c.pp == 3);
+  CHECK(c.micro_batches == 3);
+  CHECK(c.schedule == "gpipe");
   CHECK(c.checkpoint == "blocks");
   CHECK(c.model.dropout == 0.125);
   CHECK(c.model.bias == true);
@@ -379,6 +385,11 @@ TEST_CASE("validate rejects impossible settings, naming them") {
            Case{"threads", "-2", "threads"},
            Case{"dp", "0", "dp"},
            Case{"bucket_mb", "0", "bucket_mb"},
+           Case{"tp", "0", "tp and pp"},
+           Case{"tp", "3", "must divide n_head"},
+           Case{"pp", "99", "more stages than n_layer"},
+           Case{"micro_batches", "5", "must divide batch_size"},
+           Case{"schedule", "zigzag", "gpipe or 1f1b"},
            Case{"checkpoint_interval", "-1", "checkpoint_interval"},
            Case{"keep_last", "0", "keep_last"},
        }) {
