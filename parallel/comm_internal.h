@@ -18,10 +18,6 @@ struct Work::State {
   std::condition_variable cv;
   bool finished = false;
   std::exception_ptr error;
-  // For operations a backend completes in wait() (MPI_Wait on a point-to-point request): run once,
-  // by the first waiter, then finish().
-  std::function<void()> complete;
-  bool completing = false;
 
   void finish(std::exception_ptr e = nullptr) {
     {

@@ -39,17 +39,6 @@ void check_reduce(DType dtype, ReduceOp op, const char* what) {
 void Work::wait() {
   if (!state_) return;
   std::unique_lock<std::mutex> lock(state_->mu);
-  if (state_->complete && !state_->finished && !state_->completing) {
-    state_->completing = true;
-    lock.unlock();
-    try {
-      state_->complete();
-      state_->finish();
-    } catch (...) {
-      state_->finish(std::current_exception());
-    }
-    lock.lock();
-  }
   state_->cv.wait(lock, [&] { return state_->finished; });
   if (state_->error) std::rethrow_exception(state_->error);
 }

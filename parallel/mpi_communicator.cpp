@@ -1,18 +1,22 @@
 // The MPI backend. MPI is initialised with MPI_THREAD_MULTIPLE: each communicator runs its
 // collectives on its own worker thread (blocking MPI calls there, so an asynchronous all-reduce
 // progresses while the caller computes, which MPI's nonblocking collectives would not do without
-// the caller polling), and point-to-point transfers are MPI_Isend / MPI_Irecv completed in wait().
+// the caller polling), and point-to-point transfers are MPI_Isend / MPI_Irecv driven to completion
+// by a progress thread (P2pProgress).
 // The C API only: the deprecated C++ bindings would come in otherwise (and warn).
 #define OMPI_SKIP_MPICXX 1
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <exception>
 #include <cstring>
 #include <stdlib.h>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "parallel/comm_internal.h"
@@ -45,6 +49,80 @@ struct MpiOps {
   MPI_Op sum_bf16, max_bf16, sum_f16, max_f16;
 };
 MpiOps g_ops;
+
+// Drives point-to-point transfers to completion in the background. A message larger than MPI's
+// eager limit (4 KB in OpenMPI's shared-memory transport) moves only while its sender and receiver
+// are inside MPI: a pipeline stage that posts a send and goes on computing would otherwise hold its
+// neighbour up until its own next MPI call (GPipe ran its stages one after the other). While
+// transfers are pending this thread tests them every ~50 us, and finishes each Work as its request
+// completes; it sleeps when there are none. It alone tests the requests it was given.
+class P2pProgress {
+ public:
+  ~P2pProgress() { stop(/*drain=*/true); }
+
+  // Takes over `request`: when it completes, runs on_done and finishes `state`.
+  void add(MPI_Request request, std::shared_ptr<Work::State> state, std::function<void()> on_done,
+           const char* op, int rank) {
+    std::lock_guard<std::mutex> lock(mu_);
+    FORGE_CHECK(!stopping_, "rank {}: MPI {} after the communicator was shut down", rank, op);
+    pending_.push_back({request, std::move(state), std::move(on_done), op, rank});
+    if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
+    cv_.notify_one();
+  }
+
+  // With drain, returns once every transfer is complete; without (a rank unwinding an error, whose
+  // peers may be gone), abandons them.
+  void stop(bool drain) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+      abandon_ = !drain;
+    }
+    cv_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  struct Entry {
+    MPI_Request request;
+    std::shared_ptr<Work::State> state;
+    std::function<void()> on_done;
+    const char* op;
+    int rank;
+  };
+
+  void loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stopping_ || !pending_.empty(); });
+      if (abandon_ || (stopping_ && pending_.empty())) return;
+      std::erase_if(pending_, [](Entry& e) {
+        int flag = 0;
+        std::exception_ptr error;
+        try {
+          mpi_check(MPI_Test(&e.request, &flag, MPI_STATUS_IGNORE), e.op, e.rank);
+          if (!flag) return false;
+          e.on_done();
+        } catch (...) {
+          error = std::current_exception();
+        }
+        e.state->finish(error);
+        return true;
+      });
+      if (!pending_.empty()) {
+        lock.unlock();
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+        lock.lock();
+      }
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Entry> pending_;
+  bool stopping_ = false, abandon_ = false;
+  std::thread thread_;
+};
 
 // Live communicators, stopped (their workers joined, their MPI_Comm freed) before MPI_Finalize.
 class MpiCommunicator;
@@ -233,18 +311,7 @@ class MpiCommunicator final : public Communicator {
 
   // Joins the worker and frees the MPI communicator (before MPI_Finalize, or at destruction).
   void shut_down() {
-    std::vector<Work> pending;
-    {
-      std::lock_guard<std::mutex> lock(p2p_mu_);
-      pending.swap(p2p_pending_);
-    }
-    if (std::uncaught_exceptions() == 0)
-      for (Work& w : pending) {
-        try {
-          w.wait();
-        } catch (...) {
-        }
-      }
+    p2p_progress_.stop(/*drain=*/std::uncaught_exceptions() == 0);
     worker_.stop();
     node_reduce_.reset();
     int finalized = 0;
@@ -376,24 +443,19 @@ class MpiCommunicator final : public Communicator {
   }
 
   template <class Start>
+  // The progress thread keeps every transfer (and its tensor) until it is complete, so that
+  // dropping a Work without waiting cannot free a tensor MPI still writes into; shut_down()
+  // completes them.
   Work p2p(CommStats::Entry CommStats::*which, const Tensor& t, Start start, const char* op) {
     auto s = std::make_shared<Work::State>();
-    {
-      // The communicator keeps every transfer until it is complete, so that dropping a Work
-      // without waiting cannot free a tensor MPI still writes into; shut_down() completes them.
-      std::lock_guard<std::mutex> lock(p2p_mu_);
-      std::erase_if(p2p_pending_, [](const Work& w) { return w.done(); });
-      p2p_pending_.push_back(Work(s));
-    }
-    auto request = std::make_shared<MPI_Request>(MPI_REQUEST_NULL);
-    mpi_check(start(request.get()), op, world_rank_);
+    MPI_Request request = MPI_REQUEST_NULL;
+    mpi_check(start(&request), op, world_rank_);
     auto t0 = std::chrono::steady_clock::now();
     int64_t bytes = int64_t(t.nbytes());
-    // Keeps the tensor alive until the transfer is done.
-    s->complete = [this, request, t, which, bytes, t0, op] {
-      mpi_check(MPI_Wait(request.get(), MPI_STATUS_IGNORE), op, world_rank_);
-      counters_.add(which, bytes, seconds_since(t0));
-    };
+    // The lambda keeps the tensor alive until the transfer is done.
+    p2p_progress_.add(
+        request, s, [this, t, which, bytes, t0] { counters_.add(which, bytes, seconds_since(t0)); },
+        op, world_rank_);
     return Work(s);
   }
 
@@ -411,8 +473,7 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1, world_rank_ = 0;
   std::unique_ptr<NodeAllReduce> node_reduce_;
   bool node_reduce_tried_ = false;
-  std::mutex p2p_mu_;
-  std::vector<Work> p2p_pending_;
+  P2pProgress p2p_progress_;
   CommCounters counters_;
   CommWorker worker_;
 };
