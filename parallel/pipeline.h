@@ -17,8 +17,9 @@
 //
 // With M micro-batches of B / M rows, each micro-batch's loss is scaled by 1 / M, so the
 // accumulated gradients are those of the mean loss over the whole batch B: the serial run's.
-// Stage s idles for (P - 1) / (M + P - 1) of the step in both schedules (the bubble) when every
-// stage costs the same.
+// When every stage costs the same, (P - 1) / (M + P - 1) of the stages' time is idle in both
+// schedules (the bubble): stage 0, which starts first and finishes last, idles that share of its
+// step; later stages finish their backwards earlier and idle less of their own.
 #pragma once
 
 #include <memory>
