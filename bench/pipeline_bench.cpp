@@ -92,6 +92,7 @@ StageRecord measure_stage(const Settings& s, ParallelGPT& model, const ProcessGr
     grid.pp_group()->barrier();
     // Gradients are not zeroed between steps: they then accumulate in place into tensors that
     // exist before the step, so the step's allocator peak is activations and temporaries only.
+    reset_peak_memory(Device::cpu());
     PipelineStepStats st = pipe.step(x, y);
     if (i < s.warmup) continue;
     r.busy.push_back(st.busy_seconds);

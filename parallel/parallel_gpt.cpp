@@ -202,7 +202,7 @@ Variable ParallelGPT::forward(const Tensor& idx, const Variable& hidden) {
 Variable ParallelGPT::loss(const Variable& logits, const Tensor& targets) const {
   FORGE_CHECK(last_stage(), "GPT: the loss is computed on the last pipeline stage, not stage {}",
               mp_.stage);
-  return vocab_parallel_cross_entropy(logits, targets, wte->range(), mp_.tp);
+  return vocab_parallel_cross_entropy(logits, targets, wte->range(), cfg_.vocab_size, mp_.tp);
 }
 
 double parallel_grad_norm(const ParallelGPT& model, Communicator& model_parallel_group) {

@@ -50,7 +50,6 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
   PipelineStepStats stats;
   const auto t_step = Clock::now();
   const int64_t live_at_start = memory_stats(Device::cpu()).live_bytes;
-  reset_peak_memory(Device::cpu());
   // Micro-batches forwarded and not yet backwarded: the stage's input (a leaf whose gradient goes
   // back to the previous stage) and its output (hidden state, or the loss on the last stage).
   struct InFlight {

@@ -44,7 +44,9 @@ struct PipelineStepStats {
   double step_seconds = 0;  // the whole schedule on this stage
   double busy_seconds = 0;  // of which forward and backward computation
   int max_in_flight = 0;    // micro-batches forwarded and not yet backwarded, at most at once
-  int64_t peak_activation_bytes = 0;  // allocator peak above the step's start (activations)
+  // The allocator's peak above the step's start (activations): scoped to the step when the
+  // caller calls reset_peak_memory before it (the pipeline leaves the process's peak alone).
+  int64_t peak_activation_bytes = 0;
   double idle_fraction() const { return step_seconds > 0 ? 1 - busy_seconds / step_seconds : 0; }
 };
 
@@ -53,8 +55,8 @@ class Pipeline {
   // `pp`: this rank's pipeline group (rank = stage). The model's stage must match pp's rank.
   Pipeline(ParallelGPT& model, std::shared_ptr<Communicator> pp, PipelineOptions options);
 
-  // One step over the batch x, y (B, T): the first stage reads x, the last y (every stage may pass
-  // both). The backward of each micro-batch starts from loss * loss_scale / M. With `ddp`, the
+  // One step over the batch x, y (B, T): the first stage reads x, the last y, and the others take
+  // the micro-batches' shape from y (pass both everywhere). The backward of each micro-batch starts from loss * loss_scale / M. With `ddp`, the
   // gradients are all-reduced during the last micro-batch's backward only (no_sync before).
   PipelineStepStats step(const Tensor& x, const Tensor& y, double loss_scale = 1.0,
                          DistributedDataParallel* ddp = nullptr);

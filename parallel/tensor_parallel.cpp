@@ -88,7 +88,7 @@ Variable RowParallelLinear::forward(const Variable& x) {
 
 VocabParallelEmbedding::VocabParallelEmbedding(int64_t num, int64_t dim,
                                                std::shared_ptr<Communicator> tp)
-    : tp_(std::move(tp)), range_(shard_range(num, tp_->size(), tp_->rank())) {
+    : tp_(std::move(tp)), num_(num), range_(shard_range(num, tp_->size(), tp_->rank())) {
   FORGE_CHECK(range_.size() > 0, "VocabParallelEmbedding: {} rows over {} ranks leaves rank {} none",
               num, tp_->size(), tp_->rank());
   weight = register_parameter("weight", zero_parameter({range_.size(), dim}));
@@ -107,6 +107,8 @@ Variable VocabParallelEmbedding::forward(const Tensor& indices) {
   int64_t* pl = local.data<int64_t>();
   uint8_t* po = other.data<uint8_t>();
   for (int64_t i = 0, n = idx.numel(); i < n; ++i) {
+    FORGE_CHECK(pi[i] >= 0 && pi[i] < num_,
+                "embedding: index {} at position {} is out of range for {} rows", pi[i], i, num_);
     const bool mine = pi[i] >= range_.begin && pi[i] < range_.end;
     pl[i] = mine ? pi[i] - range_.begin : 0;
     po[i] = !mine;
@@ -122,9 +124,12 @@ Variable VocabParallelEmbedding::forward(const Tensor& indices) {
 
 namespace {
 
+// Rows whose target is ignore_index are skipped (t[i] = kSkip); `count` rows take part.
+constexpr int64_t kSkip = -1;
+
 template <class T>
-void vocab_ce_forward(const Tensor& x, const int64_t* t, IndexRange vocab, Communicator& tp,
-                      Tensor& lse, double& loss) {
+void vocab_ce_forward(const Tensor& x, const int64_t* t, int64_t count, IndexRange vocab,
+                      Communicator& tp, Tensor& lse, double& loss) {
   const int64_t N = x.size(0), V = x.size(1);
   const T* px = x.data<T>();
   // The row maxima, then the group's.
@@ -157,24 +162,29 @@ void vocab_ce_forward(const Tensor& x, const int64_t* t, IndexRange vocab, Commu
   double total = 0;
   for (int64_t i = 0; i < N; ++i) {
     pl[i] = pm[i] + std::log(ps[i]);
-    total += pl[i] - pz[i];
+    if (t[i] != kSkip) total += pl[i] - pz[i];
   }
-  loss = total / double(N);
+  loss = count > 0 ? total / double(count) : 0.0;
 }
 
 template <class T>
-Tensor vocab_ce_backward(const Tensor& x, const int64_t* t, IndexRange vocab, const Tensor& lse,
-                         double grad_loss) {
+Tensor vocab_ce_backward(const Tensor& x, const int64_t* t, int64_t count, IndexRange vocab,
+                         const Tensor& lse, double grad_loss) {
   const int64_t N = x.size(0), V = x.size(1);
   Tensor dx = Tensor::empty(x.shape(), x.dtype());
   const T* px = x.data<T>();
   const double* pl = lse.data<double>();
   T* pd = dx.data<T>();
-  const double s = grad_loss / double(N);
+  const double s = grad_loss / double(std::max<int64_t>(count, 1));
   parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      for (int64_t c = 0; c < V; ++c) pd[i * V + c] = T(std::exp(double(px[i * V + c]) - pl[i]) * s);
-      if (t[i] >= vocab.begin && t[i] < vocab.end) pd[i * V + t[i] - vocab.begin] -= T(s);
+      T* dr = pd + i * V;
+      if (t[i] == kSkip) {
+        std::fill(dr, dr + V, T(0));
+        continue;
+      }
+      for (int64_t c = 0; c < V; ++c) dr[c] = T(std::exp(double(px[i * V + c]) - pl[i]) * s);
+      if (t[i] >= vocab.begin && t[i] < vocab.end) dr[t[i] - vocab.begin] -= T(s);
     }
   });
   return dx;
@@ -183,12 +193,14 @@ Tensor vocab_ce_backward(const Tensor& x, const int64_t* t, IndexRange vocab, co
 }  // namespace
 
 Variable vocab_parallel_cross_entropy(const Variable& logits, const Tensor& targets,
-                                      IndexRange vocab, const std::shared_ptr<Communicator>& tp) {
+                                      IndexRange vocab, int64_t vocab_size,
+                                      const std::shared_ptr<Communicator>& tp,
+                                      int64_t ignore_index) {
   const int64_t V = logits.size(-1);
-  FORGE_CHECK(V == vocab.size(),
-              "vocab_parallel_cross_entropy: logits have {} columns, the rank's vocabulary slice "
-              "[{}, {}) has {}",
-              V, vocab.begin, vocab.end, vocab.size());
+  FORGE_CHECK(V == vocab.size() && vocab.begin >= 0 && vocab.end <= vocab_size,
+              "vocab_parallel_cross_entropy: logits have {} columns, the rank's slice [{}, {}) of "
+              "a vocabulary of {} has {}",
+              V, vocab.begin, vocab.end, vocab_size, vocab.size());
   FORGE_CHECK(logits.dtype() == DType::f32 || logits.dtype() == DType::f64,
               "vocab_parallel_cross_entropy: logits must be f32 or f64, got {}", logits.dtype());
   Variable x2 = reshape(logits, {-1, V});
@@ -196,23 +208,36 @@ Variable vocab_parallel_cross_entropy(const Variable& logits, const Tensor& targ
   FORGE_CHECK(is_integral(targets.dtype()) && targets.numel() == N,
               "vocab_parallel_cross_entropy: {} targets (integers) for {} rows of logits, got {} {}",
               N, N, targets.dtype(), targets.shape());
-  Tensor t = targets.to(DType::i64).contiguous().view({N});
+  // The targets, with ignored rows marked kSkip.
+  Tensor t = targets.to(DType::i64).contiguous().view({N}).clone();
+  int64_t* pt = t.data<int64_t>();
+  int64_t count = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    if (pt[i] == ignore_index) {
+      pt[i] = kSkip;
+      continue;
+    }
+    FORGE_CHECK(pt[i] >= 0 && pt[i] < vocab_size,
+                "cross_entropy: target {} at row {} is out of range for {} classes", pt[i], i,
+                vocab_size);
+    ++count;
+  }
   Tensor x = x2.data().contiguous();
   Tensor lse;
   double loss = 0;
   if (x.dtype() == DType::f32)
-    vocab_ce_forward<float>(x, t.data<int64_t>(), vocab, *tp, lse, loss);
+    vocab_ce_forward<float>(x, pt, count, vocab, *tp, lse, loss);
   else
-    vocab_ce_forward<double>(x, t.data<int64_t>(), vocab, *tp, lse, loss);
+    vocab_ce_forward<double>(x, pt, count, vocab, *tp, lse, loss);
   Tensor out = full({}, loss, x.dtype());
-  return make_variable(out, "vocab_parallel_cross_entropy", {&x2},
-                       [x, t, vocab, lse](const Tensor& g) -> std::vector<Tensor> {
-                         const double gl = g.item();
-                         return {x.dtype() == DType::f32
-                                     ? vocab_ce_backward<float>(x, t.data<int64_t>(), vocab, lse, gl)
-                                     : vocab_ce_backward<double>(x, t.data<int64_t>(), vocab, lse,
-                                                                 gl)};
-                       });
+  return make_variable(
+      out, "vocab_parallel_cross_entropy", {&x2},
+      [x, t, count, vocab, lse](const Tensor& g) -> std::vector<Tensor> {
+        const double gl = g.item();
+        const int64_t* tt = t.data<int64_t>();
+        return {x.dtype() == DType::f32 ? vocab_ce_backward<float>(x, tt, count, vocab, lse, gl)
+                                        : vocab_ce_backward<double>(x, tt, count, vocab, lse, gl)};
+      });
 }
 
 }  // namespace forge

@@ -88,15 +88,20 @@ class VocabParallelEmbedding : public Module {
 
  private:
   std::shared_ptr<Communicator> tp_;
+  int64_t num_;
   IndexRange range_;
 };
 
-// Mean cross-entropy over N rows of logits whose columns are split over the group: this rank's
-// logits (..., vocab.size()) hold columns [vocab.begin, vocab.end) of the whole vocabulary, targets
-// (...) index the whole vocabulary. Forward: the row max all-reduced (max), then the sums of
-// exp(x - max) and the targets' logits all-reduced together (sum, 2N values); every rank gets the
-// loss. Backward needs no communication: softmax - onehot over the rank's own columns.
+// Mean cross-entropy over the rows of logits whose columns are split over the group, as
+// cross_entropy computes it over whole rows: this rank's logits (..., vocab.size()) hold columns
+// [vocab.begin, vocab.end) of a vocabulary of vocab_size, targets (...) index the whole vocabulary,
+// rows whose target is ignore_index count for nothing. Forward: the row max all-reduced (max),
+// then the sums of exp(x - max) and the targets' logits all-reduced together (sum, 2N values);
+// every rank gets the loss. Backward needs no communication: softmax - onehot over the rank's own
+// columns.
 Variable vocab_parallel_cross_entropy(const Variable& logits, const Tensor& targets,
-                                      IndexRange vocab, const std::shared_ptr<Communicator>& tp);
+                                      IndexRange vocab, int64_t vocab_size,
+                                      const std::shared_ptr<Communicator>& tp,
+                                      int64_t ignore_index = -100);
 
 }  // namespace forge

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "autograd/autocast.h"
@@ -49,13 +50,16 @@ Generator eval_generator(int64_t seed, int64_t step) {
                    7);
 }
 
-// nanoGPT's optimizer groups: weight decay on tensors of 2+ dims (matmul weights, embeddings), none
-// on biases and LayerNorm gains (the order gpt_param_group_names gives checkpoints).
+// nanoGPT's optimizer groups (gpt_param_group_names): weight decay on tensors of 2+ dims (matmul
+// weights, embeddings), none on biases and LayerNorm gains.
 std::vector<ParamGroup> param_groups(const Module& model, double weight_decay) {
-  ParamGroup decay{{}, weight_decay}, no_decay{{}, 0.0};
-  for (const auto& [name, p] : model.named_parameters())
-    (p.dim() >= 2 ? decay : no_decay).params.push_back(p);
-  return {decay, no_decay};
+  std::map<std::string, Variable> by_name;
+  for (const auto& [name, p] : model.named_parameters()) by_name.emplace(name, p);
+  const auto names = gpt_param_group_names(model);
+  std::vector<ParamGroup> groups{{{}, weight_decay}, {{}, 0.0}};
+  for (size_t g = 0; g < 2; ++g)
+    for (const std::string& n : names[g]) groups[g].params.push_back(by_name.at(n));
+  return groups;
 }
 
 void check_same_architecture(const GPTConfig& run, const GPTConfig& saved,
@@ -162,7 +166,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     CheckpointShard mine = shard_checkpoint(*resumed, layout, at.pp, at.tp);
     model.load_state_dict(mine.weights);
     opt.load_state(optimizer_state_by_index(mine.optimizer,
-                                            gpt_param_group_names(model.state_dict())));
+                                            gpt_param_group_names(model)));
     if (scaler.enabled() && !st.scaler.empty()) scaler.load_state(st.scaler);
     FORGE_CHECK(
         saved_dp(st) == cfg.dp,
@@ -171,11 +175,8 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
         resumed->dir, saved_dp(st), saved_dp(st), cfg.batch_size, saved_dp(st));
     batch_gen.set_state(st.batch_gen);
     // The saved first shard's generator gives the run's dropout seed, whatever --seed says now;
-    // under the same layout each stage continues its own stream.
-    const auto& gens = resumed->dropout_gens;
-    const uint64_t offset = resumed->layout == layout ? gens[size_t(at.pp)][size_t(at.tp)].offset
-                                                      : gens[0][0].offset;
-    dropout_gen.set_state({dropout_seed(gens[0][0].seed), offset});
+    // the offset is this shard's (its own stream under the same layout, see shard_checkpoint).
+    dropout_gen.set_state({dropout_seed(resumed->dropout_gens[0][0].seed), mine.dropout_gen.offset});
     start = st.step;
     say(fmt::format("resumed from {} at step {}{}", resumed->dir, start,
                     resumed->layout == layout
@@ -183,6 +184,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
                         : fmt::format(" (saved at tp {} x pp {}, now tp {} x pp {})",
                                       resumed->layout.tp, resumed->layout.pp, layout.tp,
                                       layout.pp)));
+    resumed.reset();  // the whole model's weights and moments: not kept for the run
   }
   say(fmt::format(
       "model: {} layers, {} heads, {} wide, block {}, vocab {} ({}), {:.2f}M parameters",
@@ -239,9 +241,8 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
       // into place once all are written).
       std::vector<CheckpointShard> mine;
       if (at.dp == 0) {
-        NamedTensors weights = model.state_dict();
-        mine.push_back({at.pp, at.tp, weights,
-                        optimizer_state_by_name(opt.state(), gpt_param_group_names(weights)),
+        mine.push_back({at.pp, at.tp, model.state_dict(),
+                        optimizer_state_by_name(opt.state(), gpt_param_group_names(model)),
                         dropout_gen.state()});
       }
       p = save_sharded_checkpoint(*world, cfg.out, step, layout, cfg.model, data.tokenizer, st,
@@ -261,13 +262,14 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     if (!model_parallel) return estimate_loss(*run.model, split, cfg.eval_iters, B * cfg.dp, g, name);
     NoGradGuard no_grad;
     MemoryTagScope tag(MemoryTag::activations);
+    const bool was_training = model.is_training();
     model.eval();
     double total = 0;
     for (int64_t i = 0; i < cfg.eval_iters; ++i) {
       Batch b = get_batch(split, B * cfg.dp, T, g, name);
       total += pipe->evaluate(b.x, b.y);
     }
-    model.train();
+    model.train(was_training);
     return total / double(cfg.eval_iters);
   };
   auto evaluate = [&](int64_t step, StepStats& s) {

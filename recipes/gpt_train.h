@@ -11,9 +11,13 @@
 // drawn by a generator seeded from (seed, step), so evaluating never disturbs the training stream
 // and a resumed run reproduces the uninterrupted one bit for bit.
 //
-// With dp > 1 (under mpirun -np dp) every rank draws the same global batch of dp * B windows and
-// trains on its B of them; DDP averages the gradients, so the run matches one process with batch
-// dp * B. Rank 0 alone logs, evaluates and saves checkpoints.
+// With micro_batches M > 1 each batch runs as M micro-batches whose gradients accumulate (the same
+// step, in less activation memory). Under mpirun with dp * tp * pp ranks, every rank draws the
+// same global batch of dp * B windows and each of the dp replicas trains on its B of them; DDP
+// averages the gradients, so the run matches one process with batch dp * B. A replica is split
+// over tp tensor-parallel ranks and pp pipeline stages (parallel/parallel_gpt.h, pipeline.h) when
+// either is above 1; its checkpoints are then sharded (recipes/sharded_checkpoint.h), written by
+// replica 0's ranks. Rank 0 alone logs; evaluation runs on rank 0, or on replica 0's ranks.
 #pragma once
 
 #include <atomic>
@@ -57,7 +61,7 @@ struct GptRun {
   int64_t steps_done = 0;      // including those of a resumed checkpoint
   bool stopped = false;        // interrupted by hooks.stop
   std::string last_checkpoint;
-  std::shared_ptr<GPT> model;
+  std::shared_ptr<GPT> model;  // null under tensor or pipeline parallelism (the model is split)
   Tokenizer tokenizer;
 };
 

@@ -15,9 +15,9 @@ namespace forge {
 // ---------------------------------------------------------------------------------------------
 // Optimizer state by parameter name
 
-std::vector<std::vector<std::string>> gpt_param_group_names(const NamedTensors& params) {
+std::vector<std::vector<std::string>> gpt_param_group_names(const Module& model) {
   std::vector<std::vector<std::string>> groups(2);
-  for (const auto& [name, t] : params) groups[t.dim() >= 2 ? 0 : 1].push_back(name);
+  for (const auto& [name, p] : model.named_parameters()) groups[p.dim() >= 2 ? 0 : 1].push_back(name);
   return groups;
 }
 
@@ -123,6 +123,13 @@ ShardLayout layout_from_json(const std::string& text, const std::string& where) 
 }
 }  // namespace
 
+// The groups of the serial model of `config` (the optimizer that wrote a serial checkpoint).
+std::vector<std::vector<std::string>> serial_group_names(const GPTConfig& config) {
+  MemoryTagScope tag(MemoryTag::other);
+  Generator g0(0), g1(0);
+  return gpt_param_group_names(GPT(config, g0, g1));
+}
+
 bool is_sharded_checkpoint(const std::string& dir) {
   return fs::exists(fs::path(dir) / model_shard_file(0, 0));
 }
@@ -136,7 +143,7 @@ FullCheckpoint load_full_checkpoint(const std::string& dir) {
     full.config = m.config;
     full.tokenizer = m.tokenizer;
     full.weights = m.weights;
-    full.optimizer = optimizer_state_by_name(full.state.optimizer, gpt_param_group_names(m.weights));
+    full.optimizer = optimizer_state_by_name(full.state.optimizer, serial_group_names(m.config));
     full.state.optimizer.clear();
     full.dropout_gens = {{full.state.dropout_gen}};
     return full;
@@ -260,6 +267,10 @@ CheckpointPaths reshard_checkpoint(const std::string& from, const std::string& o
   auto latest = latest_checkpoint(from);
   FORGE_CHECK(latest.has_value(), "{}: no complete checkpoint found there", from);
   FullCheckpoint full = load_full_checkpoint(latest->dir);
+  const fs::path target = fs::path(out_dir) / checkpoint_name(full.state.step);
+  FORGE_CHECK(!fs::exists(target) || !fs::equivalent(target, latest->dir),
+              "reshard: --to {} would replace the checkpoint it reads ({}); choose another directory",
+              out_dir, latest->dir);
   FORGE_CHECK(full.config.n_head % layout.tp == 0,
               "reshard: tp {} does not divide the model's {} heads", layout.tp, full.config.n_head);
   FORGE_CHECK(layout.pp <= full.config.n_layer, "reshard: pp {} is more stages than {} layers",
@@ -270,7 +281,7 @@ CheckpointPaths reshard_checkpoint(const std::string& from, const std::string& o
     GPT model(full.config, g0, g1);
     model.load_state_dict(full.weights);
     TrainingState st = full.state;
-    st.optimizer = optimizer_state_by_index(full.optimizer, gpt_param_group_names(full.weights));
+    st.optimizer = optimizer_state_by_index(full.optimizer, gpt_param_group_names(model));
     return save_checkpoint(out_dir, st.step, model, full.tokenizer, st, st.train_config_json,
                            keep_all);
   }

@@ -52,11 +52,12 @@ struct FullCheckpoint {
   std::vector<std::vector<Generator::State>> dropout_gens;  // [stage][tp_rank]
 };
 
-// AdamW's state keys its moments by (group, index): adamw.m.<g>.<i>. Checkpoints that must survive
-// a change of layout key them by parameter name instead: adamw.m.<name>. The groups are the GPT
-// recipe's (gpt_param_groups): tensors of 2+ dims (weight decay), then the rest, each in the
-// model's parameter order.
-std::vector<std::vector<std::string>> gpt_param_group_names(const NamedTensors& params);
+// The GPT recipe's AdamW groups, by parameter name: tensors of 2+ dims (weight decay: matrices and
+// embeddings), then the rest (biases, LayerNorm gains), each in the module's parameter order. The
+// training loop builds its optimizer from this, so AdamW's (group, index) keys adamw.m.<g>.<i> map
+// to names through it; checkpoints that must survive a change of layout key the moments by name
+// instead: adamw.m.<name>.
+std::vector<std::vector<std::string>> gpt_param_group_names(const Module& model);
 NamedTensors optimizer_state_by_name(const NamedTensors& by_index,
                                      const std::vector<std::vector<std::string>>& groups);
 NamedTensors optimizer_state_by_index(const NamedTensors& by_name,

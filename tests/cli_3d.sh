@@ -102,5 +102,7 @@ run timeout 60 "${mpi[@]}" -np 2 "$train" gpt "${tiny[@]}" --tp 2 --pp 2 --max-i
 expect_error "tp 2 x pp 2 on 2 ranks" "needs 4 ranks" "has 2"
 run "$train" reshard --from "$tmp/merged" --to "$tmp/bad" --tp 3
 expect_error "reshard to tp 3" "tp 3 does not divide the model's 4 heads"
+run "$train" reshard --from "$tmp/merged" --to "$tmp/merged" --tp 2
+expect_error "reshard onto itself" "would replace the checkpoint it reads"
 
 finish cli_3d

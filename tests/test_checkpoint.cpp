@@ -581,7 +581,7 @@ TEST_CASE("sharded checkpoints of any layout merge back to the serial weights an
   FullCheckpoint full = load_full_checkpoint(dir.file("serial/ckpt-000007"));
   CHECK(full.layout == ShardLayout{1, 1});
   check_same(full.weights, model.state_dict());
-  const auto groups = gpt_param_group_names(model.state_dict());
+  const auto groups = gpt_param_group_names(model);
   check_same(optimizer_state_by_index(full.optimizer, groups), opt.state());
 
   for (ShardLayout layout : {ShardLayout{2, 1}, ShardLayout{4, 1}, ShardLayout{1, 3},

@@ -117,6 +117,8 @@ TEST_CASE("VocabParallelEmbedding equals Embedding over an uneven split of the r
   sum(mul(yp, Variable(c))).backward();
   CHECK(testing::bitwise_equal(yp.data(), ys.data()));  // one rank contributes each row exactly
   CHECK(max_rel_diff(par.weight.grad(), shard_grad(serial.weight, {0, 1}, *tp)) <= 1e-6);
+  REQUIRE_THROWS_WITH(par.forward(from_vector<int64_t>({3, 13})),
+                      Contains("index 13 at position 1") && Contains("13 rows"));
 }
 
 TEST_CASE("vocab_parallel_cross_entropy equals cross_entropy over the whole vocabulary") {
@@ -126,13 +128,14 @@ TEST_CASE("vocab_parallel_cross_entropy equals cross_entropy over the whole voca
     INFO(dtype_name(dt));
     Generator g(10);
     Tensor logits = mul(randn({N, V}, g, dt), 3.0);
-    Tensor targets = from_vector<int64_t>({0, 10, 3, 5, 5, 9, 1, 2, 7, 10});
+    // Two rows ignored (-100), as cross_entropy ignores them.
+    Tensor targets = from_vector<int64_t>({0, 10, 3, -100, 5, 9, 1, 2, -100, 10});
     Variable xs(logits, true);
     Variable ls = cross_entropy(xs, targets);
     ls.backward();
     const IndexRange vocab = shard_range(V, tp->size(), tp->rank());
     Variable xp(logits.narrow(1, vocab.begin, vocab.size()).contiguous(), true);
-    Variable lp = vocab_parallel_cross_entropy(xp, targets, vocab, tp);
+    Variable lp = vocab_parallel_cross_entropy(xp, targets, vocab, V, tp);
     mul(lp, 2.0).backward();  // the upstream gradient is applied
     const double tol = dt == DType::f64 ? 1e-12 : 1e-6;
     CHECK(std::abs(lp.item() - ls.item()) <= tol * std::abs(ls.item()));
@@ -140,8 +143,12 @@ TEST_CASE("vocab_parallel_cross_entropy equals cross_entropy over the whole voca
           tol);
   }
   Variable bad(zeros({4, 3}), true);
-  REQUIRE_THROWS_WITH(vocab_parallel_cross_entropy(bad, zeros({4}, DType::i64), {0, 5}, tp),
+  REQUIRE_THROWS_WITH(vocab_parallel_cross_entropy(bad, zeros({4}, DType::i64), {0, 5}, 5, tp),
                       Contains("vocab_parallel_cross_entropy") && Contains("3 columns"));
+  Variable ok(zeros({4, 3}), true);
+  REQUIRE_THROWS_WITH(vocab_parallel_cross_entropy(ok, from_vector<int64_t>({0, 1, 7, 2}), {0, 3},
+                                                   3, single_process_communicator()),
+                      Contains("target 7 at row 2") && Contains("3 classes"));
 }
 
 TEST_CASE("gradcheck: vocab_parallel_cross_entropy (one rank)") {
@@ -150,7 +157,7 @@ TEST_CASE("gradcheck: vocab_parallel_cross_entropy (one rank)") {
   Tensor targets = from_vector<int64_t>({2, 0, 4, 1});
   auto r = gradcheck(
       [&](const std::vector<Variable>& v) {
-        return vocab_parallel_cross_entropy(v[0], targets, {0, 5}, one);
+        return vocab_parallel_cross_entropy(v[0], targets, {0, 5}, 5, one);
       },
       {randn({4, 5}, g, DType::f64)});
   INFO(r.report);

@@ -113,8 +113,6 @@ inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
   return std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0;
 }
 
-// Element `idx` of a tensor of any dtype as double, read straight from memory with its strides
-// (independent of the library's own conversions: f16 goes through GCC's _Float16).
 // max |a - b| / max |b| (shapes must match): how far a parallel result is from the serial one.
 inline double max_rel_diff(const Tensor& a, const Tensor& b) {
   REQUIRE(a.shape() == b.shape());
@@ -123,6 +121,8 @@ inline double max_rel_diff(const Tensor& a, const Tensor& b) {
   return num / (den > 0 ? den : 1.0);
 }
 
+// Element `idx` of a tensor of any dtype as double, read straight from memory with its strides
+// (independent of the library's own conversions: f16 goes through GCC's _Float16).
 inline double read_element(const Tensor& t, const std::vector<int64_t>& idx) {
   const char* p = static_cast<const char*>(t.raw_data());
   for (int d = 0; d < t.dim(); ++d) p += idx[size_t(d)] * t.stride(d) * int64_t(t.itemsize());
