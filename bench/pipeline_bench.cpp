@@ -19,6 +19,7 @@
 //
 // Output: lines starting with '#' (settings, notes), then markdown tables, on rank 0.
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <functional>
 #include <thread>
 
@@ -210,6 +211,31 @@ void print_memory_table(const std::vector<BubbleRow>& rows, int P) {
   }
 }
 
+// The one-way time of one micro-batch's activation (rows x T x C f32) between stages 0 and 1:
+// half the median round trip of `repeats` ping-pongs (the other stages wait). What each of a
+// step's 2 m (P - 1) hops adds to the critical path beyond the theory, which counts compute only.
+double hop_ms(const Settings& s, Communicator& pp, int64_t rows, int repeats = 30) {
+  Tensor buf = zeros({rows, s.cfg.block_size, s.cfg.n_embd});
+  std::vector<double> trips;
+  pp.barrier();
+  if (pp.rank() <= 1) {
+    const int peer = 1 - pp.rank();
+    for (int i = 0; i < repeats; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (pp.rank() == 0) {
+        pp.send(buf, peer);
+        pp.recv(buf, peer);
+      } else {
+        pp.recv(buf, peer);
+        pp.send(buf, peer);
+      }
+      trips.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  }
+  pp.barrier();
+  return trips.empty() ? 0.0 : bench::summarize(trips).median / 2 * 1e3;
+}
+
 int run_bubble(const Settings& s, const std::shared_ptr<Communicator>& world) {
   const int P = world->size();
   ProcessGrid grid(world, {.pp = P, .dp = 1, .tp = 1});
@@ -228,6 +254,16 @@ int run_bubble(const Settings& s, const std::shared_ptr<Communicator>& world) {
           "measured idle shares stray from the theory, which assumes one core per stage\n",
           P, std::thread::hardware_concurrency());
   }
+  std::vector<std::string> hops;
+  for (int m : s.micro_batches) {
+    const int64_t rows = s.batch / m;
+    const double ms = hop_ms(s, *grid.pp_group(), rows);
+    hops.push_back(fmt::format("m={}: {} KB {:.3f} ms", m,
+                               rows * s.cfg.block_size * s.cfg.n_embd * 4 / 1024, ms));
+  }
+  if (lead)
+    fmt::print("# one hop of a micro-batch's activation, stage 0 -> 1, median one-way: {}\n",
+               join(hops, "; "));
   std::vector<BubbleRow> rows;
   for (const std::string& name : s.schedules) {
     const PipelineSchedule schedule = parse_pipeline_schedule(name);
