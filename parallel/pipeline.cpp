@@ -35,57 +35,62 @@ double seconds_since(Clock::time_point t0) {
 constexpr int kForwardTag = 0, kBackwardTag = 1;
 }  // namespace
 
+int64_t Pipeline::micro_batch_rows(const Tensor& x, const Tensor& y) const {
+  const Tensor& batch = model_.first_stage() ? x : y;
+  FORGE_CHECK(batch.dim() == 2, "pipeline: expected a (B, T) batch, got {}", batch.shape());
+  const int64_t B = batch.size(0), M = options_.micro_batches;
+  FORGE_CHECK(B % M == 0, "pipeline: a batch of {} rows does not split into {} micro-batches", B,
+              M);
+  return B / M;
+}
+
+Pipeline::MicroBatch Pipeline::forward(const Tensor& x, const Tensor& y, int m, int64_t mb,
+                                       std::vector<Work>& sends, double& busy_seconds) {
+  const int s = pp_->rank();
+  const int64_t T = (model_.first_stage() ? x : y).size(1);
+  MicroBatch f;
+  if (!model_.first_stage()) {
+    Tensor h = Tensor::empty({mb, T, model_.config().n_embd});
+    pp_->recv(h, s - 1, kForwardTag);
+    f.input = Variable(h, /*requires_grad=*/grad_enabled());
+  }
+  const auto t0 = Clock::now();
+  Tensor xm = model_.first_stage() ? x.narrow(0, m * mb, mb).contiguous() : Tensor();
+  f.output = model_.forward(xm, f.input);
+  if (model_.last_stage()) f.output = model_.loss(f.output, y.narrow(0, m * mb, mb).contiguous());
+  busy_seconds += seconds_since(t0);
+  if (!model_.last_stage())
+    sends.push_back(pp_->send_async(f.output.data().to(DType::f32).contiguous(), s + 1,
+                                    kForwardTag));
+  return f;
+}
+
 PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_scale,
                                  DistributedDataParallel* ddp) {
   const int M = options_.micro_batches, s = pp_->rank(), P = pp_->size();
   const bool first = model_.first_stage(), last = model_.last_stage();
-  const Tensor& shape_source = first ? x : y;
-  FORGE_CHECK(shape_source.dim() == 2, "pipeline: expected a (B, T) batch, got {}",
-              shape_source.shape());
-  const int64_t B = shape_source.size(0), T = shape_source.size(1), C = model_.config().n_embd;
-  FORGE_CHECK(B % M == 0, "pipeline: a batch of {} rows does not split into {} micro-batches", B,
-              M);
-  const int64_t mb = B / M;
+  const int64_t mb = micro_batch_rows(x, y);
+  const int64_t T = (first ? x : y).size(1), C = model_.config().n_embd;
 
   PipelineStepStats stats;
   const auto t_step = Clock::now();
   const int64_t live_at_start = memory_stats(Device::cpu()).live_bytes;
   // Micro-batches forwarded and not yet backwarded: the stage's input (a leaf whose gradient goes
   // back to the previous stage) and its output (hidden state, or the loss on the last stage).
-  struct InFlight {
-    Variable input, output;
-  };
-  std::deque<InFlight> in_flight;
+  std::deque<MicroBatch> in_flight;
   std::vector<Work> sends;
   double loss_sum = 0;
   int forwards = 0, backwards = 0;
 
-  auto forward = [&] {
-    const int m = forwards++;
-    InFlight f;
-    if (!first) {
-      Tensor h = Tensor::empty({mb, T, C});
-      pp_->recv(h, s - 1, kForwardTag);
-      f.input = Variable(h, /*requires_grad=*/true);
-    }
-    const auto t0 = Clock::now();
-    Tensor xm = first ? x.narrow(0, m * mb, mb).contiguous() : Tensor();
-    Variable out = model_.forward(xm, f.input);
-    if (last) {
-      out = model_.loss(out, y.narrow(0, m * mb, mb).contiguous());
-      loss_sum += out.item();
-    }
-    stats.busy_seconds += seconds_since(t0);
-    if (!last) sends.push_back(pp_->send_async(out.data().to(DType::f32).contiguous(), s + 1,
-                                               kForwardTag));
-    f.output = out;
-    in_flight.push_back(f);
+  auto forward_one = [&] {
+    in_flight.push_back(forward(x, y, forwards++, mb, sends, stats.busy_seconds));
+    if (last) loss_sum += in_flight.back().output.item();
     stats.max_in_flight = std::max(stats.max_in_flight, int(in_flight.size()));
   };
 
-  auto backward = [&] {
+  auto backward_one = [&] {
     const int m = backwards++;
-    InFlight f = in_flight.front();
+    MicroBatch f = in_flight.front();
     in_flight.pop_front();
     Tensor g;
     if (last) {
@@ -106,16 +111,16 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
   };
 
   if (options_.schedule == PipelineSchedule::gpipe) {
-    for (int m = 0; m < M; ++m) forward();
-    for (int m = 0; m < M; ++m) backward();
+    for (int m = 0; m < M; ++m) forward_one();
+    for (int m = 0; m < M; ++m) backward_one();
   } else {
     const int warmup = std::min(P - s - 1, M);
-    for (int i = 0; i < warmup; ++i) forward();
+    for (int i = 0; i < warmup; ++i) forward_one();
     for (int i = 0; i < M - warmup; ++i) {
-      forward();
-      backward();
+      forward_one();
+      backward_one();
     }
-    for (int i = 0; i < warmup; ++i) backward();
+    for (int i = 0; i < warmup; ++i) backward_one();
   }
   for (Work& w : sends) w.wait();
 
@@ -130,27 +135,16 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
 
 double Pipeline::evaluate(const Tensor& x, const Tensor& y) {
   NoGradGuard no_grad;
-  const int M = options_.micro_batches, s = pp_->rank(), P = pp_->size();
-  const bool first = model_.first_stage(), last = model_.last_stage();
-  const Tensor& batch = first ? x : y;
-  const int64_t B = batch.size(0), T = batch.size(1), mb = B / M;
-  FORGE_CHECK(B % M == 0, "pipeline: a batch of {} rows does not split into {} micro-batches", B,
-              M);
-  double loss_sum = 0;
+  const int M = options_.micro_batches, P = pp_->size();
+  const int64_t mb = micro_batch_rows(x, y);
+  std::vector<Work> sends;
+  double loss_sum = 0, busy = 0;
   for (int m = 0; m < M; ++m) {
-    Variable in;
-    if (!first) {
-      Tensor h = Tensor::empty({mb, T, model_.config().n_embd});
-      pp_->recv(h, s - 1, kForwardTag);
-      in = Variable(h);
-    }
-    Variable out = model_.forward(first ? x.narrow(0, m * mb, mb).contiguous() : Tensor(), in);
-    if (last)
-      loss_sum += model_.loss(out, y.narrow(0, m * mb, mb).contiguous()).item();
-    else
-      pp_->send(out.data().to(DType::f32).contiguous(), s + 1, kForwardTag);
+    MicroBatch f = forward(x, y, m, mb, sends, busy);
+    if (model_.last_stage()) loss_sum += f.output.item();
   }
-  Tensor loss = full({1}, last ? loss_sum / double(M) : 0.0, DType::f64);
+  for (Work& w : sends) w.wait();
+  Tensor loss = full({1}, model_.last_stage() ? loss_sum / double(M) : 0.0, DType::f64);
   pp_->broadcast(loss, P - 1);
   return loss.item();
 }

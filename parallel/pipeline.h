@@ -68,6 +68,15 @@ class Pipeline {
   const PipelineOptions& options() const { return options_; }
 
  private:
+  // One micro-batch through this stage: its input (received, except on the first stage) and its
+  // output (the loss on the last stage; otherwise sent on asynchronously, the Work kept in sends).
+  struct MicroBatch {
+    Variable input, output;
+  };
+  MicroBatch forward(const Tensor& x, const Tensor& y, int m, int64_t rows,
+                     std::vector<Work>& sends, double& busy_seconds);
+  int64_t micro_batch_rows(const Tensor& x, const Tensor& y) const;
+
   ParallelGPT& model_;
   std::shared_ptr<Communicator> pp_;
   PipelineOptions options_;
