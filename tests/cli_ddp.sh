@@ -9,13 +9,8 @@
 set -u
 
 train=${1:?usage: cli_ddp.sh path/to/train}
-if ! command -v mpirun >/dev/null 2>&1; then
-  echo "SKIPPED: mpirun not found (Debian: apt-get install openmpi-bin)"
-  exit 77
-fi
 . "$(dirname "$0")/cli_lib.sh"
-export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_btl=self,vader
-mpi=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
+use_mpirun
 
 corpus=$(test_corpus)
 # Flags may be given once: per-run ones (--data, --eval-interval) are added where used.

@@ -6,6 +6,8 @@
 #   losses FILE              -> the "step loss" pairs of a --metrics file
 #   worst_loss_diff A B N    -> the largest relative difference of the losses of two metrics files
 #                               over the steps they share ("missing" unless they share N)
+#   use_mpirun               -> exits 77 (skipped) without mpirun; else "${mpi[@]}" -np N CMD runs
+#                               CMD under it with the settings this machine needs
 # $tmp is a fresh directory, removed at exit with any background job left in $bg_pid.
 tmp=$(mktemp -d)
 bg_pid=
@@ -72,4 +74,13 @@ worst_loss_diff() {
   awk -v n="$3" 'NR == FNR { a[$1] = $2; next }
     ($1 in a) { d = (a[$1] - $2) / a[$1]; if (d < 0) d = -d; if (d > w) w = d; k++ }
     END { if (k != n) print "missing"; else print w + 0 }' <(losses "$1") <(losses "$2")
+}
+
+use_mpirun() {
+  if ! command -v mpirun >/dev/null 2>&1; then
+    echo "SKIPPED: mpirun not found (Debian: apt-get install openmpi-bin)"
+    exit 77
+  fi
+  export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_btl=self,vader
+  mpi=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
 }
