@@ -256,6 +256,15 @@ TEST_CASE("tensor-parallel training with dropout draws the serial run's masks") 
   // One stage, one replica: every dropout mask (embedding, attention with split heads, residual)
   // must be the serial model's, or the losses part at the first step by far more than rounding.
   auto world = world_communicator();
+  if (kCfg.n_head % world->size() != 0) {
+    // Every rank must be a tensor-parallel rank here (replicas and stages draw other masks than
+    // the serial run); 2 and 4 ranks cover it.
+    if (world->rank() == 0)
+      fmt::print("SKIPPED: tensor-parallel dropout: {} ranks do not split {} heads\n",
+                 world->size(), kCfg.n_head);
+    SUCCEED();
+    return;
+  }
   const Variant v{.dropout = 0.2, .steps = 5};
   const Run& want = serial_reference(kB, v);
   Run got = parallel_run({{1, 1, world->size()}, PipelineSchedule::one_f_one_b, 1}, v);
