@@ -22,7 +22,17 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, Generat
 }
 
 Variable Linear::forward(const Variable& x) {
-  return linear(x, weight, bias);
+  return quantized_ ? quantized_->forward(x) : linear(x, weight, bias);
+}
+
+void Linear::set_quantized(std::shared_ptr<Module> m) {
+  FORGE_CHECK(m, "Linear::set_quantized: no module given");
+  if (quantized_) {
+    replace_module("quant", m);
+  } else {
+    register_module("quant", m);
+  }
+  quantized_ = std::move(m);
 }
 
 Embedding::Embedding(int64_t num, int64_t dim, Generator& gen) {

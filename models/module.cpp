@@ -67,6 +67,25 @@ void Module::load_state_dict(const NamedTensors& state) {
   for (auto& [n, p] : params) p.data().copy_(*by_name[n]);
 }
 
+std::vector<std::pair<std::string, std::shared_ptr<Module>>> Module::named_modules() const {
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> out;
+  for (const auto& [name, m] : children_) {
+    out.emplace_back(name, m);
+    for (auto& [sub, sm] : m->named_modules()) out.emplace_back(name + "." + sub, sm);
+  }
+  return out;
+}
+
+void Module::replace_module(const std::string& name, std::shared_ptr<Module> m) {
+  for (auto& [n, child] : children_) {
+    if (n == name) {
+      child = std::move(m);
+      return;
+    }
+  }
+  throw_error(fmt::format("Module: no submodule called '{}' to replace", name));
+}
+
 void Module::train(bool on) {
   training_ = on;
   for (auto& [n, m] : children_) m->train(on);

@@ -47,6 +47,9 @@ class Module {
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& children() const {
     return children_;
   }
+  // Every submodule below this one, depth first in registration order, with its dotted name
+  // ("transformer.h.0.attn.c_attn"); this module itself is not listed.
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> named_modules() const;
 
  protected:
   Variable& register_parameter(const std::string& name, Tensor value, bool requires_grad = true);
@@ -55,6 +58,8 @@ class Module {
     children_.emplace_back(name, m);
     return m;
   }
+  // Puts `m` in place of the child called `name` (which must exist).
+  void replace_module(const std::string& name, std::shared_ptr<Module> m);
 
  private:
   void collect(const std::string& prefix, std::vector<std::pair<std::string, Variable>>& out) const;
