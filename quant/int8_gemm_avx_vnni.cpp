@@ -1,0 +1,103 @@
+// AVX-VNNI int8 kernel (Alder Lake and later, Zen 5): vpdpbusd on ymm, VEX encoded. Each s32 lane
+// adds the four products of four broadcast activation bytes (u8) with one column's four weights
+// (s8), without intermediate saturation: exact for every input, so no split path. Compiled with
+// -mavx2 -mfma -mavxvnni; called only after int8_gemm.cpp found AVX-VNNI. No library code here
+// (see int8_gemm_kernels.h).
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "quant/int8_gemm_kernels.h"
+
+namespace forge::int8_detail {
+namespace {
+
+inline int64_t min64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+
+inline __m256i broadcast4(const uint8_t* p) {
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// Row i, columns [j, j + 8), `cols` (1..8) of them valid: s32 out, or the f32 epilogue.
+inline void store8(const Int8Block& blk, int64_t i, int64_t j, __m256i v, int64_t cols) {
+  alignas(32) int32_t ti[8];
+  alignas(32) float tf[8];
+  if (blk.acc) {
+    int32_t* dst = blk.acc + i * blk.ldc + j;
+    if (cols == 8) return _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), v);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(ti), v);
+    for (int64_t c = 0; c < cols; ++c) dst[c] = ti[c];
+    return;
+  }
+  const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.col_offset + j));
+  __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(v, off));
+  f = _mm256_mul_ps(f, _mm256_loadu_ps(blk.col_scale + j));
+  if (blk.bias) f = _mm256_add_ps(f, _mm256_loadu_ps(blk.bias + j));
+  float* dst = blk.y + i * blk.ldy + j;
+  if (cols == 8) return _mm256_storeu_ps(dst, f);
+  _mm256_store_ps(tf, f);
+  for (int64_t c = 0; c < cols; ++c) dst[c] = tf[c];
+}
+
+// Rows [i0, i0 + MR) x panels [p, p + NP): MR x 2 NP ymm accumulators.
+template <int MR, int NP>
+void tile(const Int8Block& blk, int64_t i0, int64_t p) {
+  constexpr int NV = 2 * NP;
+  const int64_t kp = blk.kp, panel = kp * kPanelCols;
+  const int8_t* w = blk.panels + p * panel;
+  const uint8_t* a = blk.a + i0 * kp;
+  __m256i c[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) c[r][v] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < kp; g += 4) {
+    __m256i b[NV];
+    for (int v = 0; v < NV; ++v)
+      b[v] = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(w + (v / 2) * panel + g * kPanelCols + (v % 2) * 32));
+    for (int r = 0; r < MR; ++r) {
+      const __m256i av = broadcast4(a + r * kp + g);
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm256_dpbusd_avx_epi32(c[r][v], av, b[v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const int64_t j = p * kPanelCols + v * 8;
+      if (j < blk.n) store8(blk, i0 + r, j, c[r][v], min64(8, blk.n - j));
+    }
+}
+
+// All rows against panels [p, p + NP): 6 x 16 (12 accumulators, 2 weights, 1 broadcast of the
+// 16 ymm registers), or 2 x 32 for one or two rows.
+template <int NP>
+void rows(const Int8Block& blk, int64_t p) {
+  constexpr int MR = NP == 1 ? 6 : 2;
+  int64_t i = 0;
+  for (; i + MR <= blk.m; i += MR) tile<MR, NP>(blk, i, p);
+  switch (blk.m - i) {
+    case 5:
+      return tile<5, NP>(blk, i, p);
+    case 4:
+      return tile<4, NP>(blk, i, p);
+    case 3:
+      return tile<3, NP>(blk, i, p);
+    case 2:
+      return tile<2, NP>(blk, i, p);
+    case 1:
+      return tile<1, NP>(blk, i, p);
+  }
+}
+
+}  // namespace
+
+void int8_block_avx_vnni(const Int8Block& blk, int64_t p0, int64_t p1) {
+  int64_t p = p0;
+  if (blk.m <= 2)
+    for (; p + 2 <= p1; p += 2) rows<2>(blk, p);
+  for (; p < p1; ++p) rows<1>(blk, p);
+}
+
+}  // namespace forge::int8_detail
