@@ -2,10 +2,13 @@
 //
 //   build/apps/infer --checkpoint out --prompt "ROMEO:" --max-tokens 300 --temperature 0.8 --top-k 40
 //   build/apps/infer --checkpoint out/ckpt-002000/model.safetensors --temperature 0 --stop $'\n\n'
+//   build/apps/infer --checkpoint out --quant int8 --save-quantized gpt-int8.safetensors
+//   build/apps/infer --checkpoint gpt-int8.safetensors        # a quantized file runs as saved
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
 #include "recipes/checkpoint.h"
+#include "quant/quantize.h"
 #include "recipes/generate.h"
 #include "tensor/parallel.h"
 
@@ -17,6 +20,8 @@ int main(int argc, char** argv) {
   SampleOptions o;
   int threads = get_num_threads();
   bool no_cache = false;
+  std::string quant = "none", save_quantized_path;
+  int64_t group = 64;
   app.add_option("--checkpoint", checkpoint,
                  "model.safetensors, a checkpoint directory, or an out directory (latest)")
       ->required();
@@ -30,6 +35,12 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "sampling seed");
   app.add_option("--threads", threads, "CPU threads")->check(CLI::PositiveNumber);
   app.add_flag("--no-cache", no_cache, "re-run the whole context for every token (slow; for checks)");
+  app.add_option("--quant", quant,
+                 "quantize the Linear layers first: none, int8 (dynamic) or int4 (weight-only)")
+      ->check(CLI::IsMember({"none", "int8", "int4"}));
+  app.add_option("--group", group, "int4 group size")->check(CLI::IsMember({32, 64, 128}));
+  app.add_option("--save-quantized", save_quantized_path,
+                 "write the quantized model to this safetensors file (infer can load it)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -39,11 +50,18 @@ int main(int argc, char** argv) {
     set_num_threads(threads);
     o.use_cache = !no_cache;
     LoadedModel loaded = load_model(resolve_model_path(checkpoint));
-    Generator g0(0), g1(0);
-    GPT model(loaded.config, g0, g1);
-    load_weights(model, loaded);
-    fmt::print(stderr, "# {} (step {}): {:.2f}M parameters, vocab {}\n", loaded.path, loaded.step,
-               double(model.num_parameters()) / 1e6, loaded.config.vocab_size);
+    std::shared_ptr<GPT> model_ptr = make_model(loaded, quant, group);
+    GPT& model = *model_ptr;
+    fmt::print(stderr, "# {} (step {}): {:.2f}M parameters, vocab {}, quantization {}\n",
+               loaded.path, loaded.step, double(loaded.config.num_parameters()) / 1e6,
+               loaded.config.vocab_size, describe_quantization(model));
+    if (!save_quantized_path.empty()) {
+      FORGE_CHECK(describe_quantization(model) != "none",
+                  "--save-quantized: the model is not quantized (give --quant int8 or int4)");
+      save_quantized_model(save_quantized_path, model, loaded);
+      fmt::print(stderr, "# wrote {} ({:.2f} MB)\n", save_quantized_path,
+                 double(state_bytes(quantized_state(model))) / 1e6);
+    }
     std::fputs(prompt.c_str(), stdout);
     Generated out = generate(model, loaded.tokenizer, prompt, o, [](const std::string& piece) {
       std::fputs(piece.c_str(), stdout);

@@ -4,6 +4,8 @@
 //   build/apps/train gpt --preset cpu --data shakespeare.txt --out out
 //   build/apps/train gpt --config run.toml --max-iters 500 --resume out
 //   build/apps/train mnist --epochs 5 --threads 2 --metrics run.jsonl
+//   build/apps/train mnist --quant qat --metrics run.jsonl      # + test_acc_f32/int8, bytes
+//   build/apps/train gpt --eval-only --resume out --quant int8  # val loss of the quantized model
 //   build/apps/train reshard --from out --to merged            # shards -> one model (infer reads it)
 //   build/apps/train reshard --from merged --to out4 --tp 4    # -> another tensor/pipeline layout
 #include <CLI/CLI.hpp>
@@ -41,6 +43,22 @@ int run_mnist(const MnistOptions& o) {
     std::fflush(stdout);
   });
   if (!run.epochs.empty()) fmt::print("test accuracy: {:.4f}\n", run.epochs.back().test_acc);
+  if (run.quant)
+    fmt::print("quantized ({}): test accuracy f32 {:.4f} -> int8 {:.4f}; {} -> {} bytes ({:.3f}x)\n",
+               run.quant->method, run.quant->test_acc_f32, run.quant->test_acc_int8,
+               run.quant->bytes_f32, run.quant->bytes_int8,
+               double(run.quant->bytes_int8) / double(run.quant->bytes_f32));
+  return 0;
+}
+
+// `train gpt --eval-only`: losses of a saved model, quantized or not.
+int run_gpt_eval(const GptTrainConfig& cfg, const std::string& quant, int64_t group) {
+  const std::string checkpoint = cfg.resume.empty() ? cfg.out : cfg.resume;
+  GptEvalResult r = evaluate_checkpoint(cfg, checkpoint, quant, group);
+  fmt::print("eval {} (step {}, {}): train loss {:.4f} | val loss {:.4f} | {:.2f} MB | {:.2f} s\n",
+             checkpoint, r.step, r.quantization, r.train_loss, r.val_loss,
+             double(r.model_bytes) / 1e6, r.seconds);
+  fmt::print("val loss: {:.4f}\n", r.val_loss);
   return 0;
 }
 
@@ -108,6 +126,15 @@ int main(int argc, char** argv) {
   m->add_option("--metrics", mnist.metrics_path, "append one JSON line per epoch to FILE");
   m->add_option("--threads", threads, "CPU threads (default: all cores)")
       ->check(CLI::PositiveNumber);
+  m->add_option("--quant", mnist.quant,
+                "after training: dynamic (int8 post-training) or qat (fake-quantized last epochs, "
+                "then int8)")
+      ->check(CLI::IsMember({"none", "dynamic", "qat"}));
+  m->add_option("--qat-epochs", mnist.qat_epochs, "epochs of quantization-aware training (last)")
+      ->check(CLI::PositiveNumber);
+  m->add_option("--qat-freeze-steps", mnist.qat_freeze_steps,
+                "QAT observers freeze after this many steps (default: half of the QAT steps)");
+  m->add_option("--save-quantized", mnist.save_quantized, "write the int8 model (safetensors)");
 
   CLI::App* g = app.add_subcommand("gpt", "GPT language model on a text corpus (Tiny Shakespeare)");
   std::string preset = "cpu", config_file;
@@ -119,6 +146,15 @@ int main(int argc, char** argv) {
   for (const auto& f : GptTrainConfig::fields())
     flag_options.emplace_back(f.key,
                               g->add_option(f.flag, flags[f.key], f.help)->type_name(f.type));
+
+  bool eval_only = false;
+  std::string gpt_quant = "none";
+  int64_t gpt_group = 64;
+  g->add_flag("--eval-only", eval_only,
+              "no training: print the losses of the model in --resume (or --out)");
+  g->add_option("--quant", gpt_quant, "with --eval-only: none, int8 (dynamic) or int4")
+      ->check(CLI::IsMember({"none", "int8", "int4"}));
+  g->add_option("--group", gpt_group, "int4 group size")->check(CLI::IsMember({32, 64, 128}));
 
   CLI::App* rs = app.add_subcommand(
       "reshard", "write a GPT checkpoint (serial or sharded) at another tensor/pipeline layout");
@@ -153,6 +189,9 @@ int main(int argc, char** argv) {
       for (const auto& [key, opt] : flag_options)
         if (opt->count() > 0) cfg.set(key, flags[key], opt->get_name());
       cfg.validate();
+      if (eval_only) return run_gpt_eval(cfg, gpt_quant, gpt_group);
+      FORGE_CHECK(gpt_quant == "none",
+                  "--quant {} applies to --eval-only (training runs in f32/bf16/f16)", gpt_quant);
       return run_gpt(cfg);
     }
   } catch (const std::exception& e) {

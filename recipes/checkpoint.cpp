@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "io/safetensors.h"
+#include "quant/quantize.h"
 
 namespace fs = std::filesystem;
 
@@ -226,6 +227,12 @@ LoadedModel load_model(const std::string& path) {
               "{}: tokenizer has {} symbols but the model's vocab_size is {}", path,
               m.tokenizer.vocab_size(), m.config.vocab_size);
   m.step = parse_int(meta(c.metadata, "forge.step", path), path + ": forge.step");
+  if (auto q = c.metadata.find("quantization"); q != c.metadata.end() && q->second != "none") {
+    m.quantization = q->second;
+    m.metadata = c.metadata;
+    m.weights = c.tensors;
+    return m;
+  }
   // The tensors a model of this config has, each with its shape.
   Generator g0(0), g1(0);
   NamedTensors expected;
@@ -255,6 +262,9 @@ void load_weights(GPT& model, const LoadedModel& loaded) {
   FORGE_CHECK(model.config() == loaded.config,
               "{}: the checkpoint's model config {} differs from this run's {}", loaded.path,
               gpt_config_to_json(loaded.config), gpt_config_to_json(model.config()));
+  FORGE_CHECK(loaded.quantization == "none",
+              "{}: a quantized model ({}); it runs for inference only (infer, train gpt --eval-only)",
+              loaded.path, loaded.quantization);
   model.load_state_dict(loaded.weights);
 }
 
@@ -275,6 +285,37 @@ TrainingState load_training_state(const std::string& path, const GPTConfig& conf
   for (auto& [name, t] : c.tensors)
     (name.rfind("scaler.", 0) == 0 ? s.scaler : s.optimizer).emplace_back(name, t);
   return s;
+}
+
+}  // namespace forge
+
+namespace forge {
+
+std::shared_ptr<GPT> make_model(const LoadedModel& loaded, const std::string& quant,
+                                int64_t group) {
+  FORGE_CHECK(quant == "none" || quant == "int8" || quant == "int4",
+              "--quant must be none, int8 or int4, got '{}'", quant);
+  Generator g0(0), g1(0);
+  auto model = std::make_shared<GPT>(loaded.config, g0, g1);
+  if (loaded.quantization != "none") {
+    FORGE_CHECK(quant == "none", "{}: already quantized ({}); --quant {} would quantize it twice",
+                loaded.path, loaded.quantization, quant);
+    load_quantized(*model, SafetensorsContents{loaded.weights, loaded.metadata}, loaded.path);
+  } else {
+    load_weights(*model, loaded);
+    if (quant != "none")
+      quantize_dynamic(*model, {.bits = quant == "int8" ? 8 : 4, .group = group, .config = {}});
+  }
+  model->eval();
+  return model;
+}
+
+void save_quantized_model(const std::string& path, const GPT& model, const LoadedModel& source) {
+  save_quantized(path, model,
+                 {{"forge.format", kFormat},
+                  {"forge.config", gpt_config_to_json(model.config())},
+                  {"forge.tokenizer", source.tokenizer.to_json()},
+                  {"forge.step", std::to_string(source.step)}});
 }
 
 }  // namespace forge

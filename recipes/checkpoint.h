@@ -50,11 +50,23 @@ struct LoadedModel {
   Tokenizer tokenizer;
   NamedTensors weights;
   int64_t step = 0;
+  // "none" for an f32 model; a quantized file's kind ("int8-dynamic", "int4-g64", ...), whose
+  // weights then hold integer tensors and scales (quant/quantize.h) and whose metadata is kept.
+  std::string quantization = "none";
+  std::map<std::string, std::string> metadata;
 };
 
 // Reads and checks a model file: config and tokenizer from its metadata, and every tensor the
-// config implies present with its shape and dtype, nothing else.
+// config implies present with its shape and dtype, nothing else. A quantized file (written by
+// save_quantized_model) is checked when make_model installs its layers.
 LoadedModel load_model(const std::string& path);
+// The GPT of a loaded file, ready for inference: f32 as saved, or quantized now with `quant`
+// ("none", "int8": dynamic int8, "int4": weight-only, group `group`), or as the file was quantized.
+std::shared_ptr<GPT> make_model(const LoadedModel& loaded, const std::string& quant = "none",
+                                int64_t group = 64);
+// Writes a quantized GPT as one safetensors file with the metadata load_model reads (config,
+// tokenizer and step of `source`, the file it came from).
+void save_quantized_model(const std::string& path, const GPT& model, const LoadedModel& source);
 // Finds the model file for a path that is a model file, a checkpoint directory or an out directory.
 std::string resolve_model_path(const std::string& path);
 // Copies loaded weights into a model built from the same config.

@@ -12,6 +12,7 @@
 #include "parallel/ddp.h"
 #include "parallel/grid.h"
 #include "parallel/pipeline.h"
+#include "quant/quantize.h"
 #include "recipes/checkpoint.h"
 #include "recipes/sharded_checkpoint.h"
 #include "recipes/report.h"
@@ -378,6 +379,27 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     evaluate(start, s);
   }
   return run;
+}
+
+GptEvalResult evaluate_checkpoint(const GptTrainConfig& config, const std::string& checkpoint,
+                                  const std::string& quant, int64_t group) {
+  if (config.threads > 0) set_num_threads(int(config.threads));
+  LoadedModel loaded = load_model(resolve_model_path(checkpoint));
+  std::string data_path = resolve_data_path(config);
+  TextData data = load_text(data_path, loaded.tokenizer);
+  std::shared_ptr<GPT> model = make_model(loaded, quant, group);
+  GptEvalResult r;
+  r.step = loaded.step;
+  r.quantization = describe_quantization(*model);
+  r.model_bytes = state_bytes(quantized_state(*model));
+  auto t0 = std::chrono::steady_clock::now();
+  // The evaluation at this step drew the train batches first, then the val ones, from one generator.
+  Generator g = eval_generator(config.seed, loaded.step);
+  const int64_t rows = config.batch_size * config.dp;
+  r.train_loss = estimate_loss(*model, data.train, config.eval_iters, rows, g, "train");
+  r.val_loss = estimate_loss(*model, data.val, config.eval_iters, rows, g, "val");
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
 }
 
 }  // namespace forge

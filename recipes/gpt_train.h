@@ -70,6 +70,20 @@ std::string resolve_data_path(const GptTrainConfig& config);
 
 GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks = {});
 
+// `train gpt --eval-only`: the losses of a saved model, in f32, quantized now (`quant` "int8" or
+// "int4" with `group`), or as a quantized file holds it. It reads `checkpoint` (a model file or a
+// checkpoint or out directory) and draws the batches the training run's evaluation drew at the
+// model's step (seed, eval_iters, batch_size x dp), so an f32 model reproduces the logged losses.
+struct GptEvalResult {
+  int64_t step = 0;
+  std::string quantization;  // describe_quantization of the evaluated model
+  double train_loss = 0, val_loss = 0;
+  int64_t model_bytes = 0;  // its tensors as a file holds them
+  double seconds = 0;       // the two evaluations
+};
+GptEvalResult evaluate_checkpoint(const GptTrainConfig& config, const std::string& checkpoint,
+                                  const std::string& quant = "none", int64_t group = 64);
+
 // Mean loss over `iters` batches of a split, in eval mode, without a graph.
 double estimate_loss(GPT& model, const Tensor& split, int64_t iters, int64_t batch_size,
                      Generator& gen, const char* split_name);

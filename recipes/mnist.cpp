@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "optim/optimizer.h"
+#include "quant/quantize.h"
 #include "recipes/report.h"
 #include "tensor/ops.h"
 
@@ -37,10 +38,37 @@ void standardize_images(ImageDataset& train, ImageDataset& test) {
   test.images = mul(add(test.images, -mu), 1.0 / sd);
 }
 
+namespace {
+// Quantizes the trained model in place and measures it against its f32 self. For QAT the f32
+// figure is the same trained weights without fake quantization (a plain MLP loaded with them).
+QuantStats quantize_mnist_model(MnistRun& run, const std::vector<int64_t>& sizes,
+                                const std::string& method, const ImageDataset& test) {
+  MLP& model = *run.model;
+  QuantStats q;
+  q.method = method;
+  Generator unused(0);
+  MLP plain(sizes, unused);
+  plain.load_state_dict(model.state_dict());
+  q.test_acc_f32 = evaluate_accuracy(plain, test);
+  q.bytes_f32 = state_bytes(plain.state_dict());
+  if (method == "dynamic")
+    quantize_dynamic(model);
+  else
+    convert(model);
+  q.test_acc_int8 = evaluate_accuracy(model, test);
+  q.bytes_int8 = state_bytes(quantized_state(model));
+  return q;
+}
+}  // namespace
+
 MnistRun train_mnist(const MnistOptions& o,
                      const std::function<void(const EpochStats&)>& on_epoch) {
   FORGE_CHECK(o.epochs >= 0, "epochs must be >= 0, got {}", o.epochs);
   FORGE_CHECK(o.batch_size > 0, "batch size must be positive, got {}", o.batch_size);
+  FORGE_CHECK(o.quant == "none" || o.quant == "dynamic" || o.quant == "qat",
+              "quant must be none, dynamic or qat, got '{}'", o.quant);
+  FORGE_CHECK(o.quant != "qat" || (o.qat_epochs >= 1 && o.qat_epochs <= o.epochs),
+              "--qat-epochs must be between 1 and the {} epochs, got {}", o.epochs, o.qat_epochs);
   ImageDataset train = load_fashion_mnist(o.data_dir, Split::train);
   ImageDataset test = load_fashion_mnist(o.data_dir, Split::test);
   if (o.standardize) standardize_images(train, test);
@@ -58,7 +86,14 @@ MnistRun train_mnist(const MnistOptions& o,
   int64_t n = train.size();
   int64_t steps = (n + o.batch_size - 1) / o.batch_size;
   if (o.max_steps_per_epoch >= 0) steps = std::min(steps, o.max_steps_per_epoch);
+  const int first_qat_epoch = o.quant == "qat" ? o.epochs - o.qat_epochs + 1 : o.epochs + 1;
   for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+    if (epoch == first_qat_epoch) {
+      // Fake quantization from here on; the optimizer keeps the same weights (QatLinear shares
+      // them). Observers freeze midway, so the last steps train against the scales convert keeps.
+      int64_t freeze = o.qat_freeze_steps >= 0 ? o.qat_freeze_steps : steps * o.qat_epochs / 2;
+      prepare_qat(model, {.freeze_after = freeze});
+    }
     auto t0 = std::chrono::steady_clock::now();
     Tensor perm = randperm(n, shuffle_gen);
     ProgressBar bar(steps, fmt::format("epoch {}/{}", epoch, o.epochs), o.progress);
@@ -91,6 +126,16 @@ MnistRun train_mnist(const MnistOptions& o,
                    {"test_acc", st.test_acc},
                    {"epoch_s", st.epoch_s}});
     if (on_epoch) on_epoch(st);
+  }
+  if (o.quant != "none") {
+    run.quant = quantize_mnist_model(run, sizes, o.quant, test);
+    metrics.write({{"quant", run.quant->method},
+                   {"test_acc_f32", run.quant->test_acc_f32},
+                   {"test_acc_int8", run.quant->test_acc_int8},
+                   {"bytes_f32", run.quant->bytes_f32},
+                   {"bytes_int8", run.quant->bytes_int8}});
+    if (!o.save_quantized.empty())
+      save_quantized(o.save_quantized, model, {{"sizes", fmt::format("{}", fmt::join(sizes, ","))}});
   }
   return run;
 }

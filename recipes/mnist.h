@@ -6,6 +6,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,22 @@ struct MnistOptions {
   std::string metrics_path;          // JSON lines appended per epoch when set
   bool progress = false;             // draw a progress bar (the app turns it on for terminals)
   int64_t max_steps_per_epoch = -1;  // for benchmarks and tests: stop an epoch early
+  // Quantization after (or during) training, quant/quantize.h:
+  //   "dynamic": train in f32, then int8 weights with activations quantized per batch.
+  //   "qat": the last qat_epochs epochs train with fake quantization, then convert to int8.
+  // Either appends one metrics line: test_acc_f32, test_acc_int8, bytes_f32, bytes_int8.
+  std::string quant = "none";
+  int qat_epochs = 1;
+  // QAT observers freeze after this many steps of fake-quantized training (-1: half of them).
+  int64_t qat_freeze_steps = -1;
+  std::string save_quantized;  // write the int8 model here (safetensors) when set
+};
+
+// What quantization gave, on the test set.
+struct QuantStats {
+  std::string method;  // "dynamic" or "qat"
+  double test_acc_f32 = 0, test_acc_int8 = 0;
+  int64_t bytes_f32 = 0, bytes_int8 = 0;
 };
 
 struct EpochStats {
@@ -40,7 +57,8 @@ struct EpochStats {
 
 struct MnistRun {
   std::vector<EpochStats> epochs;
-  std::shared_ptr<MLP> model;
+  std::shared_ptr<MLP> model;  // quantized when options.quant asked for it
+  std::optional<QuantStats> quant;
 };
 
 MnistRun train_mnist(const MnistOptions& options,

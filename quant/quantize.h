@@ -1,0 +1,147 @@
+// Quantizing a model: QAT (prepare, train, convert), dynamic int8, int4 weight-only, and the
+// quantized layers, saved and loaded as safetensors.
+//
+//   // Dynamic post-training quantization: int8 weights, activations quantized per batch.
+//   quantize_dynamic(model);                              // every Linear now runs Int8Linear
+//   quantize_dynamic(gpt, {.bits = 4, .group = 64});      // int4 weight-only instead
+//
+//   // Quantization-aware training: fake quantization on Linear inputs and weights, then convert.
+//   prepare_qat(model, {.freeze_after = 200});
+//   ... train as usual ...
+//   convert(model);                                       // real int8 layers, static input scale
+//
+//   save_quantized("mlp-int8.safetensors", model);        // integer tensors + scales
+//   load_quantized(other, load_safetensors("mlp-int8.safetensors"));  // same architecture
+//
+// Every quantized layer is installed into its Linear (Linear::set_quantized), so the model's own
+// forward runs it. Layers that are not Linear modules (embeddings, layer norms, GPT's head tied to
+// the token embedding) stay in f32.
+//
+// Int8Linear computes y = x W^T + b as
+//   q_x = clamp(round(x / s_x) + z_x, range)                 u8 activations (7-bit by default)
+//   acc = sum_k (q_x - z_x) q_w                                exact s32 (quant/int8_gemm.h)
+//   y   = s_x s_w[n] acc + b[n]                                 per output channel n
+// with s_x, z_x from the batch's own extremes (dynamic) or fixed by QAT's observer (static). In the
+// static case the bias is stored as s32 in units of s_x s_w[n] (as int8 inference engines keep it)
+// and dequantized in the same epilogue. The output is f32: each layer quantizes its own input, so
+// layers in between (activations, layer norms) stay in f32.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+
+#include "io/safetensors.h"
+#include "models/layers.h"
+#include "quant/fake_quant.h"
+#include "quant/int4.h"
+#include "quant/int8_gemm.h"
+
+namespace forge {
+
+struct QuantConfig {
+  // Activations: u8 affine per tensor. [0, 127] by default (PyTorch's reduce_range on x86): the
+  // AVX2 kernel's pairwise products then never saturate, so it runs its fast path.
+  QuantRange activation_range = QuantRange::u7();
+  // affine (zero point from the range, u8) or symmetric (zero 0, with an s8 range such as
+  // QuantRange::s8(): the kernels take it as u8 with zero point 128, exactly).
+  QScheme activation_scheme = QScheme::affine;
+  // Weights: s8 symmetric in [-127, 127], one scale per output channel.
+  QuantRange weight_range = QuantRange::s8_symmetric();
+  // QAT: observed steps before observers freeze (-1: never), and the activation observer.
+  int64_t freeze_after = -1;
+  ObserverKind activation_observer = ObserverKind::moving_average;
+};
+
+// Int8 weights with per-channel scales and an integer matrix product; inference only.
+class Int8Linear : public Module {
+ public:
+  // Quantizes an f32 weight (N, K) per channel. Without input parameters the activations are
+  // quantized per batch (dynamic); with them, with those fixed ones (static) and an s32 bias.
+  Int8Linear(const Tensor& weight, const Tensor& bias, const QuantConfig& config,
+             std::optional<QuantParams> input = std::nullopt);
+  // From already quantized tensors (a file): weight i8 (N, K), weight_scale f32 (N), bias f32 (N)
+  // or i32 (N) with a static input, or undefined.
+  Int8Linear(Tensor weight_q, Tensor weight_scale, Tensor bias, QuantRange activation_range,
+             QScheme activation_scheme, std::optional<QuantParams> input);
+  Variable forward(const Variable& x) override;  // f32 (..., K) -> f32 (..., N); no gradient
+
+  // What a file holds for this layer, names relative to the Linear ("weight", "weight_scale",
+  // "bias", and for static layers "input_scale", "input_zero_point").
+  NamedTensors state() const;
+  bool is_static() const { return input_.has_value(); }
+  const Tensor& weight_q() const { return weight_q_; }
+  const Tensor& weight_scale() const { return weight_scale_; }
+  QuantRange activation_range() const { return activation_range_; }
+  QScheme activation_scheme() const { return activation_scheme_; }
+
+ private:
+  void pack();
+
+  Tensor weight_q_;      // i8 (N, K)
+  Tensor weight_scale_;  // f32 (N)
+  Tensor bias_;          // dynamic: f32 (N); static: i32 (N) in units of s_x s_w[n]; or undefined
+  Tensor bias_f32_;      // the bias the epilogue adds, f32 (N)
+  QuantRange activation_range_;
+  QScheme activation_scheme_;
+  std::optional<QuantParams> input_;
+  PackedInt8Weight packed_;
+};
+
+// int4 weight-only (quant/int4.h): weights in 4 bits per group, activations f32 or bf16.
+class Int4Linear : public Module {
+ public:
+  Int4Linear(Int4Weight weight, Tensor bias);
+  Variable forward(const Variable& x) override;  // no gradient
+  NamedTensors state() const;  // "weight" (u8 packed), "weight_scale", "weight_zero", "bias"
+  const Int4Weight& weight() const { return weight_; }
+
+ private:
+  Int4Weight weight_;
+  Tensor bias_;
+};
+
+// QAT's stand-in for a Linear: linear(fq_x(x), fq_w(W), b) with fake quantization of the input
+// (per tensor, affine) and of the weight (per channel, symmetric). The weight and bias are the
+// Linear's own variables, so an optimizer built before prepare_qat keeps training them.
+class QatLinear : public Module {
+ public:
+  QatLinear(const Linear& linear, const QuantConfig& config);
+  Variable forward(const Variable& x) override;
+  std::shared_ptr<FakeQuantize> input_fake_quant, weight_fake_quant;
+
+ private:
+  Variable weight_, bias_;
+};
+
+struct QuantizeOptions {
+  int bits = 8;        // 8: Int8Linear (dynamic); 4: Int4Linear
+  int64_t group = 64;  // int4 group size: 32, 64 or 128
+  QuantConfig config;
+};
+
+// Each returns the number of Linear layers changed. Layers already quantized are an error.
+int quantize_dynamic(Module& model, const QuantizeOptions& options = {});
+int prepare_qat(Module& model, const QuantConfig& config = {});
+// Replaces every QatLinear by an Int8Linear with the QAT observers' scales; the model must have
+// seen data in training mode (an observer that saw nothing is an error naming the layer).
+int convert(Module& model);
+// Turns QAT's observers off (they keep their current scales) in every QatLinear.
+void freeze_observers(Module& model);
+
+// The model's tensors as a quantized file holds them: each quantized Linear's integer tensors and
+// scales (named "<layer>.weight", "<layer>.weight_scale", ...), every other parameter in f32.
+NamedTensors quantized_state(const Module& model);
+// Bytes of those tensors: the size of the quantized model. (f32 model: state_bytes(state_dict).)
+int64_t state_bytes(const NamedTensors& state);
+// Writes quantized_state(model), with metadata (kept) and "quantization": describe_quantization.
+void save_quantized(const std::string& path, const Module& model,
+                    std::map<std::string, std::string> metadata = {});
+// Installs the quantized layers a file describes into a model of the same architecture (f32, not
+// quantized) and loads every other parameter. The dtype of "<layer>.weight" says what each Linear
+// is: i8 Int8Linear, u8 int4, f32 plain. Errors name the file and the tensor.
+void load_quantized(Module& model, const SafetensorsContents& file, const std::string& path);
+// "int8-dynamic", "int8-static", "int4-g64", "none", or a mix such as "int8-dynamic+f32".
+std::string describe_quantization(const Module& model);
+
+}  // namespace forge
