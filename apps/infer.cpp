@@ -6,6 +6,7 @@
 //   build/apps/infer --checkpoint gpt-int8.safetensors        # a quantized file runs as saved
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 
 #include "recipes/checkpoint.h"
 #include "quant/quantize.h"
@@ -38,7 +39,8 @@ int main(int argc, char** argv) {
   app.add_option("--quant", quant,
                  "quantize the Linear layers first: none, int8 (dynamic) or int4 (weight-only)")
       ->check(CLI::IsMember({"none", "int8", "int4"}));
-  app.add_option("--group", group, "int4 group size")->check(CLI::IsMember({32, 64, 128}));
+  CLI::Option* group_opt =
+      app.add_option("--group", group, "int4 group size")->check(CLI::IsMember({32, 64, 128}));
   app.add_option("--save-quantized", save_quantized_path,
                  "write the quantized model to this safetensors file (infer can load it)");
   try {
@@ -49,7 +51,12 @@ int main(int argc, char** argv) {
   try {
     set_num_threads(threads);
     o.use_cache = !no_cache;
+    FORGE_CHECK(group_opt->count() == 0 || quant == "int4", "--group applies to --quant int4");
     LoadedModel loaded = load_model(resolve_model_path(checkpoint));
+    FORGE_CHECK(save_quantized_path.empty() || !std::filesystem::exists(save_quantized_path) ||
+                    !std::filesystem::equivalent(save_quantized_path, loaded.path),
+                "--save-quantized {} is the model being read; write the quantized model elsewhere",
+                save_quantized_path);
     std::shared_ptr<GPT> model_ptr = make_model(loaded, quant, group);
     GPT& model = *model_ptr;
     fmt::print(stderr, "# {} (step {}): {:.2f}M parameters, vocab {}, quantization {}\n",

@@ -130,10 +130,12 @@ int main(int argc, char** argv) {
                 "after training: dynamic (int8 post-training) or qat (fake-quantized last epochs, "
                 "then int8)")
       ->check(CLI::IsMember({"none", "dynamic", "qat"}));
-  m->add_option("--qat-epochs", mnist.qat_epochs, "epochs of quantization-aware training (last)")
-      ->check(CLI::PositiveNumber);
-  m->add_option("--qat-freeze-steps", mnist.qat_freeze_steps,
-                "QAT observers freeze after this many steps (default: half of the QAT steps)");
+  CLI::Option* qat_epochs =
+      m->add_option("--qat-epochs", mnist.qat_epochs, "epochs of quantization-aware training (last)")
+          ->check(CLI::PositiveNumber);
+  CLI::Option* qat_freeze =
+      m->add_option("--qat-freeze-steps", mnist.qat_freeze_steps,
+                    "QAT observers freeze after this many steps (default: half of the QAT steps)");
   m->add_option("--save-quantized", mnist.save_quantized, "write the int8 model (safetensors)");
 
   CLI::App* g = app.add_subcommand("gpt", "GPT language model on a text corpus (Tiny Shakespeare)");
@@ -154,7 +156,8 @@ int main(int argc, char** argv) {
               "no training: print the losses of the model in --resume (or --out)");
   g->add_option("--quant", gpt_quant, "with --eval-only: none, int8 (dynamic) or int4")
       ->check(CLI::IsMember({"none", "int8", "int4"}));
-  g->add_option("--group", gpt_group, "int4 group size")->check(CLI::IsMember({32, 64, 128}));
+  CLI::Option* group_opt =
+      g->add_option("--group", gpt_group, "int4 group size")->check(CLI::IsMember({32, 64, 128}));
 
   CLI::App* rs = app.add_subcommand(
       "reshard", "write a GPT checkpoint (serial or sharded) at another tensor/pipeline layout");
@@ -175,6 +178,8 @@ int main(int argc, char** argv) {
   try {
     set_num_threads(threads);
     if (m->parsed()) {
+      FORGE_CHECK(mnist.quant == "qat" || (qat_epochs->count() == 0 && qat_freeze->count() == 0),
+                  "--qat-epochs and --qat-freeze-steps apply to --quant qat");
       mnist.progress = stdout_is_terminal();
       return run_mnist(mnist);
     }
@@ -189,6 +194,7 @@ int main(int argc, char** argv) {
       for (const auto& [key, opt] : flag_options)
         if (opt->count() > 0) cfg.set(key, flags[key], opt->get_name());
       cfg.validate();
+      FORGE_CHECK(group_opt->count() == 0 || gpt_quant == "int4", "--group applies to --quant int4");
       if (eval_only) return run_gpt_eval(cfg, gpt_quant, gpt_group);
       FORGE_CHECK(gpt_quant == "none",
                   "--quant {} applies to --eval-only (training runs in f32/bf16/f16)", gpt_quant);

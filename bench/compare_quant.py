@@ -11,7 +11,8 @@ our int8 against PyTorch 1.13's quantize_dynamic of the same Linear stack.
    PyTorch's f32 and quantize_dynamic (every quantized engine it has) in the same run, under the
    fair setup of torch_env.py.
 3. GPT, `cpu` preset (trained here unless --gpt-checkpoint names one): val loss f32 / int8 / int4
-   (group 64) from `train gpt --eval-only`, tokens/s from `infer` (greedy, 256 tokens).
+   (group 64) from `train gpt --eval-only`, tokens/s from `infer` (greedy, 256 tokens). Corpus:
+   --data, else $TINYSHAKESPEARE, else ../shared/data/tinyshakespeare.txt.
 Prints markdown tables for bench/RESULTS.md and each target's verdict.
 """
 import argparse
@@ -79,22 +80,24 @@ def gpt(args, tmp):
     ckpt = args.gpt_checkpoint
     if not ckpt:
         ckpt = os.path.join(tmp, "gpt")
-        cmd = [train, "gpt", "--preset", "cpu", "--out", ckpt, "--threads", str(args.train_threads)]
+        cmd = [train, "gpt", "--preset", "cpu", "--data", args.data, "--out", ckpt,
+               "--threads", str(args.train_threads)]
         if args.gpt_iters:
             cmd += ["--max-iters", str(args.gpt_iters)]
         run(cmd)
     rows = {}
     for q in ("none", "int8", "int4"):
-        out, _ = run([train, "gpt", "--preset", "cpu", "--eval-only", "--resume", ckpt, "--quant", q,
-                      "--group", "64", "--threads", str(args.threads)])
+        group = ["--group", "64"] if q == "int4" else []
+        out, _ = run([train, "gpt", "--preset", "cpu", "--data", args.data, "--eval-only", "--resume", ckpt,
+                      "--quant", q, "--threads", str(args.threads)] + group)
         head = out.splitlines()[0]
         val = float(re.search(r"val loss ([0-9.]+)", head).group(1))
         mb = float(re.search(r"\| ([0-9.]+) MB", head).group(1))
         step = int(re.search(r"step (\d+)", head).group(1))
         tps = []
         for _ in range(3):
-            _, err = run([infer, "--checkpoint", ckpt, "--quant", q, "--group", "64", "--temperature", "0",
-                          "--max-tokens", "256", "--threads", str(args.threads)])
+            _, err = run([infer, "--checkpoint", ckpt, "--quant", q, "--temperature", "0",
+                          "--max-tokens", "256", "--threads", str(args.threads)] + group)
             tps.append(float(re.search(r"([0-9.]+) tokens/s", err).group(1)))
         tps.sort()
         rows[q] = (val, mb, tps[-1], tps[1], step)
@@ -110,6 +113,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--gpt-checkpoint", default="")
     ap.add_argument("--gpt-iters", type=int, default=0, help="train the cpu preset for N steps (0: its own)")
+    ap.add_argument("--data", default=os.environ.get("TINYSHAKESPEARE") or
+                    os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"),
+                    help="the corpus (default: $TINYSHAKESPEARE, else ../shared/data/tinyshakespeare.txt)")
     args = ap.parse_args()
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()

@@ -13,7 +13,8 @@ Tensor uniform_tensor(const Shape& shape, double bound, Generator& gen) {
 }
 }  // namespace
 
-Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, Generator& gen) {
+Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, Generator& gen)
+    : in_features_(in_features), out_features_(out_features) {
   FORGE_CHECK(in_features > 0 && out_features > 0, "Linear: sizes must be positive, got {} -> {}",
               in_features, out_features);
   double bound = 1.0 / std::sqrt(double(in_features));
@@ -25,14 +26,19 @@ Variable Linear::forward(const Variable& x) {
   return quantized_ ? quantized_->forward(x) : linear(x, weight, bias);
 }
 
-void Linear::set_quantized(std::shared_ptr<Module> m) {
+void Linear::set_quantized(std::shared_ptr<Module> m, bool release_weights) {
   FORGE_CHECK(m, "Linear::set_quantized: no module given");
+  m->train(is_training());
   if (quantized_) {
     replace_module("quant", m);
   } else {
     register_module("quant", m);
   }
   quantized_ = std::move(m);
+  if (release_weights) {
+    weight.data() = Tensor::empty({0});
+    if (bias.defined()) bias.data() = Tensor::empty({0});
+  }
 }
 
 Embedding::Embedding(int64_t num, int64_t dim, Generator& gen) {

@@ -21,17 +21,21 @@ class Linear : public Module {
   Linear(int64_t in_features, int64_t out_features, bool bias, Generator& gen);
   Variable forward(const Variable& x) override;  // (..., in) -> (..., out)
   Variable weight, bias;                         // (out, in), (out) or undefined
-  int64_t in_features() const { return weight.size(1); }
-  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return in_features_; }
+  int64_t out_features() const { return out_features_; }
 
   // Quantization (quant/quantize.h) changes a layer's arithmetic, not the layer: it installs a
   // module that forward() runs instead of the f32 product (fake quantization while training with
-  // QAT, an int8 or int4 kernel once converted), registered as the child "quant". The layer keeps
-  // its name and place, so every model, GPT's typed members included, runs quantized unchanged.
-  void set_quantized(std::shared_ptr<Module> m);
+  // QAT, an int8 or int4 kernel once converted), registered as the child "quant" in this layer's
+  // training mode. The layer keeps its name and place, so every model, GPT's typed members
+  // included, runs quantized unchanged. With `release_weights` (integer kernels, which hold their
+  // own copy) the f32 weight and bias are dropped: they become empty tensors, so the memory goes
+  // and nothing can save or train stale f32 values by mistake.
+  void set_quantized(std::shared_ptr<Module> m, bool release_weights = false);
   const std::shared_ptr<Module>& quantized() const { return quantized_; }
 
  private:
+  int64_t in_features_, out_features_;
   std::shared_ptr<Module> quantized_;
 };
 

@@ -1,23 +1,29 @@
 #include "quant/quantize.h"
 
 #include <cmath>
+#include <functional>
 #include <limits>
-#include <set>
 
 #include "autograd/functions.h"
 #include "tensor/ops.h"
 
 namespace forge {
 
-namespace {
-
-// Each Linear of a model with its dotted name.
-std::vector<std::pair<std::string, std::shared_ptr<Linear>>> named_linears(const Module& model) {
-  std::vector<std::pair<std::string, std::shared_ptr<Linear>>> out;
+std::vector<std::pair<std::string, Linear*>> named_linears(Module& model) {
+  std::vector<std::pair<std::string, Linear*>> out;
+  if (auto* self = dynamic_cast<Linear*>(&model)) out.emplace_back("", self);
   for (auto& [name, m] : model.named_modules())
-    if (auto l = std::dynamic_pointer_cast<Linear>(m)) out.emplace_back(name, l);
+    if (auto* l = dynamic_cast<Linear*>(m.get())) out.emplace_back(name, l);
   return out;
 }
+
+std::vector<std::pair<std::string, const Linear*>> named_linears(const Module& model) {
+  std::vector<std::pair<std::string, const Linear*>> out;
+  for (auto& [name, l] : named_linears(const_cast<Module&>(model))) out.emplace_back(name, l);
+  return out;
+}
+
+namespace {
 
 // The integers behind a symmetric per-channel fake quantization: round(fake_quantize(w) / s),
 // exact since fake_quantize returns q * s with |q| <= 127. Going through fake_quantize makes the
@@ -42,16 +48,20 @@ QuantParams observe_weight(const Tensor& w, QuantRange range) {
   return obs.qparams();
 }
 
-// A static layer's bias in units of the accumulator, s_x s_w[n], rounded to s32 (clamped).
+// A static layer's bias in units of the accumulator, s_x s_w[n], rounded to s32. A bias beyond
+// s32 in those units (a channel whose weights are all near zero has a tiny s_w) is refused rather
+// than clamped: clamping would change the layer's output without a word.
 Tensor quantize_bias(const Tensor& bias, float input_scale, const Tensor& weight_scale) {
   const int64_t N = bias.numel();
   Tensor b = bias.to(DType::f32).contiguous();
   Tensor out = Tensor::empty({N}, DType::i32);
   for (int64_t n = 0; n < N; ++n) {
-    double unit = double(input_scale * weight_scale.data<float>()[n]);
-    double q = std::nearbyint(double(b.data<float>()[n]) / unit);
-    q = std::clamp(q, double(std::numeric_limits<int32_t>::min()),
-                   double(std::numeric_limits<int32_t>::max()));
+    float unit = input_scale * weight_scale.data<float>()[n];
+    double q = std::nearbyint(double(b.data<float>()[n]) / double(unit));
+    FORGE_CHECK(std::abs(q) <= double(std::numeric_limits<int32_t>::max()),
+                "the bias {} of output channel {} is {:.3g} units of s_x s_w = {:.3g}, beyond s32 "
+                "(the channel's weights are all near zero)",
+                b.data<float>()[n], n, q, unit);
     out.data<int32_t>()[n] = int32_t(q);
   }
   return out;
@@ -117,6 +127,21 @@ Int8Linear::Int8Linear(Tensor weight_q, Tensor weight_scale, Tensor bias,
     FORGE_CHECK(bias_.dtype() == want && bias_.shape() == Shape{N},
                 "Int8Linear: bias must be {} ({}) for a {} layer, got {} {}", want, N,
                 input_ ? "static" : "dynamic", bias_.dtype(), bias_.shape());
+  }
+  Tensor ws = weight_scale_.contiguous();
+  for (int64_t n = 0; n < N; ++n) {
+    float s = ws.data<float>()[n];
+    FORGE_CHECK(std::isfinite(s) && s > 0, "Int8Linear: weight_scale {} of output channel {} is not "
+                "a positive finite number", s, n);
+  }
+  if (input_) {
+    float s = scalar_f32(input_->scale);
+    double z = input_->zero_point.item();
+    FORGE_CHECK(std::isfinite(s) && s > 0, "Int8Linear: input_scale {} is not a positive finite "
+                "number", s);
+    FORGE_CHECK(activation_range_.qmin <= z && z <= activation_range_.qmax,
+                "Int8Linear: input_zero_point {} is outside the activation range [{}, {}]", z,
+                activation_range_.qmin, activation_range_.qmax);
   }
   pack();
 }
@@ -236,39 +261,55 @@ Variable QatLinear::forward(const Variable& x) {
 
 namespace {
 void check_not_quantized(const std::string& name, const Linear& l, const char* what) {
-  FORGE_CHECK(!l.quantized(), "{}: layer '{}' is already quantized", what, name);
+  FORGE_CHECK(!l.quantized(), "{}: layer '{}' is already quantized ({})", what, name,
+              describe_quantization(l));
+}
+
+// Runs `make` for every layer before anything changes, then installs the results: a call that
+// fails (a layer already quantized, a group that does not divide, an observer that saw nothing)
+// leaves the model as it was. Errors name the layer.
+int install_all(Module& model, const char* what, bool release_weights,
+                const std::function<std::shared_ptr<Module>(const std::string&, Linear&)>& make) {
+  std::vector<std::pair<Linear*, std::shared_ptr<Module>>> made;
+  for (auto& [name, l] : named_linears(model)) {
+    try {
+      if (auto m = make(name, *l)) made.emplace_back(l, std::move(m));
+    } catch (const Error& e) {
+      throw_error(fmt::format("{}: layer '{}': {}", what, name, e.what()));
+    }
+  }
+  for (auto& [l, m] : made) l->set_quantized(m, release_weights);
+  return int(made.size());
 }
 }  // namespace
 
 int quantize_dynamic(Module& model, const QuantizeOptions& o) {
   FORGE_CHECK(o.bits == 8 || o.bits == 4, "quantize_dynamic: bits must be 8 or 4, got {}", o.bits);
+  FORGE_CHECK(o.bits == 8 || o.group == 32 || o.group == 64 || o.group == 128,
+              "quantize_dynamic: the int4 group must be 32, 64 or 128, got {}", o.group);
   NoGradGuard ng;
-  int changed = 0;
-  for (auto& [name, l] : named_linears(model)) {
-    check_not_quantized(name, *l, "quantize_dynamic");
-    const Tensor& w = l->weight.data();
-    Tensor b = l->bias.defined() ? l->bias.data() : Tensor();
-    if (o.bits == 8) {
-      l->set_quantized(std::make_shared<Int8Linear>(w, b, o.config));
-    } else {
-      FORGE_CHECK(w.size(1) % o.group == 0,
-                  "quantize_dynamic: layer '{}' has {} inputs, not a multiple of the int4 group {}",
-                  name, w.size(1), o.group);
-      l->set_quantized(std::make_shared<Int4Linear>(quantize_int4(w, o.group), b));
-    }
-    ++changed;
-  }
-  return changed;
+  int n = install_all(model, "quantize_dynamic", true,
+                      [&](const std::string& name, Linear& l) -> std::shared_ptr<Module> {
+    check_not_quantized(name, l, "quantize_dynamic");
+    const Tensor& w = l.weight.data();
+    Tensor b = l.bias.defined() ? l.bias.data() : Tensor();
+    if (o.bits == 8) return std::make_shared<Int8Linear>(w, b, o.config);
+    FORGE_CHECK(w.size(1) % o.group == 0, "{} inputs are not a multiple of the int4 group {}",
+                w.size(1), o.group);
+    return std::make_shared<Int4Linear>(quantize_int4(w, o.group), b);
+  });
+  FORGE_CHECK(n > 0, "quantize_dynamic: the model has no Linear layer");
+  return n;
 }
 
 int prepare_qat(Module& model, const QuantConfig& config) {
-  int changed = 0;
-  for (auto& [name, l] : named_linears(model)) {
-    check_not_quantized(name, *l, "prepare_qat");
-    l->set_quantized(std::make_shared<QatLinear>(*l, config));
-    ++changed;
-  }
-  return changed;
+  int n = install_all(model, "prepare_qat", false,
+                      [&](const std::string& name, Linear& l) -> std::shared_ptr<Module> {
+    check_not_quantized(name, l, "prepare_qat");
+    return std::make_shared<QatLinear>(l, config);
+  });
+  FORGE_CHECK(n > 0, "prepare_qat: the model has no Linear layer");
+  return n;
 }
 
 void freeze_observers(Module& model) {
@@ -282,197 +323,24 @@ void freeze_observers(Module& model) {
 
 int convert(Module& model) {
   NoGradGuard ng;
-  int changed = 0;
-  for (auto& [name, l] : named_linears(model)) {
-    auto qat = std::dynamic_pointer_cast<QatLinear>(l->quantized());
-    if (!qat) continue;
+  int n = install_all(model, "convert", true,
+                      [&](const std::string&, Linear& l) -> std::shared_ptr<Module> {
+    auto qat = std::dynamic_pointer_cast<QatLinear>(l.quantized());
+    if (!qat) return nullptr;
     FORGE_CHECK(qat->input_fake_quant->observer().observed(),
-                "convert: layer '{}' saw no data in training mode; its input scale is unknown",
-                name);
+                "it saw no data in training mode, so its input scale is unknown");
     QuantParams in = qat->input_fake_quant->qparams();
-    QuantParams wq = qat->weight_fake_quant->observer().observed()
-                         ? qat->weight_fake_quant->qparams()
-                         : observe_weight(l->weight.data(), QuantConfig{}.weight_range);
-    Tensor w_q = quantize_weight(l->weight.data(), wq);
+    const Observer& wobs = qat->weight_fake_quant->observer();
+    QuantParams wq = wobs.observed() ? wobs.qparams() : observe_weight(l.weight.data(), wobs.config().range);
+    Tensor w_q = quantize_weight(l.weight.data(), wq);
     Tensor scale = wq.scale.contiguous();
     Tensor bias;
-    if (l->bias.defined()) bias = quantize_bias(l->bias.data(), scalar_f32(in.scale), scale);
+    if (l.bias.defined()) bias = quantize_bias(l.bias.data(), scalar_f32(in.scale), scale);
     QScheme scheme = qat->input_fake_quant->observer().config().scheme;
-    l->set_quantized(std::make_shared<Int8Linear>(w_q, scale, bias, in.range, scheme, in));
-    ++changed;
-  }
-  FORGE_CHECK(changed > 0, "convert: the model has no layer prepared for QAT (call prepare_qat)");
-  return changed;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Files
-
-namespace {
-// A quantized layer's tensors, or nothing for a plain (or QAT) Linear.
-std::optional<NamedTensors> layer_state(const Linear& l) {
-  if (auto q = std::dynamic_pointer_cast<Int8Linear>(l.quantized())) return q->state();
-  if (auto q = std::dynamic_pointer_cast<Int4Linear>(l.quantized())) return q->state();
-  return std::nullopt;
-}
-
-std::string prefix_of(const std::string& param) {
-  auto dot = param.rfind('.');
-  return dot == std::string::npos ? "" : param.substr(0, dot);
-}
-
-std::string range_text(QuantRange r) { return fmt::format("{},{}", r.qmin, r.qmax); }
-
-const std::string& meta_value(const std::map<std::string, std::string>& metadata,
-                              const std::string& key, const std::string& path) {
-  auto it = metadata.find(key);
-  FORGE_CHECK(it != metadata.end(), "{}: metadata '{}' is missing", path, key);
-  return it->second;
-}
-
-// "0,127" (u8) or "-128,127" (s8).
-QuantRange parse_range(const std::string& text, const std::string& path) {
-  QuantRange r;
-  bool ok = std::sscanf(text.c_str(), "%d,%d", &r.qmin, &r.qmax) == 2 && r.qmin < r.qmax;
-  r.dtype = r.qmin < 0 ? DType::i8 : DType::u8;
-  ok = ok && (r.dtype == DType::u8 ? r.qmax <= 255 : r.qmin >= -128 && r.qmax <= 127);
-  FORGE_CHECK(ok, "{}: activation_range '{}' is not 'qmin,qmax' within 0..255 or -128..127", path,
-              text);
-  return r;
-}
-
-QScheme parse_scheme(const std::string& text, const std::string& path) {
-  FORGE_CHECK(text == "affine" || text == "symmetric",
-              "{}: activation_scheme '{}' is not affine or symmetric", path, text);
-  return text == "affine" ? QScheme::affine : QScheme::symmetric;
-}
-
-const Tensor& need(const SafetensorsContents& file, const std::string& name, DType dtype,
-                   const Shape& shape, const std::string& path) {
-  const Tensor* t = file.find(name);
-  FORGE_CHECK(t, "{}: tensor '{}' is missing", path, name);
-  FORGE_CHECK(t->dtype() == dtype && t->shape() == shape, "{}: tensor '{}' should be {} {}, is {} {}",
-              path, name, dtype, shape, t->dtype(), t->shape());
-  return *t;
-}
-}  // namespace
-
-NamedTensors quantized_state(const Module& model) {
-  std::map<std::string, NamedTensors> layers;
-  for (auto& [name, l] : named_linears(model))
-    if (auto s = layer_state(*l)) layers[name] = std::move(*s);
-  NamedTensors out;
-  std::set<std::string> written;
-  for (auto& [name, v] : model.named_parameters()) {
-    auto it = layers.find(prefix_of(name));
-    if (it == layers.end()) {
-      out.emplace_back(name, v.data());
-    } else if (written.insert(it->first).second) {
-      for (auto& [sub, t] : it->second) out.emplace_back(it->first + "." + sub, t);
-    }
-  }
-  return out;
-}
-
-int64_t state_bytes(const NamedTensors& state) {
-  int64_t n = 0;
-  for (auto& [name, t] : state) n += int64_t(t.nbytes());
+    return std::make_shared<Int8Linear>(w_q, scale, bias, in.range, scheme, in);
+  });
+  FORGE_CHECK(n > 0, "convert: the model has no layer prepared for QAT (call prepare_qat)");
   return n;
-}
-
-std::string describe_quantization(const Module& model) {
-  std::set<std::string> kinds;
-  for (auto& [name, l] : named_linears(model)) {
-    if (auto q = std::dynamic_pointer_cast<Int8Linear>(l->quantized()))
-      kinds.insert(q->is_static() ? "int8-static" : "int8-dynamic");
-    else if (auto q4 = std::dynamic_pointer_cast<Int4Linear>(l->quantized()))
-      kinds.insert(fmt::format("int4-g{}", q4->weight().group));
-    else if (std::dynamic_pointer_cast<QatLinear>(l->quantized()))
-      kinds.insert("qat");
-    else
-      kinds.insert("f32");
-  }
-  if (kinds.empty() || (kinds.size() == 1 && kinds.count("f32"))) return "none";
-  std::string s;
-  for (auto& k : kinds) s += (s.empty() ? "" : "+") + k;
-  return s;
-}
-
-void save_quantized(const std::string& path, const Module& model,
-                    std::map<std::string, std::string> metadata) {
-  metadata["quantization"] = describe_quantization(model);
-  // Every Int8Linear of a model shares the activation range (one QuantConfig made them all).
-  for (auto& [name, l] : named_linears(model))
-    if (auto q = std::dynamic_pointer_cast<Int8Linear>(l->quantized())) {
-      metadata["activation_range"] = range_text(q->activation_range());
-      metadata["activation_scheme"] =
-          q->activation_scheme() == QScheme::affine ? "affine" : "symmetric";
-    }
-  save_safetensors(path, quantized_state(model), metadata);
-}
-
-void load_quantized(Module& model, const SafetensorsContents& file, const std::string& path) {
-  NoGradGuard ng;
-  std::set<std::string> used, quantized_layers;
-  auto use = [&](const std::string& name) { used.insert(name); };
-  for (auto& [name, l] : named_linears(model)) {
-    check_not_quantized(name, *l, "load_quantized");
-    const Tensor* w = file.find(name + ".weight");
-    FORGE_CHECK(w, "{}: tensor '{}.weight' is missing", path, name);
-    const int64_t N = l->out_features(), K = l->in_features();
-    const bool has_bias = l->bias.defined();
-    if (w->dtype() == DType::i8) {
-      FORGE_CHECK(w->shape() == Shape({N, K}), "{}: tensor '{}.weight' should be i8 ({}, {}), is {}",
-                  path, name, N, K, w->shape());
-      Tensor scale = need(file, name + ".weight_scale", DType::f32, {N}, path);
-      std::optional<QuantParams> input;
-      if (file.find(name + ".input_scale")) {
-        QuantParams q;
-        q.scale = need(file, name + ".input_scale", DType::f32, Shape{}, path);
-        q.zero_point = need(file, name + ".input_zero_point", DType::i32, Shape{}, path);
-        input = q;
-        use(name + ".input_scale");
-        use(name + ".input_zero_point");
-      }
-      Tensor bias;
-      if (has_bias) bias = need(file, name + ".bias", input ? DType::i32 : DType::f32, {N}, path);
-      QuantRange range = parse_range(meta_value(file.metadata, "activation_range", path), path);
-      QScheme scheme = parse_scheme(meta_value(file.metadata, "activation_scheme", path), path);
-      if (input) input->range = range;
-      l->set_quantized(std::make_shared<Int8Linear>(w->clone(), scale.clone(),
-                                                    has_bias ? bias.clone() : Tensor(), range,
-                                                    scheme, input));
-      use(name + ".weight_scale");
-    } else if (w->dtype() == DType::u8) {
-      const Tensor* s = file.find(name + ".weight_scale");
-      FORGE_CHECK(s && s->dim() == 2 && s->size(1) > 0, "{}: tensor '{}.weight_scale' is missing or not 2-d",
-                  path, name);
-      Int4Weight q{.n = N,
-                   .k = K,
-                   .group = K / s->size(1),
-                   .packed = w->clone(),
-                   .scales = s->clone(),
-                   .zeros = need(file, name + ".weight_zero", DType::u8, s->shape(), path).clone()};
-      validate_int4(q, fmt::format("{}: layer '{}'", path, name));
-      Tensor bias = has_bias ? need(file, name + ".bias", DType::f32, {N}, path).clone() : Tensor();
-      l->set_quantized(std::make_shared<Int4Linear>(std::move(q), bias));
-      use(name + ".weight_scale");
-      use(name + ".weight_zero");
-    } else {
-      continue;  // a plain f32 layer: its parameters load below with the rest
-    }
-    quantized_layers.insert(name);
-    use(name + ".weight");
-    if (has_bias) use(name + ".bias");
-  }
-  for (auto& [name, v] : model.named_parameters()) {
-    if (quantized_layers.count(prefix_of(name))) continue;
-    const Tensor& t = need(file, name, v.data().dtype(), v.shape(), path);
-    v.data().copy_(t);
-    use(name);
-  }
-  for (auto& [name, t] : file.tensors)
-    FORGE_CHECK(used.count(name), "{}: unexpected tensor '{}' (not in this model)", path, name);
 }
 
 }  // namespace forge

@@ -11,17 +11,19 @@
 //   convert(model);                                       // real int8 layers, static input scale
 //
 //   save_quantized("mlp-int8.safetensors", model);        // integer tensors + scales
-//   load_quantized(other, load_safetensors("mlp-int8.safetensors"));  // same architecture
+//   load_quantized(other, load_safetensors(path), path);  // same architecture, f32 until then
 //
 // Every quantized layer is installed into its Linear (Linear::set_quantized), so the model's own
 // forward runs it. Layers that are not Linear modules (embeddings, layer norms, GPT's head tied to
 // the token embedding) stay in f32.
 //
 // Int8Linear computes y = x W^T + b as
-//   q_x = clamp(round(x / s_x) + z_x, range)                 u8 activations (7-bit by default)
+//   q_x = clamp(round(x * (1 / s_x)) + z_x, range)           u8 activations (7-bit by default)
 //   acc = sum_k (q_x - z_x) q_w                                exact s32 (quant/int8_gemm.h)
 //   y   = s_x s_w[n] acc + b[n]                                 per output channel n
-// with s_x, z_x from the batch's own extremes (dynamic) or fixed by QAT's observer (static). In the
+// with s_x, z_x from the batch's own extremes (dynamic: one scale for all rows of the batch, as
+// PyTorch's dynamic Linear, so a row's output depends a little on the other rows) or fixed by QAT's
+// observer (static). In the
 // static case the bias is stored as s32 in units of s_x s_w[n] (as int8 inference engines keep it)
 // and dequantized in the same epilogue. The output is f32: each layer quantizes its own input, so
 // layers in between (activations, layer norms) stay in f32.
@@ -30,6 +32,8 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "io/safetensors.h"
 #include "models/layers.h"
@@ -120,7 +124,13 @@ struct QuantizeOptions {
   QuantConfig config;
 };
 
-// Each returns the number of Linear layers changed. Layers already quantized are an error.
+// Every Linear of a model (the model itself first when it is one) with its dotted name.
+std::vector<std::pair<std::string, Linear*>> named_linears(Module& model);
+std::vector<std::pair<std::string, const Linear*>> named_linears(const Module& model);
+
+// Each returns the number of Linear layers changed, and either changes every layer it should or,
+// when one fails (already quantized, a group that does not divide, ...), none; errors name the
+// layer. Integer layers release the f32 weights they replace (Linear::set_quantized).
 int quantize_dynamic(Module& model, const QuantizeOptions& options = {});
 int prepare_qat(Module& model, const QuantConfig& config = {});
 // Replaces every QatLinear by an Int8Linear with the QAT observers' scales; the model must have
@@ -139,7 +149,9 @@ void save_quantized(const std::string& path, const Module& model,
                     std::map<std::string, std::string> metadata = {});
 // Installs the quantized layers a file describes into a model of the same architecture (f32, not
 // quantized) and loads every other parameter. The dtype of "<layer>.weight" says what each Linear
-// is: i8 Int8Linear, u8 int4, f32 plain. Errors name the file and the tensor.
+// is: i8 Int8Linear, u8 int4, f32 plain. Everything is checked before the model changes; errors
+// name the file and the tensor. save_quantized refuses a model whose int8 layers use different
+// activation grids (a file has one).
 void load_quantized(Module& model, const SafetensorsContents& file, const std::string& path);
 // "int8-dynamic", "int8-static", "int4-g64", "none", or a mix such as "int8-dynamic+f32".
 std::string describe_quantization(const Module& model);

@@ -287,9 +287,6 @@ TrainingState load_training_state(const std::string& path, const GPTConfig& conf
   return s;
 }
 
-}  // namespace forge
-
-namespace forge {
 
 std::shared_ptr<GPT> make_model(const LoadedModel& loaded, const std::string& quant,
                                 int64_t group) {

@@ -69,6 +69,11 @@ MnistRun train_mnist(const MnistOptions& o,
               "quant must be none, dynamic or qat, got '{}'", o.quant);
   FORGE_CHECK(o.quant != "qat" || (o.qat_epochs >= 1 && o.qat_epochs <= o.epochs),
               "--qat-epochs must be between 1 and the {} epochs, got {}", o.epochs, o.qat_epochs);
+  FORGE_CHECK(o.qat_freeze_steps == -1 || o.qat_freeze_steps >= 1,
+              "--qat-freeze-steps must be at least 1 (or -1: half of the QAT steps), got {}",
+              o.qat_freeze_steps);
+  FORGE_CHECK(o.save_quantized.empty() || o.quant != "none",
+              "--save-quantized needs --quant dynamic or qat");
   ImageDataset train = load_fashion_mnist(o.data_dir, Split::train);
   ImageDataset test = load_fashion_mnist(o.data_dir, Split::test);
   if (o.standardize) standardize_images(train, test);
@@ -91,7 +96,9 @@ MnistRun train_mnist(const MnistOptions& o,
     if (epoch == first_qat_epoch) {
       // Fake quantization from here on; the optimizer keeps the same weights (QatLinear shares
       // them). Observers freeze midway, so the last steps train against the scales convert keeps.
-      int64_t freeze = o.qat_freeze_steps >= 0 ? o.qat_freeze_steps : steps * o.qat_epochs / 2;
+      int64_t freeze = o.qat_freeze_steps >= 1 ? o.qat_freeze_steps
+                                                : std::max<int64_t>(1, steps * o.qat_epochs / 2);
+      FORGE_CHECK(steps > 0, "--quant qat: the epochs have no training steps");
       prepare_qat(model, {.freeze_after = freeze});
     }
     auto t0 = std::chrono::steady_clock::now();

@@ -139,6 +139,10 @@ FullCheckpoint load_full_checkpoint(const std::string& dir) {
   full.dir = dir;
   if (!is_sharded_checkpoint(dir)) {
     LoadedModel m = load_model((fs::path(dir) / kModelFile).string());
+    FORGE_CHECK(m.quantization == "none",
+                "{}: a quantized model ({}); quantized models are for inference (infer, train gpt "
+                "--eval-only) and cannot be trained or resharded",
+                m.path, m.quantization);
     full.state = load_training_state((fs::path(dir) / kStateFile).string(), m.config);
     full.config = m.config;
     full.tokenizer = m.tokenizer;

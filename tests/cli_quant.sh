@@ -48,6 +48,10 @@ PY
   done
   run "$train" mnist --epochs 1 --quant qat --qat-epochs 2
   expect_error "--qat-epochs above --epochs" "qat-epochs" "between 1 and the 1 epochs"
+  run "$train" mnist --epochs 1 --quant qat --qat-freeze-steps 0
+  expect_error "--qat-freeze-steps 0" "--qat-freeze-steps must be at least 1"
+  run "$train" mnist --epochs 1 --quant dynamic --qat-epochs 1
+  expect_error "--qat-epochs without --quant qat" "apply to --quant qat"
 else
   echo "SKIPPED: the Fashion-MNIST part: /usr/share/datasets/fashion-mnist is missing"
 fi
@@ -64,7 +68,9 @@ run "$train" gpt "${tiny[@]}" --max-iters 30 --out "$out"
 trained=$(sed -n 's/^val loss: //p' "$tmp/out")
 declare -A val
 for q in none int8 int4; do
-  run "$train" gpt "${tiny[@]}" --eval-only --resume "$out" --quant "$q" --group 32
+  group=()
+  [ "$q" = int4 ] && group=(--group 32)
+  run "$train" gpt "${tiny[@]}" --eval-only --resume "$out" --quant "$q" "${group[@]}"
   [ "$rc" -eq 0 ] || { fail "train gpt --eval-only --quant $q exited $rc"; show; continue; }
   val[$q]=$(sed -n 's/^val loss: //p' "$tmp/out")
   echo "  eval-only --quant $q: $(head -n 1 "$tmp/out")"
@@ -100,8 +106,17 @@ run "$infer" --checkpoint "$tmp/q8.safetensors" --quant int4
 expect_error "infer --quant on a quantized file" "already quantized" "int8-dynamic"
 run "$infer" --checkpoint "$out" --quant int4 --group 128
 expect_error "infer --quant int4 with a group above n_embd" "not a multiple of the int4 group 128"
-run "$train" gpt "${tiny[@]}" --max-iters 30 --resume "$tmp/q8.safetensors" --out "$tmp/x"
-expect_error "train gpt --resume from a quantized file" "q8.safetensors"
+mkdir -p "$tmp/qc/ckpt-000030"
+cp "$tmp/q8.safetensors" "$tmp/qc/ckpt-000030/model.safetensors"
+cp "$out/ckpt-000030/state.safetensors" "$tmp/qc/ckpt-000030/"
+run "$train" gpt "${tiny[@]}" --max-iters 40 --resume "$tmp/qc" --out "$tmp/x"
+expect_error "train gpt --resume from a quantized checkpoint" "a quantized model (int8-dynamic)"
+run "$train" reshard --from "$tmp/qc" --to "$tmp/qr" --tp 2
+expect_error "train reshard of a quantized checkpoint" "a quantized model"
+run "$infer" --checkpoint "$tmp/qc" --quant int8 --save-quantized "$tmp/qc/ckpt-000030/model.safetensors"
+expect_error "infer --save-quantized onto its own input" "is the model being read"
+run "$infer" --checkpoint "$out" --group 32
+expect_error "infer --group without --quant int4" "--group applies to --quant int4"
 run "$train" gpt "${tiny[@]}" --max-iters 2 --quant int8 --out "$tmp/y"
 expect_error "train gpt --quant without --eval-only" "--eval-only"
 

@@ -1,6 +1,7 @@
-// Quantized models (quant/quantize.h): Int8Linear against its formula, dynamic quantization of an
-// MLP and a GPT against f32, QAT training then conversion (the int8 model computes what the
-// fake-quantized one did), int4 layers, and the safetensors round trip.
+// Quantized models (quant/quantize.h): Int8Linear against its formula (dynamic and static),
+// dynamic int8 of an MLP and int4 of a GPT against f32, QAT training then conversion (the int8
+// model computes what the fake-quantized one did), all-or-nothing changes, and the safetensors
+// round trip with its errors. (int8 GPTs run end to end in tests/cli_quant.sh.)
 #include <cmath>
 
 #include "autograd/functions.h"
@@ -94,6 +95,8 @@ TEST_CASE("quantize_dynamic keeps an MLP's outputs within int8 rounding of f32")
   INFO("max relative difference " << rel);
   CHECK(rel < 0.03);
   CHECK(rel > 0);  // it did quantize
+  // The f32 weights the integer layers replaced are gone (memory, and no stale values to save).
+  for (auto& [name, v] : net.named_parameters()) CHECK(v.numel() == 0);
   // A layer is quantized once.
   REQUIRE_THROWS_WITH(quantize_dynamic(net), Contains("already quantized"));
   // Integer layers carry no gradient.
@@ -133,6 +136,70 @@ TEST_CASE("QAT trains through fake quantization and converts to int8 layers that
   REQUIRE_THROWS_WITH(convert(net), Contains("prepare_qat"));
 }
 
+TEST_CASE("a static Int8Linear adds its s32 bias in units of s_x s_w") {
+  Generator gen(11);
+  const int64_t M = 3, K = 24, N = 5;
+  Tensor w = uniform({N, K}, -0.3, 0.3, gen), b = uniform({N}, -2, 2, gen);
+  Tensor x = uniform({M, K}, -1, 1.5, gen);
+  QuantParams in;
+  in.scale = scalar_tensor(0.02);
+  in.zero_point = scalar_tensor(40, DType::i32);
+  in.range = QuantRange::u7();
+  Int8Linear layer(w, b, QuantConfig{}, in);
+  CHECK(layer.is_static());
+  Tensor y = forward(layer, x);
+  Tensor wq = layer.weight_q(), ws = layer.weight_scale();
+  Tensor bq = layer.state()[2].second;
+  REQUIRE(layer.state()[2].first == "bias");
+  REQUIRE(bq.dtype() == DType::i32);
+  const float sx = 0.02f;
+  double worst = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const float unit = sx * ws.data<float>()[n];
+    CHECK(bq.data<int32_t>()[n] == int32_t(std::nearbyint(double(b.data<float>()[n]) / double(unit))));
+    for (int64_t i = 0; i < M; ++i) {
+      double acc = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        double q = std::clamp(double(std::nearbyint(x.data<float>()[i * K + k] * (1.0f / sx))) + 40,
+                              0.0, 127.0);
+        acc += (q - 40) * double(wq.data<int8_t>()[n * K + k]);
+      }
+      double want = double(unit) * (acc + double(bq.data<int32_t>()[n]));
+      worst = std::max(worst, std::abs(double(y.data<float>()[i * N + n]) - want) /
+                                  std::max(1.0, std::abs(want)));
+    }
+  }
+  INFO("worst relative difference " << worst);
+  CHECK(worst < 1e-5);
+}
+
+TEST_CASE("quantizing fails whole: a layer that cannot be quantized leaves the model as it was") {
+  Generator gen(12);
+  MLP net({64, 48, 10}, gen);  // int4 group 32 fits 64 inputs, not 48
+  NamedTensors before;
+  for (auto& [name, t] : net.state_dict()) before.emplace_back(name, t.clone());
+  REQUIRE_THROWS_WITH(quantize_dynamic(net, {.bits = 4, .group = 32, .config = {}}),
+                      Contains("layers.2") && Contains("48 inputs") && Contains("group 32"));
+  CHECK(describe_quantization(net) == "none");
+  auto after = net.state_dict();
+  for (size_t i = 0; i < before.size(); ++i) CHECK(bitwise_equal(after[i].second, before[i].second));
+  REQUIRE_THROWS_WITH(quantize_dynamic(net, {.bits = 4, .group = 0, .config = {}}),
+                      Contains("32, 64 or 128"));
+  CHECK(quantize_dynamic(net) == 2);  // int8 fits
+}
+
+TEST_CASE("observers of a model prepared in eval mode wait for training mode") {
+  Generator gen(13);
+  MLP net({8, 4}, gen);
+  net.eval();
+  prepare_qat(net);
+  forward(net, randn({2, 8}, gen));
+  REQUIRE_THROWS_WITH(convert(net), Contains("saw no data"));
+  net.train();
+  forward(net, randn({2, 8}, gen));
+  CHECK(convert(net) == 1);
+}
+
 TEST_CASE("convert refuses a layer whose observers saw no data") {
   Generator gen(4);
   MLP net({8, 4}, gen);
@@ -166,7 +233,7 @@ TEST_CASE("quantized models round-trip through safetensors bit for bit") {
   Tensor x = randn({6, 64}, gen);
   for (std::string label : {"int8-dynamic", "int8-static", "int8-static-s8", "int4-g64"}) {
     DYNAMIC_SECTION(label) {
-      Generator g1(8), g2(8);
+      Generator g1(8), g2(9);  // b starts from other weights: all it has comes from the file
       MLP a({64, 64, 10}, g1), b({64, 64, 10}, g2);
       std::string kind = label == "int8-static-s8" ? "int8-static" : label;
       if (label == "int8-dynamic") {
@@ -230,4 +297,16 @@ TEST_CASE("load_quantized names what does not fit") {
   extra.tensors.emplace_back("layers.9.weight", zeros({2}));
   MLP c({16, 8, 4}, g2);
   REQUIRE_THROWS_WITH(load_quantized(c, extra, path), Contains("unexpected") && Contains("layers.9"));
+  // Nothing changed in a model whose load failed, even past its first layer.
+  CHECK(describe_quantization(c) == "none");
+  SafetensorsContents no_grid = file;
+  no_grid.metadata.erase("activation_range");
+  REQUIRE_THROWS_WITH(load_quantized(c, no_grid, path), Contains("activation_range"));
+  SafetensorsContents bad_scale = file;
+  bad_scale.tensors[1].second = full({8}, -1.0);  // layers.0.weight_scale
+  REQUIRE_THROWS_WITH(load_quantized(c, bad_scale, path),
+                      Contains(path) && Contains("weight_scale") && Contains("positive"));
+  CHECK(describe_quantization(c) == "none");
+  load_quantized(c, file, path);
+  CHECK(describe_quantization(c) == "int8-dynamic");
 }
