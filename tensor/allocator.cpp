@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "tensor/cuda/cuda.h"
 #include "tensor/error.h"
 
 namespace forge {
@@ -184,7 +185,7 @@ Allocator& cpu_allocator() {
 
 Allocator& allocator_for(Device d) {
   if (d.is_cpu()) return cpu_allocator();
-  throw_error(fmt::format("device {} is not available in this build", d.str()));
+  return cuda::allocator(d.index);
 }
 
 }  // namespace forge

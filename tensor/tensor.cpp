@@ -7,6 +7,7 @@
 #include "tensor/cpu/convert.h"
 #include "tensor/cpu/cpu_features.h"
 #include "tensor/cpu/loops.h"
+#include "tensor/cuda/cuda.h"
 
 namespace forge {
 
@@ -352,8 +353,17 @@ void copy_cast_kernel(const Tensor& dst, const Tensor& src) {
 
 Tensor& Tensor::copy_(const Tensor& src) {
   FORGE_CHECK(defined() && src.defined(), "copy_: undefined tensor");
-  check_same_device(*this, src, "copy_");
-  FORGE_CHECK(device().is_cpu(), "copy_: device {} is not supported in this build", device().str());
+  if (!device().is_cpu() || !src.device().is_cpu()) {
+    // Between devices, or within one GPU: the bytes move as they are (conversions, broadcasts and
+    // strided copies on a GPU are kernels of their own).
+    FORGE_CHECK(src.shape() == shape_ && src.dtype() == dtype_ && is_contiguous() &&
+                    src.is_contiguous(),
+                "copy_ {} -> {}: only contiguous copies of the same shape and dtype cross devices "
+                "(got {} {} -> {} {})",
+                src.device().str(), device().str(), src.dtype(), src.shape(), dtype_, shape_);
+    cuda::copy_bytes(raw_data(), device(), src.raw_data(), src.device(), nbytes());
+    return *this;
+  }
   if (src.shape() != shape_)
     FORGE_CHECK(broadcast_shapes(src.shape(), shape_, "copy_") == shape_,
                 "copy_: source {} does not broadcast to destination {}", src.shape(), shape_);
@@ -372,6 +382,14 @@ Tensor Tensor::contiguous() const {
 Tensor Tensor::clone() const {
   Tensor out = Tensor::empty(shape_, dtype_, device());
   out.copy_(*this);
+  return out;
+}
+
+Tensor Tensor::to(Device device) const {
+  if (device == this->device()) return *this;
+  Tensor src = this->device().is_cpu() ? contiguous() : *this;
+  Tensor out = Tensor::empty(shape_, dtype_, device);
+  out.copy_(src);
   return out;
 }
 
@@ -397,12 +415,14 @@ Tensor& Tensor::fill_(double value) {
 
 double Tensor::item() const {
   FORGE_CHECK(numel() == 1, "item: expected a one-element tensor, got shape {}", shape_);
+  if (!device().is_cpu()) return to(Device::cpu()).item();
   return dispatch_all(dtype_, "item",
                       [&]<class T>() { return double(load(static_cast<const T*>(raw_data()))); });
 }
 
 template <class T>
 std::vector<T> Tensor::to_vector() const {
+  if (!device().is_cpu()) return to(Device::cpu()).to_vector<T>();
   Tensor c = to(dtype_of<T>).contiguous();
   const T* p = c.data<T>();
   return std::vector<T>(p, p + c.numel());
@@ -419,7 +439,7 @@ std::string Tensor::str() const {
   std::string s =
       fmt::format("Tensor(shape={}, dtype={}, device={}", shape_, dtype_, device().str());
   if (numel() <= 16) {
-    std::vector<double> v = to(DType::f64).to_vector<double>();
+    std::vector<double> v = to(Device::cpu()).to(DType::f64).to_vector<double>();
     s += fmt::format(", values=[{:.6g}]", fmt::join(v, ", "));
   }
   return s + ")";
