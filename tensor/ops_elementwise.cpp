@@ -5,6 +5,7 @@
 
 #include "tensor/cpu/loops.h"
 #include "tensor/cpu/vec_math.h"
+#include "tensor/cuda/cuda_ops.h"
 #include "tensor/ops.h"
 
 namespace forge {
@@ -13,7 +14,7 @@ namespace {
 
 void check_cpu(const Tensor& a, const char* op) {
   FORGE_CHECK(a.defined(), "{}: undefined tensor", op);
-  FORGE_CHECK(a.device().is_cpu(), "{}: device {} is not supported in this build", op,
+  FORGE_CHECK(a.device().is_cpu(), "{}: not available for tensors on {} yet", op,
               a.device().str());
 }
 
@@ -73,6 +74,9 @@ void binary_loop(Tensor& out, const Tensor& a, const Tensor& b, F f) {
 
 enum class Kinds { floating, any };
 
+using CudaUnary = cuda::kernels::Unary;
+using CudaBinary = cuda::kernels::Binary;
+
 template <class F>
 Tensor unary_op(const Tensor& a, const char* op, F f) {
   check_cpu(a, op);
@@ -81,8 +85,24 @@ Tensor unary_op(const Tensor& a, const char* op, F f) {
   return out;
 }
 
+// The same with `code`, the map's name for the CUDA kernels, which run it when `a` is on a GPU.
 template <class F>
-Tensor binary_op(const Tensor& a, const Tensor& b, const char* op, Kinds kinds, F f) {
+Tensor unary_op(const Tensor& a, const char* op, CudaUnary code, F f) {
+  FORGE_CHECK(a.defined(), "{}: undefined tensor", op);
+  if (a.device().is_cuda()) return cuda::unary(code, a, op);
+  return unary_op(a, op, f);
+}
+
+template <class F>
+Tensor binary_op(const Tensor& a, const Tensor& b, const char* op, Kinds kinds, CudaBinary code,
+                 F f) {
+  FORGE_CHECK(a.defined() && b.defined(), "{}: undefined tensor", op);
+  check_same_device(a, b, op);
+  if (a.device().is_cuda()) {
+    FORGE_CHECK(kinds == Kinds::any || is_floating(a.dtype()), "{}: expected floating tensors, got {}",
+                op, a.dtype());
+    return cuda::binary(code, a, b, op);
+  }
   check_cpu(a, op);
   check_cpu(b, op);
   check_same_dtype(a, b, op);
@@ -117,22 +137,23 @@ Tensor compare_op(const Tensor& a, const Tensor& b, const char* op, F f) {
 // Binary
 
 Tensor add(const Tensor& a, const Tensor& b) {
-  return binary_op(a, b, "add", Kinds::any, [](auto x, auto y) { return x + y; });
+  return binary_op(a, b, "add", Kinds::any, CudaBinary::add, [](auto x, auto y) { return x + y; });
 }
 Tensor sub(const Tensor& a, const Tensor& b) {
-  return binary_op(a, b, "sub", Kinds::any, [](auto x, auto y) { return x - y; });
+  return binary_op(a, b, "sub", Kinds::any, CudaBinary::sub, [](auto x, auto y) { return x - y; });
 }
 Tensor mul(const Tensor& a, const Tensor& b) {
-  return binary_op(a, b, "mul", Kinds::any, [](auto x, auto y) { return x * y; });
+  return binary_op(a, b, "mul", Kinds::any, CudaBinary::mul, [](auto x, auto y) { return x * y; });
 }
 Tensor div(const Tensor& a, const Tensor& b) {
-  return binary_op(a, b, "div", Kinds::floating, [](auto x, auto y) { return x / y; });
+  return binary_op(a, b, "div", Kinds::floating, CudaBinary::div, [](auto x, auto y) { return x / y; });
 }
 Tensor maximum(const Tensor& a, const Tensor& b) {
-  return binary_op(a, b, "maximum", Kinds::any, [](auto x, auto y) { return x > y ? x : y; });
+  return binary_op(a, b, "maximum", Kinds::any, CudaBinary::maximum, [](auto x, auto y) { return x > y ? x : y; });
 }
 
 Tensor add(const Tensor& a, double s) {
+  if (a.defined() && a.device().is_cuda()) return cuda::affine(a, 1.0, s, "add");
   check_cpu(a, "add");
   Tensor out = Tensor::empty(a.shape(), a.dtype());
   dispatch_all(a.dtype(), "add", [&]<class T>() {
@@ -143,6 +164,7 @@ Tensor add(const Tensor& a, double s) {
 }
 
 Tensor mul(const Tensor& a, double s) {
+  if (a.defined() && a.device().is_cuda()) return cuda::affine(a, s, 0.0, "mul");
   check_cpu(a, "mul");
   Tensor out = Tensor::empty(a.shape(), a.dtype());
   dispatch_all(a.dtype(), "mul", [&]<class T>() {
@@ -169,34 +191,39 @@ Tensor ne(const Tensor& a, const Tensor& b) {
 // Unary
 
 Tensor neg(const Tensor& a) {
-  return unary_op(a, "neg", [](auto x) { return -x; });
+  return unary_op(a, "neg", CudaUnary::neg, [](auto x) { return -x; });
 }
 Tensor exp(const Tensor& a) {
-  return unary_op(a, "exp", [](auto x) { return cpu::vexp(x); });
+  return unary_op(a, "exp", CudaUnary::exp, [](auto x) { return cpu::vexp(x); });
 }
 Tensor log(const Tensor& a) {
-  return unary_op(a, "log", [](auto x) { return std::log(x); });
+  return unary_op(a, "log", CudaUnary::log, [](auto x) { return std::log(x); });
 }
 Tensor sqrt(const Tensor& a) {
-  return unary_op(a, "sqrt", [](auto x) { return std::sqrt(x); });
+  return unary_op(a, "sqrt", CudaUnary::sqrt, [](auto x) { return std::sqrt(x); });
 }
 Tensor tanh(const Tensor& a) {
-  return unary_op(a, "tanh", [](auto x) { return cpu::vtanh(x); });
+  return unary_op(a, "tanh", CudaUnary::tanh, [](auto x) { return cpu::vtanh(x); });
 }
 Tensor sigmoid(const Tensor& a) {
-  return unary_op(a, "sigmoid", [](auto x) {
+  return unary_op(a, "sigmoid", CudaUnary::sigmoid, [](auto x) {
     using C = decltype(x);
     return C(1) / (C(1) + cpu::vexp(-x));
   });
 }
 Tensor relu(const Tensor& a) {
-  return unary_op(a, "relu", [](auto x) { return x > 0 ? x : decltype(x)(0); });
+  return unary_op(a, "relu", CudaUnary::relu, [](auto x) { return x > 0 ? x : decltype(x)(0); });
 }
 Tensor abs(const Tensor& a) {
-  return unary_op(a, "abs", [](auto x) { return std::abs(x); });
+  return unary_op(a, "abs", CudaUnary::abs, [](auto x) { return std::abs(x); });
 }
 
 Tensor pow(const Tensor& a, double exponent) {
+  if (a.defined() && a.device().is_cuda()) {
+    FORGE_CHECK(exponent == 2.0 || exponent == 1.0,
+                "pow: exponent {} on cuda is not supported yet (2 and 1 are)", exponent);
+    return exponent == 2.0 ? mul(a, a) : a.clone();
+  }
   if (exponent == 2.0) return unary_op(a, "pow", [](auto x) { return x * x; });
   if (exponent == 1.0) return unary_op(a, "pow", [](auto x) { return x; });
   return unary_op(a, "pow", [exponent](auto x) {
@@ -217,12 +244,12 @@ constexpr double kInvSqrt2Pi = 0.3989422804014327;
 // division per element instead of tanh's two branches, and no cancellation for large |u|.
 Tensor gelu(const Tensor& a, GeluApprox approx) {
   if (approx == GeluApprox::tanh)
-    return unary_op(a, "gelu", [](auto x) {
+    return unary_op(a, "gelu", CudaUnary::gelu_tanh, [](auto x) {
       using C = decltype(x);
       C two_u = C(2 * kSqrt2OverPi) * (x + C(0.044715) * x * x * x);
       return x / (C(1) + cpu::vexp(-two_u));
     });
-  return unary_op(a, "gelu", [](auto x) {
+  return unary_op(a, "gelu", CudaUnary::gelu_erf, [](auto x) {
     using C = decltype(x);
     return C(0.5) * x * (C(1) + std::erf(x * C(kInvSqrt2)));
   });

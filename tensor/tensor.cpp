@@ -8,6 +8,7 @@
 #include "tensor/cpu/cpu_features.h"
 #include "tensor/cpu/loops.h"
 #include "tensor/cuda/cuda.h"
+#include "tensor/cuda/cuda_ops.h"
 
 namespace forge {
 
@@ -401,6 +402,10 @@ Tensor Tensor::to(DType dtype) const {
 }
 
 Tensor& Tensor::fill_(double value) {
+  if (device().is_cuda()) {
+    cuda::fill_(*this, value);
+    return *this;
+  }
   dispatch_all(dtype_, "fill_", [&]<class T>() {
     T v;
     store(&v, compute_t<T>(value));

@@ -64,3 +64,65 @@ TEST_CASE("the caching allocator counts what it hands out and reuses freed block
   Tensor b = Tensor::empty({1000}, DType::f32, d);
   CHECK(b.raw_data() == first);  // the freed block came back
 }
+
+namespace {
+// Tolerance of a dtype's results against the CPU's (both compute in f32, f64 for f64; the GPU's
+// exp, tanh and erf differ from ours in the last bits).
+double tolerance(DType t) {
+  switch (t) {
+    case DType::f64:
+      return 1e-12;
+    case DType::f32:
+      return 1e-5;
+    default:
+      return 1e-2;  // bf16 / f16: one rounding of the result
+  }
+}
+}  // namespace
+
+TEST_CASE("elementwise ops on the GPU give the CPU's results, broadcasting included") {
+  if (!have_gpu("elementwise ops")) return;
+  const Device gpu = Device::cuda(0);
+  Generator gen(1);
+  for (DType t : {DType::f32, DType::f64, DType::bf16, DType::f16}) {
+    INFO("dtype " << dtype_name(t));
+    Tensor a = randn({4, 1, 5}, gen).to(t), b = randn({3, 1}, gen).to(t);  // -> (4, 3, 5)
+    Tensor pos = add(abs(randn({2, 7}, gen)), 0.5).to(t);
+    Tensor ga = a.to(gpu), gb = b.to(gpu), gpos = pos.to(gpu);
+    auto same = [&](const Tensor& got, const Tensor& want) {
+      REQUIRE(got.device() == gpu);
+      double err = max_rel_diff(got.to(Device::cpu()), want);
+      INFO("relative difference " << err);
+      CHECK(err <= tolerance(t));
+    };
+    same(add(ga, gb), add(a, b));
+    same(sub(ga, gb), sub(a, b));
+    same(mul(ga, gb), mul(a, b));
+    same(div(ga, add(gb, 3.0)), div(a, add(b, 3.0)));
+    same(maximum(ga, gb), maximum(a, b));
+    same(add(ga, 1.5), add(a, 1.5));
+    same(mul(ga, -2.0), mul(a, -2.0));
+    same(neg(ga), neg(a));
+    same(exp(ga), exp(a));
+    same(log(gpos), log(pos));
+    same(sqrt(gpos), sqrt(pos));
+    same(tanh(ga), tanh(a));
+    same(sigmoid(ga), sigmoid(a));
+    same(relu(ga), relu(a));
+    same(abs(ga), abs(a));
+    same(gelu(ga, GeluApprox::tanh), gelu(a, GeluApprox::tanh));
+    same(gelu(ga, GeluApprox::none), gelu(a, GeluApprox::none));
+    same(pow(ga, 2.0), pow(a, 2.0));
+    // A strided view as an operand.
+    same(add(ga.transpose(0, 2), gb.t().unsqueeze(0)), add(a.transpose(0, 2), b.t().unsqueeze(0)));
+    Tensor g = Tensor::empty({3, 4}, t, gpu);
+    g.fill_(0.25);
+    same(g, full({3, 4}, 0.25).to(t));
+  }
+  // Integer ops too.
+  Tensor i = from_vector<int32_t>({1, -2, 3, -4}), j = from_vector<int32_t>({5, 6, 7, 8});
+  CHECK(bitwise_equal(add(i.to(gpu), j.to(gpu)).to(Device::cpu()), add(i, j)));
+  CHECK(bitwise_equal(mul(i.to(gpu), j.to(gpu)).to(Device::cpu()), mul(i, j)));
+  // Mixed devices are refused by name.
+  REQUIRE_THROWS_WITH(add(zeros({2}).to(gpu), zeros({2})), Contains("cpu") && Contains("cuda:0"));
+}

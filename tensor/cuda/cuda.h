@@ -36,5 +36,9 @@ Allocator& allocator(int device);
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t n);
 // Waits for everything queued on the device's stream.
 void synchronize(int device);
+// The device's stream as an opaque handle (a cudaStream_t), for kernel launchers.
+void* stream_handle(int device);
+// Throws naming `what` when a launcher's status (a cudaError_t as int) is not success.
+void check_status(int status, const char* what);
 
 }  // namespace forge::cuda

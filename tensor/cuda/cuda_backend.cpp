@@ -157,6 +157,15 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
   FORGE_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
+void* stream_handle(int device) { return stream(device); }
+
+void check_status(int status, const char* what) {
+  if (status == 0) return;
+  auto e = cudaError_t(status);
+  throw_error(fmt::format("CUDA error {} ({}) in {}", cudaGetErrorName(e), cudaGetErrorString(e),
+                          what));
+}
+
 void synchronize(int device) {
   FORGE_CUDA_CHECK(cudaSetDevice(device));
   FORGE_CUDA_CHECK(cudaStreamSynchronize(stream(device)));

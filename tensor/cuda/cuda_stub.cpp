@@ -1,5 +1,6 @@
 // The CUDA device layer of a build without CUDA: no device, and a reason that says so.
 #include "tensor/cuda/cuda.h"
+#include "tensor/cuda/kernels.h"
 #include "tensor/error.h"
 
 namespace forge::cuda {
@@ -19,5 +20,18 @@ std::string device_name(int) { unavailable("cuda::device_name"); }
 Allocator& allocator(int device) { unavailable(fmt::format("cuda:{}", device).c_str()); }
 void copy_bytes(void*, Device, const void*, Device, size_t) { unavailable("cuda::copy_bytes"); }
 void synchronize(int) { unavailable("cuda::synchronize"); }
+void* stream_handle(int) { unavailable("cuda::stream_handle"); }
+void check_status(int status, const char* what) {
+  if (status != 0) unavailable(what);
+}
+
+// The kernel launchers (tensor/cuda/kernels.h) of a build without CUDA: never reached, since no
+// device tensor can exist, but linked by the ops' CUDA branches.
+namespace kernels {
+int binary(Binary, int, const Strided&, void*, const void*, const void*, void*) { return 1; }
+int unary(Unary, int, const Strided&, void*, const void*, void*) { return 1; }
+int affine(int, const Strided&, void*, const void*, double, double, void*) { return 1; }
+int fill(int, int64_t, void*, double, void*) { return 1; }
+}  // namespace kernels
 
 }  // namespace forge::cuda
