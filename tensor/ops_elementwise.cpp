@@ -5,6 +5,7 @@
 
 #include "tensor/cpu/loops.h"
 #include "tensor/cpu/vec_math.h"
+#include "tensor/cuda/cuda_misc.h"
 #include "tensor/cuda/cuda_ops.h"
 #include "tensor/ops.h"
 
@@ -118,7 +119,11 @@ Tensor binary_op(const Tensor& a, const Tensor& b, const char* op, Kinds kinds, 
 }
 
 template <class F>
-Tensor compare_op(const Tensor& a, const Tensor& b, const char* op, F f) {
+Tensor compare_op(const Tensor& a, const Tensor& b, const char* op, cuda::kernels::Compare code,
+                  F f) {
+  FORGE_CHECK(a.defined() && b.defined(), "{}: undefined tensor", op);
+  check_same_device(a, b, op);
+  if (a.device().is_cuda()) return cuda::compare(code, a, b, op);
   check_cpu(a, op);
   check_cpu(b, op);
   check_same_dtype(a, b, op);
@@ -175,16 +180,20 @@ Tensor mul(const Tensor& a, double s) {
 }
 
 Tensor eq(const Tensor& a, const Tensor& b) {
-  return compare_op(a, b, "eq", [](auto x, auto y) { return x == y; });
+  return compare_op(a, b, "eq", cuda::kernels::Compare::eq,
+                    [](auto x, auto y) { return x == y; });
 }
 Tensor gt(const Tensor& a, const Tensor& b) {
-  return compare_op(a, b, "gt", [](auto x, auto y) { return x > y; });
+  return compare_op(a, b, "gt", cuda::kernels::Compare::gt,
+                    [](auto x, auto y) { return x > y; });
 }
 Tensor lt(const Tensor& a, const Tensor& b) {
-  return compare_op(a, b, "lt", [](auto x, auto y) { return x < y; });
+  return compare_op(a, b, "lt", cuda::kernels::Compare::lt,
+                    [](auto x, auto y) { return x < y; });
 }
 Tensor ne(const Tensor& a, const Tensor& b) {
-  return compare_op(a, b, "ne", [](auto x, auto y) { return x != y; });
+  return compare_op(a, b, "ne", cuda::kernels::Compare::ne,
+                    [](auto x, auto y) { return x != y; });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,8 +268,14 @@ Tensor gelu(const Tensor& a, GeluApprox approx) {
 // Activation backwards: grad * f'(x)
 
 namespace {
+using CudaBackward = cuda::kernels::ActivationBackward;
+
 template <class F>
-Tensor backward_op(const Tensor& grad, const Tensor& x, const char* op, F f) {
+Tensor backward_op(const Tensor& grad, const Tensor& x, const char* op,
+                   cuda::kernels::ActivationBackward code, F f) {
+  FORGE_CHECK(grad.defined() && x.defined(), "{}: undefined tensor", op);
+  check_same_device(grad, x, op);
+  if (x.device().is_cuda()) return cuda::activation_backward(code, grad, x, op);
   check_cpu(grad, op);
   check_cpu(x, op);
   check_same_dtype(grad, x, op);
@@ -273,7 +288,7 @@ Tensor backward_op(const Tensor& grad, const Tensor& x, const char* op, F f) {
 }  // namespace
 
 Tensor relu_backward(const Tensor& grad, const Tensor& x) {
-  return backward_op(grad, x, "relu_backward",
+  return backward_op(grad, x, "relu_backward", CudaBackward::relu,
                      [](auto g, auto v) { return v > 0 ? g : decltype(g)(0); });
 }
 
@@ -281,7 +296,7 @@ Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
   if (approx == GeluApprox::tanh)
     // With s = 0.5 (1 + tanh(u)) = 1 / (1 + e), e = e^-2u:  d/dx [x s] = s + 2 x s (1 - s) u'
     // and s (1 - s) = e s^2 (no cancellation as s -> 1).
-    return backward_op(grad, x, "gelu_backward", [](auto g, auto v) {
+    return backward_op(grad, x, "gelu_backward", CudaBackward::gelu_tanh, [](auto g, auto v) {
       using C = decltype(v);
       C v2 = v * v;
       C e = cpu::vexp(C(-2 * kSqrt2OverPi) * (v + C(0.044715) * v2 * v));
@@ -289,7 +304,7 @@ Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
       C du = C(kSqrt2OverPi) * (C(1) + C(3 * 0.044715) * v2);
       return g * (s + C(2) * v * e * s * s * du);
     });
-  return backward_op(grad, x, "gelu_backward", [](auto g, auto v) {
+  return backward_op(grad, x, "gelu_backward", CudaBackward::gelu_erf, [](auto g, auto v) {
     using C = decltype(v);
     C cdf = C(0.5) * (C(1) + std::erf(v * C(kInvSqrt2)));
     C pdf = C(kInvSqrt2Pi) * std::exp(C(-0.5) * v * v);
@@ -298,12 +313,12 @@ Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
 }
 
 Tensor tanh_backward(const Tensor& grad, const Tensor& y) {
-  return backward_op(grad, y, "tanh_backward",
+  return backward_op(grad, y, "tanh_backward", CudaBackward::tanh,
                      [](auto g, auto t) { return g * (decltype(t)(1) - t * t); });
 }
 
 Tensor sigmoid_backward(const Tensor& grad, const Tensor& y) {
-  return backward_op(grad, y, "sigmoid_backward",
+  return backward_op(grad, y, "sigmoid_backward", CudaBackward::sigmoid,
                      [](auto g, auto s) { return g * s * (decltype(s)(1) - s); });
 }
 
@@ -311,6 +326,9 @@ Tensor sigmoid_backward(const Tensor& grad, const Tensor& y) {
 // where, masked_fill
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  FORGE_CHECK(cond.defined() && a.defined() && b.defined(), "where: undefined tensor");
+  if (cond.device().is_cuda() || a.device().is_cuda() || b.device().is_cuda())
+    return cuda::where(cond, a, b);
   check_cpu(cond, "where");
   check_cpu(a, "where");
   check_cpu(b, "where");
@@ -342,7 +360,8 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 }
 
 Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
-  Tensor v = full({}, value, a.dtype());
+  FORGE_CHECK(a.defined(), "masked_fill: undefined tensor");
+  Tensor v = full({}, value, a.dtype(), a.device());
   return where(mask, v, a);
 }
 
@@ -350,6 +369,12 @@ Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
 // Dropout
 
 DropoutResult dropout(const Tensor& x, double p, Generator& gen) {
+  FORGE_CHECK(x.defined(), "dropout: undefined tensor");
+  if (x.device().is_cuda()) {  // the mask drawn on the device: the same bits as the CPU's
+    DropoutResult r{Tensor(), cuda::dropout_mask(x.shape(), p, gen, 0, 0, -1, x.device())};
+    r.y = cuda::dropout_apply(x, r.mask, p);
+    return r;
+  }
   check_cpu(x, "dropout");
   DropoutResult r{Tensor(), dropout_mask(x.shape(), p, gen)};
   r.y = dropout_backward(x, r.mask, p);  // the same arithmetic: x * mask / (1 - p)
@@ -401,6 +426,8 @@ Tensor dropout_mask(const Shape& whole, double p, Generator& gen, int dim, int64
 }
 
 Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p) {
+  FORGE_CHECK(grad.defined() && mask.defined(), "dropout_backward: undefined tensor");
+  if (grad.device().is_cuda() || mask.device().is_cuda()) return cuda::dropout_apply(grad, mask, p);
   check_cpu(grad, "dropout_backward");
   FORGE_CHECK(mask.dtype() == DType::u8 && mask.shape() == grad.shape(),
               "dropout_backward: mask {} {} does not match grad {}", mask.dtype(), mask.shape(),
@@ -424,6 +451,12 @@ Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p) {
 // In place
 
 Tensor& add_(Tensor& a, const Tensor& b, double alpha) {
+  FORGE_CHECK(a.defined() && b.defined(), "add_: undefined tensor");
+  check_same_device(a, b, "add_");
+  if (a.device().is_cuda()) {
+    cuda::add_(a, b, alpha);
+    return a;
+  }
   check_cpu(a, "add_");
   check_cpu(b, "add_");
   check_same_dtype(a, b, "add_");
@@ -444,6 +477,10 @@ Tensor& add_(Tensor& a, const Tensor& b, double alpha) {
 }
 
 Tensor& mul_(Tensor& a, double s) {
+  if (a.defined() && a.device().is_cuda()) {
+    cuda::mul_(a, s);
+    return a;
+  }
   check_cpu(a, "mul_");
   dispatch_all(a.dtype(), "mul_", [&]<class T>() {
     auto v = compute_t<T>(s);

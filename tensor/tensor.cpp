@@ -8,6 +8,7 @@
 #include "tensor/cpu/cpu_features.h"
 #include "tensor/cpu/loops.h"
 #include "tensor/cuda/cuda.h"
+#include "tensor/cuda/cuda_misc.h"
 #include "tensor/cuda/cuda_ops.h"
 
 namespace forge {
@@ -354,20 +355,23 @@ void copy_cast_kernel(const Tensor& dst, const Tensor& src) {
 
 Tensor& Tensor::copy_(const Tensor& src) {
   FORGE_CHECK(defined() && src.defined(), "copy_: undefined tensor");
-  if (!device().is_cpu() || !src.device().is_cpu()) {
-    // Between devices, or within one GPU: the bytes move as they are (conversions, broadcasts and
-    // strided copies on a GPU are kernels of their own).
-    FORGE_CHECK(src.shape() == shape_ && src.dtype() == dtype_ && is_contiguous() &&
-                    src.is_contiguous(),
-                "copy_ {} -> {}: only contiguous copies of the same shape and dtype cross devices "
-                "(got {} {} -> {} {})",
-                src.device().str(), device().str(), src.dtype(), src.shape(), dtype_, shape_);
-    cuda::copy_bytes(raw_data(), device(), src.raw_data(), src.device(), nbytes());
-    return *this;
-  }
   if (src.shape() != shape_)
     FORGE_CHECK(broadcast_shapes(src.shape(), shape_, "copy_") == shape_,
                 "copy_: source {} does not broadcast to destination {}", src.shape(), shape_);
+  if (!device().is_cpu() || !src.device().is_cpu()) {
+    // Within one GPU: a kernel (strides, broadcasting, conversion). Between devices the bytes move
+    // as they are: the source is first made contiguous, in this dtype and shape, where it lives,
+    // and a strided destination receives them through a contiguous buffer on its device.
+    if (device() == src.device()) {
+      cuda::copy_into(*this, src);
+      return *this;
+    }
+    Tensor s = src.to(dtype_).expand(shape_).contiguous();
+    Tensor d = is_contiguous() ? *this : Tensor::empty(shape_, dtype_, device());
+    cuda::copy_bytes(d.raw_data(), device(), s.raw_data(), s.device(), nbytes());
+    if (d.raw_data() != raw_data()) copy_(d);
+    return *this;
+  }
   Tensor s = src.shape() == shape_ ? src : src.expand(shape_);
   dispatch_all(dtype_, "copy_", [&]<class D>() {
     dispatch_all(s.dtype(), "copy_", [&]<class S>() { copy_cast_kernel<D, S>(*this, s); });
@@ -377,6 +381,11 @@ Tensor& Tensor::copy_(const Tensor& src) {
 
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
+  if (device().is_cuda()) {  // a strided copy kernel on the device
+    Tensor out = Tensor::empty(shape_, dtype_, device());
+    cuda::copy_into(out, *this);
+    return out;
+  }
   return clone();
 }
 
@@ -388,16 +397,18 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::to(Device device) const {
   if (device == this->device()) return *this;
-  Tensor src = this->device().is_cpu() ? contiguous() : *this;
   Tensor out = Tensor::empty(shape_, dtype_, device);
-  out.copy_(src);
+  out.copy_(contiguous());
   return out;
 }
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return *this;
   Tensor out = Tensor::empty(shape_, dtype, device());
-  out.copy_(*this);
+  if (device().is_cuda())  // a cast kernel on the device, any strides
+    cuda::copy_into(out, *this);
+  else
+    out.copy_(*this);
   return out;
 }
 
