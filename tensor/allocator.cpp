@@ -17,6 +17,15 @@ std::string Device::str() const {
   return type == DeviceType::cpu ? std::string("cpu") : fmt::format("cuda:{}", index);
 }
 
+Device Device::parse(const std::string& text) {
+  if (text == "cpu") return cpu();
+  if (text == "cuda") return cuda(0);
+  if (text.rfind("cuda:", 0) == 0 && text.size() > 5 && text.size() < 9 &&
+      text.find_first_not_of("0123456789", 5) == std::string::npos)
+    return cuda(std::stoi(text.substr(5)));
+  throw_error(fmt::format("unknown device '{}' (expected cpu, cuda or cuda:N)", text));
+}
+
 const char* memory_tag_name(MemoryTag t) {
   switch (t) {
     case MemoryTag::other:

@@ -2,6 +2,8 @@
 // copies. Host code only (the runtime API); kernels live in the .cu files beside it.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -39,7 +41,7 @@ const Probe& probe() {
   return p;
 }
 
-void check_device(int device) {
+void check_index(int device) {
   FORGE_CHECK(device >= 0 && device < device_count(), "cuda:{} is not available ({})", device,
               device_count() == 0 ? unavailable_reason()
                                   : fmt::format("{} device(s) here", device_count()));
@@ -49,7 +51,7 @@ void check_device(int device) {
 cudaStream_t stream(int device) {
   static std::once_flag once[kMaxDevices];
   static cudaStream_t streams[kMaxDevices];
-  check_device(device);
+  check_index(device);
   std::call_once(once[device], [&] {
     FORGE_CUDA_CHECK(cudaSetDevice(device));
     FORGE_CUDA_CHECK(cudaStreamCreateWithFlags(&streams[device], cudaStreamNonBlocking));
@@ -129,7 +131,7 @@ int device_count() { return probe().count; }
 std::string unavailable_reason() { return probe().reason; }
 
 std::string device_name(int device) {
-  check_device(device);
+  check_index(device);
   cudaDeviceProp prop{};
   FORGE_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   return fmt::format("{} (sm_{}{})", prop.name, prop.major, prop.minor);
@@ -138,26 +140,110 @@ std::string device_name(int device) {
 Allocator& allocator(int device) {
   static std::once_flag once[kMaxDevices];
   static std::unique_ptr<CachingAllocator> allocators[kMaxDevices];
-  check_device(device);
+  check_index(device);
   std::call_once(once[device],
                  [&] { allocators[device] = std::make_unique<CachingAllocator>(device); });
   return *allocators[device];
 }
 
+namespace {
+
+// Host -> device copies up to kStagingBytes (batches of tokens, small tensors) go through a pinned
+// buffer per device: the bytes are copied into it, the DMA is queued on the device's stream and
+// the call returns at once, so the host goes on preparing the next step while the GPU works. The
+// next staged copy first waits for the previous one's event, so the buffer is never overwritten
+// while the DMA reads it. Larger copies go straight from pageable memory and wait.
+constexpr size_t kStagingBytes = size_t(64) << 20;
+
+struct Staging {
+  std::mutex mu;
+  void* buffer = nullptr;  // pinned (cudaHostAlloc)
+  size_t capacity = 0;
+  cudaEvent_t done = nullptr;  // recorded after the last DMA from the buffer
+};
+
+Staging& staging(int device) {
+  static Staging s[kMaxDevices];
+  return s[device];
+}
+
+void staged_to_device(void* dst, const void* src, size_t n, int device, cudaStream_t s) {
+  Staging& st = staging(device);
+  std::lock_guard lock(st.mu);
+  if (!st.done) {
+    FORGE_CUDA_CHECK(cudaEventCreateWithFlags(&st.done, cudaEventDisableTiming));
+  } else {
+    FORGE_CUDA_CHECK(cudaEventSynchronize(st.done));
+  }
+  if (st.capacity < n) {
+    if (st.buffer) FORGE_CUDA_CHECK(cudaFreeHost(st.buffer));
+    st.buffer = nullptr;
+    st.capacity = std::max(n, size_t(1) << 20);
+    FORGE_CUDA_CHECK(cudaHostAlloc(&st.buffer, st.capacity, cudaHostAllocDefault));
+  }
+  std::memcpy(st.buffer, src, n);
+  FORGE_CUDA_CHECK(cudaMemcpyAsync(dst, st.buffer, n, cudaMemcpyHostToDevice, s));
+  FORGE_CUDA_CHECK(cudaEventRecord(st.done, s));
+}
+
+}  // namespace
+
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t n) {
   if (n == 0) return;
-  // The stream of the device involved (of the destination when both are GPUs): the copy is
-  // ordered after the work that produced the source on that stream.
-  const int device = src_device.is_cuda() ? src_device.index : dst_device.index;
   FORGE_CHECK(src_device.is_cuda() || dst_device.is_cuda(),
               "cuda::copy_bytes: neither side is a CUDA device");
+  // The stream of the device involved (the source's when both are GPUs): the copy is ordered
+  // after the work queued there, which produced the source or last used the destination.
+  const int device = src_device.is_cuda() ? src_device.index : dst_device.index;
   cudaStream_t s = stream(device);
   FORGE_CUDA_CHECK(cudaSetDevice(device));
+  if (src_device.is_cpu() && n <= kStagingBytes) {
+    staged_to_device(dst, src, n, device, s);
+    return;
+  }
   FORGE_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDefault, s));
   FORGE_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
 void* stream_handle(int device) { return stream(device); }
+
+Event::Event(int device) : device_(device) {
+  check_index(device);
+  FORGE_CUDA_CHECK(cudaSetDevice(device));
+  cudaEvent_t e = nullptr;
+  FORGE_CUDA_CHECK(cudaEventCreate(&e));
+  event_ = e;
+}
+
+Event::~Event() {
+  if (event_) (void)cudaEventDestroy(cudaEvent_t(event_));
+}
+
+void Event::record() { record_on(stream(device_)); }
+
+void Event::record_on(void* s) {
+  FORGE_CUDA_CHECK(cudaSetDevice(device_));
+  FORGE_CUDA_CHECK(cudaEventRecord(cudaEvent_t(event_), cudaStream_t(s)));
+}
+
+void Event::synchronize() const { FORGE_CUDA_CHECK(cudaEventSynchronize(cudaEvent_t(event_))); }
+
+bool Event::done() const {
+  cudaError_t e = cudaEventQuery(cudaEvent_t(event_));
+  if (e == cudaErrorNotReady) return false;
+  FORGE_CUDA_CHECK(e);
+  return true;
+}
+
+double Event::elapsed_ms(const Event& start) const {
+  float ms = 0;
+  FORGE_CUDA_CHECK(cudaEventElapsedTime(&ms, cudaEvent_t(start.event_), cudaEvent_t(event_)));
+  return double(ms);
+}
+
+void Event::block_stream() const {
+  FORGE_CUDA_CHECK(cudaStreamWaitEvent(stream(device_), cudaEvent_t(event_), 0));
+}
 
 void check_status(int status, const char* what) {
   if (status == 0) return;

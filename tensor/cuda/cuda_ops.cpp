@@ -35,6 +35,15 @@ void check_cuda(const Tensor& t, const char* op) {
 
 }  // namespace
 
+void check_device(Device device, const std::string& where) {
+  if (device.is_cpu()) return;
+  const int n = device_count();
+  FORGE_CHECK(n > 0, "{}: {} asked for, but there is no GPU here ({})", where, device.str(),
+              unavailable_reason());
+  FORGE_CHECK(device.index >= 0 && device.index < n, "{}: {} asked for, but this machine has {} GPU{}",
+              where, device.str(), n, n == 1 ? "" : "s");
+}
+
 Tensor binary(kernels::Binary op, const Tensor& a, const Tensor& b, const char* name) {
   check_cuda(a, name);
   check_same_device(a, b, name);

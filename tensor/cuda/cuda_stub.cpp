@@ -21,6 +21,15 @@ Allocator& allocator(int device) { unavailable(fmt::format("cuda:{}", device).c_
 void copy_bytes(void*, Device, const void*, Device, size_t) { unavailable("cuda::copy_bytes"); }
 void synchronize(int) { unavailable("cuda::synchronize"); }
 void* stream_handle(int) { unavailable("cuda::stream_handle"); }
+Event::Event(int device) : device_(device) { unavailable(fmt::format("cuda:{}", device).c_str()); }
+Event::~Event() = default;
+void Event::record() {}
+void Event::record_on(void*) {}
+void Event::synchronize() const {}
+bool Event::done() const { return true; }
+double Event::elapsed_ms(const Event&) const { return 0; }
+void Event::block_stream() const {}
+
 void check_status(int status, const char* what) {
   if (status != 0) unavailable(what);
 }
