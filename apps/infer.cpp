@@ -4,6 +4,7 @@
 //   build/apps/infer --checkpoint out/ckpt-002000/model.safetensors --temperature 0 --stop $'\n\n'
 //   build/apps/infer --checkpoint out --quant int8 --save-quantized gpt-int8.safetensors
 //   build/apps/infer --checkpoint gpt-int8.safetensors        # a quantized file runs as saved
+//   build/apps/infer --checkpoint out --device cuda            # on the first GPU
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +12,7 @@
 #include "recipes/checkpoint.h"
 #include "quant/quantize.h"
 #include "recipes/generate.h"
+#include "tensor/cuda/cuda.h"
 #include "tensor/parallel.h"
 
 using namespace forge;
@@ -21,7 +23,7 @@ int main(int argc, char** argv) {
   SampleOptions o;
   int threads = get_num_threads();
   bool no_cache = false;
-  std::string quant = "none", save_quantized_path;
+  std::string quant = "none", save_quantized_path, device_text = "cpu";
   int64_t group = 64;
   app.add_option("--checkpoint", checkpoint,
                  "model.safetensors, a checkpoint directory, or an out directory (latest)")
@@ -35,6 +37,7 @@ int main(int argc, char** argv) {
   app.add_option("--stop", o.stop, "stop when this text appears (repeatable)");
   app.add_option("--seed", o.seed, "sampling seed");
   app.add_option("--threads", threads, "CPU threads")->check(CLI::PositiveNumber);
+  app.add_option("--device", device_text, "cpu, or cuda / cuda:N to generate on a GPU");
   app.add_flag("--no-cache", no_cache, "re-run the whole context for every token (slow; for checks)");
   app.add_option("--quant", quant,
                  "quantize the Linear layers first: none, int8 (dynamic) or int4 (weight-only)")
@@ -52,6 +55,8 @@ int main(int argc, char** argv) {
     set_num_threads(threads);
     o.use_cache = !no_cache;
     FORGE_CHECK(group_opt->count() == 0 || quant == "int4", "--group applies to --quant int4");
+    const Device device = Device::parse(device_text);
+    cuda::check_device(device, "--device");
     LoadedModel loaded = load_model(resolve_model_path(checkpoint));
     FORGE_CHECK(save_quantized_path.empty() || !std::filesystem::exists(save_quantized_path) ||
                     !std::filesystem::equivalent(save_quantized_path, loaded.path),
@@ -59,6 +64,9 @@ int main(int argc, char** argv) {
                 save_quantized_path);
     std::shared_ptr<GPT> model_ptr = make_model(loaded, quant, group);
     GPT& model = *model_ptr;
+    FORGE_CHECK(device.is_cpu() || describe_quantization(model) == "none",
+                "--device {}: quantized models run on the cpu", device_text);
+    model.to(device);
     fmt::print(stderr, "# {} (step {}): {:.2f}M parameters, vocab {}, quantization {}\n",
                loaded.path, loaded.step, double(loaded.config.num_parameters()) / 1e6,
                loaded.config.vocab_size, describe_quantization(model));

@@ -95,12 +95,12 @@ int run_gpt(const GptTrainConfig& cfg) {
   };
   std::signal(SIGINT, on_sigint);
   GptRun run = train_gpt(cfg, hooks);
-  MemoryStats mem = memory_stats(Device::cpu());
+  MemoryStats mem = memory_stats(run.device);
   auto mb = [&](MemoryTag t) { return double(mem.at_peak_by_tag[size_t(t)]) / (1 << 20); };
   line(fmt::format(
-      "peak memory {:.1f} MB: parameters {:.1f}, gradients {:.1f}, optimizer {:.1f}, "
+      "peak memory ({}) {:.1f} MB: parameters {:.1f}, gradients {:.1f}, optimizer {:.1f}, "
       "activations {:.1f}, other {:.1f}",
-      double(mem.peak_bytes) / (1 << 20), mb(MemoryTag::parameters), mb(MemoryTag::gradients),
+      run.device.str(), double(mem.peak_bytes) / (1 << 20), mb(MemoryTag::parameters), mb(MemoryTag::gradients),
       mb(MemoryTag::optimizer), mb(MemoryTag::activations), mb(MemoryTag::other)));
   if (run.final_val_loss) line(fmt::format("val loss: {:.4f}", *run.final_val_loss));
   if (!run.last_checkpoint.empty()) line(fmt::format("checkpoint: {}", run.last_checkpoint));
@@ -124,6 +124,7 @@ int main(int argc, char** argv) {
   m->add_option("--seed", mnist.seed, "seed for initialisation and shuffling");
   m->add_option("--data", mnist.data_dir, "directory with the gzip'd IDX files");
   m->add_option("--metrics", mnist.metrics_path, "append one JSON line per epoch to FILE");
+  m->add_option("--device", mnist.device, "cpu, or cuda / cuda:N to train on a GPU");
   m->add_option("--threads", threads, "CPU threads (default: all cores)")
       ->check(CLI::PositiveNumber);
   m->add_option("--quant", mnist.quant,

@@ -136,7 +136,7 @@ Variable where(const Tensor& cond, const Variable& a, const Variable& b) {
   Shape sa = a.shape(), sb = b.shape();
   Tensor out = where(cond, a.data(), b.data());
   return make_variable(out, "where", {&a, &b}, [=](const Tensor& g) -> std::vector<Tensor> {
-    Tensor zero = zeros({}, g.dtype());
+    Tensor zero = zeros({}, g.dtype(), g.device());
     return {ga ? sum_to(where(cond, g, zero), sa) : Tensor(),
             gb ? sum_to(where(cond, zero, g), sb) : Tensor()};
   });

@@ -54,9 +54,10 @@ Tensor scatter_to_index(const Tensor& g_kept, const Tensor& index_kept, const Sh
   Shape pos_shape;
   pos_shape.resize(shape.size(), 1);
   pos_shape[dim] = shape[dim];
-  Tensor positions = arange(0, double(shape[dim]), 1, DType::i64).reshape(pos_shape);
+  Tensor positions =
+      arange(0, double(shape[dim]), 1, DType::i64).reshape(pos_shape).to(g_kept.device());
   Tensor hit = eq(positions.expand(shape), index_kept.expand(shape));
-  return where(hit, g_kept.expand(shape), zeros({}, g_kept.dtype()));
+  return where(hit, g_kept.expand(shape), zeros({}, g_kept.dtype(), g_kept.device()));
 }
 }  // namespace
 
@@ -116,7 +117,7 @@ Variable narrow(const Variable& a, int dim, int64_t start, int64_t length) {
   Shape s = a.shape();
   return make_variable(a.data().narrow(dim, start, length), "narrow", {&a},
                        [s, dim, start, length](const Tensor& g) -> std::vector<Tensor> {
-                         Tensor full = zeros(s, g.dtype());
+                         Tensor full = zeros(s, g.dtype(), g.device());
                          full.narrow(dim, start, length).copy_(g);
                          return {full};
                        });
@@ -126,7 +127,7 @@ Variable select(const Variable& a, int dim, int64_t index) {
   Shape s = a.shape();
   return make_variable(a.data().select(dim, index), "select", {&a},
                        [s, dim, index](const Tensor& g) -> std::vector<Tensor> {
-                         Tensor full = zeros(s, g.dtype());
+                         Tensor full = zeros(s, g.dtype(), g.device());
                          full.select(dim, index).copy_(g);
                          return {full};
                        });

@@ -201,7 +201,7 @@ void run_backward(const std::vector<Variable>& roots, const std::vector<Tensor>&
     if (!g.defined()) {
       FORGE_CHECK(r.numel() == 1, "backward: a non-scalar of shape {} needs an explicit gradient",
                   r.shape());
-      g = ones(r.shape(), r.dtype());
+      g = ones(r.shape(), r.dtype(), r.data().device());
     }
     FORGE_CHECK(g.shape() == r.shape(), "backward: gradient {} does not match the variable {}",
                 g.shape(), r.shape());

@@ -5,14 +5,18 @@
 //   build/bench/gpt_step --shape cpu --threads 1 --steps 20
 //   build/bench/gpt_step --shape gpt2-small --threads 2 --steps 5 --precision bf16 --checkpoint
 //   blocks
+//   build/bench/gpt_step --shape gpt2-124m --device cuda --precision bf16 --steps 10   # a GPU
 // Shapes: cpu = the `cpu` preset (4 layers, 4 heads, 128 wide, vocab 65, B=12, T=64);
 //         gpt2-small = 12 layers, 12 heads, 768 wide, vocab 50257, B=4, T=64;
+//         gpt2-124m = GPT-2 small as llm.c trains it: vocab padded to 50304, B=16, T=1024;
 //         baby = the `baby` preset (6 layers, 6 heads, 384 wide, vocab 65, B=64, T=256; dropout
 //         off here, so runs compare exactly).
 // Under mpirun it trains data-parallel (DDP over all ranks, each with its own B sequences: the
 // global batch grows with the ranks) and adds the ranks, the bucket size and, per step, the time
 // blocked waiting for gradients (exposed communication) and the time inside the all-reduces:
 //   mpirun -np 2 build/bench/gpt_step --shape gpt2-small --threads 1 --bucket-mb 25
+// On a GPU (--device cuda) it first times a large bf16 cuBLASLt product, the GPU's measured peak,
+// and reports the model FLOP utilisation (MFU) of the training step against it.
 // Prints one JSON line (rank 0): step times, the peak bytes and their split by tag at the peak (parameters
 // include the 16-bit copies of the cast cache), and the loss after the last step.
 #include <CLI/CLI.hpp>
@@ -25,6 +29,8 @@
 #include "parallel/ddp.h"
 #include "recipes/report.h"
 #include "tensor/cpu/gemm.h"
+#include "tensor/cuda/blaslt.h"
+#include "tensor/cuda/cuda.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -35,8 +41,13 @@ int main(int argc, char** argv) {
   std::string shape = "cpu";
   int threads = 1, steps = 10, warmup = 2;
   std::string precision = "f32", checkpointing = "none";
-  app.add_option("--shape", shape, "cpu, gpt2-small or baby")
-      ->check(CLI::IsMember({"cpu", "gpt2-small", "baby"}));
+  app.add_option("--shape", shape, "cpu, gpt2-small, gpt2-124m or baby")
+      ->check(CLI::IsMember({"cpu", "gpt2-small", "gpt2-124m", "baby"}));
+  std::string device_text = "cpu";
+  app.add_option("--device", device_text, "cpu, cuda or cuda:N");
+  int64_t batch = 0;
+  app.add_option("--batch", batch, "sequences per step (0: the shape's own)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--precision", precision)->check(CLI::IsMember({"f32", "bf16", "f16"}));
   app.add_option("--checkpoint", checkpointing)->check(CLI::IsMember({"none", "blocks"}));
   app.add_option("--threads", threads)->check(CLI::PositiveNumber);
@@ -49,6 +60,10 @@ int main(int argc, char** argv) {
   std::shared_ptr<Communicator> world = world_communicator();
   const bool lead = world->rank() == 0;
   set_num_threads(threads);
+  const Device device = Device::parse(device_text);
+  cuda::check_device(device, "--device");
+  FORGE_CHECK(device.is_cpu() || world->size() == 1, "--device {}: one process only for now",
+              device_text);
 
   GPTConfig cfg;
   int64_t B = 12, T = 64;
@@ -69,6 +84,16 @@ int main(int argc, char** argv) {
            .dropout = 0.0,
            .bias = false};
     B = 4;
+  } else if (shape == "gpt2-124m") {
+    cfg = {.n_layer = 12,
+           .n_head = 12,
+           .n_embd = 768,
+           .block_size = 1024,
+           .vocab_size = 50304,
+           .dropout = 0.0,
+           .bias = true};
+    B = 16;
+    T = 1024;
   } else {
     cfg = {.n_layer = 6,
            .n_head = 6,
@@ -80,8 +105,12 @@ int main(int argc, char** argv) {
     B = 64;
     T = 256;
   }
+  if (batch > 0) B = batch;
+  double peak_tflops = 0;  // measured, on a GPU
+  if (device.is_cuda()) peak_tflops = cuda::measure_matmul_tflops(DType::bf16, 8192, 20);
   Generator init(1337), drop(1338), data(1339);
   GPT model(cfg, init, drop);
+  model.to(device);
   model.set_checkpoint_blocks(checkpointing == "blocks");
   const bool mixed = precision != "f32";
   const DType low = mixed ? parse_dtype(precision) : DType::f32;
@@ -98,9 +127,13 @@ int main(int argc, char** argv) {
   double flops = cfg.flops_per_token(T) * double(B * T);
   if (lead)
     fmt::print(
-        "# gpt_step: shape {} ({:.2f}M params, B={}, T={}), {}{}, checkpointing {}, gemm {}, "
+        "# gpt_step: shape {} ({:.2f}M params, B={}, T={}) on {}, {}{}, checkpointing {}, gemm {}, "
         "threads {}, ranks {}{}, commit {}\n",
-        shape, double(model.num_parameters()) / 1e6, B, T, precision,
+        shape, double(model.num_parameters()) / 1e6, B, T,
+        device.is_cpu() ? std::string("cpu")
+                        : fmt::format("{} (measured bf16 peak {:.1f} TFLOP/s)",
+                                      cuda::device_name(device.index), peak_tflops),
+        precision,
         scaler.enabled() ? " with loss scaling" : "", checkpointing, cpu::gemm_kernel_name(),
         threads, world->size(),
         ddp ? fmt::format(" (DDP, {} buckets of <= {} MiB)", ddp->num_buckets(), bucket_mb) : "",
@@ -110,8 +143,8 @@ int main(int argc, char** argv) {
   double last_loss = 0;
   std::vector<double> waits, allreduces;  // per step, seconds
   auto step = [&] {
-    Tensor x = mul(rand({B, T}, data), double(cfg.vocab_size)).to(DType::i64);
-    Tensor y = mul(rand({B, T}, data), double(cfg.vocab_size)).to(DType::i64);
+    Tensor x = mul(rand({B, T}, data), double(cfg.vocab_size)).to(DType::i64).to(device);
+    Tensor y = mul(rand({B, T}, data), double(cfg.vocab_size)).to(DType::i64).to(device);
     ddp ? ddp->zero_grad() : opt.zero_grad();
     {
       MemoryTagScope tag(MemoryTag::activations);
@@ -131,13 +164,14 @@ int main(int argc, char** argv) {
     if (!scaler.found_inf()) clip_grad_norm(params, 1.0);
     scaler.step(opt, params);
     scaler.update();
+    if (device.is_cuda()) cuda::synchronize(device.index);  // the step's kernels are all done
   };
   for (int i = 0; i < warmup; ++i) step();
   waits.clear();
   allreduces.clear();
-  reset_peak_memory(Device::cpu());
+  reset_peak_memory(device);
   bench::Timings t = bench::time_runs(steps, step);
-  MemoryStats mem = memory_stats(Device::cpu());
+  MemoryStats mem = memory_stats(device);
   auto at_peak = [&](MemoryTag t) { return mem.at_peak_by_tag[size_t(t)]; };
   const int ranks = world->size();
   bench::Timings wait = bench::summarize(waits), allreduce = bench::summarize(allreduces);
@@ -146,6 +180,9 @@ int main(int argc, char** argv) {
              to_json_line({{"impl", std::string("forge")},
                            {"shape", shape},
                            {"precision", precision},
+                           {"device", device.str()},
+                           {"batch", B},
+                           {"seq", T},
                            {"checkpoint", checkpointing},
                            {"threads", int64_t(threads)},
                            {"steps", int64_t(steps)},
@@ -155,6 +192,8 @@ int main(int argc, char** argv) {
                            {"bucket_mb", ddp ? bucket_mb : 0.0},
                            {"tokens_per_s", double(B * T * ranks) / t.median},
                            {"gflops", flops * ranks / t.median * 1e-9},
+                           {"peak_tflops_measured", peak_tflops},
+                           {"mfu", peak_tflops > 0 ? flops / t.median * 1e-12 / peak_tflops : 0.0},
                            {"comm_wait_ms_median", wait.median * 1e3},
                            {"allreduce_ms_median", allreduce.median * 1e3},
                            {"peak_bytes", mem.peak_bytes},

@@ -138,9 +138,8 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   for (const auto& [name, t] : tensors) {
     FORGE_CHECK(!name.empty() && name != "__metadata__", "{}: invalid tensor name '{}'", path, name);
     FORGE_CHECK(!header.contains(name), "{}: tensor '{}' given twice", path, name);
-    FORGE_CHECK(t.defined() && t.device().is_cpu(), "{}: tensor '{}' must be a cpu tensor", path,
-                name);
-    Tensor c = t.contiguous();
+    FORGE_CHECK(t.defined(), "{}: tensor '{}' is undefined", path, name);
+    Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(Device::cpu());  // device: a host copy
     header[name] = {{"dtype", safetensors_dtype(c.dtype())},
                     {"shape", c.shape().vec()},
                     {"data_offsets", {offset, offset + c.nbytes()}}};

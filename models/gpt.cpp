@@ -125,7 +125,7 @@ Variable GPT::forward(const Tensor& idx) {
   int64_t T = idx.size(1);
   FORGE_CHECK(T <= cfg_.block_size, "GPT: sequence of {} tokens is longer than block_size {}", T,
               cfg_.block_size);
-  Tensor pos = arange(0, double(T), 1, DType::i64);
+  Tensor pos = arange(0, double(T), 1, DType::i64).to(idx.device());
   Variable x = add(wte->forward(idx), wpe->forward(pos));  // (B, T, C) + (T, C)
   x = dropout(x, cfg_.dropout, is_training(), *dropout_gen_);
   for (auto& b : blocks) {
@@ -141,8 +141,8 @@ Variable GPT::forward(const Tensor& idx) {
 KVCache GPT::make_cache(int64_t batch) const {
   KVCache c;
   for (int64_t l = 0; l < cfg_.n_layer; ++l) {
-    c.k.push_back(Tensor::empty({batch, cfg_.block_size, cfg_.n_embd}));
-    c.v.push_back(Tensor::empty({batch, cfg_.block_size, cfg_.n_embd}));
+    c.k.push_back(Tensor::empty({batch, cfg_.block_size, cfg_.n_embd}, DType::f32, device()));
+    c.v.push_back(Tensor::empty({batch, cfg_.block_size, cfg_.n_embd}, DType::f32, device()));
   }
   return c;
 }
@@ -153,7 +153,7 @@ Variable GPT::forward_cached(const Tensor& idx, KVCache& cache) {
   const int64_t Tn = idx.size(1), at = cache.length;
   FORGE_CHECK(at + Tn <= cfg_.block_size,
               "GPT: {} cached + {} new positions exceed block_size {}", at, Tn, cfg_.block_size);
-  Tensor pos = arange(double(at), double(at + Tn), 1, DType::i64);
+  Tensor pos = arange(double(at), double(at + Tn), 1, DType::i64).to(idx.device());
   Variable x = add(wte->forward(idx), wpe->forward(pos));
   for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward(x, &cache, int64_t(l));
   cache.length = at + Tn;

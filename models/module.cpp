@@ -86,6 +86,19 @@ void Module::replace_module(const std::string& name, std::shared_ptr<Module> m) 
   throw_error(fmt::format("Module: no submodule called '{}' to replace", name));
 }
 
+void Module::to(Device device) {
+  for (auto& [name, p] : named_parameters()) {
+    if (p.data().device() == device) continue;
+    p.data() = p.data().to(device);
+    if (p.grad().defined()) p.set_grad(p.grad().to(device));
+  }
+}
+
+Device Module::device() const {
+  auto params = named_parameters();
+  return params.empty() ? Device::cpu() : params.front().second.data().device();
+}
+
 void Module::train(bool on) {
   training_ = on;
   for (auto& [n, m] : children_) m->train(on);

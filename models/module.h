@@ -39,6 +39,12 @@ class Module {
   // shape and dtype; unexpected names are an error too. Errors name the parameter.
   void load_state_dict(const NamedTensors& state);
 
+  // Moves every parameter (and its gradient, if any) of this module and its submodules to
+  // `device`, in place: the Variables stay the same objects, so optimizers built on them keep
+  // working; their state moves with them on their next step. Like torch's module.to(device).
+  void to(Device device);
+  Device device() const;  // where the parameters are (the first one's device; cpu without any)
+
   void train(bool on = true);
   void eval() { train(false); }
   bool is_training() const { return training_; }

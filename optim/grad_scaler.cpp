@@ -1,6 +1,7 @@
 #include "optim/grad_scaler.h"
 
 #include "autograd/functions.h"
+#include "tensor/cuda/cuda_misc.h"
 #include "tensor/error.h"
 #include "tensor/ops.h"
 
@@ -23,13 +24,26 @@ void GradScaler::unscale(const std::vector<Variable>& params) {
   FORGE_CHECK(!unscaled_, "GradScaler::unscale: already called since the last update()");
   unscaled_ = true;
   const double inv = 1.0 / scale_;
+  // Gradients on a GPU: one pass each checks and unscales, raising a flag on the device that is
+  // read once at the end (one flag per device), instead of a round trip per gradient.
+  std::vector<Tensor> device_flags;
   for (const Variable& p : params) {
     if (!p.grad().defined()) continue;
     Tensor g = p.grad();
+    if (g.device().is_cuda() && g.is_contiguous() && is_floating(g.dtype())) {
+      Tensor* flag = nullptr;
+      for (Tensor& f : device_flags)
+        if (f.device() == g.device()) flag = &f;
+      if (!flag) flag = &device_flags.emplace_back(zeros({1}, DType::i32, g.device()));
+      cuda::check_finite_and_scale_(g, inv, *flag);
+      continue;
+    }
     // Checked on the scaled values: an overflow there is what the scale must react to.
     if (!all_finite(g)) found_inf_ = true;
     mul_(g, inv);
   }
+  for (const Tensor& f : device_flags)
+    if (f.item() != 0) found_inf_ = true;
 }
 
 bool GradScaler::step(Optimizer& opt, const std::vector<Variable>& params) {

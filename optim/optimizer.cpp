@@ -3,6 +3,8 @@
 #include <cmath>
 #include <unordered_map>
 
+#include "optim/adamw_cuda.h"
+#include "tensor/cuda/cuda.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -25,7 +27,7 @@ namespace {
 
 Tensor zeros_like_state(const Tensor& p) {
   MemoryTagScope tag(MemoryTag::optimizer);
-  return zeros(p.shape(), p.dtype());
+  return zeros(p.shape(), p.dtype(), p.device());
 }
 
 void check_param(const Variable& p, const char* opt) {
@@ -34,6 +36,9 @@ void check_param(const Variable& p, const char* opt) {
   FORGE_CHECK(p.data().dtype() == DType::f32 || p.data().dtype() == DType::f64,
               "{}: parameter '{}' is {}; optimizers update f32 or f64 (master) weights", opt,
               p.name(), p.data().dtype());
+  FORGE_CHECK(p.grad().device() == p.data().device(),
+              "{}: parameter '{}' is on {}, its gradient on {}", opt, p.name(),
+              p.data().device().str(), p.grad().device().str());
 }
 
 using StateList = std::vector<std::pair<std::string, Tensor>>;
@@ -171,6 +176,15 @@ void AdamW::step() {
       double t = double(++steps_[gi][i]);
       double bc1 = 1.0 - std::pow(o_.beta1, t), bc2 = 1.0 - std::pow(o_.beta2, t);
       double step_size = lr_ / bc1, bc2_sqrt = std::sqrt(bc2);
+      if (p.data().device().is_cuda()) {  // the same update, one fused kernel on the device
+        const int device = p.data().device().index;
+        cuda::check_status(cuda::kernels::adamw_update(
+                               int(p.dtype()), p.numel(), p.data().raw_data(), p.grad().raw_data(),
+                               m.raw_data(), v.raw_data(), lr_, group.weight_decay, o_.beta1,
+                               o_.beta2, o_.eps, step_size, bc2_sqrt, cuda::stream_handle(device)),
+                           "AdamW");
+        continue;
+      }
       dispatch_float(p.dtype(), "AdamW", [&]<class T>() {
         if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
           adamw_kernel<T>(p.data().data<T>(), p.grad().data<T>(), m.data<T>(), v.data<T>(),

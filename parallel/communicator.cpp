@@ -21,10 +21,10 @@ const char* reduce_op_name(ReduceOp op) {
   return "?";
 }
 
-void check_comm_tensor(const Tensor& t, const char* op) {
+void check_comm_tensor(const Tensor& t, const char* op, Device device) {
   FORGE_CHECK(t.defined(), "{}: the tensor is undefined", op);
-  FORGE_CHECK(t.device().is_cpu(), "{}: the tensor is on {}; this communicator carries CPU tensors",
-              op, t.device().str());
+  FORGE_CHECK(t.device() == device, "{}: the tensor is on {}; this communicator carries {} tensors",
+              op, t.device().str(), device.is_cpu() ? std::string("CPU") : device.str());
   FORGE_CHECK(t.is_contiguous(), "{}: the tensor of shape {} is not contiguous", op, t.shape());
 }
 

@@ -8,8 +8,8 @@
 //   w.wait();                                                    // the bucket holds the average
 //   auto tp = world->split(/*color=*/rank / 2, /*key=*/rank);    // a group of ranks
 //
-// Tensors are contiguous CPU tensors of one dtype: f32, f64, bf16, f16, i8, u8, i32, i64; avg
-// needs a floating dtype, sum and max take any. 16-bit floats are summed in f32 and rounded once
+// Tensors are contiguous CPU tensors (GPU ones for NCCL) of one dtype: f32, f64, bf16, f16, i8,
+// u8, i32, i64; avg needs a floating dtype, sum and max take any. 16-bit floats are summed in f32 and rounded once
 // per pairwise reduction, as NCCL does. Where a max meets a NaN, the result may or may not be
 // NaN depending on the path (MPI's own MPI_MAX drops it in some operand orders). Collectives must be called in the same order on every rank
 // of a communicator; an asynchronous call's tensor must not be touched until its wait returns.
@@ -18,7 +18,7 @@
 // asynchronous all-reduce progresses while the caller computes; large f32 all-reduces among ranks
 // of one node go through a shared-memory window, 2-3x faster than OpenMPI's own, unless
 // FORGE_COMM_SHM=0) and a single-process one (size 1: reductions are the identity; send and recv
-// have no peer). NCCL comes with the CUDA backend.
+// have no peer). NCCL, for tensors on GPUs, comes with the CUDA backend: parallel/nccl_communicator.h.
 #pragma once
 
 #include <chrono>
@@ -106,8 +106,9 @@ bool launched_by_mpi();
 // does when it fails, so that the others do not wait for it forever. Without MPI, plain exit.
 [[noreturn]] void abort_job(const std::string& message, int code = 1);
 
-// Checks shared by the backends: contiguous, CPU, a dtype the backends carry; names the op.
-void check_comm_tensor(const Tensor& t, const char* op);
+// Checks shared by the backends: defined, contiguous, on the backend's device (the CPU for MPI and
+// the single-process one, its GPU for NCCL); names the op.
+void check_comm_tensor(const Tensor& t, const char* op, Device device = Device::cpu());
 void check_reduce(DType dtype, ReduceOp op, const char* what);
 
 }  // namespace forge

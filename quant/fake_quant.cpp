@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "quant/quant_cuda_kernels.h"
+#include "tensor/cuda/cuda.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -58,24 +60,57 @@ int64_t check_qparams(const Tensor& x, const QuantParams& q, const char* op) {
   return x.size(q.axis);
 }
 
+// Every scale positive and finite; scale is a contiguous f32 cpu tensor.
+void check_scales(const Tensor& scale, int64_t channels) {
+  const float* ps = scale.data<float>();
+  for (int64_t c = 0; c < channels; ++c)
+    FORGE_CHECK(ps[c] > 0 && std::isfinite(ps[c]), "fake_quantize: scale {} of channel {}", ps[c],
+                c);
+}
+
+// x seen as (outer, C, inner): each row of `inner` elements shares one channel's parameters.
+int64_t inner_size(const Tensor& x, const QuantParams& q, int64_t channels) {
+  if (!q.per_channel()) return x.numel();
+  int64_t outer = 1;
+  for (int d = 0; d < q.axis; ++d) outer *= x.size(d);
+  return x.numel() / std::max<int64_t>(outer * channels, 1);
+}
+
+// The same on a GPU: one thread per element, the CPU's arithmetic (quant/quant_cuda.cu). The
+// parameters are checked on the host, then go to x's device.
+FakeQuantResult fake_quantize_cuda(const Tensor& x_in, const QuantParams& q, int64_t channels) {
+  Tensor x = x_in.contiguous();
+  Tensor scale = q.scale.contiguous().to(Device::cpu());
+  Tensor zero = q.zero_point.contiguous().to(Device::cpu());
+  check_scales(scale, channels);
+  FakeQuantResult out{Tensor::empty(x.shape(), x.dtype(), x.device()),
+                      Tensor::empty(x.shape(), DType::u8, x.device())};
+  if (x.numel() == 0) return out;
+  Tensor ds = scale.to(x.device()), dz = zero.to(x.device());
+  cuda::check_status(
+      cuda::kernels::fake_quantize(
+          int(x.dtype()), x.numel(), inner_size(x, q, channels), channels, x.raw_data(),
+          out.y.raw_data(), static_cast<uint8_t*>(out.mask.raw_data()),
+          static_cast<const float*>(ds.raw_data()), static_cast<const int32_t*>(dz.raw_data()),
+          q.range.qmin, q.range.qmax, cuda::stream_handle(x.device().index)),
+      "fake_quantize");
+  return out;
+}
+
 }  // namespace
 
 FakeQuantResult fake_quantize_with_mask(const Tensor& x_in, const QuantParams& q) {
   const int64_t channels = check_qparams(x_in, q, "fake_quantize");
+  if (x_in.device().is_cuda()) return fake_quantize_cuda(x_in, q, channels);
   Tensor x = x_in.contiguous();
   Tensor scale = q.scale.contiguous(), zero = q.zero_point.contiguous();
+  check_scales(scale, channels);
   const float* ps = scale.data<float>();
   const int32_t* pz = zero.data<int32_t>();
-  for (int64_t c = 0; c < channels; ++c)
-    FORGE_CHECK(ps[c] > 0 && std::isfinite(ps[c]), "fake_quantize: scale {} of channel {}", ps[c],
-                c);
 
   // x seen as (outer, C, inner): each row of `inner` elements shares one channel's parameters.
-  int64_t outer = 1, inner = x.numel();
-  if (q.per_channel()) {
-    for (int d = 0; d < q.axis; ++d) outer *= x.size(d);
-    inner = x.numel() / std::max<int64_t>(outer * channels, 1);
-  }
+  const int64_t inner = inner_size(x, q, channels);
+  const int64_t outer = x.numel() / std::max<int64_t>(inner * channels, 1);
   FakeQuantResult out{Tensor::empty(x.shape(), x.dtype()), Tensor::empty(x.shape(), DType::u8)};
   if (x.numel() == 0) return out;
   uint8_t* mask = out.mask.data<uint8_t>();
@@ -111,7 +146,7 @@ Tensor fake_quantize_backward(const Tensor& grad, const Tensor& mask) {
   FORGE_CHECK(grad.shape() == mask.shape() && mask.dtype() == DType::u8,
               "fake_quantize_backward: grad {} and mask {} ({}) do not match", grad.shape(),
               mask.shape(), mask.dtype());
-  return where(mask, grad, zeros({}, grad.dtype()));
+  return where(mask, grad, zeros({}, grad.dtype(), grad.device()));
 }
 
 // The straight-through estimator: rounding counts as the identity, so only the clamp's gradient

@@ -67,9 +67,11 @@ Generated generate(GPT& model, const Tokenizer& tok, const std::string& prompt,
   size_t start = 0;    // the context is all[start:]
   size_t emitted = 0;  // characters of out.text passed to on_text
   KVCache cache = model.make_cache(1);
+  const Device device = model.device();  // tokens go where the model is; logits come back
   auto context = [&]() {
     return from_vector(std::vector<int64_t>(all.begin() + std::ptrdiff_t(start), all.end()),
-                       Shape{1, int64_t(all.size() - start)});
+                       Shape{1, int64_t(all.size() - start)})
+        .to(device);
   };
   auto t0 = std::chrono::steady_clock::now();
   Tensor logits;
@@ -85,7 +87,8 @@ Generated generate(GPT& model, const Tokenizer& tok, const std::string& prompt,
         cache.length = 0;
         logits = model.forward_cached(context(), cache).data();
       } else {
-        logits = model.forward_cached(from_vector<int64_t>({all.back()}, {1, 1}), cache).data();
+        logits = model.forward_cached(from_vector<int64_t>({all.back()}, {1, 1}).to(device), cache)
+                     .data();
       }
     } else {
       Tensor full = model.forward(context()).data();

@@ -72,6 +72,8 @@ const std::vector<Field>& field_table() {
       {"seed", "seed of initialisation, batches and dropout",
        [](C& c) -> FieldPtr { return &c.seed; }},
       {"threads", "CPU threads (0: all cores)", [](C& c) -> FieldPtr { return &c.threads; }},
+      {"device", "cpu, or cuda / cuda:N to train on a GPU",
+       [](C& c) -> FieldPtr { return &c.device; }},
       {"out", "directory for checkpoints", [](C& c) -> FieldPtr { return &c.out; }},
       {"checkpoint_interval", "steps between checkpoints (0: at every evaluation)",
        [](C& c) -> FieldPtr { return &c.checkpoint_interval; }},
@@ -238,6 +240,7 @@ void GptTrainConfig::validate() const {
   FORGE_CHECK(eval_interval > 0 && eval_iters > 0 && log_interval > 0,
               "eval_interval, eval_iters and log_interval must be positive");
   FORGE_CHECK(threads >= 0, "threads must be >= 0, got {}", threads);
+  Device::parse(device);  // names the text when it is not a device
   FORGE_CHECK(dp >= 1, "dp must be >= 1, got {}", dp);
   FORGE_CHECK(bucket_mb > 0, "bucket_mb must be positive, got {}", bucket_mb);
   FORGE_CHECK(tp >= 1 && pp >= 1, "tp and pp must be >= 1, got {} and {}", tp, pp);

@@ -61,6 +61,7 @@ struct GptTrainConfig {
   // Run.
   int64_t seed = 1337;
   int64_t threads = 0;  // 0: all cores
+  std::string device = "cpu";  // cpu | cuda | cuda:N (under mpirun, rank r uses cuda:(N + r % GPUs))
   std::string out = "out";
   int64_t checkpoint_interval = 0;  // 0: at every evaluation
   int64_t keep_last = 3;

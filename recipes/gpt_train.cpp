@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <cstdlib>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -16,6 +17,7 @@
 #include "recipes/checkpoint.h"
 #include "recipes/sharded_checkpoint.h"
 #include "recipes/report.h"
+#include "tensor/cuda/cuda.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -35,9 +37,10 @@ double estimate_loss(GPT& model, const Tensor& split, int64_t iters, int64_t bat
   bool was_training = model.is_training();
   model.eval();
   double total = 0;
+  const Device device = model.device();
   for (int64_t i = 0; i < iters; ++i) {
     Batch b = get_batch(split, batch_size, model.config().block_size, gen, split_name);
-    total += GPT::loss(model.forward(b.x), b.y).item();
+    total += GPT::loss(model.forward(b.x.to(device)), b.y.to(device)).item();
   }
   model.train(was_training);
   return total / double(std::max<int64_t>(iters, 1));
@@ -92,8 +95,24 @@ int64_t saved_dp(const TrainingState& st) {
                                                                           : 1;
 }
 
-}  // namespace
+// The device a rank trains on: `text` as given, except that plain "cuda" under a launcher means
+// the rank's own GPU (its rank on the node, modulo the GPUs there).
+Device training_device(const std::string& text, const Communicator& world) {
+  Device d = Device::parse(text);
+  if (d.is_cuda() && text == "cuda" && world.size() > 1 && cuda::device_count() > 0) {
+    int local = world.rank();
+    for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+      if (const char* v = std::getenv(var)) {
+        local = std::atoi(v);
+        break;
+      }
+    d = Device::cuda(local % cuda::device_count());
+  }
+  cuda::check_device(d, "--device");
+  return d;
+}
 
+}  // namespace
 
 GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   GptTrainConfig cfg = config;
@@ -108,6 +127,11 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   const bool lead = world->rank() == 0;
   const bool model_parallel = cfg.tp > 1 || cfg.pp > 1;
   const ShardLayout layout{int(cfg.tp), int(cfg.pp)};
+  const Device device = training_device(cfg.device, *world);
+  FORGE_CHECK(device.is_cpu() || world->size() == 1,
+              "--device {}: training on GPUs runs in one process for now (mpirun with --device "
+              "cuda needs the NCCL communicator, not wired into train yet)",
+              cfg.device);
   check_same_on_all_ranks(*world, shared_settings(cfg),
                           "the training settings (--dp, --tp, --pp, model, ...)");
   auto say = [&](const std::string& m) {
@@ -142,6 +166,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
       dropout_gen(dropout_seed(uint64_t(cfg.seed) + 2));
   GptRun run;
   run.tokenizer = data.tokenizer;
+  run.device = device;
   std::shared_ptr<ParallelGPT> shard;  // model parallel: this rank's share
   if (model_parallel) {
     shard = std::make_shared<ParallelGPT>(
@@ -153,6 +178,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   }
   Module& model = model_parallel ? static_cast<Module&>(*shard) : *run.model;
   model.train();
+  model.to(device);  // before the optimizer, whose state goes where the parameters are
   AdamW opt(param_groups(model, cfg.weight_decay),
             {.lr = cfg.lr, .beta1 = cfg.beta1, .beta2 = cfg.beta2, .eps = 1e-8});
   const bool mixed = cfg.precision != "f32";
@@ -311,6 +337,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
       Batch b = get_batch(data.train, B * cfg.dp, T, batch_gen, "train");
       if (cfg.dp > 1)
         b = {b.x.narrow(0, at.dp * B, B).contiguous(), b.y.narrow(0, at.dp * B, B).contiguous()};
+      b = {b.x.to(device), b.y.to(device)};
       ddp ? ddp->zero_grad() : opt.zero_grad();
       s.loss = forward_backward(b);
     }
@@ -344,7 +371,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     s.ms_per_step = secs * 1e3;
     s.tokens_per_s = double(B * T * cfg.dp) / secs;
     s.gflops = flops_per_step * double(cfg.dp) / secs * 1e-9;
-    s.peak_bytes = memory_stats(Device::cpu()).peak_bytes;
+    s.peak_bytes = memory_stats(device).peak_bytes;
     run.losses.push_back(s.loss);
     run.steps_done = step;
     if (step % cfg.eval_interval == 0 || step == cfg.max_iters) evaluate(step, s);

@@ -61,6 +61,7 @@ struct GptRun {
   int64_t steps_done = 0;      // including those of a resumed checkpoint
   bool stopped = false;        // interrupted by hooks.stop
   std::string last_checkpoint;
+  Device device = Device::cpu();  // where this rank trained
   std::shared_ptr<GPT> model;  // null under tensor or pipeline parallelism (the model is split)
   Tokenizer tokenizer;
 };

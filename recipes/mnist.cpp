@@ -5,6 +5,7 @@
 #include "optim/optimizer.h"
 #include "quant/quantize.h"
 #include "recipes/report.h"
+#include "tensor/cuda/cuda.h"
 #include "tensor/ops.h"
 
 namespace forge {
@@ -20,12 +21,13 @@ double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_
   MemoryTagScope tag(MemoryTag::activations);
   bool was_training = model.is_training();
   model.eval();
+  const Device device = model.device();
   int64_t n = data.size(), correct = 0;
   for (int64_t at = 0; at < n; at += batch_size) {
     int64_t len = std::min(batch_size, n - at);
-    Variable x(data.images.narrow(0, at, len));
+    Variable x(data.images.narrow(0, at, len).to(device));
     Tensor pred = argmax(model.forward(x).data(), 1);
-    correct += int64_t(sum(eq(pred, data.labels.narrow(0, at, len))).item());
+    correct += int64_t(sum(eq(pred, data.labels.narrow(0, at, len).to(device))).item());
   }
   model.train(was_training);
   return n ? double(correct) / double(n) : 0.0;
@@ -74,6 +76,10 @@ MnistRun train_mnist(const MnistOptions& o,
               o.qat_freeze_steps);
   FORGE_CHECK(o.save_quantized.empty() || o.quant != "none",
               "--save-quantized needs --quant dynamic or qat");
+  const Device device = Device::parse(o.device);
+  cuda::check_device(device, "--device");
+  FORGE_CHECK(device.is_cpu() || o.quant == "none",
+              "--quant {} runs on the cpu; leave out --device {} to quantize", o.quant, o.device);
   ImageDataset train = load_fashion_mnist(o.data_dir, Split::train);
   ImageDataset test = load_fashion_mnist(o.data_dir, Split::test);
   if (o.standardize) standardize_images(train, test);
@@ -85,6 +91,9 @@ MnistRun train_mnist(const MnistOptions& o,
   MnistRun run;
   run.model = std::make_shared<MLP>(sizes, init_gen);
   MLP& model = *run.model;
+  model.to(device);
+  // The training set where the model is (188 MB of f32 pixels); batches are gathered there.
+  Tensor train_images = train.images.to(device), train_labels = train.labels.to(device);
   AdamW opt({{model.parameters(), o.weight_decay}}, {.lr = o.lr});
   MetricsWriter metrics(o.metrics_path);
 
@@ -107,10 +116,10 @@ MnistRun train_mnist(const MnistOptions& o,
     double loss_sum = 0;
     for (int64_t s = 0; s < steps; ++s) {
       int64_t at = s * o.batch_size, len = std::min(o.batch_size, n - at);
-      Tensor idx = perm.narrow(0, at, len);
+      Tensor idx = perm.narrow(0, at, len).to(device);
       MemoryTagScope tag(MemoryTag::activations);
-      Variable x(index_select(train.images, idx));
-      Tensor y = index_select(train.labels, idx);
+      Variable x(index_select(train_images, idx));
+      Tensor y = index_select(train_labels, idx);
       Variable loss = cross_entropy(model.forward(x), y);
       opt.zero_grad();
       loss.backward();

@@ -26,6 +26,7 @@ struct MnistOptions {
   // Shift and scale pixels to mean 0, variance 1 over the training set (torchvision's
   // Normalize((0.2860,), (0.3530,)) for Fashion-MNIST).
   bool standardize = true;
+  std::string device = "cpu";        // cpu, cuda or cuda:N
   std::string metrics_path;          // JSON lines appended per epoch when set
   bool progress = false;             // draw a progress bar (the app turns it on for terminals)
   int64_t max_steps_per_epoch = -1;  // for benchmarks and tests: stop an epoch early

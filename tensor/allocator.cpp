@@ -8,12 +8,22 @@
 #include <unordered_map>
 #include <vector>
 
+#include "tensor/cuda/cuda.h"
 #include "tensor/error.h"
 
 namespace forge {
 
 std::string Device::str() const {
   return type == DeviceType::cpu ? std::string("cpu") : fmt::format("cuda:{}", index);
+}
+
+Device Device::parse(const std::string& text) {
+  if (text == "cpu") return cpu();
+  if (text == "cuda") return cuda(0);
+  if (text.rfind("cuda:", 0) == 0 && text.size() > 5 && text.size() < 9 &&
+      text.find_first_not_of("0123456789", 5) == std::string::npos)
+    return cuda(std::stoi(text.substr(5)));
+  throw_error(fmt::format("unknown device '{}' (expected cpu, cuda or cuda:N)", text));
 }
 
 const char* memory_tag_name(MemoryTag t) {
@@ -184,7 +194,7 @@ Allocator& cpu_allocator() {
 
 Allocator& allocator_for(Device d) {
   if (d.is_cpu()) return cpu_allocator();
-  throw_error(fmt::format("device {} is not available in this build", d.str()));
+  return cuda::allocator(d.index);
 }
 
 }  // namespace forge

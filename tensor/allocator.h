@@ -29,6 +29,8 @@ struct Device {
   bool is_cuda() const { return type == DeviceType::cuda; }
   friend bool operator==(Device a, Device b) { return a.type == b.type && a.index == b.index; }
   std::string str() const;
+  // "cpu", "cuda" (device 0) or "cuda:N"; anything else is an error quoting the text.
+  static Device parse(const std::string& text);
 };
 
 // What an allocation is for, as far as the allocator can tell: the scope that made it says.

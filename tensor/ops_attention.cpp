@@ -15,6 +15,11 @@
 //   dQ  = dS K / sqrt(hs)  dK = dS^T Q / sqrt(hs)
 // The (batch, head) pairs are split across threads; each pair's products run single-threaded, so
 // results do not depend on the thread count.
+//
+// On cuda (tensor/cuda/attention.cu) the forward never forms P: a flash-attention kernel keeps a
+// running softmax per row, and `probs` of the result holds instead the log-sum-exp of each row,
+// lse (B, NH, T) = log sum_j exp(S_tj), in qkv's dtype. The backward takes that lse where the CPU
+// takes P and recomputes P_tj = exp(S_tj - lse_t) row by row. Dropout is not there yet on cuda.
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -22,6 +27,8 @@
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/lanes.h"
 #include "tensor/cpu/vec_math.h"
+#include "tensor/cuda/cuda.h"
+#include "tensor/cuda/kernels_attention.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -30,7 +37,7 @@ namespace forge {
 namespace {
 
 void check_qkv(const Tensor& qkv, int n_head, const char* op) {
-  FORGE_CHECK(qkv.defined() && qkv.device().is_cpu(), "{}: expected a cpu tensor", op);
+  FORGE_CHECK(qkv.defined(), "{}: undefined tensor", op);
   FORGE_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0, "{}: qkv must be (B, T, 3C), got {}", op,
               qkv.shape());
   int64_t C = qkv.size(2) / 3;
@@ -72,6 +79,63 @@ void apply_mask(const T* P, const uint8_t* mask, T scale, int64_t n, T* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = mask[i] ? P[i] * scale : T(0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// cuda
+
+using cuda::kernels::HeadLayout;
+
+AttentionResult causal_attention_cuda(const Tensor& qkv_in, int n_head, double dropout_p) {
+  FORGE_CHECK(dropout_p == 0, "causal_attention: dropout {} on cuda is not supported yet",
+              dropout_p);
+  Tensor qkv = qkv_in.contiguous();
+  const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3, NH = n_head;
+  const Device dev = qkv.device();
+  AttentionResult r;
+  r.out = Tensor::empty({B, Tn, C}, qkv.dtype(), dev);
+  r.probs = Tensor::empty({B, NH, Tn}, qkv.dtype(), dev);  // lse, not P (see the top)
+  const HeadLayout in{3 * C, Tn * 3 * C}, out{C, Tn * C};
+  const char* base = static_cast<const char*>(qkv.raw_data());
+  const size_t col = dtype_size(qkv.dtype()) * size_t(C);  // bytes from q to k, k to v
+  cuda::check_status(
+      cuda::kernels::attention_forward(int(qkv.dtype()), B, NH, Tn, Tn, C / NH, 0, base, in,
+                                       base + col, base + 2 * col, in, r.out.raw_data(), out,
+                                       r.probs.raw_data(), cuda::stream_handle(dev.index)),
+      "causal_attention");
+  return r;
+}
+
+Tensor causal_attention_backward_cuda(const Tensor& dout_in, const Tensor& qkv_in,
+                                      const Tensor& lse, const Tensor& mask, int n_head,
+                                      double dropout_p) {
+  const char* op = "causal_attention_backward";
+  FORGE_CHECK(dropout_p == 0 && !mask.defined(), "{}: dropout on cuda is not supported yet", op);
+  check_same_device(qkv_in, dout_in, op);
+  check_same_device(qkv_in, lse, op);
+  Tensor qkv = qkv_in.contiguous(), dout = dout_in.contiguous();
+  const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3, NH = n_head;
+  FORGE_CHECK(dout.shape() == Shape({B, Tn, C}) && dout.dtype() == qkv.dtype(),
+              "{}: grad {} {} does not match qkv {} {}", op, dout.shape(), dout.dtype(),
+              qkv.shape(), qkv.dtype());
+  FORGE_CHECK(
+      lse.shape() == Shape({B, NH, Tn}) && lse.dtype() == qkv.dtype() && lse.is_contiguous(),
+      "{}: on cuda the saved probabilities are the forward's log-sum-exp ({}, {}, {}) {}, "
+      "got {} {}",
+      op, B, NH, Tn, qkv.dtype(), lse.shape(), lse.dtype());
+  const Device dev = qkv.device();
+  Tensor dqkv = Tensor::empty(qkv.shape(), qkv.dtype(), dev);
+  Tensor delta = Tensor::empty({B, NH, Tn}, qkv.dtype(), dev);
+  const HeadLayout in{3 * C, Tn * 3 * C}, grad{C, Tn * C};
+  const size_t col = dtype_size(qkv.dtype()) * size_t(C);
+  const char* base = static_cast<const char*>(qkv.raw_data());
+  char* dbase = static_cast<char*>(dqkv.raw_data());
+  cuda::check_status(cuda::kernels::attention_backward(
+                         int(qkv.dtype()), B, NH, Tn, C / NH, base, base + col, base + 2 * col, in,
+                         dout.raw_data(), grad, lse.raw_data(), delta.raw_data(), dbase,
+                         dbase + col, dbase + 2 * col, in, cuda::stream_handle(dev.index)),
+                     op);
+  return dqkv;
+}
+
 }  // namespace
 
 AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropout_p, Generator* gen,
@@ -80,6 +144,7 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
   FORGE_CHECK(dropout_p >= 0 && dropout_p < 1, "causal_attention: dropout {} not in [0, 1)",
               dropout_p);
   FORGE_CHECK(dropout_p == 0 || gen != nullptr, "causal_attention: dropout needs a generator");
+  if (qkv_in.device().is_cuda()) return causal_attention_cuda(qkv_in, n_head, dropout_p);
   Tensor qkv = qkv_in.contiguous();
   const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3, NH = n_head;
   const int64_t hs = C / NH;
@@ -141,6 +206,8 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
 Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, const Tensor& probs,
                                  const Tensor& mask, int n_head, double dropout_p) {
   check_qkv(qkv_in, n_head, "causal_attention_backward");
+  if (qkv_in.device().is_cuda())
+    return causal_attention_backward_cuda(dout_in, qkv_in, probs, mask, n_head, dropout_p);
   Tensor qkv = qkv_in.contiguous(), dout = dout_in.contiguous();
   const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3, NH = n_head;
   const int64_t hs = C / NH;
@@ -229,6 +296,18 @@ Tensor cached_attention(const Tensor& q_in, const Tensor& k, const Tensor& v, in
   FORGE_CHECK(k.stride(2) == 1 && v.stride(2) == 1 && k.strides() == v.strides(),
               "{}: k and v need unit column strides", op);
   const int64_t hs = C / NH, krow = k.stride(1), kbatch = k.stride(0);
+  check_same_device(q, k, op);
+  check_same_device(q, v, op);
+  if (q.device().is_cuda()) {  // the forward kernel with an offset, no lse
+    Tensor out = Tensor::empty({B, Tq, C}, DType::f32, q.device());
+    const HeadLayout ql{C, Tq * C}, kvl{krow, kbatch};
+    cuda::check_status(
+        cuda::kernels::attention_forward(int(DType::f32), B, NH, Tq, L, hs, offset, q.raw_data(),
+                                         ql, k.raw_data(), v.raw_data(), kvl, out.raw_data(), ql,
+                                         nullptr, cuda::stream_handle(q.device().index)),
+        op);
+    return out;
+  }
   Tensor out = Tensor::empty({B, Tq, C});
   const float *pq = q.data<float>(), *pk = k.data<float>(), *pv = v.data<float>();
   float* po = out.data<float>();

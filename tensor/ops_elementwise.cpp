@@ -5,6 +5,8 @@
 
 #include "tensor/cpu/loops.h"
 #include "tensor/cpu/vec_math.h"
+#include "tensor/cuda/cuda_misc.h"
+#include "tensor/cuda/cuda_ops.h"
 #include "tensor/ops.h"
 
 namespace forge {
@@ -13,7 +15,7 @@ namespace {
 
 void check_cpu(const Tensor& a, const char* op) {
   FORGE_CHECK(a.defined(), "{}: undefined tensor", op);
-  FORGE_CHECK(a.device().is_cpu(), "{}: device {} is not supported in this build", op,
+  FORGE_CHECK(a.device().is_cpu(), "{}: not available for tensors on {} yet", op,
               a.device().str());
 }
 
@@ -73,6 +75,9 @@ void binary_loop(Tensor& out, const Tensor& a, const Tensor& b, F f) {
 
 enum class Kinds { floating, any };
 
+using CudaUnary = cuda::kernels::Unary;
+using CudaBinary = cuda::kernels::Binary;
+
 template <class F>
 Tensor unary_op(const Tensor& a, const char* op, F f) {
   check_cpu(a, op);
@@ -81,8 +86,24 @@ Tensor unary_op(const Tensor& a, const char* op, F f) {
   return out;
 }
 
+// The same with `code`, the map's name for the CUDA kernels, which run it when `a` is on a GPU.
 template <class F>
-Tensor binary_op(const Tensor& a, const Tensor& b, const char* op, Kinds kinds, F f) {
+Tensor unary_op(const Tensor& a, const char* op, CudaUnary code, F f) {
+  FORGE_CHECK(a.defined(), "{}: undefined tensor", op);
+  if (a.device().is_cuda()) return cuda::unary(code, a, op);
+  return unary_op(a, op, f);
+}
+
+template <class F>
+Tensor binary_op(const Tensor& a, const Tensor& b, const char* op, Kinds kinds, CudaBinary code,
+                 F f) {
+  FORGE_CHECK(a.defined() && b.defined(), "{}: undefined tensor", op);
+  check_same_device(a, b, op);
+  if (a.device().is_cuda()) {
+    FORGE_CHECK(kinds == Kinds::any || is_floating(a.dtype()), "{}: expected floating tensors, got {}",
+                op, a.dtype());
+    return cuda::binary(code, a, b, op);
+  }
   check_cpu(a, op);
   check_cpu(b, op);
   check_same_dtype(a, b, op);
@@ -98,7 +119,11 @@ Tensor binary_op(const Tensor& a, const Tensor& b, const char* op, Kinds kinds, 
 }
 
 template <class F>
-Tensor compare_op(const Tensor& a, const Tensor& b, const char* op, F f) {
+Tensor compare_op(const Tensor& a, const Tensor& b, const char* op, cuda::kernels::Compare code,
+                  F f) {
+  FORGE_CHECK(a.defined() && b.defined(), "{}: undefined tensor", op);
+  check_same_device(a, b, op);
+  if (a.device().is_cuda()) return cuda::compare(code, a, b, op);
   check_cpu(a, op);
   check_cpu(b, op);
   check_same_dtype(a, b, op);
@@ -117,22 +142,23 @@ Tensor compare_op(const Tensor& a, const Tensor& b, const char* op, F f) {
 // Binary
 
 Tensor add(const Tensor& a, const Tensor& b) {
-  return binary_op(a, b, "add", Kinds::any, [](auto x, auto y) { return x + y; });
+  return binary_op(a, b, "add", Kinds::any, CudaBinary::add, [](auto x, auto y) { return x + y; });
 }
 Tensor sub(const Tensor& a, const Tensor& b) {
-  return binary_op(a, b, "sub", Kinds::any, [](auto x, auto y) { return x - y; });
+  return binary_op(a, b, "sub", Kinds::any, CudaBinary::sub, [](auto x, auto y) { return x - y; });
 }
 Tensor mul(const Tensor& a, const Tensor& b) {
-  return binary_op(a, b, "mul", Kinds::any, [](auto x, auto y) { return x * y; });
+  return binary_op(a, b, "mul", Kinds::any, CudaBinary::mul, [](auto x, auto y) { return x * y; });
 }
 Tensor div(const Tensor& a, const Tensor& b) {
-  return binary_op(a, b, "div", Kinds::floating, [](auto x, auto y) { return x / y; });
+  return binary_op(a, b, "div", Kinds::floating, CudaBinary::div, [](auto x, auto y) { return x / y; });
 }
 Tensor maximum(const Tensor& a, const Tensor& b) {
-  return binary_op(a, b, "maximum", Kinds::any, [](auto x, auto y) { return x > y ? x : y; });
+  return binary_op(a, b, "maximum", Kinds::any, CudaBinary::maximum, [](auto x, auto y) { return x > y ? x : y; });
 }
 
 Tensor add(const Tensor& a, double s) {
+  if (a.defined() && a.device().is_cuda()) return cuda::affine(a, 1.0, s, "add");
   check_cpu(a, "add");
   Tensor out = Tensor::empty(a.shape(), a.dtype());
   dispatch_all(a.dtype(), "add", [&]<class T>() {
@@ -143,6 +169,7 @@ Tensor add(const Tensor& a, double s) {
 }
 
 Tensor mul(const Tensor& a, double s) {
+  if (a.defined() && a.device().is_cuda()) return cuda::affine(a, s, 0.0, "mul");
   check_cpu(a, "mul");
   Tensor out = Tensor::empty(a.shape(), a.dtype());
   dispatch_all(a.dtype(), "mul", [&]<class T>() {
@@ -153,50 +180,59 @@ Tensor mul(const Tensor& a, double s) {
 }
 
 Tensor eq(const Tensor& a, const Tensor& b) {
-  return compare_op(a, b, "eq", [](auto x, auto y) { return x == y; });
+  return compare_op(a, b, "eq", cuda::kernels::Compare::eq,
+                    [](auto x, auto y) { return x == y; });
 }
 Tensor gt(const Tensor& a, const Tensor& b) {
-  return compare_op(a, b, "gt", [](auto x, auto y) { return x > y; });
+  return compare_op(a, b, "gt", cuda::kernels::Compare::gt,
+                    [](auto x, auto y) { return x > y; });
 }
 Tensor lt(const Tensor& a, const Tensor& b) {
-  return compare_op(a, b, "lt", [](auto x, auto y) { return x < y; });
+  return compare_op(a, b, "lt", cuda::kernels::Compare::lt,
+                    [](auto x, auto y) { return x < y; });
 }
 Tensor ne(const Tensor& a, const Tensor& b) {
-  return compare_op(a, b, "ne", [](auto x, auto y) { return x != y; });
+  return compare_op(a, b, "ne", cuda::kernels::Compare::ne,
+                    [](auto x, auto y) { return x != y; });
 }
 
 // ---------------------------------------------------------------------------------------------
 // Unary
 
 Tensor neg(const Tensor& a) {
-  return unary_op(a, "neg", [](auto x) { return -x; });
+  return unary_op(a, "neg", CudaUnary::neg, [](auto x) { return -x; });
 }
 Tensor exp(const Tensor& a) {
-  return unary_op(a, "exp", [](auto x) { return cpu::vexp(x); });
+  return unary_op(a, "exp", CudaUnary::exp, [](auto x) { return cpu::vexp(x); });
 }
 Tensor log(const Tensor& a) {
-  return unary_op(a, "log", [](auto x) { return std::log(x); });
+  return unary_op(a, "log", CudaUnary::log, [](auto x) { return std::log(x); });
 }
 Tensor sqrt(const Tensor& a) {
-  return unary_op(a, "sqrt", [](auto x) { return std::sqrt(x); });
+  return unary_op(a, "sqrt", CudaUnary::sqrt, [](auto x) { return std::sqrt(x); });
 }
 Tensor tanh(const Tensor& a) {
-  return unary_op(a, "tanh", [](auto x) { return cpu::vtanh(x); });
+  return unary_op(a, "tanh", CudaUnary::tanh, [](auto x) { return cpu::vtanh(x); });
 }
 Tensor sigmoid(const Tensor& a) {
-  return unary_op(a, "sigmoid", [](auto x) {
+  return unary_op(a, "sigmoid", CudaUnary::sigmoid, [](auto x) {
     using C = decltype(x);
     return C(1) / (C(1) + cpu::vexp(-x));
   });
 }
 Tensor relu(const Tensor& a) {
-  return unary_op(a, "relu", [](auto x) { return x > 0 ? x : decltype(x)(0); });
+  return unary_op(a, "relu", CudaUnary::relu, [](auto x) { return x > 0 ? x : decltype(x)(0); });
 }
 Tensor abs(const Tensor& a) {
-  return unary_op(a, "abs", [](auto x) { return std::abs(x); });
+  return unary_op(a, "abs", CudaUnary::abs, [](auto x) { return std::abs(x); });
 }
 
 Tensor pow(const Tensor& a, double exponent) {
+  if (a.defined() && a.device().is_cuda()) {
+    FORGE_CHECK(exponent == 2.0 || exponent == 1.0,
+                "pow: exponent {} on cuda is not supported yet (2 and 1 are)", exponent);
+    return exponent == 2.0 ? mul(a, a) : a.clone();
+  }
   if (exponent == 2.0) return unary_op(a, "pow", [](auto x) { return x * x; });
   if (exponent == 1.0) return unary_op(a, "pow", [](auto x) { return x; });
   return unary_op(a, "pow", [exponent](auto x) {
@@ -217,12 +253,12 @@ constexpr double kInvSqrt2Pi = 0.3989422804014327;
 // division per element instead of tanh's two branches, and no cancellation for large |u|.
 Tensor gelu(const Tensor& a, GeluApprox approx) {
   if (approx == GeluApprox::tanh)
-    return unary_op(a, "gelu", [](auto x) {
+    return unary_op(a, "gelu", CudaUnary::gelu_tanh, [](auto x) {
       using C = decltype(x);
       C two_u = C(2 * kSqrt2OverPi) * (x + C(0.044715) * x * x * x);
       return x / (C(1) + cpu::vexp(-two_u));
     });
-  return unary_op(a, "gelu", [](auto x) {
+  return unary_op(a, "gelu", CudaUnary::gelu_erf, [](auto x) {
     using C = decltype(x);
     return C(0.5) * x * (C(1) + std::erf(x * C(kInvSqrt2)));
   });
@@ -232,8 +268,14 @@ Tensor gelu(const Tensor& a, GeluApprox approx) {
 // Activation backwards: grad * f'(x)
 
 namespace {
+using CudaBackward = cuda::kernels::ActivationBackward;
+
 template <class F>
-Tensor backward_op(const Tensor& grad, const Tensor& x, const char* op, F f) {
+Tensor backward_op(const Tensor& grad, const Tensor& x, const char* op,
+                   cuda::kernels::ActivationBackward code, F f) {
+  FORGE_CHECK(grad.defined() && x.defined(), "{}: undefined tensor", op);
+  check_same_device(grad, x, op);
+  if (x.device().is_cuda()) return cuda::activation_backward(code, grad, x, op);
   check_cpu(grad, op);
   check_cpu(x, op);
   check_same_dtype(grad, x, op);
@@ -246,7 +288,7 @@ Tensor backward_op(const Tensor& grad, const Tensor& x, const char* op, F f) {
 }  // namespace
 
 Tensor relu_backward(const Tensor& grad, const Tensor& x) {
-  return backward_op(grad, x, "relu_backward",
+  return backward_op(grad, x, "relu_backward", CudaBackward::relu,
                      [](auto g, auto v) { return v > 0 ? g : decltype(g)(0); });
 }
 
@@ -254,7 +296,7 @@ Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
   if (approx == GeluApprox::tanh)
     // With s = 0.5 (1 + tanh(u)) = 1 / (1 + e), e = e^-2u:  d/dx [x s] = s + 2 x s (1 - s) u'
     // and s (1 - s) = e s^2 (no cancellation as s -> 1).
-    return backward_op(grad, x, "gelu_backward", [](auto g, auto v) {
+    return backward_op(grad, x, "gelu_backward", CudaBackward::gelu_tanh, [](auto g, auto v) {
       using C = decltype(v);
       C v2 = v * v;
       C e = cpu::vexp(C(-2 * kSqrt2OverPi) * (v + C(0.044715) * v2 * v));
@@ -262,7 +304,7 @@ Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
       C du = C(kSqrt2OverPi) * (C(1) + C(3 * 0.044715) * v2);
       return g * (s + C(2) * v * e * s * s * du);
     });
-  return backward_op(grad, x, "gelu_backward", [](auto g, auto v) {
+  return backward_op(grad, x, "gelu_backward", CudaBackward::gelu_erf, [](auto g, auto v) {
     using C = decltype(v);
     C cdf = C(0.5) * (C(1) + std::erf(v * C(kInvSqrt2)));
     C pdf = C(kInvSqrt2Pi) * std::exp(C(-0.5) * v * v);
@@ -271,12 +313,12 @@ Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
 }
 
 Tensor tanh_backward(const Tensor& grad, const Tensor& y) {
-  return backward_op(grad, y, "tanh_backward",
+  return backward_op(grad, y, "tanh_backward", CudaBackward::tanh,
                      [](auto g, auto t) { return g * (decltype(t)(1) - t * t); });
 }
 
 Tensor sigmoid_backward(const Tensor& grad, const Tensor& y) {
-  return backward_op(grad, y, "sigmoid_backward",
+  return backward_op(grad, y, "sigmoid_backward", CudaBackward::sigmoid,
                      [](auto g, auto s) { return g * s * (decltype(s)(1) - s); });
 }
 
@@ -284,6 +326,9 @@ Tensor sigmoid_backward(const Tensor& grad, const Tensor& y) {
 // where, masked_fill
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  FORGE_CHECK(cond.defined() && a.defined() && b.defined(), "where: undefined tensor");
+  if (cond.device().is_cuda() || a.device().is_cuda() || b.device().is_cuda())
+    return cuda::where(cond, a, b);
   check_cpu(cond, "where");
   check_cpu(a, "where");
   check_cpu(b, "where");
@@ -315,7 +360,8 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 }
 
 Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
-  Tensor v = full({}, value, a.dtype());
+  FORGE_CHECK(a.defined(), "masked_fill: undefined tensor");
+  Tensor v = full({}, value, a.dtype(), a.device());
   return where(mask, v, a);
 }
 
@@ -323,6 +369,12 @@ Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
 // Dropout
 
 DropoutResult dropout(const Tensor& x, double p, Generator& gen) {
+  FORGE_CHECK(x.defined(), "dropout: undefined tensor");
+  if (x.device().is_cuda()) {  // the mask drawn on the device: the same bits as the CPU's
+    DropoutResult r{Tensor(), cuda::dropout_mask(x.shape(), p, gen, 0, 0, -1, x.device())};
+    r.y = cuda::dropout_apply(x, r.mask, p);
+    return r;
+  }
   check_cpu(x, "dropout");
   DropoutResult r{Tensor(), dropout_mask(x.shape(), p, gen)};
   r.y = dropout_backward(x, r.mask, p);  // the same arithmetic: x * mask / (1 - p)
@@ -374,6 +426,8 @@ Tensor dropout_mask(const Shape& whole, double p, Generator& gen, int dim, int64
 }
 
 Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p) {
+  FORGE_CHECK(grad.defined() && mask.defined(), "dropout_backward: undefined tensor");
+  if (grad.device().is_cuda() || mask.device().is_cuda()) return cuda::dropout_apply(grad, mask, p);
   check_cpu(grad, "dropout_backward");
   FORGE_CHECK(mask.dtype() == DType::u8 && mask.shape() == grad.shape(),
               "dropout_backward: mask {} {} does not match grad {}", mask.dtype(), mask.shape(),
@@ -397,6 +451,12 @@ Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p) {
 // In place
 
 Tensor& add_(Tensor& a, const Tensor& b, double alpha) {
+  FORGE_CHECK(a.defined() && b.defined(), "add_: undefined tensor");
+  check_same_device(a, b, "add_");
+  if (a.device().is_cuda()) {
+    cuda::add_(a, b, alpha);
+    return a;
+  }
   check_cpu(a, "add_");
   check_cpu(b, "add_");
   check_same_dtype(a, b, "add_");
@@ -417,6 +477,10 @@ Tensor& add_(Tensor& a, const Tensor& b, double alpha) {
 }
 
 Tensor& mul_(Tensor& a, double s) {
+  if (a.defined() && a.device().is_cuda()) {
+    cuda::mul_(a, s);
+    return a;
+  }
   check_cpu(a, "mul_");
   dispatch_all(a.dtype(), "mul_", [&]<class T>() {
     auto v = compute_t<T>(s);

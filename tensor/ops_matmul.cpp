@@ -1,6 +1,7 @@
 // Matrix products: matmul, bmm, gemm_, linear. Checks and layout here; kernels in
-// tensor/cpu/gemm.h.
+// tensor/cpu/gemm.h, and cuBLASLt (tensor/cuda/blaslt.h) for operands on a GPU.
 #include "tensor/cpu/gemm.h"
+#include "tensor/cuda/blaslt.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -38,8 +39,80 @@ void check_matmul_args(const Tensor& a, const Tensor& b, const char* op, int dim
   FORGE_CHECK(a.dtype() == b.dtype(), "{}: dtypes differ ({} and {})", op, a.dtype(), b.dtype());
   FORGE_CHECK(is_floating(a.dtype()), "{}: expected floating tensors, got {}", op, a.dtype());
   check_same_device(a, b, op);
-  FORGE_CHECK(a.device().is_cpu(), "{}: device {} is not supported in this build", op,
-              a.device().str());
+}
+
+// The output dtype a product of `in` inputs may write: the same, or f32 for 16-bit inputs.
+bool valid_out_dtype(DType in, DType out) {
+  return out == in || (out == DType::f32 && (in == DType::bf16 || in == DType::f16));
+}
+
+// ---------------------------------------------------------------------------------------------
+// cuda: the same layouts handed to cuBLASLt (one call per product, batches included)
+
+// A (batch of) matrix operand(s) for cuda::Gemm: the last two dims as mat_arg reads them, and the
+// batch stride (0 when one matrix serves the whole batch).
+struct CudaMat {
+  Tensor keep;
+  int64_t ld = 0, stride = 0;
+  bool trans = false;
+};
+
+CudaMat cuda_mat(const Tensor& t, bool trans) {
+  Tensor m = matrix_in_place(t) ? t : t.contiguous();
+  const int64_t r = m.size(-2), c = m.size(-1), s0 = m.stride(-2), s1 = m.stride(-1);
+  const int64_t stride = m.dim() == 3 && m.size(0) > 1 ? m.stride(0) : 0;
+  if ((s1 == 1 || c == 1) && s0 >= std::max<int64_t>(c, 1)) return {m, s0, stride, trans};
+  FORGE_ASSERT((s0 == 1 || r == 1) && s1 >= std::max<int64_t>(r, 1));
+  return {m, s1, stride, !trans};  // a transposed view: the other op on the same buffer
+}
+
+// out (batch of (m, n), unit column stride) = alpha op(a) op(b) + beta out (+ bias), on the GPU.
+void cuda_gemm(Tensor& out, const Tensor& a, const Tensor& b, bool ta, bool tb, double alpha,
+               double beta, const Tensor& bias = {}) {
+  const int64_t m = out.size(-2), n = out.size(-1), k = ta ? a.size(-2) : a.size(-1);
+  const int64_t batch = out.dim() == 3 ? out.size(0) : 1;
+  if (m == 0 || n == 0 || batch == 0) return;
+  if (k == 0) {  // an empty sum: beta * out (+ bias)
+    FORGE_CHECK(out.is_contiguous(), "matmul: k = 0 into a strided output on cuda ({})",
+                out.strides());
+    Tensor r = Tensor::empty(out.shape(), out.dtype(), out.device());
+    if (beta == 0.0)
+      r.fill_(0.0);
+    else
+      r = mul(out, beta);
+    if (bias.defined()) r = add(r, bias.to(out.dtype()));
+    out.copy_(r);
+    return;
+  }
+  CudaMat A = cuda_mat(a, ta), B = cuda_mat(b, tb);
+  FORGE_ASSERT(out.stride(-1) == 1 || n == 1);
+  cuda::Gemm g;
+  g.device = out.device().index;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.batch = batch;
+  g.a = A.keep.raw_data();
+  g.lda = A.ld;
+  g.stride_a = A.stride;
+  g.trans_a = A.trans;
+  g.b = B.keep.raw_data();
+  g.ldb = B.ld;
+  g.stride_b = B.stride;
+  g.trans_b = B.trans;
+  g.d = out.raw_data();
+  g.ldd = std::max<int64_t>(out.stride(-2), n);
+  g.stride_d = batch > 1 ? out.stride(0) : 0;
+  g.in_dtype = a.dtype();
+  g.out_dtype = out.dtype();
+  g.alpha = alpha;
+  g.beta = beta;
+  Tensor bias_keep;
+  if (bias.defined()) {
+    bias_keep = bias.to(out.dtype()).contiguous();
+    g.bias = bias_keep.raw_data();
+  }
+  cuda::matmul(g);
 }
 
 // C = alpha op(A) op(B) + beta C for 2-D views; C must have unit column stride.
@@ -82,8 +155,11 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   FORGE_CHECK(
       ka == kb, "matmul: inner dims differ: {}{} @ {}{} (trans_a={}, trans_b={}) gives k={} vs {}",
       a.shape(), trans_a ? "^T" : "", b.shape(), trans_b ? "^T" : "", trans_a, trans_b, ka, kb);
-  Tensor c = Tensor::empty({m, n}, a.dtype());
-  gemm_2d(c, a, b, trans_a, trans_b, 1.0, 0.0);
+  Tensor c = Tensor::empty({m, n}, a.dtype(), a.device());
+  if (a.device().is_cuda())
+    cuda_gemm(c, a, b, trans_a, trans_b, 1.0, 0.0);
+  else
+    gemm_2d(c, a, b, trans_a, trans_b, 1.0, 0.0);
   return c;
 }
 
@@ -96,13 +172,16 @@ void gemm_(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool tra
               b.shape(), trans_a, trans_b);
   FORGE_CHECK(out.dim() == 2 && out.size(0) == m && out.size(1) == n,
               "gemm_: output {} should be [{}, {}]", out.shape(), m, n);
-  FORGE_CHECK(out.dtype() == a.dtype() ||
-                  (out.dtype() == DType::f32 && (a.dtype() == DType::bf16 || a.dtype() == DType::f16)),
+  check_same_device(out, a, "gemm_");
+  FORGE_CHECK(valid_out_dtype(a.dtype(), out.dtype()),
               "gemm_: output dtype {} for {} inputs (expected {}{})", out.dtype(), a.dtype(),
               a.dtype(), a.dtype() == DType::bf16 || a.dtype() == DType::f16 ? " or f32" : "");
   FORGE_CHECK(out.stride(1) == 1 || n == 1, "gemm_: output needs unit column stride, has {}",
               out.strides());
-  gemm_2d(out, a, b, trans_a, trans_b, alpha, beta);
+  if (a.device().is_cuda())
+    cuda_gemm(out, a, b, trans_a, trans_b, alpha, beta);
+  else
+    gemm_2d(out, a, b, trans_a, trans_b, alpha, beta);
 }
 
 Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
@@ -115,6 +194,11 @@ Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   int64_t kb = trans_b ? b.size(2) : b.size(1), n = trans_b ? b.size(1) : b.size(2);
   FORGE_CHECK(ka == kb, "bmm: inner dims differ: {} @ {} (trans_a={}, trans_b={})", a.shape(),
               b.shape(), trans_a, trans_b);
+  if (a.device().is_cuda()) {  // one batched product; 16-bit inputs accumulate in f32 in it
+    Tensor c = Tensor::empty({batch, m, n}, a.dtype(), a.device());
+    cuda_gemm(c, a, b, trans_a, trans_b, 1.0, 0.0);
+    return c;
+  }
   if (a.dtype() == DType::bf16 || a.dtype() == DType::f16)
     return bmm(a.to(DType::f32), b.to(DType::f32), trans_a, trans_b).to(a.dtype());
   // Copies, if any, happen here and not inside the threads below.
@@ -146,10 +230,23 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, DType out_dt
   Shape out_shape = x.shape();
   out_shape[-1] = w.size(0);
   Tensor x2 = x.reshape({-1, x.size(-1)});
-  Tensor out = Tensor::empty({x2.size(0), w.size(0)}, out_dtype);
+  Tensor out = Tensor::empty({x2.size(0), w.size(0)}, out_dtype, x.device());
   if (bias.defined()) {
     FORGE_CHECK(bias.dim() == 1 && bias.size(0) == w.size(0),
                 "linear: bias {} should be [{}] for weight {}", bias.shape(), w.size(0), w.shape());
+    check_same_device(x, bias, "linear");
+  }
+  if (x.device().is_cuda()) {
+    // The bias rides in cuBLASLt's epilogue (f64 has none: added after).
+    check_matmul_args(x2, w, "linear", 2);
+    FORGE_CHECK(valid_out_dtype(x.dtype(), out_dtype), "linear: output dtype {} for {} inputs",
+                out_dtype, x.dtype());
+    const bool epilogue_bias = bias.defined() && out_dtype != DType::f64;
+    cuda_gemm(out, x2, w, false, true, 1.0, 0.0, epilogue_bias ? bias : Tensor());
+    if (bias.defined() && !epilogue_bias) out = add(out, bias.to(out_dtype));
+    return out.view(out_shape);
+  }
+  if (bias.defined()) {
     out.copy_(bias);  // broadcast over rows, then accumulate the product on top
     gemm_(out, x2, w, false, true, 1.0, 1.0);
   } else {

@@ -6,6 +6,8 @@
 
 #include "tensor/cpu/lanes.h"
 #include "tensor/cpu/vec_math.h"
+#include "tensor/cuda/cuda_misc.h"
+#include "tensor/cuda/cuda_nn.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -88,9 +90,11 @@ Tensor softmax_impl(const Tensor& a, int dim, const char* op) {
 }  // namespace
 
 Tensor softmax(const Tensor& a, int dim) {
+  if (a.defined() && a.device().is_cuda()) return cuda::softmax(a, dim, false);
   return softmax_impl<false>(a, dim, "softmax");
 }
 Tensor log_softmax(const Tensor& a, int dim) {
+  if (a.defined() && a.device().is_cuda()) return cuda::softmax(a, dim, true);
   return softmax_impl<true>(a, dim, "log_softmax");
 }
 
@@ -130,9 +134,11 @@ Tensor softmax_backward_impl(const Tensor& grad, const Tensor& y_in, int dim, co
 }  // namespace
 
 Tensor softmax_backward(const Tensor& grad, const Tensor& y, int dim) {
+  if (grad.defined() && grad.device().is_cuda()) return cuda::softmax_backward(grad, y, dim, false);
   return softmax_backward_impl<false>(grad, y, dim, "softmax_backward");
 }
 Tensor log_softmax_backward(const Tensor& grad, const Tensor& y, int dim) {
+  if (grad.defined() && grad.device().is_cuda()) return cuda::softmax_backward(grad, y, dim, true);
   return softmax_backward_impl<true>(grad, y, dim, "log_softmax_backward");
 }
 
@@ -159,6 +165,7 @@ std::vector<compute_t<T>> affine_in_compute_type(const Tensor& p, int64_t C, dou
 
 LayerNormResult layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                            double eps) {
+  if (x_in.defined() && x_in.device().is_cuda()) return cuda::layer_norm(x_in, weight, bias, eps);
   check_cpu_float(x_in, "layer_norm");
   FORGE_CHECK(x_in.dim() >= 1, "layer_norm: expected at least 1-d input, got {}", x_in.shape());
   int64_t C = x_in.size(-1);
@@ -202,6 +209,8 @@ LayerNormResult layer_norm(const Tensor& x_in, const Tensor& weight, const Tenso
 LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& weight,
                                    const Tensor& mean, const Tensor& rstd, bool need_dx,
                                    bool need_dweight) {
+  if (dy_in.defined() && dy_in.device().is_cuda())
+    return cuda::layer_norm_backward(dy_in, x_in, weight, mean, rstd, need_dx, need_dweight);
   check_cpu_float(dy_in, "layer_norm_backward");
   FORGE_CHECK(dy_in.shape() == x_in.shape() && dy_in.dtype() == x_in.dtype(),
               "layer_norm_backward: grad {} and input {} differ", dy_in.shape(), x_in.shape());
@@ -278,6 +287,7 @@ void check_indices(const I* idx, int64_t n, int64_t V, const char* op) {
 }  // namespace
 
 Tensor embedding(const Tensor& weight, const Tensor& indices) {
+  if (weight.defined() && weight.device().is_cuda()) return cuda::embedding(weight, indices);
   check_cpu_float(weight, "embedding");
   FORGE_CHECK(weight.dim() == 2, "embedding: weight must be (num, dim), got {}", weight.shape());
   FORGE_CHECK(is_integral(indices.dtype()), "embedding: indices must be integers, got {}",
@@ -301,6 +311,8 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
 }
 
 Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num_weights) {
+  if (grad.defined() && grad.device().is_cuda())
+    return cuda::embedding_backward(grad, indices, num_weights);
   check_cpu_float(grad, "embedding_backward");
   Tensor g = grad.contiguous(), idx = indices.contiguous();
   int64_t C = g.size(-1), n = idx.numel();
@@ -334,6 +346,8 @@ Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num
 
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
                                  int64_t ignore_index) {
+  if (logits.defined() && logits.device().is_cuda())
+    return cuda::cross_entropy(logits, targets, ignore_index);
   check_cpu_float(logits, "cross_entropy");
   FORGE_CHECK(logits.dim() == 2, "cross_entropy: logits must be (N, C), got {}", logits.shape());
   FORGE_CHECK(
@@ -375,6 +389,8 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
 
 Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, const Tensor& targets,
                               const Tensor& lse, int64_t count, int64_t ignore_index) {
+  if (logits.defined() && logits.device().is_cuda())
+    return cuda::cross_entropy_backward(grad_loss, logits, targets, lse, count, ignore_index);
   check_cpu_float(logits, "cross_entropy_backward");
   Tensor x = logits.contiguous(), t = targets.to(DType::i64).contiguous();
   int64_t N = x.size(0), C = x.size(1);
@@ -413,6 +429,7 @@ Tensor index_select(const Tensor& a, const Tensor& indices) {
   FORGE_CHECK(is_integral(indices.dtype()) && indices.dim() == 1,
               "index_select: indices must be 1-d integers, got {} {}", indices.dtype(),
               indices.shape());
+  if (a.device().is_cuda() || indices.device().is_cuda()) return cuda::index_select(a, indices);
   Tensor x = a.contiguous(), idx = indices.contiguous();
   int64_t rows = x.size(0), n = idx.numel();
   Shape out_shape = x.shape();
@@ -448,6 +465,7 @@ Tensor concat(const std::vector<Tensor>& parts, int dim) {
           p.shape(), first.shape(), d);
     total += p.size(d);
   }
+  if (first.device().is_cuda()) return cuda::concat(parts, d);
   Shape shape = first.shape();
   shape[d] = total;
   Tensor out = Tensor::empty(shape, first.dtype());

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 
+#include "tensor/cuda/cuda_nn.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -129,12 +130,20 @@ void check_cpu(const Tensor& a, const char* op) {
 }  // namespace
 
 Tensor sum(const Tensor& a) {
+  if (a.defined() && a.device().is_cuda()) {
+    std::vector<int> all;
+    for (int d = 0; d < a.dim(); ++d) all.push_back(d);
+    return cuda::sum(a, all, false);
+  }
   check_cpu(a, "sum");
   if (a.dim() == 0) return a.clone();
   return sum_adjacent(a.reshape({-1}), 0, 0).reshape({});
 }
 
 Tensor sum(const Tensor& a, const std::vector<int>& dims_in, bool keepdim) {
+  if (a.defined() && a.device().is_cuda())  // a 0-d tensor sums over no dims: a copy
+    return cuda::sum(a, a.dim() == 0 ? std::vector<int>{} : normalize_dims(dims_in, a.dim(), "sum"),
+                     keepdim);
   check_cpu(a, "sum");
   if (a.dim() == 0) return a.clone();
   std::vector<int> dims = normalize_dims(dims_in, a.dim(), "sum");
@@ -167,6 +176,7 @@ Tensor mean(const Tensor& a, const std::vector<int>& dims, bool keepdim) {
 }
 
 MaxResult max(const Tensor& a, int dim, bool keepdim) {
+  if (a.defined() && a.device().is_cuda()) return cuda::max_dim(a, dim, keepdim);
   check_cpu(a, "max");
   int d = wrap_dim(dim, a.dim(), "max");
   FORGE_CHECK(a.dim() > 0 && a.size(d) > 0, "max: cannot reduce an empty dim of shape {}",
@@ -209,6 +219,7 @@ MaxResult max(const Tensor& a, int dim, bool keepdim) {
 }
 
 Tensor max(const Tensor& a) {
+  if (a.defined() && a.device().is_cuda()) return cuda::max_all(a);
   check_cpu(a, "max");
   FORGE_CHECK(a.numel() > 0, "max: empty tensor");
   return max(a.reshape({-1}), 0).values.reshape({});
@@ -262,6 +273,7 @@ bool allclose(const Tensor& a, const Tensor& b, double rtol, double atol) {
 }
 
 bool all_finite(const Tensor& a) {
+  if (a.defined() && a.device().is_cuda()) return cuda::all_finite(a);
   check_cpu(a, "all_finite");
   if (is_integral(a.dtype())) return true;
   Tensor x = a.contiguous();

@@ -7,6 +7,9 @@
 #include "tensor/cpu/convert.h"
 #include "tensor/cpu/cpu_features.h"
 #include "tensor/cpu/loops.h"
+#include "tensor/cuda/cuda.h"
+#include "tensor/cuda/cuda_misc.h"
+#include "tensor/cuda/cuda_ops.h"
 
 namespace forge {
 
@@ -352,11 +355,23 @@ void copy_cast_kernel(const Tensor& dst, const Tensor& src) {
 
 Tensor& Tensor::copy_(const Tensor& src) {
   FORGE_CHECK(defined() && src.defined(), "copy_: undefined tensor");
-  check_same_device(*this, src, "copy_");
-  FORGE_CHECK(device().is_cpu(), "copy_: device {} is not supported in this build", device().str());
   if (src.shape() != shape_)
     FORGE_CHECK(broadcast_shapes(src.shape(), shape_, "copy_") == shape_,
                 "copy_: source {} does not broadcast to destination {}", src.shape(), shape_);
+  if (!device().is_cpu() || !src.device().is_cpu()) {
+    // Within one GPU: a kernel (strides, broadcasting, conversion). Between devices the bytes move
+    // as they are: the source is first made contiguous, in this dtype and shape, where it lives,
+    // and a strided destination receives them through a contiguous buffer on its device.
+    if (device() == src.device()) {
+      cuda::copy_into(*this, src);
+      return *this;
+    }
+    Tensor s = src.to(dtype_).expand(shape_).contiguous();
+    Tensor d = is_contiguous() ? *this : Tensor::empty(shape_, dtype_, device());
+    cuda::copy_bytes(d.raw_data(), device(), s.raw_data(), s.device(), nbytes());
+    if (d.raw_data() != raw_data()) copy_(d);
+    return *this;
+  }
   Tensor s = src.shape() == shape_ ? src : src.expand(shape_);
   dispatch_all(dtype_, "copy_", [&]<class D>() {
     dispatch_all(s.dtype(), "copy_", [&]<class S>() { copy_cast_kernel<D, S>(*this, s); });
@@ -366,6 +381,11 @@ Tensor& Tensor::copy_(const Tensor& src) {
 
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
+  if (device().is_cuda()) {  // a strided copy kernel on the device
+    Tensor out = Tensor::empty(shape_, dtype_, device());
+    cuda::copy_into(out, *this);
+    return out;
+  }
   return clone();
 }
 
@@ -375,14 +395,28 @@ Tensor Tensor::clone() const {
   return out;
 }
 
+Tensor Tensor::to(Device device) const {
+  if (device == this->device()) return *this;
+  Tensor out = Tensor::empty(shape_, dtype_, device);
+  out.copy_(contiguous());
+  return out;
+}
+
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return *this;
   Tensor out = Tensor::empty(shape_, dtype, device());
-  out.copy_(*this);
+  if (device().is_cuda())  // a cast kernel on the device, any strides
+    cuda::copy_into(out, *this);
+  else
+    out.copy_(*this);
   return out;
 }
 
 Tensor& Tensor::fill_(double value) {
+  if (device().is_cuda()) {
+    cuda::fill_(*this, value);
+    return *this;
+  }
   dispatch_all(dtype_, "fill_", [&]<class T>() {
     T v;
     store(&v, compute_t<T>(value));
@@ -397,12 +431,14 @@ Tensor& Tensor::fill_(double value) {
 
 double Tensor::item() const {
   FORGE_CHECK(numel() == 1, "item: expected a one-element tensor, got shape {}", shape_);
+  if (!device().is_cpu()) return to(Device::cpu()).item();
   return dispatch_all(dtype_, "item",
                       [&]<class T>() { return double(load(static_cast<const T*>(raw_data()))); });
 }
 
 template <class T>
 std::vector<T> Tensor::to_vector() const {
+  if (!device().is_cpu()) return to(Device::cpu()).to_vector<T>();
   Tensor c = to(dtype_of<T>).contiguous();
   const T* p = c.data<T>();
   return std::vector<T>(p, p + c.numel());
@@ -419,7 +455,7 @@ std::string Tensor::str() const {
   std::string s =
       fmt::format("Tensor(shape={}, dtype={}, device={}", shape_, dtype_, device().str());
   if (numel() <= 16) {
-    std::vector<double> v = to(DType::f64).to_vector<double>();
+    std::vector<double> v = to(Device::cpu()).to(DType::f64).to_vector<double>();
     s += fmt::format(", values=[{:.6g}]", fmt::join(v, ", "));
   }
   return s + ")";

@@ -95,12 +95,14 @@ class Tensor {
   Tensor contiguous() const;     // this tensor when already contiguous
   Tensor clone() const;          // always a fresh contiguous copy
   Tensor to(DType dtype) const;  // this tensor when already of that dtype
+  // A copy on another device (this tensor when already there); host <-> GPU and GPU <-> GPU.
+  Tensor to(Device device) const;
   // Copies `src` into this tensor (broadcasting src's shape, converting its dtype).
   Tensor& copy_(const Tensor& src);
   Tensor& fill_(double value);
   Tensor& zero_() { return fill_(0.0); }
 
-  // ---- Element access (slow; for tests, printing and scalars) ----
+  // ---- Element access (slow; for tests, printing and scalars; device tensors are read back) ----
   double item() const;  // a one-element tensor as double
   template <class T>
   std::vector<T> to_vector() const;

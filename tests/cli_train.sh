@@ -64,6 +64,19 @@ grep -qi 'not found\|no such' "$tmp/err" ||
 run
 if [ "$rc" -eq 0 ]; then fail "no subcommand exited 0"; fi
 
+# ---- Devices: an unknown one is named; a GPU that is not there is refused with the reason ----
+run mnist --device gpu --epochs 1
+if [ "$rc" -eq 0 ]; then fail "--device gpu exited 0"; fi
+grep -q "unknown device 'gpu'" "$tmp/err" || { fail "--device gpu: stderr does not name it"; show; }
+run gpt --device tpu:0 --max-iters 1
+if [ "$rc" -eq 0 ]; then fail "gpt --device tpu:0 exited 0"; fi
+grep -q "unknown device 'tpu:0'" "$tmp/err" || { fail "gpt --device tpu:0: stderr does not name it"; show; }
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+  run mnist --device cuda:7 --epochs 1
+  if [ "$rc" -eq 0 ]; then fail "--device cuda:7 without a GPU exited 0"; fi
+  grep -q -- "--device: cuda:7 asked for" "$tmp/err" || { fail "--device cuda:7: no clear refusal"; show; }
+fi
+
 if [ "$failures" -ne 0 ]; then
   echo "cli_train: $failures check(s) failed"
   exit 1

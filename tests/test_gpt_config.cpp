@@ -48,6 +48,7 @@ const nlohmann::ordered_json kAllFields = {
     {"eval_interval", 13},  {"eval_iters", 4},
     {"log_interval", 2},    {"seed", 2024},
     {"threads", 3},         {"out", "runs/x"},
+    {"device", "cuda:1"},
     {"checkpoint_interval", 19}, {"keep_last", 6},
     {"metrics", "m.jsonl"}, {"resume", "runs/old"},
 };
@@ -320,6 +321,7 @@ TEST_CASE("every field can be set by its key and reaches the struct") {
   CHECK(c.log_interval == 2);
   CHECK(c.seed == 2024);
   CHECK(c.threads == 3);
+  CHECK(c.device == "cuda:1");
   CHECK(c.out == "runs/x");
   CHECK(c.checkpoint_interval == 19);
   CHECK(c.keep_last == 6);
@@ -383,6 +385,8 @@ TEST_CASE("validate rejects impossible settings, naming them") {
            Case{"eval_iters", "0", "eval_iters"},
            Case{"log_interval", "0", "log_interval"},
            Case{"threads", "-2", "threads"},
+           Case{"device", "gpu", "unknown device 'gpu'"},
+           Case{"device", "cuda:x", "unknown device 'cuda:x'"},
            Case{"dp", "0", "dp"},
            Case{"bucket_mb", "0", "bucket_mb"},
            Case{"tp", "0", "tp and pp"},

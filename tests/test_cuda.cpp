@@ -1,0 +1,128 @@
+// The CUDA device layer (tensor/cuda/cuda.h): device queries, the caching allocator and copies
+// between host and device. Without a GPU (or in a build without CUDA) the device tests print
+// SKIPPED with the reason, and the host-side answers are checked instead.
+#include "tensor/cuda/cuda.h"
+#include "testing.h"
+
+using namespace forge;
+using namespace forge::testing;
+
+namespace {
+// True when a GPU is here; otherwise prints why the calling test skips.
+bool have_gpu(const char* test) {
+  if (cuda::device_count() > 0) return true;
+  std::printf("SKIPPED: %s: %s\n", test, cuda::unavailable_reason().c_str());
+  return false;
+}
+}  // namespace
+
+TEST_CASE("without a GPU the device layer says why, and device memory is refused by name") {
+  if (cuda::device_count() > 0) {
+    CHECK(cuda::unavailable_reason().empty());
+    std::printf("cuda:0 is %s\n", cuda::device_name(0).c_str());
+    return;
+  }
+  CHECK_FALSE(cuda::unavailable_reason().empty());
+  REQUIRE_THROWS_WITH(Tensor::empty({4}, DType::f32, Device::cuda(0)), Contains("cuda:0"));
+  REQUIRE_THROWS_WITH(zeros({2}).to(Device::cuda(0)), Contains("cuda:0"));
+}
+
+TEST_CASE("tensors go to the GPU and back bit for bit, in every dtype") {
+  if (!have_gpu("host <-> device copies")) return;
+  Generator gen(0);
+  for (DType t : {DType::f32, DType::f64, DType::bf16, DType::f16, DType::i8, DType::u8,
+                  DType::i32, DType::i64}) {
+    Tensor h = randn({3, 5, 7}, gen).to(t);
+    Tensor g = h.to(Device::cuda(0));
+    CHECK(g.device() == Device::cuda(0));
+    CHECK(g.dtype() == t);
+    CHECK(bitwise_equal(g.to(Device::cpu()), h));
+  }
+  // A view is made contiguous on the host before it moves.
+  Tensor base = randn({4, 6}, gen);
+  Tensor view = base.t();
+  CHECK(bitwise_equal(view.to(Device::cuda(0)).to(Device::cpu()), view.contiguous()));
+  // Reading a device tensor copies it back.
+  Tensor one = full({1}, 2.5).to(Device::cuda(0));
+  CHECK(one.item() == 2.5);
+  CHECK(one.to_vector<float>() == std::vector<float>{2.5f});
+}
+
+TEST_CASE("the caching allocator counts what it hands out and reuses freed blocks") {
+  if (!have_gpu("caching allocator")) return;
+  const Device d = Device::cuda(0);
+  reset_peak_memory(d);
+  const int64_t live0 = memory_stats(d).live_bytes;
+  void* first = nullptr;
+  {
+    Tensor a = Tensor::empty({1000}, DType::f32, d);  // 4000 bytes -> one 4096-byte block
+    first = a.raw_data();
+    CHECK(memory_stats(d).live_bytes == live0 + 4096);
+  }
+  CHECK(memory_stats(d).live_bytes == live0);
+  CHECK(memory_stats(d).peak_bytes >= live0 + 4096);
+  Tensor b = Tensor::empty({1000}, DType::f32, d);
+  CHECK(b.raw_data() == first);  // the freed block came back
+}
+
+namespace {
+// Tolerance of a dtype's results against the CPU's (both compute in f32, f64 for f64; the GPU's
+// exp, tanh and erf differ from ours in the last bits).
+double tolerance(DType t) {
+  switch (t) {
+    case DType::f64:
+      return 1e-12;
+    case DType::f32:
+      return 1e-5;
+    default:
+      return 1e-2;  // bf16 / f16: one rounding of the result
+  }
+}
+}  // namespace
+
+TEST_CASE("elementwise ops on the GPU give the CPU's results, broadcasting included") {
+  if (!have_gpu("elementwise ops")) return;
+  const Device gpu = Device::cuda(0);
+  Generator gen(1);
+  for (DType t : {DType::f32, DType::f64, DType::bf16, DType::f16}) {
+    INFO("dtype " << dtype_name(t));
+    Tensor a = randn({4, 1, 5}, gen).to(t), b = randn({3, 1}, gen).to(t);  // -> (4, 3, 5)
+    Tensor pos = add(abs(randn({2, 7}, gen)), 0.5).to(t);
+    Tensor ga = a.to(gpu), gb = b.to(gpu), gpos = pos.to(gpu);
+    auto same = [&](const Tensor& got, const Tensor& want) {
+      REQUIRE(got.device() == gpu);
+      double err = max_rel_diff(got.to(Device::cpu()), want);
+      INFO("relative difference " << err);
+      CHECK(err <= tolerance(t));
+    };
+    same(add(ga, gb), add(a, b));
+    same(sub(ga, gb), sub(a, b));
+    same(mul(ga, gb), mul(a, b));
+    same(div(ga, add(gb, 3.0)), div(a, add(b, 3.0)));
+    same(maximum(ga, gb), maximum(a, b));
+    same(add(ga, 1.5), add(a, 1.5));
+    same(mul(ga, -2.0), mul(a, -2.0));
+    same(neg(ga), neg(a));
+    same(exp(ga), exp(a));
+    same(log(gpos), log(pos));
+    same(sqrt(gpos), sqrt(pos));
+    same(tanh(ga), tanh(a));
+    same(sigmoid(ga), sigmoid(a));
+    same(relu(ga), relu(a));
+    same(abs(ga), abs(a));
+    same(gelu(ga, GeluApprox::tanh), gelu(a, GeluApprox::tanh));
+    same(gelu(ga, GeluApprox::none), gelu(a, GeluApprox::none));
+    same(pow(ga, 2.0), pow(a, 2.0));
+    // A strided view as an operand.
+    same(add(ga.transpose(0, 2), gb.t().unsqueeze(0)), add(a.transpose(0, 2), b.t().unsqueeze(0)));
+    Tensor g = Tensor::empty({3, 4}, t, gpu);
+    g.fill_(0.25);
+    same(g, full({3, 4}, 0.25).to(t));
+  }
+  // Integer ops too.
+  Tensor i = from_vector<int32_t>({1, -2, 3, -4}), j = from_vector<int32_t>({5, 6, 7, 8});
+  CHECK(bitwise_equal(add(i.to(gpu), j.to(gpu)).to(Device::cpu()), add(i, j)));
+  CHECK(bitwise_equal(mul(i.to(gpu), j.to(gpu)).to(Device::cpu()), mul(i, j)));
+  // Mixed devices are refused by name.
+  REQUIRE_THROWS_WITH(add(zeros({2}).to(gpu), zeros({2})), Contains("cpu") && Contains("cuda:0"));
+}

@@ -1,0 +1,190 @@
+// AdamW, SGD and the grad scaler with parameters on a GPU, and the quantization kernels on CUDA
+// (fake quantization, the u8 x s8 product and its dequantizing epilogue), each against the CPU on
+// the same inputs: bit for bit where the arithmetic is the same (the kernels are built without
+// fused multiply-adds), else at f32 tolerance. Without a GPU the tests print SKIPPED.
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "optim/grad_scaler.h"
+#include "optim/optimizer.h"
+#include "quant/fake_quant.h"
+#include "quant/int8_gemm.h"
+#include "quant/int8_gemm_cuda.h"
+#include "tensor/cuda/cuda.h"
+#include "testing.h"
+
+using namespace forge;
+using namespace forge::testing;
+
+namespace {
+
+bool have_gpu(const char* test) {
+  if (cuda::device_count() > 0) return true;
+  std::printf("SKIPPED: %s: %s\n", test, cuda::unavailable_reason().c_str());
+  return false;
+}
+
+const Device gpu = Device::cuda(0);
+
+// Parameters of a few shapes (odd sizes included), with copies on the GPU.
+struct Twin {
+  std::vector<Variable> cpu, gpu;
+};
+Twin twin_params(Generator& gen, DType t) {
+  Twin p;
+  for (Shape s : {Shape{1}, Shape{7, 3}, Shape{1000}, Shape{33, 65}}) {
+    Tensor v = randn(s, gen).to(t);
+    p.cpu.emplace_back(v.clone(), true);
+    p.gpu.emplace_back(v.to(gpu), true);
+  }
+  return p;
+}
+void set_twin_grads(Twin& p, Generator& gen, double scale = 1.0) {
+  for (size_t i = 0; i < p.cpu.size(); ++i) {
+    Tensor g = mul(randn(p.cpu[i].shape(), gen), scale).to(p.cpu[i].dtype());
+    p.cpu[i].set_grad(g);
+    p.gpu[i].set_grad(g.to(gpu));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("AdamW on cuda takes the CPU's steps bit for bit, f32 and f64, with weight decay") {
+  if (!have_gpu("cuda AdamW")) return;
+  for (DType t : {DType::f32, DType::f64}) {
+    Generator gen(1);
+    Twin p = twin_params(gen, t);
+    // Two groups, one without weight decay; a parameter whose gradient starts late.
+    auto groups = [](const std::vector<Variable>& v) {
+      return std::vector<ParamGroup>{{{v[0], v[1]}, 0.1}, {{v[2], v[3]}, 0.0}};
+    };
+    AdamW oc(groups(p.cpu), {.lr = 1e-2}), og(groups(p.gpu), {.lr = 1e-2});
+    for (int step = 0; step < 5; ++step) {
+      set_twin_grads(p, gen);
+      if (step < 2) {
+        p.cpu[3].set_grad(Tensor());
+        p.gpu[3].set_grad(Tensor());
+      }
+      oc.step();
+      og.step();
+      for (size_t i = 0; i < p.cpu.size(); ++i) {
+        CHECK(p.gpu[i].data().device() == gpu);
+        CHECK(bitwise_equal(p.gpu[i].data().to(Device::cpu()), p.cpu[i].data()));
+      }
+    }
+    // The state lives on the GPU and reads back as the CPU's.
+    auto sc = oc.state(), sg = og.state();
+    REQUIRE(sc.size() == sg.size());
+    for (size_t i = 0; i < sc.size(); ++i) {
+      CHECK(sc[i].first == sg[i].first);
+      CHECK(bitwise_equal(sg[i].second.to(Device::cpu()), sc[i].second));
+    }
+  }
+}
+
+TEST_CASE("SGD with momentum and weight decay on cuda follows the CPU's steps") {
+  if (!have_gpu("cuda SGD")) return;
+  Generator gen(2);
+  Twin p = twin_params(gen, DType::f32);
+  SGD oc({{p.cpu, 0.01}}, {.lr = 0.1, .momentum = 0.9, .nesterov = true});
+  SGD og({{p.gpu, 0.01}}, {.lr = 0.1, .momentum = 0.9, .nesterov = true});
+  for (int step = 0; step < 4; ++step) {
+    set_twin_grads(p, gen);
+    oc.step();
+    og.step();
+  }
+  for (size_t i = 0; i < p.cpu.size(); ++i)
+    CHECK(max_rel_diff(p.gpu[i].data().to(Device::cpu()), p.cpu[i].data()) < 1e-6);
+}
+
+TEST_CASE("the grad scaler unscales cuda gradients and finds inf and NaN in them") {
+  if (!have_gpu("cuda grad scaler")) return;
+  Generator gen(3);
+  Twin p = twin_params(gen, DType::f32);
+  set_twin_grads(p, gen, 1024.0);
+  GradScaler sc({.init_scale = 1024.0}), sg({.init_scale = 1024.0});
+  sc.unscale(p.cpu);
+  sg.unscale(p.gpu);
+  CHECK_FALSE(sg.found_inf());
+  for (size_t i = 0; i < p.cpu.size(); ++i)
+    CHECK(bitwise_equal(p.gpu[i].grad().to(Device::cpu()), p.cpu[i].grad()));
+  sg.update();
+  for (double bad : {INFINITY, NAN}) {
+    set_twin_grads(p, gen);
+    Tensor g = p.cpu[2].grad().clone();
+    g.narrow(0, 999, 1).fill_(bad);
+    p.gpu[2].set_grad(g.to(gpu));
+    sg.unscale(p.gpu);
+    CHECK(sg.found_inf());
+    sg.update();
+  }
+  CHECK(sg.scale_value() == 256.0);  // backed off twice
+}
+
+TEST_CASE("fake_quantize on cuda equals the CPU's bit for bit, per tensor and per channel") {
+  if (!have_gpu("cuda fake_quantize")) return;
+  Generator gen(4);
+  for (DType t : {DType::f32, DType::f64, DType::bf16, DType::f16}) {
+    Tensor x = mul(randn({6, 5, 37}, gen), 4.0).to(t);
+    // Values on the rounding ties: x / s = k + 0.5 exactly (s a power of two).
+    Tensor ties = from_vector<float>({0.125f, 0.375f, -0.125f, -0.375f, 31.875f, 32.125f}).to(t);
+    QuantParams pt{full({}, 0.25), full({}, 7.0, DType::i32), -1, QuantRange::u8()};
+    for (const Tensor& in : {x, ties, x.transpose(0, 2)}) {
+      FakeQuantResult h = fake_quantize_with_mask(in, pt),
+                      d = fake_quantize_with_mask(in.to(gpu), pt);
+      CHECK(bitwise_equal(d.y.to(Device::cpu()), h.y));
+      CHECK(bitwise_equal(d.mask.to(Device::cpu()), h.mask));
+    }
+    for (int axis : {0, 1, 2}) {
+      const int64_t c = x.size(axis);
+      Tensor scale = add(mul(rand({c}, gen), 0.1), 0.01);
+      Tensor zero = from_vector<int32_t>(std::vector<int32_t>(size_t(c), -3));
+      QuantParams pc{scale, zero, axis, QuantRange::s8()};
+      FakeQuantResult h = fake_quantize_with_mask(x, pc),
+                      d = fake_quantize_with_mask(x.to(gpu), pc);
+      CHECK(bitwise_equal(d.y.to(Device::cpu()), h.y));
+      CHECK(bitwise_equal(d.mask.to(Device::cpu()), h.mask));
+      // Parameters on the GPU too, and the backward (dy where the mask is 1).
+      QuantParams pg{scale.to(gpu), zero.to(gpu), axis, QuantRange::s8()};
+      CHECK(bitwise_equal(fake_quantize(x.to(gpu), pg).to(Device::cpu()), h.y));
+      Tensor dy = randn(x.shape(), gen).to(t);
+      CHECK(bitwise_equal(fake_quantize_backward(dy.to(gpu), d.mask).to(Device::cpu()),
+                          fake_quantize_backward(dy, h.mask)));
+    }
+  }
+}
+
+TEST_CASE("the int8 product on cuda equals int8_gemm_reference, and its epilogue the CPU's") {
+  if (!have_gpu("cuda int8 gemm")) return;
+  Generator gen(5);
+  for (auto [m, k, n] : std::vector<std::array<int64_t, 3>>{
+           {1, 1, 1}, {3, 5, 7}, {16, 64, 16}, {17, 65, 33}, {64, 300, 48}, {5, 1000, 3}}) {
+    // Extremes included: a in {0, 255}, w in {-128, 127} on the first row.
+    std::vector<uint8_t> a(size_t(m * k));
+    std::vector<int8_t> w(size_t(n * k));
+    for (size_t i = 0; i < a.size(); ++i) a[i] = uint8_t(gen.randint(256));
+    for (size_t i = 0; i < w.size(); ++i) w[i] = int8_t(int(gen.randint(256)) - 128);
+    for (int64_t i = 0; i < k; ++i) {
+      a[size_t(i)] = i % 2 ? 255 : 0;
+      w[size_t(i)] = i % 2 ? -128 : 127;
+    }
+    std::vector<int32_t> ref(size_t(m * n));
+    int8_gemm_reference(a.data(), m, k, k, w.data(), n, ref.data(), n);
+    Tensor ta = from_vector<uint8_t>(a, {m, k}), tw = from_vector<int8_t>(w, {n, k});
+    Tensor acc = int8_gemm_cuda(ta.to(gpu), tw.to(gpu));
+    CHECK(acc.to(Device::cpu()).to_vector<int32_t>() == ref);
+
+    // The epilogue: y = float(acc - a_zero * row_sum) * (a_scale * w_scale[j]) + bias[j].
+    Tensor w_scale = add(mul(rand({n}, gen), 0.01), 0.001), bias = randn({n}, gen);
+    const float a_scale = 0.0173f;
+    const int32_t a_zero = 97;
+    std::vector<float> y(size_t(m * n));
+    PackedInt8Weight pw = pack_int8_weight(w.data(), n, k);
+    int8_linear_f32(a.data(), m, k, a_scale, a_zero, pw, w_scale.data<float>(), bias.data<float>(),
+                    y.data(), n);
+    Tensor yd =
+        int8_linear_cuda(ta.to(gpu), a_scale, a_zero, tw.to(gpu), w_scale.to(gpu), bias.to(gpu));
+    CHECK(yd.to(Device::cpu()).to_vector<float>() == y);
+  }
+}
