@@ -41,7 +41,7 @@ class Module {
 
   // Moves every parameter (and its gradient, if any) of this module and its submodules to
   // `device`, in place: the Variables stay the same objects, so optimizers built on them keep
-  // working; their state moves with them on their next step. Like torch's module.to(device).
+  // working (SGD's and AdamW's state follows on their next step). Like torch's module.to(device).
   void to(Device device);
   Device device() const;  // where the parameters are (the first one's device; cpu without any)
 

@@ -91,6 +91,7 @@ void SGD::step() {
           buf = zeros_like_state(p.data());
           buf.copy_(g);
         } else {
+          if (buf.device() != g.device()) buf = buf.to(g.device());  // the parameter moved
           mul_(buf, o_.momentum);
           add_(buf, g, 1.0 - o_.dampening);
         }
@@ -172,6 +173,11 @@ void AdamW::step() {
       if (!m.defined()) {
         m = zeros_like_state(p.data());
         v = zeros_like_state(p.data());
+      } else if (m.device() != p.data().device()) {
+        // The parameter moved (Module::to) or the state was loaded from a file: it follows.
+        MemoryTagScope tag(MemoryTag::optimizer);
+        m = m.to(p.data().device());
+        v = v.to(p.data().device());
       }
       double t = double(++steps_[gi][i]);
       double bc1 = 1.0 - std::pow(o_.beta1, t), bc2 = 1.0 - std::pow(o_.beta2, t);

@@ -65,6 +65,10 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string backend() const = 0;
+  // Where this communicator's tensors live: the CPU for MPI and the single process, the GPU of an
+  // NCCL communicator. Code that makes buffers to send (DDP buckets, pipeline receives, flags)
+  // makes them here.
+  virtual Device device() const { return Device::cpu(); }
 
   // In place on every rank.
   virtual Work all_reduce_async(Tensor t, ReduceOp op) = 0;

@@ -112,7 +112,7 @@ DistributedDataParallel::DistributedDataParallel(std::vector<Variable> params,
       Impl::Bucket b;
       int64_t total = 0;
       for (int i : g) total += m.params[size_t(i)].numel();
-      b.flat = zeros({total});
+      b.flat = zeros({total}, DType::f32, m.group->device());
       int64_t off = 0;
       for (int i : g) {
         const Variable& p = m.params[size_t(i)];
@@ -201,11 +201,10 @@ void check_same_on_all_ranks(Communicator& group, const std::string& text,
                              const std::string& what) {
   uint64_t h = 1469598103934665603ull;  // FNV-1a
   for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
-  Tensor mine = Tensor::empty({1}, DType::i64);
-  *static_cast<int64_t*>(mine.raw_data()) = int64_t(h);
-  Tensor all = Tensor::empty({group.size()}, DType::i64);
+  Tensor mine = from_vector<int64_t>({int64_t(h)}).to(group.device());
+  Tensor all = Tensor::empty({group.size()}, DType::i64, group.device());
   group.all_gather(all, mine);
-  const int64_t* hs = static_cast<const int64_t*>(all.raw_data());
+  const std::vector<int64_t> hs = all.to_vector<int64_t>();
   for (int r = 1; r < group.size(); ++r)
     FORGE_CHECK(hs[r] == hs[0],
                 "{} differ between ranks: rank {} does not match rank 0 (rank {} "
@@ -214,7 +213,7 @@ void check_same_on_all_ranks(Communicator& group, const std::string& text,
 }
 
 bool any_rank(Communicator& group, bool flag) {
-  Tensor t = full({1}, flag ? 1.0 : 0.0, DType::i32);
+  Tensor t = full({1}, flag ? 1.0 : 0.0, DType::i32, group.device());
   group.all_reduce(t, ReduceOp::max);
   return t.item() != 0;
 }

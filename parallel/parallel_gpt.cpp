@@ -214,7 +214,7 @@ double parallel_grad_norm(const ParallelGPT& model, Communicator& model_parallel
     if (name == "transformer.wte.weight" && !model.first_stage()) continue;
     local += sum(mul(p.grad(), p.grad())).item();
   }
-  Tensor total = full({1}, local, DType::f64);
+  Tensor total = full({1}, local, DType::f64, model_parallel_group.device());
   model_parallel_group.all_reduce(total, ReduceOp::sum);
   return std::sqrt(total.item());
 }

@@ -50,7 +50,7 @@ Pipeline::MicroBatch Pipeline::forward(const Tensor& x, const Tensor& y, int m, 
   const int64_t T = (model_.first_stage() ? x : y).size(1);
   MicroBatch f;
   if (!model_.first_stage()) {
-    Tensor h = Tensor::empty({mb, T, model_.config().n_embd});
+    Tensor h = Tensor::empty({mb, T, model_.config().n_embd}, DType::f32, pp_->device());
     pp_->recv(h, s - 1, kForwardTag);
     f.input = Variable(h, /*requires_grad=*/grad_enabled());
   }
@@ -74,7 +74,7 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
 
   PipelineStepStats stats;
   const auto t_step = Clock::now();
-  const int64_t live_at_start = memory_stats(Device::cpu()).live_bytes;
+  const int64_t live_at_start = memory_stats(pp_->device()).live_bytes;
   // Micro-batches forwarded and not yet backwarded: the stage's input (a leaf whose gradient goes
   // back to the previous stage) and its output (hidden state, or the loss on the last stage).
   std::deque<MicroBatch> in_flight;
@@ -94,9 +94,9 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
     in_flight.pop_front();
     Tensor g;
     if (last) {
-      g = full({}, loss_scale / double(M), f.output.dtype());
+      g = full({}, loss_scale / double(M), f.output.dtype(), f.output.data().device());
     } else {
-      g = Tensor::empty({mb, T, C});
+      g = Tensor::empty({mb, T, C}, DType::f32, pp_->device());
       pp_->recv(g, s + 1, kBackwardTag);
     }
     const auto t0 = Clock::now();
@@ -125,11 +125,11 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
   for (Work& w : sends) w.wait();
 
   // Every stage learns the loss from the last one.
-  Tensor loss = full({1}, last ? loss_sum / double(M) : 0.0, DType::f64);
+  Tensor loss = full({1}, last ? loss_sum / double(M) : 0.0, DType::f64, pp_->device());
   pp_->broadcast(loss, P - 1);
   stats.loss = loss.item();
   stats.step_seconds = seconds_since(t_step);
-  stats.peak_activation_bytes = memory_stats(Device::cpu()).peak_bytes - live_at_start;
+  stats.peak_activation_bytes = memory_stats(pp_->device()).peak_bytes - live_at_start;
   return stats;
 }
 
@@ -144,7 +144,8 @@ double Pipeline::evaluate(const Tensor& x, const Tensor& y) {
     if (model_.last_stage()) loss_sum += f.output.item();
   }
   for (Work& w : sends) w.wait();
-  Tensor loss = full({1}, model_.last_stage() ? loss_sum / double(M) : 0.0, DType::f64);
+  Tensor loss = full({1}, model_.last_stage() ? loss_sum / double(M) : 0.0, DType::f64,
+                     pp_->device());
   pp_->broadcast(loss, P - 1);
   return loss.item();
 }

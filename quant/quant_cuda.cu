@@ -8,45 +8,11 @@
 #include <type_traits>
 
 #include "quant/quant_cuda_kernels.h"
+#include "tensor/cuda/device_types.cuh"
 
 namespace forge::cuda::kernels {
 
 namespace {
-
-template <class T>
-struct Compute {
-  using type = T;
-};
-template <>
-struct Compute<__nv_bfloat16> {
-  using type = float;
-};
-template <>
-struct Compute<__half> {
-  using type = float;
-};
-
-template <class T>
-__device__ typename Compute<T>::type load(const T* p) {
-  return *p;
-}
-template <>
-__device__ float load(const __nv_bfloat16* p) {
-  return __bfloat162float(*p);
-}
-template <>
-__device__ float load(const __half* p) {
-  return __half2float(*p);
-}
-template <class T, class C>
-__device__ void store(T* p, C v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    *p = __float2bfloat16_rn(float(v));
-  else if constexpr (std::is_same_v<T, __half>)
-    *p = __float2half_rn(float(v));
-  else
-    *p = T(v);
-}
 
 dim3 grid_for(int64_t n) {
   int64_t blocks = (n + 255) / 256;

@@ -2,7 +2,6 @@
 
 #include <chrono>
 #include <filesystem>
-#include <cstdlib>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -12,6 +11,7 @@
 #include "optim/optimizer.h"
 #include "parallel/ddp.h"
 #include "parallel/grid.h"
+#include "parallel/nccl_communicator.h"
 #include "parallel/pipeline.h"
 #include "quant/quantize.h"
 #include "recipes/checkpoint.h"
@@ -99,15 +99,7 @@ int64_t saved_dp(const TrainingState& st) {
 // the rank's own GPU (its rank on the node, modulo the GPUs there).
 Device training_device(const std::string& text, const Communicator& world) {
   Device d = Device::parse(text);
-  if (d.is_cuda() && text == "cuda" && world.size() > 1 && cuda::device_count() > 0) {
-    int local = world.rank();
-    for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
-      if (const char* v = std::getenv(var)) {
-        local = std::atoi(v);
-        break;
-      }
-    d = Device::cuda(local % cuda::device_count());
-  }
+  if (d.is_cuda() && text == "cuda" && world.size() > 1) d = Device::cuda(local_cuda_device());
   cuda::check_device(d, "--device");
   return d;
 }
@@ -121,17 +113,20 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   // The ranks form a grid of dp replicas, each split over tp x pp ranks (all 1 without mpirun).
   // Every rank draws the same global batch of dp * batch_size rows and its replica trains on its
   // batch_size of them; rank 0 alone logs and evaluates, the first replica's ranks save.
+  // `world` carries the host's messages (settings, the logged loss, stops, checkpoints); the grid's
+  // groups carry the tensors of training, on the training device (NCCL between GPUs).
   std::shared_ptr<Communicator> world = world_communicator();
-  ProcessGrid grid(world, {.pp = int(cfg.pp), .dp = int(cfg.dp), .tp = int(cfg.tp)});
+  const Device device = training_device(cfg.device, *world);
+  FORGE_CHECK(device.is_cpu() || (cfg.tp == 1 && cfg.pp == 1),
+              "--device {}: tensor and pipeline parallelism run on the cpu for now (the "
+              "vocabulary-parallel loss has no GPU kernel yet); data parallelism (--dp) runs on GPUs",
+              cfg.device);
+  ProcessGrid grid(device.is_cpu() ? world : world_communicator_for(device),
+                   {.pp = int(cfg.pp), .dp = int(cfg.dp), .tp = int(cfg.tp)});
   const GridCoord at = grid.coord();
   const bool lead = world->rank() == 0;
   const bool model_parallel = cfg.tp > 1 || cfg.pp > 1;
   const ShardLayout layout{int(cfg.tp), int(cfg.pp)};
-  const Device device = training_device(cfg.device, *world);
-  FORGE_CHECK(device.is_cpu() || world->size() == 1,
-              "--device {}: training on GPUs runs in one process for now (mpirun with --device "
-              "cuda needs the NCCL communicator, not wired into train yet)",
-              cfg.device);
   check_same_on_all_ranks(*world, shared_settings(cfg),
                           "the training settings (--dp, --tp, --pp, model, ...)");
   auto say = [&](const std::string& m) {
@@ -226,7 +221,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
         model.parameters(), grid.dp_group(),
         DdpOptions{.bucket_bytes = std::max<int64_t>(1, int64_t(cfg.bucket_mb * (1 << 20)))});
     say(fmt::format("data parallel: {} ranks ({}), global batch {} x {}, {} gradient buckets",
-                    cfg.dp, world->backend(), cfg.dp * cfg.batch_size, cfg.model.block_size,
+                    cfg.dp, grid.dp_group()->backend(), cfg.dp * cfg.batch_size, cfg.model.block_size,
                     ddp->num_buckets()));
   }
   std::optional<Pipeline> pipe;

@@ -2,19 +2,10 @@
 // between host and device. Without a GPU (or in a build without CUDA) the device tests print
 // SKIPPED with the reason, and the host-side answers are checked instead.
 #include "tensor/cuda/cuda.h"
-#include "testing.h"
+#include "cuda_testing.h"
 
 using namespace forge;
 using namespace forge::testing;
-
-namespace {
-// True when a GPU is here; otherwise prints why the calling test skips.
-bool have_gpu(const char* test) {
-  if (cuda::device_count() > 0) return true;
-  std::printf("SKIPPED: %s: %s\n", test, cuda::unavailable_reason().c_str());
-  return false;
-}
-}  // namespace
 
 TEST_CASE("without a GPU the device layer says why, and device memory is refused by name") {
   if (cuda::device_count() > 0) {
@@ -64,21 +55,6 @@ TEST_CASE("the caching allocator counts what it hands out and reuses freed block
   Tensor b = Tensor::empty({1000}, DType::f32, d);
   CHECK(b.raw_data() == first);  // the freed block came back
 }
-
-namespace {
-// Tolerance of a dtype's results against the CPU's (both compute in f32, f64 for f64; the GPU's
-// exp, tanh and erf differ from ours in the last bits).
-double tolerance(DType t) {
-  switch (t) {
-    case DType::f64:
-      return 1e-12;
-    case DType::f32:
-      return 1e-5;
-    default:
-      return 1e-2;  // bf16 / f16: one rounding of the result
-  }
-}
-}  // namespace
 
 TEST_CASE("elementwise ops on the GPU give the CPU's results, broadcasting included") {
   if (!have_gpu("elementwise ops")) return;

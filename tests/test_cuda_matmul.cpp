@@ -6,39 +6,12 @@
 
 #include "tensor/cuda/blaslt.h"
 #include "tensor/cuda/cuda.h"
-#include "testing.h"
+#include "cuda_testing.h"
 
 using namespace forge;
 using namespace forge::testing;
 
 namespace {
-
-bool have_gpu(const char* test) {
-  if (cuda::device_count() > 0) return true;
-  std::printf("SKIPPED: %s: %s\n", test, cuda::unavailable_reason().c_str());
-  return false;
-}
-
-const Device gpu = Device::cuda(0);
-
-Tensor host(const Tensor& t) {
-  return t.to(Device::cpu());
-}
-
-// max |a - b| / max |b| allowed for a product of dtype t (f32 accumulation for 16-bit inputs:
-// only the summation order differs from the CPU, and the final rounding).
-double tolerance(DType t) {
-  switch (t) {
-    case DType::f64:
-      return 1e-12;
-    case DType::f32:
-      return 1e-5;
-    case DType::bf16:
-      return 1e-2;
-    default:
-      return 2e-3;  // f16
-  }
-}
 
 const DType kDtypes[] = {DType::f32, DType::f64, DType::bf16, DType::f16};
 

@@ -7,39 +7,18 @@
 
 #include "tensor/cuda/cuda.h"
 #include "tensor/cuda/cuda_misc.h"
-#include "testing.h"
+#include "cuda_testing.h"
 
 using namespace forge;
 using namespace forge::testing;
 
 namespace {
 
-bool have_gpu(const char* test) {
-  if (cuda::device_count() > 0) return true;
-  std::printf("SKIPPED: %s: %s\n", test, cuda::unavailable_reason().c_str());
-  return false;
-}
-
-const Device gpu = Device::cuda(0);
 Tensor on_gpu(const Tensor& t) {
   return t.to(gpu);
 }
 Tensor on_cpu(const Tensor& t) {
   return t.to(Device::cpu());
-}
-
-// Relative tolerance of a floating dtype's arithmetic.
-double tolerance(DType t) {
-  switch (t) {
-    case DType::bf16:
-      return 1e-2;
-    case DType::f16:
-      return 1e-3;
-    case DType::f64:
-      return 1e-12;
-    default:
-      return 1e-5;
-  }
 }
 
 const DType kAll[] = {DType::f32, DType::f64, DType::bf16, DType::f16,

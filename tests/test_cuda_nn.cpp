@@ -8,40 +8,12 @@
 #include <limits>
 
 #include "tensor/cuda/cuda.h"
-#include "testing.h"
+#include "cuda_testing.h"
 
 using namespace forge;
 using namespace forge::testing;
 
 namespace {
-
-bool have_gpu(const char* test) {
-  if (cuda::device_count() > 0) return true;
-  std::printf("SKIPPED: %s: %s\n", test, cuda::unavailable_reason().c_str());
-  return false;
-}
-
-const Device gpu = Device::cuda(0);
-
-Tensor host(const Tensor& t) {
-  return t.to(Device::cpu());
-}
-
-// max |a - b| / max |b| allowed for dtype t: both sides compute in f32 (f64 for f64) and differ in
-// the order of additions and the last bits of exp and log; 16-bit results may round apart by one
-// unit.
-double tolerance(DType t) {
-  switch (t) {
-    case DType::f64:
-      return 1e-12;
-    case DType::f32:
-      return 1e-5;
-    case DType::bf16:
-      return 1e-2;
-    default:
-      return 2e-3;  // f16
-  }
-}
 
 // The GPU's result `got` against the CPU's `want`: same shape and dtype, on the GPU, close.
 void check_close(const Tensor& got, const Tensor& want, double tol) {

@@ -12,20 +12,12 @@
 #include "quant/int8_gemm.h"
 #include "quant/int8_gemm_cuda.h"
 #include "tensor/cuda/cuda.h"
-#include "testing.h"
+#include "cuda_testing.h"
 
 using namespace forge;
 using namespace forge::testing;
 
 namespace {
-
-bool have_gpu(const char* test) {
-  if (cuda::device_count() > 0) return true;
-  std::printf("SKIPPED: %s: %s\n", test, cuda::unavailable_reason().c_str());
-  return false;
-}
-
-const Device gpu = Device::cuda(0);
 
 // Parameters of a few shapes (odd sizes included), with copies on the GPU.
 struct Twin {

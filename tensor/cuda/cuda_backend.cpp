@@ -47,13 +47,21 @@ void check_index(int device) {
                                   : fmt::format("{} device(s) here", device_count()));
 }
 
+// Makes `device` the calling thread's current one (kernels launch on the current device, and a
+// stream only takes kernels of its own device). Asking first is a host-side query, no GPU call.
+void make_current(int device) {
+  int current = -1;
+  FORGE_CUDA_CHECK(cudaGetDevice(&current));
+  if (current != device) FORGE_CUDA_CHECK(cudaSetDevice(device));
+}
+
 // The stream the library queues work on, one per device, created on first use.
 cudaStream_t stream(int device) {
   static std::once_flag once[kMaxDevices];
   static cudaStream_t streams[kMaxDevices];
   check_index(device);
   std::call_once(once[device], [&] {
-    FORGE_CUDA_CHECK(cudaSetDevice(device));
+    make_current(device);
     FORGE_CUDA_CHECK(cudaStreamCreateWithFlags(&streams[device], cudaStreamNonBlocking));
   });
   return streams[device];
@@ -93,7 +101,7 @@ class CachingAllocator : public Allocator {
 
   void empty_cache() override {
     std::lock_guard lock(mu_);
-    FORGE_CUDA_CHECK(cudaSetDevice(device_));
+    make_current(device_);
     FORGE_CUDA_CHECK(cudaStreamSynchronize(stream(device_)));
     for (auto& [size, p] : free_) FORGE_CUDA_CHECK(cudaFree(p));
     free_.clear();
@@ -105,7 +113,7 @@ class CachingAllocator : public Allocator {
 
   // cudaMalloc; when the device is full, the cache goes back first and the call is tried again.
   void* fresh(size_t size) {
-    FORGE_CUDA_CHECK(cudaSetDevice(device_));
+    make_current(device_);
     void* p = nullptr;
     if (cudaMalloc(&p, size) == cudaSuccess) return p;
     (void)cudaGetLastError();
@@ -153,13 +161,20 @@ namespace {
 // the call returns at once, so the host goes on preparing the next step while the GPU works. The
 // next staged copy first waits for the previous one's event, so the buffer is never overwritten
 // while the DMA reads it. Larger copies go straight from pageable memory and wait.
+// A ring of kSlots buffers, so that a copy waits only for the DMA kSlots copies back (behind
+// which the GPU may have a step's work queued), not for the previous one.
 constexpr size_t kStagingBytes = size_t(64) << 20;
+constexpr int kSlots = 8;
 
 struct Staging {
+  struct Slot {
+    void* buffer = nullptr;  // pinned (cudaHostAlloc)
+    size_t capacity = 0;
+    cudaEvent_t done = nullptr;  // recorded after the last DMA from the buffer
+  };
   std::mutex mu;
-  void* buffer = nullptr;  // pinned (cudaHostAlloc)
-  size_t capacity = 0;
-  cudaEvent_t done = nullptr;  // recorded after the last DMA from the buffer
+  Slot slots[kSlots];
+  int next = 0;
 };
 
 Staging& staging(int device) {
@@ -170,20 +185,22 @@ Staging& staging(int device) {
 void staged_to_device(void* dst, const void* src, size_t n, int device, cudaStream_t s) {
   Staging& st = staging(device);
   std::lock_guard lock(st.mu);
-  if (!st.done) {
-    FORGE_CUDA_CHECK(cudaEventCreateWithFlags(&st.done, cudaEventDisableTiming));
+  Staging::Slot& slot = st.slots[st.next];
+  st.next = (st.next + 1) % kSlots;
+  if (!slot.done) {
+    FORGE_CUDA_CHECK(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));
   } else {
-    FORGE_CUDA_CHECK(cudaEventSynchronize(st.done));
+    FORGE_CUDA_CHECK(cudaEventSynchronize(slot.done));
   }
-  if (st.capacity < n) {
-    if (st.buffer) FORGE_CUDA_CHECK(cudaFreeHost(st.buffer));
-    st.buffer = nullptr;
-    st.capacity = std::max(n, size_t(1) << 20);
-    FORGE_CUDA_CHECK(cudaHostAlloc(&st.buffer, st.capacity, cudaHostAllocDefault));
+  if (slot.capacity < n) {
+    if (slot.buffer) FORGE_CUDA_CHECK(cudaFreeHost(slot.buffer));
+    slot.buffer = nullptr;
+    slot.capacity = std::max(n, size_t(1) << 16);
+    FORGE_CUDA_CHECK(cudaHostAlloc(&slot.buffer, slot.capacity, cudaHostAllocDefault));
   }
-  std::memcpy(st.buffer, src, n);
-  FORGE_CUDA_CHECK(cudaMemcpyAsync(dst, st.buffer, n, cudaMemcpyHostToDevice, s));
-  FORGE_CUDA_CHECK(cudaEventRecord(st.done, s));
+  std::memcpy(slot.buffer, src, n);
+  FORGE_CUDA_CHECK(cudaMemcpyAsync(dst, slot.buffer, n, cudaMemcpyHostToDevice, s));
+  FORGE_CUDA_CHECK(cudaEventRecord(slot.done, s));
 }
 
 }  // namespace
@@ -196,7 +213,17 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
   // after the work queued there, which produced the source or last used the destination.
   const int device = src_device.is_cuda() ? src_device.index : dst_device.index;
   cudaStream_t s = stream(device);
-  FORGE_CUDA_CHECK(cudaSetDevice(device));
+  make_current(device);
+  if (src_device.is_cuda() && dst_device.is_cuda() && src_device.index != dst_device.index) {
+    // The destination may be a cached block that work queued on its own GPU still uses.
+    cudaEvent_t e = nullptr;
+    make_current(dst_device.index);
+    FORGE_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    FORGE_CUDA_CHECK(cudaEventRecord(e, stream(dst_device.index)));
+    make_current(device);
+    FORGE_CUDA_CHECK(cudaStreamWaitEvent(s, e, 0));
+    FORGE_CUDA_CHECK(cudaEventDestroy(e));  // released once the wait is passed
+  }
   if (src_device.is_cpu() && n <= kStagingBytes) {
     staged_to_device(dst, src, n, device, s);
     return;
@@ -205,11 +232,15 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
   FORGE_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
-void* stream_handle(int device) { return stream(device); }
+void* stream_handle(int device) {
+  cudaStream_t s = stream(device);
+  make_current(device);  // launches that follow go to this device
+  return s;
+}
 
 Event::Event(int device) : device_(device) {
   check_index(device);
-  FORGE_CUDA_CHECK(cudaSetDevice(device));
+  make_current(device);
   cudaEvent_t e = nullptr;
   FORGE_CUDA_CHECK(cudaEventCreate(&e));
   event_ = e;
@@ -222,7 +253,7 @@ Event::~Event() {
 void Event::record() { record_on(stream(device_)); }
 
 void Event::record_on(void* s) {
-  FORGE_CUDA_CHECK(cudaSetDevice(device_));
+  make_current(device_);
   FORGE_CUDA_CHECK(cudaEventRecord(cudaEvent_t(event_), cudaStream_t(s)));
 }
 
@@ -253,7 +284,7 @@ void check_status(int status, const char* what) {
 }
 
 void synchronize(int device) {
-  FORGE_CUDA_CHECK(cudaSetDevice(device));
+  make_current(device);
   FORGE_CUDA_CHECK(cudaStreamSynchronize(stream(device)));
 }
 

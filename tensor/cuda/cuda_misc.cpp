@@ -3,46 +3,11 @@
 #include "tensor/cuda/cuda_misc.h"
 
 #include "tensor/cuda/cuda.h"
+#include "tensor/cuda/host_util.h"
 
 namespace forge::cuda {
 
 namespace {
-
-void check_cuda(const Tensor& t, const char* op) {
-  FORGE_CHECK(t.defined(), "{}: undefined tensor", op);
-  FORGE_CHECK(t.device().is_cuda(), "{}: expected a cuda tensor, got one on {}", op,
-              t.device().str());
-}
-
-void check_dims(const Tensor& out, const char* op) {
-  FORGE_CHECK(out.dim() <= kernels::kMaxDims, "{}: {} dimensions on cuda (at most {})", op,
-              out.dim(), kernels::kMaxDims);
-}
-
-// The output's sizes and each operand's strides over the output's shape (operands already
-// expanded to it); contiguous when all of them are contiguous with that shape.
-kernels::Strided strided(const Tensor& out, const std::vector<Tensor>& operands, const char* op) {
-  check_dims(out, op);
-  kernels::Strided s;
-  s.dims = out.dim();
-  s.numel = out.numel();
-  s.contiguous = out.is_contiguous();
-  for (int d = 0; d < s.dims; ++d) {
-    s.sizes[d] = out.size(d);
-    s.strides[0][d] = out.stride(d);
-  }
-  for (size_t k = 0; k < operands.size(); ++k) {
-    const Tensor& t = operands[k];
-    if (!t.defined()) continue;  // a slot the kernel does not read
-    s.contiguous = s.contiguous && t.shape() == out.shape() && t.is_contiguous();
-    for (int d = 0; d < s.dims; ++d) s.strides[k + 1][d] = t.stride(d);
-  }
-  return s;
-}
-
-void* stream_of(const Tensor& t) {
-  return stream_handle(t.device().index);
-}
 
 // The generator block reservation and geometry of dropout_mask, with the CPU op's checks.
 struct MaskPlan {

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "tensor/cuda/cuda.h"
+#include "tensor/cuda/host_util.h"
 #include "tensor/cuda/kernels_nn.h"
 
 namespace forge::cuda {
@@ -15,15 +16,6 @@ namespace {
 
 using kernels::kMaxDims;
 constexpr int64_t kMaxGrid = std::numeric_limits<int32_t>::max();  // grid.x limit
-
-void* stream_of(const Tensor& t) {
-  return stream_handle(t.device().index);
-}
-
-void check_dims(const Tensor& t, const char* op) {
-  FORGE_CHECK(t.dim() <= kMaxDims, "{}: {} dimensions on cuda (at most {}), shape {}", op, t.dim(),
-              kMaxDims, t.shape());
-}
 
 void check_float(const Tensor& a, const char* op) {
   FORGE_CHECK(a.defined(), "{}: undefined tensor", op);

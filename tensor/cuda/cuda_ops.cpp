@@ -3,16 +3,24 @@
 #include "tensor/cuda/cuda_ops.h"
 
 #include "tensor/cuda/cuda.h"
+#include "tensor/cuda/host_util.h"
 
 namespace forge::cuda {
 
-namespace {
+void check_cuda(const Tensor& t, const char* op) {
+  FORGE_CHECK(t.defined(), "{}: undefined tensor", op);
+  FORGE_CHECK(t.device().is_cuda(), "{}: expected a cuda tensor, got one on {}", op,
+              t.device().str());
+}
 
-// The output's sizes and every operand's strides (elements) over the output's shape.
+void check_dims(const Tensor& t, const char* op) {
+  FORGE_CHECK(t.dim() <= kernels::kMaxDims, "{}: {} dimensions on cuda (at most {}), shape {}", op,
+              t.dim(), kernels::kMaxDims, t.shape());
+}
+
 kernels::Strided strided(const Tensor& out, const std::vector<Tensor>& operands, const char* op) {
+  check_dims(out, op);
   kernels::Strided s;
-  FORGE_CHECK(out.dim() <= kernels::kMaxDims, "{}: {} dimensions on cuda (at most {})", op,
-              out.dim(), kernels::kMaxDims);
   s.dims = out.dim();
   s.numel = out.numel();
   s.contiguous = out.is_contiguous();
@@ -22,18 +30,16 @@ kernels::Strided strided(const Tensor& out, const std::vector<Tensor>& operands,
   }
   for (size_t k = 0; k < operands.size(); ++k) {
     const Tensor& t = operands[k];
+    if (!t.defined()) continue;
     s.contiguous = s.contiguous && t.shape() == out.shape() && t.is_contiguous();
     for (int d = 0; d < s.dims; ++d) s.strides[k + 1][d] = t.stride(d);
   }
   return s;
 }
 
-void check_cuda(const Tensor& t, const char* op) {
-  FORGE_CHECK(t.device().is_cuda(), "{}: expected a cuda tensor, got one on {}", op,
-              t.device().str());
+void* stream_of(const Tensor& t) {
+  return stream_handle(t.device().index);
 }
-
-}  // namespace
 
 void check_device(Device device, const std::string& where) {
   if (device.is_cpu()) return;

@@ -5,28 +5,12 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "tensor/cuda/device_types.cuh"
 #include "tensor/cuda/kernels.h"
 
 namespace forge::cuda::kernels {
 
 namespace {
-
-// DType codes of tensor/dtype.h: f32, f64, bf16, f16, i8, u8, i32, i64.
-enum Code { f32 = 0, f64 = 1, bf16 = 2, f16 = 3, i8 = 4, u8 = 5, i32 = 6, i64 = 7 };
-
-template <class T> struct Compute { using type = T; };
-template <> struct Compute<__nv_bfloat16> { using type = float; };
-template <> struct Compute<__half> { using type = float; };
-template <> struct Compute<int8_t> { using type = int32_t; };
-template <> struct Compute<uint8_t> { using type = int32_t; };
-
-template <class T> __device__ typename Compute<T>::type load(const T* p) { return *p; }
-template <> __device__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-template <> __device__ float load(const __half* p) { return __half2float(*p); }
-
-template <class T, class C> __device__ void store(T* p, C v) { *p = T(v); }
-template <> __device__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-template <> __device__ void store(__half* p, float v) { *p = __float2half_rn(v); }
 
 template <class C> __device__ C apply(Binary op, C a, C b) {
   switch (op) {
@@ -34,7 +18,7 @@ template <class C> __device__ C apply(Binary op, C a, C b) {
     case Binary::sub: return a - b;
     case Binary::mul: return a * b;
     case Binary::div: return a / b;
-    case Binary::maximum: return a > b || a != a ? a : b;  // NaN propagates, as the CPU's
+    case Binary::maximum: return a > b ? a : b;  // as the CPU: a NaN in `a` gives `b`
   }
   return a;
 }

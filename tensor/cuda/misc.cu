@@ -8,53 +8,12 @@
 
 #include <type_traits>
 
+#include "tensor/cuda/device_types.cuh"
 #include "tensor/cuda/kernels_misc.h"
 
 namespace forge::cuda::kernels {
 
 namespace {
-
-// DType codes of tensor/dtype.h.
-enum Code { f32 = 0, f64 = 1, bf16 = 2, f16 = 3, i8 = 4, u8 = 5, i32 = 6, i64 = 7 };
-
-template <class T>
-struct Compute {
-  using type = T;
-};
-template <>
-struct Compute<__nv_bfloat16> {
-  using type = float;
-};
-template <>
-struct Compute<__half> {
-  using type = float;
-};
-template <class T>
-using compute_t = typename Compute<T>::type;
-
-template <class T>
-__device__ compute_t<T> load(const T* p) {
-  return *p;
-}
-template <>
-__device__ float load(const __nv_bfloat16* p) {
-  return __bfloat162float(*p);
-}
-template <>
-__device__ float load(const __half* p) {
-  return __half2float(*p);
-}
-
-// As the CPU's store(): a 16-bit float from any value goes through f32 first.
-template <class T, class C>
-__device__ void store(T* p, C v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    *p = __float2bfloat16_rn(float(v));
-  else if constexpr (std::is_same_v<T, __half>)
-    *p = __float2half_rn(float(v));
-  else
-    *p = T(v);
-}
 
 // Offset (in elements) of linear index i in operand k, for any of the strided descriptions.
 template <class S>

@@ -13,26 +13,12 @@
 
 #include <cub/device/device_radix_sort.cuh>
 
+#include "tensor/cuda/device_types.cuh"
 #include "tensor/cuda/kernels_nn.h"
 
 namespace forge::cuda::kernels {
 
 namespace {
-
-enum Code { f32 = 0, f64 = 1, bf16 = 2, f16 = 3, i8 = 4, u8 = 5, i32 = 6, i64 = 7 };
-
-template <class T> struct Compute { using type = T; };
-template <> struct Compute<__nv_bfloat16> { using type = float; };
-template <> struct Compute<__half> { using type = float; };
-template <class T> using compute_t = typename Compute<T>::type;
-
-template <class T> __device__ compute_t<T> load(const T* p) { return *p; }
-template <> __device__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-template <> __device__ float load(const __half* p) { return __half2float(*p); }
-
-template <class T, class C> __device__ void store(T* p, C v) { *p = T(v); }
-template <> __device__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-template <> __device__ void store(__half* p, float v) { *p = __float2half_rn(v); }
 
 __device__ int64_t offset(int dims, const int64_t* sizes, const int64_t* strides, int64_t i) {
   int64_t off = 0;

@@ -17,32 +17,17 @@
 
 #include <type_traits>
 
+#include "tensor/cuda/device_types.cuh"
 #include "tensor/cuda/kernels_nn.h"
 
 namespace forge::cuda::kernels {
 
 namespace {
 
-enum Code { f32 = 0, f64 = 1, bf16 = 2, f16 = 3, i8 = 4, u8 = 5, i32 = 6, i64 = 7 };
 constexpr int kThreads = 256;
 
-// Compute types: bf16/f16 in f32; small integers in i32 for comparisons, i64 for sums.
-template <class T> struct Compute { using type = T; };
-template <> struct Compute<__nv_bfloat16> { using type = float; };
-template <> struct Compute<__half> { using type = float; };
-template <> struct Compute<int8_t> { using type = int32_t; };
-template <> struct Compute<uint8_t> { using type = int32_t; };
-template <class T> using compute_t = typename Compute<T>::type;
 template <class T>
 using sum_t = std::conditional_t<std::is_integral_v<T>, int64_t, compute_t<T>>;
-
-template <class T> __device__ compute_t<T> load(const T* p) { return *p; }
-template <> __device__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-template <> __device__ float load(const __half* p) { return __half2float(*p); }
-
-template <class T, class C> __device__ void store(T* p, C v) { *p = T(v); }
-template <> __device__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-template <> __device__ void store(__half* p, float v) { *p = __float2half_rn(v); }
 
 // Offset (elements) of row-major index i over `dims` sizes with the given strides.
 __device__ int64_t offset(int dims, const int64_t* sizes, const int64_t* strides, int64_t i) {
