@@ -227,6 +227,7 @@ class NcclCommunicator final : public Communicator {
       std::lock_guard<std::mutex> lock(issue_mu_);
       throw_if_failed("split");
       FORGE_CUDA_CHECK(cudaSetDevice(device_));
+      cuda::allocator(device_).empty_cache();  // NCCL allocates its buffers with cudaMalloc
       FORGE_NCCL_CHECK(
           ncclCommSplit(coll_.comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, nullptr));
     }
@@ -480,6 +481,8 @@ std::shared_ptr<Communicator> nccl_communicator(const std::shared_ptr<Communicat
   std::memcpy(&id, b, sizeof(id));
 
   FORGE_CUDA_CHECK(cudaSetDevice(device));
+  // NCCL allocates its buffers with cudaMalloc, outside our cache: hand the cached blocks back.
+  cuda::allocator(device).empty_cache();
   ncclComm_t comm = nullptr;
   FORGE_NCCL_CHECK(ncclCommInitRank(&comm, mpi_world->size(), id, rank));
   return std::make_shared<NcclCommunicator>(comm, device);
