@@ -64,14 +64,16 @@ int main(int argc, char** argv) {
                 save_quantized_path);
     std::shared_ptr<GPT> model_ptr = make_model(loaded, quant, group);
     GPT& model = *model_ptr;
-    FORGE_CHECK(device.is_cpu() || describe_quantization(model) == "none",
-                "--device {}: quantized models run on the cpu", device_text);
+    const std::string quantization = describe_quantization(model);
+    FORGE_CHECK(device.is_cpu() || quantization.find("int4") == std::string::npos,
+                "--device {}: int4 layers run on the cpu only (--quant int8 runs on a GPU)",
+                device_text);
     model.to(device);
     fmt::print(stderr, "# {} (step {}): {:.2f}M parameters, vocab {}, quantization {}\n",
                loaded.path, loaded.step, double(loaded.config.num_parameters()) / 1e6,
-               loaded.config.vocab_size, describe_quantization(model));
+               loaded.config.vocab_size, quantization);
     if (!save_quantized_path.empty()) {
-      FORGE_CHECK(describe_quantization(model) != "none",
+      FORGE_CHECK(quantization != "none",
                   "--save-quantized: the model is not quantized (give --quant int8 or int4)");
       save_quantized_model(save_quantized_path, model, loaded);
       fmt::print(stderr, "# wrote {} ({:.2f} MB)\n", save_quantized_path,

@@ -1,4 +1,4 @@
-// Host side of quant/int8_gemm_cuda.h: checks, outputs on the device, the launcher.
+// Host side of quant/int8_gemm_cuda.h: checks, outputs on the device, the launchers.
 #include "quant/int8_gemm_cuda.h"
 
 #include "quant/quant_cuda_kernels.h"
@@ -56,6 +56,27 @@ Tensor run(const Tensor& a_in, const Tensor& w_in, float a_scale, int32_t a_zero
 }
 
 }  // namespace
+
+Tensor quantize_u8_cuda(const Tensor& x_in, float inv_scale, int32_t zero, int32_t qmin,
+                        int32_t qmax) {
+  const char* op = "quantize_u8_cuda";
+  FORGE_CHECK(x_in.defined(), "{}: undefined tensor", op);
+  FORGE_CHECK(x_in.device().is_cuda() && x_in.dtype() == DType::f32,
+              "{}: expected an f32 cuda tensor, got {} on {}", op, x_in.dtype(),
+              x_in.device().str());
+  FORGE_CHECK(0 <= qmin && qmin <= qmax && qmax <= 255,
+              "{}: need 0 <= qmin <= qmax <= 255, got qmin {} and qmax {}", op, qmin, qmax);
+  FORGE_CHECK(zero >= -(1 << 23) && zero <= (1 << 23), "{}: zero point {} out of range", op, zero);
+  Tensor x = x_in.contiguous();
+  Tensor q = Tensor::empty(x.shape(), DType::u8, x.device());
+  cuda::check_status(
+      cuda::kernels::quantize_u8(x.numel(), static_cast<const float*>(x.raw_data()), inv_scale,
+                                 zero, float(qmin - zero), float(qmax - zero),
+                                 static_cast<uint8_t*>(q.raw_data()),
+                                 cuda::stream_handle(x.device().index)),
+      op);
+  return q;
+}
 
 Tensor int8_gemm_cuda(const Tensor& a, const Tensor& w) {
   return run(a, w, 0.f, 0, Tensor(), Tensor(), false, "int8_gemm_cuda");

@@ -1,6 +1,7 @@
-// The quantization kernels on a GPU (quant/quant_cuda_kernels.h): fake quantization, and the u8 x
-// s8 matrix product with its dequantizing epilogue. Compiled with -fmad=false (quant/meson.build):
-// no multiply-add is fused, so the float results round as the CPU's do.
+// The quantization kernels on a GPU (quant/quant_cuda_kernels.h): fake quantization, activation
+// quantization to u8, and the u8 x s8 matrix product with its dequantizing epilogue. Compiled with
+// -fmad=false (quant/meson.build): no multiply-add is fused, so the float results round as the
+// CPU's do.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -36,6 +37,22 @@ __global__ void fake_quantize_kernel(int64_t n, int64_t inner, int64_t channels,
     const C q = r < lo ? lo : (r > hi ? hi : r);
     store(y + i, (q - z) * s);
     mask[i] = uint8_t((r >= lo) & (r <= hi));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantization to u8: quant/int8_gemm.cpp's quantize_u8, one element per step. The
+// clamp comes before the rounding (the same result, since rounding is monotone and lo, hi are
+// integers), and a NaN fails both comparisons' first branch, so it becomes lo (qmin), as the CPU's.
+
+__global__ void quantize_u8_kernel(int64_t n, const float* x, float inv_scale, int32_t zero,
+                                   float lo, float hi, uint8_t* q) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float t = x[i] * inv_scale;
+    t = t >= lo ? t : lo;
+    t = t <= hi ? t : hi;
+    q[i] = uint8_t(int32_t(rintf(t)) + zero);
   }
 }
 
@@ -117,6 +134,14 @@ int fake_quantize(int dtype, int64_t n, int64_t inner, int64_t channels, const v
     default:
       return int(cudaErrorInvalidValue);
   }
+  return int(cudaGetLastError());
+}
+
+int quantize_u8(int64_t n, const float* x, float inv_scale, int32_t zero, float lo, float hi,
+                uint8_t* q, void* stream) {
+  if (n == 0) return 0;
+  quantize_u8_kernel<<<grid_for(n), 256, 0, cudaStream_t(stream)>>>(n, x, inv_scale, zero, lo, hi,
+                                                                      q);
   return int(cudaGetLastError());
 }
 

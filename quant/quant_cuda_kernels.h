@@ -23,4 +23,10 @@ int int8_gemm(const uint8_t* a, int64_t m, int64_t k, int64_t lda, const int8_t*
               int64_t ldw, int32_t* acc, int64_t ldc, float* y, int64_t ldy, float a_scale,
               int32_t a_zero, const float* w_scale, const float* bias, void* stream);
 
+// q[i] = clamp(round_half_even(x[i] * inv_scale) + zero, qmin, qmax) for n contiguous f32, with
+// lo = qmin - zero and hi = qmax - zero (exact floats): q = rint(clamp(x * inv_scale, lo, hi)) +
+// zero, quant/int8_gemm.h quantize_u8's operations, so the bytes are the CPU's. NaN gives qmin.
+int quantize_u8(int64_t n, const float* x, float inv_scale, int32_t zero, float lo, float hi,
+                uint8_t* q, void* stream);
+
 }  // namespace forge::cuda::kernels

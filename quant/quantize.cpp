@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "autograd/functions.h"
+#include "quant/int8_gemm_cuda.h"
 #include "tensor/ops.h"
 
 namespace forge {
@@ -164,35 +165,61 @@ void Int8Linear::pack() {
         float(bias_.data<int32_t>()[n]) * (sx * weight_scale_.data<float>()[n]);
 }
 
-Variable Int8Linear::forward(const Variable& x) {
-  const int64_t N = weight_q_.size(0), K = weight_q_.size(1);
-  Tensor rows = as_rows(x, K, "Int8Linear");
-  const int64_t M = rows.size(0);
-  const float* xf = rows.data<float>();
+Int8Linear::InputGrid Int8Linear::input_grid(const Tensor& rows) const {
   float sx;
   int32_t zx;
   if (input_) {
     sx = scalar_f32(input_->scale);
     zx = int32_t(input_->zero_point.item());
   } else {
-    // Dynamic: this batch's own range.
+    // Dynamic: this batch's own range. On a GPU min = -max(-x), exactly.
     float lo = 0, hi = 0;
-    if (rows.numel() > 0) min_max(xf, rows.numel(), lo, hi);
-    QuantParams q = choose_qparams(scalar_tensor(lo), scalar_tensor(hi), activation_range_,
-                                   activation_scheme_);
+    if (rows.numel() > 0 && rows.device().is_cuda()) {
+      hi = float(max(rows).item());
+      lo = -float(max(neg(rows)).item());
+    } else if (rows.numel() > 0) {
+      min_max(rows.data<float>(), rows.numel(), lo, hi);
+    }
+    QuantParams q =
+        choose_qparams(scalar_tensor(lo), scalar_tensor(hi), activation_range_, activation_scheme_);
     sx = scalar_f32(q.scale);
     zx = int32_t(q.zero_point.item());
   }
   // The kernels take u8: an s8 grid moves up by 128, zero point with it (q - z is unchanged).
   const int32_t shift = activation_range_.dtype == DType::i8 ? 128 : 0;
-  zx += shift;
-  Tensor qx = Tensor::empty({M, K}, DType::u8);
-  quantize_u8(xf, rows.numel(), 1.0f / sx, zx, activation_range_.qmin + shift,
-              activation_range_.qmax + shift, qx.data<uint8_t>());
-  Tensor y = Tensor::empty({M, N});
-  int8_linear_f32(qx.data<uint8_t>(), M, K, sx, zx, packed_, weight_scale_.data<float>(),
-                  bias_f32_.defined() ? bias_f32_.data<float>() : nullptr, y.data<float>(), N);
+  return {sx, zx + shift, activation_range_.qmin + shift, activation_range_.qmax + shift};
+}
+
+Variable Int8Linear::forward(const Variable& x) {
+  const int64_t N = weight_q_.size(0), K = weight_q_.size(1);
+  Tensor rows = as_rows(x, K, "Int8Linear");  // (M, K) f32 on x's device
+  const int64_t M = rows.size(0);
+  const InputGrid g = input_grid(rows);
+  Tensor y;
+  if (rows.device().is_cuda()) {
+    y = forward_cuda(rows, g);
+  } else {
+    Tensor qx = Tensor::empty({M, K}, DType::u8);
+    quantize_u8(rows.data<float>(), rows.numel(), 1.0f / g.scale, g.zero, g.qmin, g.qmax,
+                qx.data<uint8_t>());
+    y = Tensor::empty({M, N});
+    int8_linear_f32(qx.data<uint8_t>(), M, K, g.scale, g.zero, packed_, weight_scale_.data<float>(),
+                    bias_f32_.defined() ? bias_f32_.data<float>() : nullptr, y.data<float>(), N);
+  }
   return Variable(y.view(output_shape(x.shape(), N)));
+}
+
+// The same steps on the GPU of `rows`: quantize there, then the u8 x s8 product with the epilogue.
+Tensor Int8Linear::forward_cuda(const Tensor& rows, const InputGrid& g) {
+  const Device device = rows.device();
+  if (!(on_device_.device == device)) {
+    MemoryTagScope tag(MemoryTag::parameters);
+    on_device_ = {device, weight_q_.to(device), weight_scale_.to(device),
+                  bias_f32_.defined() ? bias_f32_.to(device) : Tensor()};
+  }
+  Tensor qx = quantize_u8_cuda(rows, 1.0f / g.scale, g.zero, g.qmin, g.qmax);
+  return int8_linear_cuda(qx, g.scale, g.zero, on_device_.weight_q, on_device_.weight_scale,
+                          on_device_.bias_f32);
 }
 
 NamedTensors Int8Linear::state() const {
@@ -221,6 +248,10 @@ Int4Linear::Int4Linear(Int4Weight weight, Tensor bias)
 Variable Int4Linear::forward(const Variable& x) {
   FORGE_CHECK(!(grad_enabled() && x.requires_grad()),
               "Int4Linear: quantized layers are for inference; run under NoGradGuard");
+  FORGE_CHECK(x.data().device().is_cpu(),
+              "Int4Linear: int4 layers run on the cpu only, the input is on {} (quantize to int8 "
+              "to run on a GPU)",
+              x.data().device().str());
   return Variable(int4_linear(x.data(), weight_, bias_));
 }
 

@@ -27,6 +27,12 @@
 // static case the bias is stored as s32 in units of s_x s_w[n] (as int8 inference engines keep it)
 // and dequantized in the same epilogue. The output is f32: each layer quantizes its own input, so
 // layers in between (activations, layer norms) stay in f32.
+//
+// On a GPU (an input on cuda) Int8Linear runs the same steps there (quant/int8_gemm_cuda.h) with
+// the same numbers: the batch's extremes, the u8 bytes and the s32 sums are the CPU's exactly, and
+// the epilogue rounds as the CPU's. Module::to moves registered parameters only, so the layer keeps
+// its integers on the host and copies them to a GPU on the first input it sees there. Int4Linear
+// runs on the CPU only and refuses a GPU input by name.
 #pragma once
 
 #include <map>
@@ -68,7 +74,8 @@ class Int8Linear : public Module {
   // or i32 (N) with a static input, or undefined.
   Int8Linear(Tensor weight_q, Tensor weight_scale, Tensor bias, QuantRange activation_range,
              QScheme activation_scheme, std::optional<QuantParams> input);
-  Variable forward(const Variable& x) override;  // f32 (..., K) -> f32 (..., N); no gradient
+  // f32 (..., K) -> f32 (..., N), on the input's device (cpu or cuda); no gradient.
+  Variable forward(const Variable& x) override;
 
   // What a file holds for this layer, names relative to the Linear ("weight", "weight_scale",
   // "bias", and for static layers "input_scale", "input_zero_point").
@@ -80,7 +87,22 @@ class Int8Linear : public Module {
   QScheme activation_scheme() const { return activation_scheme_; }
 
  private:
+  // The activation grid for rows (M, K) f32 on either device: s_x, and z_x, qmin, qmax already
+  // moved up by 128 for an s8 grid (the kernels take u8).
+  struct InputGrid {
+    float scale;
+    int32_t zero, qmin, qmax;
+  };
+  InputGrid input_grid(const Tensor& rows) const;
   void pack();
+  Tensor forward_cuda(const Tensor& rows, const InputGrid& grid);
+
+  // The layer's tensors on the GPU that ran it last (made there on its first input): the weight
+  // (N, K) i8 unpacked, its scales and the epilogue's f32 bias (or undefined).
+  struct OnDevice {
+    Device device = Device::cpu();
+    Tensor weight_q, weight_scale, bias_f32;
+  };
 
   Tensor weight_q_;      // i8 (N, K)
   Tensor weight_scale_;  // f32 (N)
@@ -90,6 +112,7 @@ class Int8Linear : public Module {
   QScheme activation_scheme_;
   std::optional<QuantParams> input_;
   PackedInt8Weight packed_;
+  OnDevice on_device_;
 };
 
 // int4 weight-only (quant/int4.h): weights in 4 bits per group, activations f32 or bf16.

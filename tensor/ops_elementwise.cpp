@@ -228,11 +228,7 @@ Tensor abs(const Tensor& a) {
 }
 
 Tensor pow(const Tensor& a, double exponent) {
-  if (a.defined() && a.device().is_cuda()) {
-    FORGE_CHECK(exponent == 2.0 || exponent == 1.0,
-                "pow: exponent {} on cuda is not supported yet (2 and 1 are)", exponent);
-    return exponent == 2.0 ? mul(a, a) : a.clone();
-  }
+  if (a.defined() && a.device().is_cuda()) return cuda::pow_scalar(a, exponent, "pow");
   if (exponent == 2.0) return unary_op(a, "pow", [](auto x) { return x * x; });
   if (exponent == 1.0) return unary_op(a, "pow", [](auto x) { return x; });
   return unary_op(a, "pow", [exponent](auto x) {

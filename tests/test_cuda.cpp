@@ -1,6 +1,9 @@
 // The CUDA device layer (tensor/cuda/cuda.h): device queries, the caching allocator and copies
 // between host and device. Without a GPU (or in a build without CUDA) the device tests print
 // SKIPPED with the reason, and the host-side answers are checked instead.
+#include <cmath>
+
+#include "autograd/functions.h"
 #include "tensor/cuda/cuda.h"
 #include "cuda_testing.h"
 
@@ -101,4 +104,69 @@ TEST_CASE("elementwise ops on the GPU give the CPU's results, broadcasting inclu
   CHECK(bitwise_equal(mul(i.to(gpu), j.to(gpu)).to(Device::cpu()), mul(i, j)));
   // Mixed devices are refused by name.
   REQUIRE_THROWS_WITH(add(zeros({2}).to(gpu), zeros({2})), Contains("cpu") && Contains("cuda:0"));
+}
+
+namespace {
+
+// Element by element: NaN where the CPU has NaN, the same infinity where it has one, elsewhere
+// |got - want| <= tol max(|want|, smallest normal of t): below that (f16's subnormals) the two may
+// round one subnormal unit apart.
+void check_elementwise_close(const Tensor& got, const Tensor& want, DType t) {
+  REQUIRE(got.shape() == want.shape());
+  const double tol = tolerance(t), floor = t == DType::f16 ? 6.2e-5 : 2.3e-308;
+  std::vector<double> g = got.contiguous().to_vector<double>(),
+                      w = want.contiguous().to_vector<double>();
+  int64_t bad = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    bool ok;
+    if (std::isnan(w[i]))
+      ok = std::isnan(g[i]);
+    else if (std::isinf(w[i]))
+      ok = g[i] == w[i];
+    else
+      ok = std::abs(g[i] - w[i]) <= tol * std::max(std::abs(w[i]), floor);
+    if (!ok && bad++ < 5) UNSCOPED_INFO("element " << i << ": got " << g[i] << ", want " << w[i]);
+  }
+  CHECK(bad == 0);
+}
+
+}  // namespace
+
+TEST_CASE("pow on the GPU gives the CPU's results for every exponent, signs and zeros included") {
+  if (!have_gpu("pow")) return;
+  Generator gen(2);
+  for (DType t : {DType::f32, DType::f64, DType::bf16, DType::f16}) {
+    Tensor pos = add(abs(randn({5, 37}, gen)), 0.1).to(t);
+    Tensor mixed = mul(randn({37, 5}, gen), 2.0).to(t);
+    // Zeros of both signs, +-1, and a base past 1 whose cube overflows f16.
+    Tensor special = from_vector<float>({0.f, -0.f, 1.f, -1.f, 0.5f, -0.5f, 50.f, -50.f}).to(t);
+    for (double e : {0.5, 3.0, -1.0, 1.7, 2.0, 1.0, 0.0, -2.5}) {
+      for (const Tensor& x : {pos, mixed, mixed.t(), special}) {
+        INFO("dtype " << dtype_name(t) << ", exponent " << e << ", shape " << x.dim() << "-d "
+                      << x.numel() << (x.is_contiguous() ? "" : " strided"));
+        Tensor got = pow(x.to(gpu), e);
+        REQUIRE(got.device() == gpu);
+        REQUIRE(got.dtype() == t);
+        check_elementwise_close(host(got), pow(x, e), t);
+      }
+    }
+  }
+  REQUIRE_THROWS_WITH(pow(from_vector<int32_t>({1, 2}).to(gpu), 1.5),
+                      Contains("pow") && Contains("i32"));
+}
+
+TEST_CASE("pow's gradient on the GPU equals the CPU's: e x^(e - 1)") {
+  if (!have_gpu("pow backward")) return;
+  Generator gen(3);
+  for (DType t : {DType::f32, DType::f64}) {
+    Tensor x0 = add(abs(randn({4, 9}, gen)), 0.2).to(t);
+    for (double e : {0.5, 3.0, -1.0, 1.7}) {
+      INFO("dtype " << dtype_name(t) << ", exponent " << e);
+      Variable xc(x0.clone(), true), xg(x0.to(gpu), true);
+      sum(pow(xc, e)).backward();
+      sum(pow(xg, e)).backward();
+      REQUIRE(xg.grad().device() == gpu);
+      check_elementwise_close(host(xg.grad()), xc.grad(), t);
+    }
+  }
 }

@@ -1,16 +1,19 @@
 // AdamW, SGD and the grad scaler with parameters on a GPU, and the quantization kernels on CUDA
-// (fake quantization, the u8 x s8 product and its dequantizing epilogue), each against the CPU on
-// the same inputs: bit for bit where the arithmetic is the same (the kernels are built without
-// fused multiply-adds), else at f32 tolerance. Without a GPU the tests print SKIPPED.
+// (fake quantization, activations to u8, the u8 x s8 product and its dequantizing epilogue, the
+// Int8Linear layer and an int8 MLP), each against the CPU on the same inputs: bit for bit where the
+// arithmetic is the same (the kernels are built without fused multiply-adds), else at f32
+// tolerance. Without a GPU the tests print SKIPPED.
 #include <array>
 #include <cmath>
 #include <vector>
 
+#include "models/mlp.h"
 #include "optim/grad_scaler.h"
 #include "optim/optimizer.h"
 #include "quant/fake_quant.h"
 #include "quant/int8_gemm.h"
 #include "quant/int8_gemm_cuda.h"
+#include "quant/quantize.h"
 #include "tensor/cuda/cuda.h"
 #include "cuda_testing.h"
 
@@ -179,4 +182,119 @@ TEST_CASE("the int8 product on cuda equals int8_gemm_reference, and its epilogue
         int8_linear_cuda(ta.to(gpu), a_scale, a_zero, tw.to(gpu), w_scale.to(gpu), bias.to(gpu));
     CHECK(yd.to(Device::cpu()).to_vector<float>() == y);
   }
+}
+
+TEST_CASE("activations quantize to u8 on cuda into the CPU's bytes, ties and NaN included") {
+  if (!have_gpu("cuda quantize_u8")) return;
+  Generator gen(6);
+  Tensor x = mul(randn({7, 301}, gen), 3.0);
+  // x * 4 lands on k + 0.5 (ties round to even), beyond the range, and NaN (to qmin).
+  Tensor special = from_vector<float>(
+      {0.125f, 0.375f, -0.125f, -0.375f, 31.875f, 32.125f, 1e9f, -1e9f, std::nanf(""), 0.f, -0.f});
+  struct Grid {
+    int32_t zero, qmin, qmax;
+  };
+  for (Grid g : {Grid{0, 0, 127}, Grid{60, 0, 127}, Grid{128, 0, 255}, Grid{-5, 3, 200}}) {
+    // (host input, the same on the GPU): a strided view on the device too.
+    for (auto [in, on_gpu] : std::vector<std::pair<Tensor, Tensor>>{
+             {x, x.to(gpu)}, {special, special.to(gpu)}, {x.t(), x.to(gpu).t()}}) {
+      Tensor c = in.contiguous();
+      std::vector<uint8_t> want(size_t(c.numel()));
+      quantize_u8(c.data<float>(), c.numel(), 4.0f, g.zero, g.qmin, g.qmax, want.data());
+      Tensor got = quantize_u8_cuda(on_gpu, 4.0f, g.zero, g.qmin, g.qmax);
+      CHECK(got.shape() == in.shape());
+      CHECK(host(got).contiguous().to_vector<uint8_t>() == want);
+    }
+  }
+}
+
+namespace {
+
+Tensor uniform(const Shape& shape, double lo, double hi, Generator& gen) {
+  Tensor t = Tensor::empty(shape);
+  uniform_(t, lo, hi, gen);
+  return t;
+}
+
+// The layer's output for x on the cpu and for x_gpu (x on the GPU unless given; copied back).
+std::pair<Tensor, Tensor> run_both(Module& layer, const Tensor& x, Tensor x_gpu = Tensor()) {
+  NoGradGuard ng;
+  Tensor on_cpu = layer.forward(Variable(x)).data();
+  Tensor on_gpu = layer.forward(Variable(x_gpu.defined() ? x_gpu : x.to(gpu))).data();
+  CHECK(on_gpu.device() == gpu);
+  return {on_cpu, host(on_gpu)};
+}
+
+}  // namespace
+
+TEST_CASE("Int8Linear on cuda gives the CPU's outputs bit for bit, dynamic and static") {
+  if (!have_gpu("cuda Int8Linear")) return;
+  Generator gen(7);
+  struct Grid {
+    const char* name;
+    QuantRange range;
+    QScheme scheme;
+  };
+  const std::vector<Grid> grids = {{"u7 affine", QuantRange::u7(), QScheme::affine},
+                                   {"u8 affine", QuantRange::u8(), QScheme::affine},
+                                   {"s8 symmetric", QuantRange::s8(), QScheme::symmetric}};
+  // Input shapes (batch dims included) and N: odd K and N, one row, K past one 64-byte step.
+  struct Case {
+    Shape x;
+    int64_t n;
+  };
+  const std::vector<Case> cases = {{{1, 1}, 1},     {{3, 5}, 7},        {{2, 3, 65}, 33},
+                                   {{17, 300}, 48}, {{4, 1, 127}, 129}, {{1, 768}, 5}};
+  for (const Grid& grid : grids) {
+    for (const Case& c : cases) {
+      const int64_t K = c.x[c.x.size() - 1], N = c.n;
+      INFO(fmt::format("{}, x {}, N {}", grid.name, c.x, N));
+      Tensor w = uniform({N, K}, -0.5, 0.5, gen), b = uniform({N}, -1, 1, gen);
+      Tensor x = uniform(c.x, -2, 3, gen);
+      QuantConfig config{.activation_range = grid.range, .activation_scheme = grid.scheme};
+      for (bool with_bias : {true, false}) {
+        Int8Linear dynamic(w, with_bias ? b : Tensor(), config);
+        auto [want, got] = run_both(dynamic, x);
+        CHECK(got.shape() == want.shape());
+        CHECK(bitwise_equal(got, want));
+      }
+      // Static: the input grid fixed (here from a range wider than x's, so some values clamp).
+      QuantParams in =
+          choose_qparams(scalar_tensor(-1.5), scalar_tensor(2.5), grid.range, grid.scheme);
+      Int8Linear fixed(w, b, config, in);
+      auto [want, got] = run_both(fixed, x);
+      CHECK(bitwise_equal(got, want));
+    }
+  }
+  // A bf16 input, and a strided view on the GPU, are read as the CPU reads them (as f32 rows).
+  Tensor w = uniform({9, 40}, -0.5, 0.5, gen), b = uniform({9}, -1, 1, gen);
+  Int8Linear layer(w, b, QuantConfig{});
+  Tensor xb = uniform({6, 40}, -1, 1, gen).to(DType::bf16);
+  auto [want_b, got_b] = run_both(layer, xb);
+  CHECK(bitwise_equal(got_b, want_b));
+  Tensor x = uniform({40, 6}, -1, 1, gen);
+  auto [want_t, got_t] = run_both(layer, x.t(), x.to(gpu).t());
+  CHECK(bitwise_equal(got_t, want_t));
+}
+
+TEST_CASE("an int8 MLP moved to cuda computes what it computes on the cpu; int4 refuses cuda") {
+  if (!have_gpu("cuda int8 MLP")) return;
+  Generator gen(8);
+  MLP net({37, 64, 21, 10}, gen);
+  REQUIRE(quantize_dynamic(net) == 3);
+  Tensor x = randn({5, 37}, gen);
+  NoGradGuard ng;
+  Tensor want = net.forward(Variable(x)).data();
+  net.to(gpu);  // the f32 parameters move; the int8 layers copy theirs on the first GPU input
+  Tensor got = net.forward(Variable(x.to(gpu))).data();
+  CHECK(got.device() == gpu);
+  CHECK(bitwise_equal(host(got), want));
+  CHECK(bitwise_equal(host(net.forward(Variable(x.to(gpu))).data()), want));  // the copies again
+  CHECK(bitwise_equal(net.forward(Variable(x)).data(), want));  // and the cpu still works
+
+  MLP small({64, 8}, gen);
+  REQUIRE(quantize_dynamic(small, {.bits = 4, .group = 32, .config = {}}) == 1);
+  CHECK_NOTHROW(small.forward(Variable(randn({2, 64}, gen))));
+  REQUIRE_THROWS_WITH(small.forward(Variable(randn({2, 64}, gen).to(gpu))),
+                      Contains("Int4Linear") && Contains("cuda:0"));
 }

@@ -46,8 +46,9 @@ void check_device(Device device, const std::string& where) {
   const int n = device_count();
   FORGE_CHECK(n > 0, "{}: {} asked for, but there is no GPU here ({})", where, device.str(),
               unavailable_reason());
-  FORGE_CHECK(device.index >= 0 && device.index < n, "{}: {} asked for, but this machine has {} GPU{}",
-              where, device.str(), n, n == 1 ? "" : "s");
+  FORGE_CHECK(device.index >= 0 && device.index < n,
+              "{}: {} asked for, but this machine has {} GPU{}", where, device.str(), n,
+              n == 1 ? "" : "s");
 }
 
 Tensor binary(kernels::Binary op, const Tensor& a, const Tensor& b, const char* name) {
@@ -58,7 +59,7 @@ Tensor binary(kernels::Binary op, const Tensor& a, const Tensor& b, const char* 
   Tensor out = Tensor::empty(shape, a.dtype(), a.device());
   kernels::Strided s = strided(out, {a.expand(shape), b.expand(shape)}, name);
   check_status(kernels::binary(op, int(a.dtype()), s, out.raw_data(), a.raw_data(), b.raw_data(),
-                               stream_handle(a.device().index)),
+                               stream_of(a)),
                name);
   return out;
 }
@@ -67,8 +68,7 @@ Tensor unary(kernels::Unary op, const Tensor& a, const char* name) {
   check_cuda(a, name);
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
   kernels::Strided s = strided(out, {a}, name);
-  check_status(kernels::unary(op, int(a.dtype()), s, out.raw_data(), a.raw_data(),
-                              stream_handle(a.device().index)),
+  check_status(kernels::unary(op, int(a.dtype()), s, out.raw_data(), a.raw_data(), stream_of(a)),
                name);
   return out;
 }
@@ -77,9 +77,21 @@ Tensor affine(const Tensor& a, double scale, double shift, const char* name) {
   check_cuda(a, name);
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
   kernels::Strided s = strided(out, {a}, name);
-  check_status(kernels::affine(int(a.dtype()), s, out.raw_data(), a.raw_data(), scale, shift,
-                               stream_handle(a.device().index)),
-               name);
+  check_status(
+      kernels::affine(int(a.dtype()), s, out.raw_data(), a.raw_data(), scale, shift, stream_of(a)),
+      name);
+  return out;
+}
+
+Tensor pow_scalar(const Tensor& a, double exponent, const char* name) {
+  check_cuda(a, name);
+  FORGE_CHECK(is_floating(a.dtype()), "{}: expected a floating dtype, got {}", name,
+              dtype_name(a.dtype()));
+  Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
+  kernels::Strided s = strided(out, {a}, name);
+  check_status(
+      kernels::pow_scalar(int(a.dtype()), s, out.raw_data(), a.raw_data(), exponent, stream_of(a)),
+      name);
   return out;
 }
 
@@ -87,8 +99,7 @@ void fill_(Tensor& t, double value) {
   check_cuda(t, "fill_");
   FORGE_CHECK(t.is_contiguous(), "fill_: a strided view on cuda is not supported yet ({})",
               t.shape());
-  check_status(kernels::fill(int(t.dtype()), t.numel(), t.raw_data(), value,
-                             stream_handle(t.device().index)),
+  check_status(kernels::fill(int(t.dtype()), t.numel(), t.raw_data(), value, stream_of(t)),
                "fill_");
 }
 

@@ -12,5 +12,7 @@ Tensor unary(kernels::Unary op, const Tensor& a, const char* name);
 // a * scale + shift (mul and add by a scalar).
 Tensor affine(const Tensor& a, double scale, double shift, const char* name);
 void fill_(Tensor& t, double value);
+// a ^ exponent elementwise, floating dtypes (tensor/ops.h pow).
+Tensor pow_scalar(const Tensor& a, double exponent, const char* name);
 
 }  // namespace forge::cuda

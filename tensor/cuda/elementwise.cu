@@ -94,6 +94,29 @@ __global__ void affine_kernel(Strided s, T* out, const T* a, double scale, doubl
   }
 }
 
+// pow with a scalar exponent, the CPU's cases: x * x for 2, x for 1, else pow in the compute type.
+template <class T>
+__global__ void pow_kernel(Strided s, T* out, const T* a, double exponent) {
+  using C = typename Compute<T>::type;
+  const C e = C(exponent);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < s.numel;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t o = s.contiguous ? i : offset(s, 0, i), ia = s.contiguous ? i : offset(s, 1, i);
+    const C x = load(a + ia);
+    C y;
+    if (exponent == 2.0) {
+      y = x * x;
+    } else if (exponent == 1.0) {
+      y = x;
+    } else if constexpr (std::is_same_v<C, float>) {
+      y = powf(x, e);
+    } else {
+      y = ::pow(x, e);
+    }
+    store(out + o, y);
+  }
+}
+
 template <class T>
 __global__ void fill_kernel(int64_t n, T* out, double value) {
   using C = typename Compute<T>::type;
@@ -149,6 +172,21 @@ int affine(int dtype, const Strided& s, void* out, const void* a, double scale, 
   return with_type(dtype, [&]<class T>() {
     affine_kernel<T><<<grid_for(s.numel), 256, 0, cudaStream_t(stream)>>>(
         s, static_cast<T*>(out), static_cast<const T*>(a), scale, shift);
+  });
+}
+
+int pow_scalar(int dtype, const Strided& s, void* out, const void* a, double exponent,
+               void* stream) {
+  if (s.numel == 0) return 0;
+  switch (dtype) {  // floating only (the host checks): integers have no pow
+    case f32: case f64: case bf16: case f16: break;
+    default: return int(cudaErrorInvalidValue);
+  }
+  return with_type(dtype, [&]<class T>() {
+    if constexpr (std::is_floating_point_v<typename Compute<T>::type>) {
+      pow_kernel<T><<<grid_for(s.numel), 256, 0, cudaStream_t(stream)>>>(
+          s, static_cast<T*>(out), static_cast<const T*>(a), exponent);
+    }
   });
 }
 

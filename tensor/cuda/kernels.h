@@ -33,6 +33,12 @@ int unary(Unary op, int dtype, const Strided& s, void* out, const void* a, void*
 // out = a * scale + shift, elementwise (a affine map: mul and add by scalars).
 int affine(int dtype, const Strided& s, void* out, const void* a, double scale, double shift,
            void* stream);
+// out = a ^ exponent, elementwise, on floating dtypes: as the CPU's pow, x * x for exponent 2, x
+// for 1, else pow(x, exponent) with the exponent rounded to the compute type (f32, f64 for f64);
+// IEEE pow's special cases (a negative base to a non-integer power is NaN, pow(0, -1) is inf,
+// pow(x, 0) is 1). (Not named pow: that would hide the math function inside this namespace.)
+int pow_scalar(int dtype, const Strided& s, void* out, const void* a, double exponent,
+               void* stream);
 // Fills n contiguous elements with value.
 int fill(int dtype, int64_t n, void* out, double value, void* stream);
 
