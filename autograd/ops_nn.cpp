@@ -164,6 +164,17 @@ Variable causal_attention(const Variable& qkv, int n_head, double dropout_p, boo
   // the 16-bit qkv is what backward keeps.
   std::optional<DType> dt = autocast_dtype_for(qkv.data());
   Tensor x = dt ? qkv.data().to(*dt) : qkv.data();
+  if (dt && x.device().is_cuda()) {
+    // On cuda the attention runs on the 16-bit qkv itself (tensor cores, softmax in f32; `probs`
+    // is the f32 log-sum-exp), forward and backward; out and dqkv come back in qkv's dtype.
+    const DType wide = qkv.data().dtype();
+    AttentionResult r = causal_attention(x, n_head, p, gen, std::nullopt, heads);
+    Tensor lse = r.probs, mask = r.mask;
+    return make_variable(
+        r.out.to(wide), "causal_attention", {&qkv}, [=](const Tensor& g) -> std::vector<Tensor> {
+          return {causal_attention_backward(g.to(x.dtype()), x, lse, mask, n_head, p).to(wide)};
+        });
+  }
   // The probabilities (B, H, T, T) are kept in 16 bits too: at long contexts they are the largest
   // saved activation (PyTorch's autocast keeps a 16-bit copy of them for the product with v).
   AttentionResult r = causal_attention(x.to(qkv.data().dtype()), n_head, p, gen, dt, heads);

@@ -156,8 +156,9 @@ Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, con
 // are the attention weights before dropout (zero above the diagonal), saved for the backward with
 // the dropout mask (u8, undefined when dropout_p is 0).
 // On cuda the forward is fused (flash-attention style: no T x T matrix in memory) and `probs` holds
-// instead the log-sum-exp of each row's scores, (B, NH, T) in qkv's dtype, from which the backward
-// recomputes the weights; dropout is not supported there yet.
+// instead the log-sum-exp of each row's scores, (B, NH, T) in qkv's dtype (f32 for bf16/f16 qkv,
+// which cuda also takes: tensor cores), from which the backward recomputes the weights; dropout
+// draws the CPU's mask there.
 struct AttentionResult {
   Tensor out, probs, mask;
 };

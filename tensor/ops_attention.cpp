@@ -18,8 +18,11 @@
 //
 // On cuda (tensor/cuda/attention.cu) the forward never forms P: a flash-attention kernel keeps a
 // running softmax per row, and `probs` of the result holds instead the log-sum-exp of each row,
-// lse (B, NH, T) = log sum_j exp(S_tj), in qkv's dtype. The backward takes that lse where the CPU
-// takes P and recomputes P_tj = exp(S_tj - lse_t) row by row. Dropout is not there yet on cuda.
+// lse (B, NH, T) = log sum_j exp(S_tj), in qkv's dtype (f32 for bf16/f16 qkv). The backward takes
+// that lse where the CPU takes P and recomputes P_tj = exp(S_tj - lse_t). Dropout draws the CPU's
+// mask (the same bits, on the device) and the kernels apply it as the CPU does. On cuda qkv may
+// also be bf16 or f16 (the products on tensor cores, the softmax in f32; out in qkv's dtype);
+// head sizes the tensor-core kernels do not take are computed in f32.
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -28,6 +31,7 @@
 #include "tensor/cpu/lanes.h"
 #include "tensor/cpu/vec_math.h"
 #include "tensor/cuda/cuda.h"
+#include "tensor/cuda/cuda_misc.h"
 #include "tensor/cuda/kernels_attention.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
@@ -43,8 +47,10 @@ void check_qkv(const Tensor& qkv, int n_head, const char* op) {
   int64_t C = qkv.size(2) / 3;
   FORGE_CHECK(n_head > 0 && C % n_head == 0, "{}: {} channels do not split into {} heads", op, C,
               n_head);
-  FORGE_CHECK(qkv.dtype() == DType::f32 || qkv.dtype() == DType::f64,
-              "{}: expected f32 or f64, got {}", op, qkv.dtype());
+  const bool half = qkv.dtype() == DType::bf16 || qkv.dtype() == DType::f16;
+  FORGE_CHECK(
+      qkv.dtype() == DType::f32 || qkv.dtype() == DType::f64 || (half && qkv.device().is_cuda()),
+      "{}: expected f32 or f64 (or bf16, f16 on cuda), got {}", op, qkv.dtype());
 }
 
 // Per-thread scratch of `per_thread` elements each, allocated before the parallel region.
@@ -84,56 +90,117 @@ void apply_mask(const T* P, const uint8_t* mask, T scale, int64_t n, T* dst) {
 
 using cuda::kernels::HeadLayout;
 
-AttentionResult causal_attention_cuda(const Tensor& qkv_in, int n_head, double dropout_p) {
-  FORGE_CHECK(dropout_p == 0, "causal_attention: dropout {} on cuda is not supported yet",
-              dropout_p);
-  Tensor qkv = qkv_in.contiguous();
-  const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3, NH = n_head;
+bool is_half(DType t) {
+  return t == DType::bf16 || t == DType::f16;
+}
+// The dtype of the saved lse (and of the backward's delta scratch) for qkv of dtype t.
+DType lse_dtype(DType t) {
+  return is_half(t) ? DType::f32 : t;
+}
+// Whether the kernels take qkv of dtype t with head size hs as it is; 16-bit qkv they do not take
+// is widened to f32.
+bool direct(DType t, int64_t hs) {
+  return !is_half(t) || cuda::kernels::attention_tensor_cores(int(t), hs);
+}
+
+cuda::kernels::Dropout dropout_of(const Tensor& mask, double dropout_p) {
+  cuda::kernels::Dropout d;
+  if (mask.defined()) {
+    d.mask = static_cast<const uint8_t*>(mask.raw_data());
+    d.keep = 1.0 / (1.0 - dropout_p);
+  }
+  return d;
+}
+
+// The kernels on a contiguous qkv the kernels take; `mask` the drawn dropout mask or undefined.
+AttentionResult attention_forward_cuda(const Tensor& qkv, int64_t NH, const Tensor& mask,
+                                       double dropout_p) {
+  const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3;
   const Device dev = qkv.device();
   AttentionResult r;
   r.out = Tensor::empty({B, Tn, C}, qkv.dtype(), dev);
-  r.probs = Tensor::empty({B, NH, Tn}, qkv.dtype(), dev);  // lse, not P (see the top)
+  r.probs = Tensor::empty({B, NH, Tn}, lse_dtype(qkv.dtype()), dev);  // lse, not P (see the top)
+  r.mask = mask;
   const HeadLayout in{3 * C, Tn * 3 * C}, out{C, Tn * C};
   const char* base = static_cast<const char*>(qkv.raw_data());
   const size_t col = dtype_size(qkv.dtype()) * size_t(C);  // bytes from q to k, k to v
-  cuda::check_status(
-      cuda::kernels::attention_forward(int(qkv.dtype()), B, NH, Tn, Tn, C / NH, 0, base, in,
-                                       base + col, base + 2 * col, in, r.out.raw_data(), out,
-                                       r.probs.raw_data(), cuda::stream_handle(dev.index)),
-      "causal_attention");
+  cuda::check_status(cuda::kernels::attention_forward(
+                         int(qkv.dtype()), B, NH, Tn, Tn, C / NH, 0, base, in, base + col,
+                         base + 2 * col, in, r.out.raw_data(), out, r.probs.raw_data(),
+                         dropout_of(mask, dropout_p), cuda::stream_handle(dev.index)),
+                     "causal_attention");
   return r;
 }
 
-Tensor causal_attention_backward_cuda(const Tensor& dout_in, const Tensor& qkv_in,
-                                      const Tensor& lse, const Tensor& mask, int n_head,
-                                      double dropout_p) {
-  const char* op = "causal_attention_backward";
-  FORGE_CHECK(dropout_p == 0 && !mask.defined(), "{}: dropout on cuda is not supported yet", op);
-  check_same_device(qkv_in, dout_in, op);
-  check_same_device(qkv_in, lse, op);
-  Tensor qkv = qkv_in.contiguous(), dout = dout_in.contiguous();
-  const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3, NH = n_head;
-  FORGE_CHECK(dout.shape() == Shape({B, Tn, C}) && dout.dtype() == qkv.dtype(),
-              "{}: grad {} {} does not match qkv {} {}", op, dout.shape(), dout.dtype(),
-              qkv.shape(), qkv.dtype());
-  FORGE_CHECK(
-      lse.shape() == Shape({B, NH, Tn}) && lse.dtype() == qkv.dtype() && lse.is_contiguous(),
-      "{}: on cuda the saved probabilities are the forward's log-sum-exp ({}, {}, {}) {}, "
-      "got {} {}",
-      op, B, NH, Tn, qkv.dtype(), lse.shape(), lse.dtype());
+AttentionResult causal_attention_cuda(const Tensor& qkv_in, int n_head, double dropout_p,
+                                      Generator* gen, HeadSlice heads) {
+  const int64_t B = qkv_in.size(0), Tn = qkv_in.size(1), C = qkv_in.size(2) / 3, NH = n_head;
+  Tensor mask;
+  if (dropout_p > 0) {  // the CPU's draw (see there), made on the device
+    const int64_t all = heads.total > 0 ? heads.total : NH;
+    FORGE_CHECK(heads.first >= 0 && heads.first + NH <= all,
+                "causal_attention: heads [{}, {}) of {}", heads.first, heads.first + NH, all);
+    mask =
+        cuda::dropout_mask({B, all, Tn, Tn}, dropout_p, *gen, 1, heads.first, NH, qkv_in.device());
+  }
+  const DType dt = qkv_in.dtype();
+  if (direct(dt, C / NH)) return attention_forward_cuda(qkv_in.contiguous(), NH, mask, dropout_p);
+  AttentionResult r = attention_forward_cuda(qkv_in.to(DType::f32), NH, mask, dropout_p);
+  r.out = r.out.to(dt);
+  return r;
+}
+
+// The kernels on contiguous qkv and dout of a dtype the kernels take; mask checked.
+Tensor attention_backward_cuda(const Tensor& dout, const Tensor& qkv, const Tensor& lse,
+                               const Tensor& mask, int64_t NH, double dropout_p) {
+  const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3;
   const Device dev = qkv.device();
   Tensor dqkv = Tensor::empty(qkv.shape(), qkv.dtype(), dev);
-  Tensor delta = Tensor::empty({B, NH, Tn}, qkv.dtype(), dev);
+  Tensor delta = Tensor::empty({B, NH, Tn}, lse_dtype(qkv.dtype()), dev);
   const HeadLayout in{3 * C, Tn * 3 * C}, grad{C, Tn * C};
   const size_t col = dtype_size(qkv.dtype()) * size_t(C);
   const char* base = static_cast<const char*>(qkv.raw_data());
   char* dbase = static_cast<char*>(dqkv.raw_data());
-  cuda::check_status(cuda::kernels::attention_backward(
-                         int(qkv.dtype()), B, NH, Tn, C / NH, base, base + col, base + 2 * col, in,
-                         dout.raw_data(), grad, lse.raw_data(), delta.raw_data(), dbase,
-                         dbase + col, dbase + 2 * col, in, cuda::stream_handle(dev.index)),
-                     op);
+  cuda::check_status(
+      cuda::kernels::attention_backward(
+          int(qkv.dtype()), B, NH, Tn, C / NH, base, base + col, base + 2 * col, in,
+          dout.raw_data(), grad, lse.raw_data(), delta.raw_data(), dbase, dbase + col,
+          dbase + 2 * col, in, dropout_of(mask, dropout_p), cuda::stream_handle(dev.index)),
+      "causal_attention_backward");
   return dqkv;
+}
+
+Tensor causal_attention_backward_cuda(const Tensor& dout_in, const Tensor& qkv_in,
+                                      const Tensor& lse, const Tensor& mask_in, int n_head,
+                                      double dropout_p) {
+  const char* op = "causal_attention_backward";
+  check_same_device(qkv_in, dout_in, op);
+  check_same_device(qkv_in, lse, op);
+  const int64_t B = qkv_in.size(0), Tn = qkv_in.size(1), C = qkv_in.size(2) / 3, NH = n_head;
+  const DType dt = qkv_in.dtype();
+  FORGE_CHECK(dout_in.shape() == Shape({B, Tn, C}) && dout_in.dtype() == dt,
+              "{}: grad {} {} does not match qkv {} {}", op, dout_in.shape(), dout_in.dtype(),
+              qkv_in.shape(), dt);
+  FORGE_CHECK(
+      lse.shape() == Shape({B, NH, Tn}) && lse.dtype() == lse_dtype(dt) && lse.is_contiguous(),
+      "{}: on cuda the saved probabilities are the forward's log-sum-exp ({}, {}, {}) {}, "
+      "got {} {}",
+      op, B, NH, Tn, lse_dtype(dt), lse.shape(), lse.dtype());
+  Tensor mask;
+  if (mask_in.defined()) {
+    check_same_device(qkv_in, mask_in, op);
+    FORGE_CHECK(mask_in.shape() == Shape({B, NH, Tn, Tn}) && mask_in.dtype() == DType::u8,
+                "{}: dropout mask {} {} does not match ({}, {}, {}, {}) u8", op, mask_in.shape(),
+                mask_in.dtype(), B, NH, Tn, Tn);
+    FORGE_CHECK(dropout_p >= 0 && dropout_p < 1, "{}: dropout {} not in [0, 1)", op, dropout_p);
+    mask = mask_in.contiguous();
+  }
+  if (direct(dt, C / NH))
+    return attention_backward_cuda(dout_in.contiguous(), qkv_in.contiguous(), lse, mask, NH,
+                                   dropout_p);
+  return attention_backward_cuda(dout_in.to(DType::f32), qkv_in.to(DType::f32), lse, mask, NH,
+                                 dropout_p)
+      .to(dt);
 }
 
 }  // namespace
@@ -144,7 +211,8 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
   FORGE_CHECK(dropout_p >= 0 && dropout_p < 1, "causal_attention: dropout {} not in [0, 1)",
               dropout_p);
   FORGE_CHECK(dropout_p == 0 || gen != nullptr, "causal_attention: dropout needs a generator");
-  if (qkv_in.device().is_cuda()) return causal_attention_cuda(qkv_in, n_head, dropout_p);
+  if (qkv_in.device().is_cuda())
+    return causal_attention_cuda(qkv_in, n_head, dropout_p, gen, heads);
   Tensor qkv = qkv_in.contiguous();
   const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3, NH = n_head;
   const int64_t hs = C / NH;
@@ -304,7 +372,7 @@ Tensor cached_attention(const Tensor& q_in, const Tensor& k, const Tensor& v, in
     cuda::check_status(
         cuda::kernels::attention_forward(int(DType::f32), B, NH, Tq, L, hs, offset, q.raw_data(),
                                          ql, k.raw_data(), v.raw_data(), kvl, out.raw_data(), ql,
-                                         nullptr, cuda::stream_handle(q.device().index)),
+                                         nullptr, {}, cuda::stream_handle(q.device().index)),
         op);
     return out;
   }
