@@ -97,10 +97,12 @@ bool is_half(DType t) {
 DType lse_dtype(DType t) {
   return is_half(t) ? DType::f32 : t;
 }
-// Whether the kernels take qkv of dtype t with head size hs as it is; 16-bit qkv they do not take
-// is widened to f32.
-bool direct(DType t, int64_t hs) {
-  return !is_half(t) || cuda::kernels::attention_tensor_cores(int(t), hs);
+// Whether the kernels take `qkv` with head size hs as it is; 16-bit qkv they do not take (head
+// size, or a GPU without room for the tiles) is widened to f32. Asks about qkv's own GPU.
+bool direct(const Tensor& qkv, int64_t hs) {
+  if (!is_half(qkv.dtype())) return true;
+  cuda::stream_handle(qkv.device().index);  // makes qkv's GPU the current one
+  return cuda::kernels::attention_tensor_cores(int(qkv.dtype()), hs);
 }
 
 cuda::kernels::Dropout dropout_of(const Tensor& mask, double dropout_p) {
@@ -144,7 +146,7 @@ AttentionResult causal_attention_cuda(const Tensor& qkv_in, int n_head, double d
         cuda::dropout_mask({B, all, Tn, Tn}, dropout_p, *gen, 1, heads.first, NH, qkv_in.device());
   }
   const DType dt = qkv_in.dtype();
-  if (direct(dt, C / NH)) return attention_forward_cuda(qkv_in.contiguous(), NH, mask, dropout_p);
+  if (direct(qkv_in, C / NH)) return attention_forward_cuda(qkv_in.contiguous(), NH, mask, dropout_p);
   AttentionResult r = attention_forward_cuda(qkv_in.to(DType::f32), NH, mask, dropout_p);
   r.out = r.out.to(dt);
   return r;
@@ -195,7 +197,7 @@ Tensor causal_attention_backward_cuda(const Tensor& dout_in, const Tensor& qkv_i
     FORGE_CHECK(dropout_p >= 0 && dropout_p < 1, "{}: dropout {} not in [0, 1)", op, dropout_p);
     mask = mask_in.contiguous();
   }
-  if (direct(dt, C / NH))
+  if (direct(qkv_in, C / NH))
     return attention_backward_cuda(dout_in.contiguous(), qkv_in.contiguous(), lse, mask, NH,
                                    dropout_p);
   return attention_backward_cuda(dout_in.to(DType::f32), qkv_in.to(DType::f32), lse, mask, NH,

@@ -26,6 +26,7 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -893,13 +894,32 @@ int tc_run(int dtype, int64_t hs, const TcArgs& a, int64_t BH, cudaStream_t stre
 
 }  // namespace
 
+// The largest shared memory the tensor-core kernels of head size HS ask for (the same for both
+// 16-bit types).
+template <int HS>
+size_t tc_smem_need() {
+  return std::max(tc_forward_smem<__half, HS>(), tc_backward_smem<__half, HS>());
+}
+
 bool attention_tensor_cores(int dtype, int64_t hs) {
   if ((dtype != bf16 && dtype != f16) || (hs != 32 && hs != 64 && hs != 128)) return false;
-  int device = 0, major = 0;
+  int device = 0, major = 0, optin = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess)
     return false;
-  return major >= 8;  // bf16 wmma: sm_80 on
+  if (major < 8) return false;  // bf16 wmma: sm_80 on
+  // The kernel bodies are compiled for sm_80 on only: a build for an older architecture running
+  // on a newer GPU (through its PTX) has empty kernels here.
+  cudaFuncAttributes fa{};
+  if (cudaFuncGetAttributes(&fa, tc_forward_kernel<__nv_bfloat16, 64>) != cudaSuccess ||
+      fa.ptxVersion < 80)
+    return false;
+  // hs 128 needs ~121 KiB: more than sm_86/89/120 give a block (99 KiB).
+  const size_t need = hs == 32 ? tc_smem_need<32>() : hs == 64 ? tc_smem_need<64>()
+                                                                : tc_smem_need<128>();
+  return need <= size_t(optin);
 }
 
 int attention_forward(int dtype, int64_t B, int64_t NH, int64_t Tq, int64_t L, int64_t hs,

@@ -26,8 +26,10 @@ struct Dropout {
   double keep = 1.0;
 };
 
-// Whether the kernels take `dtype` (a DType code) with head size hs on tensor cores: bf16 and f16
-// with hs a multiple of 16 up to 128. Other 16-bit cases are the caller's to widen to f32.
+// Whether the kernels take `dtype` (a DType code) with head size hs on tensor cores, on the current
+// GPU: bf16 and f16 with hs 32, 64 or 128, on sm_80 or newer with room for the tiles (hs 128 needs
+// ~121 KiB of shared memory) and a build whose code for it has the kernels. Other 16-bit cases are
+// the caller's to widen to f32.
 bool attention_tensor_cores(int dtype, int64_t hs);
 
 // Forward, flash-attention style: out = softmax(Q K^T / sqrt(hs), causal) V without the (Tq, L)
