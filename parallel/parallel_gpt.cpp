@@ -179,7 +179,7 @@ Variable ParallelGPT::forward(const Tensor& idx, const Variable& hidden) {
     const int64_t T = idx.size(1);
     FORGE_CHECK(T <= cfg_.block_size, "GPT: sequence of {} tokens is longer than block_size {}",
                 T, cfg_.block_size);
-    Tensor pos = arange(0, double(T), 1, DType::i64);
+    Tensor pos = arange(0, double(T), 1, DType::i64).to(wpe->weight.data().device());
     x = dropout(add(wte->forward(idx), wpe->forward(pos)), cfg_.dropout, is_training(),
                 *dropout_gen_);
   } else {

@@ -52,7 +52,8 @@ Pipeline::MicroBatch Pipeline::forward(const Tensor& x, const Tensor& y, int m, 
   if (!model_.first_stage()) {
     Tensor h = Tensor::empty({mb, T, model_.config().n_embd}, DType::f32, pp_->device());
     pp_->recv(h, s - 1, kForwardTag);
-    f.input = Variable(h, /*requires_grad=*/grad_enabled());
+    // On the model's device (the communicator's, unless an MPI group carries a GPU model's states).
+    f.input = Variable(h.to(model_.device()), /*requires_grad=*/grad_enabled());
   }
   const auto t0 = Clock::now();
   Tensor xm = model_.first_stage() ? x.narrow(0, m * mb, mb).contiguous() : Tensor();
@@ -60,8 +61,8 @@ Pipeline::MicroBatch Pipeline::forward(const Tensor& x, const Tensor& y, int m, 
   if (model_.last_stage()) f.output = model_.loss(f.output, y.narrow(0, m * mb, mb).contiguous());
   busy_seconds += seconds_since(t0);
   if (!model_.last_stage())
-    sends.push_back(pp_->send_async(f.output.data().to(DType::f32).contiguous(), s + 1,
-                                    kForwardTag));
+    sends.push_back(pp_->send_async(f.output.data().to(DType::f32).contiguous().to(pp_->device()),
+                                    s + 1, kForwardTag));
   return f;
 }
 
@@ -74,7 +75,8 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
 
   PipelineStepStats stats;
   const auto t_step = Clock::now();
-  const int64_t live_at_start = memory_stats(pp_->device()).live_bytes;
+  const Device device = model_.device();  // where the activations are
+  const int64_t live_at_start = memory_stats(device).live_bytes;
   // Micro-batches forwarded and not yet backwarded: the stage's input (a leaf whose gradient goes
   // back to the previous stage) and its output (hidden state, or the loss on the last stage).
   std::deque<MicroBatch> in_flight;
@@ -104,10 +106,12 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
       // Data parallel: all-reduce only in the last micro-batch's backward.
       std::optional<DistributedDataParallel::NoSync> local;
       if (ddp && m < M - 1) local.emplace(*ddp);
-      run_backward({f.output}, {g.to(f.output.dtype())});
+      run_backward({f.output}, {g.to(f.output.data().device()).to(f.output.dtype())});
     }
     stats.busy_seconds += seconds_since(t0);
-    if (!first) sends.push_back(pp_->send_async(f.input.grad().contiguous(), s - 1, kBackwardTag));
+    if (!first)
+      sends.push_back(
+          pp_->send_async(f.input.grad().contiguous().to(pp_->device()), s - 1, kBackwardTag));
   };
 
   if (options_.schedule == PipelineSchedule::gpipe) {
@@ -129,7 +133,7 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
   pp_->broadcast(loss, P - 1);
   stats.loss = loss.item();
   stats.step_seconds = seconds_since(t_step);
-  stats.peak_activation_bytes = memory_stats(pp_->device()).peak_bytes - live_at_start;
+  stats.peak_activation_bytes = memory_stats(device).peak_bytes - live_at_start;
   return stats;
 }
 

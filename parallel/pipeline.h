@@ -10,6 +10,8 @@
 // Stage s receives each micro-batch's hidden state (mb, T, C) from stage s - 1 and sends its own to
 // s + 1; in backward the gradients of those states travel the other way. Sends are asynchronous
 // and receives block, so a stage waits only for what it needs next.
+// The transfers use buffers on the group's device (Communicator::device(): a GPU for an NCCL
+// group, whose sends and receives then stay on the GPUs); the stage computes on its model's.
 //
 //   GPipe:  F1 F2 .. FM  B1 B2 .. BM              every micro-batch's activations held at once
 //   1F1B:   P - s - 1 warm-up forwards, then one forward and one backward in turn, then the

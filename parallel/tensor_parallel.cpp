@@ -94,10 +94,43 @@ VocabParallelEmbedding::VocabParallelEmbedding(int64_t num, int64_t dim,
   weight = register_parameter("weight", zero_parameter({range_.size(), dim}));
 }
 
+namespace {
+
+// 1 where lo <= idx < hi does not hold (u8, idx's shape, on idx's device): two comparisons.
+Tensor outside(const Tensor& idx, int64_t lo, int64_t hi) {
+  const Tensor below = lt(idx, full({}, double(lo), DType::i64, idx.device()));
+  const Tensor above = gt(idx, full({}, double(hi - 1), DType::i64, idx.device()));
+  return where(below, below, above);
+}
+
+// Whether every value of idx (i64, on a GPU) is in [lo, hi): one flag read back.
+bool all_inside(const Tensor& idx, int64_t lo, int64_t hi) {
+  return idx.numel() == 0 || max(outside(idx, lo, hi)).item() == 0;
+}
+
+}  // namespace
+
 Variable VocabParallelEmbedding::forward(const Tensor& indices) {
-  if (tp_->size() == 1) return embedding(weight, indices);
+  const Device device = weight.data().device();
+  if (tp_->size() == 1) return embedding(weight, indices.to(device));
   // Indices outside this rank's rows look up row 0 and are zeroed; the sum over the group then
   // holds, for each index, the row of the one rank that has it.
+  if (device.is_cuda()) {
+    // The loop below as comparisons on the device; the range check reads back one flag.
+    Tensor idx = indices.to(device).to(DType::i64).contiguous();
+    if (!all_inside(idx, 0, num_)) {  // the error path: find the index as the loop below does
+      const std::vector<int64_t> host = idx.to_vector<int64_t>();
+      for (size_t i = 0; i < host.size(); ++i)
+        FORGE_CHECK(host[i] >= 0 && host[i] < num_,
+                    "embedding: index {} at position {} is out of range for {} rows", host[i], i,
+                    num_);
+    }
+    Tensor other = outside(idx, range_.begin, range_.end);  // not this rank's rows
+    Tensor local = where(other, zeros({}, DType::i64, device),
+                         sub(idx, full({}, double(range_.begin), DType::i64, device)));
+    return reduce_from_tp_region(
+        masked_fill(embedding(weight, local), other.unsqueeze(other.dim()), 0.0), tp_);
+  }
   Tensor idx = indices.to(DType::i64).contiguous();
   Tensor local = Tensor::empty(idx.shape(), DType::i64);
   Shape mask_shape = idx.shape();
@@ -190,6 +223,58 @@ Tensor vocab_ce_backward(const Tensor& x, const int64_t* t, int64_t count, Index
   return dx;
 }
 
+// The device version of the loops above, from tensor ops on the GPU: the same formulas and the
+// same f64 arithmetic (logits are widened to f64 for exp and the sums; the row maxima are exact in
+// any dtype), the same all-reduces (on device tensors: NCCL; skipped in a one-rank group, so a
+// single-process communicator serves too), the same checks and gradient. The target's logit is
+// picked by comparing each row's target with this rank's column indices.
+// x (N, V) contiguous on a GPU; t (N) i64 on the same GPU, ignored rows already kSkip.
+struct DeviceCeForward {
+  Tensor lse;   // (N) f64
+  Tensor loss;  // 0-d, x's dtype
+};
+
+// 1 where row i's target is this rank's column c: (N, V) u8.
+Tensor target_columns(const Tensor& t, IndexRange vocab) {
+  const Tensor cols = arange(double(vocab.begin), double(vocab.end), 1, DType::i64).to(t.device());
+  return eq(t.view({t.numel(), 1}), cols.view({1, vocab.size()}));
+}
+
+DeviceCeForward vocab_ce_forward_device(const Tensor& x, const Tensor& t, int64_t count,
+                                        IndexRange vocab, Communicator& tp) {
+  const int64_t N = x.size(0);
+  const Device device = x.device();
+  const Tensor xd = x.to(DType::f64);  // (N, V)
+  // The row maxima, then the group's.
+  Tensor m = max(xd, 1).values.contiguous();  // (N)
+  if (tp.size() > 1) tp.all_reduce(m, ReduceOp::max);
+  // Sums of exp(x - m) over this rank's columns, and the target's logit where this rank has it
+  // (0 elsewhere); both summed over the group in one call.
+  const Tensor e = exp(sub(xd, m.view({N, 1})));
+  const Tensor picked = where(target_columns(t, vocab), xd, zeros({}, DType::f64, device));
+  Tensor sz = concat({sum(e, {1}).view({1, N}), sum(picked, {1}).view({1, N})}, 0);  // (2, N)
+  if (tp.size() > 1) tp.all_reduce(sz, ReduceOp::sum);
+  DeviceCeForward r;
+  r.lse = add(m, log(sz.select(0, 0)));  // (N)
+  const Tensor skip = eq(t, full({}, double(kSkip), DType::i64, device));
+  const Tensor per_row = where(skip, zeros({}, DType::f64, device), sub(r.lse, sz.select(0, 1)));
+  r.loss = mul(sum(per_row), count > 0 ? 1.0 / double(count) : 0.0).to(x.dtype());
+  return r;
+}
+
+// (exp(x - lse) - [c == t]) * grad_loss / count on the rank's columns; 0 on skipped rows.
+Tensor vocab_ce_backward_device(const Tensor& x, const Tensor& t, int64_t count, IndexRange vocab,
+                                const Tensor& lse, const Tensor& grad_loss) {
+  const int64_t N = x.size(0);
+  const Device device = x.device();
+  const Tensor s = mul(grad_loss.to(device).to(DType::f64).reshape({}),
+                       1.0 / double(std::max<int64_t>(count, 1)));
+  const Tensor p = exp(sub(x.to(DType::f64), lse.view({N, 1})));
+  const Tensor d = mul(sub(p, target_columns(t, vocab).to(DType::f64)), s);
+  const Tensor skip = eq(t, full({}, double(kSkip), DType::i64, device)).view({N, 1});
+  return where(skip, zeros({}, DType::f64, device), d).to(x.dtype());
+}
+
 }  // namespace
 
 Variable vocab_parallel_cross_entropy(const Variable& logits, const Tensor& targets,
@@ -208,6 +293,33 @@ Variable vocab_parallel_cross_entropy(const Variable& logits, const Tensor& targ
   FORGE_CHECK(is_integral(targets.dtype()) && targets.numel() == N,
               "vocab_parallel_cross_entropy: {} targets (integers) for {} rows of logits, got {} {}",
               N, N, targets.dtype(), targets.shape());
+  if (x2.data().device().is_cuda()) {
+    // The targets on the device, checked there: the number of ignored rows and of bad targets
+    // read back together.
+    const Device device = x2.data().device();
+    Tensor t = targets.to(device).to(DType::i64).contiguous().view({N});
+    const Tensor ignored = eq(t, full({}, double(ignore_index), DType::i64, device));
+    const Tensor bad = where(ignored, zeros({}, DType::u8, device), outside(t, 0, vocab_size));
+    const std::vector<int64_t> counts =
+        concat({sum(ignored).view({1}), sum(bad).view({1})}, 0).to_vector<int64_t>();
+    if (counts[1] > 0) {  // the error path: name the target as the loop below does
+      const std::vector<int64_t> host = t.to_vector<int64_t>();
+      for (int64_t i = 0; i < N; ++i)
+        FORGE_CHECK(host[size_t(i)] == ignore_index ||
+                        (host[size_t(i)] >= 0 && host[size_t(i)] < vocab_size),
+                    "cross_entropy: target {} at row {} is out of range for {} classes",
+                    host[size_t(i)], i, vocab_size);
+    }
+    const int64_t count = N - counts[0];
+    t = where(ignored, full({}, double(kSkip), DType::i64, device), t);
+    Tensor x = x2.data().contiguous();
+    DeviceCeForward f = vocab_ce_forward_device(x, t, count, vocab, *tp);
+    Tensor lse = f.lse;
+    return make_variable(f.loss, "vocab_parallel_cross_entropy", {&x2},
+                         [x, t, count, vocab, lse](const Tensor& g) -> std::vector<Tensor> {
+                           return {vocab_ce_backward_device(x, t, count, vocab, lse, g)};
+                         });
+  }
   // The targets, with ignored rows marked kSkip.
   Tensor t = targets.to(DType::i64).contiguous().view({N}).clone();
   int64_t* pt = t.data<int64_t>();

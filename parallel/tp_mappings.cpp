@@ -18,7 +18,7 @@ Tensor gathered_last_dim(const Tensor& t, Communicator& tp) {
   const int R = tp.size();
   const Shape s = t.shape();
   FORGE_CHECK(s.size() >= 1, "gather_from_tp_region: a tensor of at least one dim, got {}", s);
-  Tensor flat = Tensor::empty({R * t.numel()}, t.dtype());
+  Tensor flat = Tensor::empty({R * t.numel()}, t.dtype(), t.device());
   tp.all_gather(flat, t.contiguous());
   // flat holds R blocks of shape s: (R, ..., c) -> (..., R, c) -> (..., R * c).
   Shape blocks = s;

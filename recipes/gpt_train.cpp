@@ -117,10 +117,6 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   // groups carry the tensors of training, on the training device (NCCL between GPUs).
   std::shared_ptr<Communicator> world = world_communicator();
   const Device device = training_device(cfg.device, *world);
-  FORGE_CHECK(device.is_cpu() || (cfg.tp == 1 && cfg.pp == 1),
-              "--device {}: tensor and pipeline parallelism run on the cpu for now (the "
-              "vocabulary-parallel loss has no GPU kernel yet); data parallelism (--dp) runs on GPUs",
-              cfg.device);
   ProcessGrid grid(device.is_cpu() ? world : world_communicator_for(device),
                    {.pp = int(cfg.pp), .dp = int(cfg.dp), .tp = int(cfg.tp)});
   const GridCoord at = grid.coord();
@@ -289,7 +285,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     double total = 0;
     for (int64_t i = 0; i < cfg.eval_iters; ++i) {
       Batch b = get_batch(split, B * cfg.dp, T, g, name);
-      total += pipe->evaluate(b.x, b.y);
+      total += pipe->evaluate(b.x.to(device), b.y.to(device));
     }
     model.train(was_training);
     return total / double(cfg.eval_iters);
