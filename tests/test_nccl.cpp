@@ -9,10 +9,13 @@
 #include "parallel/communicator.h"
 #include "parallel/nccl_communicator.h"
 #include "tensor/cuda/cuda.h"
+#include "nccl_testing.h"
 #include "testing.h"
 
 using namespace forge;
 using forge::testing::Contains;
+using forge::testing::have_gpus;
+using forge::testing::rank_gpu;
 
 namespace {
 
@@ -20,28 +23,8 @@ std::shared_ptr<Communicator> mpi() {
   return world_communicator();
 }
 
-// Whether every rank has a GPU of its own. Collective (every rank must take the same decision);
-// prints SKIPPED and why when not.
-bool have_gpus(const char* test) {
-  auto w = mpi();
-  const int n = cuda::device_count();
-  Tensor short_of = from_vector<int32_t>({n >= w->size() ? 0 : 1});
-  w->all_reduce(short_of, ReduceOp::max);
-  if (short_of.item() == 0 && nccl_built()) return true;
-  std::string why = !nccl_built() ? std::string("this build has no NCCL")
-                    : n == 0      ? "no GPU: " + cuda::unavailable_reason()
-                                  : fmt::format("{} GPU(s) here for {} ranks on some rank; NCCL "
-                                                "needs one per rank", n, w->size());
-  std::printf("SKIPPED: %s (rank %d): %s\n", test, w->rank(), why.c_str());
-  return false;
-}
-
-Device gpu() {
-  return Device::cuda(local_cuda_device());
-}
-
 std::shared_ptr<Communicator> nccl() {
-  return world_communicator_for(gpu());
+  return world_communicator_for(rank_gpu());
 }
 
 const DType kDTypes[] = {DType::f32, DType::f64, DType::bf16, DType::f16,
@@ -102,10 +85,10 @@ TEST_CASE("all_reduce on GPUs: sum, avg and max of every dtype and size, as MPI 
         if (op == ReduceOp::avg && !is_floating(dt)) continue;
         INFO(dtype_name(dt) << " n " << n << " " << reduce_op_name(op));
         Tensor want = pattern(dt, n, c->rank());
-        Tensor got = want.to(gpu());
+        Tensor got = want.to(rank_gpu());
         c->all_reduce(got, op);
         mpi()->all_reduce(want, op);
-        CHECK(got.device() == gpu());
+        CHECK(got.device() == rank_gpu());
         CHECK(got.dtype() == dt);
         CHECK(mismatches(got, want, op == ReduceOp::avg) == 0);
       }
@@ -121,8 +104,8 @@ TEST_CASE("all_gather and reduce_scatter on GPUs, every dtype and size, as MPI c
       Tensor in = pattern(dt, n, c->rank());
       Tensor want = Tensor::empty({R * n}, dt);
       mpi()->all_gather(want, in);
-      Tensor got = Tensor::empty({R * n}, dt, gpu());
-      c->all_gather(got, in.to(gpu()));
+      Tensor got = Tensor::empty({R * n}, dt, rank_gpu());
+      c->all_gather(got, in.to(rank_gpu()));
       CHECK(mismatches(got, want, false) == 0);
 
       for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg, ReduceOp::max}) {
@@ -131,8 +114,8 @@ TEST_CASE("all_gather and reduce_scatter on GPUs, every dtype and size, as MPI c
         Tensor full = pattern(dt, R * n, c->rank(), 1);
         Tensor want_rs = Tensor::empty({n}, dt);
         mpi()->reduce_scatter(want_rs, full, op);
-        Tensor got_rs = Tensor::empty({n}, dt, gpu());
-        c->reduce_scatter(got_rs, full.to(gpu()), op);
+        Tensor got_rs = Tensor::empty({n}, dt, rank_gpu());
+        c->reduce_scatter(got_rs, full.to(rank_gpu()), op);
         CHECK(mismatches(got_rs, want_rs, op == ReduceOp::avg) == 0);
       }
     }
@@ -146,7 +129,7 @@ TEST_CASE("broadcast on GPUs from every root, every dtype and size") {
       for (int64_t n : kSizes) {
         INFO("root " << root << " " << dtype_name(dt) << " n " << n);
         Tensor want = pattern(dt, n, c->rank());
-        Tensor got = want.to(gpu());
+        Tensor got = want.to(rank_gpu());
         mpi()->broadcast(want, root);
         c->broadcast(got, root);
         CHECK(mismatches(got, want, false) == 0);
@@ -158,7 +141,7 @@ TEST_CASE("send and recv on GPUs around the ring, every dtype, both ways at once
   auto c = nccl();
   const int R = c->size(), me = c->rank();
   if (R == 1) {
-    Tensor t = Tensor::empty({3}, DType::f32, gpu());
+    Tensor t = Tensor::empty({3}, DType::f32, rank_gpu());
     CHECK_THROWS_WITH(c->send(t, 0), Contains("itself"));
     return;
   }
@@ -166,11 +149,11 @@ TEST_CASE("send and recv on GPUs around the ring, every dtype, both ways at once
   for (DType dt : kDTypes)
     for (int64_t n : kSizes) {
       INFO(dtype_name(dt) << " n " << n);
-      Tensor from_prev = Tensor::empty({n}, dt, gpu());
-      Tensor from_next = Tensor::empty({n}, dt, gpu());
+      Tensor from_prev = Tensor::empty({n}, dt, rank_gpu());
+      Tensor from_next = Tensor::empty({n}, dt, rank_gpu());
       // Each rank posts both sends before either receive: they must not wait for one another.
-      Work s1 = c->send_async(pattern(dt, n, me).to(gpu()), next);
-      Work s2 = c->send_async(pattern(dt, n, me, 2).to(gpu()), prev);
+      Work s1 = c->send_async(pattern(dt, n, me).to(rank_gpu()), next);
+      Work s2 = c->send_async(pattern(dt, n, me, 2).to(rank_gpu()), prev);
       Work r1 = c->recv_async(from_prev, prev);
       Work r2 = c->recv_async(from_next, next);
       r2.wait();
@@ -196,16 +179,16 @@ TEST_CASE("a pipeline's traffic: large sends forward do not hold up the gradient
   if (lower) {
     std::vector<Work> sends;
     for (int m = 0; m < 3; ++m)
-      sends.push_back(c->send_async(pattern(DType::f32, n, me, m).to(gpu()), peer));
-    Tensor grad = Tensor::empty({n}, DType::f32, gpu());
+      sends.push_back(c->send_async(pattern(DType::f32, n, me, m).to(rank_gpu()), peer));
+    Tensor grad = Tensor::empty({n}, DType::f32, rank_gpu());
     c->recv(grad, peer);
     CHECK(mismatches(grad, pattern(DType::f32, n, peer, 7), false) == 0);
     for (Work& w : sends) w.wait();
   } else {
-    Tensor act = Tensor::empty({n}, DType::f32, gpu());
+    Tensor act = Tensor::empty({n}, DType::f32, rank_gpu());
     c->recv(act, peer);
     CHECK(mismatches(act, pattern(DType::f32, n, peer, 0), false) == 0);
-    c->send(pattern(DType::f32, n, me, 7).to(gpu()), peer);
+    c->send(pattern(DType::f32, n, me, 7).to(rank_gpu()), peer);
     for (int m = 1; m < 3; ++m) {
       c->recv(act, peer);
       CHECK(mismatches(act, pattern(DType::f32, n, peer, m), false) == 0);
@@ -223,7 +206,7 @@ TEST_CASE("asynchronous all-reduces of tensors just computed on the GPU, waited 
   for (int i = 0; i < n; ++i) {
     Tensor x = pattern(DType::f32, len, c->rank(), i);
     // Queued on the device's stream: the all-reduce must wait for it.
-    Tensor g = add(x.to(gpu()), x.to(gpu()));
+    Tensor g = add(x.to(rank_gpu()), x.to(rank_gpu()));
     want.push_back(add(x, x));
     got.push_back(g);
     works.push_back(c->all_reduce_async(g, i % 2 ? ReduceOp::max : ReduceOp::sum));
@@ -236,7 +219,7 @@ TEST_CASE("asynchronous all-reduces of tensors just computed on the GPU, waited 
   }
   works[0].wait();  // twice is fine
   // A Work dropped without waiting keeps its tensor until the operation is done.
-  c->all_reduce_async(pattern(DType::f32, len, c->rank()).to(gpu()), ReduceOp::sum);
+  c->all_reduce_async(pattern(DType::f32, len, c->rank()).to(rank_gpu()), ReduceOp::sum);
   c->barrier();
 }
 
@@ -253,7 +236,7 @@ TEST_CASE("split on GPUs: groups by color, ranked by key, as MPI makes them; neg
   CHECK(g->size() == m->size());
   for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg, ReduceOp::max}) {
     Tensor want = pattern(DType::bf16, 1001, me);
-    Tensor got = want.to(gpu());
+    Tensor got = want.to(rank_gpu());
     g->all_reduce(got, op);
     m->all_reduce(want, op);
     CHECK(mismatches(got, want, op == ReduceOp::avg) == 0);
@@ -271,7 +254,7 @@ TEST_CASE("stats count calls and bytes as the MPI backend does") {
   auto g = nccl()->split(0, me);  // fresh counters
   auto m = mpi()->split(0, me);
   const int R = g->size();
-  for (auto& [c, dev] : {std::pair{g, gpu()}, std::pair{m, Device::cpu()}}) {
+  for (auto& [c, dev] : {std::pair{g, rank_gpu()}, std::pair{m, Device::cpu()}}) {
     c->all_reduce(pattern(DType::f32, 1000, me).to(dev), ReduceOp::sum);
     c->all_reduce(pattern(DType::bf16, 0, me).to(dev), ReduceOp::avg);
     c->all_gather(Tensor::empty({R * 10}, DType::f16, dev), pattern(DType::f16, 10, me).to(dev));
@@ -302,15 +285,15 @@ TEST_CASE("NCCL refuses CPU tensors, MPI refuses GPU ones; each names the op and
   if (!have_gpus("nccl device checks")) return;
   auto c = nccl();
   Tensor host = Tensor::empty({4}, DType::f32);
-  Tensor dev = host.to(gpu());
+  Tensor dev = host.to(rank_gpu());
   CHECK_THROWS_WITH(c->all_reduce(host), Contains("all_reduce") && Contains("carries cuda"));
   CHECK_THROWS_WITH(c->broadcast(host, 0), Contains("broadcast") && Contains("cpu"));
   CHECK_THROWS_WITH(mpi()->all_reduce(dev), Contains("all_reduce") && Contains("CPU tensors"));
-  CHECK_THROWS_WITH(c->all_reduce(Tensor::empty({4}, DType::i32, gpu()), ReduceOp::avg),
+  CHECK_THROWS_WITH(c->all_reduce(Tensor::empty({4}, DType::i32, rank_gpu()), ReduceOp::avg),
                     Contains("avg"));
-  Tensor square = Tensor::empty({3, 5}, DType::f32, gpu());
+  Tensor square = Tensor::empty({3, 5}, DType::f32, rank_gpu());
   CHECK_THROWS_WITH(c->all_reduce(square.t()), Contains("not contiguous"));
-  CHECK_THROWS_WITH(c->all_gather(Tensor::empty({3}, DType::f32, gpu()), dev),
+  CHECK_THROWS_WITH(c->all_gather(Tensor::empty({3}, DType::f32, rank_gpu()), dev),
                     Contains("all_gather"));
   CHECK_THROWS_WITH(c->send(dev, c->size()), Contains("send to rank"));
   // After refusals, the communicator still works.

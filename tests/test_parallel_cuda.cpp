@@ -14,35 +14,16 @@
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline.h"
 #include "tensor/cuda/cuda.h"
+#include "nccl_testing.h"
 #include "testing.h"
 
 using namespace forge;
 using forge::testing::Contains;
+using forge::testing::have_gpus;
+using forge::testing::rank_gpu;
 using forge::testing::max_rel_diff;
 
 namespace {
-
-// Whether every rank has a GPU of its own (collective over the MPI world); prints SKIPPED and why
-// when not.
-bool have_gpus(const char* test) {
-  auto w = world_communicator();
-  const int n = cuda::device_count();
-  Tensor short_of = from_vector<int32_t>({n >= w->size() ? 0 : 1});
-  w->all_reduce(short_of, ReduceOp::max);
-  if (short_of.item() == 0 && nccl_built()) return true;
-  std::string why = !nccl_built() ? std::string("this build has no NCCL")
-                    : n == 0      ? "no GPU: " + cuda::unavailable_reason()
-                                  : fmt::format(
-                                        "{} GPU(s) here for {} ranks on some rank; NCCL "
-                                             "needs one per rank",
-                                        n, w->size());
-  std::printf("SKIPPED: %s (rank %d): %s\n", test, w->rank(), why.c_str());
-  return false;
-}
-
-Device gpu() {
-  return Device::cuda(local_cuda_device());
-}
 
 Tensor host(const Tensor& t) {
   return t.to(Device::cpu());
@@ -136,13 +117,13 @@ struct Layout {
 
 // This rank's shard trained on its GPU, every group split from the NCCL world.
 Run gpu_run(const Layout& layout) {
-  ProcessGrid grid(world_communicator_for(gpu()), layout.grid);
+  ProcessGrid grid(world_communicator_for(rank_gpu()), layout.grid);
   CHECK(grid.tp_group()->backend() == "nccl");
-  CHECK(grid.pp_group()->device() == gpu());
+  CHECK(grid.pp_group()->device() == rank_gpu());
   const GridCoord c = grid.coord();
   Generator init(7), drop(8);
   ParallelGPT model(kCfg, {grid.tp_group(), c.pp, layout.grid.pp}, init, drop);
-  model.to(gpu());
+  model.to(rank_gpu());
   std::vector<Variable> params = model.parameters();
   AdamW opt({{params, 0.1}}, adamw());
   Pipeline pipe(model, grid.pp_group(), {layout.schedule, layout.micro_batches});
@@ -151,12 +132,12 @@ Run gpu_run(const Layout& layout) {
   for (int step = 0; step < kSteps; ++step) {
     auto [x, y] = batch(step);
     opt.zero_grad();
-    PipelineStepStats s = pipe.step(x.to(gpu()), y.to(gpu()));
+    PipelineStepStats s = pipe.step(x.to(rank_gpu()), y.to(rank_gpu()));
     sync_tied_embedding(model, grid.embedding_group());
     run.losses.push_back(s.loss);
     if (step == 0)
       for (const auto& [name, p] : model.named_parameters()) {
-        CHECK(p.grad().device() == gpu());
+        CHECK(p.grad().device() == rank_gpu());
         run.first_grads.emplace_back(name, host(p.grad()));
       }
     run.norms.push_back(parallel_grad_norm(model, *grid.model_parallel_group()));
@@ -164,7 +145,7 @@ Run gpu_run(const Layout& layout) {
   }
   auto [x, y] = batch(kSteps);
   model.eval();
-  run.eval_loss = pipe.evaluate(x.to(gpu()), y.to(gpu()));
+  run.eval_loss = pipe.evaluate(x.to(rank_gpu()), y.to(rank_gpu()));
   for (const auto& [name, t] : model.state_dict()) run.weights.emplace_back(name, host(t));
   return run;
 }
@@ -190,14 +171,14 @@ std::string describe(const Layout& l) {
 TEST_CASE("VocabParallelEmbedding on GPUs equals its CPU path, gradients and errors included") {
   if (!have_gpus("VocabParallelEmbedding on GPUs")) return;
   auto mpi = world_communicator();
-  auto nccl = world_communicator_for(gpu());
+  auto nccl = world_communicator_for(rank_gpu());
   const int64_t V = 13, C = 4;  // uneven over 2 ranks
   Generator g(8);
   Tensor table = randn({V, C}, g);
   VocabParallelEmbedding on_cpu(V, C, mpi), on_gpu(V, C, nccl);
   on_cpu.weight.data().copy_(shard_tensor(table, {0, 1}, mpi->rank(), mpi->size()));
   on_gpu.weight.data().copy_(shard_tensor(table, {0, 1}, mpi->rank(), mpi->size()));
-  on_gpu.to(gpu());
+  on_gpu.to(rank_gpu());
   Tensor idx = from_vector<int64_t>({0, 12, 5, 5, 7, 1, 12, 3, 6}).view({3, 3});
   Tensor c = upstream({3, 3, C}, 9);
   for (bool indices_on_gpu : {true, false}) {
@@ -205,24 +186,24 @@ TEST_CASE("VocabParallelEmbedding on GPUs equals its CPU path, gradients and err
     on_cpu.weight.zero_grad();
     on_gpu.weight.zero_grad();
     Variable yc = on_cpu.forward(idx);
-    Variable yg = on_gpu.forward(indices_on_gpu ? idx.to(gpu()) : idx);
-    REQUIRE(yg.data().device() == gpu());
+    Variable yg = on_gpu.forward(indices_on_gpu ? idx.to(rank_gpu()) : idx);
+    REQUIRE(yg.data().device() == rank_gpu());
     sum(mul(yc, Variable(c))).backward();
-    sum(mul(yg, Variable(c.to(gpu())))).backward();
+    sum(mul(yg, Variable(c.to(rank_gpu())))).backward();
     // One rank contributes each row, the others zeros: exact on both.
     CHECK(testing::bitwise_equal(host(yg.data()), yc.data()));
     CHECK(max_rel_diff(host(on_gpu.weight.grad()), on_cpu.weight.grad()) <= 1e-6);
   }
-  REQUIRE_THROWS_WITH(on_gpu.forward(from_vector<int64_t>({3, 13}).to(gpu())),
+  REQUIRE_THROWS_WITH(on_gpu.forward(from_vector<int64_t>({3, 13}).to(rank_gpu())),
                       Contains("index 13 at position 1") && Contains("13 rows"));
-  REQUIRE_THROWS_WITH(on_gpu.forward(from_vector<int64_t>({2, 1, -1}).to(gpu())),
+  REQUIRE_THROWS_WITH(on_gpu.forward(from_vector<int64_t>({2, 1, -1}).to(rank_gpu())),
                       Contains("index -1 at position 2") && Contains("13 rows"));
 }
 
 TEST_CASE("vocab_parallel_cross_entropy on GPUs equals its CPU path and cross_entropy") {
   if (!have_gpus("vocab_parallel_cross_entropy on GPUs")) return;
   auto mpi = world_communicator();
-  auto nccl = world_communicator_for(gpu());
+  auto nccl = world_communicator_for(rank_gpu());
   // Odd sizes; ignore_index -100 and one that is a real class (3): its rows count for nothing.
   for (int64_t ignore_index : {int64_t(-100), int64_t(3)}) {
     for (DType dt : {DType::f32, DType::f64}) {
@@ -238,37 +219,37 @@ TEST_CASE("vocab_parallel_cross_entropy on GPUs equals its CPU path and cross_en
       Variable xs(logits, true);
       Variable ls = cross_entropy(xs, targets, ignore_index);
       ls.backward();
-      Variable xc(mine, true), xg(mine.to(gpu()), true);
+      Variable xc(mine, true), xg(mine.to(rank_gpu()), true);
       Variable lc = vocab_parallel_cross_entropy(xc, targets, vocab, V, mpi, ignore_index);
       Variable lg =
-          vocab_parallel_cross_entropy(xg, targets.to(gpu()), vocab, V, nccl, ignore_index);
-      REQUIRE(lg.data().device() == gpu());
+          vocab_parallel_cross_entropy(xg, targets.to(rank_gpu()), vocab, V, nccl, ignore_index);
+      REQUIRE(lg.data().device() == rank_gpu());
       REQUIRE(lg.dtype() == dt);
       mul(lc, 2.0).backward();
       mul(lg, 2.0).backward();
       const double tol = dt == DType::f64 ? 1e-12 : 1e-6;
       CHECK(std::abs(lg.item() - lc.item()) <= tol * std::abs(lc.item()));
       CHECK(std::abs(lg.item() - ls.item()) <= tol * std::abs(ls.item()));
-      REQUIRE(xg.grad().device() == gpu());
+      REQUIRE(xg.grad().device() == rank_gpu());
       CHECK(max_rel_diff(host(xg.grad()), xc.grad()) <= tol);
       CHECK(max_rel_diff(host(xg.grad()),
                          mul(xs.grad(), 2.0).narrow(1, vocab.begin, vocab.size())) <= tol);
     }
   }
   // Every row ignored: a zero loss and zero gradients, as on the CPU.
-  Variable all_ignored(zeros({2, shard_range(5, mpi->size(), mpi->rank()).size()}).to(gpu()), true);
-  Variable l0 = vocab_parallel_cross_entropy(all_ignored, full({2}, -100.0, DType::i64).to(gpu()),
+  Variable all_ignored(zeros({2, shard_range(5, mpi->size(), mpi->rank()).size()}).to(rank_gpu()), true);
+  Variable l0 = vocab_parallel_cross_entropy(all_ignored, full({2}, -100.0, DType::i64).to(rank_gpu()),
                                              shard_range(5, mpi->size(), mpi->rank()), 5, nccl);
   l0.backward();
   CHECK(l0.item() == 0.0);
   CHECK(max(abs(host(all_ignored.grad()))).item() == 0.0);
   // The same errors as the CPU path.
-  Variable ok(zeros({4, 3}).to(gpu()), true);
-  REQUIRE_THROWS_WITH(vocab_parallel_cross_entropy(ok, from_vector<int64_t>({0, 1, 7, 2}).to(gpu()),
+  Variable ok(zeros({4, 3}).to(rank_gpu()), true);
+  REQUIRE_THROWS_WITH(vocab_parallel_cross_entropy(ok, from_vector<int64_t>({0, 1, 7, 2}).to(rank_gpu()),
                                                    {0, 3}, 3, single_process_communicator()),
                       Contains("target 7 at row 2") && Contains("3 classes"));
   REQUIRE_THROWS_WITH(
-      vocab_parallel_cross_entropy(ok, from_vector<int64_t>({0, -5, 1, 2}).to(gpu()), {0, 3}, 3,
+      vocab_parallel_cross_entropy(ok, from_vector<int64_t>({0, -5, 1, 2}).to(rank_gpu()), {0, 3}, 3,
                                    single_process_communicator()),
       Contains("target -5 at row 1") && Contains("3 classes"));
 }
