@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "quant/int8_gemm_kernels.h"
@@ -359,8 +360,8 @@ void min_max(const float* x, int64_t n, float& lo, float& hi) {
 #if defined(__x86_64__)
   if (int8_kernel() != Int8Kernel::portable) return int8_detail::min_max_avx2(x, n, lo, hi);
 #endif
-  float a = x[0], b = x[0];
-  for (int64_t i = 1; i < n; ++i) {
+  float a = std::numeric_limits<float>::infinity(), b = -a;
+  for (int64_t i = 0; i < n; ++i) {  // a comparison with NaN is false: NaN never replaces a, b
     a = x[i] < a ? x[i] : a;
     b = x[i] > b ? x[i] : b;
   }

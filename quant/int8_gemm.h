@@ -59,7 +59,8 @@ void int8_linear_f32(const uint8_t* a, int64_t m, int64_t lda, float a_scale, in
 // Quantizes n floats to u8: q = clamp(round_half_even(x * inv_scale) + zero, qmin, qmax).
 void quantize_u8(const float* x, int64_t n, float inv_scale, int32_t zero, int32_t qmin,
                  int32_t qmax, uint8_t* q);
-// min and max of n floats (n > 0), vectorised; NaN-free input assumed.
+// min and max of n floats (n > 0), vectorised; NaNs are skipped (all NaN: lo = +inf, hi = -inf),
+// in every kernel alike.
 void min_max(const float* x, int64_t n, float& lo, float& hi);
 
 }  // namespace forge

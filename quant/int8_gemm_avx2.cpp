@@ -22,6 +22,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <limits>
 
 #include "quant/int8_gemm_ymm.h"
 
@@ -136,13 +137,15 @@ void quantize_u8_avx2(const float* x, int64_t n, float inv_scale, int32_t zero, 
 
 void min_max_avx2(const float* x, int64_t n, float& lo, float& hi) {
   int64_t i = 0;
-  __m256 mn0 = _mm256_set1_ps(x[0]), mx0 = mn0, mn1 = mn0, mx1 = mn0;
+  // minps/maxps return their second operand when either is NaN: x goes first, so NaNs are skipped.
+  __m256 mn0 = _mm256_set1_ps(std::numeric_limits<float>::infinity()),
+         mx0 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), mn1 = mn0, mx1 = mx0;
   for (; i + 16 <= n; i += 16) {
     const __m256 u = _mm256_loadu_ps(x + i), v = _mm256_loadu_ps(x + i + 8);
-    mn0 = _mm256_min_ps(mn0, u);
-    mx0 = _mm256_max_ps(mx0, u);
-    mn1 = _mm256_min_ps(mn1, v);
-    mx1 = _mm256_max_ps(mx1, v);
+    mn0 = _mm256_min_ps(u, mn0);
+    mx0 = _mm256_max_ps(u, mx0);
+    mn1 = _mm256_min_ps(v, mn1);
+    mx1 = _mm256_max_ps(v, mx1);
   }
   alignas(32) float a[8], b[8];
   _mm256_store_ps(a, _mm256_min_ps(mn0, mn1));

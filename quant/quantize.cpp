@@ -172,11 +172,13 @@ Int8Linear::InputGrid Int8Linear::input_grid(const Tensor& rows) const {
     sx = scalar_f32(input_->scale);
     zx = int32_t(input_->zero_point.item());
   } else {
-    // Dynamic: this batch's own range. On a GPU min = -max(-x), exactly.
+    // Dynamic: this batch's own range, NaNs skipped. On a GPU min = -max(-x), exactly, with NaNs
+    // as 0: the same grid, since the range is widened to hold 0 anyway (choose_qparams).
     float lo = 0, hi = 0;
     if (rows.numel() > 0 && rows.device().is_cuda()) {
-      hi = float(max(rows).item());
-      lo = -float(max(neg(rows)).item());
+      const Tensor clean = where(ne(rows, rows), zeros({}, rows.dtype(), rows.device()), rows);
+      hi = float(max(clean).item());
+      lo = -float(max(neg(clean)).item());
     } else if (rows.numel() > 0) {
       min_max(rows.data<float>(), rows.numel(), lo, hi);
     }

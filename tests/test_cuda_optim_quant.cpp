@@ -275,6 +275,12 @@ TEST_CASE("Int8Linear on cuda gives the CPU's outputs bit for bit, dynamic and s
   Tensor x = uniform({40, 6}, -1, 1, gen);
   auto [want_t, got_t] = run_both(layer, x.t(), x.to(gpu).t());
   CHECK(bitwise_equal(got_t, want_t));
+  // NaNs are left out of the batch's range and quantize to qmin, on both devices.
+  Tensor xn = uniform({5, 40}, -1, 1, gen);
+  xn.data<float>()[0] = NAN;
+  xn.data<float>()[77] = NAN;
+  auto [want_n, got_n] = run_both(layer, xn);
+  CHECK(bitwise_equal(got_n, want_n));
 }
 
 TEST_CASE("an int8 MLP moved to cuda computes what it computes on the cpu; int4 refuses cuda") {

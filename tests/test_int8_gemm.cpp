@@ -397,6 +397,28 @@ TEST_CASE("min_max finds the extremes for every kernel and length") {
   }
 }
 
+TEST_CASE("min_max skips NaNs wherever they are, in every kernel") {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int n : {1, 7, 16, 17, 40}) {
+    for (int at : {0, n / 2, n - 1}) {  // first, inside a vector block, last (tail)
+      std::vector<float> x(static_cast<size_t>(n));
+      for (int i = 0; i < n; ++i) x[size_t(i)] = float(i % 5) - 1.5f;
+      x[size_t(at)] = nan;
+      float want_lo = std::numeric_limits<float>::infinity(), want_hi = -want_lo;
+      for (float v : x)
+        if (!std::isnan(v)) want_lo = std::min(want_lo, v), want_hi = std::max(want_hi, v);
+      for (Int8Kernel k : runnable_kernels()) {
+        Int8KernelScope scope(k);
+        INFO(int8_kernel_name(k) << " n=" << n << " NaN at " << at);
+        float lo = 0, hi = 0;
+        min_max(x.data(), n, lo, hi);
+        CHECK(lo == want_lo);  // all NaN (n = 1): +inf and -inf
+        CHECK(hi == want_hi);
+      }
+    }
+  }
+}
+
 TEST_CASE("choosing an int8 kernel the processor lacks throws naming it") {
   int unsupported = 0;
   for (Int8Kernel k : kAllKernels) {
