@@ -11,6 +11,7 @@
 // panels are zero-padded), then the valid part is combined into C.
 #include "tensor/cpu/gemm.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -36,6 +37,17 @@ GemmBackend initial_backend() {
 }
 GemmBackend g_backend = initial_backend();
 
+// a * b + c rounded once, as the vector kernels' fma, where the target has the instruction; said
+// explicitly rather than left to the compiler's contraction (GCC contracts only from -O2, and
+// then may pick either product of alpha * acc + beta * c to fuse).
+inline float madd(float a, float b, float c) {
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 // The portable microkernel: plain loops, 4 x 8, the same arithmetic order as the vector ones.
 void kernel_portable(long kc, const float* a, const float* b, float* c, long ldc, float alpha,
                      float beta) {
@@ -43,10 +55,11 @@ void kernel_portable(long kc, const float* a, const float* b, float* c, long ldc
   float acc[MR][NR] = {};
   for (long p = 0; p < kc; ++p)
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[i][j] += a[p * MR + i] * b[p * NR + j];
+      for (int j = 0; j < NR; ++j) acc[i][j] = madd(a[p * MR + i], b[p * NR + j], acc[i][j]);
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j)
-      c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * c[i * ldc + j];
+      c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j]
+                                    : madd(alpha, acc[i][j], beta * c[i * ldc + j]);
 }
 void pack_a_portable(GemmElem e, bool ta, const void* A, int64_t lda, int64_t m, int64_t r0,
                      int64_t p0, int64_t kc, int MR, float* dst);
@@ -229,8 +242,9 @@ void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
               K.kernel(long(kc), a, b, scratch, NR, 1.0f, 0.0f);
               for (int64_t i = 0; i < rows; ++i)
                 for (int64_t j = 0; j < cols; ++j) {
-                  float v = alpha * scratch[i * NR + j];
-                  c[i * ldc + j] = beta_eff == 0.0f ? v : v + beta_eff * c[i * ldc + j];
+                  const float v = scratch[i * NR + j];  // combined as the kernels combine
+                  c[i * ldc + j] = beta_eff == 0.0f ? alpha * v
+                                                    : madd(alpha, v, beta_eff * c[i * ldc + j]);
                 }
             }
           }
