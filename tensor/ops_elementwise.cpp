@@ -256,7 +256,7 @@ Tensor gelu(const Tensor& a, GeluApprox approx) {
     });
   return unary_op(a, "gelu", CudaUnary::gelu_erf, [](auto x) {
     using C = decltype(x);
-    return C(0.5) * x * (C(1) + std::erf(x * C(kInvSqrt2)));
+    return C(0.5) * x * (C(1) + cpu::verf(x * C(kInvSqrt2)));
   });
 }
 
@@ -302,8 +302,8 @@ Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
     });
   return backward_op(grad, x, "gelu_backward", CudaBackward::gelu_erf, [](auto g, auto v) {
     using C = decltype(v);
-    C cdf = C(0.5) * (C(1) + std::erf(v * C(kInvSqrt2)));
-    C pdf = C(kInvSqrt2Pi) * std::exp(C(-0.5) * v * v);
+    C cdf = C(0.5) * (C(1) + cpu::verf(v * C(kInvSqrt2)));
+    C pdf = C(kInvSqrt2Pi) * cpu::vexp(C(-0.5) * v * v);
     return g * (cdf + v * pdf);
   });
 }

@@ -575,6 +575,27 @@ TEST_CASE("tanh_f32 is within 3e-7 of tanh on [-20, 20] and odd") {
   CHECK(cpu::tanh_f32(1e-20f) == 1e-20f);
 }
 
+TEST_CASE("erf_f32 is within 5e-7 of erf on [-6, 6], absolute and relative, and odd") {
+  double worst_abs = 0, worst_rel = 0, at_abs = 0, at_rel = 0;
+  for (int64_t i = 0; i <= 1200000; ++i) {
+    float x = float(-6.0 + double(i) * 1e-5);
+    double want = std::erf(double(x)), got = cpu::erf_f32(x), e = std::abs(got - want);
+    if (e > worst_abs) worst_abs = e, at_abs = x;
+    if (want != 0 && e / std::abs(want) > worst_rel) worst_rel = e / std::abs(want), at_rel = x;
+    if (cpu::erf_f32(-x) != -cpu::erf_f32(x)) FAIL("erf_f32 not odd at " << x);
+  }
+  INFO("worst absolute " << worst_abs << " at x = " << at_abs << ", relative " << worst_rel
+                         << " at x = " << at_rel);
+  CHECK(worst_abs <= 5e-7);
+  CHECK(worst_rel <= 5e-7);
+  // Near 0 (erf x ~ 2x / sqrt(pi)) and beyond the clamp.
+  for (float x : {1e-30f, 1e-10f, 1e-4f}) CHECK(std::abs(cpu::erf_f32(x) / std::erf(double(x)) - 1) <= 5e-7);
+  CHECK(cpu::erf_f32(0.0f) == 0.0f);
+  CHECK(cpu::erf_f32(INFINITY) == 1.0f);
+  CHECK(cpu::erf_f32(-1e30f) == -1.0f);
+  CHECK(std::isnan(cpu::erf_f32(NAN)));
+}
+
 TEST_CASE("tanh and the other f32 activations propagate NaN") {
   Tensor x = from_vector(std::vector<float>{NAN, 1.0f});
   CHECK(std::isnan(tanh(x).to_vector<float>()[0]));
