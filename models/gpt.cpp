@@ -21,6 +21,14 @@ void GPTConfig::validate() const {
               dropout);
 }
 
+const char* gelu_name(GeluApprox g) { return g == GeluApprox::tanh ? "tanh" : "erf"; }
+
+GeluApprox parse_gelu(const std::string& name) {
+  if (name == "tanh") return GeluApprox::tanh;
+  if (name == "erf") return GeluApprox::none;
+  throw_error(fmt::format("gelu must be tanh or erf, got '{}'", name));
+}
+
 int64_t GPTConfig::num_parameters(bool non_embedding) const {
   int64_t C = n_embd, b = bias ? 1 : 0;
   int64_t ln = C + b * C;
@@ -76,14 +84,14 @@ Variable CausalSelfAttention::forward(const Variable& x, KVCache& cache, int64_t
 }
 
 GPTMLP::GPTMLP(const GPTConfig& cfg, Generator& init, Generator& dropout_gen)
-    : dropout_(cfg.dropout), gen_(&dropout_gen) {
+    : dropout_(cfg.dropout), gelu_(cfg.gelu), gen_(&dropout_gen) {
   double proj_std = 0.02 / std::sqrt(2.0 * double(cfg.n_layer));
   c_fc = register_module("c_fc", gpt_linear(cfg.n_embd, 4 * cfg.n_embd, cfg.bias, 0.02, init));
   c_proj = register_module("c_proj", gpt_linear(4 * cfg.n_embd, cfg.n_embd, cfg.bias, proj_std, init));
 }
 
 Variable GPTMLP::forward(const Variable& x) {
-  Variable h = gelu(c_fc->forward(x), GeluApprox::tanh);
+  Variable h = gelu(c_fc->forward(x), gelu_);
   return dropout(c_proj->forward(h), dropout_, is_training(), *gen_);
 }
 

@@ -31,6 +31,9 @@ struct GPTConfig {
   int64_t vocab_size = 65;
   double dropout = 0.0;
   bool bias = true;  // biases in Linear and LayerNorm
+  // The MLP's GELU: the tanh approximation (GPT-2's, the default) or the exact erf form
+  // (GeluApprox::none: PyTorch's nn.GELU() default, which nanoGPT uses).
+  GeluApprox gelu = GeluApprox::tanh;
 
   // Throws naming the field when the numbers do not make a model.
   void validate() const;
@@ -41,6 +44,10 @@ struct GPTConfig {
   double flops_per_token(int64_t T) const;
   friend bool operator==(const GPTConfig&, const GPTConfig&) = default;
 };
+
+// The names of the GELU forms in configs and checkpoints: "tanh" and "erf".
+const char* gelu_name(GeluApprox g);
+GeluApprox parse_gelu(const std::string& name);  // throws naming the text
 
 // Keys and values of every position seen so far, per layer, for generation: each new token then
 // costs attention over the cache instead of a re-run of the whole context.
@@ -67,11 +74,12 @@ class CausalSelfAttention : public Module {
 class GPTMLP : public Module {
  public:
   GPTMLP(const GPTConfig& cfg, Generator& init, Generator& dropout_gen);
-  Variable forward(const Variable& x) override;  // C -> 4C -> GELU(tanh) -> C
+  Variable forward(const Variable& x) override;  // C -> 4C -> GELU -> C
   std::shared_ptr<Linear> c_fc, c_proj;
 
  private:
   double dropout_;
+  GeluApprox gelu_;
   Generator* gen_;
 };
 

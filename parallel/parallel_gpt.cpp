@@ -110,7 +110,7 @@ Variable ParallelAttention::forward(const Variable& x) {
 
 ParallelMLP::ParallelMLP(const GPTConfig& cfg, const std::shared_ptr<Communicator>& tp,
                          Generator& dropout_gen)
-    : dropout_(cfg.dropout), gen_(&dropout_gen) {
+    : dropout_(cfg.dropout), gelu_(cfg.gelu), gen_(&dropout_gen) {
   c_fc = register_module(
       "c_fc", std::make_shared<ColumnParallelLinear>(cfg.n_embd, 4 * cfg.n_embd, cfg.bias, tp));
   c_proj = register_module(
@@ -118,7 +118,7 @@ ParallelMLP::ParallelMLP(const GPTConfig& cfg, const std::shared_ptr<Communicato
 }
 
 Variable ParallelMLP::forward(const Variable& x) {
-  Variable h = gelu(c_fc->forward(x), GeluApprox::tanh);
+  Variable h = gelu(c_fc->forward(x), gelu_);
   return dropout(c_proj->forward(h), dropout_, is_training(), *gen_);
 }
 

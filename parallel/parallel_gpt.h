@@ -78,6 +78,7 @@ class ParallelMLP : public Module {
 
  private:
   double dropout_;
+  GeluApprox gelu_;
   Generator* gen_;
 };
 

@@ -68,7 +68,7 @@ std::string gpt_config_to_json(const GPTConfig& c) {
   nlohmann::ordered_json j = {{"n_layer", c.n_layer},       {"n_head", c.n_head},
                               {"n_embd", c.n_embd},         {"block_size", c.block_size},
                               {"vocab_size", c.vocab_size}, {"dropout", c.dropout},
-                              {"bias", c.bias}};
+                              {"bias", c.bias},             {"gelu", gelu_name(c.gelu)}};
   return j.dump();
 }
 
@@ -83,6 +83,7 @@ GPTConfig gpt_config_from_json(const std::string& json, const std::string& where
     c.vocab_size = j.at("vocab_size").get<int64_t>();
     c.dropout = j.at("dropout").get<double>();
     c.bias = j.at("bias").get<bool>();
+    if (j.contains("gelu")) c.gelu = parse_gelu(j.at("gelu").get<std::string>());  // older: tanh
   } catch (const std::exception& e) {
     throw_error(fmt::format("{}: malformed model config: {}", where, e.what()));
   }

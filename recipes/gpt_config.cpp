@@ -30,6 +30,8 @@ const std::vector<Field>& field_table() {
       {"block_size", "context length T", [](C& c) -> FieldPtr { return &c.model.block_size; }},
       {"dropout", "dropout probability", [](C& c) -> FieldPtr { return &c.model.dropout; }},
       {"bias", "biases in Linear and LayerNorm", [](C& c) -> FieldPtr { return &c.model.bias; }},
+      {"gelu", "the MLP's GELU: tanh (GPT-2's approximation) or erf (exact, nanoGPT's)",
+       [](C& c) -> FieldPtr { return &c.gelu; }},
       {"data", "text corpus to train on", [](C& c) -> FieldPtr { return &c.data; }},
       {"tokenizer", "char or byte", [](C& c) -> FieldPtr { return &c.tokenizer; }},
       {"max_iters", "training steps", [](C& c) -> FieldPtr { return &c.max_iters; }},
@@ -215,6 +217,7 @@ void GptTrainConfig::validate() const {
   GPTConfig m = model;
   if (m.vocab_size == 0) m.vocab_size = 1;  // known only once the tokenizer is built
   m.validate();
+  parse_gelu(gelu);
   FORGE_CHECK(tokenizer == "char" || tokenizer == "byte",
               "tokenizer must be char or byte, got '{}'", tokenizer);
   FORGE_CHECK(checkpoint == "none" || checkpoint == "blocks",

@@ -23,6 +23,7 @@ struct GptTrainConfig {
   // Model (vocab_size comes from the tokenizer).
   GPTConfig model{.n_layer = 4, .n_head = 4, .n_embd = 128, .block_size = 64, .vocab_size = 0,
                   .dropout = 0.0, .bias = false};
+  std::string gelu = "tanh";  // the MLP's GELU: tanh (GPT-2) or erf (nanoGPT); sets model.gelu
   // Data.
   std::string data;                // corpus path; "" -> $TINYSHAKESPEARE, then data/tinyshakespeare.txt
   std::string tokenizer = "char";  // char | byte

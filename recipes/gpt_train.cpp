@@ -77,6 +77,7 @@ void check_same_architecture(const GPTConfig& run, const GPTConfig& saved,
   field("block_size", run.block_size, saved.block_size);
   field("bias", run.bias, saved.bias);
   field("dropout", run.dropout, saved.dropout);
+  field("gelu", std::string(gelu_name(run.gelu)), std::string(gelu_name(saved.gelu)));
 }
 
 // The settings every data-parallel rank must share: everything but paths and the thread count.
@@ -109,6 +110,7 @@ Device training_device(const std::string& text, const Communicator& world) {
 GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   GptTrainConfig cfg = config;
   cfg.validate();
+  cfg.model.gelu = parse_gelu(cfg.gelu);
   if (cfg.threads > 0) set_num_threads(int(cfg.threads));
   // The ranks form a grid of dp replicas, each split over tp x pp ranks (all 1 without mpirun).
   // Every rank draws the same global batch of dp * batch_size rows and its replica trains on its

@@ -196,6 +196,8 @@ expect_error "--data of a missing file" "$tmp/no-such-corpus.txt" "not found"
 mkdir -p "$tmp/empty"
 run "$train" gpt "${data[@]}" "${tiny[@]}" --max-iters 1 --resume "$tmp/empty" --out "$tmp/outr"
 expect_error "--resume of a directory without checkpoints" "--resume $tmp/empty" "no complete checkpoint"
+run "$train" gpt "${data[@]}" "${tiny[@]}" --max-iters 40 --resume "$out" --gelu erf --out "$tmp/outg"
+expect_error "--resume of a tanh-GELU model with --gelu erf" "gelu = tanh" "asks for erf"
 
 run "$infer" --checkpoint "$tmp/no-such-checkpoint" --max-tokens 5
 expect_error "infer with a nonexistent checkpoint" "$tmp/no-such-checkpoint" "no such checkpoint"

@@ -149,6 +149,24 @@ TEST_CASE("save_checkpoint then load_model and load_training_state give back eve
   CHECK(cfg["n_embd"] == 16);
   CHECK(cfg["vocab_size"] == 8);
   CHECK(cfg["dropout"] == 0.1);
+  CHECK(cfg["gelu"] == "tanh");
+}
+
+TEST_CASE("the GELU form is part of the model config: saved, read, and old configs mean tanh") {
+  GPTConfig c{.n_layer = 1, .n_head = 2, .n_embd = 16, .block_size = 8, .vocab_size = 8};
+  CHECK(gpt_config_from_json(gpt_config_to_json(c), "x").gelu == GeluApprox::tanh);
+  c.gelu = GeluApprox::none;
+  CHECK(nlohmann::json::parse(gpt_config_to_json(c))["gelu"] == "erf");
+  CHECK(gpt_config_from_json(gpt_config_to_json(c), "x") == c);
+  // Checkpoints written before the setting existed used the tanh form.
+  const std::string old =
+      R"({"n_layer":1,"n_head":2,"n_embd":16,"block_size":8,"vocab_size":8,"dropout":0.0,"bias":true})";
+  CHECK(gpt_config_from_json(old, "x").gelu == GeluApprox::tanh);
+  CHECK_THROWS_WITH(
+      gpt_config_from_json(
+          R"({"n_layer":1,"n_head":2,"n_embd":16,"block_size":8,"vocab_size":8,"dropout":0.0,"bias":true,"gelu":"relu"})",
+          "f.safetensors"),
+      Contains("f.safetensors") && Contains("gelu must be tanh or erf, got 'relu'"));
 }
 
 TEST_CASE("saving a step again replaces that checkpoint and leaves no temporary directory") {

@@ -323,7 +323,7 @@ TEST_CASE("GPTConfig::validate errors name the field") {
 // Gradients of the whole model
 
 TEST_CASE("GPT gradients in f64 match central finite differences of the loss for every "
-          "parameter") {
+          "parameter, with either GELU") {
   // A tiny model converted to f64, re-initialised with larger values (std 0.4, LayerNorm weights
   // around 1) so every path carries weight. Every parameter element is nudged by +-1e-6; the
   // central difference errs by ~eps^2 |f'''| (~1e-12) plus rounding ~1e-16 |L| / eps (~1e-9), so
@@ -335,6 +335,8 @@ TEST_CASE("GPT gradients in f64 match central finite differences of the loss for
   cfg.n_embd = 8;
   cfg.block_size = 6;
   cfg.vocab_size = 11;
+  cfg.gelu = GENERATE(GeluApprox::tanh, GeluApprox::none);
+  INFO("gelu " << gelu_name(cfg.gelu));
   Generator init(24), drop(25), gen(26);
   GPT model(cfg, init, drop);
   for (auto& [name, p] : model.named_parameters()) {
