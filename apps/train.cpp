@@ -51,10 +51,18 @@ int run_mnist(const MnistOptions& o) {
   return 0;
 }
 
-// `train gpt --eval-only`: losses of a saved model, quantized or not.
+// `train gpt --eval-only`: losses of a saved model, quantized or not; with --metrics, one JSON line
+// of them at full precision.
 int run_gpt_eval(const GptTrainConfig& cfg, const std::string& quant, int64_t group) {
   const std::string checkpoint = cfg.resume.empty() ? cfg.out : cfg.resume;
   GptEvalResult r = evaluate_checkpoint(cfg, checkpoint, quant, group);
+  MetricsWriter(cfg.metrics).write({{"eval_only", checkpoint},
+                                    {"step", r.step},
+                                    {"quantization", r.quantization},
+                                    {"train_loss", r.train_loss},
+                                    {"val_loss", r.val_loss},
+                                    {"model_bytes", r.model_bytes},
+                                    {"seconds", r.seconds}});
   fmt::print("eval {} (step {}, {}): train loss {:.4f} | val loss {:.4f} | {:.2f} MB | {:.2f} s\n",
              checkpoint, r.step, r.quantization, r.train_loss, r.val_loss,
              double(r.model_bytes) / 1e6, r.seconds);

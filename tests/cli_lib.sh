@@ -3,11 +3,17 @@
 #   expect_error WHAT STR... -> a failure unless rc != 0 and stderr holds every STR
 #   fail MESSAGE; show; finish NAME (prints the verdict and exits 1 on any failure)
 #   corpus=$(test_corpus)    -> $TINYSHAKESPEARE if it exists, else a small synthetic text
-#   losses FILE              -> the "step loss" pairs of a --metrics file
-#   worst_loss_diff A B N    -> the largest relative difference of the losses of two metrics files
-#                               over the steps they share ("missing" unless they share N)
-#   use_mpirun               -> exits 77 (skipped) without mpirun; else "${mpi[@]}" -np N CMD runs
-#                               CMD under it with the settings this machine needs
+#   losses FILE              -> the "step loss" pairs of a --metrics file, the loss as written
+#                               ("null" where the step's loss was NaN or infinite)
+#   compare_losses REF GOT N TOL -> prints the worst relative difference of GOT's losses from REF's
+#                               at the same steps; status 0 only if GOT has exactly N steps, each
+#                               once and each in REF, every loss a finite number, REF's positive,
+#                               and every difference <= TOL (0: identical). Else prints why.
+#   optional_missing WHAT    -> an optional input (torch, a dataset) is absent: prints SKIPPED,
+#                               or fails under FORGE_REQUIRE_OPTIONAL=1 (CI installs them all)
+#   use_mpirun               -> exits 77 (skipped; 1 under FORGE_REQUIRE_OPTIONAL=1) without
+#                               mpirun; else "${mpi[@]}" -np N CMD runs CMD under it with the
+#                               settings this machine needs
 # $tmp is a fresh directory, removed at exit with any background job left in $bg_pid.
 tmp=$(mktemp -d)
 bg_pid=
@@ -67,19 +73,46 @@ test_corpus() {
 }
 
 losses() {
-  sed -n 's/.*"step": *\([0-9]*\).*"loss": *\([-0-9.e]*\).*/\1 \2/p' "$1"
+  sed -n 's/.*"step": *\([0-9]*\).*"loss": *\([^,}]*\).*/\1 \2/p' "$1"
 }
 
-worst_loss_diff() {
-  awk -v n="$3" 'NR == FNR { a[$1] = $2; next }
-    ($1 in a) { d = (a[$1] - $2) / a[$1]; if (d < 0) d = -d; if (d > w) w = d; k++ }
-    END { if (k != n) print "missing"; else print w + 0 }' <(losses "$1") <(losses "$2")
+compare_losses() {
+  awk -v n="$3" -v tol="$4" '
+    function number(x) { return x ~ /^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$/ }
+    function why(s) { if (problems < 3) reasons = reasons "; " s; problems++ }
+    NR == FNR { if ($1 in ref) why("reference step " $1 " twice"); ref[$1] = $2; next }
+    {
+      got++
+      if ($1 in seen) { why("step " $1 " twice"); next }
+      seen[$1] = 1
+      if (!($1 in ref)) { why("step " $1 " not in the reference"); next }
+      if (!number($2)) { why("step " $1 ": loss " $2); next }
+      if (!number(ref[$1]) || ref[$1] <= 0) { why("reference step " $1 ": loss " ref[$1]); next }
+      d = ($2 - ref[$1]) / ref[$1]
+      if (d < 0) d = -d
+      if (d > worst) worst = d
+    }
+    END {
+      if (got != n) why(got + 0 " steps, expected " n)
+      if (problems) { print "not comparable: " problems " problem(s)" reasons; exit 1 }
+      printf "%.3g\n", worst
+      exit !(worst <= tol)
+    }' <(losses "$1") <(losses "$2")
+}
+
+optional_missing() {
+  if [ "${FORGE_REQUIRE_OPTIONAL:-}" = 1 ]; then
+    fail "FORGE_REQUIRE_OPTIONAL=1 and $*"
+  else
+    echo "SKIPPED: $*"
+  fi
 }
 
 use_mpirun() {
   if ! command -v mpirun >/dev/null 2>&1; then
-    echo "SKIPPED: mpirun not found (Debian: apt-get install openmpi-bin)"
-    exit 77
+    optional_missing "mpirun not found (Debian: apt-get install openmpi-bin)"
+    [ "$failures" -eq 0 ] && exit 77
+    exit 1
   fi
   export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_btl=self,vader
   mpi=(mpirun --allow-run-as-root --oversubscribe --bind-to none)

@@ -6,15 +6,24 @@
 #pragma once
 
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "tensor/cuda/cuda.h"
 #include "testing.h"
 
 namespace forge::testing {
 
-// True when a GPU is here; otherwise prints why the calling test skips.
+// True when a GPU is here; otherwise prints why the calling test skips, or fails the test under
+// FORGE_REQUIRE_GPU=1 (bench/gpu_check.sh sets it: there a GPU that cannot be used is a failure).
+inline bool gpu_required() {
+  const char* e = std::getenv("FORGE_REQUIRE_GPU");
+  return e != nullptr && std::string(e) == "1";
+}
 inline bool have_gpu(const char* test) {
   if (cuda::device_count() > 0) return true;
+  if (gpu_required())
+    FAIL(test << ": FORGE_REQUIRE_GPU=1 and no usable GPU: " << cuda::unavailable_reason());
   std::printf("SKIPPED: %s: %s\n", test, cuda::unavailable_reason().c_str());
   return false;
 }

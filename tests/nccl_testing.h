@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
 #include <string>
 
 #include "parallel/communicator.h"
@@ -15,7 +17,8 @@
 namespace forge::testing {
 
 // Whether every rank of the MPI world has a GPU of its own and NCCL is built. Collective; prints
-// SKIPPED and why when not.
+// SKIPPED and why when not. Under FORGE_REQUIRE_GPU=1 a rank without any usable GPU, or a build
+// without NCCL, fails instead (fewer GPUs than ranks still skips: one GPU runs the np1 tests).
 inline bool have_gpus(const char* test) {
   auto w = world_communicator();
   const int n = cuda::device_count();
@@ -27,6 +30,10 @@ inline bool have_gpus(const char* test) {
                                   : fmt::format("{} GPU(s) here for {} ranks on some rank; NCCL "
                                                 "needs one per rank",
                                                 n, w->size());
+  const char* required = std::getenv("FORGE_REQUIRE_GPU");
+  if (required != nullptr && std::string(required) == "1" && (n == 0 || !nccl_built()))
+    throw std::runtime_error(fmt::format("{} (rank {}): FORGE_REQUIRE_GPU=1 and {}", test,
+                                         w->rank(), why));
   std::printf("SKIPPED: %s (rank %d): %s\n", test, w->rank(), why.c_str());
   return false;
 }

@@ -74,7 +74,7 @@ double worst_ratio(const std::vector<double>& a, const std::vector<double>& b, d
   double worst = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     if (std::isnan(a[i])) return INFINITY;
-    worst = std::max(worst, std::abs(a[i] - b[i]) / (atol + rtol * std::abs(b[i])));
+    worst = testing::nan_max(worst, std::abs(a[i] - b[i]) / (atol + rtol * std::abs(b[i])));
   }
   return worst;
 }

@@ -174,7 +174,7 @@ TEST_CASE(
     CHECK(std::abs(lo.loss - f32.loss) / f32.loss < loss_tol);
     double worst = 0;
     for (size_t i = 0; i < f32.grads.size(); ++i)
-      worst = std::max(worst, rel_err(lo.grads[i], f32.grads[i]));
+      worst = testing::nan_max(worst, rel_err(lo.grads[i], f32.grads[i]));
     double mem = double(lo.saved_activations) / double(f32.saved_activations);
     WARN(dtype_name(dt) << ": loss " << lo.loss << " (f32 " << f32.loss
                         << "), worst gradient relative error " << worst

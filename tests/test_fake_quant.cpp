@@ -7,6 +7,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <sstream>
 
 #include "autograd/functions.h"
@@ -505,22 +506,25 @@ TEST_CASE("FakeQuantize: the gradient flows through the module with the STE mask
 
 namespace {
 
-// Runs `script` with the python that has torch (FORGE_TORCH_PYTHON, else /usr/bin/python3);
-// returns its stdout, or "" when python or torch is missing.
-std::string run_torch(const std::string& script) {
+// Runs `script` with the python that has torch (FORGE_TORCH_PYTHON, else /usr/bin/python3) and
+// returns what it printed after its first line, "OK"; nothing when that python cannot import torch
+// (skipped, or failed under FORGE_REQUIRE_OPTIONAL=1). Any other failure fails the test.
+std::optional<std::string> run_torch(const std::string& script) {
   const char* env = std::getenv("FORGE_TORCH_PYTHON");
   std::string python = env ? env : "/usr/bin/python3";
-  if (!std::filesystem::exists(python)) return "";
+  testing::Command probe = testing::run_command("timeout 120 " + python + " -c 'import torch'");
+  if (probe.status != 0) {
+    testing::skip_optional(fmt::format("comparison with torch observers: {} cannot import torch: {}",
+                                       python, probe.err.empty() ? "(no message)" : probe.err));
+    return std::nullopt;
+  }
   TempDir dir;
-  std::string path = dir.write("observers.py", script);
-  std::string cmd = "timeout 300 " + python + " " + path + " 2>/dev/null";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return "";
-  std::string out;
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
-  pclose(pipe);
-  return out.rfind("OK\n", 0) == 0 ? out.substr(3) : "";
+  testing::Command r =
+      testing::run_command("timeout 300 " + python + " " + dir.write("observers.py", script));
+  INFO("the torch script's stderr:\n" << r.err);
+  REQUIRE(r.status == 0);
+  REQUIRE(r.out.rfind("OK\n", 0) == 0);
+  return r.out.substr(3);
 }
 
 }  // namespace
@@ -554,11 +558,8 @@ for obs in cases:
   print(" ".join(float(v).hex() for v in s.reshape(-1).tolist()), "|",
         " ".join(str(int(v)) for v in z.reshape(-1).tolist()))
 )";
-  std::string out = run_torch(script);
-  if (out.empty()) {
-    std::printf("SKIPPED: comparison with torch observers: no python3 with torch\n");
-    return;
-  }
+  std::optional<std::string> out = run_torch(script);
+  if (!out) return;  // no torch: skipped, said why
   const ObserverConfig configs[] = {
       {.kind = ObserverKind::min_max, .range = QuantRange::u8()},
       {.kind = ObserverKind::moving_average, .range = QuantRange::u8()},
@@ -570,7 +571,7 @@ for obs in cases:
        .axis = 1},
       {.kind = ObserverKind::moving_average, .range = QuantRange::u8(), .axis = 0},
   };
-  std::istringstream lines(out);
+  std::istringstream lines(*out);
   for (int c = 0; c < 6; ++c) {
     INFO("observer case " << c);
     Observer obs(configs[c]);

@@ -49,7 +49,7 @@ void check_packed(Isa isa, bool ta, bool tb, int64_t m, int64_t n, int64_t k, fl
       double want = alpha * ref[size_t(i * n + j)] + (beta == 0 ? 0.0 : beta * p0[i * ldc + j]);
       // f32 accumulation of k products of N(0,1) values: error ~ sqrt(k) * eps * |terms|.
       double tol = 1e-5 * (1.0 + std::sqrt(double(k))) * (1.0 + std::abs(want));
-      worst = std::max(worst, std::abs(pc[i * ldc + j] - want) / tol);
+      worst = testing::nan_max(worst, std::abs(pc[i * ldc + j] - want) / tol);
     }
     for (int64_t j = n; j < ldc; ++j)
       REQUIRE(pc[i * ldc + j] == p0[i * ldc + j]);  // padding untouched

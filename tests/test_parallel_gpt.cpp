@@ -2,8 +2,9 @@
 // data trained for 10 AdamW steps (gradient clipping included) serially and on every process grid
 // the world allows (pp x dp x tp), with each pipeline schedule and 1 or 4 micro-batches. Per step
 // the losses and the gradient norms, and at the end every rank's weights against its slice of the
-// serial ones (per tensor, ||got - want|| / ||want||; see rel_l2), must agree within 1e-5. Every rank runs the serial model itself, so it
-// compares against a reference computed in the same process.
+// serial ones (per tensor, ||got - want|| / ||want||; see rel_l2), must agree within 1e-5, and
+// every single weight within kElementTol of its tensor's largest. Every rank runs the serial model
+// itself, so it compares against a reference computed in the same process.
 //
 // 1 rank (unit suite): one stage, micro-batches accumulated. Under mpirun: 2 and 4 ranks run every
 // grid of those sizes; 8 ranks run dp=2 x tp=2 x pp=2.
@@ -36,6 +37,10 @@ constexpr int64_t kB = 4;  // rows per data-parallel rank
 constexpr int kSteps = 10;
 constexpr double kClip = 0.5;  // below the first steps' norms: clipping does act
 constexpr double kTol = 1e-5;
+// The largest single weight difference, relative to the tensor's largest weight: measured up to
+// 3.8e-5 over every grid of 1, 2, 4 and 8 ranks (AdamW's amplified rounding, see rel_l2), while a
+// wrong row or column is off by the size of a whole update (~1e-2).
+constexpr double kElementTol = 2e-4;
 
 AdamWOptions adamw() { return {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8}; }
 
@@ -218,10 +223,13 @@ TEST_CASE("pipeline, tensor and data parallel training equals the serial run") {
     const Run& want = serial_reference(kB * layout.grid.dp, {});
     Run got = parallel_run(layout);
     double worst_loss = 0, worst_norm = 0, worst_weight = 0, worst_element = 0;
+    REQUIRE(got.losses.size() == size_t(kSteps));
+    REQUIRE(want.losses.size() == size_t(kSteps));
+    REQUIRE(got.norms.size() == size_t(kSteps));
     for (int s = 0; s < kSteps; ++s) {
-      worst_loss = std::max(worst_loss, std::abs(got.losses[size_t(s)] - want.losses[size_t(s)]) /
+      worst_loss = testing::nan_max(worst_loss, std::abs(got.losses[size_t(s)] - want.losses[size_t(s)]) /
                                             want.losses[size_t(s)]);
-      worst_norm = std::max(worst_norm, std::abs(got.norms[size_t(s)] - want.norms[size_t(s)]) /
+      worst_norm = testing::nan_max(worst_norm, std::abs(got.norms[size_t(s)] - want.norms[size_t(s)]) /
                                             want.norms[size_t(s)]);
     }
     ProcessGrid grid(world, layout.grid);
@@ -231,12 +239,13 @@ TEST_CASE("pipeline, tensor and data parallel training equals the serial run") {
     REQUIRE(mine.size() == got.weights.size());
     for (size_t i = 0; i < mine.size(); ++i) {
       REQUIRE(mine[i].first == got.weights[i].first);
-      worst_weight = std::max(worst_weight, rel_l2(got.weights[i].second, mine[i].second));
-      worst_element = std::max(worst_element, max_rel_diff(got.weights[i].second, mine[i].second));
+      worst_weight = testing::nan_max(worst_weight, rel_l2(got.weights[i].second, mine[i].second));
+      worst_element = testing::nan_max(worst_element, max_rel_diff(got.weights[i].second, mine[i].second));
     }
     CHECK(worst_loss <= kTol);
     CHECK(worst_norm <= kTol);
     CHECK(worst_weight <= kTol);
+    CHECK(worst_element <= kElementTol);
     if (world->rank() == 0)
       fmt::print("{}: worst relative difference: loss {:.1e}, grad norm {:.1e}, weights {:.1e} "
                  "(largest element {:.1e})\n",
@@ -246,9 +255,10 @@ TEST_CASE("pipeline, tensor and data parallel training equals the serial run") {
 
 // The largest relative difference of two runs' losses.
 double worst_loss_diff(const Run& got, const Run& want) {
+  REQUIRE(got.losses.size() == want.losses.size());
   double w = 0;
   for (size_t s = 0; s < want.losses.size(); ++s)
-    w = std::max(w, std::abs(got.losses[s] - want.losses[s]) / want.losses[s]);
+    w = testing::nan_max(w, std::abs(got.losses[s] - want.losses[s]) / want.losses[s]);
   return w;
 }
 

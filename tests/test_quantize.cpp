@@ -67,7 +67,7 @@ TEST_CASE("Int8Linear computes s_x s_w (q_x - z_x) q_w + b from its integers") {
             acc += (q - zx) * double(wq.data<int8_t>()[n * K + k]);
           }
           double want = sx * double(ws.data<float>()[n]) * acc + double(b.data<float>()[n]);
-          worst = std::max(worst, std::abs(double(y.data<float>()[i * N + n]) - want) /
+          worst = testing::nan_max(worst, std::abs(double(y.data<float>()[i * N + n]) - want) /
                                       std::max(1.0, std::abs(want)));
         }
       }
@@ -165,7 +165,7 @@ TEST_CASE("a static Int8Linear adds its s32 bias in units of s_x s_w") {
         acc += (q - 40) * double(wq.data<int8_t>()[n * K + k]);
       }
       double want = double(unit) * (acc + double(bq.data<int32_t>()[n]));
-      worst = std::max(worst, std::abs(double(y.data<float>()[i * N + n]) - want) /
+      worst = testing::nan_max(worst, std::abs(double(y.data<float>()[i * N + n]) - want) /
                                   std::max(1.0, std::abs(want)));
     }
   }

@@ -233,11 +233,10 @@ TEST_CASE("the header is padded to a multiple of 8 for every header length") {
 }
 
 TEST_CASE("Debian's Python reads forge's files and forge reads Python's (json, struct, numpy)") {
-  if (!fs::exists("/usr/bin/python3") ||
-      std::system("/usr/bin/python3 -c 'import numpy, json, struct' >/dev/null 2>&1") != 0) {
-    WARN("SKIPPED: /usr/bin/python3 with numpy is not available");
-    return;
-  }
+  testing::Command probe =
+      testing::run_command("/usr/bin/python3 -c 'import numpy, json, struct'");
+  if (probe.status != 0)
+    return testing::skip_optional("/usr/bin/python3 with numpy is not available: " + probe.err);
   TempDir dir;
   std::string ours = dir.file("ours.safetensors"), theirs = dir.file("theirs.safetensors");
   NamedTensors tensors = every_dtype();
@@ -274,14 +273,10 @@ h = json.dumps(hdr).encode()
 h += b" " * (-len(h) % 8)
 open(theirs, "wb").write(struct.pack("<Q", len(h)) + h + body)
 )");
-  std::string cmd = "/usr/bin/python3 " + script + " " + ours + " " + theirs;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string text;
-  char buf[4096];
-  while (size_t got = fread(buf, 1, sizeof buf, p)) text.append(buf, got);
-  REQUIRE(pclose(p) == 0);
-  nlohmann::json py = nlohmann::json::parse(text);
+  testing::Command r = testing::run_command("/usr/bin/python3 " + script + " " + ours + " " + theirs);
+  INFO("the script's stderr:\n" << r.err);
+  REQUIRE(r.status == 0);
+  nlohmann::json py = nlohmann::json::parse(r.out);
   CHECK(py["header_len"].get<uint64_t>() % 8 == 0);
   for (const auto& [k, v] : kMetadata) CHECK(py["metadata"][k] == v);
   for (const auto& [name, t] : tensors) {

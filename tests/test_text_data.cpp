@@ -56,8 +56,9 @@ std::string synthetic_corpus(size_t n, const std::string& alphabet, uint32_t see
 std::string shakespeare_or_skip() {
   const char* env = std::getenv("TINYSHAKESPEARE");
   if (env == nullptr || !fs::exists(env)) {
-    WARN("SKIPPED: Tiny Shakespeare not found (set TINYSHAKESPEARE to the corpus path; got "
-         << (env ? env : "unset") << ")");
+    testing::skip_optional(fmt::format(
+        "Tiny Shakespeare not found (set TINYSHAKESPEARE to the corpus path; got {})",
+        env ? env : "unset"));
     return "";
   }
   return env;

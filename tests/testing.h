@@ -5,12 +5,20 @@
 //   CHECK(bitwise_equal(x, y));        // same shape, dtype and bytes
 //   for (cpu::Isa isa : runnable_isas("gemm")) { IsaScope s(isa); ... }  // every kernel family
 //   TempDir dir;  write_bytes(dir.file("a.bin"), bytes);   // removed at scope exit
+//   worst = nan_max(worst, err);       // max that keeps a NaN (std::max drops it)
+//   if (!have) return skip_optional("no torch");  // SKIPPED, or a failure under CI's switch
+//   Command r = run_command("python3 x.py");      // exit status, stdout, stderr
 #pragma once
 
 #include <stdlib.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -159,6 +167,48 @@ inline std::vector<int64_t> unravel(int64_t i, const Shape& s) {
     i /= s[d];
   }
   return idx;
+}
+
+// max(worst, x) that keeps a NaN: std::max(worst, NaN) is worst, so a NaN error would pass any
+// bound checked afterwards. Use it wherever a test accumulates the worst of several errors.
+inline double nan_max(double worst, double x) {
+  return std::isnan(worst) || std::isnan(x) ? std::nan("") : std::max(worst, x);
+}
+
+// Optional inputs (PyTorch, numpy, the Tiny Shakespeare corpus, Fashion-MNIST): a test that lacks
+// one prints SKIPPED and why, unless FORGE_REQUIRE_OPTIONAL=1 (CI sets it: it installs them all),
+// where a missing input is a failure, so a broken environment cannot pass as a skip.
+inline bool optional_inputs_required() {
+  const char* e = std::getenv("FORGE_REQUIRE_OPTIONAL");
+  return e != nullptr && std::string(e) == "1";
+}
+inline void skip_optional(const std::string& why) {
+  if (optional_inputs_required()) FAIL("FORGE_REQUIRE_OPTIONAL=1 and " << why);
+  std::printf("SKIPPED: %s\n", why.c_str());
+  std::fflush(stdout);
+}
+
+// Runs a shell command; its exit status (-1 when it did not exit normally), stdout and stderr.
+struct Command {
+  int status = -1;
+  std::string out, err;
+};
+inline Command run_command(const std::string& cmd) {
+  Command r;
+  char err_path[] = "/tmp/forge_test_stderr_XXXXXX";
+  int fd = mkstemp(err_path);
+  REQUIRE(fd >= 0);
+  FILE* pipe = popen((cmd + " 2>" + err_path).c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof buf, pipe)) r.out.append(buf, n);
+  int st = pclose(pipe);
+  r.status = st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  std::ifstream in(err_path, std::ios::binary);
+  r.err.assign(std::istreambuf_iterator<char>(in), {});
+  ::close(fd);
+  std::remove(err_path);
+  return r;
 }
 
 // Where the test data lives (Debian's dataset-fashion-mnist).
