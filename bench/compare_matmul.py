@@ -1,45 +1,61 @@
 """f32 matmul GFLOP/s: forge's matmul op against torch.matmul (OpenBLAS) in the same run.
 
-    /usr/bin/python3 bench/compare_matmul.py [--build build] [--threads 1,2]
+    /usr/bin/python3 bench/compare_matmul.py [--build build] [--threads 1,2] [--repeats 7]
+                                             [--rounds 3] [--warmup 10] [--blas both] ...
+
+Each round runs forge's bench/matmul and PyTorch's bench/matmul_torch.py (at 1 thread once with
+each OpenBLAS build, at more threads with the OpenMP one) in turn; every process times all shapes,
+each after --warmup untimed products (see bench/harness.py for rounds, disturbance and
+environments). Per shape, PyTorch's figure is that of its faster OpenBLAS (by the median), named in
+the table. GFLOP/s from the best round's min time ("best") and from the median of the rounds'
+median times ("med"); forge / PyTorch of each (> 1: forge is faster).
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from torch_env import TORCH_PYTHON, cpu_model, describe_torch_setup, torch_env  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_lines(cmd, env=None):
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
-    return [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")], \
-        [l for l in out.stdout.splitlines() if l.startswith("#")]
+def product_times(stdout, _stderr):
+    """Seconds per product, min and median of the repeats, per shape (m, n, k)."""
+    return {(r["m"], r["n"], r["k"]): (r["min_s"], r["median_s"]) for r in harness.json_records(stdout)}
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default="build")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--repeats", type=int, default=7)
-    args = ap.parse_args()
-    here = os.path.dirname(os.path.abspath(__file__))
-    print(f"# cpu: {cpu_model()}")
-    print(f"# reference: {describe_torch_setup()}")
-    for t in [int(x) for x in args.threads.split(",")]:
-        ours, header = run_lines([os.path.join(args.build, "bench", "matmul"), "--threads", str(t),
-                                  "--repeats", str(args.repeats)])
-        theirs, _ = run_lines([sys.executable, os.path.join(here, "matmul_torch.py"), "--threads", str(t),
-                               "--repeats", str(args.repeats)], env=torch_env(t))
-        print("\n".join(header))
-        print(f"{'threads':>7} {'m':>5} {'n':>6} {'k':>5} {'forge GF/s':>11} {'torch GF/s':>11} {'forge/torch':>12}")
-        for o, r in zip(ours, theirs):
-            assert (o["m"], o["n"], o["k"]) == (r["m"], r["n"], r["k"])
-            print(f"{t:>7} {o['m']:>5} {o['n']:>6} {o['k']:>5} {o['gflops']:>11.1f} {r['gflops']:>11.1f} "
-                  f"{o['gflops'] / r['gflops']:>12.2f}")
+    ap.add_argument("--repeats", type=int, default=7, help="timed runs per shape and process")
+    harness.add_arguments(ap)
+    opts = ap.parse_args()
+    threads = [int(t) for t in opts.threads.split(",")]
+    harness.print_setup(opts, "compare_matmul", threads)
+    rows = []
+    for t in threads:
+        common = ["--threads", str(t), "--repeats", str(opts.repeats), "--warmup", str(opts.warmup)]
+        ours = harness.Side("forge", [os.path.join(opts.build, "bench", "matmul")] + common,
+                            harness.forge_env(), product_times, unit="s")
+        theirs = [harness.Side(f"torch[{s.label()}]", [harness.TORCH_PYTHON, os.path.join(HERE, "matmul_torch.py")]
+                               + common, s.env(), product_times, unit="s")
+                  for s in harness.torch_setups(t, opts, optimizer=False)]
+        runs = harness.run_rounds([ours] + theirs, opts, f"{t} thread(s)")
+        for shape in runs[ours.name][0].times:
+            name, r = harness.best_per_key(runs, [s.name for s in theirs], shape)
+            rows.append((t, shape, harness.over_rounds(runs[ours.name], shape), r, name))
+
+    print(f"\n{'threads':>7} {'m':>5} {'n':>6} {'k':>5} {'forge best':>10} {'forge med':>10} {'torch best':>10} "
+          f"{'torch med':>10} {'torch setting':>16} {'ratio best':>10} {'ratio med':>10}")
+    for t, (m, n, k), f, r, name in rows:
+        flop = 2.0 * m * n * k * 1e-9
+        print(f"{t:>7} {m:>5} {n:>6} {k:>5} {flop / f.min:>10.1f} {flop / f.median:>9.1f}{f.flag():1} "
+              f"{flop / r.min:>10.1f} {flop / r.median:>9.1f}{r.flag():1} {name:>16} {r.min / f.min:>10.2f} "
+              f"{r.median / f.median:>10.2f}")
+    print(f"(GFLOP/s; ratios forge / PyTorch in GFLOP/s: > 1 forge is faster)"
+          f"{harness.disturbed_note([x for row in rows for x in row[2:4]])}")
 
 
 if __name__ == "__main__":

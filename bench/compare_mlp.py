@@ -1,55 +1,74 @@
 """Fashion-MNIST MLP epoch: forge against PyTorch in the same run, at 1 and 2 threads.
 
-    /usr/bin/python3 bench/compare_mlp.py [--build build] [--rounds 2] [--epochs 3]
+    /usr/bin/python3 bench/compare_mlp.py [--build build] [--threads 1,2] [--epochs 3] [--rounds 3]
+                                          [--warmup 10] [--blas both] [--foreach both] ...
 
-Each round runs forge's bench/mlp_epoch and PyTorch's bench/mlp_torch.py one after the other
-(alternating, so machine noise hits both), each for --epochs epochs in one process. The table gives
-min and median seconds per epoch over all epochs of all rounds, and forge/PyTorch ratios (< 1:
-forge is faster).
+For each thread count, a calibration first times PyTorch's candidate settings (at 1 thread the
+OpenMP and the pthread OpenBLAS; AdamW with foreach=True and with its per-tensor loop) and keeps the
+fastest as the reference. Then the rounds run forge's bench/mlp_epoch and PyTorch's
+bench/mlp_torch.py in turn, each process --warmup untimed steps on a throwaway model, then --epochs
+timed epochs (see bench/harness.py for rounds, disturbance and environments). A run's figures are
+the min and median of its epochs; the table gives the min of the rounds' mins and the median of
+the rounds' medians, in seconds per epoch, and forge / PyTorch of each (< 1: forge is faster).
 """
 import argparse
-import json
 import os
-import subprocess
+import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from torch_env import TORCH_PYTHON, cpu_model, describe_torch_setup, summary, torch_env  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_lines(cmd, env=None):
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
-    return [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+def epoch_times(stdout, _stderr):
+    """A run's min and median seconds per epoch."""
+    times = [r["epoch_s"] for r in harness.json_records(stdout)]
+    return {None: (min(times), statistics.median(times))}
+
+
+def forge_side(build, threads, epochs, warmup):
+    cmd = [os.path.join(build, "bench", "mlp_epoch"), "--threads", str(threads), "--epochs", str(epochs),
+           "--warmup", str(warmup)]
+    return harness.Side("forge", cmd, harness.forge_env(), epoch_times, unit="s")
+
+
+def torch_side(setup, epochs, warmup):
+    cmd = [harness.TORCH_PYTHON, os.path.join(HERE, "mlp_torch.py"), "--threads", str(setup.threads),
+           "--epochs", str(epochs), "--warmup", str(warmup)] + setup.flags()
+    return harness.Side(f"torch[{setup.label()}]", cmd, setup.env(), epoch_times, unit="s")
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default="build")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3, help="timed epochs per process")
     ap.add_argument("--threads", default="1,2")
-    args = ap.parse_args()
-    here = os.path.dirname(os.path.abspath(__file__))
-    ours = os.path.join(args.build, "bench", "mlp_epoch")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"# MLP 784-256-256-10 relu, batch 128, AdamW lr 1e-3, f32, one epoch = 469 steps")
-    print(f"# cpu: {cpu_model()}; commit {commit}; rounds {args.rounds} x epochs {args.epochs}")
-    print(f"# reference: {describe_torch_setup()}")
-    print(f"{'threads':>7} {'forge min':>10} {'forge med':>10} {'torch min':>10} {'torch med':>10} {'ratio min':>10} {'ratio med':>10}  acc forge/torch")
-    for t in [int(x) for x in args.threads.split(",")]:
-        f_times, t_times, f_acc, t_acc = [], [], [], []
-        for _ in range(args.rounds):
-            for r in run_lines([ours, "--threads", str(t), "--epochs", str(args.epochs)]):
-                f_times.append(r["epoch_s"]); f_acc.append(r["test_acc"])
-            for r in run_lines([TORCH_PYTHON, os.path.join(here, "mlp_torch.py"), "--threads", str(t),
-                                "--epochs", str(args.epochs)], env=torch_env(t)):
-                t_times.append(r["epoch_s"]); t_acc.append(r["test_acc"])
-        fmin, fmed = summary(f_times)
-        tmin, tmed = summary(t_times)
-        print(f"{t:>7} {fmin:>10.3f} {fmed:>10.3f} {tmin:>10.3f} {tmed:>10.3f} {fmin / tmin:>10.3f} {fmed / tmed:>10.3f}  "
-              f"{f_acc[args.epochs - 1]:.4f}/{t_acc[args.epochs - 1]:.4f} after {args.epochs} epochs")
+    harness.add_arguments(ap, torch_optimizer=True)
+    opts = ap.parse_args()
+    threads = [int(x) for x in opts.threads.split(",")]
+    print("# MLP 784-256-256-10 relu, batch 128, AdamW lr 1e-3, f32, one epoch = 469 steps, "
+          f"{opts.epochs} epochs per process")
+    harness.print_setup(opts, "compare_mlp", threads)
+    rows = []
+    for t in threads:
+        candidates = [torch_side(s, opts.epochs, opts.warmup) for s in harness.torch_setups(t, opts)]
+        reference = harness.fastest(candidates, opts, f"PyTorch settings, {t} thread(s)")
+        ours = forge_side(opts.build, t, opts.epochs, opts.warmup)
+        runs = harness.run_rounds([ours, reference], opts, f"{t} thread(s)")
+        accuracy = [runs[s.name][-1].records()[-1]["test_acc"] for s in (ours, reference)]
+        rows.append((t, reference.name, harness.over_rounds(runs[ours.name]),
+                     harness.over_rounds(runs[reference.name]), accuracy))
+
+    print(f"\n{'threads':>7} {'torch setting':>22} {'forge min':>10} {'forge med':>10} {'torch min':>10} "
+          f"{'torch med':>10} {'ratio min':>10} {'ratio med':>10}  acc forge/torch")
+    for t, setting, f, r, acc in rows:
+        print(f"{t:>7} {setting:>22} {f.min:>10.3f} {f.median:>9.3f}{f.flag():1} {r.min:>10.3f} "
+              f"{r.median:>9.3f}{r.flag():1} {f.min / r.min:>10.3f} {f.median / r.median:>10.3f}  "
+              f"{acc[0]:.4f}/{acc[1]:.4f} after {opts.epochs} epochs (last round)")
+    print(f"(seconds per epoch; min: the best round's min, med: the median of the rounds' medians; "
+          f"ratios forge / PyTorch){harness.disturbed_note([x for row in rows for x in row[2:4]])}")
 
 
 if __name__ == "__main__":

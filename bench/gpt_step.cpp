@@ -2,7 +2,7 @@
 // f32 or mixed precision, with or without activation checkpointing. bench/compare_gpt.py and
 // bench/compare_precision.py run it beside the same model in PyTorch.
 //
-//   build/bench/gpt_step --shape cpu --threads 1 --steps 20
+//   build/bench/gpt_step --shape cpu --threads 1 --steps 20 --warmup 10 --gelu erf
 //   build/bench/gpt_step --shape gpt2-small --threads 2 --steps 5 --precision bf16 --checkpoint
 //   blocks
 //   build/bench/gpt_step --shape gpt2-124m --device cuda --precision bf16 --steps 10   # a GPU
@@ -11,6 +11,8 @@
 //         gpt2-124m = GPT-2 small as llm.c trains it: vocab padded to 50304, B=16, T=1024;
 //         baby = the `baby` preset (6 layers, 6 heads, 384 wide, vocab 65, B=64, T=256; dropout
 //         off here, so runs compare exactly).
+// --gelu: the MLP's GELU, tanh (GPT-2's, forge's default) or erf (exact: PyTorch's nn.GELU(),
+// which nanoGPT uses); compare_gpt.py times both forms on both sides.
 // Under mpirun it trains data-parallel (DDP over all ranks, each with its own B sequences: the
 // global batch grows with the ranks) and adds the ranks, the bucket size and, per step, the time
 // blocked waiting for gradients (exposed communication) and the time inside the all-reduces:
@@ -40,7 +42,7 @@ int main(int argc, char** argv) {
   CLI::App app{"time GPT training steps"};
   std::string shape = "cpu";
   int threads = 1, steps = 10, warmup = 2;
-  std::string precision = "f32", checkpointing = "none";
+  std::string precision = "f32", checkpointing = "none", gelu = "tanh";
   app.add_option("--shape", shape, "cpu, gpt2-small, gpt2-124m or baby")
       ->check(CLI::IsMember({"cpu", "gpt2-small", "gpt2-124m", "baby"}));
   std::string device_text = "cpu";
@@ -50,6 +52,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--precision", precision)->check(CLI::IsMember({"f32", "bf16", "f16"}));
   app.add_option("--checkpoint", checkpointing)->check(CLI::IsMember({"none", "blocks"}));
+  app.add_option("--gelu", gelu, "the MLP's GELU: tanh or erf")
+      ->check(CLI::IsMember({"tanh", "erf"}));
   app.add_option("--threads", threads)->check(CLI::PositiveNumber);
   app.add_option("--steps", steps, "timed steps")->check(CLI::PositiveNumber);
   app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
@@ -106,6 +110,7 @@ int main(int argc, char** argv) {
     T = 256;
   }
   if (batch > 0) B = batch;
+  cfg.gelu = parse_gelu(gelu);
   double peak_tflops = 0;  // measured, on a GPU
   if (device.is_cuda()) peak_tflops = cuda::measure_matmul_tflops(DType::bf16, 8192, 20);
   Generator init(1337), drop(1338), data(1339);
@@ -127,9 +132,9 @@ int main(int argc, char** argv) {
   double flops = cfg.flops_per_token(T) * double(B * T);
   if (lead)
     fmt::print(
-        "# gpt_step: shape {} ({:.2f}M params, B={}, T={}) on {}, {}{}, checkpointing {}, gemm {}, "
-        "threads {}, ranks {}{}, commit {}\n",
-        shape, double(model.num_parameters()) / 1e6, B, T,
+        "# gpt_step: shape {} ({:.2f}M params, B={}, T={}, gelu {}) on {}, {}{}, checkpointing {}, "
+        "gemm {}, threads {}, ranks {}{}, warm-up {} + {} timed steps, commit {}\n",
+        shape, double(model.num_parameters()) / 1e6, B, T, gelu_name(cfg.gelu),
         device.is_cpu() ? std::string("cpu")
                         : fmt::format("{} (measured bf16 peak {:.1f} TFLOP/s)",
                                       cuda::device_name(device.index), peak_tflops),
@@ -137,7 +142,7 @@ int main(int argc, char** argv) {
         scaler.enabled() ? " with loss scaling" : "", checkpointing, cpu::gemm_kernel_name(),
         threads, world->size(),
         ddp ? fmt::format(" (DDP, {} buckets of <= {} MiB)", ddp->num_buckets(), bucket_mb) : "",
-        bench::commit());
+        warmup, steps, bench::commit());
   std::fflush(stdout);
 
   double last_loss = 0;
@@ -180,6 +185,7 @@ int main(int argc, char** argv) {
              to_json_line({{"impl", std::string("forge")},
                            {"shape", shape},
                            {"precision", precision},
+                           {"gelu", std::string(gelu_name(cfg.gelu))},
                            {"device", device.str()},
                            {"batch", B},
                            {"seq", T},

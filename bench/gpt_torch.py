@@ -1,10 +1,12 @@
 """GPT training-step time in PyTorch, the reference of bench/compare_gpt.py.
 
 The model is nanoGPT's (model.py) as it runs on torch 1.13 (no scaled_dot_product_attention:
-explicit masked softmax), with GELU in its tanh form and no biases, as forge's; the optimizer is
-nanoGPT's configure_optimizers on a CPU (default AdamW, weight decay on 2-d tensors), plus
-clip_grad_norm_(1.0). Random tokens, like bench/gpt_step.cpp. `--precision bf16` runs forward and
-loss under torch.autocast("cpu", dtype=torch.bfloat16) (torch 1.13's CPU autocast has no f16).
+explicit masked softmax) and no biases, as forge's; GELU in its tanh form (forge's default) or, with
+`--gelu erf`, the exact form (nanoGPT's nn.GELU()). The optimizer is nanoGPT's
+configure_optimizers on a CPU (AdamW, weight decay on 2-d tensors), plus clip_grad_norm_(1.0);
+`--foreach` runs AdamW's multi-tensor implementation instead of its per-tensor loop (torch 1.13's
+default). Random tokens, like bench/gpt_step.cpp. `--precision bf16` runs forward and loss under
+torch.autocast("cpu", dtype=torch.bfloat16) (torch 1.13's CPU autocast has no f16).
 Prints one JSON line.
 """
 import argparse
@@ -20,6 +22,8 @@ def main():
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--gelu", choices=["tanh", "erf"], default="tanh")
+    ap.add_argument("--foreach", action="store_true", help="AdamW(foreach=True)")
     args = ap.parse_args()
 
     import torch
@@ -54,6 +58,8 @@ def main():
             y = (att @ v).transpose(1, 2).contiguous().view(b, t, c)
             return self.c_proj(y)
 
+    approximate = {"tanh": "tanh", "erf": "none"}[args.gelu]
+
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
@@ -67,7 +73,7 @@ def main():
 
         def forward(self, x):
             x = x + self.attn(self.ln_1(x))
-            return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+            return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate=approximate))
 
     class GPT(nn.Module):
         def __init__(self):
@@ -89,11 +95,16 @@ def main():
             return F.cross_entropy(logits.view(-1, V), targets.view(-1))
 
     model = GPT()
+    # nanoGPT's _init_weights (GPT-2's): N(0, 0.02) matrices and embeddings, as forge initialises;
+    # PyTorch's defaults (N(0, 1) embeddings, tied to the head) start at a loss of ~70.
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99))
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), foreach=args.foreach)
 
     def step():
         x = torch.randint(V, (B, T))
@@ -119,7 +130,8 @@ def main():
     times.sort()
     med = times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2])
     print(json.dumps({"impl": "torch", "shape": args.shape, "precision": args.precision,
-                      "threads": args.threads, "steps": args.steps,
+                      "gelu": args.gelu, "foreach": args.foreach, "threads": args.threads,
+                      "warmup": args.warmup, "steps": args.steps,
                       "min_ms": times[0] * 1e3, "median_ms": med * 1e3, "tokens_per_s": B * T / med,
                       "loss": loss}), flush=True)
 

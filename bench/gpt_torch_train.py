@@ -9,7 +9,7 @@ initialisation, AdamW (lr 1e-3, betas (0.9, 0.99), weight decay 0.1 on matrices)
 clipping at 1.0, 100 warm-up steps then cosine to 1e-4. nanoGPT's GELU is the erf form (`--gelu
 none`); forge's is the tanh form (`--gelu tanh`). Prints the train and val loss over
 `--eval-iters` batches every 250 steps, and a JSON line at the end. It re-starts itself in the
-developers' guide's PyTorch setup (bench/torch_env.py).
+PyTorch environment of bench/harness.py (OpenMP OpenBLAS, core type, thread variables).
 """
 import argparse
 import json
@@ -18,7 +18,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_env import TORCH_PYTHON, describe_torch_setup, torch_env  # noqa: E402
+import harness  # noqa: E402
 
 
 def main():
@@ -32,7 +32,9 @@ def main():
     args = ap.parse_args()
     if os.environ.get("OMP_NUM_THREADS") != str(args.threads) or "OPENBLAS_CORETYPE" not in os.environ:
         # The fair setup must be in the environment before numpy or torch load: start again in it.
-        os.execve(TORCH_PYTHON, [TORCH_PYTHON] + sys.argv, torch_env(args.threads))
+        # (--data spelled out: the new environment has no $TINYSHAKESPEARE.)
+        os.execve(harness.TORCH_PYTHON, [harness.TORCH_PYTHON] + sys.argv + ["--data", args.data],
+                  harness.TorchSetup(args.threads).env())
 
     import numpy as np
     import torch
@@ -40,7 +42,9 @@ def main():
     import torch.nn.functional as F
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    print(f"# reference: {describe_torch_setup()}; seed {args.seed}, gelu {args.gelu}, eval_iters {args.eval_iters}")
+    print(f"# reference: {harness.describe_torch('openmp')}, {args.threads} thread(s), env "
+          f"{harness.format_env(harness.TorchSetup(args.threads).env())}; seed {args.seed}, gelu {args.gelu}, "
+          f"eval_iters {args.eval_iters}")
 
     text = open(args.data, encoding="utf-8").read()
     chars = sorted(set(text))

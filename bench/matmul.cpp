@@ -1,8 +1,9 @@
 // Matrix-product throughput (GFLOP/s) of the matmul op, f32, at square and transformer shapes.
-// bench/compare_matmul.sh runs it beside torch.matmul (OpenBLAS) and prints the ratio.
+// bench/compare_matmul.py runs it beside torch.matmul (OpenBLAS) and prints the ratio.
 //
-//   build/bench/matmul --threads 1     # one JSON line per shape: m, n, k, min/median seconds,
-//   GFLOP/s
+//   build/bench/matmul --threads 1 --warmup 10   # one JSON line per shape: m, n, k, min/median
+//                                                # seconds, GFLOP/s
+// Per shape: --warmup untimed products, then --repeats timed runs of ~2 GFLOP each.
 #include <CLI/CLI.hpp>
 
 #include "bench/bench_util.h"
@@ -16,14 +17,16 @@ using namespace forge;
 
 int main(int argc, char** argv) {
   CLI::App app{"matmul GFLOP/s"};
-  int threads = 1, repeats = 7;
+  int threads = 1, repeats = 7, warmup = 1;
   app.add_option("--threads", threads)->check(CLI::PositiveNumber);
   app.add_option("--repeats", repeats)->check(CLI::PositiveNumber);
+  app.add_option("--warmup", warmup, "untimed products per shape")->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
   set_num_threads(threads);
   fmt::print(
-      "# matmul: C(m,n) = A(m,k) @ B(k,n), f32, kernel {}, threads {}, repeats {}, commit {}\n",
-      cpu::gemm_kernel_name(), threads, repeats, bench::commit());
+      "# matmul: C(m,n) = A(m,k) @ B(k,n), f32, kernel {}, threads {}, warm-up {}, repeats {}, "
+      "commit {}\n",
+      cpu::gemm_kernel_name(), threads, warmup, repeats, bench::commit());
   struct Case {
     int64_t m, n, k;
     const char* name;
@@ -37,7 +40,7 @@ int main(int argc, char** argv) {
     Tensor a = randn({c.m, c.k}, gen), b = randn({c.k, c.n}, gen);
     double flop = 2.0 * double(c.m) * double(c.n) * double(c.k);
     int inner = std::max<int>(1, int(2e9 / flop));  // ~0.02-1 s per timed run
-    matmul(a, b);                                   // warm-up
+    for (int i = 0; i < warmup; ++i) matmul(a, b);
     bench::Timings t = bench::time_runs(repeats, [&] {
       for (int i = 0; i < inner; ++i) matmul(a, b);
     });

@@ -8,6 +8,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed products per shape")
     args = ap.parse_args()
     import torch
     torch.set_num_threads(args.threads)
@@ -17,7 +18,8 @@ def main():
         a, b = torch.randn(m, k), torch.randn(k, n)
         flop = 2.0 * m * n * k
         inner = max(1, int(2e9 / flop))
-        torch.matmul(a, b)
+        for _ in range(args.warmup):
+            torch.matmul(a, b)
         runs = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()

@@ -5,8 +5,8 @@
 //
 // For each batch size: the model's forward under NoGradGuard in f32, then the same weights after
 // quantize_dynamic (int8: activations quantized per batch) and int4 weight-only (group 64), each
-// `--repeats` timed runs after warm-up, min and median. Prints settings lines ("# ...") and one
-// line per (model, batch, precision) that bench/compare_quant.py reads:
+// `--repeats` timed runs after `--warmup` untimed ones, min and median. Prints settings lines
+// ("# ...") and one line per (model, batch, precision) that bench/compare_quant.py reads:
 //   stack batch 64 f32 min_ms 1.234 median_ms 1.300
 #include <CLI/CLI.hpp>
 
@@ -36,17 +36,20 @@ int main(int argc, char** argv) {
   CLI::App app{"latency of f32, int8 and int4 Linear stacks"};
   std::string model = "stack";
   std::vector<int64_t> batches{1, 64};
-  int threads = 1, repeats = 50;
+  int threads = 1, repeats = 50, warmup = 5;
   app.add_option("--model", model, "stack (4 x Linear 1024x1024) or mnist (MLP 784-256-256-10)");
   app.add_option("--batch", batches, "batch sizes")->delimiter(',');
   app.add_option("--threads", threads, "threads")->check(CLI::PositiveNumber);
   app.add_option("--repeats", repeats, "timed runs per setting")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", warmup, "untimed runs first")->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
   try {
     set_num_threads(threads);
-    fmt::print("# quant_bench {} | commit {} | threads {} | repeats {} | f32 gemm {} | int8 kernel {}\n",
-               model, bench::commit(), threads, repeats, cpu::gemm_kernel_name(),
-               int8_kernel_name(int8_kernel()));
+    fmt::print(
+        "# quant_bench {} | commit {} | threads {} | warm-up {} | repeats {} | f32 gemm {} | int8 "
+        "kernel {}\n",
+        model, bench::commit(), threads, warmup, repeats, cpu::gemm_kernel_name(),
+        int8_kernel_name(int8_kernel()));
     NoGradGuard ng;
     for (std::string precision : {"f32", "int8", "int4"}) {
       Generator gen(0);
@@ -63,7 +66,7 @@ int main(int argc, char** argv) {
         Generator xg(1);
         Variable x(randn({b, input_size(model)}, xg));
         auto once = [&] { m->forward(x); };
-        for (int i = 0; i < 5; ++i) once();
+        for (int i = 0; i < warmup; ++i) once();
         bench::Timings t = bench::time_runs(repeats, once);
         fmt::print("{} batch {} {} min_ms {:.4f} median_ms {:.4f}\n", model, b, precision,
                    1e3 * t.min, 1e3 * t.median);

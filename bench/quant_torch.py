@@ -1,5 +1,5 @@
 """PyTorch 1.13's dynamic int8 quantization of the 4 x Linear(1024, 1024) stack (run by
-compare_quant.py under the fair setup of torch_env.py): f32 and torch.ao.quantization.quantize_dynamic
+compare_quant.py in the environment of bench/harness.py): f32 and torch.ao.quantization.quantize_dynamic
 latency at each batch size, for every quantized engine this torch build has."""
 import argparse
 import json
@@ -11,6 +11,7 @@ def main():
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--batch", default="1,64")
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5, help="untimed runs first")
     args = ap.parse_args()
     import torch
     from torch import nn
@@ -20,7 +21,7 @@ def main():
 
     def timed(m, x):
         with torch.no_grad():
-            for _ in range(5):
+            for _ in range(args.warmup):
                 m(x)
             runs = []
             for _ in range(args.repeats):
