@@ -5,7 +5,10 @@
 // Models are tiny (1 layer, n_embd 16, block 8-16) so every test runs in well under a second.
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -448,8 +451,11 @@ std::vector<double> concat(std::vector<double> a, const std::vector<double>& b) 
   return a;
 }
 
+// Bitwise equal and finite: two runs that both diverged to NaN are not "the same run".
 bool same_doubles(const std::vector<double>& a, const std::vector<double>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+  return !a.empty() && a.size() == b.size() &&
+         std::all_of(a.begin(), a.end(), [](double v) { return std::isfinite(v); }) &&
+         std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
 }
 
 }  // namespace
