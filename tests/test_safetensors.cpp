@@ -25,7 +25,7 @@
 #include "testing.h"
 
 using namespace forge;
-using forge::testing::bitwise_equal;
+using forge::testing::bitwise_identical;
 using forge::testing::Contains;
 using forge::testing::read_bytes;
 using forge::testing::TempDir;
@@ -75,7 +75,7 @@ void check_same_contents(const SafetensorsContents& got, const NamedTensors& wan
   for (size_t i = 0; i < want.size(); ++i) {
     INFO("tensor " << want[i].first);
     CHECK(got.tensors[i].first == want[i].first);
-    CHECK(bitwise_equal(got.tensors[i].second, want[i].second));
+    CHECK(bitwise_identical(got.tensors[i].second, want[i].second));
   }
   CHECK(got.metadata == meta);
 }
@@ -105,7 +105,7 @@ std::string damaged_outcome(const std::string& path, bool& refused) {
     for (size_t i = 0; i < want.size(); ++i) {
       if (c.tensors[i].first != want[i].first)
         return "loaded tensor '" + c.tensors[i].first + "' instead of '" + want[i].first + "'";
-      if (!bitwise_equal(c.tensors[i].second, want[i].second))
+      if (!bitwise_identical(c.tensors[i].second, want[i].second))
         return "loaded different data for '" + want[i].first + "'";
     }
     if (c.metadata != kSmallMeta) return "loaded different metadata";
@@ -149,7 +149,7 @@ TEST_CASE("safetensors round-trips NaN payloads and signed zeros bit for bit") {
   std::memcpy(t.raw_data(), bits, sizeof bits);
   save_safetensors(path, {{"odd", t}});
   SafetensorsContents c = load_safetensors(path);
-  CHECK(bitwise_equal(*c.find("odd"), t));
+  CHECK(bitwise_identical(*c.find("odd"), t));
   CHECK(c.metadata.empty());
 }
 

@@ -114,11 +114,16 @@ inline std::string TempDir::write(const std::string& name, const std::string& by
   return write_bytes(file(name), bytes);
 }
 
-// Bitwise equality of two tensors' contents (same shape and dtype).
-inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
+// Bitwise equality of two tensors' contents (same shape and dtype), both finite: two runs that
+// both diverged to the same NaNs are not "the same result". A test that means to compare
+// non-finite values bit for bit says so with bitwise_identical.
+inline bool bitwise_identical(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
   Tensor x = a.contiguous(), y = b.contiguous();
   return std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0;
+}
+inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
+  return bitwise_identical(a, b) && all_finite(a);
 }
 
 // max |a - b| / max |b| (shapes must match): how far a parallel result is from the serial one.
