@@ -1,5 +1,6 @@
 #include "models/gpt.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "autograd/checkpoint.h"
@@ -83,6 +84,23 @@ Variable CausalSelfAttention::forward(const Variable& x, KVCache& cache, int64_t
   return c_proj->forward(Variable(y));
 }
 
+Variable CausalSelfAttention::forward(const Variable& x, SlotCache& cache,
+                                      const std::vector<int64_t>& slots, int64_t layer) {
+  const int64_t B = x.size(0), C = x.size(2);
+  Tensor qkv = c_attn->forward(x).data();  // (B, 1, 3C)
+  Tensor& kc = cache.k[size_t(layer)];
+  Tensor& vc = cache.v[size_t(layer)];
+  std::vector<int64_t> lengths(size_t(B), 0);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t s = slots[size_t(b)], at = cache.length[size_t(s)];
+    kc.narrow(0, s, 1).narrow(1, at, 1).copy_(qkv.narrow(0, b, 1).narrow(2, C, C));
+    vc.narrow(0, s, 1).narrow(1, at, 1).copy_(qkv.narrow(0, b, 1).narrow(2, 2 * C, C));
+    lengths[size_t(b)] = at + 1;
+  }
+  Tensor y = slot_attention(qkv.narrow(2, 0, C), kc, vc, int(n_head_), slots, lengths);
+  return c_proj->forward(Variable(y));
+}
+
 GPTMLP::GPTMLP(const GPTConfig& cfg, Generator& init, Generator& dropout_gen)
     : dropout_(cfg.dropout), gelu_(cfg.gelu), gen_(&dropout_gen) {
   double proj_std = 0.02 / std::sqrt(2.0 * double(cfg.n_layer));
@@ -108,6 +126,23 @@ Variable Block::forward(const Variable& x, KVCache* cache, int64_t layer) {
   Variable a = ln_1->forward(x);
   Variable h = add(x, cache ? attn->forward(a, *cache, layer) : attn->forward(a));
   return add(h, mlp->forward(ln_2->forward(h)));
+}
+
+Variable Block::forward(const Variable& x, SlotCache& cache, const std::vector<int64_t>& slots,
+                        int64_t layer) {
+  Variable h = add(x, attn->forward(ln_1->forward(x), cache, slots, layer));
+  return add(h, mlp->forward(ln_2->forward(h)));
+}
+
+KVCache SlotCache::slot(int64_t s) {
+  FORGE_CHECK(s >= 0 && s < slots(), "SlotCache: slot {} of {}", s, slots());
+  KVCache c;
+  for (size_t l = 0; l < k.size(); ++l) {
+    c.k.push_back(k[l].narrow(0, s, 1));
+    c.v.push_back(v[l].narrow(0, s, 1));
+  }
+  c.length = length[size_t(s)];
+  return c;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,6 +202,35 @@ Variable GPT::forward_cached(const Tensor& idx, KVCache& cache) {
   cache.length = at + Tn;
   Variable last = narrow(x, 1, Tn - 1, 1);  // only the next token's distribution is needed
   return linear(ln_f->forward(last), wte->weight, Variable());
+}
+
+SlotCache GPT::make_slot_cache(int64_t slots) const {
+  FORGE_CHECK(slots > 0, "GPT: a slot cache needs at least one slot, got {}", slots);
+  KVCache c = make_cache(slots);
+  return SlotCache{std::move(c.k), std::move(c.v), std::vector<int64_t>(size_t(slots), 0)};
+}
+
+Variable GPT::forward_decode(const Tensor& idx, const std::vector<int64_t>& slots,
+                             SlotCache& cache) {
+  FORGE_CHECK(idx.dim() == 2 && idx.size(1) == 1 && is_integral(idx.dtype()),
+              "GPT: forward_decode expects (B, 1) integer tokens, got {} {}", idx.dtype(),
+              idx.shape());
+  const int64_t B = idx.size(0);
+  FORGE_CHECK(int64_t(slots.size()) == B, "GPT: {} tokens for {} slots", B, slots.size());
+  std::vector<int64_t> pos(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t s = slots[size_t(b)];
+    FORGE_CHECK(s >= 0 && s < cache.slots(), "GPT: slot {} of {}", s, cache.slots());
+    FORGE_CHECK(std::count(slots.begin(), slots.end(), s) == 1, "GPT: slot {} given twice", s);
+    pos[size_t(b)] = cache.length[size_t(s)];
+    FORGE_CHECK(pos[size_t(b)] < cfg_.block_size, "GPT: slot {} is full ({} positions)", s,
+                cfg_.block_size);
+  }
+  Tensor positions = from_vector(pos, Shape{B, 1}).to(idx.device());
+  Variable x = add(wte->forward(idx), wpe->forward(positions));  // (B, 1, C)
+  for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward(x, cache, slots, int64_t(l));
+  for (int64_t s : slots) ++cache.length[size_t(s)];
+  return linear(ln_f->forward(x), wte->weight, Variable());
 }
 
 Variable GPT::loss(const Variable& logits, const Tensor& targets) {

@@ -182,6 +182,13 @@ Tensor causal_attention_backward(const Tensor& dout, const Tensor& qkv, const Te
 // keys 0 .. offset+i. Returns (B, Tq, C). No backward.
 Tensor cached_attention(const Tensor& q, const Tensor& k, const Tensor& v, int n_head,
                         int64_t offset);
+// Batched decoding over independent sequences of different lengths (a server's slots): row b of
+// q (B, 1, C) is the newest position of the sequence in slot slots[b] of the caches k, v
+// (S, L, C), whose keys 0 .. lengths[b]-1 (its own included) it attends to. Returns (B, 1, C).
+// Each row is computed exactly as cached_attention computes that sequence alone (bit for bit), so
+// a row's result never depends on the other rows in the batch.
+Tensor slot_attention(const Tensor& q, const Tensor& k, const Tensor& v, int n_head,
+                      const std::vector<int64_t>& slots, const std::vector<int64_t>& lengths);
 
 // ============================================================================================
 // Joining, splitting, gathering.

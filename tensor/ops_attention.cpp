@@ -399,4 +399,58 @@ Tensor cached_attention(const Tensor& q_in, const Tensor& k, const Tensor& v, in
   return out;
 }
 
+Tensor slot_attention(const Tensor& q_in, const Tensor& k, const Tensor& v, int n_head,
+                      const std::vector<int64_t>& slots, const std::vector<int64_t>& lengths) {
+  const char* op = "slot_attention";
+  FORGE_CHECK(q_in.dim() == 3 && q_in.size(1) == 1 && k.dim() == 3 && k.shape() == v.shape(),
+              "{}: expected q (B, 1, C) and k, v (S, L, C), got {}, {}, {}", op, q_in.shape(),
+              k.shape(), v.shape());
+  FORGE_CHECK(q_in.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32,
+              "{}: expected f32 tensors", op);
+  const int64_t B = q_in.size(0), C = q_in.size(2), S = k.size(0), L = k.size(1), NH = n_head;
+  FORGE_CHECK(k.size(2) == C && NH > 0 && C % NH == 0,
+              "{}: q {} does not match the caches {} with {} heads", op, q_in.shape(), k.shape(),
+              n_head);
+  FORGE_CHECK(int64_t(slots.size()) == B && int64_t(lengths.size()) == B,
+              "{}: {} rows but {} slots and {} lengths", op, B, slots.size(), lengths.size());
+  for (int64_t b = 0; b < B; ++b)
+    FORGE_CHECK(slots[b] >= 0 && slots[b] < S && lengths[b] >= 1 && lengths[b] <= L,
+                "{}: row {} reads slot {} of {} with length {} of {}", op, b, slots[b], S,
+                lengths[b], L);
+  FORGE_CHECK(k.stride(2) == 1 && v.stride(2) == 1 && k.strides() == v.strides(),
+              "{}: k and v need unit column strides", op);
+  check_same_device(q_in, k, op);
+  check_same_device(q_in, v, op);
+  if (q_in.device().is_cuda()) {  // one launch of the cached kernel per row
+    std::vector<Tensor> rows;
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor kb = k.narrow(0, slots[b], 1).narrow(1, 0, lengths[b]);
+      Tensor vb = v.narrow(0, slots[b], 1).narrow(1, 0, lengths[b]);
+      rows.push_back(cached_attention(q_in.narrow(0, b, 1), kb, vb, n_head, lengths[b] - 1));
+    }
+    return concat(rows, 0);
+  }
+  // As cached_attention with Tq = 1, row by row: the same two products and the same softmax.
+  Tensor q = q_in.contiguous();
+  Tensor out = Tensor::empty({B, 1, C});
+  const int64_t hs = C / NH, krow = k.stride(1), kslot = k.stride(0);
+  const float *pq = q.data<float>(), *pk = k.data<float>(), *pv = v.data<float>();
+  float* po = out.data<float>();
+  const float scale = float(1.0 / std::sqrt(double(hs)));
+  Scratch<float> scores(get_num_threads(), L);
+  parallel_for(0, B * NH, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t bh = lo; bh < hi; ++bh) {
+      const int64_t b = bh / NH, h = bh % NH, n = lengths[size_t(b)];
+      const float* Q = pq + b * C + h * hs;
+      const float* K = pk + slots[size_t(b)] * kslot + h * hs;
+      const float* V = pv + slots[size_t(b)] * kslot + h * hs;
+      float* Sc = scores.get();
+      cpu::gemm<float>(false, true, 1, n, hs, scale, Q, C, K, krow, 0.0f, Sc, n);
+      causal_softmax_rows(Sc, 1, n, n - 1);
+      cpu::gemm<float>(false, false, 1, hs, n, 1.0f, Sc, n, V, krow, 0.0f, po + b * C + h * hs, C);
+    }
+  });
+  return out;
+}
+
 }  // namespace forge

@@ -432,6 +432,40 @@ TEST_CASE("causal_attention_backward errors name the op and the mismatched shape
                       Contains("causal_attention_backward") && Contains("[1, 2, 3, 3]"));
 }
 
+TEST_CASE("slot_attention gives each row what cached_attention gives its sequence alone, bit for "
+          "bit") {
+  Generator gen(41);
+  const int64_t S = 5, L = 9, C = 12;
+  const int NH = 3;
+  Tensor k = randn({S, L, C}, gen), v = randn({S, L, C}, gen);
+  // Rows in an order unrelated to the slots, of lengths 1 .. L.
+  const std::vector<int64_t> slots = {3, 0, 4, 1}, lengths = {9, 1, 4, 6};
+  Tensor q = randn({4, 1, C}, gen);
+  for (int threads : {1, 2}) {
+    ThreadCount guard(threads);
+    Tensor y = slot_attention(q, k, v, NH, slots, lengths);
+    REQUIRE(y.shape() == Shape({4, 1, C}));
+    for (int64_t b = 0; b < 4; ++b) {
+      INFO("row " << b << ", threads " << threads);
+      const int64_t n = lengths[size_t(b)];
+      Tensor kb = k.narrow(0, slots[size_t(b)], 1).narrow(1, 0, n);
+      Tensor vb = v.narrow(0, slots[size_t(b)], 1).narrow(1, 0, n);
+      Tensor want = cached_attention(q.narrow(0, b, 1), kb, vb, NH, n - 1);
+      CHECK(bitwise_equal(y.narrow(0, b, 1).contiguous(), want));
+      // A row alone in the batch gives the same bits as in the batch.
+      CHECK(bitwise_equal(slot_attention(q.narrow(0, b, 1), k, v, NH, {slots[size_t(b)]}, {n}),
+                          want));
+    }
+  }
+  CHECK_THROWS_WITH(slot_attention(q, k, v, NH, {3, 0, 4}, lengths), Contains("4 rows but 3 slots"));
+  CHECK_THROWS_WITH(slot_attention(q, k, v, NH, {3, 0, 5, 1}, lengths),
+                    Contains("row 2 reads slot 5 of 5"));
+  CHECK_THROWS_WITH(slot_attention(q, k, v, NH, slots, {9, 0, 4, 6}),
+                    Contains("row 1 reads slot 0 of 5 with length 0"));
+  CHECK_THROWS_WITH(slot_attention(randn({4, 2, C}, gen), k, v, NH, slots, lengths),
+                    Contains("slot_attention") && Contains("(B, 1, C)"));
+}
+
 TEST_CASE("cached_attention errors name the op and the shapes") {
   Generator gen(16);
   Tensor k = randn({1, 5, 8}, gen), v = randn({1, 5, 8}, gen);
