@@ -192,10 +192,57 @@ Int8Linear::InputGrid Int8Linear::input_grid(const Tensor& rows) const {
   return {sx, zx + shift, activation_range_.qmin + shift, activation_range_.qmax + shift};
 }
 
+void Int8Linear::set_per_row(bool on) {
+  FORGE_CHECK(!on || !input_, "Int8Linear: per-row activations apply to dynamic layers; this one "
+                              "has a fixed (static) input grid");
+  per_row_ = on;
+}
+
+namespace {
+// y = float(acc - zero * row_sum[j]) * (scale * w_scale[j]) + bias[j] for one row, rounded as the
+// int8_linear_f32 kernels round (the s32 offset mod 2^32, no fused multiply-add).
+__attribute__((optimize("fp-contract=off"))) void dequantize_row(
+    const int32_t* acc, int64_t n, float scale, int32_t zero, const int32_t* row_sums,
+    const float* w_scale, const float* bias, float* y) {
+  for (int64_t j = 0; j < n; ++j) {
+    const int32_t offset = int32_t(uint32_t(int64_t(zero) * row_sums[j]));
+    const float col_scale = scale * w_scale[j];
+    float v = float(int32_t(uint32_t(acc[j]) - uint32_t(offset))) * col_scale;
+    y[j] = bias ? v + bias[j] : v;
+  }
+}
+}  // namespace
+
 Variable Int8Linear::forward(const Variable& x) {
   const int64_t N = weight_q_.size(0), K = weight_q_.size(1);
   Tensor rows = as_rows(x, K, "Int8Linear");  // (M, K) f32 on x's device
   const int64_t M = rows.size(0);
+  if (per_row_) {
+    if (rows.device().is_cuda()) {  // row by row through the per-batch path
+      std::vector<Tensor> out;
+      for (int64_t i = 0; i < M; ++i) {
+        Tensor r = rows.narrow(0, i, 1);
+        out.push_back(forward_cuda(r, input_grid(r)));
+      }
+      return Variable(concat(out, 0).view(output_shape(x.shape(), N)));
+    }
+    Tensor qx = Tensor::empty({M, K}, DType::u8);
+    std::vector<InputGrid> grids;
+    for (int64_t i = 0; i < M; ++i) {
+      grids.push_back(input_grid(rows.narrow(0, i, 1)));
+      const InputGrid& g = grids.back();
+      quantize_u8(rows.data<float>() + i * K, K, 1.0f / g.scale, g.zero, g.qmin, g.qmax,
+                  qx.data<uint8_t>() + i * K);
+    }
+    Tensor acc = Tensor::empty({M, N}, DType::i32);
+    int8_gemm(qx.data<uint8_t>(), M, K, packed_, acc.data<int32_t>(), N);
+    Tensor y = Tensor::empty({M, N});
+    for (int64_t i = 0; i < M; ++i)
+      dequantize_row(acc.data<int32_t>() + i * N, N, grids[size_t(i)].scale, grids[size_t(i)].zero,
+                     packed_.row_sums.get(), weight_scale_.data<float>(),
+                     bias_f32_.defined() ? bias_f32_.data<float>() : nullptr, y.data<float>() + i * N);
+    return Variable(y.view(output_shape(x.shape(), N)));
+  }
   const InputGrid g = input_grid(rows);
   Tensor y;
   if (rows.device().is_cuda()) {
@@ -352,6 +399,16 @@ void freeze_observers(Module& model) {
       q->weight_fake_quant->freeze();
     }
   }
+}
+
+int set_int8_per_row(Module& model, bool on) {
+  int n = 0;
+  for (auto& [name, l] : named_linears(model))
+    if (auto q = std::dynamic_pointer_cast<Int8Linear>(l->quantized()); q && !q->is_static()) {
+      q->set_per_row(on);
+      ++n;
+    }
+  return n;
 }
 
 int convert(Module& model) {

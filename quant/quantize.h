@@ -22,8 +22,8 @@
 //   acc = sum_k (q_x - z_x) q_w                                exact s32 (quant/int8_gemm.h)
 //   y   = s_x s_w[n] acc + b[n]                                 per output channel n
 // with s_x, z_x from the batch's own extremes (dynamic: one scale for all rows of the batch, as
-// PyTorch's dynamic Linear, so a row's output depends a little on the other rows) or fixed by QAT's
-// observer (static). In the
+// PyTorch's dynamic Linear, so a row's output depends a little on the other rows; or, with
+// set_per_row, each row's own) or fixed by QAT's observer (static). In the
 // static case the bias is stored as s32 in units of s_x s_w[n] (as int8 inference engines keep it)
 // and dequantized in the same epilogue. The output is f32: each layer quantizes its own input, so
 // layers in between (activations, layer norms) stay in f32.
@@ -76,6 +76,12 @@ class Int8Linear : public Module {
              QScheme activation_scheme, std::optional<QuantParams> input);
   // f32 (..., K) -> f32 (..., N), on the input's device (cpu or cuda); no gradient.
   Variable forward(const Variable& x) override;
+  // Dynamic layers only: one activation grid per row (per token) instead of per batch, so that a
+  // row's output does not depend on the other rows (a server's batch invariance). The rows still
+  // share one pass over the weights (int8_gemm), then each row is dequantized with its own grid,
+  // rounded as int8_linear_f32 rounds.
+  void set_per_row(bool on);
+  bool per_row() const { return per_row_; }
 
   // What a file holds for this layer, names relative to the Linear ("weight", "weight_scale",
   // "bias", and for static layers "input_scale", "input_zero_point").
@@ -113,6 +119,7 @@ class Int8Linear : public Module {
   std::optional<QuantParams> input_;
   PackedInt8Weight packed_;
   OnDevice on_device_;
+  bool per_row_ = false;
 };
 
 // int4 weight-only (quant/int4.h): weights in 4 bits per group, activations f32 or bf16.
@@ -161,6 +168,8 @@ int prepare_qat(Module& model, const QuantConfig& config = {});
 int convert(Module& model);
 // Turns QAT's observers off (they keep their current scales) in every QatLinear.
 void freeze_observers(Module& model);
+// Int8Linear::set_per_row on every dynamic int8 layer; returns how many.
+int set_int8_per_row(Module& model, bool on);
 
 // The model's tensors as a quantized file holds them: each quantized Linear's integer tensors and
 // scales (named "<layer>.weight", "<layer>.weight_scale", ...), every other parameter in f32.

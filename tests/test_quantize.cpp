@@ -83,6 +83,48 @@ TEST_CASE("Int8Linear computes s_x s_w (q_x - z_x) q_w + b from its integers") {
   }
 }
 
+TEST_CASE("Int8Linear per row: each row quantized on its own grid, its output independent of the "
+          "other rows, as the per-batch path computes that row alone") {
+  Generator gen(5);
+  const int64_t K = 70, N = 37;  // odd: edge panels
+  Tensor w = uniform({N, K}, -0.5, 0.5, gen), b = uniform({N}, -1, 1, gen);
+  // Rows of very different ranges: a shared grid would change the small rows a lot.
+  Tensor x = mul(uniform({6, K}, -1, 1, gen),
+                 from_vector<float>({0.01f, 1.0f, 30.0f, 0.5f, 2.0f, 0.1f}, {6, 1}));
+  Int8Linear batch(w, b, QuantConfig{}), rows(w, b, QuantConfig{});
+  rows.set_per_row(true);
+  CHECK(rows.per_row());
+  Tensor y = forward(rows, x);
+  Tensor shared = forward(batch, x);
+  Tensor f32 = add(matmul(x, w.t()), b);
+  for (int64_t i = 0; i < 6; ++i) {
+    INFO("row " << i);
+    Tensor xi = x.narrow(0, i, 1).contiguous();
+    // The per-batch path on the row alone is that row's own grid: the same bits.
+    CHECK(bitwise_equal(y.narrow(0, i, 1).contiguous(), forward(batch, xi)));
+    // In any batch: the row with others after it, and the row alone through the per-row layer.
+    CHECK(bitwise_equal(forward(rows, xi), y.narrow(0, i, 1).contiguous()));
+    Tensor pair = concat({x.narrow(0, 5 - i, 1), xi}, 0);
+    CHECK(bitwise_equal(forward(rows, pair).narrow(0, 1, 1).contiguous(), forward(rows, xi)));
+  }
+  // Per-row grids are finer for the small rows: closer to f32 than the shared grid.
+  double err_rows = max_abs_diff(y.narrow(0, 0, 1), f32.narrow(0, 0, 1));
+  double err_shared = max_abs_diff(shared.narrow(0, 0, 1), f32.narrow(0, 0, 1));
+  INFO("row 0 error: per row " << err_rows << ", per batch " << err_shared);
+  CHECK(err_rows < err_shared);
+  CHECK(max_rel_diff(y, f32) < 0.02);
+  // Static layers have a fixed grid: per row does not apply.
+  Int8Linear fixed(w, b, QuantConfig{},
+                   choose_qparams(scalar_tensor(-1.0), scalar_tensor(1.0), QuantRange::u7(),
+                                  QScheme::affine));
+  CHECK_THROWS_WITH(fixed.set_per_row(true), Contains("static"));
+  // On a whole model.
+  Generator g2(6);
+  MLP net({16, 12, 4}, g2);
+  quantize_dynamic(net);
+  CHECK(set_int8_per_row(net, true) == 2);
+}
+
 TEST_CASE("quantize_dynamic keeps an MLP's outputs within int8 rounding of f32") {
   Generator gen(2);
   MLP net({64, 48, 32, 10}, gen);
