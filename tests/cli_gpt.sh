@@ -154,16 +154,7 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 kill -INT "$bg_pid"
-for _ in $(seq 1 300); do
-  kill -0 "$bg_pid" 2>/dev/null || break
-  sleep 0.1
-done
-if kill -0 "$bg_pid" 2>/dev/null; then
-  fail "Ctrl-C: train still running 30 s after SIGINT; killed"
-  kill -KILL "$bg_pid"
-fi
-wait "$bg_pid"
-rc=$?
+wait_exit "$bg_pid" 30 "Ctrl-C: train after SIGINT"
 bg_pid=
 stopped=$(grep -o 'stopped at step [0-9]*' "$tmp/int_out" | grep -o '[0-9]*$')
 if [ "$rc" -ne 0 ] || [ -z "$stopped" ]; then

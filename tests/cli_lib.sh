@@ -14,6 +14,8 @@
 #   use_mpirun               -> exits 77 (skipped; 1 under FORGE_REQUIRE_OPTIONAL=1) without
 #                               mpirun; else "${mpi[@]}" -np N CMD runs CMD under it with the
 #                               settings this machine needs
+#   wait_exit PID SECONDS WHAT -> waits up to SECONDS for PID (a background job) to end; fails
+#                               naming WHAT and kills it if it does not; $rc is its exit status
 # $tmp is a fresh directory, removed at exit with any background job left in $bg_pid.
 tmp=$(mktemp -d)
 bg_pid=
@@ -116,4 +118,18 @@ use_mpirun() {
   fi
   export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_btl=self,vader
   mpi=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
+}
+
+wait_exit() {
+  local pid=$1 seconds=$2 what=$3
+  for _ in $(seq 1 $((seconds * 10))); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    fail "$what: still running $seconds s later; killed"
+    kill -KILL "$pid"
+  fi
+  wait "$pid"
+  rc=$?
 }

@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# `serve` end to end over HTTP with a tiny GPT: /health and /v1/models; completions that repeat
+# exactly (greedy, and sampled with a seed), n choices seeded seed, seed+1; streaming whose chunks
+# add up to the non-streamed text; stop strings; every bad request answered with the status and
+# the param it names (and the server still serving after them); API keys and JWTs (made by PyJWT,
+# an independent implementation) accepted or refused; SIGTERM exiting 0.
+# Usage: cli_serve.sh path/to/train path/to/serve
+set -u
+
+train=${1:?usage: cli_serve.sh path/to/train path/to/serve}
+serve=${2:?usage: cli_serve.sh path/to/train path/to/serve}
+. "$(dirname "$0")/cli_lib.sh"
+py=/usr/bin/python3
+
+corpus=$(test_corpus)
+echo "corpus: $corpus"
+run "$train" gpt --data "$corpus" --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 \
+  --eval-interval 10 --eval-iters 2 --threads 1 --max-iters 10 --out "$tmp/tiny"
+if [ "$rc" -ne 0 ]; then
+  fail "train gpt exited $rc"
+  show
+  finish cli_serve
+fi
+
+# start_server NAME ARGS... -> $port and $bg_pid; its stdout and stderr in $tmp/NAME.out, .err
+start_server() {
+  local name=$1
+  shift
+  "$serve" --checkpoint "$tmp/tiny" --host 127.0.0.1 --port 0 --threads 1 "$@" \
+    >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  bg_pid=$!
+  port=
+  for _ in $(seq 1 300); do
+    port=$(sed -n 's|^serve: listening on http://127\.0\.0\.1:\([0-9]*\) model .* slots [0-9]*$|\1|p' \
+      "$tmp/$name.out")
+    [ -n "$port" ] && return 0
+    kill -0 "$bg_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  fail "serve ($name): no 'serve: listening on http://127.0.0.1:PORT model NAME slots N' line in 30 s"
+  echo "  stdout: $(head -c 600 "$tmp/$name.out")"
+  echo "  stderr: $(head -c 600 "$tmp/$name.err")"
+  finish cli_serve
+}
+
+# stop_server NAME: SIGTERM, then exit 0 within 15 s.
+stop_server() {
+  kill -TERM "$bg_pid"
+  wait_exit "$bg_pid" 15 "serve ($1) after SIGTERM"
+  bg_pid=
+  [ "$rc" -eq 0 ] || { fail "serve ($1): exit $rc after SIGTERM, expected 0"; tail -5 "$tmp/$1.err"; }
+}
+
+# get PATH [CURL ARGS...] / post PATH BODY [CURL ARGS...] -> $status; body in $tmp/body, headers
+# in $tmp/headers.
+get() {
+  local path=$1
+  shift
+  status=$(curl -s --max-time 30 -o "$tmp/body" -D "$tmp/headers" -w '%{http_code}' "$@" \
+    "http://127.0.0.1:$port$path")
+}
+post() {
+  local path=$1 body=$2
+  shift 2
+  status=$(curl -s --max-time 30 -o "$tmp/body" -D "$tmp/headers" -w '%{http_code}' \
+    -H 'Content-Type: application/json' --data-binary "$body" "$@" "http://127.0.0.1:$port$path")
+}
+
+# expect_status WHAT CODE: a failure unless the last request got CODE.
+expect_status() {
+  [ "$status" = "$2" ] && return 0
+  fail "$1: status $status, expected $2"
+  echo "  body: $(head -c 600 "$tmp/body")"
+  return 1
+}
+
+# check_json WHAT EXPR: a failure unless the Python EXPR holds for the JSON body, `d`.
+check_json() {
+  "$py" - "$tmp/body" "$2" <<'PY' || { fail "$1 (check: $2)"; echo "  body: $(head -c 600 "$tmp/body")"; }
+import json, sys
+d = json.load(open(sys.argv[1]))
+sys.exit(0 if eval(sys.argv[2]) else 1)
+PY
+}
+
+# text_of FILE [INDEX]: choice INDEX's text of a completion, JSON-quoted (one line).
+text_of() {
+  "$py" -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["choices"][int(sys.argv[2])]["text"]))' \
+    "$1" "${2:-0}"
+}
+
+# expect_error_param WHAT CODE PARAM BODY: POST BODY gets CODE and an OpenAI error naming PARAM.
+expect_error_param() {
+  post /v1/completions "$4"
+  expect_status "$1" "$2" || return
+  check_json "$1: error names the param" \
+    "d['error']['param'] == '$3' and d['error']['type'] == 'invalid_request_error' and '$3' in d['error']['message']"
+}
+
+# ---- A server without authentication ----
+start_server plain
+echo "serve listening on port $port"
+
+get /health
+expect_status "GET /health" 200 && check_json "GET /health" "d == {'status': 'ok'}"
+
+get /v1/models
+expect_status "GET /v1/models" 200 &&
+  check_json "GET /v1/models lists the model, named for the checkpoint directory" \
+    "d['object'] == 'list' and [m['id'] for m in d['data']] == ['tiny'] and d['data'][0]['owned_by'] == 'forge' and isinstance(d['data'][0]['created'], int)"
+
+# Greedy: 20 tokens ("length"), usage that adds up, and the same text twice.
+greedy='{"model": "tiny", "prompt": "The", "max_tokens": 20, "temperature": 0}'
+post /v1/completions "$greedy"
+expect_status "greedy completion" 200
+check_json "greedy completion: shape and usage" \
+  "d['object'] == 'text_completion' and d['id'].startswith('cmpl-') and d['model'] == 'tiny' and len(d['choices']) == 1 and d['choices'][0]['index'] == 0 and d['choices'][0]['finish_reason'] == 'length' and d['choices'][0]['logprobs'] is None and len(d['choices'][0]['text']) == 20 and d['usage'] == {'prompt_tokens': 3, 'completion_tokens': 20, 'total_tokens': 23}"
+cp "$tmp/body" "$tmp/greedy1.json"
+post /v1/completions "$greedy"
+cp "$tmp/body" "$tmp/greedy2.json"
+[ "$(text_of "$tmp/greedy1.json")" = "$(text_of "$tmp/greedy2.json")" ] ||
+  fail "greedy completion twice: $(text_of "$tmp/greedy1.json") then $(text_of "$tmp/greedy2.json")"
+
+# Sampling with a seed repeats; another seed differs (30 tokens from a near-uniform model).
+sampled() { echo "{\"model\": \"tiny\", \"prompt\": \"The\", \"max_tokens\": 30, \"temperature\": 0.8, \"seed\": $1 ${2-}}"; }
+post /v1/completions "$(sampled 5)"
+expect_status "sampled completion, seed 5" 200
+cp "$tmp/body" "$tmp/seed5a.json"
+post /v1/completions "$(sampled 5)"
+cp "$tmp/body" "$tmp/seed5b.json"
+post /v1/completions "$(sampled 6)"
+cp "$tmp/body" "$tmp/seed6.json"
+seed5=$(text_of "$tmp/seed5a.json")
+[ "$seed5" = "$(text_of "$tmp/seed5b.json")" ] ||
+  fail "seed 5 twice: $seed5 then $(text_of "$tmp/seed5b.json")"
+[ "$seed5" != "$(text_of "$tmp/seed6.json")" ] || fail "seeds 5 and 6 gave the same text: $seed5"
+
+# n = 2 with seed 5: choice 0 is seed 5's text, choice 1 seed 6's.
+post /v1/completions "$(sampled 5 ', "n": 2')"
+expect_status "n = 2" 200 &&
+  check_json "n = 2: two choices, indices 0 and 1" "[c['index'] for c in d['choices']] == [0, 1]"
+[ "$(text_of "$tmp/body" 0)" = "$seed5" ] && [ "$(text_of "$tmp/body" 1)" = "$(text_of "$tmp/seed6.json")" ] ||
+  fail "n = 2, seed 5: choices $(text_of "$tmp/body" 0), $(text_of "$tmp/body" 1); expected seed 5's $seed5 and seed 6's $(text_of "$tmp/seed6.json")"
+
+# Streaming the seed-5 request: data lines, [DONE] last, chunks adding up to the same text.
+curl -s -N --max-time 30 -H 'Content-Type: application/json' \
+  --data-binary "$(sampled 5 ', "stream": true, "stream_options": {"include_usage": true}')" \
+  -D "$tmp/stream_headers" "http://127.0.0.1:$port/v1/completions" >"$tmp/stream.txt"
+grep -qi '^content-type: text/event-stream' "$tmp/stream_headers" ||
+  fail "stream: no Content-Type: text/event-stream"
+streamed=$("$py" - "$tmp/stream.txt" <<'PY'
+import json, sys
+events = [l[len("data: "):] for l in open(sys.argv[1]).read().split("\n\n") if l.startswith("data: ")]
+raw = open(sys.argv[1]).read()
+assert raw.endswith("data: [DONE]\n\n"), "does not end with data: [DONE]"
+assert events[-1] == "[DONE]", "last event is not [DONE]"
+chunks = [json.loads(e) for e in events[:-1]]
+assert all(c["object"] == "text_completion" and c["id"] == chunks[0]["id"] for c in chunks)
+choice_chunks = [c for c in chunks if c["choices"]]
+finishes = [c["choices"][0]["finish_reason"] for c in choice_chunks]
+assert finishes[-1] == "length" and all(f is None for f in finishes[:-1]), f"finish reasons {finishes}"
+assert choice_chunks[-1]["choices"][0]["text"] == "", "the finishing chunk has text"
+usage = chunks[-1]
+assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 30, f"usage chunk {usage}"
+print(json.dumps("".join(c["choices"][0]["text"] for c in choice_chunks)))
+PY
+) || fail "stream: malformed event stream (above); it was: $(head -c 400 "$tmp/stream.txt")"
+[ "$streamed" = "$seed5" ] || fail "stream: chunks add up to $streamed, the non-stream text is $seed5"
+
+# A stop string: the text ends just before its first occurrence, finish_reason "stop".
+stop=$("$py" -c 'import json, sys; t = json.load(open(sys.argv[1]))["choices"][0]["text"]; print(json.dumps(t[10:12]))' "$tmp/greedy1.json")
+expected=$("$py" -c 'import json, sys; t = json.load(open(sys.argv[1]))["choices"][0]["text"]; print(json.dumps(t[:t.index(t[10:12])]))' "$tmp/greedy1.json")
+post /v1/completions "{\"model\": \"tiny\", \"prompt\": \"The\", \"max_tokens\": 20, \"temperature\": 0, \"stop\": [$stop]}"
+expect_status "stop $stop" 200 && check_json "stop $stop: finish_reason" "d['choices'][0]['finish_reason'] == 'stop'"
+[ "$(text_of "$tmp/body")" = "$expected" ] ||
+  fail "stop $stop: text $(text_of "$tmp/body"), expected $expected (the greedy text up to the stop)"
+
+# Bad requests: the status, and the param named.
+expect_error_param "temperature 3" 400 temperature '{"model": "tiny", "prompt": "The", "temperature": 3}'
+expect_error_param "max_tokens 0" 400 max_tokens '{"model": "tiny", "prompt": "The", "max_tokens": 0}'
+expect_error_param "n 9" 400 n '{"model": "tiny", "prompt": "The", "n": 9}'
+expect_error_param "no prompt" 400 prompt '{"model": "tiny", "max_tokens": 5}'
+expect_error_param "5 stop strings" 400 stop '{"model": "tiny", "prompt": "The", "stop": ["a", "b", "c", "d", "e"]}'
+expect_error_param "a prompt outside the vocabulary" 400 prompt '{"model": "tiny", "prompt": "a~b"}'
+check_json "a prompt outside the vocabulary: the message shows the character" "'~' in d['error']['message']"
+post /v1/completions '{"model": "tiny", "prompt": '
+expect_status "malformed JSON" 400 &&
+  check_json "malformed JSON: an OpenAI error that says so" "d['error']['type'] == 'invalid_request_error' and 'JSON' in d['error']['message']"
+# An unknown model is 404 model_not_found, as OpenAI answers it.
+post /v1/completions '{"model": "gpt-4", "prompt": "The"}'
+expect_status "unknown model" 404 &&
+  check_json "unknown model: param and code" "d['error']['param'] == 'model' and d['error']['code'] == 'model_not_found' and 'gpt-4' in d['error']['message']"
+
+get /v1/nothing
+expect_status "GET /v1/nothing" 404 && check_json "GET /v1/nothing" "d['error']['code'] == 'not_found'"
+get /v1/completions
+expect_status "GET /v1/completions" 405 && grep -qi '^allow: POST' "$tmp/headers" ||
+  fail "GET /v1/completions: no 405 with Allow: POST"
+
+"$py" -c 'import json; print(json.dumps({"model": "tiny", "prompt": "The", "padding": "x" * (1 << 20)}))' >"$tmp/big.json"
+status=$(curl -s --max-time 30 -o "$tmp/body" -w '%{http_code}' -H 'Content-Type: application/json' \
+  --data-binary @"$tmp/big.json" "http://127.0.0.1:$port/v1/completions")
+expect_status "a body over 1 MiB" 413 && check_json "a body over 1 MiB" "'1048576 bytes' in d['error']['message']"
+
+# After all that, the server still answers, and the same.
+post /v1/completions "$greedy"
+expect_status "greedy completion after the bad requests" 200 &&
+  [ "$(text_of "$tmp/body")" = "$(text_of "$tmp/greedy1.json")" ] ||
+  fail "greedy completion after the bad requests: $(text_of "$tmp/body"), before $(text_of "$tmp/greedy1.json")"
+
+stop_server plain
+grep -Eq '^serve: 127\.0\.0\.1:[0-9]+ POST /v1/completions 200 [0-9.]+ ms$' "$tmp/plain.err" ||
+  { fail "no request log line 'serve: ADDR POST /v1/completions 200 MS ms' on stderr"; tail -5 "$tmp/plain.err"; }
+
+# ---- Startup errors name the file ----
+: >"$tmp/empty_keys"
+run "$serve" --checkpoint "$tmp/tiny" --port 0 --api-key-file "$tmp/empty_keys"
+expect_error "an empty --api-key-file" "error:" "$tmp/empty_keys" "no keys"
+printf 'zq7x5\n' >"$tmp/small.secret"
+run "$serve" --checkpoint "$tmp/tiny" --port 0 --jwt-secret-file "$tmp/small.secret"
+expect_error "a 5-byte --jwt-secret-file" "error:" "$tmp/small.secret" "at least 32"
+grep -q zq7x5 "$tmp/err" && fail "the short secret's text appears in the error"
+
+# ---- API keys and JWTs ----
+printf '# keys of the test\n\nsk-first-key\n  sk-second-key  \n' >"$tmp/keys"
+secret=0123456789abcdef0123456789abcdef-test-secret
+printf '%s\n' "$secret" >"$tmp/jwt.secret"
+start_server auth --model-name forge-tiny --api-key-file "$tmp/keys" --jwt-secret-file "$tmp/jwt.secret" \
+  --jwt-audience forge-test --log-format json
+
+get /health
+expect_status "GET /health with auth on, no key" 200
+get /v1/models
+expect_status "GET /v1/models without a key" 401 &&
+  check_json "401 without a key" "d['error']['code'] == 'invalid_api_key'"
+grep -qi '^www-authenticate: Bearer' "$tmp/headers" || fail "401 without a key: no WWW-Authenticate: Bearer"
+get /v1/models -H 'Authorization: Bearer sk-wrong-key'
+expect_status "GET /v1/models with a wrong key" 401
+get /v1/models -H 'Authorization: Bearer sk-second-key'
+expect_status "GET /v1/models with the second key" 200 &&
+  check_json "--model-name forge-tiny" "[m['id'] for m in d['data']] == ['forge-tiny']"
+post /v1/completions '{"model": "forge-tiny", "prompt": "The", "max_tokens": 5}' -H 'Authorization: Bearer sk-first-key'
+expect_status "a completion with the first key" 200
+post /v1/completions '{"model": "forge-tiny", "prompt": "The", "max_tokens": 5}' -H 'Authorization: Bearer sk-first-ke'
+expect_status "a completion with a prefix of a key" 401
+
+if "$py" -c 'import jwt' 2>/dev/null; then
+  # token CLAIMS_PY [KEY [ALG]]: a JWT from PyJWT with these claims (`now` is the time).
+  token() {
+    "$py" -c 'import jwt, sys, time; now = int(time.time())
+print(jwt.encode(eval(sys.argv[1]), sys.argv[2], algorithm=sys.argv[3]))' "$1" "${2:-$secret}" "${3:-HS256}"
+  }
+  jwt_case() {  # WHAT CODE CLAIMS [KEY [ALG]]
+    get /v1/models -H "Authorization: Bearer $(token "$3" "${4:-$secret}" "${5:-HS256}")"
+    expect_status "JWT: $1" "$2"
+  }
+  jwt_case "valid" 200 "{'exp': now + 60, 'aud': 'forge-test'}"
+  jwt_case "valid, aud in a list, nbf past" 200 "{'exp': now + 60, 'nbf': now - 5, 'aud': ['x', 'forge-test']}"
+  jwt_case "expired 20 s ago (within the 30 s leeway)" 200 "{'exp': now - 20, 'aud': 'forge-test'}"
+  jwt_case "expired 2 minutes ago" 401 "{'exp': now - 120, 'aud': 'forge-test'}"
+  jwt_case "nbf in an hour" 401 "{'exp': now + 7200, 'nbf': now + 3600, 'aud': 'forge-test'}"
+  jwt_case "no exp" 401 "{'aud': 'forge-test'}"
+  jwt_case "wrong audience" 401 "{'exp': now + 60, 'aud': 'other'}"
+  jwt_case "no audience" 401 "{'exp': now + 60}"
+  jwt_case "signed with another secret" 401 "{'exp': now + 60, 'aud': 'forge-test'}" "another-secret-of-enough-length-0123456789"
+  jwt_case "HS512" 401 "{'exp': now + 60, 'aud': 'forge-test'}" "$secret" HS512
+  unsigned=$("$py" -c 'import base64, json, time
+b = lambda o: base64.urlsafe_b64encode(json.dumps(o).encode()).rstrip(b"=").decode()
+print(b({"alg": "none", "typ": "JWT"}) + "." + b({"exp": int(time.time()) + 60, "aud": "forge-test"}) + ".")')
+  get /v1/models -H "Authorization: Bearer $unsigned"
+  expect_status "JWT: alg none" 401
+else
+  optional_missing "PyJWT not found (Debian: apt-get install python3-jwt): JWT checks skipped"
+fi
+
+stop_server auth
+"$py" - "$tmp/auth.err" <<'PY' || fail "--log-format json: request log lines (above)"
+import json, sys
+lines = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("{")]
+assert lines, "no JSON lines"
+for l in lines:
+    r = json.loads(l)
+    assert {"method", "path", "status", "ms"} <= r.keys(), l
+assert any(json.loads(l)["status"] == 401 for l in lines), "no 401 logged"
+PY
+if grep -qE 'sk-(first|second|wrong)|Bearer|test-secret' "$tmp/auth.err"; then
+  fail "a key, token or secret appears in the log"
+fi
+
+finish cli_serve
