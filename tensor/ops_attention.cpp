@@ -23,6 +23,7 @@
 // mask (the same bits, on the device) and the kernels apply it as the CPU does. On cuda qkv may
 // also be bf16 or f16 (the products on tensor cores, the softmax in f32; out in qkv's dtype);
 // head sizes the tensor-core kernels do not take are computed in f32.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -83,6 +84,15 @@ void causal_softmax_rows(T* S, int64_t rows, int64_t cols, int64_t offset = 0) {
 template <class T>
 void apply_mask(const T* P, const uint8_t* mask, T scale, int64_t n, T* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = mask[i] ? P[i] * scale : T(0);
+}
+
+// How many (batch, head) pairs a thread takes at least, from the multiply-adds of one: a parallel
+// region costs microseconds (and far more when another process holds a core and a worker must
+// wait for it), so the heads of one decoding step, a few thousand multiply-adds each, stay on one
+// thread.
+int64_t heads_grain(int64_t work_per_head) {
+  constexpr int64_t kMinWork = int64_t(1) << 17;
+  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_head));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -244,7 +254,7 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
       const T scale = T(1.0 / std::sqrt(double(hs))), keep = T(1.0 / (1.0 - dropout_p));
       // Per thread: P' with dropout; P itself when it is stored narrower.
       Scratch<T> dropped(get_num_threads(), Tn * Tn * ((pmask ? 1 : 0) + (narrow_probs ? 1 : 0)));
-      parallel_for(0, B * NH, 1, [&](int64_t lo, int64_t hi) {
+      parallel_for(0, B * NH, heads_grain(2 * Tn * Tn * hs), [&](int64_t lo, int64_t hi) {
         for (int64_t bh = lo; bh < hi; ++bh) {
           const int64_t b = bh / NH, h = bh % NH;
           const T* Q = pqkv + b * Tn * 3 * C + h * hs;
@@ -305,7 +315,7 @@ Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, co
       // Per thread: dP (T x T), with dropout P' (T x T), with 16-bit probabilities P (T x T).
       const int64_t slices = 1 + (pmask ? 1 : 0) + (narrow_probs ? 1 : 0);
       Scratch<T> scratch(get_num_threads(), Tn * Tn * slices);
-      parallel_for(0, B * NH, 1, [&](int64_t lo, int64_t hi) {
+      parallel_for(0, B * NH, heads_grain(4 * Tn * Tn * hs), [&](int64_t lo, int64_t hi) {
         for (int64_t bh = lo; bh < hi; ++bh) {
           const int64_t b = bh / NH, h = bh % NH;
           const T* Q = pqkv + b * Tn * 3 * C + h * hs;
@@ -383,7 +393,7 @@ Tensor cached_attention(const Tensor& q_in, const Tensor& k, const Tensor& v, in
   float* po = out.data<float>();
   const float scale = float(1.0 / std::sqrt(double(hs)));
   Scratch<float> scores(get_num_threads(), Tq * L);
-  parallel_for(0, B * NH, 1, [&](int64_t lo, int64_t hi) {
+  parallel_for(0, B * NH, heads_grain(2 * Tq * L * hs), [&](int64_t lo, int64_t hi) {
     for (int64_t bh = lo; bh < hi; ++bh) {
       const int64_t b = bh / NH, h = bh % NH;
       const float* Q = pq + b * Tq * C + h * hs;
@@ -438,7 +448,9 @@ Tensor slot_attention(const Tensor& q_in, const Tensor& k, const Tensor& v, int 
   float* po = out.data<float>();
   const float scale = float(1.0 / std::sqrt(double(hs)));
   Scratch<float> scores(get_num_threads(), L);
-  parallel_for(0, B * NH, 1, [&](int64_t lo, int64_t hi) {
+  int64_t longest = 1;
+  for (int64_t n : lengths) longest = std::max(longest, n);
+  parallel_for(0, B * NH, heads_grain(2 * longest * hs), [&](int64_t lo, int64_t hi) {
     for (int64_t bh = lo; bh < hi; ++bh) {
       const int64_t b = bh / NH, h = bh % NH, n = lengths[size_t(b)];
       const float* Q = pq + b * C + h * hs;

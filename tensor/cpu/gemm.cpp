@@ -207,10 +207,15 @@ void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
   // Threads only pay off with enough work: about 2^21 multiply-adds each.
   double work = double(m) * double(n) * double(k);
   int threads = int(std::min<double>(get_num_threads(), std::max(1.0, work / double(1 << 21))));
-  if (omp_in_parallel()) threads = 1;
+  const bool nested = omp_in_parallel();
+  if (nested) threads = 1;
 
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
+  // The loops below share their work with `omp for`, which binds to the innermost enclosing
+  // region. Called from a thread of another region (a batched product's parallel_for) they need a
+  // region of their own, of one thread; called from outside any region with one thread they run
+  // serially as they are: no OpenMP region at all, since even a region of one (an `if (false)`
+  // clause) goes through libgomp, and that costs more than a small product (a decoding step's).
+  auto run = [&]() {
     float scratch[12 * 32];  // an edge tile: MR x NR of the widest kernel
     for (int64_t jc = 0; jc < n; jc += NC) {
       const int64_t nc = std::min(NC, n - jc);
@@ -251,6 +256,12 @@ void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
         }
       }
     }
+  };
+  if (threads > 1 || nested) {
+#pragma omp parallel num_threads(threads)
+    run();
+  } else {
+    run();
   }
 }
 
