@@ -7,6 +7,9 @@
 //   build/apps/serve --checkpoint out --jwt-secret-file jwt.secret --jwt-audience forge
 //   build/apps/serve --checkpoint out --port 0    # any free port; the ready line says which
 //
+// Routes: /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /metrics
+// (Prometheus), /health (serve/http.h).
+//
 // Prints one line on stdout when it listens:
 //   serve: listening on http://127.0.0.1:PORT model NAME slots N
 // and logs one line per request on stderr. SIGTERM or Ctrl-C: stops taking connections, lets
@@ -14,6 +17,8 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "quant/quantize.h"
 #include "recipes/checkpoint.h"
@@ -38,11 +43,19 @@ std::string default_model_name(const std::string& checkpoint) {
   return name;
 }
 
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  FORGE_CHECK(in.good(), "--chat-template {}: cannot open the file", path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"forge serve: an OpenAI-compatible completion server for a GPT checkpoint"};
-  std::string checkpoint, quant = "none", device_text = "cpu", log_format = "text";
+  std::string checkpoint, quant = "none", device_text = "cpu", log_format = "text", chat_template;
   serve::ServerOptions server;
   serve::EngineOptions engine_options;
   serve::AuthOptions auth_options;
@@ -75,6 +88,13 @@ int main(int argc, char** argv) {
                  "accept HS256 JWTs signed with this secret (at least 32 bytes)");
   app.add_option("--jwt-audience", auth_options.jwt_audience, "required 'aud' of a JWT");
   app.add_option("--jwt-issuer", auth_options.jwt_issuer, "required 'iss' of a JWT");
+  app.add_option("--chat-template", chat_template,
+                 "a JSON file of how /v1/chat/completions turns messages into a prompt: keys "
+                 "role_prefix (an object role -> string), message_suffix, generation_prefix, "
+                 "default_stop (the stop strings of a request without 'stop'; all optional). "
+                 "Default: " +
+                     serve::ChatTemplate().to_json().dump() +
+                     ", i.e. \"System: ...\\nUser: ...\\nAssistant:\", stopping at \"\\nUser:\"");
   app.add_option("--log-format", log_format, "request log on stderr: text or json")
       ->check(CLI::IsMember({"text", "json"}));
   app.add_option("--shutdown-timeout", shutdown_timeout,
@@ -89,7 +109,10 @@ int main(int argc, char** argv) {
     set_num_threads(threads);
     const Device device = Device::parse(device_text);
     cuda::check_device(device, "--device");
-    serve::Auth auth(auth_options);  // before the model: a bad key file fails fast
+    serve::Auth auth(auth_options);  // before the model: a bad key or template file fails fast
+    if (!chat_template.empty())
+      server.chat_template =
+          serve::ChatTemplate::from_json(read_file(chat_template), chat_template);
     LoadedModel loaded = load_model(resolve_model_path(checkpoint));
     std::shared_ptr<GPT> model = make_model(loaded, quant);
     const std::string quantization = describe_quantization(*model);

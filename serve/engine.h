@@ -127,6 +127,7 @@ class Engine {
   EngineStats stats() const;
   const Tokenizer& tokenizer() const { return tokenizer_; }
   const GPTConfig& config() const { return model_->config(); }
+  int64_t slots() const { return options_.slots; }
 
  private:
   struct Slot;

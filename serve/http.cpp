@@ -1,8 +1,9 @@
 // HTTP/1.1 for `serve` (serve/http.h): synchronous Beast, one thread per connection.
 //
 // Layout: a socket wrapper whose every read and write ends at a deadline (TimedSocket), the
-// per-connection request loop and routes (Connection), the completion handler in its two forms
-// (one JSON reply, or server-sent events), and run_server: accept, signals, orderly shutdown.
+// per-connection request loop and routes (Connection; a completion itself runs in
+// serve/completion.cpp, which this file feeds a ClientChannel: SSE data lines and hang-up checks),
+// and run_server: accept, signals, orderly shutdown.
 #include "serve/http.h"
 
 #include <fmt/format.h>
@@ -19,7 +20,9 @@
 #include <ctime>
 #include <map>
 #include <mutex>
-#include <random>
+
+#include "serve/completion.h"
+#include "serve/metrics.h"
 
 namespace forge::serve {
 
@@ -38,21 +41,9 @@ double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-std::string random_hex(size_t digits) {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  std::string out;
-  while (out.size() < digits) out += fmt::format("{:016x}", rng());
-  return out.substr(0, digits);
-}
-
 // JSON text for the wire: invalid UTF-8 (which valid_utf8 should have removed) becomes U+FFFD.
 std::string dump(const json& j) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
-uint64_t random_seed() {
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ rd();
 }
 
 // ---- A socket whose reads and writes end at a deadline ----
@@ -133,36 +124,11 @@ struct Registry {
   std::mutex log_mu;
 };
 
-struct ClientGone {};  // the client hung up or a write to it failed: nothing more can be sent
-
-// One choice of a completion: its stream and what it has produced.
-struct Choice {
-  std::shared_ptr<Stream> stream;
-  size_t prompt = 0;  // index into CompletionRequest::prompts
-  std::string text;   // non-stream: everything; stream: bytes held back (incomplete UTF-8)
-  std::vector<int64_t> tokens;
-  std::vector<double> logprobs;
-  std::vector<std::vector<TopLogprob>> top;
-  size_t token_bytes = 0;  // stream: text offset of the next token (for logprobs)
-  std::optional<std::string> finish;
-  std::string error;
-  int64_t completion_tokens = 0;
-};
-
-// Cancels every unfinished choice when the handler leaves early (client gone, write failed, ...).
-struct CancelUnfinished {
-  std::vector<Choice>& choices;
-  ~CancelUnfinished() {
-    for (Choice& c : choices)
-      if (c.stream && !c.finish) c.stream->cancel();
-  }
-};
-
 // ---- One connection: read requests, route, answer ----
 class Connection {
  public:
   Connection(tcp::socket socket, uint64_t id, Engine& engine, const Auth& auth,
-             const ServerOptions& options, Registry& registry, int64_t started)
+             const ServerOptions& options, Registry& registry, Metrics& metrics, int64_t started)
       : socket_(std::move(socket)),
         stream_(socket_),
         id_(id),
@@ -170,6 +136,7 @@ class Connection {
         auth_(auth),
         options_(options),
         registry_(registry),
+        metrics_(metrics),
         started_(started) {
     error_code ec;
     auto remote = socket_.remote_endpoint(ec);
@@ -187,13 +154,14 @@ class Connection {
       Request req;
       if (!read_request(buffer, req)) break;
       const auto start = Clock::now();
+      received_ = start;
       {
         std::lock_guard lock(registry_.mu);
         registry_.connections.at(id_).busy = true;
         keep_alive_ = req.keep_alive() && !registry_.stopping;
       }
       const int status = respond(req);
-      log(std::string(req.method_string()), path_of(req), status, start);
+      record(std::string(req.method_string()), path_of(req), status, start);
       if (!keep_alive_) break;
     }
     error_code ec;
@@ -273,7 +241,7 @@ class Connection {
     const ApiError error(status, message, "invalid_request_error", "",
                          status == 413 ? "request_too_large" : "");
     send_json(status, error.body(), got_header ? parser.get().version() : 11);
-    log(method, path, status, start);
+    record(method, path, status, start);
     linger();
     return false;
   }
@@ -325,8 +293,10 @@ class Connection {
     return e.status;
   }
 
-  void log(const std::string& method, const std::string& path, int status,
-           Clock::time_point start) {
+  // Logs a request and counts it in the metrics.
+  void record(const std::string& method, const std::string& path, int status,
+              Clock::time_point start) {
+    metrics_.count_request(endpoint_of(path), status, "http");
     const double ms = ms_since(start);
     std::string line;
     if (options_.log_json) {
@@ -350,9 +320,21 @@ class Connection {
 
   // ---- Routes ----
 
+  // The endpoint label of the metrics: a route's path, or "other" (an unknown path must not make
+  // a series of its own).
+  static std::string endpoint_of(const std::string& path) {
+    static const char* routes[] = {
+        "/health",   "/v1/models",  "/v1/completions", "/v1/chat/completions",
+        "/tokenize", "/detokenize", "/metrics"};
+    for (const char* r : routes)
+      if (path == r) return path;
+    return "other";
+  }
+
   // Answers `req` (unless the client went away); returns the status for the log.
   int respond(const Request& req) {
     const unsigned version = req.version();
+    headers_sent_ = false;
     try {
       const std::string path = path_of(req);
       const auto method = req.method();
@@ -362,15 +344,20 @@ class Connection {
           throw ApiError(405, fmt::format("{} {}: use {}", req.method_string(), path, allowed_),
                          "invalid_request_error", "", "method_not_allowed");
       };
+      auto authorized = [&](http::verb allowed) {
+        only(allowed);
+        auth_.check(req[http::field::authorization]);
+      };
+      const Limits& limits = options_.limits;
+      const Tokenizer& tokenizer = engine_.tokenizer();
       if (path == "/health") {
         only(http::verb::get);
         send_json(200, {{"status", "ok"}}, version);
         return 200;
       }
       if (path == "/v1/models") {
-        only(http::verb::get);
-        auth_.check(req[http::field::authorization]);
-        json model = {{"id", options_.limits.model_name},
+        authorized(http::verb::get);
+        json model = {{"id", limits.model_name},
                       {"object", "model"},
                       {"created", started_},
                       {"owned_by", "forge"}};
@@ -378,13 +365,34 @@ class Connection {
         return 200;
       }
       if (path == "/v1/completions") {
-        only(http::verb::post);
-        auth_.check(req[http::field::authorization]);
-        return completions(req);
+        authorized(http::verb::post);
+        return complete(req, parse_completion(req.body(), limits, tokenizer), Api::completions);
+      }
+      if (path == "/v1/chat/completions") {
+        authorized(http::verb::post);
+        return complete(req, parse_chat(req.body(), limits, tokenizer, options_.chat_template),
+                        Api::chat);
+      }
+      if (path == "/tokenize" || path == "/detokenize") {
+        authorized(http::verb::post);
+        const auto answer = path == "/tokenize" ? tokenize_response : detokenize_response;
+        send_json(200, answer(req.body(), limits, tokenizer), version);
+        return 200;
+      }
+      if (path == "/metrics") {
+        authorized(http::verb::get);
+        const EngineStats stats = engine_.stats();
+        const int64_t slots = engine_.slots();
+        http::response<http::string_body> res{http::status::ok, version};
+        res.set(http::field::content_type, kMetricsContentType);
+        res.body() = metrics_.render(stats, slots);
+        write(res);
+        return 200;
       }
       throw ApiError(404,
-                     fmt::format("no route {} {}; this server answers GET /health, GET /v1/models "
-                                 "and POST /v1/completions",
+                     fmt::format("no route {} {}; this server answers GET /health, GET /v1/models, "
+                                 "POST /v1/completions, POST /v1/chat/completions, POST /tokenize, "
+                                 "POST /detokenize and GET /metrics",
                                  req.method_string(), path),
                      "invalid_request_error", "", "not_found");
     } catch (const ApiError& e) {
@@ -404,131 +412,38 @@ class Connection {
     }
   }
 
-  // ---- POST /v1/completions ----
+  // ---- POST /v1/completions and /v1/chat/completions ----
 
-  int completions(const Request& req) {
-    const CompletionRequest r = parse_completion(req.body(), options_.limits, engine_.tokenizer());
-    std::vector<Choice> choices;
-    CancelUnfinished cancel{choices};
-    submit_all(r, choices);
-    id_text_ = "cmpl-" + random_hex(24);
-    created_ = int64_t(std::time(nullptr));
-    if (r.stream) return stream_completion(req, r, choices);
-
-    pump(choices, [](Choice& c, StreamEvent& e) { c.text += e.text; });
-    json out = json::array();
-    int64_t completion_tokens = 0;
-    for (size_t i = 0; i < choices.size(); ++i) {
-      Choice& c = choices[i];
-      check_finish(c);
-      const std::string& prompt = r.prompts[c.prompt];
-      json logprobs = nullptr;
-      if (r.params.logprobs >= 0)
-        logprobs = logprobs_json(engine_.tokenizer(), c.tokens, c.logprobs, c.top,
-                                 r.echo ? prompt.size() : 0);
-      out.push_back({{"text", valid_utf8((r.echo ? prompt : std::string()) + c.text)},
-                     {"index", i},
-                     {"logprobs", logprobs},
-                     {"finish_reason", *c.finish}});
-      completion_tokens += c.completion_tokens;
+  // What a completion sees of this connection: chunked SSE data lines, and whether the client
+  // hung up.
+  class Channel final : public ClientChannel {
+   public:
+    explicit Channel(Connection& c) : c_(c) {}
+    void send_data(const std::string& data) override {
+      const std::string event = "data: " + data + "\n\n";
+      c_.stream_.expires_after(c_.options_.write_timeout);
+      error_code ec;
+      net::write(c_.stream_, http::make_chunk(net::buffer(event)), ec);
+      if (ec) throw ClientGone{};
     }
-    send_json(200,
-              {{"id", id_text_},
-               {"object", "text_completion"},
-               {"created", created_},
-               {"model", options_.limits.model_name},
-               {"choices", out},
-               {"usage", usage(r, completion_tokens)}},
-              req.version());
-    return 200;
-  }
+    bool client_gone() override { return c_.stream_.peer_gone(); }
 
-  // Queues every (prompt, choice) pair: choice index p * n + c, seed base + c.
-  void submit_all(const CompletionRequest& r, std::vector<Choice>& choices) {
-    const uint64_t base = r.seeded ? r.params.seed : random_seed();
-    choices.reserve(r.prompts.size() * size_t(r.n));
-    for (size_t p = 0; p < r.prompts.size(); ++p) {
-      for (int64_t c = 0; c < r.n; ++c) {
-        GenerationParams g = r.params;
-        g.prompt = r.prompt_tokens[p];
-        g.seed = base + uint64_t(c);
-        Choice choice;
-        choice.prompt = p;
-        try {
-          choice.stream = engine_.submit(std::move(g));
-        } catch (const QueueFull& e) {  // CancelUnfinished cancels those already queued
-          throw ApiError(429, e.what(), "rate_limit_error", "", "rate_limit_exceeded");
-        } catch (const ShuttingDown& e) {
-          throw ApiError(503, e.what(), "server_error", "", "shutting_down");
-        }
-        choices.push_back(std::move(choice));
-      }
+   private:
+    Connection& c_;
+  };
+
+  int complete(const Request& req, CompletionRequest r, Api api) {
+    Completion completion(engine_, std::move(r),
+                          {.api = api,
+                           .model_name = options_.limits.model_name,
+                           .metrics = &metrics_,
+                           .transport = "http",
+                           .received = received_});
+    Channel channel(*this);
+    if (!completion.streaming()) {
+      send_json(200, completion.reply(channel), req.version());
+      return 200;
     }
-  }
-
-  // Pulls events from every unfinished choice until all have finished, handing each to `on_event`
-  // (after recording its tokens and end). Between events, a client that hung up ends it all.
-  template <class OnEvent>
-  void pump(std::vector<Choice>& choices, OnEvent on_event) {
-    auto take = [&](Choice& c, StreamEvent& e) {
-      c.tokens.insert(c.tokens.end(), e.tokens.begin(), e.tokens.end());
-      c.logprobs.insert(c.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
-      c.top.insert(c.top.end(), e.top_logprobs.begin(), e.top_logprobs.end());
-      if (e.finish) {
-        c.finish = e.finish;
-        c.error = e.error;
-        c.completion_tokens = e.completion_tokens;
-      }
-      on_event(c, e);
-    };
-    for (;;) {
-      Choice* waiting = nullptr;
-      bool progressed = false;
-      for (Choice& c : choices) {
-        while (!c.finish) {
-          std::optional<StreamEvent> e = c.stream->next(std::chrono::milliseconds(0));
-          if (!e) break;
-          take(c, *e);
-          progressed = true;
-        }
-        if (!c.finish && !waiting) waiting = &c;
-      }
-      if (!waiting) return;
-      if (progressed) continue;
-      if (stream_.peer_gone()) throw ClientGone{};
-      if (std::optional<StreamEvent> e = waiting->stream->next(std::chrono::milliseconds(50)))
-        take(*waiting, *e);
-    }
-  }
-
-  // A choice that ended without its answer: the engine failed or was shut down.
-  static void check_finish(const Choice& c) {
-    if (*c.finish == "error") throw ApiError(500, "generation failed: " + c.error, "server_error");
-    if (*c.finish == "cancelled")
-      throw ApiError(503, "the request was cancelled: the server is shutting down", "server_error",
-                     "", "shutting_down");
-  }
-
-  json usage(const CompletionRequest& r, int64_t completion_tokens) const {
-    int64_t prompt_tokens = 0;  // each prompt once, however many choices it has (as OpenAI)
-    for (const auto& p : r.prompt_tokens) prompt_tokens += int64_t(p.size());
-    return {{"prompt_tokens", prompt_tokens},
-            {"completion_tokens", completion_tokens},
-            {"total_tokens", prompt_tokens + completion_tokens}};
-  }
-
-  json chunk(json choices) const {
-    return {{"id", id_text_},
-            {"object", "text_completion"},
-            {"created", created_},
-            {"model", options_.limits.model_name},
-            {"choices", std::move(choices)}};
-  }
-
-  // Server-sent events: `data: {chunk}` per piece of text, a last chunk per choice with its
-  // finish_reason, the usage chunk if asked, then `data: [DONE]`.
-  int stream_completion(const Request& req, const CompletionRequest& r,
-                        std::vector<Choice>& choices) {
     http::response<http::empty_body> res{http::status::ok, req.version()};
     res.set(http::field::content_type, "text/event-stream");
     res.set(http::field::cache_control, "no-cache");
@@ -540,68 +455,11 @@ class Connection {
     http::write_header(stream_, serializer, ec);
     if (ec) throw ClientGone{};
     headers_sent_ = true;
-
-    auto index_of = [&](const Choice& c) { return size_t(&c - choices.data()); };
-    auto text_chunk = [&](const Choice& c, const std::string& text, json logprobs, json finish) {
-      return chunk(json::array({{{"text", valid_utf8(text)},
-                                 {"index", index_of(c)},
-                                 {"logprobs", std::move(logprobs)},
-                                 {"finish_reason", std::move(finish)}}}));
-    };
-    for (Choice& c : choices) {
-      if (!r.echo) continue;
-      const std::string& prompt = r.prompts[c.prompt];
-      c.token_bytes = prompt.size();
-      send_event(text_chunk(c, prompt, nullptr, nullptr));
-    }
-    int64_t completion_tokens = 0;
-    pump(choices, [&](Choice& c, StreamEvent& e) {
-      c.text += e.text;  // held back: an incomplete UTF-8 sequence at the end waits for more
-      const size_t ready = e.finish ? c.text.size() : complete_utf8_prefix(c.text);
-      const std::string text = c.text.substr(0, ready);
-      c.text.erase(0, ready);
-      json logprobs = nullptr;
-      if (r.params.logprobs >= 0 && !e.tokens.empty()) {
-        logprobs =
-            logprobs_json(engine_.tokenizer(), e.tokens, e.logprobs, e.top_logprobs, c.token_bytes);
-        for (int64_t t : e.tokens) c.token_bytes += engine_.tokenizer().decode_one(t).size();
-      }
-      if (!text.empty() || !logprobs.is_null())
-        send_event(text_chunk(c, text, std::move(logprobs), nullptr));
-      if (!e.finish) return;
-      if (*e.finish == "error" || *e.finish == "cancelled") {
-        const ApiError error = *e.finish == "error"
-                                   ? ApiError(500, "generation failed: " + e.error, "server_error")
-                                   : ApiError(503,
-                                              "the request was cancelled: the server is "
-                                              "shutting down",
-                                              "server_error", "", "shutting_down");
-        send_event(error.body());
-        return;
-      }
-      completion_tokens += e.completion_tokens;
-      send_event(text_chunk(c, "", nullptr, *e.finish));
-    });
-    if (r.include_usage) {
-      json last = chunk(json::array());
-      last["usage"] = usage(r, completion_tokens);
-      send_event(last);
-    }
-    send_data("[DONE]");
+    completion.stream(channel);
     stream_.expires_after(options_.write_timeout);
     net::write(stream_, http::make_chunk_last(), ec);
     if (ec) throw ClientGone{};
     return 200;
-  }
-
-  void send_event(const json& j) { send_data(dump(j)); }
-
-  void send_data(const std::string& data) {
-    const std::string event = "data: " + data + "\n\n";
-    stream_.expires_after(options_.write_timeout);
-    error_code ec;
-    net::write(stream_, http::make_chunk(net::buffer(event)), ec);
-    if (ec) throw ClientGone{};
   }
 
   tcp::socket socket_;
@@ -611,13 +469,13 @@ class Connection {
   const Auth& auth_;
   const ServerOptions& options_;
   Registry& registry_;
+  Metrics& metrics_;
   const int64_t started_;
   std::string remote_;
   bool keep_alive_ = false;
-  bool headers_sent_ = false;  // of a streamed response: no other status can be sent now
-  std::string allowed_;        // the method of the route (for 405's Allow)
-  std::string id_text_;        // "cmpl-..." of the current completion
-  int64_t created_ = 0;
+  bool headers_sent_ = false;   // of a streamed response: no other status can be sent now
+  std::string allowed_;         // the method of the route (for 405's Allow)
+  Clock::time_point received_;  // when the current request had been read
 };
 
 tcp::endpoint resolve(const std::string& host, int port) {
@@ -648,6 +506,7 @@ int run_server(Engine& engine, const Auth& auth, const ServerOptions& options,
         fmt::format("cannot listen on {} port {}: {}", options.host, options.port, ec.message()));
 
   Registry registry;
+  Metrics metrics;
   const int64_t started = int64_t(std::time(nullptr));
   net::signal_set signals(ioc, SIGINT, SIGTERM);
   signals.async_wait([&](const error_code& e, int signal) {
@@ -686,7 +545,8 @@ int run_server(Engine& engine, const Auth& auth, const ServerOptions& options,
         registry.connections[id] = {socket.native_handle(), false};
       }
       std::thread([&, id, socket = std::move(socket)]() mutable {
-        Connection connection(std::move(socket), id, engine, auth, options, registry, started);
+        Connection connection(std::move(socket), id, engine, auth, options, registry, metrics,
+                              started);
         try {
           connection.run();
         } catch (const std::exception& x) {

@@ -6,8 +6,10 @@
 //     fmt::print("serve: listening on {}\n", url);   // url holds the actual port
 //   });                                               // returns 0 after SIGTERM or SIGINT
 //
-// Routes: GET /health (no auth), GET /v1/models, POST /v1/completions (JSON, or server-sent
-// events with "stream": true). Errors are OpenAI's error object with the status of the ApiError
+// Routes: GET /health (no auth), GET /v1/models, POST /v1/completions and
+// /v1/chat/completions (JSON, or server-sent events with "stream": true; serve/completion.h),
+// POST /tokenize and /detokenize (serve/protocol.h), GET /metrics (Prometheus text, with the
+// engine's gauges; serve/metrics.h). Every route but /health needs auth when auth is on. Errors are OpenAI's error object with the status of the ApiError
 // (401 with WWW-Authenticate: Bearer, 429 with Retry-After: 1), 404 for an unknown path, 405 for a
 // wrong method, 413 for a body over max_body, 500 for anything unexpected (the server keeps going).
 //
@@ -34,6 +36,7 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;  // 0: any free port (the ready callback gets the one chosen)
   Limits limits;    // model_name (what /v1/models lists and requests must name), block size, ...
+  ChatTemplate chat_template;                 // how /v1/chat/completions renders messages
   int64_t max_body = 1 << 20;                 // bytes of a request body; more -> 413
   std::chrono::seconds read_timeout{10};      // to read one whole request (header and body)
   std::chrono::seconds write_timeout{30};     // for one write to a client that does not read

@@ -361,3 +361,76 @@ json logprobs_json(const Tokenizer& tok, const std::vector<int64_t>& tokens,
 }
 
 }  // namespace forge::serve
+
+namespace forge::serve {
+
+json chat_logprobs_json(const Tokenizer& tok, const std::vector<int64_t>& tokens,
+                        const std::vector<double>& logprobs,
+                        const std::vector<std::vector<TopLogprob>>& top) {
+  auto entry = [&](int64_t token, double logprob) {
+    const std::string piece = tok.decode_one(token);
+    json bytes = json::array();
+    for (char c : piece) bytes.push_back(int(static_cast<unsigned char>(c)));
+    return json{{"token", valid_utf8(piece)}, {"logprob", logprob}, {"bytes", std::move(bytes)}};
+  };
+  json content = json::array();
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    json e = entry(tokens[i], i < logprobs.size() ? logprobs[i] : 0.0);
+    e["top_logprobs"] = json::array();
+    if (i < top.size())
+      for (const TopLogprob& t : top[i]) e["top_logprobs"].push_back(entry(t.token, t.logprob));
+    content.push_back(std::move(e));
+  }
+  return {{"content", std::move(content)}};
+}
+
+namespace {
+// "model" may be left out of /tokenize and /detokenize; given, it must name the served model.
+json parse_tokenizer_body(const std::string& text, const Limits& limits) {
+  json body = parse_body(text);
+  if (body.contains("model") && !body["model"].is_null()) check_model(body, limits);
+  return body;
+}
+}  // namespace
+
+json tokenize_response(const std::string& text, const Limits& limits, const Tokenizer& tokenizer) {
+  const json body = parse_tokenizer_body(text, limits);
+  auto prompt = body.find("prompt");
+  if (prompt == body.end() || prompt->is_null()) bad("prompt", "'prompt' is required");
+  if (!prompt->is_string())
+    bad("prompt", fmt::format("'prompt' must be a string, got {}", type_name(*prompt)));
+  const std::string p = prompt->get<std::string>();
+  if (!is_valid_utf8(p)) bad("prompt", "'prompt' is not valid UTF-8");
+  std::vector<int64_t> ids;
+  try {
+    ids = tokenizer.encode(p);
+  } catch (const Error& e) {
+    bad("prompt", fmt::format("'prompt': {}", e.what()));
+  }
+  return {{"tokens", ids}, {"count", ids.size()}};
+}
+
+json detokenize_response(const std::string& text, const Limits& limits,
+                         const Tokenizer& tokenizer) {
+  const json body = parse_tokenizer_body(text, limits);
+  auto tokens = body.find("tokens");
+  if (tokens == body.end() || tokens->is_null()) bad("tokens", "'tokens' is required");
+  if (!tokens->is_array())
+    bad("tokens",
+        fmt::format("'tokens' must be an array of token ids, got {}", type_name(*tokens)));
+  std::vector<int64_t> ids;
+  for (size_t i = 0; i < tokens->size(); ++i) {
+    const json& t = (*tokens)[i];
+    if (!t.is_number_integer())
+      bad("tokens", fmt::format("tokens[{}] must be an integer token id, got {}", i, type_name(t)));
+    const int64_t id =
+        t.is_number_unsigned() && t.get<uint64_t>() > uint64_t(INT64_MAX) ? -1 : t.get<int64_t>();
+    if (id < 0 || id >= tokenizer.vocab_size())
+      bad("tokens", fmt::format("tokens[{}] = {} is outside the vocabulary [0, {})", i, t.dump(),
+                                tokenizer.vocab_size()));
+    ids.push_back(id);
+  }
+  return {{"prompt", valid_utf8(tokenizer.decode(ids))}};
+}
+
+}  // namespace forge::serve

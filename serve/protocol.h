@@ -99,4 +99,21 @@ nlohmann::json logprobs_json(const Tokenizer& tok, const std::vector<int64_t>& t
                              const std::vector<double>& logprobs,
                              const std::vector<std::vector<TopLogprob>>& top, size_t text_offset);
 
+// OpenAI's chat logprobs object, {"content": [{"token", "logprob", "bytes", "top_logprobs":
+// [{"token", "logprob", "bytes"}]}]}: `bytes` are the token's UTF-8 bytes as integers (a token may
+// hold part of a character; `token` then shows U+FFFD).
+nlohmann::json chat_logprobs_json(const Tokenizer& tok, const std::vector<int64_t>& tokens,
+                                  const std::vector<double>& logprobs,
+                                  const std::vector<std::vector<TopLogprob>>& top);
+
+// POST /tokenize and /detokenize (llama.cpp's and vLLM's shapes, not OpenAI's):
+//   {"model"?: name, "prompt": "text"}  ->  {"tokens": [ids], "count": n}
+//   {"model"?: name, "tokens": [ids]}   ->  {"prompt": "text"}
+// A model, when given, must be the served one; text outside the vocabulary is a 400 naming
+// "prompt", ids outside it (or not integers) a 400 naming "tokens".
+nlohmann::json tokenize_response(const std::string& body, const Limits& limits,
+                                 const Tokenizer& tokenizer);
+nlohmann::json detokenize_response(const std::string& body, const Limits& limits,
+                                   const Tokenizer& tokenizer);
+
 }  // namespace forge::serve

@@ -2,8 +2,11 @@
 # `serve` end to end over HTTP with a tiny GPT: /health and /v1/models; completions that repeat
 # exactly (greedy, and sampled with a seed), n choices seeded seed, seed+1; streaming whose chunks
 # add up to the non-streamed text; stop strings; every bad request answered with the status and
-# the param it names (and the server still serving after them); API keys and JWTs (made by PyJWT,
-# an independent implementation) accepted or refused; SIGTERM exiting 0.
+# the param it names (and the server still serving after them); chat completions through
+# --chat-template, plain, with logprobs and a stop, and streamed (role first, deltas adding up to
+# the plain content, {} with the finish_reason, usage, [DONE]); /tokenize and /detokenize round
+# trip; /metrics counting what was sent (requests by status, tokens, histograms); API keys and
+# JWTs (made by PyJWT, an independent implementation) accepted or refused; SIGTERM exiting 0.
 # Usage: cli_serve.sh path/to/train path/to/serve
 set -u
 
@@ -98,7 +101,10 @@ expect_error_param() {
 }
 
 # ---- A server without authentication ----
-start_server plain
+# A chat template in the tiny corpus's characters: "T: we\nC: all\nA:" (16 tokens fit).
+printf '%s\n' '{"role_prefix": {"system": "T: ", "user": "C: ", "assistant": "A: "},' \
+  ' "generation_prefix": "A:", "default_stop": ["\\nC:"]}' >"$tmp/chat.json"
+start_server plain --chat-template "$tmp/chat.json"
 echo "serve listening on port $port"
 
 get /health
@@ -208,6 +214,128 @@ expect_status "greedy completion after the bad requests" 200 &&
   [ "$(text_of "$tmp/body")" = "$(text_of "$tmp/greedy1.json")" ] ||
   fail "greedy completion after the bad requests: $(text_of "$tmp/body"), before $(text_of "$tmp/greedy1.json")"
 
+# ---- Chat completions (through --chat-template: the tiny corpus has no 'U' for "User: ") ----
+# chat_body EXTRA: a seeded chat request, EXTRA appended to its fields.
+chat_body() { echo "{\"model\": \"tiny\", \"messages\": [{\"role\": \"system\", \"content\": \"we\"}, {\"role\": \"user\", \"content\": \"all\"}], \"max_tokens\": 12, \"temperature\": 0.8, \"seed\": 7 ${1-}}"; }
+# content_of FILE [INDEX]: choice INDEX's message content of a chat completion, JSON-quoted.
+content_of() {
+  "$py" -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["choices"][int(sys.argv[2])]["message"]["content"]))' \
+    "$1" "${2:-0}"
+}
+post /v1/chat/completions "$(chat_body ', "stop": []')"
+expect_status "chat completion" 200
+check_json "chat completion: OpenAI's shape, the template's prompt counted in usage" \
+  "d['object'] == 'chat.completion' and d['id'].startswith('chatcmpl-') and d['model'] == 'tiny' and isinstance(d['created'], int) and len(d['choices']) == 1 and d['choices'][0]['index'] == 0 and d['choices'][0]['message']['role'] == 'assistant' and d['choices'][0]['logprobs'] is None and d['choices'][0]['finish_reason'] == 'length' and len(d['choices'][0]['message']['content']) == 12 and d['usage'] == {'prompt_tokens': len('T: we\nC: all\nA:'), 'completion_tokens': 12, 'total_tokens': len('T: we\nC: all\nA:') + 12}"
+cp "$tmp/body" "$tmp/chat1.json"
+chat_text=$(content_of "$tmp/chat1.json")
+post /v1/chat/completions "$(chat_body ', "stop": []')"
+[ "$(content_of "$tmp/body")" = "$chat_text" ] || fail "chat seed 7 twice: $chat_text then $(content_of "$tmp/body")"
+post /v1/chat/completions "$(chat_body ', "stop": [], "logprobs": true, "top_logprobs": 2')"
+expect_status "chat with logprobs" 200 &&
+  check_json "chat logprobs: one entry per token, its bytes, 2 top ones, the same text" \
+    "(lambda c: [e['token'] for e in c] == list(d['choices'][0]['message']['content']) and all(e['bytes'] == list(e['token'].encode()) and e['logprob'] <= 0 and len(e['top_logprobs']) == 2 and e['top_logprobs'][0]['logprob'] >= e['top_logprobs'][1]['logprob'] for e in c))(d['choices'][0]['logprobs']['content'])"
+[ "$(content_of "$tmp/body")" = "$chat_text" ] || fail "chat with logprobs: text $(content_of "$tmp/body"), without $chat_text"
+
+# Streaming the same request (with n = 2: choice 0 is the same seed): the role first, content
+# deltas adding up to the non-stream content, {} with the finish_reason, the usage, [DONE].
+curl -s -N --max-time 30 -H 'Content-Type: application/json' \
+  --data-binary "$(chat_body ', "stop": [], "n": 2, "stream": true, "stream_options": {"include_usage": true}')" \
+  -D "$tmp/chat_stream_headers" "http://127.0.0.1:$port/v1/chat/completions" >"$tmp/chat_stream.txt"
+grep -qi '^content-type: text/event-stream' "$tmp/chat_stream_headers" ||
+  fail "chat stream: no Content-Type: text/event-stream"
+chat_streamed=$("$py" - "$tmp/chat_stream.txt" <<'PY'
+import json, sys
+raw = open(sys.argv[1]).read()
+assert raw.endswith("data: [DONE]\n\n"), "does not end with data: [DONE]"
+events = [l[len("data: "):] for l in raw.split("\n\n") if l.startswith("data: ")]
+chunks = [json.loads(e) for e in events[:-1]]
+assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] and c["id"].startswith("chatcmpl-") for c in chunks)
+assert all(c["usage"] is None for c in chunks[:-1]), "chunks before the last must have usage null"
+assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 24, f"usage chunk {chunks[-1]}"
+texts = []
+for index in (0, 1):
+    mine = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == index]
+    assert mine[0]["delta"] == {"role": "assistant", "content": ""}, f"first delta {mine[0]}"
+    assert mine[-1]["delta"] == {} and mine[-1]["finish_reason"] == "length", f"last {mine[-1]}"
+    middle = mine[1:-1]
+    assert middle and all(set(m["delta"]) == {"content"} and m["finish_reason"] is None for m in middle)
+    texts.append("".join(m["delta"]["content"] for m in middle))
+print(json.dumps(texts[0]))
+PY
+) || fail "chat stream: malformed event stream (above); it was: $(head -c 400 "$tmp/chat_stream.txt")"
+[ "$chat_streamed" = "$chat_text" ] ||
+  fail "chat stream: deltas add up to $chat_streamed, the non-stream content is $chat_text"
+
+# A stop string: the content ends just before it; without "stop", the template's "\nC:" applies.
+chat_stop=$("$py" -c 'import json, sys; t = json.loads(sys.argv[1]); print(json.dumps(t[5:7]))' "$chat_text")
+chat_expected=$("$py" -c 'import json, sys; t = json.loads(sys.argv[1]); print(json.dumps(t[:t.index(t[5:7])]))' "$chat_text")
+post /v1/chat/completions "$(chat_body ", \"stop\": $chat_stop")"
+expect_status "chat stop $chat_stop" 200 &&
+  check_json "chat stop $chat_stop: finish_reason" "d['choices'][0]['finish_reason'] == 'stop'"
+[ "$(content_of "$tmp/body")" = "$chat_expected" ] ||
+  fail "chat stop $chat_stop: content $(content_of "$tmp/body"), expected $chat_expected"
+
+# expect_error_at PATH WHAT CODE PARAM BODY: POST BODY to PATH gets CODE and an error naming PARAM.
+expect_error_at() {
+  post "$1" "$5"
+  expect_status "$2" "$3" || return
+  check_json "$2: error names the param" "d['error']['param'] == '$4' and d['error']['type'] == 'invalid_request_error'"
+}
+expect_error_at /v1/chat/completions "chat without messages" 400 messages '{"model": "tiny"}'
+expect_error_at /v1/chat/completions "chat with role robot" 400 messages \
+  '{"model": "tiny", "messages": [{"role": "robot", "content": "we"}]}'
+check_json "chat with role robot: the message names the role" "'robot' in d['error']['message']"
+expect_error_at /v1/chat/completions "chat top_logprobs 9" 400 top_logprobs \
+  '{"model": "tiny", "messages": [{"role": "user", "content": "we"}], "logprobs": true, "top_logprobs": 9}'
+
+# ---- /tokenize and /detokenize ----
+post /tokenize '{"model": "tiny", "prompt": "we are"}'
+expect_status "tokenize" 200 &&
+  check_json "tokenize: 6 ids, the count" "len(d['tokens']) == 6 and d['count'] == 6 and all(isinstance(t, int) for t in d['tokens']) and d['tokens'][0] != d['tokens'][2]"
+ids=$("$py" -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["tokens"]))' "$tmp/body")
+post /detokenize "{\"tokens\": $ids}"
+expect_status "detokenize" 200 && check_json "detokenize $ids: the text back" "d == {'prompt': 'we are'}"
+expect_error_at /tokenize "tokenize outside the vocabulary" 400 prompt '{"prompt": "a~b"}'
+expect_error_at /tokenize "tokenize without a prompt" 400 prompt '{"text": "we"}'
+expect_error_at /detokenize "detokenize an id past the vocabulary" 400 tokens '{"tokens": [1, 100000]}'
+expect_error_at /detokenize "detokenize a string" 400 tokens '{"tokens": ["we"]}'
+
+# ---- /metrics: counters that count what was sent ----
+# metric NAME_AND_LABELS: the value of that sample in $tmp/metrics (0 when absent).
+metric() {
+  awk -v k="$1" '$1 == k { v = $2 } END { print v + 0 }' "$tmp/metrics"
+}
+completions_ok='forge_requests_total{endpoint="/v1/completions",status="200",transport="http"}'
+get /metrics
+expect_status "GET /metrics" 200
+grep -qi '^content-type: text/plain; version=0.0.4' "$tmp/headers" ||
+  fail "GET /metrics: no Content-Type: text/plain; version=0.0.4"
+cp "$tmp/body" "$tmp/metrics"
+before=$(metric "$completions_ok")
+generated_before=$(metric 'forge_generated_tokens_total{transport="http"}')
+for _ in 1 2 3; do post /v1/completions '{"model": "tiny", "prompt": "The", "max_tokens": 4}'; done
+post /v1/completions '{"model": "tiny", "prompt": "The", "temperature": 3}'
+get /metrics
+cp "$tmp/body" "$tmp/metrics"
+after=$(metric "$completions_ok")
+[ "$after" -eq $((before + 3)) ] || fail "/metrics: $completions_ok went $before -> $after after 3 completions"
+[ "$(metric 'forge_generated_tokens_total{transport="http"}')" -eq $((generated_before + 12)) ] ||
+  fail "/metrics: forge_generated_tokens_total went $generated_before -> $(metric 'forge_generated_tokens_total{transport="http"}') after 3 x 4 tokens"
+[ "$(metric 'forge_requests_total{endpoint="/v1/completions",status="400",transport="http"}')" -ge 1 ] ||
+  fail "/metrics: no 400 counted for /v1/completions"
+[ "$(metric 'forge_requests_total{endpoint="/v1/chat/completions",status="200",transport="http"}')" -ge 5 ] ||
+  fail "/metrics: fewer than 5 chat completions counted"
+[ "$(metric forge_active_slots)" -eq 0 ] || fail "/metrics: forge_active_slots $(metric forge_active_slots) with nothing running"
+[ "$(metric forge_slots)" -eq 8 ] || fail "/metrics: forge_slots $(metric forge_slots), expected 8"
+for h in forge_batch_size forge_time_to_first_token_seconds forge_inter_token_latency_seconds; do
+  grep -q "^# TYPE $h histogram$" "$tmp/metrics" && grep -q "^${h}_bucket{.*le=\"+Inf\"} [0-9]" "$tmp/metrics" &&
+    grep -q "^${h}_sum" "$tmp/metrics" && grep -q "^${h}_count" "$tmp/metrics" ||
+    fail "/metrics: histogram $h lacks its TYPE, +Inf bucket, _sum or _count"
+done
+# Every choice so far had a first token: TTFT's count is at least the completions sent.
+ttft_count=$(metric 'forge_time_to_first_token_seconds_count{transport="http"}')
+[ "$ttft_count" -ge $((after + 5)) ] || fail "/metrics: time to first token counted $ttft_count choices"
+
 stop_server plain
 grep -Eq '^serve: 127\.0\.0\.1:[0-9]+ POST /v1/completions 200 [0-9.]+ ms$' "$tmp/plain.err" ||
   { fail "no request log line 'serve: ADDR POST /v1/completions 200 MS ms' on stderr"; tail -5 "$tmp/plain.err"; }
@@ -243,6 +371,22 @@ post /v1/completions '{"model": "forge-tiny", "prompt": "The", "max_tokens": 5}'
 expect_status "a completion with the first key" 200
 post /v1/completions '{"model": "forge-tiny", "prompt": "The", "max_tokens": 5}' -H 'Authorization: Bearer sk-first-ke'
 expect_status "a completion with a prefix of a key" 401
+for route in /v1/chat/completions /tokenize /detokenize; do
+  post "$route" '{"model": "forge-tiny", "prompt": "we", "tokens": [1]}'
+  expect_status "POST $route without a key" 401
+done
+get /metrics
+expect_status "GET /metrics without a key" 401
+get /metrics -H 'Authorization: Bearer sk-first-key'
+expect_status "GET /metrics with a key" 200
+post /tokenize '{"prompt": "we"}' -H 'Authorization: Bearer sk-first-key'
+expect_status "POST /tokenize with a key" 200
+# The default chat template's "User: " has a 'U' the tiny corpus lacks: a 400 naming messages.
+post /v1/chat/completions '{"model": "forge-tiny", "messages": [{"role": "user", "content": "we"}]}' \
+  -H 'Authorization: Bearer sk-first-key'
+expect_status "chat through the default template" 400 &&
+  check_json "chat through the default template: names messages and the character" \
+    "d['error']['param'] == 'messages' and \"'U'\" in d['error']['message']"
 
 if "$py" -c 'import jwt' 2>/dev/null; then
   # token CLAIMS_PY [KEY [ALG]]: a JWT from PyJWT with these claims (`now` is the time).
