@@ -21,7 +21,7 @@ ApiError::ApiError(int status_, std::string message, std::string type_, std::str
 
 json ApiError::body() const {
   return {{"error",
-           {{"message", what()},
+           {{"message", valid_utf8(what())},  // it may quote the request's bytes
             {"type", type},
             {"param", param.empty() ? json(nullptr) : json(param)},
             {"code", code.empty() ? json(nullptr) : json(code)}}}};
@@ -120,7 +120,7 @@ json parse_body(const std::string& text) {
   json body;
   try {
     body = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
     bad("", fmt::format("the body is not valid JSON: {}", e.what()));
   }
   if (!body.is_object()) bad("", fmt::format("the body must be a JSON object, got {}", type_name(body)));
@@ -219,7 +219,7 @@ ChatTemplate ChatTemplate::from_json(const std::string& text, const std::string&
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
     throw_error(fmt::format("{}: not valid JSON: {}", where, e.what()));
   }
   FORGE_CHECK(j.is_object(), "{}: a chat template is a JSON object, got {}", where, j.type_name());

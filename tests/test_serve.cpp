@@ -6,6 +6,7 @@
 
 #include "quant/quantize.h"
 #include "recipes/generate.h"
+#include "serve/auth.h"
 #include "serve/engine.h"
 #include "serve/protocol.h"
 #include "testing.h"
@@ -417,4 +418,157 @@ TEST_CASE("serve protocol: chat messages become a prompt through the template") 
         P{400, "top_logprobs"});
   CHECK(chat_rejects(R"({"model": "tiny", "messages": [{"role": "user", "content": "a"}], "max_completion_tokens": 0})") ==
         P{400, "max_completion_tokens"});
+}
+
+// ============================================================================================
+// Fuzzing the request parsers (a replay of a generated corpus; the unit suite also runs under
+// AddressSanitizer + UndefinedBehaviorSanitizer): whatever the bytes, a parser returns or throws
+// ApiError, nothing else.
+
+namespace {
+
+// Deterministic mutations of valid bodies: flipped and inserted bytes, cuts, fields set to values
+// of every JSON type, deep nesting, huge numbers, invalid UTF-8.
+class Mutator {
+ public:
+  explicit Mutator(uint64_t seed) : gen_(seed) {}
+  uint64_t next(uint64_t n) { return gen_.randint(n); }
+
+  std::string mutate(const std::string& body) {
+    std::string s = body;
+    const int edits = 1 + int(next(4));
+    for (int e = 0; e < edits; ++e) {
+      switch (next(6)) {
+        case 0:  // flip a byte
+          if (!s.empty()) s[size_t(next(s.size()))] ^= char(1 + next(255));
+          break;
+        case 1:  // cut
+          s.resize(size_t(next(s.size() + 1)));
+          break;
+        case 2:  // insert a piece
+          s.insert(size_t(next(s.size() + 1)), kPieces[next(std::size(kPieces))]);
+          break;
+        case 3:  // duplicate a span
+          if (!s.empty()) {
+            size_t a = size_t(next(s.size())), n = size_t(next(s.size() - a + 1));
+            s.insert(size_t(next(s.size() + 1)), s.substr(a, n));
+          }
+          break;
+        default:  // replace a field's value by another JSON value
+          s = with_field(s);
+      }
+    }
+    return s;
+  }
+
+ private:
+  std::string with_field(const std::string& s) {
+    json j = json::parse(s, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return s;
+    static const char* kFields[] = {"model", "prompt", "max_tokens", "temperature", "top_p",
+                                    "top_k", "stop", "seed", "n", "stream", "stream_options",
+                                    "logprobs", "echo", "messages", "top_logprobs",
+                                    "max_completion_tokens", "tokens", "stop_sequence"};
+    j[kFields[next(std::size(kFields))]] = json::parse(kValues[next(std::size(kValues))]);
+    return j.dump(-1, ' ', false, json::error_handler_t::replace);
+  }
+
+  static constexpr const char* kPieces[] = {
+      "\"", "{", "}", "[", "]", ",", ":", "null", "1e999", "-0", "\\u0000", "\\ud800", "\xff",
+      "\xc3", "\xe2\x82", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", "9999999999999999999999", "\"a\"",
+      "true", "{\"role\":\"user\"}", "\\", "\n"};
+  static constexpr const char* kValues[] = {
+      "null", "true", "0", "-1", "1.5", "1e308", "-1e308", "18446744073709551615",
+      "9223372036854775807", "-9223372036854775808", "\"\"", "\"a\"", "\"ab%\"", "[]", "[1]",
+      "[\"a\", 2]", "{}", "{\"include_usage\": 1}", "[{\"role\": \"user\", \"content\": \"a\"}]",
+      "[{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": 5}]}]", "[0, 1, 999]",
+      "[\"a\",\"b\",\"c\",\"d\",\"e\"]", "0.0000001", "2.0000001", "[[[[[[[[1]]]]]]]]"};
+  Generator gen_;
+};
+
+}  // namespace
+
+TEST_CASE("serve protocol: fuzzed bodies are parsed or refused with an ApiError, never anything "
+          "else") {
+  const Tokenizer tok = tokenizer();
+  const Limits lim = limits();
+  const ChatTemplate chat;
+  const std::vector<std::string> seeds = {
+      R"({"model": "tiny", "prompt": ["ab", "c d"], "max_tokens": 7, "temperature": 0.5,
+          "top_p": 0.9, "top_k": 4, "stop": ["x", "yz"], "seed": 99, "n": 2, "stream": true,
+          "stream_options": {"include_usage": true}, "logprobs": 2, "echo": true})",
+      R"({"model": "tiny", "messages": [{"role": "system", "content": "Be brief."},
+          {"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "logprobs": true,
+          "top_logprobs": 2, "max_completion_tokens": 5})",
+      R"({"model": "tiny", "prompt": "hello"})",
+      R"({"tokens": [1, 2, 3]})"};
+  Mutator m(2024);
+  int parsed = 0, refused = 0;
+  const int kCases = 4000;
+  for (int i = 0; i < kCases; ++i) {
+    const std::string body = m.mutate(seeds[size_t(i) % seeds.size()]);
+    for (int parser = 0; parser < 4; ++parser) {
+      try {
+        switch (parser) {
+          case 0: parse_completion(body, lim, tok); break;
+          case 1: parse_chat(body, lim, tok, chat); break;
+          case 2: tokenize_response(body, lim, tok); break;
+          default: detokenize_response(body, lim, tok);
+        }
+        ++parsed;
+      } catch (const ApiError& e) {
+        ++refused;
+        if (e.status < 400 || e.status >= 500) FAIL("status " << e.status << " for " << body);
+        CHECK_NOTHROW(e.body().dump());
+      } catch (const std::exception& e) {
+        FAIL("parser " << parser << " threw '" << e.what() << "' (not an ApiError) for: " << body);
+      }
+    }
+  }
+  WARN("fuzzed " << kCases << " bodies x 4 parsers: " << parsed << " accepted, " << refused
+                 << " refused");
+  CHECK(parsed > 100);   // the mutations keep some bodies valid...
+  CHECK(refused > 1000);  // ...and break most
+}
+
+TEST_CASE("serve auth: fuzzed Authorization headers are refused with a 401 ApiError, never "
+          "anything else") {
+  Auth auth = Auth::from_values({"key-one"}, std::string(40, 's'), "aud", "iss");
+  auto b64 = [](const std::string& in) {  // base64url without padding
+    static const char* kAlphabet64 =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    std::string out;
+    uint32_t buf = 0;
+    int bits = 0;
+    for (unsigned char c : in) {
+      buf = (buf << 8) | c;
+      bits += 8;
+      while (bits >= 6) out += kAlphabet64[(buf >> (bits -= 6)) & 63];
+    }
+    if (bits > 0) out += kAlphabet64[(buf << (6 - bits)) & 63];
+    return out;
+  };
+  const std::vector<std::string> headers = {
+      R"({"alg":"HS256","typ":"JWT"})", R"({"alg":"none"})", R"({"alg":"HS512"})", R"({"alg":5})",
+      R"([1,2])", "{", R"({"alg":"HS256","crit":["x"]})"};
+  const std::vector<std::string> payloads = {
+      R"({"exp":99999999999,"aud":"aud","iss":"iss"})", R"({"exp":"soon"})", R"({"exp":1e999})",
+      R"({"exp":-1,"nbf":1e300})", R"({"aud":[1,{}],"exp":1})", "null", "\xff\xfe"};
+  Mutator m(77);
+  int refused = 0;
+  for (int i = 0; i < 3000; ++i) {
+    std::string token = b64(headers[m.next(headers.size())]) + "." +
+                        b64(payloads[m.next(payloads.size())]) + "." + b64(std::string(32, 'x'));
+    std::string header = (m.next(4) == 0 ? "bearer " : "Bearer ") + m.mutate(token);
+    try {
+      auth.check(header);
+      FAIL("accepted: " << header);
+    } catch (const ApiError& e) {
+      CHECK(e.status == 401);
+      ++refused;
+    } catch (const std::exception& e) {
+      FAIL("threw '" << e.what() << "' (not an ApiError) for: " << header);
+    }
+  }
+  CHECK(refused == 3000);
 }
