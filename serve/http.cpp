@@ -328,6 +328,7 @@ class Connection {
         "/tokenize", "/detokenize", "/metrics"};
     for (const char* r : routes)
       if (path == r) return path;
+    if (path.rfind("/v1/models/", 0) == 0) return "/v1/models/{model}";
     return "other";
   }
 
@@ -355,13 +356,23 @@ class Connection {
         send_json(200, {{"status", "ok"}}, version);
         return 200;
       }
-      if (path == "/v1/models") {
+      const std::string models = "/v1/models";
+      if (path == models || path.rfind(models + "/", 0) == 0) {  // the list, or one model
         authorized(http::verb::get);
         json model = {{"id", limits.model_name},
                       {"object", "model"},
                       {"created", started_},
                       {"owned_by", "forge"}};
-        send_json(200, {{"object", "list"}, {"data", json::array({model})}}, version);
+        if (path == models) {
+          send_json(200, {{"object", "list"}, {"data", json::array({model})}}, version);
+        } else if (path.substr(models.size() + 1) == limits.model_name) {
+          send_json(200, model, version);
+        } else {
+          throw ApiError(404,
+                         fmt::format("The model '{}' does not exist; this server serves '{}'",
+                                     path.substr(models.size() + 1), limits.model_name),
+                         "invalid_request_error", "model", "model_not_found");
+        }
         return 200;
       }
       if (path == "/v1/completions") {

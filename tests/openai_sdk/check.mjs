@@ -45,6 +45,12 @@ await check("models.list lists the model", async () => {
   return json(ids);
 });
 
+await check("models.retrieve gives the model", async () => {
+  const m = await client.models.retrieve(MODEL);
+  expect(m.id === MODEL && m.object === "model", `model ${json(m)}`);
+  return json(m.id);
+});
+
 // Sampled with a seed: the same seed and temperature give the same text, streamed or not.
 const sampled = { model: MODEL, prompt: "The", max_tokens: 24, temperature: 0.8, seed: 11 };
 let plainText = null;
@@ -154,6 +160,8 @@ await expectError("streamed temperature 5 -> BadRequestError before any chunk", 
   "temperature");
 await expectError("an unknown model -> NotFoundError", OpenAI.NotFoundError, 404,
   () => client.completions.create({ ...sampled, model: "no-such-model" }));
+await expectError("models.retrieve of an unknown model -> NotFoundError", OpenAI.NotFoundError, 404,
+  () => client.models.retrieve("no-such-model"));
 const wrong = new OpenAI({ ...options, apiKey: "sk-wrong-key" });
 await expectError("a wrong key -> AuthenticationError", OpenAI.AuthenticationError, 401,
   () => wrong.models.list());
