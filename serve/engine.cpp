@@ -95,7 +95,9 @@ std::shared_ptr<Stream> Engine::submit(GenerationParams params) {
   {
     std::lock_guard lock(mu_);
     if (stopping_) throw ShuttingDown("the server is shutting down");
-    if (int64_t(queue_.size()) >= options_.max_queue)
+    // Free slots take requests at once: only those beyond them wait in the queue.
+    const int64_t free_slots = options_.slots - stats_.active;
+    if (int64_t(queue_.size()) >= options_.max_queue + free_slots)
       throw QueueFull("the queue is full (" + std::to_string(options_.max_queue) +
                       " requests waiting); retry later");
     queue_.emplace_back(std::move(params), stream);

@@ -95,7 +95,7 @@ class Stream {
 
 struct EngineOptions {
   int64_t slots = 8;
-  int64_t max_queue = 64;  // waiting requests (not yet in a slot) beyond which submit refuses
+  int64_t max_queue = 64;  // requests that may wait for a slot (beyond the free slots)
 };
 
 struct QueueFull : std::runtime_error {
@@ -119,7 +119,8 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Queues a request; throws QueueFull when max_queue requests already wait, ShuttingDown once
+  // Queues a request; throws QueueFull when max_queue requests already wait for a slot (all
+  // slots busy), ShuttingDown once
   // shutdown has begun.
   std::shared_ptr<Stream> submit(GenerationParams params);
   // Stops taking requests; in-flight ones finish, or are cancelled after `timeout`.

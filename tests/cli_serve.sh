@@ -431,4 +431,37 @@ if grep -qE 'sk-(first|second|wrong)|Bearer|test-secret' "$tmp/auth.err"; then
   fail "a key, token or secret appears in the log"
 fi
 
+# ---- A full queue: one slot busy and no room to wait -> 429 with Retry-After, then served again.
+start_server queue --slots 1 --max-queue 0 --model-name q
+curl -s -N --max-time 30 -H 'Content-Type: application/json' \
+  --data-binary '{"model": "q", "prompt": "we", "max_tokens": 4000, "stream": true}' \
+  "http://127.0.0.1:$port/v1/completions" >"$tmp/long.out" 2>/dev/null &
+long_pid=$!
+busy=0
+for _ in $(seq 1 100); do  # bounded: 10 s for the long request to hold the slot
+  get /metrics
+  grep -q '^forge_active_slots 1$' "$tmp/body" && { busy=1; break; }
+  sleep 0.1
+done
+if [ "$busy" = 1 ]; then
+  post /v1/completions '{"model": "q", "prompt": "we", "max_tokens": 3}'
+  expect_status "full queue" 429 &&
+    check_json "full queue: an OpenAI error" "d['error']['type'] == 'rate_limit_error'"
+  grep -qi '^retry-after: [0-9]' "$tmp/headers" || fail "429 without Retry-After"
+else
+  fail "queue: the long request never held the slot"
+fi
+kill "$long_pid" 2>/dev/null
+wait "$long_pid" 2>/dev/null
+free=0
+for _ in $(seq 1 100); do  # the client left: its slot is freed
+  get /metrics
+  grep -q '^forge_active_slots 0$' "$tmp/body" && { free=1; break; }
+  sleep 0.1
+done
+[ "$free" = 1 ] || fail "queue: the slot of a client that left was not freed within 10 s"
+post /v1/completions '{"model": "q", "prompt": "we", "max_tokens": 3}'
+expect_status "after the full queue" 200
+stop_server queue
+
 finish cli_serve
