@@ -434,9 +434,11 @@ if grep -qE 'sk-(first|second|wrong)|Bearer|test-secret' "$tmp/auth.err"; then
 fi
 
 # ---- A full queue: one slot busy and no room to wait -> 429 with Retry-After, then served again.
-start_server queue --slots 1 --max-queue 0 --model-name q
-curl -s -N --max-time 30 -H 'Content-Type: application/json' \
-  --data-binary '{"model": "q", "prompt": "we", "max_tokens": 4000, "stream": true}' \
+# The long request asks for 10^8 tokens (hours for this model), so it holds the slot until its
+# client leaves; not streamed, so nothing piles up meanwhile.
+start_server queue --slots 1 --max-queue 0 --model-name q --max-tokens-limit 100000000
+curl -s --max-time 30 -H 'Content-Type: application/json' \
+  --data-binary '{"model": "q", "prompt": "we", "max_tokens": 100000000}' \
   "http://127.0.0.1:$port/v1/completions" >"$tmp/long.out" 2>/dev/null &
 long_pid=$!
 busy=0
