@@ -14,6 +14,9 @@
 #   use_mpirun               -> exits 77 (skipped; 1 under FORGE_REQUIRE_OPTIONAL=1) without
 #                               mpirun; else "${mpi[@]}" -np N CMD runs CMD under it with the
 #                               settings this machine needs
+#   tiny_serve_model TEST    -> trains a tiny GPT into $tmp/tiny ($train: the train binary) and
+#                               writes $tmp/chat.json, a chat template in the tiny corpus's
+#                               characters; on a failed training run fails and finishes TEST
 #   wait_exit PID SECONDS WHAT -> waits up to SECONDS for PID (a background job) to end; fails
 #                               naming WHAT and kills it if it does not; $rc is its exit status
 # $tmp is a fresh directory, removed at exit with any background job left in $bg_pid.
@@ -132,4 +135,20 @@ wait_exit() {
   fi
   wait "$pid"
   rc=$?
+}
+
+tiny_serve_model() {
+  local corpus
+  corpus=$(test_corpus)
+  echo "corpus: $corpus"
+  run "$train" gpt --data "$corpus" --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 \
+    --batch-size 4 --eval-interval 10 --eval-iters 2 --threads 1 --max-iters 10 --out "$tmp/tiny"
+  if [ "$rc" -ne 0 ]; then
+    fail "train gpt exited $rc"
+    show
+    finish "$1"
+  fi
+  # "T: we\nC: all\nA:" (16 tokens fit): letters the synthetic corpus has too.
+  printf '%s\n' '{"role_prefix": {"system": "T: ", "user": "C: ", "assistant": "A: "},' \
+    ' "generation_prefix": "A:", "default_stop": ["\\nC:"]}' >"$tmp/chat.json"
 }

@@ -51,18 +51,7 @@ cp "$here/openai_sdk/check.mjs" "$tmp/sdk/check.mjs"
 ln -s "$npm_dir/node_modules" "$tmp/sdk/node_modules"
 
 # ---- A tiny checkpoint behind serve, with an API key ----
-corpus=$(test_corpus)
-echo "corpus: $corpus"
-run "$train" gpt --data "$corpus" --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 \
-  --eval-interval 10 --eval-iters 2 --threads 1 --max-iters 10 --out "$tmp/tiny"
-if [ "$rc" -ne 0 ]; then
-  fail "train gpt exited $rc"
-  show
-  finish cli_openai_sdk
-fi
-# A chat template in the tiny corpus's characters (as in cli_serve.sh): "T: we\nC: all\nA:".
-printf '%s\n' '{"role_prefix": {"system": "T: ", "user": "C: ", "assistant": "A: "},' \
-  ' "generation_prefix": "A:", "default_stop": ["\\nC:"]}' >"$tmp/chat.json"
+tiny_serve_model cli_openai_sdk
 key=sk-forge-sdk-test-key
 printf '%s\n' "$key" >"$tmp/keys"
 "$serve" --checkpoint "$tmp/tiny" --host 127.0.0.1 --port 0 --threads 1 --chat-template "$tmp/chat.json" \

@@ -15,15 +15,7 @@ serve=${2:?usage: cli_serve.sh path/to/train path/to/serve}
 . "$(dirname "$0")/cli_lib.sh"
 py=/usr/bin/python3
 
-corpus=$(test_corpus)
-echo "corpus: $corpus"
-run "$train" gpt --data "$corpus" --n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 \
-  --eval-interval 10 --eval-iters 2 --threads 1 --max-iters 10 --out "$tmp/tiny"
-if [ "$rc" -ne 0 ]; then
-  fail "train gpt exited $rc"
-  show
-  finish cli_serve
-fi
+tiny_serve_model cli_serve
 
 # start_server NAME ARGS... -> $port and $bg_pid; its stdout and stderr in $tmp/NAME.out, .err
 start_server() {
@@ -101,9 +93,6 @@ expect_error_param() {
 }
 
 # ---- A server without authentication ----
-# A chat template in the tiny corpus's characters: "T: we\nC: all\nA:" (16 tokens fit).
-printf '%s\n' '{"role_prefix": {"system": "T: ", "user": "C: ", "assistant": "A: "},' \
-  ' "generation_prefix": "A:", "default_stop": ["\\nC:"]}' >"$tmp/chat.json"
 start_server plain --chat-template "$tmp/chat.json"
 echo "serve listening on port $port"
 
