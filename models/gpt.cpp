@@ -85,19 +85,19 @@ Variable CausalSelfAttention::forward(const Variable& x, KVCache& cache, int64_t
 }
 
 Variable CausalSelfAttention::forward(const Variable& x, SlotCache& cache,
-                                      const std::vector<int64_t>& slots, int64_t layer) {
-  const int64_t B = x.size(0), C = x.size(2);
-  Tensor qkv = c_attn->forward(x).data();  // (B, 1, 3C)
+                                      const std::vector<SlotSpan>& spans, int64_t layer) {
+  const int64_t C = x.size(2);
+  Tensor qkv = c_attn->forward(x).data();  // (1, N, 3C)
   Tensor& kc = cache.k[size_t(layer)];
   Tensor& vc = cache.v[size_t(layer)];
-  std::vector<int64_t> lengths(size_t(B), 0);
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t s = slots[size_t(b)], at = cache.length[size_t(s)];
-    kc.narrow(0, s, 1).narrow(1, at, 1).copy_(qkv.narrow(0, b, 1).narrow(2, C, C));
-    vc.narrow(0, s, 1).narrow(1, at, 1).copy_(qkv.narrow(0, b, 1).narrow(2, 2 * C, C));
-    lengths[size_t(b)] = at + 1;
+  int64_t row = 0;
+  for (const SlotSpan& sp : spans) {
+    Tensor rows = qkv.narrow(1, row, sp.count);
+    kc.narrow(0, sp.slot, 1).narrow(1, sp.offset, sp.count).copy_(rows.narrow(2, C, C));
+    vc.narrow(0, sp.slot, 1).narrow(1, sp.offset, sp.count).copy_(rows.narrow(2, 2 * C, C));
+    row += sp.count;
   }
-  Tensor y = slot_attention(qkv.narrow(2, 0, C), kc, vc, int(n_head_), slots, lengths);
+  Tensor y = slot_attention(qkv.narrow(2, 0, C), kc, vc, int(n_head_), spans);
   return c_proj->forward(Variable(y));
 }
 
@@ -128,9 +128,9 @@ Variable Block::forward(const Variable& x, KVCache* cache, int64_t layer) {
   return add(h, mlp->forward(ln_2->forward(h)));
 }
 
-Variable Block::forward(const Variable& x, SlotCache& cache, const std::vector<int64_t>& slots,
+Variable Block::forward(const Variable& x, SlotCache& cache, const std::vector<SlotSpan>& spans,
                         int64_t layer) {
-  Variable h = add(x, attn->forward(ln_1->forward(x), cache, slots, layer));
+  Variable h = add(x, attn->forward(ln_1->forward(x), cache, spans, layer));
   return add(h, mlp->forward(ln_2->forward(h)));
 }
 
@@ -210,27 +210,40 @@ SlotCache GPT::make_slot_cache(int64_t slots) const {
   return SlotCache{std::move(c.k), std::move(c.v), std::vector<int64_t>(size_t(slots), 0)};
 }
 
-Variable GPT::forward_decode(const Tensor& idx, const std::vector<int64_t>& slots,
-                             SlotCache& cache) {
-  FORGE_CHECK(idx.dim() == 2 && idx.size(1) == 1 && is_integral(idx.dtype()),
-              "GPT: forward_decode expects (B, 1) integer tokens, got {} {}", idx.dtype(),
+Variable GPT::forward_slots(const Tensor& idx, const std::vector<int64_t>& slots,
+                            const std::vector<int64_t>& counts, SlotCache& cache) {
+  FORGE_CHECK(idx.dim() == 2 && idx.size(0) == 1 && is_integral(idx.dtype()),
+              "GPT: forward_slots expects (1, N) integer tokens, got {} {}", idx.dtype(),
               idx.shape());
-  const int64_t B = idx.size(0);
-  FORGE_CHECK(int64_t(slots.size()) == B, "GPT: {} tokens for {} slots", B, slots.size());
-  std::vector<int64_t> pos(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t s = slots[size_t(b)];
+  FORGE_CHECK(!slots.empty() && slots.size() == counts.size(),
+              "GPT: forward_slots got {} slots and {} counts", slots.size(), counts.size());
+  std::vector<SlotSpan> spans;
+  std::vector<int64_t> pos, last;  // every token's position; each slot's last row
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const int64_t s = slots[i], n = counts[i];
     FORGE_CHECK(s >= 0 && s < cache.slots(), "GPT: slot {} of {}", s, cache.slots());
     FORGE_CHECK(std::count(slots.begin(), slots.end(), s) == 1, "GPT: slot {} given twice", s);
-    pos[size_t(b)] = cache.length[size_t(s)];
-    FORGE_CHECK(pos[size_t(b)] < cfg_.block_size, "GPT: slot {} is full ({} positions)", s,
-                cfg_.block_size);
+    const int64_t at = cache.length[size_t(s)];
+    FORGE_CHECK(n >= 1 && at + n <= cfg_.block_size,
+                "GPT: slot {} holds {} positions and cannot take {} more (block_size {}){}", s, at,
+                n, cfg_.block_size, at >= cfg_.block_size ? ": it is full" : "");
+    spans.push_back({s, at, n});
+    for (int64_t t = 0; t < n; ++t) pos.push_back(at + t);
+    last.push_back(int64_t(pos.size()) - 1);
   }
-  Tensor positions = from_vector(pos, Shape{B, 1}).to(idx.device());
-  Variable x = add(wte->forward(idx), wpe->forward(positions));  // (B, 1, C)
-  for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward(x, cache, slots, int64_t(l));
-  for (int64_t s : slots) ++cache.length[size_t(s)];
-  return linear(ln_f->forward(x), wte->weight, Variable());
+  const int64_t N = int64_t(pos.size());
+  FORGE_CHECK(idx.size(1) == N, "GPT: forward_slots got {} tokens for counts adding up to {}",
+              idx.size(1), N);
+  Tensor positions = from_vector(pos, Shape{1, N}).to(idx.device());
+  Variable x = add(wte->forward(idx), wpe->forward(positions));  // (1, N, C)
+  for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward(x, cache, spans, int64_t(l));
+  for (const SlotSpan& sp : spans) cache.length[size_t(sp.slot)] += sp.count;
+  // Only each slot's next-token distribution is needed: its last row.
+  const int64_t B = int64_t(slots.size());
+  Tensor rows = index_select(x.data().reshape({N, cfg_.n_embd}),
+                             from_vector(last, Shape{B}).to(idx.device()));
+  return linear(ln_f->forward(Variable(rows.reshape({B, 1, cfg_.n_embd}))), wte->weight,
+                Variable());
 }
 
 Variable GPT::loss(const Variable& logits, const Tensor& targets) {

@@ -11,7 +11,7 @@
 //   logits = ln_f(x) @ wte^T                      output head tied to the token embedding
 //
 // Generation keeps a KVCache: forward_cached(next_token, cache) costs O(context) per token. A server
-// keeps a SlotCache of several sequences and advances them together with forward_decode.
+// keeps a SlotCache of several sequences and advances them together with forward_slots.
 //
 // Parameter names follow nanoGPT's (transformer.h.0.attn.c_attn.weight, ...), so checkpoints read
 // like PyTorch ones. The tied head is the one tensor transformer.wte.weight. Initialisation as GPT-2:
@@ -57,9 +57,9 @@ struct KVCache {
   int64_t length = 0;        // positions filled
 };
 
-// Keys and values of S independent sequences (a server's slots), each with its own length. One
-// sequence is filled by GPT::forward_cached on slot(s), a view sharing this storage; then
-// GPT::forward_decode advances any set of slots by one token each, in one batched forward.
+// Keys and values of S independent sequences (a server's slots), each with its own length.
+// GPT::forward_slots advances any set of slots by any number of tokens each (prompts and next
+// tokens together) in one batched forward; slot(s) is a one-sequence view sharing this storage.
 struct SlotCache {
   std::vector<Tensor> k, v;      // per layer (S, block_size, C)
   std::vector<int64_t> length;   // per slot: positions filled
@@ -74,9 +74,9 @@ class CausalSelfAttention : public Module {
   // Inference: x holds positions cache.length ..; their keys and values are appended to layer
   // `layer` of the cache (the caller advances cache.length once all layers have run).
   Variable forward(const Variable& x, KVCache& cache, int64_t layer);
-  // Decoding: row b of x (B, 1, C) is position cache.length[slots[b]] of that slot's sequence; its
-  // key and value are written there (the caller advances the lengths once all layers have run).
-  Variable forward(const Variable& x, SlotCache& cache, const std::vector<int64_t>& slots,
+  // Serving: x (1, N, C) packs the spans' positions (tensor/ops.h SlotSpan); their keys and values
+  // are written into their slots (the caller advances the lengths once all layers have run).
+  Variable forward(const Variable& x, SlotCache& cache, const std::vector<SlotSpan>& spans,
                    int64_t layer);
   std::shared_ptr<Linear> c_attn, c_proj;
 
@@ -103,7 +103,7 @@ class Block : public Module {
   Block(const GPTConfig& cfg, Generator& init, Generator& dropout_gen);
   Variable forward(const Variable& x) override;
   Variable forward(const Variable& x, KVCache* cache, int64_t layer);
-  Variable forward(const Variable& x, SlotCache& cache, const std::vector<int64_t>& slots,
+  Variable forward(const Variable& x, SlotCache& cache, const std::vector<SlotSpan>& spans,
                    int64_t layer);
   std::shared_ptr<LayerNorm> ln_1, ln_2;
   std::shared_ptr<CausalSelfAttention> attn;
@@ -121,13 +121,15 @@ class GPT : public Module {
   // returns the logits of the last position only (B, 1, vocab_size). Run under NoGradGuard.
   Variable forward_cached(const Tensor& idx, KVCache& cache);
   KVCache make_cache(int64_t batch) const;
-  // Serving: one step of S' <= S sequences at once. idx (B, 1) holds the next token of the
-  // sequence in slot slots[b] (distinct slots, each with room for one more position); returns
-  // the logits (B, 1, vocab_size) and advances those slots' lengths. Every row's logits are bit
-  // for bit those of forward_cached on that sequence alone, whatever else is in the batch (the
-  // matrix products sum each output in an order that does not depend on the rows; attention is
-  // per row). Run under NoGradGuard.
-  Variable forward_decode(const Tensor& idx, const std::vector<int64_t>& slots, SlotCache& cache);
+  // Serving: one step over several slots. Slot slots[i] continues its sequence (at
+  // cache.length[slot]) by counts[i] tokens: a whole prompt, a refilled window (set its length to
+  // 0 first) or the one next token; idx (1, N) holds those tokens, slot after slot (N = the sum
+  // of counts). Returns the logits of each slot's last new position (slots, 1, vocab_size) and
+  // advances the lengths. Each slot's logits are bit for bit those of forward_cached on that
+  // sequence alone, whatever else is in the step (the matrix products sum each output in an order
+  // that does not depend on the rows; attention is per slot). Run under NoGradGuard.
+  Variable forward_slots(const Tensor& idx, const std::vector<int64_t>& slots,
+                         const std::vector<int64_t>& counts, SlotCache& cache);
   SlotCache make_slot_cache(int64_t slots) const;
   // Mean cross-entropy of logits (B, T, V) against targets (B, T).
   static Variable loss(const Variable& logits, const Tensor& targets);

@@ -70,6 +70,8 @@ Engine::Engine(std::shared_ptr<GPT> model, Tokenizer tokenizer, EngineOptions op
   FORGE_CHECK(options_.slots >= 1, "serve: --slots must be at least 1, got {}", options_.slots);
   FORGE_CHECK(options_.max_queue >= 0, "serve: --max-queue must be >= 0, got {}",
               options_.max_queue);
+  FORGE_CHECK(options_.max_batch_tokens >= 1, "serve: --max-batch-tokens must be at least 1, got {}",
+              options_.max_batch_tokens);
   FORGE_CHECK(tokenizer_.vocab_size() <= model_->config().vocab_size,
               "serve: the tokenizer's {} symbols exceed the model's vocabulary of {}",
               tokenizer_.vocab_size(), model_->config().vocab_size);
@@ -144,34 +146,41 @@ void Engine::run() {
           if (s->active) s->stream->cancel();
       }
       if (stopping_ && queue_.empty() && !busy()) break;
+      // Waiting requests take free slots while the step's prompt tokens stay within the budget
+      // (the first always goes, however long its prompt).
+      int64_t step_tokens = stats_.active;
       for (auto& s : slots_) {
         if (queue_.empty()) break;
         if (s->active) continue;
+        const int64_t prompt = int64_t(queue_.front().first.prompt.size());
+        if (!fresh.empty() && step_tokens + prompt > options_.max_batch_tokens) break;
+        step_tokens += prompt;
         Slot& slot = *s;
         slot.params = std::move(queue_.front().first);
         slot.stream = std::move(queue_.front().second);
         queue_.pop_front();
         slot.active = true;
         ++stats_.active;
+        stats_.prompt_tokens += int64_t(slot.params.prompt.size());
         fresh.push_back(&slot);
       }
       stats_.waiting = int64_t(queue_.size());
     }
-    for (Slot* s : fresh) admit(*s);
+    for (Slot* s : fresh) start(*s);
     active.clear();
     for (auto& s : slots_)
-      if (s->active && std::find(fresh.begin(), fresh.end(), s.get()) == fresh.end()) {
+      if (s->active) {
         if (s->stream->cancelled())
           finish(*s, "cancelled");
         else
           active.push_back(s.get());
       }
-    if (!active.empty()) decode(active);
+    if (!active.empty()) step(active);
   }
 }
 
-// A slot's request starts: its prompt runs alone, and its first token is drawn.
-void Engine::admit(Slot& slot) {
+// A slot's request starts: its sampler and generator; its prompt runs in the next step.
+void Engine::start(Slot& slot) {
   const GenerationParams& p = slot.params;
   slot.sampling = SampleOptions{.max_tokens = p.max_tokens,
                                 .temperature = p.temperature,
@@ -185,60 +194,38 @@ void Engine::admit(Slot& slot) {
   slot.produced = 0;
   slot.text.clear();
   slot.emitted = 0;
-  {
-    std::lock_guard lock(mu_);
-    stats_.prompt_tokens += int64_t(p.prompt.size());
-  }
-  if (slot.stream->cancelled()) return finish(slot, "cancelled");
-  try {
-    KVCache one = cache_.slot(slot.index);
-    one.length = 0;
-    Tensor prompt = from_vector(p.prompt, Shape{1, int64_t(p.prompt.size())}).to(model_->device());
-    Tensor logits = model_->forward_cached(prompt, one).data();
-    cache_.length[size_t(slot.index)] = one.length;
-    emit(slot, sample_token(logits, slot.sampling, slot.gen), logits);
-  } catch (const std::exception& e) {
-    finish(slot, "error", e.what());
-  }
+  cache_.length[size_t(slot.index)] = 0;
 }
 
-// One token for every active slot: one batched forward for the slots whose cache has room; a slot
-// whose context filled block_size reruns its newest block_size / 2 tokens alone (infer's rule).
-void Engine::decode(std::vector<Slot*>& active) {
+// One token for every active slot, in one batched forward: a new request's whole prompt, the
+// newest block_size / 2 tokens of a slot whose context filled block_size (infer's window rule), or
+// else the one token drawn last.
+void Engine::step(std::vector<Slot*>& active) {
   const int64_t block = model_->config().block_size, keep = std::max<int64_t>(1, block / 2);
-  std::vector<Slot*> rows;
-  std::vector<int64_t> tokens, slots;
+  std::vector<int64_t> tokens, slots, counts;
   for (Slot* s : active) {
-    if (cache_.length[size_t(s->index)] >= block) {
-      try {
-        s->start = s->context.size() - size_t(keep);
-        std::vector<int64_t> window(s->context.begin() + std::ptrdiff_t(s->start), s->context.end());
-        KVCache one = cache_.slot(s->index);
-        one.length = 0;
-        Tensor logits =
-            model_->forward_cached(from_vector(window, Shape{1, keep}).to(model_->device()), one)
-                .data();
-        cache_.length[size_t(s->index)] = one.length;
-        emit(*s, sample_token(logits, s->sampling, s->gen), logits);
-      } catch (const std::exception& e) {
-        finish(*s, "error", e.what());
-      }
-      continue;
+    const size_t at = size_t(cache_.length[size_t(s->index)]);
+    size_t from = s->context.size() - 1;  // the last token drawn
+    if (at == 0) {                        // a new request: its prompt
+      from = 0;
+    } else if (int64_t(at) >= block) {    // full: rerun the newest `keep` tokens
+      s->start = s->context.size() - size_t(keep);
+      from = s->start;
+      cache_.length[size_t(s->index)] = 0;
     }
-    rows.push_back(s);
-    tokens.push_back(s->context.back());
+    tokens.insert(tokens.end(), s->context.begin() + std::ptrdiff_t(from), s->context.end());
     slots.push_back(s->index);
+    counts.push_back(int64_t(s->context.size() - from));
   }
-  if (rows.empty()) return;
-  const int64_t B = int64_t(rows.size());
+  const int64_t B = int64_t(active.size()), N = int64_t(tokens.size());
   Tensor logits;
   try {
-    logits = model_->forward_decode(from_vector(tokens, Shape{B, 1}).to(model_->device()), slots,
-                                    cache_)
+    logits = model_->forward_slots(from_vector(tokens, Shape{1, N}).to(model_->device()), slots,
+                                   counts, cache_)
                  .data()
                  .to(Device::cpu());
   } catch (const std::exception& e) {
-    for (Slot* s : rows) finish(*s, "error", e.what());
+    for (Slot* s : active) finish(*s, "error", e.what());
     return;
   }
   {
@@ -247,8 +234,9 @@ void Engine::decode(std::vector<Slot*>& active) {
     ++stats_.batch_sizes[size_t(B)];
   }
   for (int64_t b = 0; b < B; ++b) {
+    Slot& s = *active[size_t(b)];
     Tensor row = logits.narrow(0, b, 1);
-    emit(*rows[size_t(b)], sample_token(row, rows[size_t(b)]->sampling, rows[size_t(b)]->gen), row);
+    emit(s, sample_token(row, s.sampling, s.gen), row);
   }
 }
 

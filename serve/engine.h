@@ -6,14 +6,15 @@
 //     ...;                                                   // then one event with `finish` set
 //   s->cancel();                                             // frees the slot within one step
 //
-// Each iteration of the engine thread admits waiting requests into free slots (the prompt runs
-// alone: GPT::forward_cached on the slot's view of the cache), then advances every active slot by
-// one token in one batched forward (GPT::forward_decode: M = active slots in every matrix product),
-// samples each slot with its own generator (seeded per request), and frees finished slots at once.
+// Each iteration of the engine thread (a step) starts waiting requests in free slots (as many as
+// fit in max_batch_tokens), then gives every active slot one token in one batched forward
+// (GPT::forward_slots): the new requests' whole prompts and the running ones' last tokens side by
+// side, so a new prompt costs the others one slightly larger step instead of a step of its own.
+// Each slot samples with its own generator (seeded per request); finished slots are freed at once.
 //
 // Batch invariance: a request's tokens and logprobs are bit for bit the same whether it runs alone
-// or batched with any others, because every row of forward_decode is computed exactly as that
-// sequence alone (see GPT::forward_decode) and each request samples from its own generator. Dynamic
+// or batched with any others, because every slot's rows in forward_slots are computed exactly as
+// that sequence alone (see GPT::forward_slots) and each request samples from its own generator. Dynamic
 // int8 layers are switched to one activation grid per row (Int8Linear::set_per_row) for the same
 // reason.
 //
@@ -96,6 +97,10 @@ class Stream {
 struct EngineOptions {
   int64_t slots = 8;
   int64_t max_queue = 64;  // requests that may wait for a slot (beyond the free slots)
+  // Tokens of one step (prompts of the requests it starts plus one per running request) beyond
+  // which a waiting request waits for the next step, so that new prompts do not stall the
+  // others' next tokens for long. A step always starts at least one waiting request.
+  int64_t max_batch_tokens = 512;
 };
 
 struct QueueFull : std::runtime_error {
@@ -133,8 +138,8 @@ class Engine {
  private:
   struct Slot;
   void run();
-  void admit(Slot& slot);
-  void decode(std::vector<Slot*>& active);
+  void start(Slot& slot);
+  void step(std::vector<Slot*>& active);
   void emit(Slot& slot, int64_t token, const Tensor& logits_row);
   void finish(Slot& slot, const std::string& reason, const std::string& error = "");
   void end(Slot& slot, StreamEvent last, const std::string& reason);

@@ -182,13 +182,19 @@ Tensor causal_attention_backward(const Tensor& dout, const Tensor& qkv, const Te
 // keys 0 .. offset+i. Returns (B, Tq, C). No backward.
 Tensor cached_attention(const Tensor& q, const Tensor& k, const Tensor& v, int n_head,
                         int64_t offset);
-// Batched decoding over independent sequences of different lengths (a server's slots): row b of
-// q (B, 1, C) is the newest position of the sequence in slot slots[b] of the caches k, v
-// (S, L, C), whose keys 0 .. lengths[b]-1 (its own included) it attends to. Returns (B, 1, C).
-// Each row is computed exactly as cached_attention computes that sequence alone (bit for bit), so
-// a row's result never depends on the other rows in the batch.
+// A server's step over independent sequences (its slots) of different lengths: each span is
+// `count` consecutive new positions of the sequence in slot `slot`, starting at `offset` (a
+// prompt, a refilled window, or the one next token). Their keys and values are already in the
+// caches, so span i attends to keys 0 .. offset+count-1 of its slot, causally.
+struct SlotSpan {
+  int64_t slot = 0, offset = 0, count = 1;
+};
+// q (1, N, C) holds the spans' query rows one span after another (N = the sum of the counts);
+// k, v (S, L, C) are the caches of S slots. Returns (1, N, C). Each span is computed exactly as
+// cached_attention computes those queries of its sequence alone (bit for bit), so a span's result
+// never depends on the others in the step.
 Tensor slot_attention(const Tensor& q, const Tensor& k, const Tensor& v, int n_head,
-                      const std::vector<int64_t>& slots, const std::vector<int64_t>& lengths);
+                      const std::vector<SlotSpan>& spans);
 
 // ============================================================================================
 // Joining, splitting, gathering.

@@ -410,56 +410,68 @@ Tensor cached_attention(const Tensor& q_in, const Tensor& k, const Tensor& v, in
 }
 
 Tensor slot_attention(const Tensor& q_in, const Tensor& k, const Tensor& v, int n_head,
-                      const std::vector<int64_t>& slots, const std::vector<int64_t>& lengths) {
+                      const std::vector<SlotSpan>& spans) {
   const char* op = "slot_attention";
-  FORGE_CHECK(q_in.dim() == 3 && q_in.size(1) == 1 && k.dim() == 3 && k.shape() == v.shape(),
-              "{}: expected q (B, 1, C) and k, v (S, L, C), got {}, {}, {}", op, q_in.shape(),
+  FORGE_CHECK(q_in.dim() == 3 && q_in.size(0) == 1 && k.dim() == 3 && k.shape() == v.shape(),
+              "{}: expected q (1, N, C) and k, v (S, L, C), got {}, {}, {}", op, q_in.shape(),
               k.shape(), v.shape());
   FORGE_CHECK(q_in.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32,
               "{}: expected f32 tensors", op);
-  const int64_t B = q_in.size(0), C = q_in.size(2), S = k.size(0), L = k.size(1), NH = n_head;
+  const int64_t N = q_in.size(1), C = q_in.size(2), S = k.size(0), L = k.size(1), NH = n_head;
   FORGE_CHECK(k.size(2) == C && NH > 0 && C % NH == 0,
               "{}: q {} does not match the caches {} with {} heads", op, q_in.shape(), k.shape(),
               n_head);
-  FORGE_CHECK(int64_t(slots.size()) == B && int64_t(lengths.size()) == B,
-              "{}: {} rows but {} slots and {} lengths", op, B, slots.size(), lengths.size());
-  for (int64_t b = 0; b < B; ++b)
-    FORGE_CHECK(slots[b] >= 0 && slots[b] < S && lengths[b] >= 1 && lengths[b] <= L,
-                "{}: row {} reads slot {} of {} with length {} of {}", op, b, slots[b], S,
-                lengths[b], L);
+  std::vector<int64_t> first(spans.size());  // each span's first row in q
+  int64_t rows = 0;
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const SlotSpan& sp = spans[i];
+    FORGE_CHECK(sp.slot >= 0 && sp.slot < S && sp.offset >= 0 && sp.count >= 1 &&
+                    sp.offset + sp.count <= L,
+                "{}: span {} reads slot {} of {} at positions {}..{} of {}", op, i, sp.slot, S,
+                sp.offset, sp.offset + sp.count - 1, L);
+    first[i] = rows;
+    rows += sp.count;
+  }
+  FORGE_CHECK(rows == N, "{}: q has {} rows but the spans count {}", op, N, rows);
   FORGE_CHECK(k.stride(2) == 1 && v.stride(2) == 1 && k.strides() == v.strides(),
               "{}: k and v need unit column strides", op);
   check_same_device(q_in, k, op);
   check_same_device(q_in, v, op);
-  if (q_in.device().is_cuda()) {  // one launch of the cached kernel per row
-    std::vector<Tensor> rows;
-    for (int64_t b = 0; b < B; ++b) {
-      Tensor kb = k.narrow(0, slots[b], 1).narrow(1, 0, lengths[b]);
-      Tensor vb = v.narrow(0, slots[b], 1).narrow(1, 0, lengths[b]);
-      rows.push_back(cached_attention(q_in.narrow(0, b, 1), kb, vb, n_head, lengths[b] - 1));
+  if (q_in.device().is_cuda()) {  // one launch of the cached kernel per span
+    std::vector<Tensor> parts;
+    for (size_t i = 0; i < spans.size(); ++i) {
+      const SlotSpan& sp = spans[i];
+      Tensor kb = k.narrow(0, sp.slot, 1).narrow(1, 0, sp.offset + sp.count);
+      Tensor vb = v.narrow(0, sp.slot, 1).narrow(1, 0, sp.offset + sp.count);
+      parts.push_back(
+          cached_attention(q_in.narrow(1, first[i], sp.count), kb, vb, n_head, sp.offset));
     }
-    return concat(rows, 0);
+    return concat(parts, 1);
   }
-  // As cached_attention with Tq = 1, row by row: the same two products and the same softmax.
+  // As cached_attention, span by span: the same two products and the same softmax.
   Tensor q = q_in.contiguous();
-  Tensor out = Tensor::empty({B, 1, C});
+  Tensor out = Tensor::empty({1, N, C});
   const int64_t hs = C / NH, krow = k.stride(1), kslot = k.stride(0);
   const float *pq = q.data<float>(), *pk = k.data<float>(), *pv = v.data<float>();
   float* po = out.data<float>();
   const float scale = float(1.0 / std::sqrt(double(hs)));
-  Scratch<float> scores(get_num_threads(), L);
-  int64_t longest = 1;
-  for (int64_t n : lengths) longest = std::max(longest, n);
-  parallel_for(0, B * NH, heads_grain(2 * longest * hs), [&](int64_t lo, int64_t hi) {
-    for (int64_t bh = lo; bh < hi; ++bh) {
-      const int64_t b = bh / NH, h = bh % NH, n = lengths[size_t(b)];
-      const float* Q = pq + b * C + h * hs;
-      const float* K = pk + slots[size_t(b)] * kslot + h * hs;
-      const float* V = pv + slots[size_t(b)] * kslot + h * hs;
+  int64_t most = 1;  // the largest scores block of one span
+  for (const SlotSpan& sp : spans) most = std::max(most, sp.count * (sp.offset + sp.count));
+  Scratch<float> scores(get_num_threads(), most);
+  const int64_t n_spans = int64_t(spans.size());
+  parallel_for(0, n_spans * NH, heads_grain(2 * most * hs), [&](int64_t lo, int64_t hi) {
+    for (int64_t ih = lo; ih < hi; ++ih) {
+      const int64_t i = ih / NH, h = ih % NH;
+      const SlotSpan& sp = spans[size_t(i)];
+      const int64_t Tq = sp.count, n = sp.offset + sp.count;
+      const float* Q = pq + first[size_t(i)] * C + h * hs;
+      const float* K = pk + sp.slot * kslot + h * hs;
+      const float* V = pv + sp.slot * kslot + h * hs;
       float* Sc = scores.get();
-      cpu::gemm<float>(false, true, 1, n, hs, scale, Q, C, K, krow, 0.0f, Sc, n);
-      causal_softmax_rows(Sc, 1, n, n - 1);
-      cpu::gemm<float>(false, false, 1, hs, n, 1.0f, Sc, n, V, krow, 0.0f, po + b * C + h * hs, C);
+      cpu::gemm<float>(false, true, Tq, n, hs, scale, Q, C, K, krow, 0.0f, Sc, n);
+      causal_softmax_rows(Sc, Tq, n, sp.offset);
+      cpu::gemm<float>(false, false, Tq, hs, n, 1.0f, Sc, n, V, krow, 0.0f,
+                       po + first[size_t(i)] * C + h * hs, C);
     }
   });
   return out;

@@ -432,38 +432,69 @@ TEST_CASE("causal_attention_backward errors name the op and the mismatched shape
                       Contains("causal_attention_backward") && Contains("[1, 2, 3, 3]"));
 }
 
-TEST_CASE("slot_attention gives each row what cached_attention gives its sequence alone, bit for "
-          "bit") {
+TEST_CASE("slot_attention gives each span what cached_attention gives its sequence alone, bit "
+          "for bit") {
   Generator gen(41);
   const int64_t S = 5, L = 9, C = 12;
   const int NH = 3;
   Tensor k = randn({S, L, C}, gen), v = randn({S, L, C}, gen);
-  // Rows in an order unrelated to the slots, of lengths 1 .. L.
-  const std::vector<int64_t> slots = {3, 0, 4, 1}, lengths = {9, 1, 4, 6};
-  Tensor q = randn({4, 1, C}, gen);
+  // Spans in an order unrelated to the slots: a whole prompt, one next token at the end of a full
+  // slot, a first token, a middle chunk, and a next token.
+  const std::vector<SlotSpan> spans = {{3, 0, 5}, {0, 8, 1}, {4, 0, 1}, {1, 2, 4}, {2, 3, 1}};
+  const int64_t N = 12;
+  Tensor q = randn({1, N, C}, gen);
   for (int threads : {1, 2}) {
     ThreadCount guard(threads);
-    Tensor y = slot_attention(q, k, v, NH, slots, lengths);
-    REQUIRE(y.shape() == Shape({4, 1, C}));
-    for (int64_t b = 0; b < 4; ++b) {
-      INFO("row " << b << ", threads " << threads);
-      const int64_t n = lengths[size_t(b)];
-      Tensor kb = k.narrow(0, slots[size_t(b)], 1).narrow(1, 0, n);
-      Tensor vb = v.narrow(0, slots[size_t(b)], 1).narrow(1, 0, n);
-      Tensor want = cached_attention(q.narrow(0, b, 1), kb, vb, NH, n - 1);
-      CHECK(bitwise_equal(y.narrow(0, b, 1).contiguous(), want));
-      // A row alone in the batch gives the same bits as in the batch.
-      CHECK(bitwise_equal(slot_attention(q.narrow(0, b, 1), k, v, NH, {slots[size_t(b)]}, {n}),
-                          want));
+    Tensor y = slot_attention(q, k, v, NH, spans);
+    REQUIRE(y.shape() == Shape({1, N, C}));
+    int64_t row = 0;
+    for (const SlotSpan& sp : spans) {
+      INFO("span of slot " << sp.slot << ", threads " << threads);
+      const int64_t n = sp.offset + sp.count;
+      Tensor qs = q.narrow(1, row, sp.count).contiguous();
+      Tensor kb = k.narrow(0, sp.slot, 1).narrow(1, 0, n);
+      Tensor vb = v.narrow(0, sp.slot, 1).narrow(1, 0, n);
+      Tensor want = cached_attention(qs, kb, vb, NH, sp.offset);
+      CHECK(bitwise_equal(y.narrow(1, row, sp.count).contiguous(), want));
+      // A span alone in the step gives the same bits as among the others.
+      CHECK(bitwise_equal(slot_attention(qs, k, v, NH, {sp}), want));
+      row += sp.count;
     }
   }
-  CHECK_THROWS_WITH(slot_attention(q, k, v, NH, {3, 0, 4}, lengths), Contains("4 rows but 3 slots"));
-  CHECK_THROWS_WITH(slot_attention(q, k, v, NH, {3, 0, 5, 1}, lengths),
-                    Contains("row 2 reads slot 5 of 5"));
-  CHECK_THROWS_WITH(slot_attention(q, k, v, NH, slots, {9, 0, 4, 6}),
-                    Contains("row 1 reads slot 0 of 5 with length 0"));
-  CHECK_THROWS_WITH(slot_attention(randn({4, 2, C}, gen), k, v, NH, slots, lengths),
-                    Contains("slot_attention") && Contains("(B, 1, C)"));
+  // Against plain arithmetic (double), so that "equal to cached_attention" is not equal to a
+  // wrong answer: span {1, 2, 4}, head 1, its last row.
+  {
+    const std::vector<float> y = slot_attention(q, k, v, NH, spans).to_vector<float>();
+    const std::vector<float> qv = q.to_vector<float>(), kv = k.to_vector<float>(),
+                             vv = v.to_vector<float>();
+    const int64_t hs = C / NH, h = 1, row = 10, n = 6, slot = 1;
+    auto at = [&](const std::vector<float>& t, int64_t r, int64_t col) {
+      return double(t[size_t(r * C + col)]);
+    };
+    std::vector<double> p(static_cast<size_t>(n));
+    double m = -1e300, z = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      double dot = 0;
+      for (int64_t d = 0; d < hs; ++d)
+        dot += at(qv, row, h * hs + d) * at(kv, slot * L + j, h * hs + d);
+      p[size_t(j)] = dot / std::sqrt(double(hs));
+      m = std::max(m, p[size_t(j)]);
+    }
+    for (double& x : p) z += (x = std::exp(x - m));
+    for (int64_t d = 0; d < hs; ++d) {
+      double want = 0;
+      for (int64_t j = 0; j < n; ++j) want += p[size_t(j)] / z * at(vv, slot * L + j, h * hs + d);
+      CHECK(std::abs(at(y, row, h * hs + d) - want) <= 1e-5);
+    }
+  }
+  CHECK_THROWS_WITH(slot_attention(q, k, v, NH, {{3, 0, 5}, {0, 8, 1}}),
+                    Contains("q has 12 rows but the spans count 6"));
+  CHECK_THROWS_WITH(slot_attention(q, k, v, NH, {{3, 0, 5}, {5, 0, 7}}),
+                    Contains("span 1 reads slot 5 of 5"));
+  CHECK_THROWS_WITH(slot_attention(q, k, v, NH, {{3, 0, 5}, {0, 6, 7}}),
+                    Contains("span 1 reads slot 0 of 5 at positions 6..12 of 9"));
+  CHECK_THROWS_WITH(slot_attention(randn({4, 2, C}, gen), k, v, NH, {{0, 0, 2}}),
+                    Contains("slot_attention") && Contains("(1, N, C)"));
 }
 
 TEST_CASE("cached_attention errors name the op and the shapes") {

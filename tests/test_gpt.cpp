@@ -296,8 +296,8 @@ TEST_CASE("GPT forward_cached over a prompt then token by token gives the full f
   CHECK(max_abs_diff(again, full3.narrow(1, 2, 1)) <= 1e-5);
 }
 
-TEST_CASE("GPT forward_decode over slots of different lengths equals each sequence run alone, "
-          "bit for bit, whatever the batch") {
+TEST_CASE("GPT forward_slots over slots of different lengths equals each sequence run alone, "
+          "bit for bit, whatever else is in the step") {
   // Odd sizes (n_embd 36, 3 heads of 12, vocab 29) so the matrix products have edge tiles.
   GPTConfig cfg = tiny_config();
   cfg.n_embd = 36;
@@ -321,36 +321,35 @@ TEST_CASE("GPT forward_decode over slots of different lengths equals each sequen
       alone[size_t(i)].push_back(
           model.forward_cached(seq[size_t(i)].narrow(1, i + 1 + t, 1).contiguous(), c).data());
   }
-  // Batched: sequence i in slot slot_of[i] of 7; sequences join late and leave early, so every
-  // step runs a different set of rows in a different order.
+  // Together: sequence i in slot slot_of[i] of 7; sequences join late (their prompt in the same
+  // step as the others' next tokens) and leave early, so every step runs a different mix of
+  // prompts and next tokens in a different order.
   SlotCache cache = model.make_slot_cache(7);
   const std::vector<int64_t> slot_of = {6, 0, 3, 1, 5};
   const std::vector<int64_t> joins = {0, 0, 2, 3, 5};  // step at which each sequence's prompt runs
-  std::vector<int64_t> done(size_t(n), 0);             // tokens decoded so far
+  std::vector<int64_t> done(size_t(n), -1);            // -1: prompt not run; then tokens decoded
   int64_t checked = 0;
-  for (int64_t step = 0; checked < n * extra; ++step) {
-    for (int64_t i = 0; i < n; ++i)
-      if (joins[size_t(i)] == step) {
-        KVCache one = cache.slot(slot_of[size_t(i)]);
-        Tensor logits = model.forward_cached(seq[size_t(i)].narrow(1, 0, i + 1), one).data();
-        cache.length[size_t(slot_of[size_t(i)])] = one.length;
-        CHECK(bitwise_equal(logits, alone[size_t(i)][0]));
-      }
-    std::vector<int64_t> slots, rows, tokens;
-    for (int64_t r = n - 1; r >= 0; --r)  // reverse order: rows and slots disagree
-      if (joins[size_t(r)] < step && done[size_t(r)] < extra) {
-        rows.push_back(r);
-        slots.push_back(slot_of[size_t(r)]);
-        tokens.push_back(seq[size_t(r)].data<int64_t>()[r + 1 + done[size_t(r)]]);
-      }
-    if (rows.empty()) continue;
+  for (int64_t step = 0; checked < n * (extra + 1); ++step) {
+    std::vector<int64_t> seqs, slots, counts, tokens;
+    for (int64_t r = n - 1; r >= 0; --r) {  // reverse order: rows and slots disagree
+      if (joins[size_t(r)] > step || done[size_t(r)] >= extra) continue;
+      const int64_t at = done[size_t(r)] < 0 ? 0 : r + 1 + done[size_t(r)];
+      const int64_t count = done[size_t(r)] < 0 ? r + 1 : 1;
+      seqs.push_back(r);
+      slots.push_back(slot_of[size_t(r)]);
+      counts.push_back(count);
+      for (int64_t t = 0; t < count; ++t) tokens.push_back(seq[size_t(r)].data<int64_t>()[at + t]);
+    }
+    if (seqs.empty()) continue;
     Tensor logits =
-        model.forward_decode(from_vector(tokens, Shape{int64_t(rows.size()), 1}), slots, cache)
+        model.forward_slots(from_vector(tokens, Shape{1, int64_t(tokens.size())}), slots, counts,
+                            cache)
             .data();
-    REQUIRE(logits.shape() == Shape({int64_t(rows.size()), 1, 29}));
-    for (size_t b = 0; b < rows.size(); ++b) {
-      const int64_t i = rows[b];
-      INFO("sequence " << i << ", token " << done[size_t(i)] << ", batch of " << rows.size());
+    REQUIRE(logits.shape() == Shape({int64_t(seqs.size()), 1, 29}));
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      const int64_t i = seqs[b];
+      INFO("sequence " << i << ", step " << step << " (" << (done[size_t(i)] < 0 ? "prompt" : "next")
+                       << "), " << seqs.size() << " slots in the step");
       CHECK(bitwise_equal(logits.narrow(0, int64_t(b), 1).contiguous(),
                           alone[size_t(i)][size_t(1 + done[size_t(i)])]));
       CHECK(cache.length[size_t(slot_of[size_t(i)])] == i + 2 + done[size_t(i)]);
@@ -358,14 +357,25 @@ TEST_CASE("GPT forward_decode over slots of different lengths equals each sequen
       ++checked;
     }
   }
+  // A refilled window (length reset to 0, then several tokens) equals a fresh cache run on them.
+  {
+    cache.length[0] = 0;
+    Tensor window = seq[4].narrow(1, 2, 6).contiguous();
+    KVCache c = model.make_cache(1);
+    Tensor want = model.forward_cached(window, c).data();
+    CHECK(bitwise_equal(
+        model.forward_slots(window, {0}, {6}, cache).data().contiguous(), want));
+  }
   // Bad calls name what is wrong.
-  CHECK_THROWS_WITH(model.forward_decode(from_vector<int64_t>({1, 2}, {2, 1}), {0, 0}, cache),
-                    Contains("slot 0 given twice"));
-  CHECK_THROWS_WITH(model.forward_decode(from_vector<int64_t>({1}, {1, 1}), {7}, cache),
+  CHECK_THROWS_WITH(model.forward_slots(from_vector<int64_t>({1, 2}, {1, 2}), {1, 1}, {1, 1}, cache),
+                    Contains("slot 1 given twice"));
+  CHECK_THROWS_WITH(model.forward_slots(from_vector<int64_t>({1}, {1, 1}), {7}, {1}, cache),
                     Contains("slot 7 of 7"));
+  CHECK_THROWS_WITH(model.forward_slots(from_vector<int64_t>({1, 2}, {1, 2}), {2}, {1}, cache),
+                    Contains("2 tokens for counts adding up to 1"));
   cache.length[2] = 16;
-  CHECK_THROWS_WITH(model.forward_decode(from_vector<int64_t>({1}, {1, 1}), {2}, cache),
-                    Contains("slot 2 is full"));
+  CHECK_THROWS_WITH(model.forward_slots(from_vector<int64_t>({1}, {1, 1}), {2}, {1}, cache),
+                    Contains("slot 2 holds 16 positions") && Contains("full"));
 }
 
 // ============================================================================================

@@ -104,10 +104,13 @@ bool same(const Result& a, const Result& b) {
 TEST_CASE("serve engine: seeded requests give bit-identical tokens and logprobs alone, all at once "
           "and interleaved with others") {
   const bool int8 = GENERATE(false, true);
-  INFO((int8 ? "int8 (dynamic, per row in the engine)" : "f32"));
+  // A step budget of 3 tokens starts one new prompt per step (most prompts are longer): requests
+  // then join at other steps, beside other mixes of prompts and next tokens.
+  const int64_t budget = GENERATE(512, 3);
+  INFO((int8 ? "int8 (dynamic, per row in the engine)" : "f32") << ", max_batch_tokens " << budget);
   auto model = tiny_model();
   if (int8) REQUIRE(quantize_dynamic(*model) == 8);
-  Engine engine(model, tokenizer(), {.slots = 8, .max_queue = 64});
+  Engine engine(model, tokenizer(), {.slots = 8, .max_queue = 64, .max_batch_tokens = budget});
   const std::vector<std::string> prompts = {"a",     "hello there", "ABC",  "the king.",
                                             "x y z", "q",           "long, long ago;", "Hi!"};
   // Alone: one request at a time.
