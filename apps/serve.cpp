@@ -59,7 +59,7 @@ int main(int argc, char** argv) {
   serve::ServerOptions server;
   serve::EngineOptions engine_options;
   serve::AuthOptions auth_options;
-  int64_t max_tokens_limit = 4096, shutdown_timeout = 10;
+  int64_t max_tokens_limit = 4096, shutdown_timeout = 10, read_timeout = 10;
   int threads = get_num_threads();
   app.add_option("--checkpoint", checkpoint,
                  "model.safetensors, a checkpoint directory, or an out directory (latest)")
@@ -76,6 +76,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-queue", engine_options.max_queue,
                  "requests waiting for a slot beyond which the server answers 429")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-batch-tokens", engine_options.max_batch_tokens,
+                 "tokens one step may run (new prompts + one per running request); more waiting "
+                 "requests start in later steps (the first of a step always starts)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-tokens-limit", max_tokens_limit,
                  "largest max_tokens a request may ask for (past the context, generation slides "
                  "its window as infer does)")
@@ -97,6 +101,10 @@ int main(int argc, char** argv) {
                      ", i.e. \"System: ...\\nUser: ...\\nAssistant:\", stopping at \"\\nUser:\"");
   app.add_option("--log-format", log_format, "request log on stderr: text or json")
       ->check(CLI::IsMember({"text", "json"}));
+  app.add_option("--read-timeout", read_timeout,
+                 "seconds a client has to send one whole request (header and body); a slower "
+                 "one gets 408 and is closed")
+      ->check(CLI::PositiveNumber);
   app.add_option("--shutdown-timeout", shutdown_timeout,
                  "seconds running requests get after SIGTERM before they are cancelled")
       ->check(CLI::NonNegativeNumber);
@@ -128,6 +136,7 @@ int main(int argc, char** argv) {
     server.limits.block_size = loaded.config.block_size;
     server.limits.max_tokens_limit = max_tokens_limit;
     server.shutdown_timeout = std::chrono::seconds(shutdown_timeout);
+    server.read_timeout = std::chrono::seconds(read_timeout);
     server.log_json = log_format == "json";
     if (!auth.enabled() && server.host != "127.0.0.1" && server.host != "localhost" &&
         server.host != "::1")

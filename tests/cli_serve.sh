@@ -6,7 +6,8 @@
 # --chat-template, plain, with logprobs and a stop, and streamed (role first, deltas adding up to
 # the plain content, {} with the finish_reason, usage, [DONE]); /tokenize and /detokenize round
 # trip; /metrics counting what was sent (requests by status, tokens, histograms); API keys and
-# JWTs (made by PyJWT, an independent implementation) accepted or refused; SIGTERM exiting 0.
+# JWTs (made by PyJWT, an independent implementation) accepted or refused; a full queue's 429;
+# slow and half-sent requests timed out (408) without holding a slot; SIGTERM exiting 0.
 # Usage: cli_serve.sh path/to/train path/to/serve
 set -u
 
@@ -456,5 +457,54 @@ done
 post /v1/completions '{"model": "q", "prompt": "we", "max_tokens": 3}'
 expect_status "after the full queue" 200
 stop_server queue
+
+# ---- Slow and half-sent requests: 408 after --read-timeout, no slot held, others served meanwhile.
+# Three clients with the only slot's server: half a header, a header with half its body, and a
+# connection that sends nothing. While they stall, a normal request is answered; then the first
+# two get 408 and every one is closed, within 10 s (bounded reads).
+start_server slow --slots 1 --read-timeout 2 --model-name s
+$py - "$port" >"$tmp/slow.log" 2>&1 <<'PY' &
+import socket, sys, time
+port = int(sys.argv[1])
+def open_with(data):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(data)
+    return s
+clients = {
+    "half header": open_with(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Ty"),
+    "half body": open_with(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+                           b'{"model": "s", "prompt'),
+    "silent": open_with(b""),
+}
+start = time.monotonic()
+for name, s in clients.items():
+    got = b""
+    while True:  # bounded by the socket timeout (10 s) per read
+        try:
+            part = s.recv(4096)
+        except socket.timeout:
+            print(f"{name}: still open after 10 s")
+            break
+        if not part:
+            break
+        got += part
+    status = got.split(b" ", 2)[1].decode() if got.startswith(b"HTTP/1.1 ") else "closed"
+    print(f"{name}: {status} after {time.monotonic() - start:.1f} s")
+PY
+slow_pid=$!
+sleep 0.5
+post /v1/completions '{"model": "s", "prompt": "we", "max_tokens": 3}'
+expect_status "a request while three clients stall" 200
+wait_exit "$slow_pid" 40 "the slow clients"
+grep -q '^half header: 408 after' "$tmp/slow.log" || fail "half a header: no 408 ($(cat "$tmp/slow.log"))"
+grep -q '^half body: 408 after' "$tmp/slow.log" || fail "half a body: no 408 ($(cat "$tmp/slow.log"))"
+grep -q '^silent: closed after' "$tmp/slow.log" || fail "a silent connection was not closed ($(cat "$tmp/slow.log"))"
+get /metrics
+cp "$tmp/body" "$tmp/metrics"
+[ "$(metric forge_active_slots)" -eq 0 ] || fail "slow clients: forge_active_slots $(metric forge_active_slots)"
+post /v1/completions '{"model": "s", "prompt": "we", "max_tokens": 3}'
+expect_status "after the slow clients" 200
+stop_server slow
 
 finish cli_serve
