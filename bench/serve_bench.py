@@ -73,11 +73,11 @@ def infer_tokens_per_s(build, model, quant, max_tokens, rounds):
 
 
 class Server:
-    def __init__(self, build, model, quant, slots):
+    def __init__(self, build, model, quant, slots, extra):
         self.proc = subprocess.Popen(
             [os.path.join(build, "apps", "serve"), "--checkpoint", model, "--quant", quant,
              "--port", "0", "--threads", "1", "--slots", str(slots), "--max-queue", "1024",
-             "--model-name", "m"],
+             "--model-name", "m"] + extra,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         deadline = time.time() + 120
         line = ""
@@ -191,12 +191,15 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=0, help="per request (0: by shape)")
     ap.add_argument("--requests", type=int, default=0, help="per stream (0: by level)")
     ap.add_argument("--rounds", type=int, default=3, help="infer runs for its tokens/s")
+    ap.add_argument("--server-args", default="",
+                    help="more flags for serve, e.g. '--max-batch-tokens 32'")
     a = ap.parse_args()
     levels = [int(x) for x in a.streams.split(",")]
     cpu = open("/proc/cpuinfo").read()
     model_name = re.search(r"model name\s*:\s*(.*)", cpu).group(1)
-    print(f"# serve_bench | {model_name} | cores {os.cpu_count()} | server --threads 1, infer "
-          f"--threads 1, clients: one asyncio loop | load average "
+    print(f"# serve_bench | {model_name} | cores {os.cpu_count()} | server --threads 1 "
+          f"{a.server_args}{' ' if a.server_args else ''}--slots {max(levels)}, infer --threads 1, "
+          f"clients: one asyncio loop | load average "
           f"{os.getloadavg()[0]:.2f}")
     tmp = tempfile.mkdtemp(prefix="serve_bench-")
     rows = []
@@ -210,7 +213,8 @@ def main():
                 ref_med = statistics.median(ref)
                 print(f"# {shape} {quant}: infer {max_tokens} tokens, tokens/s "
                       f"{', '.join(f'{r:.1f}' for r in ref)} (median {ref_med:.1f})", flush=True)
-                server = Server(a.build, model, quant, slots=max(levels))
+                server = Server(a.build, model, quant, slots=max(levels),
+                                extra=a.server_args.split())
                 try:
                     run_level(server, 1, 1, 8)  # warm-up
                     base = None

@@ -201,7 +201,7 @@ Variable GPT::forward_cached(const Tensor& idx, KVCache& cache) {
   for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward(x, &cache, int64_t(l));
   cache.length = at + Tn;
   Variable last = narrow(x, 1, Tn - 1, 1);  // only the next token's distribution is needed
-  return linear(ln_f->forward(last), wte->weight, Variable());
+  return head(ln_f->forward(last));
 }
 
 SlotCache GPT::make_slot_cache(int64_t slots) const {
@@ -242,8 +242,22 @@ Variable GPT::forward_slots(const Tensor& idx, const std::vector<int64_t>& slots
   const int64_t B = int64_t(slots.size());
   Tensor rows = index_select(x.data().reshape({N, cfg_.n_embd}),
                              from_vector(last, Shape{B}).to(idx.device()));
-  return linear(ln_f->forward(Variable(rows.reshape({B, 1, cfg_.n_embd}))), wte->weight,
-                Variable());
+  return head(ln_f->forward(Variable(rows.reshape({B, 1, cfg_.n_embd}))));
+}
+
+int GPT::set_prepacked(bool on) {
+  int n = forge::set_prepacked(*this, on);
+  head_ = on ? pack_weight(wte->weight.data()) : PackedWeight{};
+  if (!head_.panels) head_ = {};
+  return n + (head_.panels ? 1 : 0);
+}
+
+Variable GPT::head(const Variable& x) {
+  const Tensor& w = wte->weight.data();
+  if (head_.panels && !grad_enabled() && head_.weight.raw_data() == w.raw_data() &&
+      head_.weight.shape() == w.shape())
+    return Variable(linear(x.data(), head_, Tensor()));
+  return linear(x, wte->weight, Variable());  // the head is wte^T
 }
 
 Variable GPT::loss(const Variable& logits, const Tensor& targets) {

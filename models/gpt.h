@@ -137,6 +137,11 @@ class GPT : public Module {
   // is recomputed in backward (same dropout masks; gradients bit for bit the same).
   void set_checkpoint_blocks(bool on) { checkpoint_blocks_ = on; }
   bool checkpoint_blocks() const { return checkpoint_blocks_; }
+  // Generation on the CPU (forward_cached, forward_slots): every f32 Linear's weight and the
+  // head's (wte) packed once for the matrix-product kernels (Linear::set_prepacked); the same
+  // results bit for bit, faster when few rows run at a time. Costs a copy of those weights; call
+  // again after changing them (or after moving the model). Returns the matrices packed.
+  int set_prepacked(bool on);
 
   std::shared_ptr<Embedding> wte, wpe;
   std::vector<std::shared_ptr<Block>> blocks;
@@ -146,6 +151,8 @@ class GPT : public Module {
   GPTConfig cfg_;
   Generator* dropout_gen_;
   bool checkpoint_blocks_ = false;
+  PackedWeight head_;  // wte packed for the head (set_prepacked)
+  Variable head(const Variable& x);  // the logits of x (after ln_f)
 };
 
 }  // namespace forge

@@ -23,7 +23,31 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, Generat
 }
 
 Variable Linear::forward(const Variable& x) {
-  return quantized_ ? quantized_->forward(x) : linear(x, weight, bias);
+  if (quantized_) return quantized_->forward(x);
+  if (packed_.panels && !grad_enabled() && weight.defined() &&
+      packed_.weight.raw_data() == weight.data().raw_data() &&
+      packed_.weight.shape() == weight.data().shape())
+    return Variable(linear(x.data(), packed_, bias.defined() ? bias.data() : Tensor()));
+  return linear(x, weight, bias);
+}
+
+void Linear::set_prepacked(bool on) {
+  packed_ = on ? pack_weight(weight.data()) : PackedWeight{};
+  if (!packed_.panels) packed_ = {};  // not f32 on the CPU: nothing to gain
+}
+
+int set_prepacked(Module& model, bool on) {
+  std::vector<Linear*> linears;
+  if (auto* self = dynamic_cast<Linear*>(&model)) linears.push_back(self);
+  for (auto& [name, m] : model.named_modules())
+    if (auto* l = dynamic_cast<Linear*>(m.get())) linears.push_back(l);
+  int n = 0;
+  for (Linear* l : linears)
+    if (!l->quantized()) {
+      l->set_prepacked(on);
+      n += l->prepacked() ? 1 : 0;
+    }
+  return n;
 }
 
 void Linear::set_quantized(std::shared_ptr<Module> m, bool release_weights) {

@@ -34,10 +34,23 @@ class Linear : public Module {
   void set_quantized(std::shared_ptr<Module> m, bool release_weights = false);
   const std::shared_ptr<Module>& quantized() const { return quantized_; }
 
+  // Inference on the CPU: the weight's matrix-product panels packed once (tensor/ops.h
+  // PackedWeight) and used while gradients are off; the same results bit for bit, without
+  // repacking the weight at every call. `false` drops them. The panels are a copy of the weight
+  // as it is now: a forward after the weight tensor was replaced falls back to the plain product,
+  // and one after an in-place change would use stale panels, so pack again after changing it.
+  void set_prepacked(bool on);
+  bool prepacked() const { return packed_.panels != nullptr; }
+
  private:
   int64_t in_features_, out_features_;
   std::shared_ptr<Module> quantized_;
+  PackedWeight packed_;
 };
+
+// set_prepacked on every Linear layer of `model` that runs the f32 product (not quantized);
+// returns how many.
+int set_prepacked(Module& model, bool on);
 
 class Embedding : public Module {
  public:

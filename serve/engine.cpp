@@ -77,6 +77,7 @@ Engine::Engine(std::shared_ptr<GPT> model, Tokenizer tokenizer, EngineOptions op
               tokenizer_.vocab_size(), model_->config().vocab_size);
   model_->eval();
   set_int8_per_row(*model_, true);  // dynamic int8: one grid per token, not per batch
+  model_->set_prepacked(true);      // f32 weights packed for the products once, not every step
   cache_ = model_->make_slot_cache(options_.slots);
   for (int64_t i = 0; i < options_.slots; ++i) {
     slots_.push_back(std::make_unique<Slot>());

@@ -13,6 +13,7 @@
 // forwards here: the autograd layer pairs them into differentiable ops.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -20,6 +21,10 @@
 #include "tensor/tensor.h"
 
 namespace forge {
+
+namespace cpu {
+class PackedB;
+}
 
 // ============================================================================================
 // Elementwise, broadcasting (numpy rules). Floating dtypes compute in f32 (bf16, f16 too) or f64;
@@ -112,6 +117,17 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias);
 // The same with the output in `out_dtype`: f32 from bf16/f16 x and w keeps the f32 accumulation
 // (mixed precision); the bias is added in the output dtype.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, DType out_dtype);
+// A Linear weight (out, in) whose matrix-product panels are packed once, for inference on the
+// CPU (cpu::PackedB): linear(x, packed, bias) is bit for bit linear(x, weight, bias), without
+// repacking the weight at every call, which costs as much as the product when x has a few rows
+// (decoding). Other devices, dtypes or kernels fall back to linear(x, weight, bias). The panels
+// are a copy: pack again after the weight changes.
+struct PackedWeight {
+  Tensor weight;  // what was packed
+  std::shared_ptr<const cpu::PackedB> panels;  // null when the weight is not f32 on the CPU
+};
+PackedWeight pack_weight(const Tensor& w);
+Tensor linear(const Tensor& x, const PackedWeight& w, const Tensor& bias);
 
 // ============================================================================================
 // Neural-network ops with their backward kernels.

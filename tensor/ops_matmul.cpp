@@ -255,4 +255,36 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, DType out_dt
   return out.view(out_shape);
 }
 
+PackedWeight pack_weight(const Tensor& w) {
+  FORGE_CHECK(w.defined() && w.dim() == 2, "pack_weight: weight must be 2-d (out, in), got {}",
+              w.defined() ? w.shape() : Shape{});
+  PackedWeight p{w, nullptr};
+  if (!w.device().is_cpu() || w.dtype() != DType::f32) return p;
+  Tensor c = w.contiguous();  // (out, in): B = w^T with ldb = in
+  p.panels = std::make_shared<const cpu::PackedB>(
+      cpu::PackedB::pack(true, c.data<float>(), c.size(1), c.size(1), c.size(0)));
+  return p;
+}
+
+Tensor linear(const Tensor& x, const PackedWeight& w, const Tensor& bias) {
+  const Tensor& weight = w.weight;
+  if (!w.panels || !w.panels->current() || !x.defined() || !x.device().is_cpu() ||
+      x.dtype() != DType::f32 || x.dim() < 1 || x.size(-1) != weight.size(1) ||
+      (bias.defined() && (!bias.device().is_cpu() || bias.dtype() != DType::f32)))
+    return linear(x, weight, bias);  // the checks and errors of the plain op
+  Shape out_shape = x.shape();
+  out_shape[-1] = weight.size(0);
+  Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
+  const int64_t m = x2.size(0), n = weight.size(0), k = weight.size(1);
+  Tensor out = Tensor::empty({m, n});
+  if (bias.defined()) {
+    FORGE_CHECK(bias.dim() == 1 && bias.size(0) == n,
+                "linear: bias {} should be [{}] for weight {}", bias.shape(), n, weight.shape());
+    out.copy_(bias);  // as linear(): the bias first, the product accumulated on top
+  }
+  cpu::gemm_prepacked(m, 1.0f, x2.data<float>(), k, *w.panels, bias.defined() ? 1.0f : 0.0f,
+                      out.data<float>(), n);
+  return out.view(out_shape);
+}
+
 }  // namespace forge

@@ -154,3 +154,52 @@ TEST_CASE("every kernel family gives bitwise the same product for alpha 1 and be
     CHECK(testing::bitwise_equal(results[i], results[i % 2]));
   }
 }
+
+TEST_CASE("a prepacked B gives bit for bit the per-call packed product, for every family and "
+          "edge, and is refused once its family is no longer in use") {
+  Generator gen(31);
+  // k over one K block (and not a multiple of it), n over one NC panel (3072) with an edge sliver.
+  struct Case {
+    bool tb;
+    int64_t m, n, k;
+  };
+  for (Isa isa : runnable_isas("gemm kernel family")) {
+    IsaScope scope(isa);
+    for (const Case& c : {Case{true, 1, 37, 19}, Case{true, 7, 3100, 300}, Case{false, 16, 53, 600},
+                          Case{true, 13, 129, 257}}) {
+      INFO("isa " << cpu::isa_name(isa) << " tb " << c.tb << " m " << c.m << " n " << c.n
+                  << " k " << c.k);
+      const int64_t ldb = (c.tb ? c.k : c.n) + 3, lda = c.k + 1;
+      Tensor a = randn({c.m, lda}, gen), b = randn({c.tb ? c.n : c.k, ldb}, gen);
+      Tensor c0 = randn({c.m, c.n}, gen);
+      cpu::PackedB packed = cpu::PackedB::pack(c.tb, b.data<float>(), ldb, c.k, c.n);
+      CHECK(packed.k() == c.k);
+      CHECK(packed.n() == c.n);
+      CHECK(packed.bytes() >= size_t(c.n * c.k) * sizeof(float));
+      for (float beta : {0.0f, 1.0f}) {
+        Tensor want = c0.clone(), got = c0.clone();
+        cpu::gemm_packed(false, c.tb, c.m, c.n, c.k, 1.0f, a.data<float>(), lda, b.data<float>(),
+                         ldb, beta, want.data<float>(), c.n);
+        cpu::gemm_prepacked(c.m, 1.0f, a.data<float>(), lda, packed, beta, got.data<float>(), c.n);
+        CHECK(testing::bitwise_equal(got, want));
+      }
+    }
+  }
+  // Packed for one family, used under another (or the Eigen backend): refused, naming both.
+  Tensor b = randn({8, 8}, gen), a = randn({2, 8}, gen), c = Tensor::empty({2, 8});
+  cpu::PackedB packed = cpu::PackedB::pack(false, b.data<float>(), 8, 8, 8);
+  CHECK(packed.current());
+  cpu::set_gemm_backend(cpu::GemmBackend::eigen);
+  CHECK_FALSE(packed.current());
+  CHECK_THROWS_WITH(cpu::gemm_prepacked(2, 1.0f, a.data<float>(), 8, packed, 0.0f,
+                                        c.data<float>(), 8),
+                    Catch::Matchers::Contains("eigen backend"));
+  cpu::set_gemm_backend(cpu::GemmBackend::packed);
+  if (cpu::cpu_isa() != Isa::portable) {
+    IsaScope scope(Isa::portable);
+    CHECK_FALSE(packed.current());
+    CHECK_THROWS_WITH(cpu::gemm_prepacked(2, 1.0f, a.data<float>(), 8, packed, 0.0f,
+                                          c.data<float>(), 8),
+                      Catch::Matchers::Contains("portable"));
+  }
+}

@@ -321,9 +321,11 @@ TEST_CASE("GPT forward_slots over slots of different lengths equals each sequenc
       alone[size_t(i)].push_back(
           model.forward_cached(seq[size_t(i)].narrow(1, i + 1 + t, 1).contiguous(), c).data());
   }
-  // Together: sequence i in slot slot_of[i] of 7; sequences join late (their prompt in the same
+  // Together, with the weights prepacked (bit for bit the same products): sequence i in slot
+  // slot_of[i] of 7; sequences join late (their prompt in the same
   // step as the others' next tokens) and leave early, so every step runs a different mix of
   // prompts and next tokens in a different order.
+  REQUIRE(model.set_prepacked(true) == 4 * cfg.n_layer + 1);  // 4 Linear per block, the head
   SlotCache cache = model.make_slot_cache(7);
   const std::vector<int64_t> slot_of = {6, 0, 3, 1, 5};
   const std::vector<int64_t> joins = {0, 0, 2, 3, 5};  // step at which each sequence's prompt runs

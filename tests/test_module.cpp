@@ -214,3 +214,36 @@ TEST_CASE("parameters are counted under MemoryTag::parameters") {
   }
   CHECK(tagged() == before);
 }
+
+TEST_CASE("a prepacked Linear gives the same bits without gradients, and the plain product with "
+          "them or after its weight was replaced") {
+  Generator gen(12);
+  MLP mlp({70, 33, 5}, gen);
+  Tensor x = randn({3, 70}, gen);
+  Tensor plain;
+  {
+    NoGradGuard no_grad;
+    plain = mlp.forward(Variable(x)).data();
+  }
+  CHECK(set_prepacked(mlp, true) == 2);
+  {
+    NoGradGuard no_grad;
+    CHECK(bitwise_equal(mlp.forward(Variable(x)).data(), plain));
+  }
+  // With gradients on, the autograd product: the gradients reach the weights.
+  Variable y = mlp.forward(Variable(x));
+  sum(y).backward();
+  for (auto& [name, p] : mlp.named_parameters()) CHECK(p.grad().defined());
+  // A new weight tensor: the stale panels are not used.
+  std::shared_ptr<Linear> first;
+  for (auto& [name, m] : mlp.named_modules())
+    if (!first) first = std::dynamic_pointer_cast<Linear>(m);
+  REQUIRE(first);
+  first->weight = Variable(randn({33, 70}, gen), true);
+  NoGradGuard no_grad;
+  Tensor after = mlp.forward(Variable(x)).data();
+  set_prepacked(mlp, false);
+  CHECK_FALSE(first->prepacked());
+  CHECK(bitwise_equal(after, mlp.forward(Variable(x)).data()));
+  CHECK_FALSE(bitwise_equal(after, plain));
+}

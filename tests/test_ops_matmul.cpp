@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "tensor/cpu/gemm.h"
 #include "testing.h"
 
 using namespace forge;
@@ -363,6 +364,35 @@ TEST_CASE("linear computes x w^T + b, without bias, and over leading dims of 3-D
       CHECK(max_abs_diff(linear(x_view, w_view, bias), with_bias) <= 20 * tol_for(dtype));
     }
   }
+}
+
+TEST_CASE("linear with a packed weight is bit for bit linear with the weight, else falls back") {
+  Generator gen(19);
+  const int64_t in = 300, out = 45;  // two K blocks; an edge sliver
+  Tensor w = randn({out, in}, gen), bias = randn({out}, gen);
+  PackedWeight packed = pack_weight(w);
+  REQUIRE(packed.panels != nullptr);
+  for (const Tensor& x : {randn({1, in}, gen), randn({2, 7, in}, gen),
+                          randn({5, in}, gen).t().contiguous().t()}) {
+    INFO(fmt::format("input {}", x.shape()));
+    CHECK(bitwise_equal(linear(x, packed, bias), linear(x, w, bias)));
+    CHECK(bitwise_equal(linear(x, packed, Tensor()), linear(x, w, Tensor())));
+  }
+  // Not f32 on the CPU: nothing packed, the plain op; bad shapes: the plain op's errors.
+  CHECK(pack_weight(w.to(DType::f64)).panels == nullptr);
+  Tensor x64 = randn({3, in}, gen, DType::f64);
+  CHECK(bitwise_equal(linear(x64, pack_weight(w.to(DType::f64)), Tensor()),
+                      linear(x64, w.to(DType::f64), Tensor())));
+  REQUIRE_THROWS_WITH(linear(randn({3, in + 1}, gen), packed, bias),
+                      Contains("does not end in the weight's in_features 300"));
+  REQUIRE_THROWS_WITH(linear(randn({3, in}, gen), packed, randn({4}, gen)),
+                      Contains("bias [4] should be [45]"));
+  // Under the Eigen backend the panels are not used: the result is Eigen's.
+  cpu::set_gemm_backend(cpu::GemmBackend::eigen);
+  Tensor x = randn({4, in}, gen);
+  Tensor eigen = linear(x, w, bias), via_packed = linear(x, packed, bias);
+  cpu::set_gemm_backend(cpu::GemmBackend::packed);
+  CHECK(bitwise_equal(via_packed, eigen));
 }
 
 TEST_CASE("linear names the shapes when input, weight and bias disagree") {

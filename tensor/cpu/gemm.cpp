@@ -184,25 +184,44 @@ void gemm_packed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
   gemm_mixed(ta, tb, m, n, k, alpha, A, GemmElem::f32, lda, B, GemmElem::f32, ldb, beta, C, ldc);
 }
 
-void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* A,
-                GemmElem ea, int64_t lda, const void* B, GemmElem eb, int64_t ldb, float beta,
-                float* C, int64_t ldc) {
+namespace {
+
+// K blocks of (nearly) equal size, a function of k alone (this fixes each output's summation
+// order); B panels of NC columns.
+int64_t k_block(int64_t k) {
+  const int64_t k_blocks = (k + kMaxKC - 1) / kMaxKC;
+  return (k + k_blocks - 1) / k_blocks;
+}
+int64_t n_block(int64_t n, int NR) {
+  return std::min<int64_t>(kNC, (n + NR - 1) / NR * NR);
+}
+
+// Where the B panels come from: packed per call from (eb, tb, B, ldb), or already packed (then
+// `prepacked` holds every (jc, pc) panel, jc-major, each as the packers lay it out).
+struct BSource {
+  GemmElem eb = GemmElem::f32;
+  bool tb = false;
+  const void* B = nullptr;
+  int64_t ldb = 0;
+  const float* prepacked = nullptr;
+};
+
+// The BLIS loops (see the top of this file) for either B source.
+void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t k, float alpha,
+                 const void* A, GemmElem ea, int64_t lda, const BSource& src, float beta, float* C,
+                 int64_t ldc) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
     return;
   }
-  const GemmKernelInfo& K = kernel_for(cpu_isa());
   const int MR = K.mr, NR = K.nr;
-  // K blocks of (nearly) equal size, a function of k alone.
-  const int64_t k_blocks = (k + kMaxKC - 1) / kMaxKC;
-  const int64_t KC = (k + k_blocks - 1) / k_blocks;
+  const int64_t KC = k_block(k);
   const int64_t MC = std::min<int64_t>(kMC, (m + MR - 1) / MR * MR);
-  const int64_t NC = std::min<int64_t>(kNC, (n + NR - 1) / NR * NR);
-  Workspace a_pack(size_t(MC * KC)), b_pack(size_t(NC * KC));
+  const int64_t NC = n_block(n, NR);
+  Workspace a_pack(size_t(MC * KC)), b_pack(src.prepacked ? 0 : size_t(NC * KC));
   float* Ap = a_pack.p;
-  float* Bp = b_pack.p;
 
   // Threads only pay off with enough work: about 2^21 multiply-adds each.
   double work = double(m) * double(n) * double(k);
@@ -217,15 +236,23 @@ void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
   // clause) goes through libgomp, and that costs more than a small product (a decoding step's).
   auto run = [&]() {
     float scratch[12 * 32];  // an edge tile: MR x NR of the widest kernel
+    const float* panel = src.prepacked;  // the next prepacked (jc, pc) panel
     for (int64_t jc = 0; jc < n; jc += NC) {
       const int64_t nc = std::min(NC, n - jc);
       const int64_t b_slivers = (nc + NR - 1) / NR;
       for (int64_t pc = 0; pc < k; pc += KC) {
         const int64_t kc = std::min(KC, k - pc);
         const float beta_eff = pc == 0 ? beta : 1.0f;
+        const float* Bp = panel;
+        if (src.prepacked) {
+          panel += b_slivers * kc * NR;
+        } else {
+          Bp = b_pack.p;
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < b_slivers; ++t)
-          K.pack_b(eb, tb, B, ldb, n, jc + t * NR, pc, kc, NR, Bp + t * kc * NR);
+          for (int64_t t = 0; t < b_slivers; ++t)
+            K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + t * NR, pc, kc, NR,
+                     b_pack.p + t * kc * NR);
+        }
         for (int64_t ic = 0; ic < m; ic += MC) {
           const int64_t mc = std::min(MC, m - ic);
           const int64_t a_slivers = (mc + MR - 1) / MR;
@@ -263,6 +290,63 @@ void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
   } else {
     run();
   }
+}
+
+}  // namespace
+
+void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* A,
+                GemmElem ea, int64_t lda, const void* B, GemmElem eb, int64_t ldb, float beta,
+                float* C, int64_t ldc) {
+  gemm_driver(kernel_for(cpu_isa()), ta, m, n, k, alpha, A, ea, lda,
+              BSource{.eb = eb, .tb = tb, .B = B, .ldb = ldb}, beta, C, ldc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prepacked B
+
+PackedB PackedB::pack(bool tb, const float* B, int64_t ldb, int64_t k, int64_t n) {
+  const GemmKernelInfo& K = kernel_for(cpu_isa());
+  const int NR = K.nr;
+  const int64_t KC = k_block(k), NC = n_block(n, NR);
+  PackedB p;
+  p.kernel_ = &K;
+  p.k_ = k;
+  p.n_ = n;
+  size_t floats = 0;
+  for (int64_t jc = 0; jc < n; jc += NC) floats += size_t((std::min(NC, n - jc) + NR - 1) / NR * NR * k);
+  const size_t bytes = floats * sizeof(float);
+  p.floats_ = floats;
+  p.data_ = std::shared_ptr<float>(
+      static_cast<float*>(cpu_allocator().allocate(bytes, MemoryTag::parameters)),
+      [bytes](float* q) { cpu_allocator().deallocate(q, bytes, MemoryTag::parameters); });
+  float* dst = p.data_.get();
+  for (int64_t jc = 0; jc < n; jc += NC) {
+    const int64_t b_slivers = (std::min(NC, n - jc) + NR - 1) / NR;
+    for (int64_t pc = 0; pc < k; pc += KC) {
+      const int64_t kc = std::min(KC, k - pc);
+      for (int64_t t = 0; t < b_slivers; ++t)
+        K.pack_b(GemmElem::f32, tb, B, ldb, n, jc + t * NR, pc, kc, NR, dst + t * kc * NR);
+      dst += b_slivers * kc * NR;
+    }
+  }
+  return p;
+}
+
+bool PackedB::current() const {
+  return kernel_ == &kernel_for(cpu_isa()) && g_backend == GemmBackend::packed;
+}
+
+const char* PackedB::kernel_name() const {
+  return kernel_ ? static_cast<const GemmKernelInfo*>(kernel_)->name : "none";
+}
+
+void gemm_prepacked(int64_t m, float alpha, const float* A, int64_t lda, const PackedB& B,
+                    float beta, float* C, int64_t ldc) {
+  FORGE_CHECK(B.current(), "gemm_prepacked: B was packed for the {} kernels, now {} ({})",
+              B.kernel_name(), gemm_kernel_name(),
+              g_backend == GemmBackend::packed ? "packed backend" : "eigen backend");
+  gemm_driver(*static_cast<const GemmKernelInfo*>(B.kernel_), false, m, B.n(), B.k(), alpha, A,
+              GemmElem::f32, lda, BSource{.prepacked = B.data_.get()}, beta, C, ldc);
 }
 
 }  // namespace forge::cpu

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 namespace forge::cpu {
 
@@ -32,6 +33,37 @@ enum class GemmElem : uint8_t { f32, bf16, f16 };
 void gemm_mixed(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                 const void* A, GemmElem a_elem, int64_t lda, const void* B, GemmElem b_elem,
                 int64_t ldb, float beta, float* C, int64_t ldc);
+
+// op(B) (k x n, f32) packed once into the packed kernels' panels, for products that reuse the
+// same B many times (a model's weights during inference): the per-call packing of B, as costly as
+// the product itself when A has a few rows, is skipped. The result is bit for bit that of
+// gemm_packed with B itself (packing moves data only; the blocking depends on k and n alone).
+//
+//   PackedB w = PackedB::pack(/*trans_b=*/true, W, /*ldb=*/k, k, n);   // W (n, k): x @ W^T
+//   gemm_prepacked(m, 1.0f, x, k, w, 0.0f, y, n);                      // y (m, n)
+class PackedB {
+ public:
+  static PackedB pack(bool trans_b, const float* B, int64_t ldb, int64_t k, int64_t n);
+  int64_t k() const { return k_; }
+  int64_t n() const { return n_; }
+  size_t bytes() const { return floats_ * sizeof(float); }
+  // Whether the packed kernels it was laid out for are still the ones in use (the ISA or the
+  // backend can be switched at run time, e.g. by tests).
+  bool current() const;
+  const char* kernel_name() const;
+
+ private:
+  friend void gemm_prepacked(int64_t m, float alpha, const float* A, int64_t lda,
+                             const PackedB& B, float beta, float* C, int64_t ldc);
+  const void* kernel_ = nullptr;  // the GemmKernelInfo it was packed for
+  int64_t k_ = 0, n_ = 0;
+  size_t floats_ = 0;
+  std::shared_ptr<float> data_;  // from the CPU allocator (aligned; counted as parameters)
+};
+// C (m, n) = alpha * A (m, k) @ op(B) + beta * C, A f32 row-major (not transposed). Throws when
+// B is not current().
+void gemm_prepacked(int64_t m, float alpha, const float* A, int64_t lda, const PackedB& B,
+                    float beta, float* C, int64_t ldc);
 
 enum class GemmBackend { packed, eigen };
 GemmBackend gemm_backend();
