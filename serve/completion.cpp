@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <ctime>
 #include <random>
 
@@ -55,7 +56,7 @@ Completion::Completion(Engine& engine, CompletionRequest request, CompletionCont
       Choice choice;
       choice.prompt = p;
       try {
-        choice.stream = engine_.submit(std::move(g));
+        choice.stream = engine_.submit(std::move(g), context_.notify);
       } catch (const QueueFull& e) {  // the destructor does not run: cancel those queued here
         for (Choice& c : choices_) c.stream->cancel();
         throw ApiError(429, e.what(), "rate_limit_error", "", "rate_limit_exceeded");
@@ -249,6 +250,45 @@ void Completion::stream(ClientChannel& client) {
     send(last);
   }
   client.send_data("[DONE]");
+}
+
+bool Completion::poll(const std::function<void(const ChoiceEvent&)>& on_event,
+                      size_t max_events) {
+  for (bool progressed = true; progressed && max_events > 0;) {
+    progressed = false;
+    for (Choice& c : choices_) {
+      if (c.finish || max_events == 0) continue;
+      std::optional<StreamEvent> e = c.stream->next(std::chrono::milliseconds(0));
+      if (!e) continue;
+      progressed = true;
+      --max_events;
+      take(c, *e);
+      c.text += e->text;  // held back: an incomplete UTF-8 sequence at the end waits for more
+      const size_t ready = e->finish ? c.text.size() : complete_utf8_prefix(c.text);
+      ChoiceEvent out;
+      out.index = index_of(c);
+      out.text = valid_utf8(c.text.substr(0, ready));
+      c.text.erase(0, ready);
+      out.tokens = std::move(e->tokens);
+      out.logprobs = std::move(e->logprobs);
+      out.top_logprobs = std::move(e->top_logprobs);
+      out.finish = e->finish;
+      if (e->finish) {
+        if (*e->finish == "error") out.error = finish_error(*e->finish, e->error);
+        const int64_t prompt = int64_t(request_.prompt_tokens[c.prompt].size());
+        out.usage = {{"prompt_tokens", prompt},
+                     {"completion_tokens", e->completion_tokens},
+                     {"total_tokens", prompt + e->completion_tokens}};
+      }
+      on_event(out);
+    }
+  }
+  return std::all_of(choices_.begin(), choices_.end(), [](const Choice& c) { return c.finish.has_value(); });
+}
+
+void Completion::cancel() {
+  for (Choice& c : choices_)
+    if (c.stream && !c.finish) c.stream->cancel();
 }
 
 }  // namespace forge::serve

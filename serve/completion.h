@@ -14,6 +14,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -50,6 +51,21 @@ struct CompletionContext {
   Metrics* metrics = nullptr;  // none: nothing recorded
   std::string transport = "http";
   std::chrono::steady_clock::time_point received = std::chrono::steady_clock::now();
+  // Called from the engine's thread after each event of any choice (a transport that waits on
+  // several requests at once wakes on it; it must not block).
+  std::function<void()> notify;
+};
+
+// One event of one choice, for transports that multiplex requests (poll).
+struct ChoiceEvent {
+  size_t index = 0;   // the choice
+  std::string text;   // text ready to show (an incomplete UTF-8 sequence waits for the next)
+  std::vector<int64_t> tokens;  // usually one; none in an end without a token
+  std::vector<double> logprobs;
+  std::vector<std::vector<TopLogprob>> top_logprobs;
+  std::optional<std::string> finish;  // "stop", "length", "cancelled" or "error"
+  std::optional<ApiError> error;      // finish "error": what to tell the client
+  nlohmann::json usage;               // with `finish`: this choice's prompt and completion tokens
 };
 
 class Completion {
@@ -68,6 +84,13 @@ class Completion {
   // Sends the stream's events, ending with `data: [DONE]`; a choice that fails mid-stream sends an
   // error object as its event.
   void stream(ClientChannel& client);
+  // Without waiting: hands up to `max_events` of the events made so far to `on_event` (the
+  // choices in turn); true once every choice has ended (its last event handed over).
+  bool poll(const std::function<void(const ChoiceEvent&)>& on_event,
+            size_t max_events = size_t(-1));
+  // Asks the engine to end every unfinished choice ("cancelled" within one step).
+  void cancel();
+  size_t choices() const { return choices_.size(); }
 
  private:
   struct Choice {

@@ -46,6 +46,7 @@ void Stream::push(StreamEvent e) {
     events_.push_back(std::move(e));
   }
   cv_.notify_all();
+  if (notify_) notify_();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -91,10 +92,11 @@ Engine::~Engine() {
   shutdown(std::chrono::milliseconds(0));
 }
 
-std::shared_ptr<Stream> Engine::submit(GenerationParams params) {
+std::shared_ptr<Stream> Engine::submit(GenerationParams params, std::function<void()> notify) {
   FORGE_CHECK(!params.prompt.empty(), "serve: empty prompt");
   auto stream = std::make_shared<Stream>();
   stream->submitted_ = Clock::now();
+  stream->notify_ = std::move(notify);
   {
     std::lock_guard lock(mu_);
     if (stopping_) throw ShuttingDown("the server is shutting down");

@@ -27,6 +27,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -92,6 +93,7 @@ class Stream {
   bool cancelled_ = false;
   std::chrono::steady_clock::time_point submitted_;
   double ttft_ = 0;
+  std::function<void()> notify_;
 };
 
 struct EngineOptions {
@@ -125,9 +127,9 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // Queues a request; throws QueueFull when max_queue requests already wait for a slot (all
-  // slots busy), ShuttingDown once
-  // shutdown has begun.
-  std::shared_ptr<Stream> submit(GenerationParams params);
+  // slots busy), ShuttingDown once shutdown has begun. `notify`, if given, is called (on the
+  // engine's thread, without its locks) after each event is pushed to the stream.
+  std::shared_ptr<Stream> submit(GenerationParams params, std::function<void()> notify = {});
   // Stops taking requests; in-flight ones finish, or are cancelled after `timeout`.
   void shutdown(std::chrono::milliseconds timeout);
   EngineStats stats() const;

@@ -14,6 +14,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket/rfc6455.hpp>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -23,6 +24,7 @@
 
 #include "serve/completion.h"
 #include "serve/metrics.h"
+#include "serve/websocket.h"
 
 namespace forge::serve {
 
@@ -325,7 +327,7 @@ class Connection {
   static std::string endpoint_of(const std::string& path) {
     static const char* routes[] = {
         "/health",   "/v1/models",  "/v1/completions", "/v1/chat/completions",
-        "/tokenize", "/detokenize", "/metrics"};
+        "/tokenize", "/detokenize", "/metrics",         "/v1/stream"};
     for (const char* r : routes)
       if (path == r) return path;
     if (path.rfind("/v1/models/", 0) == 0) return "/v1/models/{model}";
@@ -390,6 +392,22 @@ class Connection {
         send_json(200, answer(req.body(), limits, tokenizer), version);
         return 200;
       }
+      if (path == "/v1/stream") {
+        only(http::verb::get);
+        // Browsers cannot set headers on a WebSocket: the token may come as ?access_token=.
+        std::string authorization(req[http::field::authorization]);
+        if (authorization.empty()) {
+          const std::string token = query_value(req.target(), "access_token");
+          if (!token.empty()) authorization = "Bearer " + token;
+        }
+        auth_.check(authorization);  // before the upgrade: a bad token gets an HTTP 401
+        if (!beast::websocket::is_upgrade(req))
+          throw ApiError(426,
+                         "GET /v1/stream is a WebSocket: send Connection: Upgrade and Upgrade: "
+                         "websocket",
+                         "invalid_request_error", "", "upgrade_required");
+        return websocket(req);
+      }
       if (path == "/metrics") {
         authorized(http::verb::get);
         const EngineStats stats = engine_.stats();
@@ -402,8 +420,8 @@ class Connection {
       }
       throw ApiError(404,
                      fmt::format("no route {} {}; this server answers GET /health, GET /v1/models, "
-                                 "POST /v1/completions, POST /v1/chat/completions, POST /tokenize, "
-                                 "POST /detokenize and GET /metrics",
+                                 "POST /v1/completions, POST /v1/chat/completions, GET /v1/stream "
+                                 "(WebSocket), POST /tokenize, POST /detokenize and GET /metrics",
                                  req.method_string(), path),
                      "invalid_request_error", "", "not_found");
     } catch (const ApiError& e) {
@@ -421,6 +439,43 @@ class Connection {
           ApiError(500, fmt::format("internal server error: {}", e.what()), "server_error"),
           version);
     }
+  }
+
+  // The value of `key` in the target's query string ("" when absent); not percent-decoded
+  // (API keys and JWTs need no escaping).
+  static std::string query_value(std::string_view target, std::string_view key) {
+    const size_t q = target.find('?');
+    if (q == std::string_view::npos) return "";
+    std::string_view query = target.substr(q + 1);
+    while (!query.empty()) {
+      const size_t amp = query.find('&');
+      const std::string_view pair = query.substr(0, amp);
+      if (pair.size() > key.size() && pair.substr(0, key.size()) == key && pair[key.size()] == '=')
+        return std::string(pair.substr(key.size() + 1));
+      if (amp == std::string_view::npos) break;
+      query.remove_prefix(amp + 1);
+    }
+    return "";
+  }
+
+  // ---- GET /v1/stream: the WebSocket channel (serve/websocket.h) ----
+
+  // Runs the session on a duplicate of the socket's descriptor (this connection keeps and closes
+  // the original under the registry's lock, as for any connection); returns 101 for the log.
+  int websocket(const Request& req) {
+    keep_alive_ = false;
+    const int fd = ::dup(socket_.native_handle());
+    if (fd < 0) throw std::runtime_error("cannot duplicate the socket for the WebSocket");
+    WebSocketOptions ws{.limits = options_.limits,
+                        .chat_template = options_.chat_template,
+                        .max_message = size_t(options_.max_body)};
+    const std::function<bool()> stopping = [this] {
+      std::lock_guard lock(registry_.mu);
+      return registry_.stopping;
+    };
+    const tcp protocol = socket_.local_endpoint().protocol();
+    run_websocket(fd, protocol, req, engine_, metrics_, ws, stopping);
+    return 101;
   }
 
   // ---- POST /v1/completions and /v1/chat/completions ----

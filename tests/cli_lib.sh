@@ -19,6 +19,13 @@
 #                               characters; on a failed training run fails and finishes TEST
 #   wait_exit PID SECONDS WHAT -> waits up to SECONDS for PID (a background job) to end; fails
 #                               naming WHAT and kills it if it does not; $rc is its exit status
+#   start_server NAME ARGS... -> runs $serve on $tmp/tiny on a free loopback port with ARGS;
+#                               $port and $bg_pid; its stdout and stderr in $tmp/NAME.out, .err
+#                               (fails and finishes $test_name when it does not start in 30 s)
+#   stop_server NAME         -> SIGTERM, then a failure unless it exits 0 within 15 s
+#   npm_package NAME MAJOR   -> NAME@MAJOR installed once into ${FORGE_NPM_CACHE:-~/.cache/
+#                               forge-npm} (never the source tree): $npm_dir; status 1 (after
+#                               printing why) without node >= 20 and npm, or when npm fails
 # $tmp is a fresh directory, removed at exit with any background job left in $bg_pid.
 tmp=$(mktemp -d)
 bg_pid=
@@ -151,4 +158,60 @@ tiny_serve_model() {
   # "T: we\nC: all\nA:" (16 tokens fit): letters the synthetic corpus has too.
   printf '%s\n' '{"role_prefix": {"system": "T: ", "user": "C: ", "assistant": "A: "},' \
     ' "generation_prefix": "A:", "default_stop": ["\\nC:"]}' >"$tmp/chat.json"
+}
+
+start_server() {
+  local name=$1
+  shift
+  "$serve" --checkpoint "$tmp/tiny" --host 127.0.0.1 --port 0 --threads 1 "$@" \
+    >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  bg_pid=$!
+  port=
+  for _ in $(seq 1 300); do
+    port=$(sed -n 's|^serve: listening on http://127\.0\.0\.1:\([0-9]*\) model .* slots [0-9]*$|\1|p' \
+      "$tmp/$name.out")
+    [ -n "$port" ] && return 0
+    kill -0 "$bg_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  fail "serve ($name): no 'serve: listening on http://127.0.0.1:PORT model NAME slots N' line in 30 s"
+  echo "  stdout: $(head -c 600 "$tmp/$name.out")"
+  echo "  stderr: $(head -c 600 "$tmp/$name.err")"
+  finish "$test_name"
+}
+
+stop_server() {
+  kill -TERM "$bg_pid"
+  wait_exit "$bg_pid" 15 "serve ($1) after SIGTERM"
+  bg_pid=
+  [ "$rc" -eq 0 ] || { fail "serve ($1): exit $rc after SIGTERM, expected 0"; tail -5 "$tmp/$1.err"; }
+}
+
+npm_package() {
+  local name=$1 major=$2 version
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "node or npm not found (Node 20 or later, with its npm)"
+    return 1
+  fi
+  if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+    echo "node $(node --version) is older than 20"
+    return 1
+  fi
+  npm_dir=${FORGE_NPM_CACHE:-$HOME/.cache/forge-npm}
+  version() {
+    node -p 'require(process.argv[1]).version' "$npm_dir/node_modules/$name/package.json" 2>/dev/null
+  }
+  if [[ "$(version)" != "$major".* ]]; then
+    mkdir -p "$npm_dir" || { echo "cannot create $npm_dir"; return 1; }
+    echo "installing $name@$major into $npm_dir"
+    # flock: two runs sharing the cache do not install into it at once.
+    if ! (flock 9 && timeout 300 npm install --prefix "$npm_dir" --no-audit --no-fund \
+      --no-update-notifier "$name@$major") 9>"$npm_dir/.lock" >"$tmp/npm.log" 2>&1; then
+      tail -5 "$tmp/npm.log"
+      echo "npm install $name@$major failed or took over 300 s (is the registry reachable?)"
+      return 1
+    fi
+    [[ "$(version)" == "$major".* ]] || { echo "npm install left no $name $major.x in $npm_dir"; return 1; }
+  fi
+  echo "$name $(version) in $npm_dir, node $(node --version)"
 }

@@ -16,36 +16,8 @@ serve=${2:?usage: cli_serve.sh path/to/train path/to/serve}
 . "$(dirname "$0")/cli_lib.sh"
 py=/usr/bin/python3
 
+test_name=cli_serve
 tiny_serve_model cli_serve
-
-# start_server NAME ARGS... -> $port and $bg_pid; its stdout and stderr in $tmp/NAME.out, .err
-start_server() {
-  local name=$1
-  shift
-  "$serve" --checkpoint "$tmp/tiny" --host 127.0.0.1 --port 0 --threads 1 "$@" \
-    >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  bg_pid=$!
-  port=
-  for _ in $(seq 1 300); do
-    port=$(sed -n 's|^serve: listening on http://127\.0\.0\.1:\([0-9]*\) model .* slots [0-9]*$|\1|p' \
-      "$tmp/$name.out")
-    [ -n "$port" ] && return 0
-    kill -0 "$bg_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  fail "serve ($name): no 'serve: listening on http://127.0.0.1:PORT model NAME slots N' line in 30 s"
-  echo "  stdout: $(head -c 600 "$tmp/$name.out")"
-  echo "  stderr: $(head -c 600 "$tmp/$name.err")"
-  finish cli_serve
-}
-
-# stop_server NAME: SIGTERM, then exit 0 within 15 s.
-stop_server() {
-  kill -TERM "$bg_pid"
-  wait_exit "$bg_pid" 15 "serve ($1) after SIGTERM"
-  bg_pid=
-  [ "$rc" -eq 0 ] || { fail "serve ($1): exit $rc after SIGTERM, expected 0"; tail -5 "$tmp/$1.err"; }
-}
 
 # get PATH [CURL ARGS...] / post PATH BODY [CURL ARGS...] -> $status; body in $tmp/body, headers
 # in $tmp/headers.
