@@ -8,7 +8,7 @@
 //   build/apps/serve --checkpoint out --port 0    # any free port; the ready line says which
 //
 // Routes: /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /metrics
-// (Prometheus), /health (serve/http.h).
+// (Prometheus), /health (serve/http.h), and the WebSocket /v1/stream (serve/websocket.h).
 //
 // Prints one line on stdout when it listens:
 //   serve: listening on http://127.0.0.1:PORT model NAME slots N
@@ -59,7 +59,8 @@ int main(int argc, char** argv) {
   serve::ServerOptions server;
   serve::EngineOptions engine_options;
   serve::AuthOptions auth_options;
-  int64_t max_tokens_limit = 4096, shutdown_timeout = 10, read_timeout = 10;
+  int64_t max_tokens_limit = 4096, shutdown_timeout = 10, read_timeout = 10,
+          write_timeout = 30;
   int threads = get_num_threads();
   app.add_option("--checkpoint", checkpoint,
                  "model.safetensors, a checkpoint directory, or an out directory (latest)")
@@ -101,6 +102,18 @@ int main(int argc, char** argv) {
                      ", i.e. \"System: ...\\nUser: ...\\nAssistant:\", stopping at \"\\nUser:\"");
   app.add_option("--log-format", log_format, "request log on stderr: text or json")
       ->check(CLI::IsMember({"text", "json"}));
+  app.add_option("--ws-queue-limit", server.ws_queue_limit,
+                 "bytes waiting to be sent on a WebSocket beyond which its events wait in the "
+                 "engine (which pauses a request after --max-pending-events unread events)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-pending-events", engine_options.max_pending_events,
+                 "unread events of a request beyond which the engine pauses it until its client "
+                 "reads")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--write-timeout", write_timeout,
+                 "seconds one write to a client may take (a client that reads nothing is closed "
+                 "and its requests cancelled)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--read-timeout", read_timeout,
                  "seconds a client has to send one whole request (header and body); a slower "
                  "one gets 408 and is closed")
@@ -137,6 +150,7 @@ int main(int argc, char** argv) {
     server.limits.max_tokens_limit = max_tokens_limit;
     server.shutdown_timeout = std::chrono::seconds(shutdown_timeout);
     server.read_timeout = std::chrono::seconds(read_timeout);
+    server.write_timeout = std::chrono::seconds(write_timeout);
     server.log_json = log_format == "json";
     if (!auth.enabled() && server.host != "127.0.0.1" && server.host != "localhost" &&
         server.host != "::1")

@@ -38,6 +38,11 @@ double Stream::ttft_seconds() const {
   return ttft_;
 }
 
+size_t Stream::pending() const {
+  std::lock_guard lock(mu_);
+  return events_.size();
+}
+
 void Stream::push(StreamEvent e) {
   {
     std::lock_guard lock(mu_);
@@ -73,6 +78,8 @@ Engine::Engine(std::shared_ptr<GPT> model, Tokenizer tokenizer, EngineOptions op
               options_.max_queue);
   FORGE_CHECK(options_.max_batch_tokens >= 1, "serve: --max-batch-tokens must be at least 1, got {}",
               options_.max_batch_tokens);
+  FORGE_CHECK(options_.max_pending_events >= 1,
+              "serve: --max-pending-events must be at least 1, got {}", options_.max_pending_events);
   FORGE_CHECK(tokenizer_.vocab_size() <= model_->config().vocab_size,
               "serve: the tokenizer's {} symbols exceed the model's vocabulary of {}",
               tokenizer_.vocab_size(), model_->config().vocab_size);
@@ -171,14 +178,24 @@ void Engine::run() {
     }
     for (Slot* s : fresh) start(*s);
     active.clear();
+    int64_t paused = 0;
     for (auto& s : slots_)
       if (s->active) {
         if (s->stream->cancelled())
           finish(*s, "cancelled");
+        else if (int64_t(s->stream->pending()) >= options_.max_pending_events)
+          ++paused;  // its client is not reading: no more tokens for now
         else
           active.push_back(s.get());
       }
-    if (!active.empty()) step(active);
+    {
+      std::lock_guard lock(mu_);
+      stats_.paused = paused;
+    }
+    if (!active.empty())
+      step(active);
+    else if (paused > 0)  // only paused requests: look again shortly (their readers wake no one)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
 }
 

@@ -83,6 +83,7 @@ class Stream {
   void cancel();  // the engine ends the request at its next step with finish "cancelled"
   bool cancelled() const;
   double ttft_seconds() const;  // time from submit to the first token (0 before it)
+  size_t pending() const;       // events pushed and not yet read
 
  private:
   friend class Engine;
@@ -103,6 +104,9 @@ struct EngineOptions {
   // which a waiting request waits for the next step, so that new prompts do not stall the
   // others' next tokens for long. A step always starts at least one waiting request.
   int64_t max_batch_tokens = 512;
+  // Unread events of a request beyond which it is paused (keeps its slot, skips steps) until its
+  // client reads: a slow reader holds back only itself, and its backlog stays bounded.
+  int64_t max_pending_events = 4096;
 };
 
 struct QueueFull : std::runtime_error {
@@ -116,6 +120,7 @@ struct EngineStats {
   int64_t active = 0, waiting = 0;
   int64_t prompt_tokens = 0, generated_tokens = 0;  // totals
   int64_t steps = 0;                                // batched decode steps run
+  int64_t paused = 0;  // requests paused now because their clients do not read
   std::vector<int64_t> batch_sizes;                 // histogram: [m] = decode steps with m rows
 };
 

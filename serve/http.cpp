@@ -468,7 +468,9 @@ class Connection {
     if (fd < 0) throw std::runtime_error("cannot duplicate the socket for the WebSocket");
     WebSocketOptions ws{.limits = options_.limits,
                         .chat_template = options_.chat_template,
-                        .max_message = size_t(options_.max_body)};
+                        .max_message = size_t(options_.max_body),
+                        .max_queued_bytes = size_t(options_.ws_queue_limit),
+                        .send_timeout = options_.write_timeout};
     const std::function<bool()> stopping = [this] {
       std::lock_guard lock(registry_.mu);
       return registry_.stopping;

@@ -42,6 +42,8 @@ struct ServerOptions {
   std::chrono::seconds write_timeout{30};     // for one write to a client that does not read
   std::chrono::seconds shutdown_timeout{10};  // running requests get this long after a signal
   int64_t max_connections = 512;              // beyond: 503 and close
+  int64_t ws_queue_limit = 4 << 20;  // bytes a WebSocket may have waiting to be sent; beyond,
+                                     // its events wait in the engine (serve/websocket.h)
   bool log_json = false;  // request log on stderr: text lines, or one JSON object per line
 };
 

@@ -133,6 +133,9 @@ std::string Metrics::render(const EngineStats& engine, int64_t slots) const {
   out += fmt::format("forge_queue_length {}\n", engine.waiting);
   header(out, "forge_active_slots", "gauge", "Slots generating a request now.");
   out += fmt::format("forge_active_slots {}\n", engine.active);
+  header(out, "forge_paused_requests", "gauge",
+         "Requests paused because their clients have not read their tokens.");
+  out += fmt::format("forge_paused_requests {}\n", engine.paused);
   header(out, "forge_slots", "gauge", "Slots of the engine (requests generated together).");
   out += fmt::format("forge_slots {}\n", slots);
 

@@ -59,6 +59,7 @@ class Session {
       : ws_(ioc_),
         wake_(ioc_),
         tick_(ioc_),
+        write_timer_(ioc_),
         engine_(engine),
         metrics_(metrics),
         options_(options),
@@ -183,11 +184,14 @@ class Session {
 
   // Sends what the engine has made, the requests in turn (one event each per round), so that one
   // request's backlog does not hold back the others'.
+  // While more than max_queued_bytes wait to be sent, the events stay in the engine's streams
+  // (which pauses a request whose unread events pile up): the client reads at its own pace.
   void pump() {
-    pumping_ = true;  // stop() (a send past the queue's bound) leaves live_ to us meanwhile
-    for (bool progressed = true; progressed && !stopped_;) {
+    pumping_ = true;  // stop() (a send that failed) leaves live_ to us meanwhile
+    auto room = [&] { return !stopped_ && queued_ < options_.max_queued_bytes; };
+    for (bool progressed = true; progressed && room();) {
       progressed = false;
-      for (auto it = live_.begin(); it != live_.end() && !stopped_;) {
+      for (auto it = live_.begin(); it != live_.end() && room();) {
         const std::string& id = it->first;
         const Live& live = it->second;
         const bool done = live.completion->poll(
@@ -238,15 +242,21 @@ class Session {
     if (stopped_) return;
     out_.push_back(dump(m));
     queued_ += out_.back().size();
-    if (queued_ > options_.max_queued_bytes) return stop();  // the client does not read
     if (!writing_) write_next();
   }
 
+  // Each write must finish within send_timeout, else the client is not reading: it is closed
+  // and its requests cancelled.
   void write_next() {
     writing_ = true;
+    write_timer_.expires_after(options_.send_timeout);
+    write_timer_.async_wait([this](error_code ec) {
+      if (!ec) stop();
+    });
     ws_.text(true);
     ws_.async_write(net::buffer(out_.front()), [this](error_code ec, size_t) {
       writing_ = false;
+      write_timer_.cancel();
       if (ec || stopped_) return stop();
       queued_ -= out_.front().size();
       out_.pop_front();
@@ -254,6 +264,7 @@ class Session {
         write_next();
       else if (closing_)
         close(close_code_);
+      pump();  // events held back while the queue was full
     });
   }
 
@@ -293,13 +304,14 @@ class Session {
     error_code ec;
     wake_.close(ec);
     tick_.cancel();
+    write_timer_.cancel();
     ws_.next_layer().close(ec);
   }
 
   net::io_context ioc_;
   websocket::stream<tcp::socket> ws_;
   net::posix::stream_descriptor wake_;
-  net::steady_timer tick_;
+  net::steady_timer tick_, write_timer_;
   Engine& engine_;
   Metrics& metrics_;
   const WebSocketOptions& options_;

@@ -17,8 +17,10 @@
 //
 // Threads: the session runs on the connection's thread, on an io_context of its own; the engine
 // wakes it through an eventfd after each event. Keep-alive: Beast's pings when idle, and a peer
-// silent past the idle timeout is dropped. A client that does not read: once more than
-// max_queued_bytes wait to be sent, the connection is closed and its requests cancelled. On
+// silent past the idle timeout is dropped. Flow control: past max_queued_bytes waiting to be sent,
+// events stay in the engine's streams, and the engine pauses a request whose unread events pile
+// up (EngineOptions::max_pending_events), so a slow reader costs memory bounded by both; a client
+// that takes nothing for send_timeout is closed and its requests cancelled. On
 // server shutdown the session takes no new requests (503), lets those in flight end, then closes
 // with "going away".
 #pragma once
@@ -39,8 +41,9 @@ struct WebSocketOptions {
   Limits limits;
   ChatTemplate chat_template;
   size_t max_message = 1 << 20;         // bytes of one client message
-  size_t max_queued_bytes = 4 << 20;    // waiting to be sent, beyond: close
-  std::chrono::seconds idle_timeout{60};  // no traffic (pings included) for this long: close
+  size_t max_queued_bytes = 4 << 20;  // waiting to be sent; beyond, events wait in the engine
+  std::chrono::seconds send_timeout{30};  // one message not taken by the client: close
+  std::chrono::seconds idle_timeout{60};  // nothing received (pongs included) for this long: close
 };
 
 // Accepts the upgrade `request` on `socket` (a blocking-mode socket whose ownership passes here)

@@ -2,7 +2,7 @@
 # serve's WebSocket channel (GET /v1/stream) against a client nobody here wrote: the npm `ws`
 # package runs tests/ws_client/check.mjs against a tiny GPT served with an API key (upgrade
 # refused with 401 for a bad token, interleaved requests equal to HTTP's, cancel, refused messages,
-# a dropped socket freeing its slot, metrics by transport); then SIGTERM exits 0 with a socket open.
+# a dropped socket or one that stops reading freeing its slot, metrics by transport); then SIGTERM exits 0 with a socket open.
 # `ws` is installed once into ${FORGE_NPM_CACHE:-$HOME/.cache/forge-npm}, never into the source
 # tree. Without node 20 and npm, or without the npm registry, the test is skipped (77), or fails
 # under FORGE_REQUIRE_OPTIONAL=1.
@@ -31,7 +31,7 @@ tiny_serve_model cli_ws
 key=sk-forge-ws-test-key
 printf '%s\n' "$key" >"$tmp/keys"
 start_server ws --chat-template "$tmp/chat.json" --api-key-file "$tmp/keys" --slots 4 \
-  --max-tokens-limit 100000
+  --max-tokens-limit 100000 --ws-queue-limit 1048576 --write-timeout 2
 echo "serve listening on port $port"
 
 BASE="http://127.0.0.1:$port" API_KEY=$key MODEL=tiny timeout 120 node "$tmp/client/check.mjs"

@@ -192,6 +192,26 @@ TEST_CASE("serve engine: a request's tokens are infer's (recipes generate) for t
   }
 }
 
+TEST_CASE("serve engine: a request whose client does not read is paused with a bounded backlog, "
+          "then resumes with the same tokens") {
+  auto model = tiny_model();
+  Engine engine(model, tokenizer(), {.slots = 2, .max_pending_events = 4});
+  const Result alone = collect(*engine.submit(request("hello there", 7, 60)));
+  auto s = engine.submit(request("hello there", 7, 60));
+  // Not read: the engine stops at 4 unread events and reports it paused (bounded wait: 10 s).
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (engine.stats().paused != 1 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(engine.stats().paused == 1);
+  CHECK(s->pending() == 4);
+  // Meanwhile another request runs to its end.
+  CHECK(collect(*engine.submit(request("abc", 3, 20))).finish == "length");
+  CHECK(s->pending() == 4);
+  // Read: it resumes, and its tokens are those it makes alone.
+  CHECK(same(collect(*s), alone));
+  CHECK(engine.stats().paused == 0);
+}
+
 TEST_CASE("serve engine: streamed text never shows a stop string, and holds back only its possible "
           "start") {
   auto model = tiny_model();
