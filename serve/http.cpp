@@ -506,7 +506,8 @@ class Connection {
                            .model_name = options_.limits.model_name,
                            .metrics = &metrics_,
                            .transport = "http",
-                           .received = received_});
+                           .received = received_,
+                           .notify = {}});
     Channel channel(*this);
     if (!completion.streaming()) {
       send_json(200, completion.reply(channel), req.version());

@@ -235,7 +235,7 @@ class Session {
   // ---- Writing: one message at a time, the rest queued (bounded) ----
 
   void send_error(const json& id, const ApiError& e) {
-    send({{"type", "error"}, {"id", id}, {"error", e.body()["error"]}});
+    send({{"type", "error"}, {"id", id}, {"status", e.status}, {"error", e.body()["error"]}});
   }
 
   void send(const json& m) {

@@ -10,8 +10,9 @@
 //   {"type": "token", "id", "index", "text", "token_id", "logprob"?, "top_logprobs"?}  per token
 //   {"type": "done", "id", "index", "finish_reason", "usage"}   per choice ("cancelled" after a
 //                                                               cancel)
-//   {"type": "error", "id", "error": {OpenAI's error object}}  a refused message or a failed
-//                                                               choice; the socket stays open
+//   {"type": "error", "id", "status", "error": {OpenAI's error object}}   a refused message or
+//                                     a failed choice (status: what HTTP would have answered,
+//                                     e.g. 400, 429); the socket stays open
 // A message that is not a JSON object gets an error with "id": null and the socket is closed
 // (1007). Ids are the client's: an id already in flight is refused.
 //
