@@ -39,6 +39,12 @@ def percentile(xs, q):
     return xs[i]
 
 
+def processor_name():
+    """The processor's model name, for benchmark headers."""
+    m = re.search(r"model name\s*:\s*(.*)", open("/proc/cpuinfo").read())
+    return m.group(1) if m else "unknown processor"
+
+
 def corpus_path():
     env = os.environ.get("TINYSHAKESPEARE")
     if env and os.path.exists(env):
@@ -195,9 +201,7 @@ def main():
                     help="more flags for serve, e.g. '--max-batch-tokens 32'")
     a = ap.parse_args()
     levels = [int(x) for x in a.streams.split(",")]
-    cpu = open("/proc/cpuinfo").read()
-    model_name = re.search(r"model name\s*:\s*(.*)", cpu).group(1)
-    print(f"# serve_bench | {model_name} | cores {os.cpu_count()} | server --threads 1 "
+    print(f"# serve_bench | {processor_name()} | cores {os.cpu_count()} | server --threads 1 "
           f"{a.server_args}{' ' if a.server_args else ''}--slots {max(levels)}, infer --threads 1, "
           f"clients: one asyncio loop | load average "
           f"{os.getloadavg()[0]:.2f}")
