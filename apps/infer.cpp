@@ -1,16 +1,16 @@
 // build/apps/infer: samples text from a trained GPT checkpoint.
 //
-//   build/apps/infer --checkpoint out --prompt "ROMEO:" --max-tokens 300 --temperature 0.8 --top-k 40
-//   build/apps/infer --checkpoint out/ckpt-002000/model.safetensors --temperature 0 --stop $'\n\n'
-//   build/apps/infer --checkpoint out --quant int8 --save-quantized gpt-int8.safetensors
+//   build/apps/infer --checkpoint out --prompt "ROMEO:" --max-tokens 300 --temperature 0.8 --top-k
+//   40 build/apps/infer --checkpoint out/ckpt-002000/model.safetensors --temperature 0 --stop
+//   $'\n\n' build/apps/infer --checkpoint out --quant int8 --save-quantized gpt-int8.safetensors
 //   build/apps/infer --checkpoint gpt-int8.safetensors        # a quantized file runs as saved
 //   build/apps/infer --checkpoint out --device cuda            # on the first GPU
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
 
-#include "recipes/checkpoint.h"
 #include "quant/quantize.h"
+#include "recipes/checkpoint.h"
 #include "recipes/generate.h"
 #include "tensor/cuda/cuda.h"
 #include "tensor/parallel.h"
@@ -38,7 +38,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "sampling seed");
   app.add_option("--threads", threads, "CPU threads")->check(CLI::PositiveNumber);
   app.add_option("--device", device_text, "cpu, or cuda / cuda:N to generate on a GPU");
-  app.add_flag("--no-cache", no_cache, "re-run the whole context for every token (slow; for checks)");
+  app.add_flag("--no-cache", no_cache,
+               "re-run the whole context for every token (slow; for checks)");
   app.add_option("--quant", quant,
                  "quantize the Linear layers first: none, int8 (dynamic) or int4 (weight-only)")
       ->check(CLI::IsMember({"none", "int8", "int4"}));

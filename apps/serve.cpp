@@ -59,8 +59,7 @@ int main(int argc, char** argv) {
   serve::ServerOptions server;
   serve::EngineOptions engine_options;
   serve::AuthOptions auth_options;
-  int64_t max_tokens_limit = 4096, shutdown_timeout = 10, read_timeout = 10,
-          write_timeout = 30;
+  int64_t max_tokens_limit = 4096, shutdown_timeout = 10, read_timeout = 10, write_timeout = 30;
   int threads = get_num_threads();
   app.add_option("--checkpoint", checkpoint,
                  "model.safetensors, a checkpoint directory, or an out directory (latest)")

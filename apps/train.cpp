@@ -6,8 +6,9 @@
 //   build/apps/train mnist --epochs 5 --threads 2 --metrics run.jsonl
 //   build/apps/train mnist --quant qat --metrics run.jsonl      # + test_acc_f32/int8, bytes
 //   build/apps/train gpt --eval-only --resume out --quant int8  # val loss of the quantized model
-//   build/apps/train reshard --from out --to merged            # shards -> one model (infer reads it)
-//   build/apps/train reshard --from merged --to out4 --tp 4    # -> another tensor/pipeline layout
+//   build/apps/train reshard --from out --to merged            # shards -> one model (infer reads
+//   it) build/apps/train reshard --from merged --to out4 --tp 4    # -> another tensor/pipeline
+//   layout
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <csignal>
@@ -44,10 +45,10 @@ int run_mnist(const MnistOptions& o) {
   });
   if (!run.epochs.empty()) fmt::print("test accuracy: {:.4f}\n", run.epochs.back().test_acc);
   if (run.quant)
-    fmt::print("quantized ({}): test accuracy f32 {:.4f} -> int8 {:.4f}; {} -> {} bytes ({:.3f}x)\n",
-               run.quant->method, run.quant->test_acc_f32, run.quant->test_acc_int8,
-               run.quant->bytes_f32, run.quant->bytes_int8,
-               double(run.quant->bytes_int8) / double(run.quant->bytes_f32));
+    fmt::print(
+        "quantized ({}): test accuracy f32 {:.4f} -> int8 {:.4f}; {} -> {} bytes ({:.3f}x)\n",
+        run.quant->method, run.quant->test_acc_f32, run.quant->test_acc_int8, run.quant->bytes_f32,
+        run.quant->bytes_int8, double(run.quant->bytes_int8) / double(run.quant->bytes_f32));
   return 0;
 }
 
@@ -56,13 +57,14 @@ int run_mnist(const MnistOptions& o) {
 int run_gpt_eval(const GptTrainConfig& cfg, const std::string& quant, int64_t group) {
   const std::string checkpoint = cfg.resume.empty() ? cfg.out : cfg.resume;
   GptEvalResult r = evaluate_checkpoint(cfg, checkpoint, quant, group);
-  MetricsWriter(cfg.metrics).write({{"eval_only", checkpoint},
-                                    {"step", r.step},
-                                    {"quantization", r.quantization},
-                                    {"train_loss", r.train_loss},
-                                    {"val_loss", r.val_loss},
-                                    {"model_bytes", r.model_bytes},
-                                    {"seconds", r.seconds}});
+  MetricsWriter(cfg.metrics)
+      .write({{"eval_only", checkpoint},
+              {"step", r.step},
+              {"quantization", r.quantization},
+              {"train_loss", r.train_loss},
+              {"val_loss", r.val_loss},
+              {"model_bytes", r.model_bytes},
+              {"seconds", r.seconds}});
   fmt::print("eval {} (step {}, {}): train loss {:.4f} | val loss {:.4f} | {:.2f} MB | {:.2f} s\n",
              checkpoint, r.step, r.quantization, r.train_loss, r.val_loss,
              double(r.model_bytes) / 1e6, r.seconds);
@@ -108,8 +110,9 @@ int run_gpt(const GptTrainConfig& cfg) {
   line(fmt::format(
       "peak memory ({}) {:.1f} MB: parameters {:.1f}, gradients {:.1f}, optimizer {:.1f}, "
       "activations {:.1f}, other {:.1f}",
-      run.device.str(), double(mem.peak_bytes) / (1 << 20), mb(MemoryTag::parameters), mb(MemoryTag::gradients),
-      mb(MemoryTag::optimizer), mb(MemoryTag::activations), mb(MemoryTag::other)));
+      run.device.str(), double(mem.peak_bytes) / (1 << 20), mb(MemoryTag::parameters),
+      mb(MemoryTag::gradients), mb(MemoryTag::optimizer), mb(MemoryTag::activations),
+      mb(MemoryTag::other)));
   if (run.final_val_loss) line(fmt::format("val loss: {:.4f}", *run.final_val_loss));
   if (!run.last_checkpoint.empty()) line(fmt::format("checkpoint: {}", run.last_checkpoint));
   return 0;
@@ -139,9 +142,9 @@ int main(int argc, char** argv) {
                 "after training: dynamic (int8 post-training) or qat (fake-quantized last epochs, "
                 "then int8)")
       ->check(CLI::IsMember({"none", "dynamic", "qat"}));
-  CLI::Option* qat_epochs =
-      m->add_option("--qat-epochs", mnist.qat_epochs, "epochs of quantization-aware training (last)")
-          ->check(CLI::PositiveNumber);
+  CLI::Option* qat_epochs = m->add_option("--qat-epochs", mnist.qat_epochs,
+                                          "epochs of quantization-aware training (last)")
+                                ->check(CLI::PositiveNumber);
   CLI::Option* qat_freeze =
       m->add_option("--qat-freeze-steps", mnist.qat_freeze_steps,
                     "QAT observers freeze after this many steps (default: half of the QAT steps)");
@@ -203,7 +206,8 @@ int main(int argc, char** argv) {
       for (const auto& [key, opt] : flag_options)
         if (opt->count() > 0) cfg.set(key, flags[key], opt->get_name());
       cfg.validate();
-      FORGE_CHECK(group_opt->count() == 0 || gpt_quant == "int4", "--group applies to --quant int4");
+      FORGE_CHECK(group_opt->count() == 0 || gpt_quant == "int4",
+                  "--group applies to --quant int4");
       if (eval_only) return run_gpt_eval(cfg, gpt_quant, gpt_group);
       FORGE_CHECK(gpt_quant == "none",
                   "--quant {} applies to --eval-only (training runs in f32/bf16/f16)", gpt_quant);

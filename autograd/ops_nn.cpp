@@ -64,8 +64,8 @@ namespace {
 
 // op(a) @ op(b) with the result in `out` dtype: f32 from 16-bit inputs under autocast.
 Tensor matmul_to(const Tensor& a, const Tensor& b, bool ta, bool tb, DType out) {
-  Tensor c = Tensor::empty({ta ? a.size(1) : a.size(0), tb ? b.size(0) : b.size(1)}, out,
-                           a.device());
+  Tensor c =
+      Tensor::empty({ta ? a.size(1) : a.size(0), tb ? b.size(0) : b.size(1)}, out, a.device());
   gemm_(c, a, b, ta, tb);
   return c;
 }

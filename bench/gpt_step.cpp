@@ -19,8 +19,8 @@
 //   mpirun -np 2 build/bench/gpt_step --shape gpt2-small --threads 1 --bucket-mb 25
 // On a GPU (--device cuda) it first times a large bf16 cuBLASLt product, the GPU's measured peak,
 // and reports the model FLOP utilisation (MFU) of the training step against it.
-// Prints one JSON line (rank 0): step times, the peak bytes and their split by tag at the peak (parameters
-// include the 16-bit copies of the cast cache), and the loss after the last step.
+// Prints one JSON line (rank 0): step times, the peak bytes and their split by tag at the peak
+// (parameters include the 16-bit copies of the cast cache), and the loss after the last step.
 #include <CLI/CLI.hpp>
 
 #include "autograd/autocast.h"
@@ -138,9 +138,8 @@ int main(int argc, char** argv) {
         device.is_cpu() ? std::string("cpu")
                         : fmt::format("{} (measured bf16 peak {:.1f} TFLOP/s)",
                                       cuda::device_name(device.index), peak_tflops),
-        precision,
-        scaler.enabled() ? " with loss scaling" : "", checkpointing, cpu::gemm_kernel_name(),
-        threads, world->size(),
+        precision, scaler.enabled() ? " with loss scaling" : "", checkpointing,
+        cpu::gemm_kernel_name(), threads, world->size(),
         ddp ? fmt::format(" (DDP, {} buckets of <= {} MiB)", ddp->num_buckets(), bucket_mb) : "",
         warmup, steps, bench::commit());
   std::fflush(stdout);

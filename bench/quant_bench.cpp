@@ -24,11 +24,14 @@ std::shared_ptr<Module> make_model(const std::string& kind, Generator& gen) {
   if (kind == "mnist") return std::make_shared<MLP>(std::vector<int64_t>{784, 256, 256, 10}, gen);
   FORGE_CHECK(kind == "stack", "--model must be stack or mnist, got '{}'", kind);
   auto s = std::make_shared<Sequential>();
-  for (int i = 0; i < 4; ++i) s->add(std::to_string(i), std::make_shared<Linear>(1024, 1024, true, gen));
+  for (int i = 0; i < 4; ++i)
+    s->add(std::to_string(i), std::make_shared<Linear>(1024, 1024, true, gen));
   return s;
 }
 
-int64_t input_size(const std::string& kind) { return kind == "mnist" ? 784 : 1024; }
+int64_t input_size(const std::string& kind) {
+  return kind == "mnist" ? 784 : 1024;
+}
 
 }  // namespace
 

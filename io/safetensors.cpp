@@ -16,14 +16,22 @@ namespace forge {
 
 const char* safetensors_dtype(DType t) {
   switch (t) {
-    case DType::f32: return "F32";
-    case DType::f64: return "F64";
-    case DType::bf16: return "BF16";
-    case DType::f16: return "F16";
-    case DType::i8: return "I8";
-    case DType::u8: return "U8";
-    case DType::i32: return "I32";
-    case DType::i64: return "I64";
+    case DType::f32:
+      return "F32";
+    case DType::f64:
+      return "F64";
+    case DType::bf16:
+      return "BF16";
+    case DType::f16:
+      return "F16";
+    case DType::i8:
+      return "I8";
+    case DType::u8:
+      return "U8";
+    case DType::i32:
+      return "I32";
+    case DType::i64:
+      return "I64";
   }
   return "?";
 }
@@ -34,8 +42,8 @@ constexpr const char* kCrcPrefix = "crc32:";
 constexpr uint64_t kMaxHeader = 100u << 20;
 
 bool parse_safetensors_dtype(const std::string& s, DType& out) {
-  for (DType t : {DType::f32, DType::f64, DType::bf16, DType::f16, DType::i8, DType::u8,
-                  DType::i32, DType::i64})
+  for (DType t : {DType::f32, DType::f64, DType::bf16, DType::f16, DType::i8, DType::u8, DType::i32,
+                  DType::i64})
     if (s == safetensors_dtype(t)) {
       out = t;
       return true;
@@ -83,7 +91,8 @@ const Tensor* SafetensorsContents::find(const std::string& name) const {
 void write_file_atomically(const std::string& path, const std::string& bytes) {
   std::filesystem::path target(path);
   std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : ".";
-  std::string tmp = (dir / fmt::format(".{}.tmp.{}", target.filename().string(), getpid())).string();
+  std::string tmp =
+      (dir / fmt::format(".{}.tmp.{}", target.filename().string(), getpid())).string();
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   sys_check(fd >= 0, fmt::format("{}: cannot create", tmp));
   size_t done = 0;
@@ -136,7 +145,8 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   std::vector<Tensor> data;
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
-    FORGE_CHECK(!name.empty() && name != "__metadata__", "{}: invalid tensor name '{}'", path, name);
+    FORGE_CHECK(!name.empty() && name != "__metadata__", "{}: invalid tensor name '{}'", path,
+                name);
     FORGE_CHECK(!header.contains(name), "{}: tensor '{}' given twice", path, name);
     FORGE_CHECK(t.defined(), "{}: tensor '{}' is undefined", path, name);
     Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(Device::cpu());  // device: a host copy
@@ -187,8 +197,10 @@ SafetensorsContents load_safetensors(const std::string& path) {
     FORGE_CHECK(m.is_object(), "{}: corrupt header: __metadata__ is not an object", path);
     for (const auto& [k, v] : m.items()) {
       FORGE_CHECK(v.is_string(), "{}: corrupt header: metadata '{}' is not a string", path, k);
-      if (k.rfind(kCrcPrefix, 0) == 0) crcs[k.substr(std::strlen(kCrcPrefix))] = v.get<std::string>();
-      else out.metadata[k] = v.get<std::string>();
+      if (k.rfind(kCrcPrefix, 0) == 0)
+        crcs[k.substr(std::strlen(kCrcPrefix))] = v.get<std::string>();
+      else
+        out.metadata[k] = v.get<std::string>();
     }
   }
   struct Entry {
@@ -200,12 +212,13 @@ SafetensorsContents load_safetensors(const std::string& path) {
   std::vector<Entry> entries;
   for (const auto& [name, v] : doc.items()) {
     if (name == "__metadata__") continue;
-    FORGE_CHECK(v.is_object() && v.contains("dtype") && v.contains("shape") &&
-                    v.contains("data_offsets"),
-                "{}: corrupt header: tensor '{}' lacks dtype, shape or data_offsets", path, name);
+    FORGE_CHECK(
+        v.is_object() && v.contains("dtype") && v.contains("shape") && v.contains("data_offsets"),
+        "{}: corrupt header: tensor '{}' lacks dtype, shape or data_offsets", path, name);
     Entry e{name, DType::f32, {}, 0, 0};
-    FORGE_CHECK(v["dtype"].is_string() && parse_safetensors_dtype(v["dtype"].get<std::string>(), e.dtype),
-                "{}: tensor '{}' has unsupported dtype {}", path, name, v["dtype"].dump());
+    FORGE_CHECK(
+        v["dtype"].is_string() && parse_safetensors_dtype(v["dtype"].get<std::string>(), e.dtype),
+        "{}: tensor '{}' has unsupported dtype {}", path, name, v["dtype"].dump());
     FORGE_CHECK(v["shape"].is_array() && v["shape"].size() <= size_t(kMaxDims),
                 "{}: tensor '{}' has an invalid shape {}", path, name, v["shape"].dump());
     for (const auto& d : v["shape"]) {
@@ -219,9 +232,10 @@ SafetensorsContents load_safetensors(const std::string& path) {
                 "{}: tensor '{}' has invalid data_offsets {}", path, name, off.dump());
     e.begin = off[0].get<uint64_t>();
     e.end = off[1].get<uint64_t>();
-    FORGE_CHECK(e.begin <= e.end && e.end - e.begin == uint64_t(e.shape.numel()) * dtype_size(e.dtype),
-                "{}: tensor '{}': data_offsets [{}, {}) do not hold {} {} of shape {}", path, name,
-                e.begin, e.end, e.shape.numel(), dtype_name(e.dtype), e.shape);
+    FORGE_CHECK(
+        e.begin <= e.end && e.end - e.begin == uint64_t(e.shape.numel()) * dtype_size(e.dtype),
+        "{}: tensor '{}': data_offsets [{}, {}) do not hold {} {} of shape {}", path, name, e.begin,
+        e.end, e.shape.numel(), dtype_name(e.dtype), e.shape);
     FORGE_CHECK(e.end <= data_size,
                 "{}: truncated: tensor '{}' needs bytes [{}, {}) of data, the file has {}", path,
                 name, e.begin, e.end, data_size);
@@ -247,9 +261,10 @@ SafetensorsContents load_safetensors(const std::string& path) {
     for (const Entry& e : entries)
       FORGE_CHECK(crcs.count(e.name), "{}: corrupt: tensor '{}' has no checksum", path, e.name);
     for (const auto& [name, crc] : crcs)
-      FORGE_CHECK(name == kMetadataCrc || std::any_of(entries.begin(), entries.end(),
-                                                      [&](const Entry& e) { return e.name == name; }),
-                  "{}: corrupt: a checksum for '{}', which is not in the file", path, name);
+      FORGE_CHECK(
+          name == kMetadataCrc || std::any_of(entries.begin(), entries.end(),
+                                              [&](const Entry& e) { return e.name == name; }),
+          "{}: corrupt: a checksum for '{}', which is not in the file", path, name);
   }
   if (auto it = crcs.find(kMetadataCrc); it != crcs.end()) {
     std::string got = fmt::format("{:08x}", metadata_crc(out.metadata));

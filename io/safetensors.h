@@ -1,4 +1,5 @@
-// safetensors files: the format of Hugging Face's safetensors library, readable by any reader of it.
+// safetensors files: the format of Hugging Face's safetensors library, readable by any reader of
+// it.
 //
 //   save_safetensors("model.safetensors", model.state_dict(), {{"config", cfg_json}});
 //   SafetensorsContents c = load_safetensors("model.safetensors");
@@ -6,8 +7,8 @@
 //   c.metadata.at("config");
 //
 // Layout: an 8-byte little-endian header length N, N bytes of JSON ({"name": {"dtype": "F32",
-// "shape": [...], "data_offsets": [begin, end]}, ..., "__metadata__": {"key": "value"}}, padded with
-// spaces to a multiple of 8), then the tensors' raw little-endian bytes, back to back.
+// "shape": [...], "data_offsets": [begin, end]}, ..., "__metadata__": {"key": "value"}}, padded
+// with spaces to a multiple of 8), then the tensors' raw little-endian bytes, back to back.
 //
 // Writes go to a temporary file beside the target, are fsynced and renamed into place, so a crash
 // never leaves a half-written file under the real name. Each tensor's CRC-32 is stored in the
@@ -23,7 +24,7 @@
 namespace forge {
 
 struct SafetensorsContents {
-  NamedTensors tensors;  // in file order
+  NamedTensors tensors;                         // in file order
   std::map<std::string, std::string> metadata;  // without the crc32 entries
   const Tensor* find(const std::string& name) const;
 };

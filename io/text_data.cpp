@@ -64,10 +64,11 @@ TextData load_text(const std::string& path, const Tokenizer& tokenizer, double t
 
 Batch get_batch(const Tensor& data, int64_t B, int64_t T, Generator& gen, const char* split) {
   int64_t n = data.numel();
-  FORGE_CHECK(n > T,
-              "the {} split has {} tokens, not more than block_size {}: use a smaller block size or "
-              "a larger corpus",
-              split, n, T);
+  FORGE_CHECK(
+      n > T,
+      "the {} split has {} tokens, not more than block_size {}: use a smaller block size or "
+      "a larger corpus",
+      split, n, T);
   FORGE_CHECK(data.dtype() == DType::i64 && data.is_contiguous(), "get_batch: expected i64 tokens");
   Batch b{Tensor::empty({B, T}, DType::i64), Tensor::empty({B, T}, DType::i64)};
   const int64_t* src = data.data<int64_t>();

@@ -38,7 +38,7 @@ class Tokenizer {
 
   std::string to_json() const;
   static Tokenizer from_json(const std::string& json);  // throws on anything malformed
-  static Kind parse_kind(std::string_view name);         // "char" or "byte"
+  static Kind parse_kind(std::string_view name);        // "char" or "byte"
   friend bool operator==(const Tokenizer& a, const Tokenizer& b) {
     return a.kind_ == b.kind_ && a.symbols_ == b.symbols_;
   }

@@ -22,7 +22,9 @@ void GPTConfig::validate() const {
               dropout);
 }
 
-const char* gelu_name(GeluApprox g) { return g == GeluApprox::tanh ? "tanh" : "erf"; }
+const char* gelu_name(GeluApprox g) {
+  return g == GeluApprox::tanh ? "tanh" : "erf";
+}
 
 GeluApprox parse_gelu(const std::string& name) {
   if (name == "tanh") return GeluApprox::tanh;
@@ -105,7 +107,8 @@ GPTMLP::GPTMLP(const GPTConfig& cfg, Generator& init, Generator& dropout_gen)
     : dropout_(cfg.dropout), gelu_(cfg.gelu), gen_(&dropout_gen) {
   double proj_std = 0.02 / std::sqrt(2.0 * double(cfg.n_layer));
   c_fc = register_module("c_fc", gpt_linear(cfg.n_embd, 4 * cfg.n_embd, cfg.bias, 0.02, init));
-  c_proj = register_module("c_proj", gpt_linear(4 * cfg.n_embd, cfg.n_embd, cfg.bias, proj_std, init));
+  c_proj =
+      register_module("c_proj", gpt_linear(4 * cfg.n_embd, cfg.n_embd, cfg.bias, proj_std, init));
 }
 
 Variable GPTMLP::forward(const Variable& x) {
@@ -120,7 +123,9 @@ Block::Block(const GPTConfig& cfg, Generator& init, Generator& dropout_gen) {
   mlp = register_module("mlp", std::make_shared<GPTMLP>(cfg, init, dropout_gen));
 }
 
-Variable Block::forward(const Variable& x) { return forward(x, nullptr, 0); }
+Variable Block::forward(const Variable& x) {
+  return forward(x, nullptr, 0);
+}
 
 Variable Block::forward(const Variable& x, KVCache* cache, int64_t layer) {
   Variable a = ln_1->forward(x);
@@ -194,8 +199,8 @@ Variable GPT::forward_cached(const Tensor& idx, KVCache& cache) {
   FORGE_CHECK(idx.dim() == 2 && is_integral(idx.dtype()),
               "GPT: expected (B, T) integer tokens, got {} {}", idx.dtype(), idx.shape());
   const int64_t Tn = idx.size(1), at = cache.length;
-  FORGE_CHECK(at + Tn <= cfg_.block_size,
-              "GPT: {} cached + {} new positions exceed block_size {}", at, Tn, cfg_.block_size);
+  FORGE_CHECK(at + Tn <= cfg_.block_size, "GPT: {} cached + {} new positions exceed block_size {}",
+              at, Tn, cfg_.block_size);
   Tensor pos = arange(double(at), double(at + Tn), 1, DType::i64).to(idx.device());
   Variable x = add(wte->forward(idx), wpe->forward(pos));
   for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward(x, &cache, int64_t(l));

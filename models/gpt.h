@@ -10,12 +10,13 @@
 //   for each block:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))      (pre-LayerNorm)
 //   logits = ln_f(x) @ wte^T                      output head tied to the token embedding
 //
-// Generation keeps a KVCache: forward_cached(next_token, cache) costs O(context) per token. A server
-// keeps a SlotCache of several sequences and advances them together with forward_slots.
+// Generation keeps a KVCache: forward_cached(next_token, cache) costs O(context) per token. A
+// server keeps a SlotCache of several sequences and advances them together with forward_slots.
 //
 // Parameter names follow nanoGPT's (transformer.h.0.attn.c_attn.weight, ...), so checkpoints read
-// like PyTorch ones. The tied head is the one tensor transformer.wte.weight. Initialisation as GPT-2:
-// weights N(0, 0.02), biases 0, residual projections (attn.c_proj, mlp.c_proj) N(0, 0.02/sqrt(2L)).
+// like PyTorch ones. The tied head is the one tensor transformer.wte.weight. Initialisation as
+// GPT-2: weights N(0, 0.02), biases 0, residual projections (attn.c_proj, mlp.c_proj) N(0,
+// 0.02/sqrt(2L)).
 #pragma once
 
 #include <string>
@@ -61,10 +62,10 @@ struct KVCache {
 // GPT::forward_slots advances any set of slots by any number of tokens each (prompts and next
 // tokens together) in one batched forward; slot(s) is a one-sequence view sharing this storage.
 struct SlotCache {
-  std::vector<Tensor> k, v;      // per layer (S, block_size, C)
-  std::vector<int64_t> length;   // per slot: positions filled
+  std::vector<Tensor> k, v;     // per layer (S, block_size, C)
+  std::vector<int64_t> length;  // per slot: positions filled
   int64_t slots() const { return int64_t(length.size()); }
-  KVCache slot(int64_t s);       // slot s as a one-sequence cache (length included)
+  KVCache slot(int64_t s);  // slot s as a one-sequence cache (length included)
 };
 
 class CausalSelfAttention : public Module {
@@ -151,7 +152,7 @@ class GPT : public Module {
   GPTConfig cfg_;
   Generator* dropout_gen_;
   bool checkpoint_blocks_ = false;
-  PackedWeight head_;  // wte packed for the head (set_prepacked)
+  PackedWeight head_;                // wte packed for the head (set_prepacked)
   Variable head(const Variable& x);  // the logits of x (after ln_f)
 };
 

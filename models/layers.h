@@ -101,7 +101,8 @@ class Tanh : public Module {
 // their parameters a common prefix, e.g. transformer.h.0.ln_1.weight.
 class ModuleDict : public Module {
  public:
-  template <class M> std::shared_ptr<M> add(const std::string& name, std::shared_ptr<M> m) {
+  template <class M>
+  std::shared_ptr<M> add(const std::string& name, std::shared_ptr<M> m) {
     return register_module(name, std::move(m));
   }
 };

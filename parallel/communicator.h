@@ -9,16 +9,18 @@
 //   auto tp = world->split(/*color=*/rank / 2, /*key=*/rank);    // a group of ranks
 //
 // Tensors are contiguous CPU tensors (GPU ones for NCCL) of one dtype: f32, f64, bf16, f16, i8,
-// u8, i32, i64; avg needs a floating dtype, sum and max take any. 16-bit floats are summed in f32 and rounded once
-// per pairwise reduction, as NCCL does. Where a max meets a NaN, the result may or may not be
-// NaN depending on the path (MPI's own MPI_MAX drops it in some operand orders). Collectives must be called in the same order on every rank
-// of a communicator; an asynchronous call's tensor must not be touched until its wait returns.
+// u8, i32, i64; avg needs a floating dtype, sum and max take any. 16-bit floats are summed in f32
+// and rounded once per pairwise reduction, as NCCL does. Where a max meets a NaN, the result may or
+// may not be NaN depending on the path (MPI's own MPI_MAX drops it in some operand orders).
+// Collectives must be called in the same order on every rank of a communicator; an asynchronous
+// call's tensor must not be touched until its wait returns.
 //
 // Backends: MPI (`mpirun -np N ...`; collectives run on one worker thread per communicator, so an
 // asynchronous all-reduce progresses while the caller computes; large f32 all-reduces among ranks
 // of one node go through a shared-memory window, 2-3x faster than OpenMPI's own, unless
 // FORGE_COMM_SHM=0) and a single-process one (size 1: reductions are the identity; send and recv
-// have no peer). NCCL, for tensors on GPUs, comes with the CUDA backend: parallel/nccl_communicator.h.
+// have no peer). NCCL, for tensors on GPUs, comes with the CUDA backend:
+// parallel/nccl_communicator.h.
 #pragma once
 
 #include <chrono>

@@ -36,7 +36,7 @@ struct DdpSyncStats {
   int buckets = 0;
   int started_in_backward = 0;  // buckets whose all-reduce a grad-ready hook started
   int64_t bytes = 0;
-  double wait_seconds = 0;       // blocked in finish_grad_sync: communication not hidden
+  double wait_seconds = 0;  // blocked in finish_grad_sync: communication not hidden
   // Time inside the group's all-reduces since the last sync, hidden or not (the buckets', and any
   // other all-reduce issued on the group meanwhile).
   double allreduce_seconds = 0;

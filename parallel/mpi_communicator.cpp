@@ -7,14 +7,14 @@
 #define OMPI_SKIP_MPICXX 1
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
+#include <stdlib.h>
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
-#include <exception>
 #include <cstring>
-#include <stdlib.h>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -195,8 +195,7 @@ class NodeAllReduce {
     MPI_Comm_rank(node, &r->rank_);
     r->size_ = node_size;
     void* base = nullptr;
-    ok = MPI_Win_allocate_shared(kSlotBytes, 1, MPI_INFO_NULL, node, &base, &r->win_) ==
-                 MPI_SUCCESS
+    ok = MPI_Win_allocate_shared(kSlotBytes, 1, MPI_INFO_NULL, node, &base, &r->win_) == MPI_SUCCESS
              ? 1
              : 0;
     MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, comm);

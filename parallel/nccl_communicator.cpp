@@ -140,12 +140,12 @@ class NcclCommunicator final : public Communicator {
   Work all_reduce_async(Tensor t, ReduceOp op) override {
     check(t, "all_reduce");
     check_reduce(t.dtype(), op, "all_reduce");
-    return issue(coll_, &CommStats::all_reduce, int64_t(t.nbytes()), {t}, t.numel(),
-                 "all_reduce", [&](const Lane& l) {
-                   FORGE_NCCL_CHECK(ncclAllReduce(t.raw_data(), t.raw_data(), size_t(t.numel()),
-                                                  nccl_type(t.dtype()), nccl_op(op), l.comm,
-                                                  l.stream));
-                 });
+    return issue(
+        coll_, &CommStats::all_reduce, int64_t(t.nbytes()), {t}, t.numel(), "all_reduce",
+        [&](const Lane& l) {
+          FORGE_NCCL_CHECK(ncclAllReduce(t.raw_data(), t.raw_data(), size_t(t.numel()),
+                                         nccl_type(t.dtype()), nccl_op(op), l.comm, l.stream));
+        });
   }
 
   Work all_gather_async(Tensor out, Tensor in) override {
@@ -156,9 +156,8 @@ class NcclCommunicator final : public Communicator {
                 out.dtype(), size_, in.numel(), in.dtype());
     return issue(coll_, &CommStats::all_gather, int64_t(out.nbytes()), {out, in}, in.numel(),
                  "all_gather", [&](const Lane& l) {
-                   FORGE_NCCL_CHECK(ncclAllGather(in.raw_data(), out.raw_data(),
-                                                  size_t(in.numel()), nccl_type(in.dtype()),
-                                                  l.comm, l.stream));
+                   FORGE_NCCL_CHECK(ncclAllGather(in.raw_data(), out.raw_data(), size_t(in.numel()),
+                                                  nccl_type(in.dtype()), l.comm, l.stream));
                  });
   }
 
@@ -169,12 +168,12 @@ class NcclCommunicator final : public Communicator {
     FORGE_CHECK(out.dtype() == in.dtype() && in.numel() == out.numel() * size_,
                 "reduce_scatter: the input has {} elements of {}, expected {} x {} of {}",
                 in.numel(), in.dtype(), size_, out.numel(), out.dtype());
-    return issue(coll_, &CommStats::reduce_scatter, int64_t(in.nbytes()), {out, in}, out.numel(),
-                 "reduce_scatter", [&](const Lane& l) {
-                   FORGE_NCCL_CHECK(ncclReduceScatter(in.raw_data(), out.raw_data(),
-                                                      size_t(out.numel()), nccl_type(in.dtype()),
-                                                      nccl_op(op), l.comm, l.stream));
-                 });
+    return issue(
+        coll_, &CommStats::reduce_scatter, int64_t(in.nbytes()), {out, in}, out.numel(),
+        "reduce_scatter", [&](const Lane& l) {
+          FORGE_NCCL_CHECK(ncclReduceScatter(in.raw_data(), out.raw_data(), size_t(out.numel()),
+                                             nccl_type(in.dtype()), nccl_op(op), l.comm, l.stream));
+        });
   }
 
   Work broadcast_async(Tensor t, int root) override {
@@ -190,8 +189,8 @@ class NcclCommunicator final : public Communicator {
   Work barrier_async() override {
     Tensor b = barrier_buffer_;
     return issue(coll_, &CommStats::barrier, 0, {b}, 1, "barrier", [&](const Lane& l) {
-      FORGE_NCCL_CHECK(ncclAllReduce(b.raw_data(), b.raw_data(), 1, ncclFloat32, ncclSum, l.comm,
-                                     l.stream));
+      FORGE_NCCL_CHECK(
+          ncclAllReduce(b.raw_data(), b.raw_data(), 1, ncclFloat32, ncclSum, l.comm, l.stream));
     });
   }
 

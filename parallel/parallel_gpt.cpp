@@ -29,7 +29,8 @@ TpSplit gpt_tp_split(const std::string& name) {
   if (ends_with(name, ".attn.c_attn.weight") || ends_with(name, ".attn.c_attn.bias"))
     return {0, 3};  // q, k and v each cut by heads
   if (ends_with(name, ".mlp.c_fc.weight") || ends_with(name, ".mlp.c_fc.bias")) return {0, 1};
-  if (ends_with(name, ".attn.c_proj.weight") || ends_with(name, ".mlp.c_proj.weight")) return {1, 1};
+  if (ends_with(name, ".attn.c_proj.weight") || ends_with(name, ".mlp.c_proj.weight"))
+    return {1, 1};
   if (name == "transformer.wte.weight") return {0, 1};
   return {};
 }
@@ -103,8 +104,8 @@ ParallelAttention::ParallelAttention(const GPTConfig& cfg, const std::shared_ptr
 }
 
 Variable ParallelAttention::forward(const Variable& x) {
-  Variable y = causal_attention(c_attn->forward(x), int(n_head_), dropout_, is_training(), gen_,
-                                heads_);
+  Variable y =
+      causal_attention(c_attn->forward(x), int(n_head_), dropout_, is_training(), gen_, heads_);
   return dropout(c_proj->forward(y), dropout_, is_training(), *gen_);
 }
 
@@ -156,8 +157,7 @@ ParallelGPT::ParallelGPT(const GPTConfig& cfg, ModelParallel mp, Generator& init
         "wte", std::make_shared<VocabParallelEmbedding>(cfg.vocab_size, cfg.n_embd, mp_.tp));
   Generator scratch(0);  // draws values that the serial weights below replace
   if (first_stage())
-    wpe = transformer->add("wpe",
-                           std::make_shared<Embedding>(cfg.block_size, cfg.n_embd, scratch));
+    wpe = transformer->add("wpe", std::make_shared<Embedding>(cfg.block_size, cfg.n_embd, scratch));
   auto h = transformer->add("h", std::make_shared<ModuleDict>());
   for (int64_t i = layers_.begin; i < layers_.end; ++i)
     blocks.push_back(
@@ -177,8 +177,8 @@ Variable ParallelGPT::forward(const Tensor& idx, const Variable& hidden) {
     FORGE_CHECK(idx.dim() == 2 && is_integral(idx.dtype()),
                 "GPT: expected (B, T) integer tokens, got {} {}", idx.dtype(), idx.shape());
     const int64_t T = idx.size(1);
-    FORGE_CHECK(T <= cfg_.block_size, "GPT: sequence of {} tokens is longer than block_size {}",
-                T, cfg_.block_size);
+    FORGE_CHECK(T <= cfg_.block_size, "GPT: sequence of {} tokens is longer than block_size {}", T,
+                cfg_.block_size);
     Tensor pos = arange(0, double(T), 1, DType::i64).to(wpe->weight.data().device());
     x = dropout(add(wte->forward(idx), wpe->forward(pos)), cfg_.dropout, is_training(),
                 *dropout_gen_);

@@ -23,7 +23,8 @@
 // of all heads (HeadSlice), so with one stage the masks are exactly the serial model's.
 //
 // Initialisation: the serial model is built with `init` and each rank keeps its slices of it, so a
-// parallel run starts from the serial run's weights (at the cost of the whole model in memory once).
+// parallel run starts from the serial run's weights (at the cost of the whole model in memory
+// once).
 #pragma once
 
 #include <functional>

@@ -148,8 +148,8 @@ double Pipeline::evaluate(const Tensor& x, const Tensor& y) {
     if (model_.last_stage()) loss_sum += f.output.item();
   }
   for (Work& w : sends) w.wait();
-  Tensor loss = full({1}, model_.last_stage() ? loss_sum / double(M) : 0.0, DType::f64,
-                     pp_->device());
+  Tensor loss =
+      full({1}, model_.last_stage() ? loss_sum / double(M) : 0.0, DType::f64, pp_->device());
   pp_->broadcast(loss, P - 1);
   return loss.item();
 }

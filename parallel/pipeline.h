@@ -58,8 +58,9 @@ class Pipeline {
   Pipeline(ParallelGPT& model, std::shared_ptr<Communicator> pp, PipelineOptions options);
 
   // One step over the batch x, y (B, T): the first stage reads x, the last y, and the others take
-  // the micro-batches' shape from y (pass both everywhere). The backward of each micro-batch starts from loss * loss_scale / M. With `ddp`, the
-  // gradients are all-reduced during the last micro-batch's backward only (no_sync before).
+  // the micro-batches' shape from y (pass both everywhere). The backward of each micro-batch starts
+  // from loss * loss_scale / M. With `ddp`, the gradients are all-reduced during the last
+  // micro-batch's backward only (no_sync before).
   PipelineStepStats step(const Tensor& x, const Tensor& y, double loss_scale = 1.0,
                          DistributedDataParallel* ddp = nullptr);
 

@@ -89,8 +89,9 @@ Variable RowParallelLinear::forward(const Variable& x) {
 VocabParallelEmbedding::VocabParallelEmbedding(int64_t num, int64_t dim,
                                                std::shared_ptr<Communicator> tp)
     : tp_(std::move(tp)), num_(num), range_(shard_range(num, tp_->size(), tp_->rank())) {
-  FORGE_CHECK(range_.size() > 0, "VocabParallelEmbedding: {} rows over {} ranks leaves rank {} none",
-              num, tp_->size(), tp_->rank());
+  FORGE_CHECK(range_.size() > 0,
+              "VocabParallelEmbedding: {} rows over {} ranks leaves rank {} none", num, tp_->size(),
+              tp_->rank());
   weight = register_parameter("weight", zero_parameter({range_.size(), dim}));
 }
 
@@ -290,9 +291,10 @@ Variable vocab_parallel_cross_entropy(const Variable& logits, const Tensor& targ
               "vocab_parallel_cross_entropy: logits must be f32 or f64, got {}", logits.dtype());
   Variable x2 = reshape(logits, {-1, V});
   const int64_t N = x2.size(0);
-  FORGE_CHECK(is_integral(targets.dtype()) && targets.numel() == N,
-              "vocab_parallel_cross_entropy: {} targets (integers) for {} rows of logits, got {} {}",
-              N, N, targets.dtype(), targets.shape());
+  FORGE_CHECK(
+      is_integral(targets.dtype()) && targets.numel() == N,
+      "vocab_parallel_cross_entropy: {} targets (integers) for {} rows of logits, got {} {}", N, N,
+      targets.dtype(), targets.shape());
   if (x2.data().device().is_cuda()) {
     // The targets on the device, checked there: the number of ignored rows and of bad targets
     // read back together.
@@ -342,14 +344,14 @@ Variable vocab_parallel_cross_entropy(const Variable& logits, const Tensor& targ
   else
     vocab_ce_forward<double>(x, pt, count, vocab, *tp, lse, loss);
   Tensor out = full({}, loss, x.dtype());
-  return make_variable(
-      out, "vocab_parallel_cross_entropy", {&x2},
-      [x, t, count, vocab, lse](const Tensor& g) -> std::vector<Tensor> {
-        const double gl = g.item();
-        const int64_t* tt = t.data<int64_t>();
-        return {x.dtype() == DType::f32 ? vocab_ce_backward<float>(x, tt, count, vocab, lse, gl)
-                                        : vocab_ce_backward<double>(x, tt, count, vocab, lse, gl)};
-      });
+  return make_variable(out, "vocab_parallel_cross_entropy", {&x2},
+                       [x, t, count, vocab, lse](const Tensor& g) -> std::vector<Tensor> {
+                         const double gl = g.item();
+                         const int64_t* tt = t.data<int64_t>();
+                         return {x.dtype() == DType::f32
+                                     ? vocab_ce_backward<float>(x, tt, count, vocab, lse, gl)
+                                     : vocab_ce_backward<double>(x, tt, count, vocab, lse, gl)};
+                       });
 }
 
 }  // namespace forge

@@ -65,10 +65,9 @@ Variable gather_from_tp_region(const Variable& x, const std::shared_ptr<Communic
 
 Variable scatter_to_tp_region(const Variable& x, const std::shared_ptr<Communicator>& tp) {
   if (tp->size() == 1) return x;
-  return make_variable(own_slice(x.data(), *tp, "scatter_to_tp_region"), "scatter_to_tp_region",
-                       {&x}, [tp](const Tensor& g) -> std::vector<Tensor> {
-                         return {gathered_last_dim(g, *tp)};
-                       });
+  return make_variable(
+      own_slice(x.data(), *tp, "scatter_to_tp_region"), "scatter_to_tp_region", {&x},
+      [tp](const Tensor& g) -> std::vector<Tensor> { return {gathered_last_dim(g, *tp)}; });
 }
 
 }  // namespace forge

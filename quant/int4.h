@@ -7,8 +7,8 @@
 //
 // Each row's K weights are cut into groups of `group` (32, 64 or 128) consecutive values; a group
 // with extremes lo, hi (widened to include 0) gets
-//   scale = (hi - lo) / 15,  zero = clamp(round(-lo / scale), 0, 15),  q = clamp(round(w / scale) + zero, 0, 15)
-//   w_hat = (q - zero) * scale
+//   scale = (hi - lo) / 15,  zero = clamp(round(-lo / scale), 0, 15),  q = clamp(round(w / scale) +
+//   zero, 0, 15) w_hat = (q - zero) * scale
 // (asymmetric, as GPTQ/AWQ's min-max baseline). Two weights per byte: element 2i in the low
 // nibble, 2i+1 in the high one.
 // round is half to even (as torch.round); a group of zeros gets scale 1 (its codes are then the
@@ -35,7 +35,8 @@ Tensor dequantize_int4(const Int4Weight& q);
 // Computes in f32; dequantizes a few rows of groups at a time into a small buffer (never the whole
 // matrix), vectorised with AVX2 where the processor has it.
 Tensor int4_linear(const Tensor& x, const Int4Weight& q, const Tensor& bias);
-// Checks an Int4Weight read from a file: shapes, dtypes, group, zeros in range; throws naming `what`.
+// Checks an Int4Weight read from a file: shapes, dtypes, group, zeros in range; throws naming
+// `what`.
 void validate_int4(const Int4Weight& q, const std::string& what);
 
 }  // namespace forge

@@ -29,7 +29,7 @@ const char* int8_kernel_name(Int8Kernel k);
 Int8Kernel parse_int8_kernel(std::string_view name);  // throws naming the text
 bool int8_kernel_supported(Int8Kernel k);             // by this processor and build
 Int8Kernel best_int8_kernel();
-Int8Kernel int8_kernel();  // in use: FORGE_INT8_KERNEL if set, else best_int8_kernel()
+Int8Kernel int8_kernel();            // in use: FORGE_INT8_KERNEL if set, else best_int8_kernel()
 void set_int8_kernel(Int8Kernel k);  // throws when this processor cannot run it
 
 // Weights s8 (N, K), packed into the kernels' panel layout, with each row's sum (for the

@@ -15,7 +15,8 @@ namespace forge {
 //   affine:    scale = (hi - lo) / (qmax - qmin)
 //              zero  = clamp(qmin - round(lo / scale), qmin, qmax)
 //   symmetric: scale = max(-lo, hi) / ((qmax - qmin) / 2)
-//              zero  = 0, or (qmin + qmax + 1) / 2 on an unsigned grid (128 for u8: 0 in the middle)
+//              zero  = 0, or (qmin + qmax + 1) / 2 on an unsigned grid (128 for u8: 0 in the
+//              middle)
 //   scale = max(scale, FLT_EPSILON): an all-zero tensor still gets a usable (nonzero) scale.
 
 QuantParams choose_qparams(const Tensor& min, const Tensor& max, QuantRange range, QScheme scheme,

@@ -141,7 +141,7 @@ int quantize_u8(int64_t n, const float* x, float inv_scale, int32_t zero, float 
                 uint8_t* q, void* stream) {
   if (n == 0) return 0;
   quantize_u8_kernel<<<grid_for(n), 256, 0, cudaStream_t(stream)>>>(n, x, inv_scale, zero, lo, hi,
-                                                                      q);
+                                                                    q);
   return int(cudaGetLastError());
 }
 

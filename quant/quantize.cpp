@@ -43,8 +43,8 @@ Tensor quantize_weight(const Tensor& w, const QuantParams& q) {
 }
 
 QuantParams observe_weight(const Tensor& w, QuantRange range) {
-  Observer obs({.kind = ObserverKind::min_max, .range = range, .scheme = QScheme::symmetric,
-                .axis = 0});
+  Observer obs(
+      {.kind = ObserverKind::min_max, .range = range, .scheme = QScheme::symmetric, .axis = 0});
   obs.observe(w);
   return obs.qparams();
 }
@@ -68,7 +68,9 @@ Tensor quantize_bias(const Tensor& bias, float input_scale, const Tensor& weight
   return out;
 }
 
-float scalar_f32(const Tensor& t) { return float(t.item()); }
+float scalar_f32(const Tensor& t) {
+  return float(t.item());
+}
 
 // x as contiguous f32 rows (M, K).
 Tensor as_rows(const Variable& x, int64_t K, const char* layer) {
@@ -132,14 +134,18 @@ Int8Linear::Int8Linear(Tensor weight_q, Tensor weight_scale, Tensor bias,
   Tensor ws = weight_scale_.contiguous();
   for (int64_t n = 0; n < N; ++n) {
     float s = ws.data<float>()[n];
-    FORGE_CHECK(std::isfinite(s) && s > 0, "Int8Linear: weight_scale {} of output channel {} is not "
-                "a positive finite number", s, n);
+    FORGE_CHECK(std::isfinite(s) && s > 0,
+                "Int8Linear: weight_scale {} of output channel {} is not "
+                "a positive finite number",
+                s, n);
   }
   if (input_) {
     float s = scalar_f32(input_->scale);
     double z = input_->zero_point.item();
-    FORGE_CHECK(std::isfinite(s) && s > 0, "Int8Linear: input_scale {} is not a positive finite "
-                "number", s);
+    FORGE_CHECK(std::isfinite(s) && s > 0,
+                "Int8Linear: input_scale {} is not a positive finite "
+                "number",
+                s);
     FORGE_CHECK(activation_range_.qmin <= z && z <= activation_range_.qmax,
                 "Int8Linear: input_zero_point {} is outside the activation range [{}, {}]", z,
                 activation_range_.qmin, activation_range_.qmax);
@@ -193,17 +199,20 @@ Int8Linear::InputGrid Int8Linear::input_grid(const Tensor& rows) const {
 }
 
 void Int8Linear::set_per_row(bool on) {
-  FORGE_CHECK(!on || !input_, "Int8Linear: per-row activations apply to dynamic layers; this one "
-                              "has a fixed (static) input grid");
+  FORGE_CHECK(!on || !input_,
+              "Int8Linear: per-row activations apply to dynamic layers; this one "
+              "has a fixed (static) input grid");
   per_row_ = on;
 }
 
 namespace {
 // y = float(acc - zero * row_sum[j]) * (scale * w_scale[j]) + bias[j] for one row, rounded as the
 // int8_linear_f32 kernels round (the s32 offset mod 2^32, no fused multiply-add).
-__attribute__((optimize("fp-contract=off"))) void dequantize_row(
-    const int32_t* acc, int64_t n, float scale, int32_t zero, const int32_t* row_sums,
-    const float* w_scale, const float* bias, float* y) {
+__attribute__((optimize("fp-contract=off"))) void dequantize_row(const int32_t* acc, int64_t n,
+                                                                 float scale, int32_t zero,
+                                                                 const int32_t* row_sums,
+                                                                 const float* w_scale,
+                                                                 const float* bias, float* y) {
   for (int64_t j = 0; j < n; ++j) {
     const int32_t offset = int32_t(uint32_t(int64_t(zero) * row_sums[j]));
     const float col_scale = scale * w_scale[j];
@@ -240,7 +249,8 @@ Variable Int8Linear::forward(const Variable& x) {
     for (int64_t i = 0; i < M; ++i)
       dequantize_row(acc.data<int32_t>() + i * N, N, grids[size_t(i)].scale, grids[size_t(i)].zero,
                      packed_.row_sums.get(), weight_scale_.data<float>(),
-                     bias_f32_.defined() ? bias_f32_.data<float>() : nullptr, y.data<float>() + i * N);
+                     bias_f32_.defined() ? bias_f32_.data<float>() : nullptr,
+                     y.data<float>() + i * N);
     return Variable(y.view(output_shape(x.shape(), N)));
   }
   const InputGrid g = input_grid(rows);
@@ -305,9 +315,8 @@ Variable Int4Linear::forward(const Variable& x) {
 }
 
 NamedTensors Int4Linear::state() const {
-  NamedTensors s{{"weight", weight_.packed},
-                 {"weight_scale", weight_.scales},
-                 {"weight_zero", weight_.zeros}};
+  NamedTensors s{
+      {"weight", weight_.packed}, {"weight_scale", weight_.scales}, {"weight_zero", weight_.zeros}};
   if (bias_.defined()) s.emplace_back("bias", bias_);
   return s;
 }
@@ -317,22 +326,20 @@ NamedTensors Int4Linear::state() const {
 
 QatLinear::QatLinear(const Linear& linear, const QuantConfig& config)
     : weight_(linear.weight), bias_(linear.bias) {
-  input_fake_quant = register_module(
-      "input_fake_quant",
-      std::make_shared<FakeQuantize>(FakeQuantizeConfig{
-          .observer = {.kind = config.activation_observer,
-                       .range = config.activation_range,
-                       .scheme = config.activation_scheme},
-          .freeze_after = config.freeze_after}));
+  input_fake_quant =
+      register_module("input_fake_quant", std::make_shared<FakeQuantize>(FakeQuantizeConfig{
+                                              .observer = {.kind = config.activation_observer,
+                                                           .range = config.activation_range,
+                                                           .scheme = config.activation_scheme},
+                                              .freeze_after = config.freeze_after}));
   // Weights: per output channel, symmetric, a moving average as PyTorch's default QAT config.
-  weight_fake_quant = register_module(
-      "weight_fake_quant",
-      std::make_shared<FakeQuantize>(FakeQuantizeConfig{
-          .observer = {.kind = ObserverKind::moving_average,
-                       .range = config.weight_range,
-                       .scheme = QScheme::symmetric,
-                       .axis = 0},
-          .freeze_after = config.freeze_after}));
+  weight_fake_quant =
+      register_module("weight_fake_quant", std::make_shared<FakeQuantize>(FakeQuantizeConfig{
+                                               .observer = {.kind = ObserverKind::moving_average,
+                                                            .range = config.weight_range,
+                                                            .scheme = QScheme::symmetric,
+                                                            .axis = 0},
+                                               .freeze_after = config.freeze_after}));
 }
 
 Variable QatLinear::forward(const Variable& x) {
@@ -370,14 +377,15 @@ int quantize_dynamic(Module& model, const QuantizeOptions& o) {
   NoGradGuard ng;
   int n = install_all(model, "quantize_dynamic", true,
                       [&](const std::string& name, Linear& l) -> std::shared_ptr<Module> {
-    check_not_quantized(name, l, "quantize_dynamic");
-    const Tensor& w = l.weight.data();
-    Tensor b = l.bias.defined() ? l.bias.data() : Tensor();
-    if (o.bits == 8) return std::make_shared<Int8Linear>(w, b, o.config);
-    FORGE_CHECK(w.size(1) % o.group == 0, "{} inputs are not a multiple of the int4 group {}",
-                w.size(1), o.group);
-    return std::make_shared<Int4Linear>(quantize_int4(w, o.group), b);
-  });
+                        check_not_quantized(name, l, "quantize_dynamic");
+                        const Tensor& w = l.weight.data();
+                        Tensor b = l.bias.defined() ? l.bias.data() : Tensor();
+                        if (o.bits == 8) return std::make_shared<Int8Linear>(w, b, o.config);
+                        FORGE_CHECK(w.size(1) % o.group == 0,
+                                    "{} inputs are not a multiple of the int4 group {}", w.size(1),
+                                    o.group);
+                        return std::make_shared<Int4Linear>(quantize_int4(w, o.group), b);
+                      });
   FORGE_CHECK(n > 0, "quantize_dynamic: the model has no Linear layer");
   return n;
 }
@@ -385,9 +393,9 @@ int quantize_dynamic(Module& model, const QuantizeOptions& o) {
 int prepare_qat(Module& model, const QuantConfig& config) {
   int n = install_all(model, "prepare_qat", false,
                       [&](const std::string& name, Linear& l) -> std::shared_ptr<Module> {
-    check_not_quantized(name, l, "prepare_qat");
-    return std::make_shared<QatLinear>(l, config);
-  });
+                        check_not_quantized(name, l, "prepare_qat");
+                        return std::make_shared<QatLinear>(l, config);
+                      });
   FORGE_CHECK(n > 0, "prepare_qat: the model has no Linear layer");
   return n;
 }
@@ -413,22 +421,23 @@ int set_int8_per_row(Module& model, bool on) {
 
 int convert(Module& model) {
   NoGradGuard ng;
-  int n = install_all(model, "convert", true,
-                      [&](const std::string&, Linear& l) -> std::shared_ptr<Module> {
-    auto qat = std::dynamic_pointer_cast<QatLinear>(l.quantized());
-    if (!qat) return nullptr;
-    FORGE_CHECK(qat->input_fake_quant->observer().observed(),
-                "it saw no data in training mode, so its input scale is unknown");
-    QuantParams in = qat->input_fake_quant->qparams();
-    const Observer& wobs = qat->weight_fake_quant->observer();
-    QuantParams wq = wobs.observed() ? wobs.qparams() : observe_weight(l.weight.data(), wobs.config().range);
-    Tensor w_q = quantize_weight(l.weight.data(), wq);
-    Tensor scale = wq.scale.contiguous();
-    Tensor bias;
-    if (l.bias.defined()) bias = quantize_bias(l.bias.data(), scalar_f32(in.scale), scale);
-    QScheme scheme = qat->input_fake_quant->observer().config().scheme;
-    return std::make_shared<Int8Linear>(w_q, scale, bias, in.range, scheme, in);
-  });
+  int n = install_all(
+      model, "convert", true, [&](const std::string&, Linear& l) -> std::shared_ptr<Module> {
+        auto qat = std::dynamic_pointer_cast<QatLinear>(l.quantized());
+        if (!qat) return nullptr;
+        FORGE_CHECK(qat->input_fake_quant->observer().observed(),
+                    "it saw no data in training mode, so its input scale is unknown");
+        QuantParams in = qat->input_fake_quant->qparams();
+        const Observer& wobs = qat->weight_fake_quant->observer();
+        QuantParams wq =
+            wobs.observed() ? wobs.qparams() : observe_weight(l.weight.data(), wobs.config().range);
+        Tensor w_q = quantize_weight(l.weight.data(), wq);
+        Tensor scale = wq.scale.contiguous();
+        Tensor bias;
+        if (l.bias.defined()) bias = quantize_bias(l.bias.data(), scalar_f32(in.scale), scale);
+        QScheme scheme = qat->input_fake_quant->observer().config().scheme;
+        return std::make_shared<Int8Linear>(w_q, scale, bias, in.range, scheme, in);
+      });
   FORGE_CHECK(n > 0, "convert: the model has no layer prepared for QAT (call prepare_qat)");
   return n;
 }

@@ -33,8 +33,12 @@ std::string prefix_of(const std::string& param) {
   return dot == std::string::npos ? "" : param.substr(0, dot);
 }
 
-std::string range_text(QuantRange r) { return fmt::format("{},{}", r.qmin, r.qmax); }
-const char* scheme_text(QScheme s) { return s == QScheme::affine ? "affine" : "symmetric"; }
+std::string range_text(QuantRange r) {
+  return fmt::format("{},{}", r.qmin, r.qmax);
+}
+const char* scheme_text(QScheme s) {
+  return s == QScheme::affine ? "affine" : "symmetric";
+}
 
 const std::string& meta_value(const std::map<std::string, std::string>& metadata,
                               const std::string& key, const std::string& path) {
@@ -148,8 +152,8 @@ void load_quantized(Module& model, const SafetensorsContents& file, const std::s
     const bool has_bias = l->bias.defined();
     try {
       if (w->dtype() == DType::i8) {
-        FORGE_CHECK(w->shape() == Shape({N, K}), "tensor '{}' should be i8 ({}, {}), is {}",
-                    weight, N, K, w->shape());
+        FORGE_CHECK(w->shape() == Shape({N, K}), "tensor '{}' should be i8 ({}, {}), is {}", weight,
+                    N, K, w->shape());
         const Tensor& scale = need(file, join(name, "weight_scale"), DType::f32, {N}, path);
         std::optional<QuantParams> input;
         if (file.find(join(name, "input_scale"))) {
@@ -161,23 +165,25 @@ void load_quantized(Module& model, const SafetensorsContents& file, const std::s
           use(join(name, "input_zero_point"));
         }
         Tensor bias;
-        if (has_bias) bias = need(file, bias_name, input ? DType::i32 : DType::f32, {N}, path).clone();
+        if (has_bias)
+          bias = need(file, bias_name, input ? DType::i32 : DType::f32, {N}, path).clone();
         QuantRange range = parse_range(meta_value(file.metadata, "activation_range", path), path);
         QScheme scheme = parse_scheme(meta_value(file.metadata, "activation_scheme", path), path);
         if (input) input->range = range;
-        layers.emplace_back(l, std::make_shared<Int8Linear>(w->clone(), scale.clone(), bias, range,
-                                                            scheme, input));
+        layers.emplace_back(
+            l, std::make_shared<Int8Linear>(w->clone(), scale.clone(), bias, range, scheme, input));
         use(join(name, "weight_scale"));
       } else if (w->dtype() == DType::u8) {
         const Tensor* s = file.find(join(name, "weight_scale"));
-        FORGE_CHECK(s && s->dim() == 2 && s->size(1) > 0,
-                    "tensor '{}' is missing or not 2-d", join(name, "weight_scale"));
-        Int4Weight q{.n = N,
-                     .k = K,
-                     .group = K / s->size(1),
-                     .packed = w->clone(),
-                     .scales = s->clone(),
-                     .zeros = need(file, join(name, "weight_zero"), DType::u8, s->shape(), path).clone()};
+        FORGE_CHECK(s && s->dim() == 2 && s->size(1) > 0, "tensor '{}' is missing or not 2-d",
+                    join(name, "weight_scale"));
+        Int4Weight q{
+            .n = N,
+            .k = K,
+            .group = K / s->size(1),
+            .packed = w->clone(),
+            .scales = s->clone(),
+            .zeros = need(file, join(name, "weight_zero"), DType::u8, s->shape(), path).clone()};
         validate_int4(q, fmt::format("layer '{}'", name));
         Tensor bias = has_bias ? need(file, bias_name, DType::f32, {N}, path).clone() : Tensor();
         layers.emplace_back(l, std::make_shared<Int4Linear>(std::move(q), bias));

@@ -61,14 +61,20 @@ int64_t parse_int(const std::string& text, const std::string& what) {
   }
 }
 
-void fsync_dir(const fs::path& dir) { fsync_directory(dir.string()); }
+void fsync_dir(const fs::path& dir) {
+  fsync_directory(dir.string());
+}
 }  // namespace
 
 std::string gpt_config_to_json(const GPTConfig& c) {
-  nlohmann::ordered_json j = {{"n_layer", c.n_layer},       {"n_head", c.n_head},
-                              {"n_embd", c.n_embd},         {"block_size", c.block_size},
-                              {"vocab_size", c.vocab_size}, {"dropout", c.dropout},
-                              {"bias", c.bias},             {"gelu", gelu_name(c.gelu)}};
+  nlohmann::ordered_json j = {{"n_layer", c.n_layer},
+                              {"n_head", c.n_head},
+                              {"n_embd", c.n_embd},
+                              {"block_size", c.block_size},
+                              {"vocab_size", c.vocab_size},
+                              {"dropout", c.dropout},
+                              {"bias", c.bias},
+                              {"gelu", gelu_name(c.gelu)}};
   return j.dump();
 }
 
@@ -263,9 +269,10 @@ void load_weights(GPT& model, const LoadedModel& loaded) {
   FORGE_CHECK(model.config() == loaded.config,
               "{}: the checkpoint's model config {} differs from this run's {}", loaded.path,
               gpt_config_to_json(loaded.config), gpt_config_to_json(model.config()));
-  FORGE_CHECK(loaded.quantization == "none",
-              "{}: a quantized model ({}); it runs for inference only (infer, train gpt --eval-only)",
-              loaded.path, loaded.quantization);
+  FORGE_CHECK(
+      loaded.quantization == "none",
+      "{}: a quantized model ({}); it runs for inference only (infer, train gpt --eval-only)",
+      loaded.path, loaded.quantization);
   model.load_state_dict(loaded.weights);
 }
 
@@ -287,7 +294,6 @@ TrainingState load_training_state(const std::string& path, const GPTConfig& conf
     (name.rfind("scaler.", 0) == 0 ? s.scaler : s.optimizer).emplace_back(name, t);
   return s;
 }
-
 
 std::shared_ptr<GPT> make_model(const LoadedModel& loaded, const std::string& quant,
                                 int64_t group) {

@@ -27,8 +27,8 @@ inline constexpr const char* kGptCheckpointFormat = "forge-gpt-1";
 struct TrainingState {
   int64_t step = 0;  // steps completed
   Generator::State batch_gen, dropout_gen;
-  NamedTensors optimizer;  // Optimizer::state()
-  NamedTensors scaler;     // GradScaler::state() ("scaler.*"); empty without loss scaling
+  NamedTensors optimizer;         // Optimizer::state()
+  NamedTensors scaler;            // GradScaler::state() ("scaler.*"); empty without loss scaling
   std::string train_config_json;  // the run's settings when saved ("" in older checkpoints)
 };
 

@@ -24,17 +24,17 @@ namespace forge {
 
 struct SampleOptions {
   int64_t max_tokens = 500;
-  double temperature = 0.8;  // 0: greedy
-  int64_t top_k = 0;         // 0: off
-  double top_p = 1.0;        // 1: off
+  double temperature = 0.8;       // 0: greedy
+  int64_t top_k = 0;              // 0: off
+  double top_p = 1.0;             // 1: off
   std::vector<std::string> stop;  // end when the text ends with one of these (it is not emitted)
   uint64_t seed = 1337;
   bool use_cache = true;
 };
 
 struct Generated {
-  std::string text;                 // the generated continuation, without the prompt
-  std::vector<int64_t> tokens;      // its token ids
+  std::string text;             // the generated continuation, without the prompt
+  std::vector<int64_t> tokens;  // its token ids
   double seconds = 0;
   double tokens_per_s = 0;
   bool stopped_by_string = false;

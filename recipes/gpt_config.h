@@ -6,8 +6,8 @@
 //   c.validate();
 //
 // Every field has one name, used as the TOML key (`batch_size`) and, with dashes, as the flag
-// (`--batch-size`). Precedence: preset, then file, then flags. Unknown keys, values of the wrong type
-// and impossible settings are errors that name the key and where it came from.
+// (`--batch-size`). Precedence: preset, then file, then flags. Unknown keys, values of the wrong
+// type and impossible settings are errors that name the key and where it came from.
 #pragma once
 
 #include <cstdint>
@@ -21,11 +21,16 @@ namespace forge {
 
 struct GptTrainConfig {
   // Model (vocab_size comes from the tokenizer).
-  GPTConfig model{.n_layer = 4, .n_head = 4, .n_embd = 128, .block_size = 64, .vocab_size = 0,
-                  .dropout = 0.0, .bias = false};
+  GPTConfig model{.n_layer = 4,
+                  .n_head = 4,
+                  .n_embd = 128,
+                  .block_size = 64,
+                  .vocab_size = 0,
+                  .dropout = 0.0,
+                  .bias = false};
   std::string gelu = "tanh";  // the MLP's GELU: tanh (GPT-2) or erf (nanoGPT); sets model.gelu
   // Data.
-  std::string data;                // corpus path; "" -> $TINYSHAKESPEARE, then data/tinyshakespeare.txt
+  std::string data;  // corpus path; "" -> $TINYSHAKESPEARE, then data/tinyshakespeare.txt
   std::string tokenizer = "char";  // char | byte
   // Optimisation (AdamW, nanoGPT's schedule: warm-up, cosine to min_lr at lr_decay_iters).
   int64_t max_iters = 2000;
@@ -37,7 +42,7 @@ struct GptTrainConfig {
   double weight_decay = 0.1;  // on matrices (dim >= 2) only, as nanoGPT
   double beta1 = 0.9;
   double beta2 = 0.99;
-  double grad_clip = 1.0;  // 0: no clipping
+  double grad_clip = 1.0;           // 0: no clipping
   std::string checkpoint = "none";  // activation checkpointing: none | blocks
   // Mixed precision (autograd/autocast.h) and loss scaling (optim/grad_scaler.h).
   std::string precision = "f32";    // f32 | bf16 | f16
@@ -62,7 +67,8 @@ struct GptTrainConfig {
   // Run.
   int64_t seed = 1337;
   int64_t threads = 0;  // 0: all cores
-  std::string device = "cpu";  // cpu | cuda | cuda:N (under mpirun, rank r uses cuda:(N + r % GPUs))
+  std::string device =
+      "cpu";  // cpu | cuda | cuda:N (under mpirun, rank r uses cuda:(N + r % GPUs))
   std::string out = "out";
   int64_t checkpoint_interval = 0;  // 0: at every evaluation
   int64_t keep_last = 3;
@@ -74,8 +80,8 @@ struct GptTrainConfig {
 
   // Sets one field from text, as a flag or a config key would. `where` names the source in errors.
   void set(const std::string& key, const std::string& value, const std::string& where);
-  // Reads a TOML file of `key = value` lines (tables [model], [train] ... are allowed and ignored as
-  // namespaces). Errors name the file and line.
+  // Reads a TOML file of `key = value` lines (tables [model], [train] ... are allowed and ignored
+  // as namespaces). Errors name the file and line.
   void apply_toml_file(const std::string& path);
   void validate() const;
 

@@ -15,8 +15,8 @@
 #include "parallel/pipeline.h"
 #include "quant/quantize.h"
 #include "recipes/checkpoint.h"
-#include "recipes/sharded_checkpoint.h"
 #include "recipes/report.h"
+#include "recipes/sharded_checkpoint.h"
 #include "tensor/cuda/cuda.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
@@ -185,8 +185,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     const TrainingState& st = resumed->state;
     CheckpointShard mine = shard_checkpoint(*resumed, layout, at.pp, at.tp);
     model.load_state_dict(mine.weights);
-    opt.load_state(optimizer_state_by_index(mine.optimizer,
-                                            gpt_param_group_names(model)));
+    opt.load_state(optimizer_state_by_index(mine.optimizer, gpt_param_group_names(model)));
     if (scaler.enabled() && !st.scaler.empty()) scaler.load_state(st.scaler);
     FORGE_CHECK(
         saved_dp(st) == cfg.dp,
@@ -196,14 +195,15 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     batch_gen.set_state(st.batch_gen);
     // The saved first shard's generator gives the run's dropout seed, whatever --seed says now;
     // the offset is this shard's (its own stream under the same layout, see shard_checkpoint).
-    dropout_gen.set_state({dropout_seed(resumed->dropout_gens[0][0].seed), mine.dropout_gen.offset});
+    dropout_gen.set_state(
+        {dropout_seed(resumed->dropout_gens[0][0].seed), mine.dropout_gen.offset});
     start = st.step;
-    say(fmt::format("resumed from {} at step {}{}", resumed->dir, start,
-                    resumed->layout == layout
-                        ? ""
-                        : fmt::format(" (saved at tp {} x pp {}, now tp {} x pp {})",
-                                      resumed->layout.tp, resumed->layout.pp, layout.tp,
-                                      layout.pp)));
+    say(fmt::format(
+        "resumed from {} at step {}{}", resumed->dir, start,
+        resumed->layout == layout
+            ? ""
+            : fmt::format(" (saved at tp {} x pp {}, now tp {} x pp {})", resumed->layout.tp,
+                          resumed->layout.pp, layout.tp, layout.pp)));
     resumed.reset();  // the whole model's weights and moments: not kept for the run
   }
   say(fmt::format(
@@ -219,14 +219,15 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
         model.parameters(), grid.dp_group(),
         DdpOptions{.bucket_bytes = std::max<int64_t>(1, int64_t(cfg.bucket_mb * (1 << 20)))});
     say(fmt::format("data parallel: {} ranks ({}), global batch {} x {}, {} gradient buckets",
-                    cfg.dp, grid.dp_group()->backend(), cfg.dp * cfg.batch_size, cfg.model.block_size,
-                    ddp->num_buckets()));
+                    cfg.dp, grid.dp_group()->backend(), cfg.dp * cfg.batch_size,
+                    cfg.model.block_size, ddp->num_buckets()));
   }
   std::optional<Pipeline> pipe;
   if (model_parallel) {
     pipe.emplace(*shard, grid.pp_group(),
                  PipelineOptions{parse_pipeline_schedule(cfg.schedule), int(cfg.micro_batches)});
-    say(fmt::format("model parallel: tp {} x pp {} ({} ranks per replica), {} micro-batches, {} "
+    say(
+        fmt::format("model parallel: tp {} x pp {} ({} ranks per replica), {} micro-batches, {} "
                     "schedule; rank 0 holds blocks [{}, {})",
                     cfg.tp, cfg.pp, cfg.tp * cfg.pp, cfg.micro_batches, cfg.schedule,
                     shard->layers().begin, shard->layers().end));
@@ -279,7 +280,8 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   // Mean loss over eval_iters batches of dp * B rows: on rank 0 alone, or through the pipeline of
   // replica 0 (whose ranks all take part).
   auto eval_split = [&](const Tensor& split, Generator& g, const char* name) {
-    if (!model_parallel) return estimate_loss(*run.model, split, cfg.eval_iters, B * cfg.dp, g, name);
+    if (!model_parallel)
+      return estimate_loss(*run.model, split, cfg.eval_iters, B * cfg.dp, g, name);
     NoGradGuard no_grad;
     MemoryTagScope tag(MemoryTag::activations);
     const bool was_training = model.is_training();
@@ -301,7 +303,8 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   };
   // Forward and backward of this replica's rows; gradients accumulate over the micro-batches.
   auto forward_backward = [&](const Batch& b) -> double {
-    if (model_parallel) return pipe->step(b.x, b.y, scaler.scale_value(), ddp ? &*ddp : nullptr).loss;
+    if (model_parallel)
+      return pipe->step(b.x, b.y, scaler.scale_value(), ddp ? &*ddp : nullptr).loss;
     const int64_t mb = B / M;
     double loss_sum = 0;
     for (int64_t m = 0; m < M; ++m) {
@@ -385,7 +388,8 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     }
     if (hooks.on_step && lead) hooks.on_step(s);
     bool stop = hooks.stop && hooks.stop->load();
-    if (world->size() > 1) stop = any_rank(*world, stop);  // Ctrl-C reaches ranks at different moments
+    if (world->size() > 1)
+      stop = any_rank(*world, stop);  // Ctrl-C reaches ranks at different moments
     if (step % ckpt_every == 0 || step == cfg.max_iters || stop) save(step);
     if (stop) {
       run.stopped = true;
@@ -413,7 +417,8 @@ GptEvalResult evaluate_checkpoint(const GptTrainConfig& config, const std::strin
   r.quantization = describe_quantization(*model);
   r.model_bytes = state_bytes(quantized_state(*model));
   auto t0 = std::chrono::steady_clock::now();
-  // The evaluation at this step drew the train batches first, then the val ones, from one generator.
+  // The evaluation at this step drew the train batches first, then the val ones, from one
+  // generator.
   Generator g = eval_generator(config.seed, loaded.step);
   const int64_t rows = config.batch_size * config.dp;
   r.train_loss = estimate_loss(*model, data.train, config.eval_iters, rows, g, "train");

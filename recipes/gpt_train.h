@@ -40,29 +40,29 @@ struct StepStats {
   double tokens_per_s = 0;
   double gflops = 0;  // achieved, from the model's FLOPs per token
   int64_t peak_bytes = 0;
-  double grad_norm = 0;  // before clipping; NaN on a skipped step (not computed)
-  double loss_scale = 1;  // the scale this step's loss was multiplied by (1 without scaling)
-  bool skipped = false;   // the optimizer step was skipped (inf/NaN gradients)
+  double grad_norm = 0;     // before clipping; NaN on a skipped step (not computed)
+  double loss_scale = 1;    // the scale this step's loss was multiplied by (1 without scaling)
+  bool skipped = false;     // the optimizer step was skipped (inf/NaN gradients)
   double comm_wait_ms = 0;  // data parallel: waiting for gradient all-reduces (not hidden)
   double allreduce_ms = 0;  // data parallel: time inside them, hidden or not
   std::optional<double> val_loss, train_eval_loss;  // on evaluation steps
 };
 
 struct GptRunHooks {
-  std::function<void(const StepStats&)> on_step;         // every step
-  std::function<void(const std::string&)> on_message;    // setup, checkpoints, stops
-  const std::atomic<bool>* stop = nullptr;               // set (e.g. by SIGINT): save and return
-  bool progress = false;                                 // progress bar (terminals)
+  std::function<void(const StepStats&)> on_step;       // every step
+  std::function<void(const std::string&)> on_message;  // setup, checkpoints, stops
+  const std::atomic<bool>* stop = nullptr;             // set (e.g. by SIGINT): save and return
+  bool progress = false;                               // progress bar (terminals)
 };
 
 struct GptRun {
   std::vector<double> losses;  // one per step taken in this call
   std::optional<double> final_val_loss;
-  int64_t steps_done = 0;      // including those of a resumed checkpoint
-  bool stopped = false;        // interrupted by hooks.stop
+  int64_t steps_done = 0;  // including those of a resumed checkpoint
+  bool stopped = false;    // interrupted by hooks.stop
   std::string last_checkpoint;
   Device device = Device::cpu();  // where this rank trained
-  std::shared_ptr<GPT> model;  // null under tensor or pipeline parallelism (the model is split)
+  std::shared_ptr<GPT> model;     // null under tensor or pipeline parallelism (the model is split)
   Tokenizer tokenizer;
 };
 

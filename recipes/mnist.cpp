@@ -106,7 +106,7 @@ MnistRun train_mnist(const MnistOptions& o,
       // Fake quantization from here on; the optimizer keeps the same weights (QatLinear shares
       // them). Observers freeze midway, so the last steps train against the scales convert keeps.
       int64_t freeze = o.qat_freeze_steps >= 1 ? o.qat_freeze_steps
-                                                : std::max<int64_t>(1, steps * o.qat_epochs / 2);
+                                               : std::max<int64_t>(1, steps * o.qat_epochs / 2);
       FORGE_CHECK(steps > 0, "--quant qat: the epochs have no training steps");
       prepare_qat(model, {.freeze_after = freeze});
     }
@@ -151,7 +151,8 @@ MnistRun train_mnist(const MnistOptions& o,
                    {"bytes_f32", run.quant->bytes_f32},
                    {"bytes_int8", run.quant->bytes_int8}});
     if (!o.save_quantized.empty())
-      save_quantized(o.save_quantized, model, {{"sizes", fmt::format("{}", fmt::join(sizes, ","))}});
+      save_quantized(o.save_quantized, model,
+                     {{"sizes", fmt::format("{}", fmt::join(sizes, ","))}});
   }
   return run;
 }

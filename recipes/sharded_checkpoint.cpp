@@ -17,7 +17,8 @@ namespace forge {
 
 std::vector<std::vector<std::string>> gpt_param_group_names(const Module& model) {
   std::vector<std::vector<std::string>> groups(2);
-  for (const auto& [name, p] : model.named_parameters()) groups[p.dim() >= 2 ? 0 : 1].push_back(name);
+  for (const auto& [name, p] : model.named_parameters())
+    groups[p.dim() >= 2 ? 0 : 1].push_back(name);
   return groups;
 }
 
@@ -172,8 +173,8 @@ FullCheckpoint load_full_checkpoint(const std::string& dir) {
                   "{}: shard (stage {}, tp rank {}) of a {} x {} checkpoint is missing", dir, s, r,
                   P, T);
       SafetensorsContents m = load_safetensors(mp), st = load_safetensors(sp);
-      for (auto [c, path] : {std::pair<const SafetensorsContents*, const std::string*>{&m, &mp},
-                             {&st, &sp}}) {
+      for (auto [c, path] :
+           {std::pair<const SafetensorsContents*, const std::string*>{&m, &mp}, {&st, &sp}}) {
         FORGE_CHECK(layout_from_json(checkpoint_meta(c->metadata, "forge.layout", *path), *path) ==
                         full.layout,
                     "{}: its layout differs from {}'s", *path, first);
@@ -191,12 +192,12 @@ FullCheckpoint load_full_checkpoint(const std::string& dir) {
         }
       }
       moments[size_t(s)].push_back(opt);
-      full.dropout_gens[size_t(s)][size_t(r)] = generator_from_string(
-          checkpoint_meta(st.metadata, "forge.generator.dropout", sp), sp);
+      full.dropout_gens[size_t(s)][size_t(r)] =
+          generator_from_string(checkpoint_meta(st.metadata, "forge.generator.dropout", sp), sp);
       if (s == 0 && r == 0) {
         full.state.step = std::stoll(checkpoint_meta(st.metadata, "forge.step", sp));
-        full.state.batch_gen = generator_from_string(
-            checkpoint_meta(st.metadata, "forge.generator.batch", sp), sp);
+        full.state.batch_gen =
+            generator_from_string(checkpoint_meta(st.metadata, "forge.generator.batch", sp), sp);
         full.state.dropout_gen = full.dropout_gens[0][0];
         full.state.train_config_json = checkpoint_meta(st.metadata, "forge.train_config", sp);
       }
@@ -216,13 +217,12 @@ CheckpointShard shard_checkpoint(const FullCheckpoint& full, ShardLayout layout,
   for (const auto& [key, t] : full.optimizer) {
     auto [kind, param] = parse_name_key(key);
     if (kind.empty() || gpt_stage_holds(full.config, param, stage, layout.pp))
-      shard.optimizer.emplace_back(key, shard_tensor(t, optimizer_entry_split(key), tp_rank,
-                                                     layout.tp));
+      shard.optimizer.emplace_back(key,
+                                   shard_tensor(t, optimizer_entry_split(key), tp_rank, layout.tp));
   }
   // The same layout continues each shard's dropout stream; another starts from the first one's.
-  shard.dropout_gen = full.layout == layout
-                          ? full.dropout_gens[size_t(stage)][size_t(tp_rank)]
-                          : full.dropout_gens[0][0];
+  shard.dropout_gen = full.layout == layout ? full.dropout_gens[size_t(stage)][size_t(tp_rank)]
+                                            : full.dropout_gens[0][0];
   return shard;
 }
 
@@ -272,9 +272,10 @@ CheckpointPaths reshard_checkpoint(const std::string& from, const std::string& o
   FORGE_CHECK(latest.has_value(), "{}: no complete checkpoint found there", from);
   FullCheckpoint full = load_full_checkpoint(latest->dir);
   const fs::path target = fs::path(out_dir) / checkpoint_name(full.state.step);
-  FORGE_CHECK(!fs::exists(target) || !fs::equivalent(target, latest->dir),
-              "reshard: --to {} would replace the checkpoint it reads ({}); choose another directory",
-              out_dir, latest->dir);
+  FORGE_CHECK(
+      !fs::exists(target) || !fs::equivalent(target, latest->dir),
+      "reshard: --to {} would replace the checkpoint it reads ({}); choose another directory",
+      out_dir, latest->dir);
   FORGE_CHECK(full.config.n_head % layout.tp == 0,
               "reshard: tp {} does not divide the model's {} heads", layout.tp, full.config.n_head);
   FORGE_CHECK(layout.pp <= full.config.n_layer, "reshard: pp {} is more stages than {} layers",

@@ -7,11 +7,11 @@
 //   out/ckpt-000250/state-pp0-tp1.safetensors   its AdamW moments under the parameters' names
 //                                               (adamw.m.transformer.wte.weight, ...), generators
 //
-// A serial or data-parallel checkpoint (model.safetensors + state.safetensors, recipes/checkpoint.h)
-// is the 1 x 1 layout of the same thing. load_full_checkpoint reads either kind back into the serial
-// model's tensors; shard_checkpoint cuts those for any layout; `train reshard` is the two in turn,
-// so a run saved at tp = 2, pp = 2 samples in `infer` as one process once merged, and resumes under
-// another layout.
+// A serial or data-parallel checkpoint (model.safetensors + state.safetensors,
+// recipes/checkpoint.h) is the 1 x 1 layout of the same thing. load_full_checkpoint reads either
+// kind back into the serial model's tensors; shard_checkpoint cuts those for any layout; `train
+// reshard` is the two in turn, so a run saved at tp = 2, pp = 2 samples in `infer` as one process
+// once merged, and resumes under another layout.
 //
 // The directory is written under a hidden name and renamed into place by rank 0 once every writer
 // is done, so an interrupted save never leaves a checkpoint with missing shards.

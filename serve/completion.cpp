@@ -252,8 +252,7 @@ void Completion::stream(ClientChannel& client) {
   client.send_data("[DONE]");
 }
 
-bool Completion::poll(const std::function<void(const ChoiceEvent&)>& on_event,
-                      size_t max_events) {
+bool Completion::poll(const std::function<void(const ChoiceEvent&)>& on_event, size_t max_events) {
   for (bool progressed = true; progressed && max_events > 0;) {
     progressed = false;
     for (Choice& c : choices_) {
@@ -283,7 +282,8 @@ bool Completion::poll(const std::function<void(const ChoiceEvent&)>& on_event,
       on_event(out);
     }
   }
-  return std::all_of(choices_.begin(), choices_.end(), [](const Choice& c) { return c.finish.has_value(); });
+  return std::all_of(choices_.begin(), choices_.end(),
+                     [](const Choice& c) { return c.finish.has_value(); });
 }
 
 void Completion::cancel() {

@@ -58,8 +58,8 @@ struct CompletionContext {
 
 // One event of one choice, for transports that multiplex requests (poll).
 struct ChoiceEvent {
-  size_t index = 0;   // the choice
-  std::string text;   // text ready to show (an incomplete UTF-8 sequence waits for the next)
+  size_t index = 0;  // the choice
+  std::string text;  // text ready to show (an incomplete UTF-8 sequence waits for the next)
   std::vector<int64_t> tokens;  // usually one; none in an end without a token
   std::vector<double> logprobs;
   std::vector<std::vector<TopLogprob>> top_logprobs;

@@ -76,10 +76,11 @@ Engine::Engine(std::shared_ptr<GPT> model, Tokenizer tokenizer, EngineOptions op
   FORGE_CHECK(options_.slots >= 1, "serve: --slots must be at least 1, got {}", options_.slots);
   FORGE_CHECK(options_.max_queue >= 0, "serve: --max-queue must be >= 0, got {}",
               options_.max_queue);
-  FORGE_CHECK(options_.max_batch_tokens >= 1, "serve: --max-batch-tokens must be at least 1, got {}",
-              options_.max_batch_tokens);
+  FORGE_CHECK(options_.max_batch_tokens >= 1,
+              "serve: --max-batch-tokens must be at least 1, got {}", options_.max_batch_tokens);
   FORGE_CHECK(options_.max_pending_events >= 1,
-              "serve: --max-pending-events must be at least 1, got {}", options_.max_pending_events);
+              "serve: --max-pending-events must be at least 1, got {}",
+              options_.max_pending_events);
   FORGE_CHECK(tokenizer_.vocab_size() <= model_->config().vocab_size,
               "serve: the tokenizer's {} symbols exceed the model's vocabulary of {}",
               tokenizer_.vocab_size(), model_->config().vocab_size);
@@ -228,7 +229,7 @@ void Engine::step(std::vector<Slot*>& active) {
     size_t from = s->context.size() - 1;  // the last token drawn
     if (at == 0) {                        // a new request: its prompt
       from = 0;
-    } else if (int64_t(at) >= block) {    // full: rerun the newest `keep` tokens
+    } else if (int64_t(at) >= block) {  // full: rerun the newest `keep` tokens
       s->start = s->context.size() - size_t(keep);
       from = s->start;
       cache_.length[size_t(s->index)] = 0;
@@ -240,8 +241,9 @@ void Engine::step(std::vector<Slot*>& active) {
   const int64_t B = int64_t(active.size()), N = int64_t(tokens.size());
   Tensor logits;
   try {
-    logits = model_->forward_slots(from_vector(tokens, Shape{1, N}).to(model_->device()), slots,
-                                   counts, cache_)
+    logits = model_
+                 ->forward_slots(from_vector(tokens, Shape{1, N}).to(model_->device()), slots,
+                                 counts, cache_)
                  .data()
                  .to(Device::cpu());
   } catch (const std::exception& e) {
@@ -274,8 +276,10 @@ void Engine::emit(Slot& slot, int64_t token, const Tensor& logits_row) {
     std::vector<int64_t> order(l.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = int64_t(i);
     const size_t k = std::min(order.size(), size_t(slot.params.logprobs));
-    std::partial_sort(order.begin(), order.begin() + std::ptrdiff_t(k), order.end(),
-                      [&](int64_t a, int64_t b) { return l[size_t(a)] > l[size_t(b)] || (l[size_t(a)] == l[size_t(b)] && a < b); });
+    std::partial_sort(
+        order.begin(), order.begin() + std::ptrdiff_t(k), order.end(), [&](int64_t a, int64_t b) {
+          return l[size_t(a)] > l[size_t(b)] || (l[size_t(a)] == l[size_t(b)] && a < b);
+        });
     std::vector<TopLogprob> top;
     for (size_t i = 0; i < k; ++i) top.push_back({order[i], double(l[size_t(order[i])]) - lse});
     e.top_logprobs.push_back(std::move(top));

@@ -14,9 +14,9 @@
 //
 // Batch invariance: a request's tokens and logprobs are bit for bit the same whether it runs alone
 // or batched with any others, because every slot's rows in forward_slots are computed exactly as
-// that sequence alone (see GPT::forward_slots) and each request samples from its own generator. Dynamic
-// int8 layers are switched to one activation grid per row (Int8Linear::set_per_row) for the same
-// reason.
+// that sequence alone (see GPT::forward_slots) and each request samples from its own generator.
+// Dynamic int8 layers are switched to one activation grid per row (Int8Linear::set_per_row) for the
+// same reason.
 //
 // Context: a prompt longer than block_size is refused (CompletionRequest validation); generation
 // past block_size follows `infer`'s window rule: keep the newest block_size / 2 tokens and rerun
@@ -120,8 +120,8 @@ struct EngineStats {
   int64_t active = 0, waiting = 0;
   int64_t prompt_tokens = 0, generated_tokens = 0;  // totals
   int64_t steps = 0;                                // batched decode steps run
-  int64_t paused = 0;  // requests paused now because their clients do not read
-  std::vector<int64_t> batch_sizes;                 // histogram: [m] = decode steps with m rows
+  int64_t paused = 0;                // requests paused now because their clients do not read
+  std::vector<int64_t> batch_sizes;  // histogram: [m] = decode steps with m rows
 };
 
 class Engine {

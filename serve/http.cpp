@@ -327,7 +327,7 @@ class Connection {
   static std::string endpoint_of(const std::string& path) {
     static const char* routes[] = {
         "/health",   "/v1/models",  "/v1/completions", "/v1/chat/completions",
-        "/tokenize", "/detokenize", "/metrics",         "/v1/stream"};
+        "/tokenize", "/detokenize", "/metrics",        "/v1/stream"};
     for (const char* r : routes)
       if (path == r) return path;
     if (path.rfind("/v1/models/", 0) == 0) return "/v1/models/{model}";

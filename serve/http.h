@@ -9,9 +9,10 @@
 // Routes: GET /health (no auth), GET /v1/models, POST /v1/completions and
 // /v1/chat/completions (JSON, or server-sent events with "stream": true; serve/completion.h),
 // POST /tokenize and /detokenize (serve/protocol.h), GET /metrics (Prometheus text, with the
-// engine's gauges; serve/metrics.h). Every route but /health needs auth when auth is on. Errors are OpenAI's error object with the status of the ApiError
-// (401 with WWW-Authenticate: Bearer, 429 with Retry-After: 1), 404 for an unknown path, 405 for a
-// wrong method, 413 for a body over max_body, 500 for anything unexpected (the server keeps going).
+// engine's gauges; serve/metrics.h). Every route but /health needs auth when auth is on. Errors are
+// OpenAI's error object with the status of the ApiError (401 with WWW-Authenticate: Bearer, 429
+// with Retry-After: 1), 404 for an unknown path, 405 for a wrong method, 413 for a body over
+// max_body, 500 for anything unexpected (the server keeps going).
 //
 // Threads: the calling thread accepts connections and waits for signals; each connection gets a
 // thread that reads requests synchronously (keep-alive), each read bounded by read_timeout from the

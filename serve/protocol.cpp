@@ -41,8 +41,8 @@ const char* type_name(const json& v) {
 int64_t get_int(const json& body, const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   auto it = body.find(name);
   if (it == body.end() || it->is_null()) return fallback;
-  if (!it->is_number_integer() && !(it->is_number_float() && std::floor(it->get<double>()) ==
-                                                                  it->get<double>()))
+  if (!it->is_number_integer() &&
+      !(it->is_number_float() && std::floor(it->get<double>()) == it->get<double>()))
     bad(name, fmt::format("'{}' must be an integer, got {}", name, type_name(*it)));
   double d = it->get<double>();
   if (d < double(lo) || d > double(hi))
@@ -53,7 +53,8 @@ int64_t get_int(const json& body, const char* name, int64_t fallback, int64_t lo
 double get_number(const json& body, const char* name, double fallback) {
   auto it = body.find(name);
   if (it == body.end() || it->is_null()) return fallback;
-  if (!it->is_number()) bad(name, fmt::format("'{}' must be a number, got {}", name, type_name(*it)));
+  if (!it->is_number())
+    bad(name, fmt::format("'{}' must be a number, got {}", name, type_name(*it)));
   double d = it->get<double>();
   if (!std::isfinite(d)) bad(name, fmt::format("'{}' must be finite", name));
   return d;
@@ -62,7 +63,8 @@ double get_number(const json& body, const char* name, double fallback) {
 bool get_bool(const json& body, const char* name, bool fallback) {
   auto it = body.find(name);
   if (it == body.end() || it->is_null()) return fallback;
-  if (!it->is_boolean()) bad(name, fmt::format("'{}' must be a boolean, got {}", name, type_name(*it)));
+  if (!it->is_boolean())
+    bad(name, fmt::format("'{}' must be a boolean, got {}", name, type_name(*it)));
   return it->get<bool>();
 }
 
@@ -79,8 +81,8 @@ std::vector<std::string> get_strings(const json& v, const char* name) {
       out.push_back(e.get<std::string>());
     }
   } else {
-    bad(name, fmt::format("'{}' must be a string or an array of strings, got {}", name,
-                          type_name(v)));
+    bad(name,
+        fmt::format("'{}' must be a string or an array of strings, got {}", name, type_name(v)));
   }
   return out;
 }
@@ -100,8 +102,9 @@ bool is_valid_utf8(const std::string& s) {
 
 // A prompt's tokens, refused (naming `param`) when empty, not UTF-8, outside the vocabulary or
 // longer than the context.
-std::vector<int64_t> encode_prompt(const std::string& p, const char* param, const std::string& where,
-                                   const Limits& limits, const Tokenizer& tokenizer) {
+std::vector<int64_t> encode_prompt(const std::string& p, const char* param,
+                                   const std::string& where, const Limits& limits,
+                                   const Tokenizer& tokenizer) {
   if (p.empty()) bad(param, fmt::format("'{}' must not be empty{}", param, where));
   if (!is_valid_utf8(p)) bad(param, fmt::format("'{}' is not valid UTF-8{}", param, where));
   std::vector<int64_t> ids;
@@ -123,14 +126,16 @@ json parse_body(const std::string& text) {
   } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
     bad("", fmt::format("the body is not valid JSON: {}", e.what()));
   }
-  if (!body.is_object()) bad("", fmt::format("the body must be a JSON object, got {}", type_name(body)));
+  if (!body.is_object())
+    bad("", fmt::format("the body must be a JSON object, got {}", type_name(body)));
   return body;
 }
 
 void check_model(const json& body, const Limits& limits) {
   auto model = body.find("model");
   if (model == body.end() || model->is_null()) bad("model", "'model' is required");
-  if (!model->is_string()) bad("model", fmt::format("'model' must be a string, got {}", type_name(*model)));
+  if (!model->is_string())
+    bad("model", fmt::format("'model' must be a string, got {}", type_name(*model)));
   if (model->get<std::string>() != limits.model_name)
     throw ApiError(404,
                    fmt::format("The model '{}' does not exist; this server serves '{}'",
@@ -152,9 +157,9 @@ CompletionRequest parse_completion(const std::string& text, const Limits& limits
   r.prompts = get_strings(*prompt, "prompt");
   if (r.prompts.empty()) bad("prompt", "'prompt' must not be an empty array");
   for (size_t i = 0; i < r.prompts.size(); ++i)
-    r.prompt_tokens.push_back(encode_prompt(r.prompts[i], "prompt",
-                                            r.prompts.size() > 1 ? fmt::format(" (prompt {})", i) : "",
-                                            limits, tokenizer));
+    r.prompt_tokens.push_back(encode_prompt(
+        r.prompts[i], "prompt", r.prompts.size() > 1 ? fmt::format(" (prompt {})", i) : "", limits,
+        tokenizer));
   read_sampling(body, limits, r);
   auto logprobs = body.find("logprobs");
   if (logprobs != body.end() && !logprobs->is_null()) {
@@ -171,7 +176,8 @@ namespace {
 // seed, stop (or stop_sequence), stream and stream_options.
 void read_sampling(const json& body, const Limits& limits, CompletionRequest& r) {
   GenerationParams& g = r.params;
-  const char* max_name = body.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  const char* max_name =
+      body.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   g.max_tokens = get_int(body, max_name, 16, std::numeric_limits<int64_t>::min(),
                          std::numeric_limits<int64_t>::max());
   if (g.max_tokens <= 0)
@@ -189,7 +195,8 @@ void read_sampling(const json& body, const Limits& limits, CompletionRequest& r)
   r.n = get_int(body, "n", 1, 1, 8);
   auto seed = body.find("seed");
   if (seed != body.end() && !seed->is_null()) {
-    if (!seed->is_number_integer()) bad("seed", fmt::format("'seed' must be an integer, got {}", type_name(*seed)));
+    if (!seed->is_number_integer())
+      bad("seed", fmt::format("'seed' must be an integer, got {}", type_name(*seed)));
     g.seed = seed->is_number_unsigned() ? seed->get<uint64_t>() : uint64_t(seed->get<int64_t>());
     r.seeded = true;
   }
@@ -199,7 +206,8 @@ void read_sampling(const json& body, const Limits& limits, CompletionRequest& r)
   if (stop != body.end() && !stop->is_null()) {
     g.stop = get_strings(*stop, stop_name);
     if (g.stop.size() > 4)
-      bad(stop_name, fmt::format("'{}' may hold at most 4 sequences, got {}", stop_name, g.stop.size()));
+      bad(stop_name,
+          fmt::format("'{}' may hold at most 4 sequences, got {}", stop_name, g.stop.size()));
     for (const std::string& s : g.stop)
       if (s.empty()) bad(stop_name, fmt::format("'{}' sequences must not be empty", stop_name));
   }
@@ -207,7 +215,8 @@ void read_sampling(const json& body, const Limits& limits, CompletionRequest& r)
   auto options = body.find("stream_options");
   if (options != body.end() && !options->is_null()) {
     if (!options->is_object())
-      bad("stream_options", fmt::format("'stream_options' must be an object, got {}", type_name(*options)));
+      bad("stream_options",
+          fmt::format("'stream_options' must be an object, got {}", type_name(*options)));
     if (!r.stream) bad("stream_options", "'stream_options' is only allowed when 'stream' is true");
     r.include_usage = get_bool(*options, "include_usage", false);
   }
@@ -231,19 +240,24 @@ ChatTemplate ChatTemplate::from_json(const std::string& text, const std::string&
     if (key == "role_prefix") {
       FORGE_CHECK(value.is_object(), "{}: 'role_prefix' must be an object of strings", where);
       t.role_prefix.clear();
-      for (auto& [role, prefix] : value.items()) t.role_prefix[role] = string(prefix, "role_prefix." + role);
+      for (auto& [role, prefix] : value.items())
+        t.role_prefix[role] = string(prefix, "role_prefix." + role);
     } else if (key == "message_suffix") {
       t.message_suffix = string(value, key);
     } else if (key == "generation_prefix") {
       t.generation_prefix = string(value, key);
     } else if (key == "default_stop") {
-      FORGE_CHECK(value.is_array() && value.size() <= 4, "{}: 'default_stop' must be an array of at "
-                  "most 4 strings", where);
+      FORGE_CHECK(value.is_array() && value.size() <= 4,
+                  "{}: 'default_stop' must be an array of at "
+                  "most 4 strings",
+                  where);
       t.default_stop.clear();
       for (const json& v : value) t.default_stop.push_back(string(v, key));
     } else {
-      throw_error(fmt::format("{}: unknown key '{}' (role_prefix, message_suffix, generation_prefix, "
-                              "default_stop)", where, key));
+      throw_error(
+          fmt::format("{}: unknown key '{}' (role_prefix, message_suffix, generation_prefix, "
+                      "default_stop)",
+                      where, key));
     }
   }
   return t;
@@ -273,8 +287,8 @@ CompletionRequest parse_chat(const std::string& text, const Limits& limits,
     if (role == m.end() || !role->is_string()) bad("messages", where + ".role must be a string");
     auto prefix = chat.role_prefix.find(role->get<std::string>());
     if (prefix == chat.role_prefix.end())
-      bad("messages", fmt::format("{}.role '{}' is not one this server's chat template knows", where,
-                                  role->get<std::string>()));
+      bad("messages", fmt::format("{}.role '{}' is not one this server's chat template knows",
+                                  where, role->get<std::string>()));
     auto content = m.find("content");
     std::string text_of;
     if (content == m.end() || content->is_null()) {
@@ -296,8 +310,8 @@ CompletionRequest parse_chat(const std::string& text, const Limits& limits,
   prompt += chat.generation_prefix;
   CompletionRequest r;
   r.prompts = {prompt};
-  r.prompt_tokens.push_back(encode_prompt(prompt, "messages", " (as the chat template renders them)",
-                                          limits, tokenizer));
+  r.prompt_tokens.push_back(
+      encode_prompt(prompt, "messages", " (as the chat template renders them)", limits, tokenizer));
   read_sampling(body, limits, r);
   if (!body.contains("stop") && !body.contains("stop_sequence")) r.params.stop = chat.default_stop;
   if (get_bool(body, "logprobs", false))

@@ -45,7 +45,7 @@ struct ApiError : std::runtime_error {
 
 struct Limits {
   std::string model_name;
-  int64_t block_size = 0;          // longest prompt, in tokens
+  int64_t block_size = 0;           // longest prompt, in tokens
   int64_t max_tokens_limit = 4096;  // largest max_tokens accepted
 };
 
@@ -71,9 +71,10 @@ CompletionRequest parse_completion(const std::string& body, const Limits& limits
 //   Assistant:                          <- the model continues from here, until "\nUser:"
 // `serve --chat-template FILE` reads a JSON object with these keys (all optional).
 struct ChatTemplate {
-  std::map<std::string, std::string> role_prefix = {
-      {"system", "System: "}, {"developer", "System: "}, {"user", "User: "},
-      {"assistant", "Assistant: "}};
+  std::map<std::string, std::string> role_prefix = {{"system", "System: "},
+                                                    {"developer", "System: "},
+                                                    {"user", "User: "},
+                                                    {"assistant", "Assistant: "}};
   std::string message_suffix = "\n";
   std::string generation_prefix = "Assistant:";
   std::vector<std::string> default_stop = {"\nUser:"};

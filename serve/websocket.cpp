@@ -113,8 +113,9 @@ class Session {
     json msg = json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (!msg.is_object()) {
       metrics_.count_request("/v1/stream", 400, "ws");
-      send_error(nullptr, ApiError(400, "a message must be one JSON object, e.g. {\"type\": "
-                                        "\"completion\", \"id\": \"1\", \"prompt\": \"...\"}"));
+      send_error(nullptr, ApiError(400,
+                                   "a message must be one JSON object, e.g. {\"type\": "
+                                   "\"completion\", \"id\": \"1\", \"prompt\": \"...\"}"));
       return close(websocket::close_code::bad_payload);
     }
     const json id = msg.contains("id") ? msg["id"] : json(nullptr);
@@ -135,10 +136,10 @@ class Session {
         return;
       }
       if (type != "completion" && type != "chat")
-        throw ApiError(400,
-                       fmt::format("unknown message type '{}'; expected completion, chat or cancel",
-                                   type),
-                       "invalid_request_error", "type");
+        throw ApiError(
+            400,
+            fmt::format("unknown message type '{}'; expected completion, chat or cancel", type),
+            "invalid_request_error", "type");
       if (live_.count(key))
         throw ApiError(400, fmt::format("request '{}' is already in flight on this socket", key),
                        "invalid_request_error", "id");
@@ -149,9 +150,8 @@ class Session {
       const Limits& limits = options_.limits;
       const std::string body = msg.dump();
       CompletionRequest r =
-          api == Api::chat
-              ? parse_chat(body, limits, engine_.tokenizer(), options_.chat_template)
-              : parse_completion(body, limits, engine_.tokenizer());
+          api == Api::chat ? parse_chat(body, limits, engine_.tokenizer(), options_.chat_template)
+                           : parse_completion(body, limits, engine_.tokenizer());
       const int logprobs = r.params.logprobs;
       std::shared_ptr<Waker> waker = waker_;
       CompletionContext context{.api = api,

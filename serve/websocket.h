@@ -41,8 +41,8 @@ namespace forge::serve {
 struct WebSocketOptions {
   Limits limits;
   ChatTemplate chat_template;
-  size_t max_message = 1 << 20;         // bytes of one client message
-  size_t max_queued_bytes = 4 << 20;  // waiting to be sent; beyond, events wait in the engine
+  size_t max_message = 1 << 20;           // bytes of one client message
+  size_t max_queued_bytes = 4 << 20;      // waiting to be sent; beyond, events wait in the engine
   std::chrono::seconds send_timeout{30};  // one message not taken by the client: close
   std::chrono::seconds idle_timeout{60};  // nothing received (pongs included) for this long: close
 };

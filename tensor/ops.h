@@ -123,7 +123,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, DType out_dt
 // (decoding). Other devices, dtypes or kernels fall back to linear(x, weight, bias). The panels
 // are a copy: pack again after the weight changes.
 struct PackedWeight {
-  Tensor weight;  // what was packed
+  Tensor weight;                               // what was packed
   std::shared_ptr<const cpu::PackedB> panels;  // null when the weight is not f32 on the CPU
 };
 PackedWeight pack_weight(const Tensor& w);

@@ -156,7 +156,8 @@ AttentionResult causal_attention_cuda(const Tensor& qkv_in, int n_head, double d
         cuda::dropout_mask({B, all, Tn, Tn}, dropout_p, *gen, 1, heads.first, NH, qkv_in.device());
   }
   const DType dt = qkv_in.dtype();
-  if (direct(qkv_in, C / NH)) return attention_forward_cuda(qkv_in.contiguous(), NH, mask, dropout_p);
+  if (direct(qkv_in, C / NH))
+    return attention_forward_cuda(qkv_in.contiguous(), NH, mask, dropout_p);
   AttentionResult r = attention_forward_cuda(qkv_in.to(DType::f32), NH, mask, dropout_p);
   r.out = r.out.to(dt);
   return r;
@@ -425,10 +426,10 @@ Tensor slot_attention(const Tensor& q_in, const Tensor& k, const Tensor& v, int 
   int64_t rows = 0;
   for (size_t i = 0; i < spans.size(); ++i) {
     const SlotSpan& sp = spans[i];
-    FORGE_CHECK(sp.slot >= 0 && sp.slot < S && sp.offset >= 0 && sp.count >= 1 &&
-                    sp.offset + sp.count <= L,
-                "{}: span {} reads slot {} of {} at positions {}..{} of {}", op, i, sp.slot, S,
-                sp.offset, sp.offset + sp.count - 1, L);
+    FORGE_CHECK(
+        sp.slot >= 0 && sp.slot < S && sp.offset >= 0 && sp.count >= 1 && sp.offset + sp.count <= L,
+        "{}: span {} reads slot {} of {} at positions {}..{} of {}", op, i, sp.slot, S, sp.offset,
+        sp.offset + sp.count - 1, L);
     first[i] = rows;
     rows += sp.count;
   }

@@ -15,8 +15,7 @@ namespace {
 
 void check_cpu(const Tensor& a, const char* op) {
   FORGE_CHECK(a.defined(), "{}: undefined tensor", op);
-  FORGE_CHECK(a.device().is_cpu(), "{}: not available for tensors on {} yet", op,
-              a.device().str());
+  FORGE_CHECK(a.device().is_cpu(), "{}: not available for tensors on {} yet", op, a.device().str());
 }
 
 void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
@@ -100,8 +99,8 @@ Tensor binary_op(const Tensor& a, const Tensor& b, const char* op, Kinds kinds, 
   FORGE_CHECK(a.defined() && b.defined(), "{}: undefined tensor", op);
   check_same_device(a, b, op);
   if (a.device().is_cuda()) {
-    FORGE_CHECK(kinds == Kinds::any || is_floating(a.dtype()), "{}: expected floating tensors, got {}",
-                op, a.dtype());
+    FORGE_CHECK(kinds == Kinds::any || is_floating(a.dtype()),
+                "{}: expected floating tensors, got {}", op, a.dtype());
     return cuda::binary(code, a, b, op);
   }
   check_cpu(a, op);
@@ -151,10 +150,12 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   return binary_op(a, b, "mul", Kinds::any, CudaBinary::mul, [](auto x, auto y) { return x * y; });
 }
 Tensor div(const Tensor& a, const Tensor& b) {
-  return binary_op(a, b, "div", Kinds::floating, CudaBinary::div, [](auto x, auto y) { return x / y; });
+  return binary_op(a, b, "div", Kinds::floating, CudaBinary::div,
+                   [](auto x, auto y) { return x / y; });
 }
 Tensor maximum(const Tensor& a, const Tensor& b) {
-  return binary_op(a, b, "maximum", Kinds::any, CudaBinary::maximum, [](auto x, auto y) { return x > y ? x : y; });
+  return binary_op(a, b, "maximum", Kinds::any, CudaBinary::maximum,
+                   [](auto x, auto y) { return x > y ? x : y; });
 }
 
 Tensor add(const Tensor& a, double s) {
@@ -180,20 +181,16 @@ Tensor mul(const Tensor& a, double s) {
 }
 
 Tensor eq(const Tensor& a, const Tensor& b) {
-  return compare_op(a, b, "eq", cuda::kernels::Compare::eq,
-                    [](auto x, auto y) { return x == y; });
+  return compare_op(a, b, "eq", cuda::kernels::Compare::eq, [](auto x, auto y) { return x == y; });
 }
 Tensor gt(const Tensor& a, const Tensor& b) {
-  return compare_op(a, b, "gt", cuda::kernels::Compare::gt,
-                    [](auto x, auto y) { return x > y; });
+  return compare_op(a, b, "gt", cuda::kernels::Compare::gt, [](auto x, auto y) { return x > y; });
 }
 Tensor lt(const Tensor& a, const Tensor& b) {
-  return compare_op(a, b, "lt", cuda::kernels::Compare::lt,
-                    [](auto x, auto y) { return x < y; });
+  return compare_op(a, b, "lt", cuda::kernels::Compare::lt, [](auto x, auto y) { return x < y; });
 }
 Tensor ne(const Tensor& a, const Tensor& b) {
-  return compare_op(a, b, "ne", cuda::kernels::Compare::ne,
-                    [](auto x, auto y) { return x != y; });
+  return compare_op(a, b, "ne", cuda::kernels::Compare::ne, [](auto x, auto y) { return x != y; });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -67,13 +67,13 @@ int main(int argc, char** argv) {
   const std::string base = argv[1], key = argv[2], busy_url = argv[3];
   try {
     Client c(base + "/v1", key);  // the SDKs' form of the URL works too
-    const json req = {{"model", "tiny"}, {"prompt", "we"}, {"max_tokens", 24},
-                      {"temperature", 1.0}, {"seed", 5}};
+    const json req = {
+        {"model", "tiny"}, {"prompt", "we"}, {"max_tokens", 24}, {"temperature", 1.0}, {"seed", 5}};
     const json a = c.complete(req), b = c.complete(req);
     const std::string text = a["choices"][0]["text"];
     check("complete: the same text for the same seed", text == b["choices"][0]["text"] &&
-                                                            text.size() == 24 &&
-                                                            a["usage"]["completion_tokens"] == 24);
+                                                           text.size() == 24 &&
+                                                           a["usage"]["completion_tokens"] == 24);
     std::string pieces;
     const Completion sse = c.stream(req, [&](const std::string& p) { pieces += p; });
     check("stream (SSE): the plain text, piece by piece", sse.text == text && pieces == text,
@@ -85,13 +85,16 @@ int main(int argc, char** argv) {
           ws.text + " vs " + text);
     check("stream_ws: usage", ws.usage.value("completion_tokens", 0) == 24, ws.usage.dump());
 
-    const json chat_req = {{"model", "tiny"}, {"max_tokens", 8}, {"seed", 2},
+    const json chat_req = {{"model", "tiny"},
+                           {"max_tokens", 8},
+                           {"seed", 2},
                            {"messages", json::array({{{"role", "user"}, {"content", "we"}}})}};
     const json chat = c.chat(chat_req);
     const std::string content = chat["choices"][0]["message"]["content"];
     const Completion chat_sse = c.stream(chat_req, {});
     const Completion chat_ws = c.stream_ws(chat_req, {});
-    check("chat: plain, SSE and WebSocket agree", chat_sse.text == content && chat_ws.text == content,
+    check("chat: plain, SSE and WebSocket agree",
+          chat_sse.text == content && chat_ws.text == content,
           content + " | " + chat_sse.text + " | " + chat_ws.text);
 
     // Cancel mid-stream over the WebSocket.
@@ -99,9 +102,12 @@ int main(int argc, char** argv) {
     int seen = 0;
     json long_req = req;
     long_req["max_tokens"] = 100000;
-    const Completion cancelled = c.stream_ws(long_req, [&](const std::string&) {
-      if (++seen == 3) cancel.cancel();
-    }, &cancel);
+    const Completion cancelled = c.stream_ws(
+        long_req,
+        [&](const std::string&) {
+          if (++seen == 3) cancel.cancel();
+        },
+        &cancel);
     check("stream_ws cancel: finish_reason cancelled", cancelled.finish_reason == "cancelled",
           cancelled.finish_reason);
     check("stream_ws cancel: well before max_tokens",
@@ -117,11 +123,14 @@ int main(int argc, char** argv) {
     bad["temperature"] = 9;
     expect_api_error("complete with temperature 9", 400, "temperature", [&] { c.complete(bad); });
     expect_api_error("stream with temperature 9", 400, "temperature", [&] { c.stream(bad, {}); });
-    expect_api_error("stream_ws with temperature 9", 400, "temperature", [&] { c.stream_ws(bad, {}); });
+    expect_api_error("stream_ws with temperature 9", 400, "temperature",
+                     [&] { c.stream_ws(bad, {}); });
     // A 400 is not retried.
     int retried = 0;
-    Client counting(base, key, ClientOptions{.on_retry = [&](int, std::chrono::milliseconds) { ++retried; }});
-    expect_api_error("a 400 with retries allowed", 400, "temperature", [&] { counting.complete(bad); });
+    Client counting(base, key,
+                    ClientOptions{.on_retry = [&](int, std::chrono::milliseconds) { ++retried; }});
+    expect_api_error("a 400 with retries allowed", 400, "temperature",
+                     [&] { counting.complete(bad); });
     check("a 400 is not retried", retried == 0, std::to_string(retried));
 
     // 429 retried until the only slot frees: a holder occupies it (10^7 tokens: hours), and is
@@ -164,7 +173,8 @@ int main(int argc, char** argv) {
     holder.join();
     check("429 retried until served (same text)", served);
     check("429: at least one retry, each after a 429",
-          !statuses.empty() && std::all_of(statuses.begin(), statuses.end(), [](int s) { return s == 429; }),
+          !statuses.empty() &&
+              std::all_of(statuses.begin(), statuses.end(), [](int s) { return s == 429; }),
           std::to_string(statuses.size()) + " retries");
 
     // Nothing listening: a TransportError.

@@ -30,7 +30,9 @@ inline bool have_gpu(const char* test) {
 
 inline const Device gpu = Device::cuda(0);
 
-inline Tensor host(const Tensor& t) { return t.to(Device::cpu()); }
+inline Tensor host(const Tensor& t) {
+  return t.to(Device::cpu());
+}
 
 // max |a - b| / max |b| allowed between a GPU result and the CPU's: both compute in f32 (f64 for
 // f64) and differ in the order of additions and the last bits of exp, log, tanh and erf; 16-bit

@@ -1,6 +1,7 @@
 // Writes what tests/torch_gpt_check.py compares against PyTorch: for three small GPTs (biases on
-// and off with the tanh GELU, biases on with the erf GELU), the initial weights, one batch, our logits, loss and gradients, and the losses and
-// weights of 10 AdamW steps on that batch. Not a Catch test; tests/torch_gpt_check.sh runs it.
+// and off with the tanh GELU, biases on with the erf GELU), the initial weights, one batch, our
+// logits, loss and gradients, and the losses and weights of 10 AdamW steps on that batch. Not a
+// Catch test; tests/torch_gpt_check.sh runs it.
 //
 //   gpt_torch_dump OUT_DIR
 //     OUT_DIR/<case>/model.safetensors      state_dict; metadata "config" (GPT config JSON)
@@ -86,7 +87,8 @@ void dump_case(const std::filesystem::path& dir, GPTConfig cfg) {
     loss.backward();
     NamedTensors ref = {{"logits", logits.data()},
                         {"loss", from_vector<float>({float(loss.item())}, {1})}};
-    for (const auto& [name, p] : model.named_parameters()) ref.emplace_back("grad." + name, p.grad());
+    for (const auto& [name, p] : model.named_parameters())
+      ref.emplace_back("grad." + name, p.grad());
     save_safetensors((dir / "reference.safetensors").string(), ref);
   }
 
@@ -124,8 +126,13 @@ int main(int argc, char** argv) {
   }
   try {
     std::filesystem::path out(argv[1]);
-    GPTConfig base{.n_layer = 2, .n_head = 2, .n_embd = 32, .block_size = 16, .vocab_size = 0,
-                   .dropout = 0.0, .bias = true};
+    GPTConfig base{.n_layer = 2,
+                   .n_head = 2,
+                   .n_embd = 32,
+                   .block_size = 16,
+                   .vocab_size = 0,
+                   .dropout = 0.0,
+                   .bias = true};
     dump_case(out / "bias", base);
     GPTConfig erf = base;
     erf.gelu = GeluApprox::none;

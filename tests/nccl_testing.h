@@ -27,18 +27,21 @@ inline bool have_gpus(const char* test) {
   if (short_of.item() == 0 && nccl_built()) return true;
   std::string why = !nccl_built() ? std::string("this build has no NCCL")
                     : n == 0      ? "no GPU: " + cuda::unavailable_reason()
-                                  : fmt::format("{} GPU(s) here for {} ranks on some rank; NCCL "
-                                                "needs one per rank",
-                                                n, w->size());
+                                  : fmt::format(
+                                        "{} GPU(s) here for {} ranks on some rank; NCCL "
+                                             "needs one per rank",
+                                        n, w->size());
   const char* required = std::getenv("FORGE_REQUIRE_GPU");
   if (required != nullptr && std::string(required) == "1" && (n == 0 || !nccl_built()))
-    throw std::runtime_error(fmt::format("{} (rank {}): FORGE_REQUIRE_GPU=1 and {}", test,
-                                         w->rank(), why));
+    throw std::runtime_error(
+        fmt::format("{} (rank {}): FORGE_REQUIRE_GPU=1 and {}", test, w->rank(), why));
   std::printf("SKIPPED: %s (rank %d): %s\n", test, w->rank(), why.c_str());
   return false;
 }
 
 // This rank's GPU: its index on its node.
-inline Device rank_gpu() { return Device::cuda(local_cuda_device()); }
+inline Device rank_gpu() {
+  return Device::cuda(local_cuda_device());
+}
 
 }  // namespace forge::testing

@@ -32,8 +32,8 @@ struct Reference {
 };
 
 // The naive attention above; `mask` (B, NH, T, T) of 0/1, or empty for no dropout.
-Reference naive_attention(const Tensor& qkv_tensor, int64_t NH, const std::vector<double>& mask = {},
-                          double p = 0.0) {
+Reference naive_attention(const Tensor& qkv_tensor, int64_t NH,
+                          const std::vector<double>& mask = {}, double p = 0.0) {
   const std::vector<double> qkv = values(qkv_tensor);
   const int64_t B = qkv_tensor.size(0), T = qkv_tensor.size(1), C = qkv_tensor.size(2) / 3;
   const int64_t hs = C / NH;
@@ -83,7 +83,7 @@ struct AttentionShape {
   int64_t B, T, C, NH;
 };
 // T = 1, T prime, one and several heads, head sizes 1 .. 8.
-const AttentionShape kShapes[] = {{1, 1, 4, 1}, {2, 7, 12, 3}, {1, 13, 8, 2},
+const AttentionShape kShapes[] = {{1, 1, 4, 1}, {2, 7, 12, 3},  {1, 13, 8, 2},
                                   {3, 5, 6, 6}, {2, 17, 16, 2}, {1, 3, 16, 4}};
 
 void require_gradcheck(const GradcheckFn& fn, const Tensor& input) {
@@ -195,8 +195,9 @@ TEST_CASE("causal_attention dropout keeps about 1-p of the weights and scales th
   }
 }
 
-TEST_CASE("causal_attention dropout masks repeat for the same generator state and differ for "
-          "another") {
+TEST_CASE(
+    "causal_attention dropout masks repeat for the same generator state and differ for "
+    "another") {
   Generator gen(6);
   Tensor qkv = randn({1, 9, 12}, gen, DType::f32);
   Generator a(10), b(10), c(11);
@@ -324,7 +325,8 @@ Tensor run_cached(const Tensor& qkv, int n_head, const std::vector<int64_t>& chu
 }
 }  // namespace
 
-TEST_CASE("cached_attention fed one position or a chunk at a time gives the full attention's rows") {
+TEST_CASE(
+    "cached_attention fed one position or a chunk at a time gives the full attention's rows") {
   Generator gen(11);
   const int64_t B = 2, T = 10, C = 12;
   const int NH = 3;
@@ -347,8 +349,8 @@ TEST_CASE("cached_attention reads k and v as views into qkv (row stride 3C)") {
   Generator gen(12);
   const int64_t C = 8;
   Tensor qkv = randn({2, 7, 3 * C}, gen);
-  Tensor y = cached_attention(qkv.narrow(2, 0, C), qkv.narrow(2, C, C), qkv.narrow(2, 2 * C, C), 2,
-                              0);
+  Tensor y =
+      cached_attention(qkv.narrow(2, 0, C), qkv.narrow(2, C, C), qkv.narrow(2, 2 * C, C), 2, 0);
   CHECK(max_abs_diff(y, causal_attention(qkv, 2).out) <= 1e-6);
   // The last three positions as queries at offset 4 against all seven keys.
   Tensor tail = cached_attention(qkv.narrow(1, 4, 3).narrow(2, 0, C), qkv.narrow(2, C, C),
@@ -359,8 +361,9 @@ TEST_CASE("cached_attention reads k and v as views into qkv (row stride 3C)") {
 // ============================================================================================
 // Thread-count independence
 
-TEST_CASE("causal_attention, its backward and cached_attention are bitwise equal at 1 and 2 "
-          "threads") {
+TEST_CASE(
+    "causal_attention, its backward and cached_attention are bitwise equal at 1 and 2 "
+    "threads") {
   Generator gen(13);
   Tensor qkv32 = randn({2, 9, 3 * 12}, gen), qkv64 = randn({2, 9, 3 * 12}, gen, DType::f64);
   Tensor dout = randn({2, 9, 12}, gen, DType::f64);
@@ -399,17 +402,18 @@ TEST_CASE("causal_attention, its backward and cached_attention are bitwise equal
 
 TEST_CASE("causal_attention errors name the op and the shapes") {
   Generator gen(14);
-  REQUIRE_THROWS_WITH(causal_attention(randn({1, 4, 15}, gen), 2),
-                      Contains("causal_attention") && Contains("5 channels") &&
-                          Contains("2 heads"));
+  REQUIRE_THROWS_WITH(causal_attention(randn({1, 4, 15}, gen), 2), Contains("causal_attention") &&
+                                                                       Contains("5 channels") &&
+                                                                       Contains("2 heads"));
   REQUIRE_THROWS_WITH(causal_attention(randn({4, 12}, gen), 2),
                       Contains("causal_attention") && Contains("[4, 12]"));
   REQUIRE_THROWS_WITH(causal_attention(randn({1, 4, 10}, gen), 1),
                       Contains("causal_attention") && Contains("[1, 4, 10]"));
   REQUIRE_THROWS_WITH(causal_attention(randn({1, 4, 12}, gen), 0),
                       Contains("causal_attention") && Contains("0 heads"));
-  REQUIRE_THROWS_WITH(causal_attention(from_vector<int32_t>(std::vector<int32_t>(12, 1), {1, 1, 12}), 1),
-                      Contains("causal_attention") && Contains("i32"));
+  REQUIRE_THROWS_WITH(
+      causal_attention(from_vector<int32_t>(std::vector<int32_t>(12, 1), {1, 1, 12}), 1),
+      Contains("causal_attention") && Contains("i32"));
   REQUIRE_THROWS_WITH(causal_attention(randn({1, 4, 12}, gen), 2, 0.1),
                       Contains("causal_attention") && Contains("generator"));
   Generator drop(1);
@@ -424,16 +428,17 @@ TEST_CASE("causal_attention_backward errors name the op and the mismatched shape
   Generator gen(15);
   Tensor qkv = randn({1, 4, 12}, gen);
   AttentionResult r = causal_attention(qkv, 2);
-  REQUIRE_THROWS_WITH(causal_attention_backward(randn({1, 3, 4}, gen), qkv, r.probs, r.mask, 2, 0),
-                      Contains("causal_attention_backward") && Contains("[1, 3, 4]") &&
-                          Contains("[1, 4, 12]"));
-  REQUIRE_THROWS_WITH(causal_attention_backward(randn({1, 4, 4}, gen), qkv, randn({1, 2, 3, 3}, gen),
-                                                r.mask, 2, 0),
-                      Contains("causal_attention_backward") && Contains("[1, 2, 3, 3]"));
+  REQUIRE_THROWS_WITH(
+      causal_attention_backward(randn({1, 3, 4}, gen), qkv, r.probs, r.mask, 2, 0),
+      Contains("causal_attention_backward") && Contains("[1, 3, 4]") && Contains("[1, 4, 12]"));
+  REQUIRE_THROWS_WITH(
+      causal_attention_backward(randn({1, 4, 4}, gen), qkv, randn({1, 2, 3, 3}, gen), r.mask, 2, 0),
+      Contains("causal_attention_backward") && Contains("[1, 2, 3, 3]"));
 }
 
-TEST_CASE("slot_attention gives each span what cached_attention gives its sequence alone, bit "
-          "for bit") {
+TEST_CASE(
+    "slot_attention gives each span what cached_attention gives its sequence alone, bit "
+    "for bit") {
   Generator gen(41);
   const int64_t S = 5, L = 9, C = 12;
   const int NH = 3;

@@ -26,9 +26,9 @@
 using namespace forge;
 using forge::testing::bitwise_equal;
 using forge::testing::Contains;
-using forge::testing::ThreadCount;
 using forge::testing::read_bytes;
 using forge::testing::TempDir;
+using forge::testing::ThreadCount;
 using forge::testing::write_bytes;
 namespace fs = std::filesystem;
 
@@ -44,8 +44,13 @@ std::vector<std::string> entries(const std::string& dir) {
 const Tokenizer kTok = Tokenizer::chars_of("abcdefg\n");  // 8 symbols
 
 GPTConfig tiny_config(int64_t n_layer = 1, bool bias = true) {
-  return {.n_layer = n_layer, .n_head = 2, .n_embd = 16, .block_size = 8, .vocab_size = 8,
-          .dropout = 0.1, .bias = bias};
+  return {.n_layer = n_layer,
+          .n_head = 2,
+          .n_embd = 16,
+          .block_size = 8,
+          .vocab_size = 8,
+          .dropout = 0.1,
+          .bias = bias};
 }
 
 NamedTensors clone_all(const NamedTensors& ts) {
@@ -186,7 +191,8 @@ TEST_CASE("saving a step again replaces that checkpoint and leaves no temporary 
 TEST_CASE("keep_last prunes to the newest checkpoints by step") {
   TempDir dir;
   Trained t;
-  for (int64_t step : {1, 2, 3, 4, 5}) save_checkpoint(dir.path(), step, t.model, kTok, t.state(step), "{}", 2);
+  for (int64_t step : {1, 2, 3, 4, 5})
+    save_checkpoint(dir.path(), step, t.model, kTok, t.state(step), "{}", 2);
   CHECK(entries(dir.path()) == std::vector<std::string>{"ckpt-000004", "ckpt-000005"});
   save_checkpoint(dir.path(), 1000000, t.model, kTok, t.state(1000000), "{}", 2);
   CHECK(entries(dir.path()) == std::vector<std::string>{"ckpt-000005", "ckpt-1000000"});
@@ -310,8 +316,8 @@ TEST_CASE("load_model refuses a config that disagrees with the tensors") {
   CHECK_THROWS_WITH(load_model(path),
                     Contains(path) && Contains("'transformer.h.1.") && Contains("unexpected"));
   save_safetensors(path, w, model_meta(tiny_config(1, /*bias=*/false), kTok));
-  CHECK_THROWS_WITH(load_model(path), Contains(path) && Contains(".bias'") &&
-                                          Contains("unexpected"));
+  CHECK_THROWS_WITH(load_model(path),
+                    Contains(path) && Contains(".bias'") && Contains("unexpected"));
   GPTConfig longer = tiny_config();
   longer.block_size = 9;
   save_safetensors(path, w, model_meta(longer, kTok));
@@ -344,18 +350,21 @@ TEST_CASE("load_model refuses missing or malformed metadata, naming the field") 
   struct Case {
     std::string key, value, mentions;
   };
-  for (const Case& k : {
-           Case{"forge.format", "other-format-9", "other-format-9"},
-           Case{"forge.config", "{not json", "malformed model config"},
-           Case{"forge.config",
-                R"({"n_layer":1,"n_head":2,"n_embd":16,"block_size":8,"vocab_size":8,"dropout":0.1})",
-                "bias"},
-           Case{"forge.config",
-                R"({"n_layer":1,"n_head":3,"n_embd":16,"block_size":8,"vocab_size":8,"dropout":0.1,"bias":true})",
-                "n_head"},
-           Case{"forge.tokenizer", R"({"kind": "word"})", "tokenizer"},
-           Case{"forge.step", "seven", "forge.step"},
-       }) {
+  for (
+      const Case& k : {
+          Case{"forge.format", "other-format-9", "other-format-9"},
+          Case{"forge.config", "{not json", "malformed model config"},
+          Case{
+              "forge.config",
+              R"({"n_layer":1,"n_head":2,"n_embd":16,"block_size":8,"vocab_size":8,"dropout":0.1})",
+              "bias"},
+          Case{
+              "forge.config",
+              R"({"n_layer":1,"n_head":3,"n_embd":16,"block_size":8,"vocab_size":8,"dropout":0.1,"bias":true})",
+              "n_head"},
+          Case{"forge.tokenizer", R"({"kind": "word"})", "tokenizer"},
+          Case{"forge.step", "seven", "forge.step"},
+      }) {
     INFO(k.key << " = " << k.value);
     auto meta = model_meta(cfg, kTok);
     meta[k.key] = k.value;
@@ -379,7 +388,8 @@ TEST_CASE("truncated and bit-flipped model files are refused, naming the file") 
   for (int i = 0; i < 8; ++i) n |= uint64_t(uint8_t(good[size_t(i)])) << (8 * i);
   size_t config_at = good.find("n_embd");
   REQUIRE(config_at != std::string::npos);
-  for (size_t pos : {size_t(3), config_at + 2, size_t(8 + n), size_t(8 + n) + 1000, good.size() - 1}) {
+  for (size_t pos :
+       {size_t(3), config_at + 2, size_t(8 + n), size_t(8 + n) + 1000, good.size() - 1}) {
     INFO("bit flipped at byte " << pos);
     std::string f = good;
     f[pos] = char(uint8_t(f[pos]) ^ 0x04);
@@ -593,7 +603,8 @@ TEST_CASE("sharded checkpoints of any layout merge back to the serial weights an
   GPT model(cfg, init, drop);
   // The recipe's groups (gpt_param_group_names): matrices with weight decay, then the rest.
   ParamGroup decay{{}, 0.1}, rest{{}, 0.0};
-  for (const auto& [n, p] : model.named_parameters()) (p.dim() >= 2 ? decay : rest).params.push_back(p);
+  for (const auto& [n, p] : model.named_parameters())
+    (p.dim() >= 2 ? decay : rest).params.push_back(p);
   AdamW opt({decay, rest}, {.lr = 1e-2});
   Tensor idx = from_vector<int64_t>({0, 1, 2, 3, 4, 5, 6, 7}, {1, 8});
   opt.zero_grad();

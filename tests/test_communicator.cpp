@@ -244,7 +244,8 @@ TEST_CASE("process grid: tp fastest, then dp, then pp; groups hold the right ran
     REQUIRE((grid.embedding_group() != nullptr) == ends_here);
     if (ends_here)
       CHECK(members(*grid.embedding_group()) ==
-            std::vector<int32_t>{grid.rank_of({0, c.dp, c.tp}), grid.rank_of({s.pp - 1, c.dp, c.tp})});
+            std::vector<int32_t>{grid.rank_of({0, c.dp, c.tp}),
+                                 grid.rank_of({s.pp - 1, c.dp, c.tp})});
   }
   REQUIRE_THROWS_WITH(ProcessGrid(w, {.pp = 1, .dp = R + 1, .tp = 1}),
                       Contains("needs " + std::to_string(R + 1) + " ranks") &&

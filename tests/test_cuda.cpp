@@ -4,8 +4,8 @@
 #include <cmath>
 
 #include "autograd/functions.h"
-#include "tensor/cuda/cuda.h"
 #include "cuda_testing.h"
+#include "tensor/cuda/cuda.h"
 
 using namespace forge;
 using namespace forge::testing;
@@ -24,8 +24,8 @@ TEST_CASE("without a GPU the device layer says why, and device memory is refused
 TEST_CASE("tensors go to the GPU and back bit for bit, in every dtype") {
   if (!have_gpu("host <-> device copies")) return;
   Generator gen(0);
-  for (DType t : {DType::f32, DType::f64, DType::bf16, DType::f16, DType::i8, DType::u8,
-                  DType::i32, DType::i64}) {
+  for (DType t : {DType::f32, DType::f64, DType::bf16, DType::f16, DType::i8, DType::u8, DType::i32,
+                  DType::i64}) {
     Tensor h = randn({3, 5, 7}, gen).to(t);
     Tensor g = h.to(Device::cuda(0));
     CHECK(g.device() == Device::cuda(0));

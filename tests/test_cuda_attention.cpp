@@ -27,7 +27,8 @@ double worst_block_diff(const Tensor& got, const Tensor& want) {
   const int64_t C = want.size(2) / 3;
   double worst = 0;
   for (int64_t i = 0; i < 3; ++i)
-    worst = testing::nan_max(worst, max_rel_diff(got.narrow(2, i * C, C), want.narrow(2, i * C, C)));
+    worst =
+        testing::nan_max(worst, max_rel_diff(got.narrow(2, i * C, C), want.narrow(2, i * C, C)));
   return worst;
 }
 

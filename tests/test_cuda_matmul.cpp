@@ -4,9 +4,9 @@
 // Without a GPU each device test prints SKIPPED with the reason.
 #include <cmath>
 
+#include "cuda_testing.h"
 #include "tensor/cuda/blaslt.h"
 #include "tensor/cuda/cuda.h"
-#include "cuda_testing.h"
 
 using namespace forge;
 using namespace forge::testing;
@@ -201,7 +201,8 @@ TEST_CASE("cuda causal_attention forward matches the cpu, and saves each row's l
             }
             double sum = 0;
             for (double v : s) sum += std::exp(v - mx);
-            worst = testing::nan_max(worst, std::abs(read_element(lse, {b, h, t}) - (mx + std::log(sum))));
+            worst = testing::nan_max(worst,
+                                     std::abs(read_element(lse, {b, h, t}) - (mx + std::log(sum))));
           }
       CHECK(worst <= (dt == DType::f64 ? 1e-10 : 1e-4));
     }

@@ -5,9 +5,9 @@
 // mask); without a GPU the tests print SKIPPED.
 #include <cmath>
 
+#include "cuda_testing.h"
 #include "tensor/cuda/cuda.h"
 #include "tensor/cuda/cuda_misc.h"
-#include "cuda_testing.h"
 
 using namespace forge;
 using namespace forge::testing;

@@ -7,8 +7,8 @@
 #include <cmath>
 #include <limits>
 
-#include "tensor/cuda/cuda.h"
 #include "cuda_testing.h"
+#include "tensor/cuda/cuda.h"
 
 using namespace forge;
 using namespace forge::testing;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cuda_testing.h"
 #include "models/mlp.h"
 #include "optim/grad_scaler.h"
 #include "optim/optimizer.h"
@@ -15,7 +16,6 @@
 #include "quant/int8_gemm_cuda.h"
 #include "quant/quantize.h"
 #include "tensor/cuda/cuda.h"
-#include "cuda_testing.h"
 
 using namespace forge;
 using namespace forge::testing;

@@ -175,7 +175,7 @@ TEST_CASE("an inf on one rank skips the step on every rank and halves every scal
     scaler.scale(GPT::loss(t.model->forward(rows_of(x, me, kB)), rows_of(y, me, kB))).backward();
   }
   if (me == R - 1) t.params[3].grad().data<float>()[0] = INFINITY;  // one rank, one element
-  ddp.finish_grad_sync();  // sends every bucket
+  ddp.finish_grad_sync();                                           // sends every bucket
   scaler.unscale(t.params);
   scaler.set_found_inf(any_rank(*w, scaler.found_inf()));
   CHECK(scaler.found_inf());

@@ -373,7 +373,8 @@ TEST_CASE("contiguous f32 <-> bf16 conversions (the vectorised runs) match the s
   CHECK(std::memcmp(strided.raw_data(), h.raw_data(), h.nbytes()) == 0);
 }
 
-TEST_CASE("contiguous f32 <-> f16 conversions (F16C runs) match the scalar rounding on every path") {
+TEST_CASE(
+    "contiguous f32 <-> f16 conversions (F16C runs) match the scalar rounding on every path") {
   // Every 16-bit top half with low halves that straddle f16's rounding points (the 13 dropped
   // bits: below, at and above the tie) plus NaN payloads, infinities and subnormals; then the
   // exact midpoints between consecutive f16 values and their neighbours.

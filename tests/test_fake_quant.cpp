@@ -514,8 +514,9 @@ std::optional<std::string> run_torch(const std::string& script) {
   std::string python = env ? env : "/usr/bin/python3";
   testing::Command probe = testing::run_command("timeout 120 " + python + " -c 'import torch'");
   if (probe.status != 0) {
-    testing::skip_optional(fmt::format("comparison with torch observers: {} cannot import torch: {}",
-                                       python, probe.err.empty() ? "(no message)" : probe.err));
+    testing::skip_optional(
+        fmt::format("comparison with torch observers: {} cannot import torch: {}", python,
+                    probe.err.empty() ? "(no message)" : probe.err));
     return std::nullopt;
   }
   TempDir dir;

@@ -155,8 +155,9 @@ TEST_CASE("every kernel family gives bitwise the same product for alpha 1 and be
   }
 }
 
-TEST_CASE("a prepacked B gives bit for bit the per-call packed product, for every family and "
-          "edge, and is refused once its family is no longer in use") {
+TEST_CASE(
+    "a prepacked B gives bit for bit the per-call packed product, for every family and "
+    "edge, and is refused once its family is no longer in use") {
   Generator gen(31);
   // k over one K block (and not a multiple of it), n over one NC panel (3072) with an edge sliver.
   struct Case {
@@ -167,8 +168,8 @@ TEST_CASE("a prepacked B gives bit for bit the per-call packed product, for ever
     IsaScope scope(isa);
     for (const Case& c : {Case{true, 1, 37, 19}, Case{true, 7, 3100, 300}, Case{false, 16, 53, 600},
                           Case{true, 13, 129, 257}}) {
-      INFO("isa " << cpu::isa_name(isa) << " tb " << c.tb << " m " << c.m << " n " << c.n
-                  << " k " << c.k);
+      INFO("isa " << cpu::isa_name(isa) << " tb " << c.tb << " m " << c.m << " n " << c.n << " k "
+                  << c.k);
       const int64_t ldb = (c.tb ? c.k : c.n) + 3, lda = c.k + 1;
       Tensor a = randn({c.m, lda}, gen), b = randn({c.tb ? c.n : c.k, ldb}, gen);
       Tensor c0 = randn({c.m, c.n}, gen);
@@ -191,15 +192,15 @@ TEST_CASE("a prepacked B gives bit for bit the per-call packed product, for ever
   CHECK(packed.current());
   cpu::set_gemm_backend(cpu::GemmBackend::eigen);
   CHECK_FALSE(packed.current());
-  CHECK_THROWS_WITH(cpu::gemm_prepacked(2, 1.0f, a.data<float>(), 8, packed, 0.0f,
-                                        c.data<float>(), 8),
-                    Catch::Matchers::Contains("eigen backend"));
+  CHECK_THROWS_WITH(
+      cpu::gemm_prepacked(2, 1.0f, a.data<float>(), 8, packed, 0.0f, c.data<float>(), 8),
+      Catch::Matchers::Contains("eigen backend"));
   cpu::set_gemm_backend(cpu::GemmBackend::packed);
   if (cpu::cpu_isa() != Isa::portable) {
     IsaScope scope(Isa::portable);
     CHECK_FALSE(packed.current());
-    CHECK_THROWS_WITH(cpu::gemm_prepacked(2, 1.0f, a.data<float>(), 8, packed, 0.0f,
-                                          c.data<float>(), 8),
-                      Catch::Matchers::Contains("portable"));
+    CHECK_THROWS_WITH(
+        cpu::gemm_prepacked(2, 1.0f, a.data<float>(), 8, packed, 0.0f, c.data<float>(), 8),
+        Catch::Matchers::Contains("portable"));
   }
 }

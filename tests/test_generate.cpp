@@ -60,7 +60,8 @@ std::vector<int64_t> reference_greedy(GPT& model, const Tokenizer& tok, const st
     if (all.size() - start > block) start = all.size() - block / 2;
     std::vector<int64_t> ctx(all.begin() + std::ptrdiff_t(start), all.end());
     Tensor logits = model.forward(from_vector(ctx, Shape{1, int64_t(ctx.size())})).data();
-    std::vector<float> last = logits.select(1, int64_t(ctx.size()) - 1).reshape({-1}).to_vector<float>();
+    std::vector<float> last =
+        logits.select(1, int64_t(ctx.size()) - 1).reshape({-1}).to_vector<float>();
     int64_t best = 0;
     for (size_t j = 1; j < last.size(); ++j)
       if (last[j] > last[size_t(best)]) best = int64_t(j);
@@ -112,7 +113,8 @@ void check_frequencies(const Tensor& logits, const SampleOptions& o,
     ++possible;
     double e = expected[i] * n;
     chi2 += (count[i] - e) * (count[i] - e) / e;
-    CHECK(std::abs(count[i] / n - expected[i]) <= 5 * std::sqrt(expected[i] * (1 - expected[i]) / n));
+    CHECK(std::abs(count[i] / n - expected[i]) <=
+          5 * std::sqrt(expected[i] * (1 - expected[i]) / n));
   }
   INFO("chi2 " << chi2 << " over " << possible << " tokens");
   if (possible > 1) CHECK(chi2 <= chi_square_bound(possible - 1));
@@ -129,8 +131,9 @@ std::string joined(const std::vector<std::string>& pieces) {
 // ============================================================================================
 // Cached and uncached paths
 
-TEST_CASE("generate: greedy tokens are the argmax of the full forward, with the window sliding "
-          "past block_size") {
+TEST_CASE(
+    "generate: greedy tokens are the argmax of the full forward, with the window sliding "
+    "past block_size") {
   Fixture f;
   // Prompt 3 + 40 new tokens > block_size 16: the window slides three times.
   std::vector<int64_t> expected = reference_greedy(f.model, f.tok, "the", 40);
@@ -149,8 +152,9 @@ TEST_CASE("generate: greedy tokens are the argmax of the full forward, with the 
   CHECK(distinct.size() >= 3);
 }
 
-TEST_CASE("generate: cached and uncached generation give exactly the same tokens, greedy and "
-          "sampled") {
+TEST_CASE(
+    "generate: cached and uncached generation give exactly the same tokens, greedy and "
+    "sampled") {
   Fixture f;
   struct Setting {
     double temperature;
@@ -228,7 +232,8 @@ TEST_CASE("sample_token with temperature 0 returns the argmax") {
   for (int i = 0; i < 10; ++i) CHECK(sample_token(logits, options(0.0, 1), gen) == 1);
 }
 
-TEST_CASE("sample_token top_k keeps the k most likely tokens, renormalised, with ties of the k-th") {
+TEST_CASE(
+    "sample_token top_k keeps the k most likely tokens, renormalised, with ties of the k-th") {
   const std::vector<double> l = {1.0, 0.5, -0.3, 2.0, 0.0, -1.0};
   Tensor logits = from_vector<float>({1.0f, 0.5f, -0.3f, 2.0f, 0.0f, -1.0f});
   SampleOptions o = options(1.3, 1);
@@ -298,13 +303,13 @@ TEST_CASE("generate: a stop string ends generation and is not in the text or the
     SampleOptions o = base;
     o.stop = {stop};
     std::vector<std::string> pieces;
-    Generated g = generate(f.model, f.tok, "the", o,
-                           [&](const std::string& s) { pieces.push_back(s); });
+    Generated g =
+        generate(f.model, f.tok, "the", o, [&](const std::string& s) { pieces.push_back(s); });
     CHECK(g.stopped_by_string);
     CHECK(g.text == full.text.substr(0, first));
     CHECK(g.tokens.size() == first + len);
-    CHECK(std::vector<int64_t>(full.tokens.begin(), full.tokens.begin() + std::ptrdiff_t(first + len)) ==
-          g.tokens);
+    CHECK(std::vector<int64_t>(full.tokens.begin(),
+                               full.tokens.begin() + std::ptrdiff_t(first + len)) == g.tokens);
     // The stream is exactly the text: no part of the stop string went out before it completed.
     CHECK(joined(pieces) == g.text);
     if (first >= 2) CHECK(pieces.size() >= 2);  // it streamed, not one piece at the end
@@ -322,8 +327,8 @@ TEST_CASE("generate: the earliest of several stop strings ends generation") {
   SampleOptions o = base;
   o.stop = {late, "", early};  // an empty stop string is ignored
   std::vector<std::string> pieces;
-  Generated g = generate(f.model, f.tok, "quick", o,
-                         [&](const std::string& s) { pieces.push_back(s); });
+  Generated g =
+      generate(f.model, f.tok, "quick", o, [&](const std::string& s) { pieces.push_back(s); });
   CHECK(g.stopped_by_string);
   CHECK(g.tokens.size() == end);
   CHECK(g.text == full.text.substr(0, end - winner.size()));
@@ -339,8 +344,8 @@ TEST_CASE("generate: a held-back prefix of a stop string that never completes is
   SampleOptions o = base;
   o.stop = {std::string(1, full.text[10]) + "\x01", std::string(1, full.text.back()) + "\x01"};
   std::vector<std::string> pieces;
-  Generated g = generate(f.model, f.tok, "brown", o,
-                         [&](const std::string& s) { pieces.push_back(s); });
+  Generated g =
+      generate(f.model, f.tok, "brown", o, [&](const std::string& s) { pieces.push_back(s); });
   CHECK_FALSE(g.stopped_by_string);
   CHECK(g.text == full.text);
   CHECK(joined(pieces) == full.text);  // including the last character, held to the end
@@ -352,8 +357,8 @@ TEST_CASE("generate: a held-back prefix of a stop string that never completes is
 TEST_CASE("generate: max_tokens 0 gives empty text and streams nothing") {
   Fixture f;
   int calls = 0;
-  Generated g = generate(f.model, f.tok, "the", options(1.0, 0),
-                         [&](const std::string&) { ++calls; });
+  Generated g =
+      generate(f.model, f.tok, "the", options(1.0, 0), [&](const std::string&) { ++calls; });
   CHECK(g.text.empty());
   CHECK(g.tokens.empty());
   CHECK_FALSE(g.stopped_by_string);

@@ -38,7 +38,8 @@ std::vector<double> values(const Tensor& t) {
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // nanoGPT's named_parameters() for this config, in its order (the tied lm_head is not listed).
@@ -151,8 +152,9 @@ TEST_CASE("GPTConfig::flops_per_token is 6 N + 12 L C T") {
 // ============================================================================================
 // Initialisation
 
-TEST_CASE("GPT initialisation: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), "
-          "biases 0, LayerNorm 1 and 0") {
+TEST_CASE(
+    "GPT initialisation: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), "
+    "biases 0, LayerNorm 1 and 0") {
   GPTConfig cfg;
   cfg.n_layer = 2;
   cfg.n_head = 2;
@@ -262,8 +264,9 @@ TEST_CASE("GPT dropout is active only in training mode") {
   CHECK(bitwise_equal(plain.forward(idx).data(), reference));
 }
 
-TEST_CASE("GPT forward_cached over a prompt then token by token gives the full forward's last "
-          "logits") {
+TEST_CASE(
+    "GPT forward_cached over a prompt then token by token gives the full forward's last "
+    "logits") {
   GPTConfig cfg = tiny_config();
   Generator init(21), drop(22), gen(23);
   GPT model(cfg, init, drop);
@@ -296,8 +299,9 @@ TEST_CASE("GPT forward_cached over a prompt then token by token gives the full f
   CHECK(max_abs_diff(again, full3.narrow(1, 2, 1)) <= 1e-5);
 }
 
-TEST_CASE("GPT forward_slots over slots of different lengths equals each sequence run alone, "
-          "bit for bit, whatever else is in the step") {
+TEST_CASE(
+    "GPT forward_slots over slots of different lengths equals each sequence run alone, "
+    "bit for bit, whatever else is in the step") {
   // Odd sizes (n_embd 36, 3 heads of 12, vocab 29) so the matrix products have edge tiles.
   GPTConfig cfg = tiny_config();
   cfg.n_embd = 36;
@@ -343,15 +347,16 @@ TEST_CASE("GPT forward_slots over slots of different lengths equals each sequenc
       for (int64_t t = 0; t < count; ++t) tokens.push_back(seq[size_t(r)].data<int64_t>()[at + t]);
     }
     if (seqs.empty()) continue;
-    Tensor logits =
-        model.forward_slots(from_vector(tokens, Shape{1, int64_t(tokens.size())}), slots, counts,
-                            cache)
-            .data();
+    Tensor logits = model
+                        .forward_slots(from_vector(tokens, Shape{1, int64_t(tokens.size())}), slots,
+                                       counts, cache)
+                        .data();
     REQUIRE(logits.shape() == Shape({int64_t(seqs.size()), 1, 29}));
     for (size_t b = 0; b < seqs.size(); ++b) {
       const int64_t i = seqs[b];
-      INFO("sequence " << i << ", step " << step << " (" << (done[size_t(i)] < 0 ? "prompt" : "next")
-                       << "), " << seqs.size() << " slots in the step");
+      INFO("sequence " << i << ", step " << step << " ("
+                       << (done[size_t(i)] < 0 ? "prompt" : "next") << "), " << seqs.size()
+                       << " slots in the step");
       CHECK(bitwise_equal(logits.narrow(0, int64_t(b), 1).contiguous(),
                           alone[size_t(i)][size_t(1 + done[size_t(i)])]));
       CHECK(cache.length[size_t(slot_of[size_t(i)])] == i + 2 + done[size_t(i)]);
@@ -365,12 +370,12 @@ TEST_CASE("GPT forward_slots over slots of different lengths equals each sequenc
     Tensor window = seq[4].narrow(1, 2, 6).contiguous();
     KVCache c = model.make_cache(1);
     Tensor want = model.forward_cached(window, c).data();
-    CHECK(bitwise_equal(
-        model.forward_slots(window, {0}, {6}, cache).data().contiguous(), want));
+    CHECK(bitwise_equal(model.forward_slots(window, {0}, {6}, cache).data().contiguous(), want));
   }
   // Bad calls name what is wrong.
-  CHECK_THROWS_WITH(model.forward_slots(from_vector<int64_t>({1, 2}, {1, 2}), {1, 1}, {1, 1}, cache),
-                    Contains("slot 1 given twice"));
+  CHECK_THROWS_WITH(
+      model.forward_slots(from_vector<int64_t>({1, 2}, {1, 2}), {1, 1}, {1, 1}, cache),
+      Contains("slot 1 given twice"));
   CHECK_THROWS_WITH(model.forward_slots(from_vector<int64_t>({1}, {1, 1}), {7}, {1}, cache),
                     Contains("slot 7 of 7"));
   CHECK_THROWS_WITH(model.forward_slots(from_vector<int64_t>({1, 2}, {1, 2}), {2}, {1}, cache),
@@ -406,8 +411,9 @@ TEST_CASE("GPTConfig::validate errors name the field") {
 // ============================================================================================
 // Gradients of the whole model
 
-TEST_CASE("GPT gradients in f64 match central finite differences of the loss for every "
-          "parameter, with either GELU") {
+TEST_CASE(
+    "GPT gradients in f64 match central finite differences of the loss for every "
+    "parameter, with either GELU") {
   // A tiny model converted to f64, re-initialised with larger values (std 0.4, LayerNorm weights
   // around 1) so every path carries weight. Every parameter element is nudged by +-1e-6; the
   // central difference errs by ~eps^2 |f'''| (~1e-12) plus rounding ~1e-16 |L| / eps (~1e-9), so
@@ -455,8 +461,8 @@ TEST_CASE("GPT gradients in f64 match central finite differences of the loss for
       double down = loss_at();
       w[i] = saved;
       double numerical = (up - down) / (2 * eps);
-      worst = testing::nan_max(worst, std::abs(numerical - analytic[size_t(i)]) /
-                                  (1e-8 + 1e-6 * std::abs(numerical)));
+      worst = testing::nan_max(
+          worst, std::abs(numerical - analytic[size_t(i)]) / (1e-8 + 1e-6 * std::abs(numerical)));
       largest = std::max(largest, std::abs(numerical));
       ++checked;
     }

@@ -3,8 +3,9 @@
 //
 // References: nanoGPT's config/train_shakespeare_char.py ("baby GPT": n_layer 6, n_head 6, n_embd
 // 384, block_size 256, batch_size 64, dropout 0.2, learning_rate 1e-3, max_iters 5000,
-// lr_decay_iters 5000, min_lr 1e-4, beta2 0.99, warmup_iters 100, eval_interval 250, eval_iters 200)
-// and its README's CPU run ("--block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128
+// lr_decay_iters 5000, min_lr 1e-4, beta2 0.99, warmup_iters 100, eval_interval 250, eval_iters
+// 200) and its README's CPU run ("--block_size=64 --batch_size=12 --n_layer=4 --n_head=4
+// --n_embd=128
 // --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0" on top of that config); train.py's
 // defaults weight_decay 1e-1, beta1 0.9, grad_clip 1.0, bias False.
 #include <unistd.h>
@@ -30,28 +31,47 @@ namespace {
 // Every setting, written out independently of the library's table: key -> a JSON value of the
 // field's type that differs from both presets.
 const nlohmann::ordered_json kAllFields = {
-    {"n_layer", 3},         {"n_head", 5},
-    {"n_embd", 35},         {"block_size", 17},
-    {"dropout", 0.125},     {"bias", true},
+    {"n_layer", 3},
+    {"n_head", 5},
+    {"n_embd", 35},
+    {"block_size", 17},
+    {"dropout", 0.125},
+    {"bias", true},
     {"gelu", "erf"},
-    {"data", "corpus.txt"}, {"tokenizer", "byte"},
-    {"max_iters", 77},      {"batch_size", 9},
-    {"lr", 0.0025},         {"min_lr", 0.0005},
-    {"warmup_iters", 11},   {"lr_decay_iters", 66},
-    {"weight_decay", 0.05}, {"beta1", 0.8},
-    {"beta2", 0.95},        {"grad_clip", 0.5},
-    {"checkpoint", "blocks"},  {"precision", "bf16"},
-    {"loss_scale", "on"},      {"init_scale", 1024.0},
+    {"data", "corpus.txt"},
+    {"tokenizer", "byte"},
+    {"max_iters", 77},
+    {"batch_size", 9},
+    {"lr", 0.0025},
+    {"min_lr", 0.0005},
+    {"warmup_iters", 11},
+    {"lr_decay_iters", 66},
+    {"weight_decay", 0.05},
+    {"beta1", 0.8},
+    {"beta2", 0.95},
+    {"grad_clip", 0.5},
+    {"checkpoint", "blocks"},
+    {"precision", "bf16"},
+    {"loss_scale", "on"},
+    {"init_scale", 1024.0},
     {"scale_growth_interval", 50},
-    {"dp", 4},              {"bucket_mb", 5.5},
-    {"tp", 5},              {"pp", 3},
-    {"micro_batches", 3},   {"schedule", "gpipe"},
-    {"eval_interval", 13},  {"eval_iters", 4},
-    {"log_interval", 2},    {"seed", 2024},
-    {"threads", 3},         {"out", "runs/x"},
+    {"dp", 4},
+    {"bucket_mb", 5.5},
+    {"tp", 5},
+    {"pp", 3},
+    {"micro_batches", 3},
+    {"schedule", "gpipe"},
+    {"eval_interval", 13},
+    {"eval_iters", 4},
+    {"log_interval", 2},
+    {"seed", 2024},
+    {"threads", 3},
+    {"out", "runs/x"},
     {"device", "cuda:1"},
-    {"checkpoint_interval", 19}, {"keep_last", 6},
-    {"metrics", "m.jsonl"}, {"resume", "runs/old"},
+    {"checkpoint_interval", 19},
+    {"keep_last", 6},
+    {"metrics", "m.jsonl"},
+    {"resume", "runs/old"},
 };
 
 std::string as_flag_text(const nlohmann::ordered_json& v) {
@@ -60,7 +80,9 @@ std::string as_flag_text(const nlohmann::ordered_json& v) {
   return v.dump();
 }
 
-GptTrainConfig valid() { return GptTrainConfig::preset("cpu"); }
+GptTrainConfig valid() {
+  return GptTrainConfig::preset("cpu");
+}
 
 }  // namespace
 
@@ -200,18 +222,16 @@ TEST_CASE("a TOML value of the wrong type is an error naming the file, line and 
     std::string key;
     int line;
   };
-  for (const Case& k : {Case{"n_layer = 2.5\n", "n_layer", 1},
-                        Case{"seed = 1\nn_layer = \"four\"\n", "n_layer", 2},
-                        Case{"\n\nlr = \"fast\"\n", "lr", 3},
-                        Case{"bias = 1\n", "bias", 1},
-                        Case{"out = 3\n", "out", 1},
-                        Case{"[model]\nn_embd = [16, 32]\n", "n_embd", 2},
-                        Case{"dropout = true\n", "dropout", 1}}) {
+  for (const Case& k :
+       {Case{"n_layer = 2.5\n", "n_layer", 1}, Case{"seed = 1\nn_layer = \"four\"\n", "n_layer", 2},
+        Case{"\n\nlr = \"fast\"\n", "lr", 3}, Case{"bias = 1\n", "bias", 1},
+        Case{"out = 3\n", "out", 1}, Case{"[model]\nn_embd = [16, 32]\n", "n_embd", 2},
+        Case{"dropout = true\n", "dropout", 1}}) {
     INFO(k.text);
     std::string path = dir.write("type.toml", k.text);
-    CHECK_THROWS_WITH(c.apply_toml_file(path),
-                      Contains(path + ":" + std::to_string(k.line)) && Contains("'" + k.key + "'") &&
-                          Contains("wrong type"));
+    CHECK_THROWS_WITH(c.apply_toml_file(path), Contains(path + ":" + std::to_string(k.line)) &&
+                                                   Contains("'" + k.key + "'") &&
+                                                   Contains("wrong type"));
   }
 }
 
@@ -272,7 +292,8 @@ TEST_CASE("set parses booleans and strings") {
   c.set("bias", "false", "--bias");
   CHECK(c.model.bias == false);
   for (std::string bad : {"yes", "True", "2", ""})
-    CHECK_THROWS_WITH(c.set("bias", bad, "--bias"), Contains("--bias") && Contains("true or false"));
+    CHECK_THROWS_WITH(c.set("bias", bad, "--bias"),
+                      Contains("--bias") && Contains("true or false"));
   c.set("data", "some dir/with spaces.txt", "--data");
   CHECK(c.data == "some dir/with spaces.txt");
   c.set("metrics", "", "--metrics");
@@ -410,7 +431,7 @@ TEST_CASE("validate accepts edge settings that make a run") {
   GptTrainConfig c = valid();
   c.set("max_iters", "0", "test");
   c.set("grad_clip", "0", "test");
-  c.set("min_lr", "1e-3", "test");  // == lr
+  c.set("min_lr", "1e-3", "test");        // == lr
   c.set("warmup_iters", "2000", "test");  // == lr_decay_iters
   c.set("dropout", "0.99", "test");
   c.set("keep_last", "1", "test");

@@ -35,7 +35,8 @@ using namespace forge;
 namespace {
 
 constexpr size_t kTinyShakespeareBytes = 1115394;
-// nanoGPT's README for this setting: "a loss of only 1.88" after 2000 iterations (20-batch estimate).
+// nanoGPT's README for this setting: "a loss of only 1.88" after 2000 iterations (20-batch
+// estimate).
 constexpr double kPublishedValLoss = 1.88;
 // PyTorch, the same settings and seed, 200-batch estimate (bench/gpt_torch_train.py --seed 1337).
 constexpr double kReferenceValLoss = 1.92;
@@ -138,8 +139,9 @@ TEST_CASE("gpt cpu preset reaches PyTorch's val loss on Tiny Shakespeare and sam
   REQUIRE(run.tokenizer.vocab_size() == 65);
   // GPT-2 initialisation starts at chance, ln 65 = 4.174.
   CHECK(run.losses.front() == Approx(std::log(65.0)).margin(0.1));
-  std::printf("val loss after 2000 iterations: %.4f (PyTorch at this seed %.2f; nanoGPT's README %.2f)\n",
-              *run.final_val_loss, kReferenceValLoss, kPublishedValLoss);
+  std::printf(
+      "val loss after 2000 iterations: %.4f (PyTorch at this seed %.2f; nanoGPT's README %.2f)\n",
+      *run.final_val_loss, kReferenceValLoss, kPublishedValLoss);
   CHECK(*run.final_val_loss <= kReferenceValLoss);
   CHECK(last.filename() == "ckpt-002000");
   CHECK(std::filesystem::is_regular_file(last / "model.safetensors"));
@@ -172,7 +174,8 @@ TEST_CASE("gpt cpu preset reaches PyTorch's val loss on Tiny Shakespeare and sam
   double noise_share = word_share(noise, vocabulary, noise_words);
   Generator bigram_gen(9);
   size_t bigram_words = 0;
-  double bigram_share = word_share(bigram_sample(corpus, 500, bigram_gen), vocabulary, bigram_words);
+  double bigram_share =
+      word_share(bigram_sample(corpus, 500, bigram_gen), vocabulary, bigram_words);
   std::printf("untrained model: %.3f of %zu words; character bigrams: %.3f of %zu words\n",
               noise_share, noise_words, bigram_share, bigram_words);
   CHECK(noise_share < kWordShare);

@@ -215,8 +215,9 @@ TEST_CASE("parameters are counted under MemoryTag::parameters") {
   CHECK(tagged() == before);
 }
 
-TEST_CASE("a prepacked Linear gives the same bits without gradients, and the plain product with "
-          "them or after its weight was replaced") {
+TEST_CASE(
+    "a prepacked Linear gives the same bits without gradients, and the plain product with "
+    "them or after its weight was replaced") {
   Generator gen(12);
   MLP mlp({70, 33, 5}, gen);
   Tensor x = randn({3, 70}, gen);

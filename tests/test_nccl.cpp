@@ -6,10 +6,10 @@
 // and why, and only the checks that need no GPU run.
 #include <cstdio>
 
+#include "nccl_testing.h"
 #include "parallel/communicator.h"
 #include "parallel/nccl_communicator.h"
 #include "tensor/cuda/cuda.h"
-#include "nccl_testing.h"
 #include "testing.h"
 
 using namespace forge;
@@ -258,8 +258,8 @@ TEST_CASE("stats count calls and bytes as the MPI backend does") {
     c->all_reduce(pattern(DType::f32, 1000, me).to(dev), ReduceOp::sum);
     c->all_reduce(pattern(DType::bf16, 0, me).to(dev), ReduceOp::avg);
     c->all_gather(Tensor::empty({R * 10}, DType::f16, dev), pattern(DType::f16, 10, me).to(dev));
-    c->reduce_scatter(Tensor::empty({10}, DType::f64, dev),
-                      pattern(DType::f64, R * 10, me).to(dev), ReduceOp::max);
+    c->reduce_scatter(Tensor::empty({10}, DType::f64, dev), pattern(DType::f64, R * 10, me).to(dev),
+                      ReduceOp::max);
     c->broadcast(pattern(DType::i64, 5, me).to(dev), 0);
     c->barrier();
     if (R > 1) {

@@ -589,7 +589,8 @@ TEST_CASE("erf_f32 is within 5e-7 of erf on [-6, 6], absolute and relative, and 
   CHECK(worst_abs <= 5e-7);
   CHECK(worst_rel <= 5e-7);
   // Near 0 (erf x ~ 2x / sqrt(pi)) and beyond the clamp.
-  for (float x : {1e-30f, 1e-10f, 1e-4f}) CHECK(std::abs(cpu::erf_f32(x) / std::erf(double(x)) - 1) <= 5e-7);
+  for (float x : {1e-30f, 1e-10f, 1e-4f})
+    CHECK(std::abs(cpu::erf_f32(x) / std::erf(double(x)) - 1) <= 5e-7);
   CHECK(cpu::erf_f32(0.0f) == 0.0f);
   CHECK(cpu::erf_f32(INFINITY) == 1.0f);
   CHECK(cpu::erf_f32(-1e30f) == -1.0f);

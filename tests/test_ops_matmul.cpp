@@ -372,8 +372,8 @@ TEST_CASE("linear with a packed weight is bit for bit linear with the weight, el
   Tensor w = randn({out, in}, gen), bias = randn({out}, gen);
   PackedWeight packed = pack_weight(w);
   REQUIRE(packed.panels != nullptr);
-  for (const Tensor& x : {randn({1, in}, gen), randn({2, 7, in}, gen),
-                          randn({5, in}, gen).t().contiguous().t()}) {
+  for (const Tensor& x :
+       {randn({1, in}, gen), randn({2, 7, in}, gen), randn({5, in}, gen).t().contiguous().t()}) {
     INFO(fmt::format("input {}", x.shape()));
     CHECK(bitwise_equal(linear(x, packed, bias), linear(x, w, bias)));
     CHECK(bitwise_equal(linear(x, packed, Tensor()), linear(x, w, Tensor())));

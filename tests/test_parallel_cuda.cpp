@@ -9,19 +9,19 @@
 #include <cmath>
 #include <cstdio>
 
+#include "nccl_testing.h"
 #include "optim/optimizer.h"
 #include "parallel/grid.h"
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline.h"
 #include "tensor/cuda/cuda.h"
-#include "nccl_testing.h"
 #include "testing.h"
 
 using namespace forge;
 using forge::testing::Contains;
 using forge::testing::have_gpus;
-using forge::testing::rank_gpu;
 using forge::testing::max_rel_diff;
+using forge::testing::rank_gpu;
 
 namespace {
 
@@ -237,20 +237,23 @@ TEST_CASE("vocab_parallel_cross_entropy on GPUs equals its CPU path and cross_en
     }
   }
   // Every row ignored: a zero loss and zero gradients, as on the CPU.
-  Variable all_ignored(zeros({2, shard_range(5, mpi->size(), mpi->rank()).size()}).to(rank_gpu()), true);
-  Variable l0 = vocab_parallel_cross_entropy(all_ignored, full({2}, -100.0, DType::i64).to(rank_gpu()),
-                                             shard_range(5, mpi->size(), mpi->rank()), 5, nccl);
+  Variable all_ignored(zeros({2, shard_range(5, mpi->size(), mpi->rank()).size()}).to(rank_gpu()),
+                       true);
+  Variable l0 =
+      vocab_parallel_cross_entropy(all_ignored, full({2}, -100.0, DType::i64).to(rank_gpu()),
+                                   shard_range(5, mpi->size(), mpi->rank()), 5, nccl);
   l0.backward();
   CHECK(l0.item() == 0.0);
   CHECK(max(abs(host(all_ignored.grad()))).item() == 0.0);
   // The same errors as the CPU path.
   Variable ok(zeros({4, 3}).to(rank_gpu()), true);
-  REQUIRE_THROWS_WITH(vocab_parallel_cross_entropy(ok, from_vector<int64_t>({0, 1, 7, 2}).to(rank_gpu()),
-                                                   {0, 3}, 3, single_process_communicator()),
-                      Contains("target 7 at row 2") && Contains("3 classes"));
   REQUIRE_THROWS_WITH(
-      vocab_parallel_cross_entropy(ok, from_vector<int64_t>({0, -5, 1, 2}).to(rank_gpu()), {0, 3}, 3,
+      vocab_parallel_cross_entropy(ok, from_vector<int64_t>({0, 1, 7, 2}).to(rank_gpu()), {0, 3}, 3,
                                    single_process_communicator()),
+      Contains("target 7 at row 2") && Contains("3 classes"));
+  REQUIRE_THROWS_WITH(
+      vocab_parallel_cross_entropy(ok, from_vector<int64_t>({0, -5, 1, 2}).to(rank_gpu()), {0, 3},
+                                   3, single_process_communicator()),
       Contains("target -5 at row 1") && Contains("3 classes"));
 }
 
@@ -271,8 +274,10 @@ TEST_CASE("tensor and pipeline parallel GPT training on GPUs equals the serial C
     REQUIRE(got.losses.size() == size_t(kSteps));
     REQUIRE(got.norms.size() == size_t(kSteps));
     for (size_t s = 0; s < size_t(kSteps); ++s) {
-      worst_loss = testing::nan_max(worst_loss, std::abs(got.losses[s] - want.losses[s]) / want.losses[s]);
-      worst_norm = testing::nan_max(worst_norm, std::abs(got.norms[s] - want.norms[s]) / want.norms[s]);
+      worst_loss =
+          testing::nan_max(worst_loss, std::abs(got.losses[s] - want.losses[s]) / want.losses[s]);
+      worst_norm =
+          testing::nan_max(worst_norm, std::abs(got.norms[s] - want.norms[s]) / want.norms[s]);
     }
     // The first step's gradients: this rank's slices of the serial ones (the tied embedding's on
     // both ends, summed by sync_tied_embedding). Then the weights after the AdamW steps.

@@ -42,7 +42,9 @@ constexpr double kTol = 1e-5;
 // wrong row or column is off by the size of a whole update (~1e-2).
 constexpr double kElementTol = 2e-4;
 
-AdamWOptions adamw() { return {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8}; }
+AdamWOptions adamw() {
+  return {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8};
+}
 
 // The global batch of step `step`, the same on every rank.
 std::pair<Tensor, Tensor> global_batch(int step, int64_t rows) {
@@ -119,8 +121,8 @@ double rel_l2(const Tensor& a, const Tensor& b) {
 }
 
 std::string describe(const Layout& l) {
-  return fmt::format("pp {} x dp {} x tp {}, {}, {} micro-batches", l.grid.pp, l.grid.dp,
-                     l.grid.tp, pipeline_schedule_name(l.schedule), l.micro_batches);
+  return fmt::format("pp {} x dp {} x tp {}, {}, {} micro-batches", l.grid.pp, l.grid.dp, l.grid.tp,
+                     pipeline_schedule_name(l.schedule), l.micro_batches);
 }
 
 // This rank's share of the run under `layout`: its shard's weights.
@@ -139,7 +141,8 @@ Run parallel_run(const Layout& layout, const Variant& v = {}) {
   Run run;
   for (int step = 0; step < v.steps; ++step) {
     auto [x, y] = global_batch(step, kB * layout.grid.dp);
-    Tensor xr = x.narrow(0, c.dp * kB, kB).contiguous(), yr = y.narrow(0, c.dp * kB, kB).contiguous();
+    Tensor xr = x.narrow(0, c.dp * kB, kB).contiguous(),
+           yr = y.narrow(0, c.dp * kB, kB).contiguous();
     ddp ? ddp->zero_grad() : opt.zero_grad();
     std::optional<Autocast> scope;
     if (v.bf16_checkpointed) scope.emplace(DType::bf16);
@@ -182,8 +185,13 @@ std::vector<Layout> layouts_for(int world) {
 }  // namespace
 
 TEST_CASE("shard_gpt_state and merge_gpt_shards round-trip the serial weights for any layout") {
-  const GPTConfig cfg{.n_layer = 4, .n_head = 4, .n_embd = 16, .block_size = 8,
-                      .vocab_size = 11, .dropout = 0.0, .bias = true};
+  const GPTConfig cfg{.n_layer = 4,
+                      .n_head = 4,
+                      .n_embd = 16,
+                      .block_size = 8,
+                      .vocab_size = 11,
+                      .dropout = 0.0,
+                      .bias = true};
   Generator init(1), drop(2);
   GPT serial(cfg, init, drop);
   const NamedTensors full = serial.state_dict();
@@ -192,7 +200,8 @@ TEST_CASE("shard_gpt_state and merge_gpt_shards round-trip the serial weights fo
       INFO("pp " << pp << " tp " << tp);
       std::vector<std::vector<NamedTensors>> shards(static_cast<size_t>(pp));
       for (int s = 0; s < pp; ++s)
-        for (int r = 0; r < tp; ++r) shards[size_t(s)].push_back(shard_gpt_state(full, cfg, r, tp, s, pp));
+        for (int r = 0; r < tp; ++r)
+          shards[size_t(s)].push_back(shard_gpt_state(full, cfg, r, tp, s, pp));
       NamedTensors merged = merge_gpt_shards(shards);
       REQUIRE(merged.size() == full.size());
       for (size_t i = 0; i < full.size(); ++i) {
@@ -227,29 +236,33 @@ TEST_CASE("pipeline, tensor and data parallel training equals the serial run") {
     REQUIRE(want.losses.size() == size_t(kSteps));
     REQUIRE(got.norms.size() == size_t(kSteps));
     for (int s = 0; s < kSteps; ++s) {
-      worst_loss = testing::nan_max(worst_loss, std::abs(got.losses[size_t(s)] - want.losses[size_t(s)]) /
-                                            want.losses[size_t(s)]);
-      worst_norm = testing::nan_max(worst_norm, std::abs(got.norms[size_t(s)] - want.norms[size_t(s)]) /
-                                            want.norms[size_t(s)]);
+      worst_loss =
+          testing::nan_max(worst_loss, std::abs(got.losses[size_t(s)] - want.losses[size_t(s)]) /
+                                           want.losses[size_t(s)]);
+      worst_norm =
+          testing::nan_max(worst_norm, std::abs(got.norms[size_t(s)] - want.norms[size_t(s)]) /
+                                           want.norms[size_t(s)]);
     }
     ProcessGrid grid(world, layout.grid);
     const GridCoord c = grid.coord();
-    NamedTensors mine = shard_gpt_state(want.weights, kCfg, c.tp, layout.grid.tp, c.pp,
-                                        layout.grid.pp);
+    NamedTensors mine =
+        shard_gpt_state(want.weights, kCfg, c.tp, layout.grid.tp, c.pp, layout.grid.pp);
     REQUIRE(mine.size() == got.weights.size());
     for (size_t i = 0; i < mine.size(); ++i) {
       REQUIRE(mine[i].first == got.weights[i].first);
       worst_weight = testing::nan_max(worst_weight, rel_l2(got.weights[i].second, mine[i].second));
-      worst_element = testing::nan_max(worst_element, max_rel_diff(got.weights[i].second, mine[i].second));
+      worst_element =
+          testing::nan_max(worst_element, max_rel_diff(got.weights[i].second, mine[i].second));
     }
     CHECK(worst_loss <= kTol);
     CHECK(worst_norm <= kTol);
     CHECK(worst_weight <= kTol);
     CHECK(worst_element <= kElementTol);
     if (world->rank() == 0)
-      fmt::print("{}: worst relative difference: loss {:.1e}, grad norm {:.1e}, weights {:.1e} "
-                 "(largest element {:.1e})\n",
-                 describe(layout), worst_loss, worst_norm, worst_weight, worst_element);
+      fmt::print(
+          "{}: worst relative difference: loss {:.1e}, grad norm {:.1e}, weights {:.1e} "
+          "(largest element {:.1e})\n",
+          describe(layout), worst_loss, worst_norm, worst_weight, worst_element);
   }
 }
 
@@ -293,7 +306,8 @@ TEST_CASE("every grid trains in bf16 with activation checkpointing like the seri
   for (const Layout& layout : layouts_for(world->size())) {
     if (layout.schedule != PipelineSchedule::one_f_one_b || layout.micro_batches != 4) continue;
     INFO(describe(layout));
-    const double worst = worst_loss_diff(parallel_run(layout, v), serial_reference(kB * layout.grid.dp, v));
+    const double worst =
+        worst_loss_diff(parallel_run(layout, v), serial_reference(kB * layout.grid.dp, v));
     CHECK(worst <= 1e-4);
     if (world->rank() == 0)
       fmt::print("{}, bf16 + checkpointing: worst relative loss difference {:.1e}\n",

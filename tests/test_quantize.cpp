@@ -28,8 +28,13 @@ Tensor forward(Module& m, const Tensor& x) {
 }
 
 GPTConfig small_gpt() {
-  return {.n_layer = 2, .n_head = 2, .n_embd = 64, .block_size = 16, .vocab_size = 37,
-          .dropout = 0.0, .bias = true};
+  return {.n_layer = 2,
+          .n_head = 2,
+          .n_embd = 64,
+          .block_size = 16,
+          .vocab_size = 37,
+          .dropout = 0.0,
+          .bias = true};
 }
 
 }  // namespace
@@ -48,7 +53,8 @@ TEST_CASE("Int8Linear computes s_x s_w (q_x - z_x) q_w + b from its integers") {
                  Case{"u8 affine", QuantRange::u8(), QScheme::affine},
                  Case{"s8 symmetric", QuantRange::s8(), QScheme::symmetric}}) {
     DYNAMIC_SECTION(c.name) {
-      Int8Linear layer(w, b, QuantConfig{.activation_range = c.range, .activation_scheme = c.scheme});
+      Int8Linear layer(w, b,
+                       QuantConfig{.activation_range = c.range, .activation_scheme = c.scheme});
       Tensor y = forward(layer, x);
       // The same by hand in double: the batch's range gives s_x and z_x.
       QuantParams qx = choose_qparams(scalar_tensor(-max(neg(x)).item()),
@@ -68,7 +74,7 @@ TEST_CASE("Int8Linear computes s_x s_w (q_x - z_x) q_w + b from its integers") {
           }
           double want = sx * double(ws.data<float>()[n]) * acc + double(b.data<float>()[n]);
           worst = testing::nan_max(worst, std::abs(double(y.data<float>()[i * N + n]) - want) /
-                                      std::max(1.0, std::abs(want)));
+                                              std::max(1.0, std::abs(want)));
         }
       }
       INFO("worst relative difference " << worst);
@@ -83,8 +89,9 @@ TEST_CASE("Int8Linear computes s_x s_w (q_x - z_x) q_w + b from its integers") {
   }
 }
 
-TEST_CASE("Int8Linear per row: each row quantized on its own grid, its output independent of the "
-          "other rows, as the per-batch path computes that row alone") {
+TEST_CASE(
+    "Int8Linear per row: each row quantized on its own grid, its output independent of the "
+    "other rows, as the per-batch path computes that row alone") {
   Generator gen(5);
   const int64_t K = 70, N = 37;  // odd: edge panels
   Tensor w = uniform({N, K}, -0.5, 0.5, gen), b = uniform({N}, -1, 1, gen);
@@ -114,9 +121,9 @@ TEST_CASE("Int8Linear per row: each row quantized on its own grid, its output in
   CHECK(err_rows < err_shared);
   CHECK(max_rel_diff(y, f32) < 0.02);
   // Static layers have a fixed grid: per row does not apply.
-  Int8Linear fixed(w, b, QuantConfig{},
-                   choose_qparams(scalar_tensor(-1.0), scalar_tensor(1.0), QuantRange::u7(),
-                                  QScheme::affine));
+  Int8Linear fixed(
+      w, b, QuantConfig{},
+      choose_qparams(scalar_tensor(-1.0), scalar_tensor(1.0), QuantRange::u7(), QScheme::affine));
   CHECK_THROWS_WITH(fixed.set_per_row(true), Contains("static"));
   // On a whole model.
   Generator g2(6);
@@ -146,7 +153,8 @@ TEST_CASE("quantize_dynamic keeps an MLP's outputs within int8 rounding of f32")
   REQUIRE_THROWS_WITH(net.forward(xv), Contains("inference"));
 }
 
-TEST_CASE("QAT trains through fake quantization and converts to int8 layers that compute the same") {
+TEST_CASE(
+    "QAT trains through fake quantization and converts to int8 layers that compute the same") {
   Generator gen(3);
   MLP net({32, 24, 5}, gen);
   AdamW opt({{net.parameters(), 0.0}}, {.lr = 1e-2});
@@ -198,7 +206,8 @@ TEST_CASE("a static Int8Linear adds its s32 bias in units of s_x s_w") {
   double worst = 0;
   for (int64_t n = 0; n < N; ++n) {
     const float unit = sx * ws.data<float>()[n];
-    CHECK(bq.data<int32_t>()[n] == int32_t(std::nearbyint(double(b.data<float>()[n]) / double(unit))));
+    CHECK(bq.data<int32_t>()[n] ==
+          int32_t(std::nearbyint(double(b.data<float>()[n]) / double(unit))));
     for (int64_t i = 0; i < M; ++i) {
       double acc = 0;
       for (int64_t k = 0; k < K; ++k) {
@@ -208,7 +217,7 @@ TEST_CASE("a static Int8Linear adds its s32 bias in units of s_x s_w") {
       }
       double want = double(unit) * (acc + double(bq.data<int32_t>()[n]));
       worst = testing::nan_max(worst, std::abs(double(y.data<float>()[i * N + n]) - want) /
-                                  std::max(1.0, std::abs(want)));
+                                          std::max(1.0, std::abs(want)));
     }
   }
   INFO("worst relative difference " << worst);
@@ -224,7 +233,8 @@ TEST_CASE("quantizing fails whole: a layer that cannot be quantized leaves the m
                       Contains("layers.2") && Contains("48 inputs") && Contains("group 32"));
   CHECK(describe_quantization(net) == "none");
   auto after = net.state_dict();
-  for (size_t i = 0; i < before.size(); ++i) CHECK(bitwise_equal(after[i].second, before[i].second));
+  for (size_t i = 0; i < before.size(); ++i)
+    CHECK(bitwise_equal(after[i].second, before[i].second));
   REQUIRE_THROWS_WITH(quantize_dynamic(net, {.bits = 4, .group = 0, .config = {}}),
                       Contains("32, 64 or 128"));
   CHECK(quantize_dynamic(net) == 2);  // int8 fits
@@ -265,7 +275,8 @@ TEST_CASE("int4 layers in a GPT: logits near f32, and generation with the cache 
   // The cached path (one token at a time) gives the full forward's last logits.
   KVCache cache = gpt.make_cache(1);
   Tensor step_logits;
-  for (int64_t t = 0; t < 8; ++t) step_logits = gpt.forward_cached(idx.narrow(1, t, 1), cache).data();
+  for (int64_t t = 0; t < 8; ++t)
+    step_logits = gpt.forward_cached(idx.narrow(1, t, 1), cache).data();
   CHECK(max_rel_diff(step_logits.reshape({-1}), got.select(1, 7).reshape({-1})) < 1e-5);
 }
 
@@ -338,7 +349,8 @@ TEST_CASE("load_quantized names what does not fit") {
   SafetensorsContents extra = file;
   extra.tensors.emplace_back("layers.9.weight", zeros({2}));
   MLP c({16, 8, 4}, g2);
-  REQUIRE_THROWS_WITH(load_quantized(c, extra, path), Contains("unexpected") && Contains("layers.9"));
+  REQUIRE_THROWS_WITH(load_quantized(c, extra, path),
+                      Contains("unexpected") && Contains("layers.9"));
   // Nothing changed in a model whose load failed, even past its first layer.
   CHECK(describe_quantization(c) == "none");
   SafetensorsContents no_grid = file;

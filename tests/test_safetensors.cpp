@@ -1,5 +1,5 @@
-// safetensors files: round trips of every dtype, the documented byte layout (parsed here by hand and
-// by Debian's Python with json/struct/numpy), refusal of truncated and bit-flipped files, and
+// safetensors files: round trips of every dtype, the documented byte layout (parsed here by hand
+// and by Debian's Python with json/struct/numpy), refusal of truncated and bit-flipped files, and
 // atomic writes.
 //
 // The layout (huggingface/safetensors README): 8 bytes little-endian u64 N, N bytes of UTF-8 JSON
@@ -34,7 +34,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-Tensor f32(std::vector<float> v, Shape s = {}) { return from_vector(v, s); }
+Tensor f32(std::vector<float> v, Shape s = {}) {
+  return from_vector(v, s);
+}
 
 // One tensor of each dtype, a 0-d one, zero-size ones and a non-contiguous one, with values that
 // exercise signs, extremes and special floats.
@@ -44,17 +46,17 @@ NamedTensors every_dtype() {
   return {
       {"f32", randn({2, 3}, g)},
       {"f64", from_vector<double>({1.0 / 3.0, -0.0, 1e300, -2.5e-310})},
-      {"bf16", from_vector<bf16>({bf16(1.5f), bf16(-3.0f), bf16(1e-3f), bf16(inf), bf16(-0.0f),
-                                  bf16(65504.0f)},
-                                 {3, 2})},
+      {"bf16",
+       from_vector<bf16>(
+           {bf16(1.5f), bf16(-3.0f), bf16(1e-3f), bf16(inf), bf16(-0.0f), bf16(65504.0f)}, {3, 2})},
       {"f16", from_vector<f16>({f16(0.5f), f16(-65504.0f), f16(6e-8f), f16(-inf), f16(1.0f / 3)})},
       {"i8", from_vector<int8_t>({-128, -1, 0, 1, 127, 42}, {2, 3})},
       {"u8", from_vector<uint8_t>({0, 1, 128, 254, 255})},
-      {"i32", from_vector<int32_t>({std::numeric_limits<int32_t>::min(), -7, 0,
-                                    std::numeric_limits<int32_t>::max()},
-                                   {2, 1, 2})},
-      {"i64", from_vector<int64_t>({std::numeric_limits<int64_t>::min(), -1,
-                                    std::numeric_limits<int64_t>::max()})},
+      {"i32", from_vector<int32_t>(
+                  {std::numeric_limits<int32_t>::min(), -7, 0, std::numeric_limits<int32_t>::max()},
+                  {2, 1, 2})},
+      {"i64", from_vector<int64_t>(
+                  {std::numeric_limits<int64_t>::min(), -1, std::numeric_limits<int64_t>::max()})},
       {"scalar", scalar_tensor(2.75)},
       {"empty_f32", Tensor::empty({0, 3}, DType::f32)},
       {"empty_i64", Tensor::empty({4, 0}, DType::i64)},
@@ -233,8 +235,7 @@ TEST_CASE("the header is padded to a multiple of 8 for every header length") {
 }
 
 TEST_CASE("Debian's Python reads forge's files and forge reads Python's (json, struct, numpy)") {
-  testing::Command probe =
-      testing::run_command("/usr/bin/python3 -c 'import numpy, json, struct'");
+  testing::Command probe = testing::run_command("/usr/bin/python3 -c 'import numpy, json, struct'");
   if (probe.status != 0)
     return testing::skip_optional("/usr/bin/python3 with numpy is not available: " + probe.err);
   TempDir dir;
@@ -273,7 +274,8 @@ h = json.dumps(hdr).encode()
 h += b" " * (-len(h) % 8)
 open(theirs, "wb").write(struct.pack("<Q", len(h)) + h + body)
 )");
-  testing::Command r = testing::run_command("/usr/bin/python3 " + script + " " + ours + " " + theirs);
+  testing::Command r =
+      testing::run_command("/usr/bin/python3 " + script + " " + ours + " " + theirs);
   INFO("the script's stderr:\n" << r.err);
   REQUIRE(r.status == 0);
   nlohmann::json py = nlohmann::json::parse(r.out);
@@ -374,8 +376,10 @@ TEST_CASE("corruption in the data region names the tensor") {
   std::string b = read_bytes(good);
   uint64_t data_start = 8 + le64(b, 0);
   // alpha: bytes [0, 16) of the data; beta: [16, 28).
-  for (auto [offset, name] : {std::pair{uint64_t(0), "'alpha'"}, {uint64_t(15), "'alpha'"},
-                              {uint64_t(16), "'beta'"}, {uint64_t(27), "'beta'"}}) {
+  for (auto [offset, name] : {std::pair{uint64_t(0), "'alpha'"},
+                              {uint64_t(15), "'alpha'"},
+                              {uint64_t(16), "'beta'"},
+                              {uint64_t(27), "'beta'"}}) {
     INFO("data byte " << offset);
     std::string f = b;
     f[data_start + offset] = char(uint8_t(f[data_start + offset]) ^ 0x10);
@@ -411,8 +415,7 @@ TEST_CASE("a save that fails leaves the old file intact and no temporary file") 
   save_safetensors(path, small_tensors(), kSmallMeta);
   const std::string before = read_bytes(path);
   NamedTensors reserved = {{"ok", f32({1})}, {"__metadata__", f32({2})}};
-  CHECK_THROWS_WITH(save_safetensors(path, reserved),
-                    Contains(path) && Contains("'__metadata__'"));
+  CHECK_THROWS_WITH(save_safetensors(path, reserved), Contains(path) && Contains("'__metadata__'"));
   NamedTensors twice = {{"x", f32({1})}, {"x", f32({2})}};
   CHECK_THROWS_WITH(save_safetensors(path, twice), Contains(path) && Contains("'x'"));
   NamedTensors unnamed = {{"", f32({1})}};

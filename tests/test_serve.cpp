@@ -94,15 +94,16 @@ bool same(const Result& a, const Result& b) {
           std::memcmp(&a.top[i][j].logprob, &b.top[i][j].logprob, sizeof(double)) != 0)
         return false;
   }
-  return !a.tokens.empty() && a.tokens == b.tokens && a.text == b.text &&
-         a.finish == b.finish && a.logprobs.size() == a.tokens.size() &&
+  return !a.tokens.empty() && a.tokens == b.tokens && a.text == b.text && a.finish == b.finish &&
+         a.logprobs.size() == a.tokens.size() &&
          std::memcmp(a.logprobs.data(), b.logprobs.data(), a.logprobs.size() * sizeof(double)) == 0;
 }
 
 }  // namespace
 
-TEST_CASE("serve engine: seeded requests give bit-identical tokens and logprobs alone, all at once "
-          "and interleaved with others") {
+TEST_CASE(
+    "serve engine: seeded requests give bit-identical tokens and logprobs alone, all at once "
+    "and interleaved with others") {
   const bool int8 = GENERATE(false, true);
   // A step budget of 3 tokens starts one new prompt per step (most prompts are longer): requests
   // then join at other steps, beside other mixes of prompts and next tokens.
@@ -111,8 +112,8 @@ TEST_CASE("serve engine: seeded requests give bit-identical tokens and logprobs 
   auto model = tiny_model();
   if (int8) REQUIRE(quantize_dynamic(*model) == 8);
   Engine engine(model, tokenizer(), {.slots = 8, .max_queue = 64, .max_batch_tokens = budget});
-  const std::vector<std::string> prompts = {"a",     "hello there", "ABC",  "the king.",
-                                            "x y z", "q",           "long, long ago;", "Hi!"};
+  const std::vector<std::string> prompts = {"a", "hello there",     "ABC", "the king.", "x y z",
+                                            "q", "long, long ago;", "Hi!"};
   // Alone: one request at a time.
   std::vector<Result> alone;
   for (size_t i = 0; i < prompts.size(); ++i)
@@ -124,7 +125,8 @@ TEST_CASE("serve engine: seeded requests give bit-identical tokens and logprobs 
   }
   // All at once.
   std::vector<std::shared_ptr<Stream>> streams;
-  for (size_t i = 0; i < prompts.size(); ++i) streams.push_back(engine.submit(request(prompts[i], 100 + i)));
+  for (size_t i = 0; i < prompts.size(); ++i)
+    streams.push_back(engine.submit(request(prompts[i], 100 + i)));
   for (size_t i = 0; i < prompts.size(); ++i) {
     INFO("request " << i << " (all at once)");
     CHECK(same(collect(*streams[i]), alone[i]));
@@ -133,7 +135,8 @@ TEST_CASE("serve engine: seeded requests give bit-identical tokens and logprobs 
   streams.clear();
   std::vector<std::shared_ptr<Stream>> others;
   for (size_t i = 0; i < prompts.size(); ++i) {
-    others.push_back(engine.submit(request("other " + std::to_string(i), 7 * i, 5 + int64_t(i) * 4)));
+    others.push_back(
+        engine.submit(request("other " + std::to_string(i), 7 * i, 5 + int64_t(i) * 4)));
     streams.push_back(engine.submit(request(prompts[i], 100 + i)));
     if (i % 3 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
@@ -150,8 +153,9 @@ TEST_CASE("serve engine: seeded requests give bit-identical tokens and logprobs 
   CHECK(batched > 0);  // the concurrent phases did run several rows per step
 }
 
-TEST_CASE("serve engine: a request's tokens are infer's (recipes generate) for the same seed and "
-          "options, past the context window too, with stop strings") {
+TEST_CASE(
+    "serve engine: a request's tokens are infer's (recipes generate) for the same seed and "
+    "options, past the context window too, with stop strings") {
   auto model = tiny_model(16);
   Tokenizer tok = tokenizer();
   Engine engine(model, tok, {.slots = 3});
@@ -164,8 +168,11 @@ TEST_CASE("serve engine: a request's tokens are infer's (recipes generate) for t
   for (const Case& c : {Case{"hello", 0.0, 0, 40, {}}, Case{"ab", 0.9, 5, 50, {}},
                         Case{"the", 1.0, 0, 60, {"e", "zz"}}, Case{"Q", 0.8, 0, 30, {"a b"}}}) {
     INFO("prompt '" << c.prompt << "' temperature " << c.temperature);
-    SampleOptions o{.max_tokens = c.max_tokens, .temperature = c.temperature, .top_k = c.top_k,
-                    .stop = c.stop, .seed = 42};
+    SampleOptions o{.max_tokens = c.max_tokens,
+                    .temperature = c.temperature,
+                    .top_k = c.top_k,
+                    .stop = c.stop,
+                    .seed = 42};
     Generated want = generate(*model, tok, c.prompt, o);
     GenerationParams p;
     p.prompt = tok.encode(c.prompt);
@@ -192,8 +199,9 @@ TEST_CASE("serve engine: a request's tokens are infer's (recipes generate) for t
   }
 }
 
-TEST_CASE("serve engine: a request whose client does not read is paused with a bounded backlog, "
-          "then resumes with the same tokens") {
+TEST_CASE(
+    "serve engine: a request whose client does not read is paused with a bounded backlog, "
+    "then resumes with the same tokens") {
   auto model = tiny_model();
   Engine engine(model, tokenizer(), {.slots = 2, .max_pending_events = 4});
   const Result alone = collect(*engine.submit(request("hello there", 7, 60)));
@@ -212,8 +220,9 @@ TEST_CASE("serve engine: a request whose client does not read is paused with a b
   CHECK(engine.stats().paused == 0);
 }
 
-TEST_CASE("serve engine: streamed text never shows a stop string, and holds back only its possible "
-          "start") {
+TEST_CASE(
+    "serve engine: streamed text never shows a stop string, and holds back only its possible "
+    "start") {
   auto model = tiny_model();
   Tokenizer tok = tokenizer();
   Engine engine(model, tok, {.slots = 2});
@@ -247,8 +256,9 @@ TEST_CASE("serve engine: streamed text never shows a stop string, and holds back
   CHECK(streamed.find(stop) == std::string::npos);
 }
 
-TEST_CASE("serve engine: a cancelled request ends with 'cancelled' and frees its slot; the queue is "
-          "bounded") {
+TEST_CASE(
+    "serve engine: a cancelled request ends with 'cancelled' and frees its slot; the queue is "
+    "bounded") {
   Engine engine(tiny_model(), tokenizer(), {.slots = 1, .max_queue = 1});
   auto long_one = engine.submit(request("abc", 1, 100000));
   // Wait (bounded) until it holds the only slot.
@@ -267,8 +277,9 @@ TEST_CASE("serve engine: a cancelled request ends with 'cancelled' and frees its
   CHECK_THROWS_AS(engine.submit(request("jkl", 4, 5)), ShuttingDown);
 }
 
-TEST_CASE("serve engine: shutdown lets in-flight requests finish, or cancels them after the "
-          "timeout") {
+TEST_CASE(
+    "serve engine: shutdown lets in-flight requests finish, or cancels them after the "
+    "timeout") {
   Engine engine(tiny_model(), tokenizer(), {.slots = 2});
   auto short_one = engine.submit(request("abc", 1, 10));
   auto endless = engine.submit(request("def", 2, 1000000));
@@ -321,8 +332,8 @@ TEST_CASE("serve protocol: a full completion request is read field by field") {
   CHECK(r.params.logprobs == 2);
   CHECK(r.echo);
   // Defaults, and the stop_sequence alias.
-  CompletionRequest d =
-      parse_completion(R"({"model": "tiny", "prompt": "a", "stop_sequence": "q"})", limits(), tokenizer());
+  CompletionRequest d = parse_completion(
+      R"({"model": "tiny", "prompt": "a", "stop_sequence": "q"})", limits(), tokenizer());
   CHECK(d.params.max_tokens == 16);
   CHECK(d.params.temperature == 1.0);
   CHECK(d.params.logprobs == -1);
@@ -342,15 +353,17 @@ TEST_CASE("serve protocol: every bad field is a 4xx naming it") {
   CHECK(rejects(R"({"model": "tiny", "prompt": ""})") == P{400, "prompt"});
   CHECK(rejects(R"({"model": "tiny", "prompt": []})") == P{400, "prompt"});
   CHECK(rejects(R"({"model": "tiny", "prompt": [1]})") == P{400, "prompt"});
-  CHECK(rejects(R"({"model": "tiny", "prompt": "a%"})") == P{400, "prompt"});  // not in vocab
+  CHECK(rejects(R"({"model": "tiny", "prompt": "a%"})") == P{400, "prompt"});    // not in vocab
   CHECK(rejects("{\"model\": \"tiny\", \"prompt\": \"a\xff\"}") == P{400, ""});  // bad UTF-8 JSON
   CHECK(rejects(R"({"model": "tiny", "prompt": "aaaaaaaaaaaaaaaaaaaaaaaaa"})") == P{400, "prompt"});
   CHECK(rejects(R"({"model": "tiny", "prompt": "a", "max_tokens": 0})") == P{400, "max_tokens"});
   CHECK(rejects(R"({"model": "tiny", "prompt": "a", "max_tokens": 101})") == P{400, "max_tokens"});
   CHECK(rejects(R"({"model": "tiny", "prompt": "a", "max_tokens": "5"})") == P{400, "max_tokens"});
   CHECK(rejects(R"({"model": "tiny", "prompt": "a", "max_tokens": 2.5})") == P{400, "max_tokens"});
-  CHECK(rejects(R"({"model": "tiny", "prompt": "a", "temperature": -0.1})") == P{400, "temperature"});
-  CHECK(rejects(R"({"model": "tiny", "prompt": "a", "temperature": 2.5})") == P{400, "temperature"});
+  CHECK(rejects(R"({"model": "tiny", "prompt": "a", "temperature": -0.1})") ==
+        P{400, "temperature"});
+  CHECK(rejects(R"({"model": "tiny", "prompt": "a", "temperature": 2.5})") ==
+        P{400, "temperature"});
   CHECK(rejects(R"({"model": "tiny", "prompt": "a", "top_p": 0})") == P{400, "top_p"});
   CHECK(rejects(R"({"model": "tiny", "prompt": "a", "top_p": 1.5})") == P{400, "top_p"});
   CHECK(rejects(R"({"model": "tiny", "prompt": "a", "top_k": -1})") == P{400, "top_k"});
@@ -361,7 +374,8 @@ TEST_CASE("serve protocol: every bad field is a 4xx naming it") {
   CHECK(rejects(R"({"model": "tiny", "prompt": "a", "stop": ["a","b","c","d","e"]})") ==
         P{400, "stop"});
   CHECK(rejects(R"({"model": "tiny", "prompt": "a", "stop": [""]})") == P{400, "stop"});
-  CHECK(rejects(R"({"model": "tiny", "prompt": "a", "stop_sequence": 5})") == P{400, "stop_sequence"});
+  CHECK(rejects(R"({"model": "tiny", "prompt": "a", "stop_sequence": 5})") ==
+        P{400, "stop_sequence"});
   CHECK(rejects(R"({"model": "tiny", "prompt": "a", "seed": "x"})") == P{400, "seed"});
   CHECK(rejects(R"({"model": "tiny", "prompt": "a", "stream": "yes"})") == P{400, "stream"});
   CHECK(rejects(R"({"model": "tiny", "prompt": "a", "stream_options": {"include_usage": true}})") ==
@@ -377,7 +391,10 @@ TEST_CASE("serve protocol: UTF-8 held back while incomplete, repaired for JSON")
   CHECK(complete_utf8_prefix("a\xF0\x9F\x98") == 1);      // 3 of 4 bytes
   CHECK(complete_utf8_prefix("a\xF0\x9F\x98\x80") == 5);  // complete
   CHECK(valid_utf8("caf\xC3\xA9") == "caf\xC3\xA9");
-  CHECK(valid_utf8("a\xFF" "b") == "a\xEF\xBF\xBD" "b");
+  CHECK(valid_utf8("a\xFF"
+                   "b") ==
+        "a\xEF\xBF\xBD"
+        "b");
   CHECK_NOTHROW(json(valid_utf8("\xC3")).dump());
 }
 
@@ -408,7 +425,8 @@ TEST_CASE("serve protocol: chat messages become a prompt through the template") 
   // A template from a file, and its errors.
   ChatTemplate t = ChatTemplate::from_json(
       R"({"role_prefix": {"user": "Q: ", "assistant": "A: "}, "generation_prefix": "A:",
-          "default_stop": ["\nQ:"]})", "t.json");
+          "default_stop": ["\nQ:"]})",
+      "t.json");
   CompletionRequest q = parse_chat(
       R"({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stop": "."})",
       {.model_name = "tiny", .block_size = 200, .max_tokens_limit = 100}, tokenizer(), t);
@@ -420,8 +438,8 @@ TEST_CASE("serve protocol: chat messages become a prompt through the template") 
   // Bad messages name 'messages'.
   auto chat_rejects = [&](const std::string& body) {
     try {
-      parse_chat(body, {.model_name = "tiny", .block_size = 30, .max_tokens_limit = 100}, tokenizer(),
-                 chat);
+      parse_chat(body, {.model_name = "tiny", .block_size = 30, .max_tokens_limit = 100},
+                 tokenizer(), chat);
     } catch (const ApiError& e) {
       return std::pair<int, std::string>{e.status, e.param};
     }
@@ -435,12 +453,18 @@ TEST_CASE("serve protocol: chat messages become a prompt through the template") 
   CHECK(chat_rejects(R"({"model": "tiny", "messages": [{"role": "user"}]})") == P{400, "messages"});
   CHECK(chat_rejects(R"({"model": "tiny", "messages": [{"role": "user", "content": 5}]})") ==
         P{400, "messages"});
-  CHECK(chat_rejects(R"({"model": "tiny", "messages": [{"role": "user", "content": "a very long message indeed"}]})") ==
-        P{400, "messages"});  // past the context once rendered
-  CHECK(chat_rejects(R"({"model": "tiny", "messages": [{"role": "user", "content": "a"}], "top_logprobs": 2})") ==
-        P{400, "top_logprobs"});
-  CHECK(chat_rejects(R"({"model": "tiny", "messages": [{"role": "user", "content": "a"}], "max_completion_tokens": 0})") ==
-        P{400, "max_completion_tokens"});
+  CHECK(
+      chat_rejects(
+          R"({"model": "tiny", "messages": [{"role": "user", "content": "a very long message indeed"}]})") ==
+      P{400, "messages"});  // past the context once rendered
+  CHECK(
+      chat_rejects(
+          R"({"model": "tiny", "messages": [{"role": "user", "content": "a"}], "top_logprobs": 2})") ==
+      P{400, "top_logprobs"});
+  CHECK(
+      chat_rejects(
+          R"({"model": "tiny", "messages": [{"role": "user", "content": "a"}], "max_completion_tokens": 0})") ==
+      P{400, "max_completion_tokens"});
 }
 
 // ============================================================================================
@@ -488,31 +512,72 @@ class Mutator {
   std::string with_field(const std::string& s) {
     json j = json::parse(s, nullptr, false);
     if (j.is_discarded() || !j.is_object()) return s;
-    static const char* kFields[] = {"model", "prompt", "max_tokens", "temperature", "top_p",
-                                    "top_k", "stop", "seed", "n", "stream", "stream_options",
-                                    "logprobs", "echo", "messages", "top_logprobs",
-                                    "max_completion_tokens", "tokens", "stop_sequence"};
+    static const char* kFields[] = {
+        "model",  "prompt",       "max_tokens",     "temperature",
+        "top_p",  "top_k",        "stop",           "seed",
+        "n",      "stream",       "stream_options", "logprobs",
+        "echo",   "messages",     "top_logprobs",   "max_completion_tokens",
+        "tokens", "stop_sequence"};
     j[kFields[next(std::size(kFields))]] = json::parse(kValues[next(std::size(kValues))]);
     return j.dump(-1, ' ', false, json::error_handler_t::replace);
   }
 
-  static constexpr const char* kPieces[] = {
-      "\"", "{", "}", "[", "]", ",", ":", "null", "1e999", "-0", "\\u0000", "\\ud800", "\xff",
-      "\xc3", "\xe2\x82", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", "9999999999999999999999", "\"a\"",
-      "true", "{\"role\":\"user\"}", "\\", "\n"};
+  static constexpr const char* kPieces[] = {"\"",
+                                            "{",
+                                            "}",
+                                            "[",
+                                            "]",
+                                            ",",
+                                            ":",
+                                            "null",
+                                            "1e999",
+                                            "-0",
+                                            "\\u0000",
+                                            "\\ud800",
+                                            "\xff",
+                                            "\xc3",
+                                            "\xe2\x82",
+                                            "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+                                            "9999999999999999999999",
+                                            "\"a\"",
+                                            "true",
+                                            "{\"role\":\"user\"}",
+                                            "\\",
+                                            "\n"};
   static constexpr const char* kValues[] = {
-      "null", "true", "0", "-1", "1.5", "1e308", "-1e308", "18446744073709551615",
-      "9223372036854775807", "-9223372036854775808", "\"\"", "\"a\"", "\"ab%\"", "[]", "[1]",
-      "[\"a\", 2]", "{}", "{\"include_usage\": 1}", "[{\"role\": \"user\", \"content\": \"a\"}]",
-      "[{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": 5}]}]", "[0, 1, 999]",
-      "[\"a\",\"b\",\"c\",\"d\",\"e\"]", "0.0000001", "2.0000001", "[[[[[[[[1]]]]]]]]"};
+      "null",
+      "true",
+      "0",
+      "-1",
+      "1.5",
+      "1e308",
+      "-1e308",
+      "18446744073709551615",
+      "9223372036854775807",
+      "-9223372036854775808",
+      "\"\"",
+      "\"a\"",
+      "\"ab%\"",
+      "[]",
+      "[1]",
+      "[\"a\", 2]",
+      "{}",
+      "{\"include_usage\": 1}",
+      "[{\"role\": \"user\", \"content\": \"a\"}]",
+      "[{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": 5}]}]",
+      "[0, 1, 999]",
+      "[\"a\",\"b\",\"c\",\"d\",\"e\"]",
+      "0.0000001",
+      "2.0000001",
+      "[[[[[[[[1]]]]]]]]"};
   Generator gen_;
 };
 
 }  // namespace
 
-TEST_CASE("serve protocol: fuzzed bodies are parsed or refused with an ApiError, never anything "
-          "else") {
+TEST_CASE(
+    "serve protocol: fuzzed bodies are parsed or refused with an ApiError, never anything "
+    "else") {
   const Tokenizer tok = tokenizer();
   const Limits lim = limits();
   const ChatTemplate chat;
@@ -523,8 +588,7 @@ TEST_CASE("serve protocol: fuzzed bodies are parsed or refused with an ApiError,
       R"({"model": "tiny", "messages": [{"role": "system", "content": "Be brief."},
           {"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "logprobs": true,
           "top_logprobs": 2, "max_completion_tokens": 5})",
-      R"({"model": "tiny", "prompt": "hello"})",
-      R"({"tokens": [1, 2, 3]})"};
+      R"({"model": "tiny", "prompt": "hello"})", R"({"tokens": [1, 2, 3]})"};
   Mutator m(2024);
   int parsed = 0, refused = 0;
   const int kCases = 4000;
@@ -533,10 +597,17 @@ TEST_CASE("serve protocol: fuzzed bodies are parsed or refused with an ApiError,
     for (int parser = 0; parser < 4; ++parser) {
       try {
         switch (parser) {
-          case 0: parse_completion(body, lim, tok); break;
-          case 1: parse_chat(body, lim, tok, chat); break;
-          case 2: tokenize_response(body, lim, tok); break;
-          default: detokenize_response(body, lim, tok);
+          case 0:
+            parse_completion(body, lim, tok);
+            break;
+          case 1:
+            parse_chat(body, lim, tok, chat);
+            break;
+          case 2:
+            tokenize_response(body, lim, tok);
+            break;
+          default:
+            detokenize_response(body, lim, tok);
         }
         ++parsed;
       } catch (const ApiError& e) {
@@ -550,12 +621,13 @@ TEST_CASE("serve protocol: fuzzed bodies are parsed or refused with an ApiError,
   }
   WARN("fuzzed " << kCases << " bodies x 4 parsers: " << parsed << " accepted, " << refused
                  << " refused");
-  CHECK(parsed > 100);   // the mutations keep some bodies valid...
+  CHECK(parsed > 100);    // the mutations keep some bodies valid...
   CHECK(refused > 1000);  // ...and break most
 }
 
-TEST_CASE("serve auth: fuzzed Authorization headers are refused with a 401 ApiError, never "
-          "anything else") {
+TEST_CASE(
+    "serve auth: fuzzed Authorization headers are refused with a 401 ApiError, never "
+    "anything else") {
   Auth auth = Auth::from_values({"key-one"}, std::string(40, 's'), "aud", "iss");
   auto b64 = [](const std::string& in) {  // base64url without padding
     static const char* kAlphabet64 =
@@ -571,12 +643,20 @@ TEST_CASE("serve auth: fuzzed Authorization headers are refused with a 401 ApiEr
     if (bits > 0) out += kAlphabet64[(buf << (6 - bits)) & 63];
     return out;
   };
-  const std::vector<std::string> headers = {
-      R"({"alg":"HS256","typ":"JWT"})", R"({"alg":"none"})", R"({"alg":"HS512"})", R"({"alg":5})",
-      R"([1,2])", "{", R"({"alg":"HS256","crit":["x"]})"};
-  const std::vector<std::string> payloads = {
-      R"({"exp":99999999999,"aud":"aud","iss":"iss"})", R"({"exp":"soon"})", R"({"exp":1e999})",
-      R"({"exp":-1,"nbf":1e300})", R"({"aud":[1,{}],"exp":1})", "null", "\xff\xfe"};
+  const std::vector<std::string> headers = {R"({"alg":"HS256","typ":"JWT"})",
+                                            R"({"alg":"none"})",
+                                            R"({"alg":"HS512"})",
+                                            R"({"alg":5})",
+                                            R"([1,2])",
+                                            "{",
+                                            R"({"alg":"HS256","crit":["x"]})"};
+  const std::vector<std::string> payloads = {R"({"exp":99999999999,"aud":"aud","iss":"iss"})",
+                                             R"({"exp":"soon"})",
+                                             R"({"exp":1e999})",
+                                             R"({"exp":-1,"nbf":1e300})",
+                                             R"({"aud":[1,{}],"exp":1})",
+                                             "null",
+                                             "\xff\xfe"};
   Mutator m(77);
   int refused = 0;
   for (int i = 0; i < 3000; ++i) {

@@ -139,8 +139,7 @@ TEST_CASE("vocab_parallel_cross_entropy equals cross_entropy over the whole voca
     mul(lp, 2.0).backward();  // the upstream gradient is applied
     const double tol = dt == DType::f64 ? 1e-12 : 1e-6;
     CHECK(std::abs(lp.item() - ls.item()) <= tol * std::abs(ls.item()));
-    CHECK(max_rel_diff(xp.grad(), mul(xs.grad(), 2.0).narrow(1, vocab.begin, vocab.size())) <=
-          tol);
+    CHECK(max_rel_diff(xp.grad(), mul(xs.grad(), 2.0).narrow(1, vocab.begin, vocab.size())) <= tol);
   }
   Variable bad(zeros({4, 3}), true);
   REQUIRE_THROWS_WITH(vocab_parallel_cross_entropy(bad, zeros({4}, DType::i64), {0, 5}, 5, tp),
@@ -166,8 +165,13 @@ TEST_CASE("gradcheck: vocab_parallel_cross_entropy (one rank)") {
 
 TEST_CASE("ParallelAttention and ParallelMLP equal the serial ones, dropout masks included") {
   auto tp = world_communicator();
-  const GPTConfig cfg{.n_layer = 1, .n_head = 4, .n_embd = 16, .block_size = 8,
-                      .vocab_size = 10, .dropout = 0.2, .bias = true};
+  const GPTConfig cfg{.n_layer = 1,
+                      .n_head = 4,
+                      .n_embd = 16,
+                      .block_size = 8,
+                      .vocab_size = 10,
+                      .dropout = 0.2,
+                      .bias = true};
   Generator init(12);
   Tensor x = upstream({2, 8, 16}, 13), c = upstream({2, 8, 16}, 14);
   // Each rank's slices of a serial module's weights, split as the GPT's are.
@@ -189,10 +193,8 @@ TEST_CASE("ParallelAttention and ParallelMLP equal the serial ones, dropout mask
   sum(mul(yp, Variable(c))).backward();
   CHECK(max_rel_diff(yp.data(), ys.data()) <= kTol);
   CHECK(max_rel_diff(xp.grad(), xs.grad()) <= kTol);
-  CHECK(max_rel_diff(pa.c_attn->weight.grad(), shard_grad(sa.c_attn->weight, {0, 3}, *tp)) <=
-        kTol);
-  CHECK(max_rel_diff(pa.c_proj->weight.grad(), shard_grad(sa.c_proj->weight, {1, 1}, *tp)) <=
-        kTol);
+  CHECK(max_rel_diff(pa.c_attn->weight.grad(), shard_grad(sa.c_attn->weight, {0, 3}, *tp)) <= kTol);
+  CHECK(max_rel_diff(pa.c_proj->weight.grad(), shard_grad(sa.c_proj->weight, {1, 1}, *tp)) <= kTol);
   CHECK(ds.state() == dp.state());  // every rank drew the whole mask's worth
 
   // MLP.

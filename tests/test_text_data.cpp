@@ -4,8 +4,8 @@
 //   length of dataset in characters: 1,115,394
 //   all the unique characters: "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 //   vocab size: 65;  train has 1,003,854 tokens;  val has 111,540 tokens
-// and Karpathy's "Let's build GPT" notebook: encode("hii there") == [46, 47, 47, 1, 58, 46, 43, 56, 43].
-// Everything else is checked against small synthetic corpora written to temporary files.
+// and Karpathy's "Let's build GPT" notebook: encode("hii there") == [46, 47, 47, 1, 58, 46, 43, 56,
+// 43]. Everything else is checked against small synthetic corpora written to temporary files.
 #include <unistd.h>
 
 #include <cstdint>
@@ -56,9 +56,9 @@ std::string synthetic_corpus(size_t n, const std::string& alphabet, uint32_t see
 std::string shakespeare_or_skip() {
   const char* env = std::getenv("TINYSHAKESPEARE");
   if (env == nullptr || !fs::exists(env)) {
-    testing::skip_optional(fmt::format(
-        "Tiny Shakespeare not found (set TINYSHAKESPEARE to the corpus path; got {})",
-        env ? env : "unset"));
+    testing::skip_optional(
+        fmt::format("Tiny Shakespeare not found (set TINYSHAKESPEARE to the corpus path; got {})",
+                    env ? env : "unset"));
     return "";
   }
   return env;
@@ -92,8 +92,7 @@ TEST_CASE("Tiny Shakespeare has nanoGPT's 65-symbol alphabet and ids") {
   CHECK(text.size() == 1115394);
   Tokenizer tok = Tokenizer::chars_of(text);
   CHECK(tok.vocab_size() == 65);
-  CHECK(tok.symbols() ==
-        "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz");
+  CHECK(tok.symbols() == "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz");
   CHECK(tok.symbols().substr(0, 14) == "\n !$&',-.3:;?A");
   CHECK(tok.encode("hii there") == std::vector<int64_t>{46, 47, 47, 1, 58, 46, 43, 56, 43});
   CHECK(tok.decode({46, 47, 47, 1, 58, 46, 43, 56, 43}) == "hii there");
@@ -245,8 +244,7 @@ TEST_CASE("load_text errors name the path: missing file, directory, empty file")
   CHECK_THROWS_WITH(load_text(dir.path(), Tokenizer::Kind::chars),
                     Contains(dir.path()) && Contains("directory"));
   std::string empty = write_bytes(dir.file("empty.txt"), "");
-  CHECK_THROWS_WITH(load_text(empty, Tokenizer::Kind::chars),
-                    Contains(empty) && Contains("empty"));
+  CHECK_THROWS_WITH(load_text(empty, Tokenizer::Kind::chars), Contains(empty) && Contains("empty"));
   CHECK_THROWS_WITH(load_text(empty, Tokenizer::bytes()), Contains(empty) && Contains("empty"));
   CHECK_THROWS_WITH(read_text_file(""), Contains("no corpus"));
 }

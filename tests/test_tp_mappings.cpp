@@ -29,7 +29,8 @@ struct Data {
 
 }  // namespace
 
-TEST_CASE("copy -> column-parallel -> row-parallel -> reduce equals the serial MLP, with gradients") {
+TEST_CASE(
+    "copy -> column-parallel -> row-parallel -> reduce equals the serial MLP, with gradients") {
   auto tp = world_communicator();
   const int R = tp->size(), r = tp->rank();
   Data d;

@@ -11,7 +11,6 @@
 #pragma once
 
 #include <stdlib.h>
-
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -63,8 +62,7 @@ inline std::vector<cpu::Isa> runnable_isas(const char* what) {
     if (cpu::isa_supported(isa))
       out.push_back(isa);
     else
-      std::printf("SKIPPED: %s on %s: not supported by this processor\n", what,
-                  cpu::isa_name(isa));
+      std::printf("SKIPPED: %s on %s: not supported by this processor\n", what, cpu::isa_name(isa));
   }
   return out;
 }

@@ -26,10 +26,10 @@ using error_code = boost::system::error_code;
 // Errors
 
 ApiError::ApiError(int status, json error)
-    : std::runtime_error(fmt::format(
-          "{} {}: {}", status, error.value("type", std::string("error")),
-          error.contains("message") && error["message"].is_string() ? error["message"].get<std::string>()
-                                                                     : error.dump())),
+    : std::runtime_error(fmt::format("{} {}: {}", status, error.value("type", std::string("error")),
+                                     error.contains("message") && error["message"].is_string()
+                                         ? error["message"].get<std::string>()
+                                         : error.dump())),
       status_(status),
       error_(std::move(error)) {}
 
@@ -111,7 +111,8 @@ void connect(net::io_context& ioc, beast::tcp_stream& stream, const std::string&
 
 // Choice 0's text and end from one streamed chunk (completions: choices[0].text; chat:
 // choices[0].delta.content); the usage when the chunk carries it.
-void take_chunk(const json& chunk, Completion& out, const std::function<void(const std::string&)>& on_text) {
+void take_chunk(const json& chunk, Completion& out,
+                const std::function<void(const std::string&)>& on_text) {
   if (chunk.contains("usage") && chunk["usage"].is_object()) out.usage = chunk["usage"];
   if (!chunk.contains("choices") || !chunk["choices"].is_array()) return;
   for (const json& choice : chunk["choices"]) {
@@ -136,7 +137,9 @@ void take_chunk(const json& chunk, Completion& out, const std::function<void(con
 // Client
 
 Client::Client(std::string base_url, std::string api_key, ClientOptions options)
-    : endpoint_(std::make_shared<Endpoint>()), api_key_(std::move(api_key)), options_(std::move(options)) {
+    : endpoint_(std::make_shared<Endpoint>()),
+      api_key_(std::move(api_key)),
+      options_(std::move(options)) {
   const std::string scheme = "http://";
   if (base_url.rfind(scheme, 0) != 0)
     throw std::invalid_argument(fmt::format(
@@ -145,7 +148,8 @@ Client::Client(std::string base_url, std::string api_key, ClientOptions options)
   const size_t slash = rest.find('/');
   std::string authority = rest.substr(0, slash);
   endpoint_->prefix = slash == std::string::npos ? "" : rest.substr(slash);
-  while (!endpoint_->prefix.empty() && endpoint_->prefix.back() == '/') endpoint_->prefix.pop_back();
+  while (!endpoint_->prefix.empty() && endpoint_->prefix.back() == '/')
+    endpoint_->prefix.pop_back();
   if (endpoint_->prefix.size() >= 3 &&
       endpoint_->prefix.compare(endpoint_->prefix.size() - 3, 3, "/v1") == 0)
     endpoint_->prefix.resize(endpoint_->prefix.size() - 3);  // "http://h:p/v1" as the SDKs take it
@@ -183,14 +187,18 @@ Answer exchange(const std::string& host, const std::string& port, http::verb met
   req.prepare_payload();
   stream.expires_after(o.read_timeout);
   error_code ec = run(ioc, [&](auto handler) { http::async_write(stream, req, handler); });
-  if (ec) throw TransportError(fmt::format("{} {}: sending: {}", req.method_string(), target, ec.message()));
+  if (ec)
+    throw TransportError(
+        fmt::format("{} {}: sending: {}", req.method_string(), target, ec.message()));
 
   beast::flat_buffer buffer;
   http::response_parser<http::string_body> parser;
   parser.body_limit(boost::none);
   stream.expires_after(o.read_timeout);
   ec = run(ioc, [&](auto handler) { http::async_read_header(stream, buffer, parser, handler); });
-  if (ec) throw TransportError(fmt::format("{} {}: reading the answer: {}", req.method_string(), target, ec.message()));
+  if (ec)
+    throw TransportError(
+        fmt::format("{} {}: reading the answer: {}", req.method_string(), target, ec.message()));
   Answer answer;
   answer.status = int(parser.get().result_int());
   answer.retry_after = std::string(parser.get()[http::field::retry_after]);
@@ -203,7 +211,9 @@ Answer exchange(const std::string& host, const std::string& port, http::verb met
   while (!parser.is_done()) {  // each piece within the read timeout
     stream.expires_after(o.read_timeout);
     ec = run(ioc, [&](auto handler) { http::async_read_some(stream, buffer, parser, handler); });
-    if (ec) throw TransportError(fmt::format("{} {}: reading the answer: {}", req.method_string(), target, ec.message()));
+    if (ec)
+      throw TransportError(
+          fmt::format("{} {}: reading the answer: {}", req.method_string(), target, ec.message()));
   }
   answer.body = std::move(parser.get().body());
   if (streaming && !answer.body.empty()) on_data(answer.body);  // not chunked: all at the end
@@ -261,10 +271,12 @@ json Client::models() {
 
 std::string Client::metrics() {
   const Endpoint& e = *endpoint_;
-  return with_retries(options_, [&] {
-           return exchange(e.host, e.port, http::verb::get, e.prefix + "/metrics", api_key_, "",
-                           options_, {});
-         }).body;
+  return with_retries(options_,
+                      [&] {
+                        return exchange(e.host, e.port, http::verb::get, e.prefix + "/metrics",
+                                        api_key_, "", options_, {});
+                      })
+      .body;
 }
 
 Completion Client::stream(json request, const std::function<void(const std::string&)>& on_text) {
@@ -281,7 +293,8 @@ Completion Client::stream(json request, const std::function<void(const std::stri
     return exchange(e.host, e.port, http::verb::post, path, api_key_, body, options_,
                     [&](std::string_view data) {
                       pending.append(data);
-                      for (size_t end; !done && (end = pending.find("\n\n")) != std::string::npos;) {
+                      for (size_t end;
+                           !done && (end = pending.find("\n\n")) != std::string::npos;) {
                         const std::string event = pending.substr(0, end);
                         pending.erase(0, end + 2);
                         if (event.rfind("data: ", 0) != 0) continue;  // comments, other fields
@@ -327,13 +340,15 @@ Completion Client::stream_ws(json request, const std::function<void(const std::s
     ws.async_handshake(upgrade, e.host + ":" + e.port, e.prefix + "/v1/stream", handler);
   });
   if (ec == websocket::error::upgrade_declined)
-    throw ApiError(int(upgrade.result_int()), error_object(int(upgrade.result_int()), upgrade.body()));
+    throw ApiError(int(upgrade.result_int()),
+                   error_object(int(upgrade.result_int()), upgrade.body()));
   if (ec) throw TransportError(fmt::format("WebSocket /v1/stream: {}", ec.message()));
 
   auto send = [&](const json& message) {
     const std::string text = message.dump();
     ws.text(true);
-    const error_code wec = run(ioc, [&](auto handler) { ws.async_write(net::buffer(text), handler); });
+    const error_code wec =
+        run(ioc, [&](auto handler) { ws.async_write(net::buffer(text), handler); });
     if (wec) throw TransportError(fmt::format("WebSocket /v1/stream: sending: {}", wec.message()));
   };
   send(request);

@@ -58,8 +58,8 @@ void kernel_portable(long kc, const float* a, const float* b, float* c, long ldc
       for (int j = 0; j < NR; ++j) acc[i][j] = madd(a[p * MR + i], b[p * NR + j], acc[i][j]);
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j)
-      c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j]
-                                    : madd(alpha, acc[i][j], beta * c[i * ldc + j]);
+      c[i * ldc + j] =
+          beta == 0.0f ? alpha * acc[i][j] : madd(alpha, acc[i][j], beta * c[i * ldc + j]);
 }
 void pack_a_portable(GemmElem e, bool ta, const void* A, int64_t lda, int64_t m, int64_t r0,
                      int64_t p0, int64_t kc, int MR, float* dst);
@@ -235,7 +235,7 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   // serially as they are: no OpenMP region at all, since even a region of one (an `if (false)`
   // clause) goes through libgomp, and that costs more than a small product (a decoding step's).
   auto run = [&]() {
-    float scratch[12 * 32];  // an edge tile: MR x NR of the widest kernel
+    float scratch[12 * 32];              // an edge tile: MR x NR of the widest kernel
     const float* panel = src.prepacked;  // the next prepacked (jc, pc) panel
     for (int64_t jc = 0; jc < n; jc += NC) {
       const int64_t nc = std::min(NC, n - jc);
@@ -275,8 +275,8 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
               for (int64_t i = 0; i < rows; ++i)
                 for (int64_t j = 0; j < cols; ++j) {
                   const float v = scratch[i * NR + j];  // combined as the kernels combine
-                  c[i * ldc + j] = beta_eff == 0.0f ? alpha * v
-                                                    : madd(alpha, v, beta_eff * c[i * ldc + j]);
+                  c[i * ldc + j] =
+                      beta_eff == 0.0f ? alpha * v : madd(alpha, v, beta_eff * c[i * ldc + j]);
                 }
             }
           }
@@ -313,7 +313,8 @@ PackedB PackedB::pack(bool tb, const float* B, int64_t ldb, int64_t k, int64_t n
   p.k_ = k;
   p.n_ = n;
   size_t floats = 0;
-  for (int64_t jc = 0; jc < n; jc += NC) floats += size_t((std::min(NC, n - jc) + NR - 1) / NR * NR * k);
+  for (int64_t jc = 0; jc < n; jc += NC)
+    floats += size_t((std::min(NC, n - jc) + NR - 1) / NR * NR * k);
   const size_t bytes = floats * sizeof(float);
   p.floats_ = floats;
   p.data_ = std::shared_ptr<float>(

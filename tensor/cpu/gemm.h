@@ -53,8 +53,8 @@ class PackedB {
   const char* kernel_name() const;
 
  private:
-  friend void gemm_prepacked(int64_t m, float alpha, const float* A, int64_t lda,
-                             const PackedB& B, float beta, float* C, int64_t ldc);
+  friend void gemm_prepacked(int64_t m, float alpha, const float* A, int64_t lda, const PackedB& B,
+                             float beta, float* C, int64_t ldc);
   const void* kernel_ = nullptr;  // the GemmKernelInfo it was packed for
   int64_t k_ = 0, n_ = 0;
   size_t floats_ = 0;

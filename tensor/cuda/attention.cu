@@ -917,8 +917,9 @@ bool attention_tensor_cores(int dtype, int64_t hs) {
       fa.ptxVersion < 80)
     return false;
   // hs 128 needs ~121 KiB: more than sm_86/89/120 give a block (99 KiB).
-  const size_t need = hs == 32 ? tc_smem_need<32>() : hs == 64 ? tc_smem_need<64>()
-                                                                : tc_smem_need<128>();
+  const size_t need = hs == 32   ? tc_smem_need<32>()
+                      : hs == 64 ? tc_smem_need<64>()
+                                 : tc_smem_need<128>();
   return need <= size_t(optin);
 }
 

@@ -21,7 +21,7 @@
 
 namespace forge::cuda {
 
-bool built();       // this build has the CUDA backend
+bool built();        // this build has the CUDA backend
 int device_count();  // GPUs usable now: 0 without the backend, a driver or a device
 // Why device_count() is 0 ("built without CUDA", "no CUDA driver", ...); "" when it is not.
 std::string unavailable_reason();

@@ -132,11 +132,17 @@ class CachingAllocator : public Allocator {
 
 }  // namespace
 
-bool built() { return true; }
+bool built() {
+  return true;
+}
 
-int device_count() { return probe().count; }
+int device_count() {
+  return probe().count;
+}
 
-std::string unavailable_reason() { return probe().reason; }
+std::string unavailable_reason() {
+  return probe().reason;
+}
 
 std::string device_name(int device) {
   check_index(device);
@@ -250,14 +256,18 @@ Event::~Event() {
   if (event_) (void)cudaEventDestroy(cudaEvent_t(event_));
 }
 
-void Event::record() { record_on(stream(device_)); }
+void Event::record() {
+  record_on(stream(device_));
+}
 
 void Event::record_on(void* s) {
   make_current(device_);
   FORGE_CUDA_CHECK(cudaEventRecord(cudaEvent_t(event_), cudaStream_t(s)));
 }
 
-void Event::synchronize() const { FORGE_CUDA_CHECK(cudaEventSynchronize(cudaEvent_t(event_))); }
+void Event::synchronize() const {
+  FORGE_CUDA_CHECK(cudaEventSynchronize(cudaEvent_t(event_)));
+}
 
 bool Event::done() const {
   cudaError_t e = cudaEventQuery(cudaEvent_t(event_));
@@ -279,8 +289,8 @@ void Event::block_stream() const {
 void check_status(int status, const char* what) {
   if (status == 0) return;
   auto e = cudaError_t(status);
-  throw_error(fmt::format("CUDA error {} ({}) in {}", cudaGetErrorName(e), cudaGetErrorString(e),
-                          what));
+  throw_error(
+      fmt::format("CUDA error {} ({}) in {}", cudaGetErrorName(e), cudaGetErrorString(e), what));
 }
 
 void synchronize(int device) {

@@ -13,13 +13,13 @@
 
 #include "tensor/error.h"
 
-#define FORGE_CUDA_CHECK(call)                                                                \
-  do {                                                                                        \
-    cudaError_t forge_err_ = (call);                                                          \
-    if (forge_err_ != cudaSuccess)                                                            \
-      ::forge::throw_error(::fmt::format("CUDA error {} ({}) in {} at {}:{}",                 \
-                                         cudaGetErrorName(forge_err_),                        \
-                                         cudaGetErrorString(forge_err_), #call, __FILE__, __LINE__)); \
+#define FORGE_CUDA_CHECK(call)                                                             \
+  do {                                                                                     \
+    cudaError_t forge_err_ = (call);                                                       \
+    if (forge_err_ != cudaSuccess)                                                         \
+      ::forge::throw_error(                                                                \
+          ::fmt::format("CUDA error {} ({}) in {} at {}:{}", cudaGetErrorName(forge_err_), \
+                        cudaGetErrorString(forge_err_), #call, __FILE__, __LINE__));       \
   } while (0)
 
 #define FORGE_CUDA_CHECK_LAUNCH() FORGE_CUDA_CHECK(cudaGetLastError())

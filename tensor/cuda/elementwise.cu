@@ -12,38 +12,59 @@ namespace forge::cuda::kernels {
 
 namespace {
 
-template <class C> __device__ C apply(Binary op, C a, C b) {
+template <class C>
+__device__ C apply(Binary op, C a, C b) {
   switch (op) {
-    case Binary::add: return a + b;
-    case Binary::sub: return a - b;
-    case Binary::mul: return a * b;
-    case Binary::div: return a / b;
-    case Binary::maximum: return a > b ? a : b;  // as the CPU: a NaN in `a` gives `b`
+    case Binary::add:
+      return a + b;
+    case Binary::sub:
+      return a - b;
+    case Binary::mul:
+      return a * b;
+    case Binary::div:
+      return a / b;
+    case Binary::maximum:
+      return a > b ? a : b;  // as the CPU: a NaN in `a` gives `b`
   }
   return a;
 }
 
-template <class C> __device__ C apply(Unary op, C x) {
+template <class C>
+__device__ C apply(Unary op, C x) {
   if constexpr (std::is_floating_point_v<C>) {
     constexpr C k0 = C(0.7978845608028654), k1 = C(0.044715);  // sqrt(2/pi), GELU's tanh form
     switch (op) {
-      case Unary::neg: return -x;
-      case Unary::exp: return exp(x);
-      case Unary::log: return log(x);
-      case Unary::sqrt: return sqrt(x);
-      case Unary::tanh: return tanh(x);
-      case Unary::sigmoid: return C(1) / (C(1) + exp(-x));
-      case Unary::relu: return x > C(0) ? x : C(0);
-      case Unary::abs: return fabs(x);
-      case Unary::gelu_tanh: return C(0.5) * x * (C(1) + tanh(k0 * (x + k1 * x * x * x)));
-      case Unary::gelu_erf: return C(0.5) * x * (C(1) + erf(x * C(0.7071067811865476)));
+      case Unary::neg:
+        return -x;
+      case Unary::exp:
+        return exp(x);
+      case Unary::log:
+        return log(x);
+      case Unary::sqrt:
+        return sqrt(x);
+      case Unary::tanh:
+        return tanh(x);
+      case Unary::sigmoid:
+        return C(1) / (C(1) + exp(-x));
+      case Unary::relu:
+        return x > C(0) ? x : C(0);
+      case Unary::abs:
+        return fabs(x);
+      case Unary::gelu_tanh:
+        return C(0.5) * x * (C(1) + tanh(k0 * (x + k1 * x * x * x)));
+      case Unary::gelu_erf:
+        return C(0.5) * x * (C(1) + erf(x * C(0.7071067811865476)));
     }
   } else {
     switch (op) {
-      case Unary::neg: return -x;
-      case Unary::relu: return x > 0 ? x : 0;
-      case Unary::abs: return x < 0 ? -x : x;
-      default: return x;  // the host refuses the others on integers
+      case Unary::neg:
+        return -x;
+      case Unary::relu:
+        return x > 0 ? x : 0;
+      case Unary::abs:
+        return x < 0 ? -x : x;
+      default:
+        return x;  // the host refuses the others on integers
     }
   }
   return x;
@@ -132,17 +153,35 @@ dim3 grid_for(int64_t n) {
 }
 
 // Calls f.template operator()<T>() with T the element type of `dtype`.
-template <class F> int with_type(int dtype, F&& f) {
+template <class F>
+int with_type(int dtype, F&& f) {
   switch (dtype) {
-    case f32: f.template operator()<float>(); break;
-    case f64: f.template operator()<double>(); break;
-    case bf16: f.template operator()<__nv_bfloat16>(); break;
-    case f16: f.template operator()<__half>(); break;
-    case i8: f.template operator()<int8_t>(); break;
-    case u8: f.template operator()<uint8_t>(); break;
-    case i32: f.template operator()<int32_t>(); break;
-    case i64: f.template operator()<int64_t>(); break;
-    default: return int(cudaErrorInvalidValue);
+    case f32:
+      f.template operator()<float>();
+      break;
+    case f64:
+      f.template operator()<double>();
+      break;
+    case bf16:
+      f.template operator()<__nv_bfloat16>();
+      break;
+    case f16:
+      f.template operator()<__half>();
+      break;
+    case i8:
+      f.template operator()<int8_t>();
+      break;
+    case u8:
+      f.template operator()<uint8_t>();
+      break;
+    case i32:
+      f.template operator()<int32_t>();
+      break;
+    case i64:
+      f.template operator()<int64_t>();
+      break;
+    default:
+      return int(cudaErrorInvalidValue);
   }
   return int(cudaGetLastError());
 }
@@ -179,8 +218,13 @@ int pow_scalar(int dtype, const Strided& s, void* out, const void* a, double exp
                void* stream) {
   if (s.numel == 0) return 0;
   switch (dtype) {  // floating only (the host checks): integers have no pow
-    case f32: case f64: case bf16: case f16: break;
-    default: return int(cudaErrorInvalidValue);
+    case f32:
+    case f64:
+    case bf16:
+    case f16:
+      break;
+    default:
+      return int(cudaErrorInvalidValue);
   }
   return with_type(dtype, [&]<class T>() {
     if constexpr (std::is_floating_point_v<typename Compute<T>::type>) {

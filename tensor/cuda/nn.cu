@@ -40,28 +40,43 @@ __device__ int64_t element_offset(const Strided& s, int64_t i) {
 // An integer index of any integer dtype, as i64.
 __device__ int64_t load_index(const void* p, int dtype, int64_t off) {
   switch (dtype) {
-    case i8: return static_cast<const int8_t*>(p)[off];
-    case u8: return static_cast<const uint8_t*>(p)[off];
-    case i32: return static_cast<const int32_t*>(p)[off];
-    default: return static_cast<const int64_t*>(p)[off];
+    case i8:
+      return static_cast<const int8_t*>(p)[off];
+    case u8:
+      return static_cast<const uint8_t*>(p)[off];
+    case i32:
+      return static_cast<const int32_t*>(p)[off];
+    default:
+      return static_cast<const int64_t*>(p)[off];
   }
 }
 // One element of any dtype, as double.
 __device__ double load_scalar(const void* p, int dtype) {
   switch (dtype) {
-    case f32: return *static_cast<const float*>(p);
-    case f64: return *static_cast<const double*>(p);
-    case bf16: return load(static_cast<const __nv_bfloat16*>(p));
-    case f16: return load(static_cast<const __half*>(p));
-    default: return double(load_index(p, dtype, 0));
+    case f32:
+      return *static_cast<const float*>(p);
+    case f64:
+      return *static_cast<const double*>(p);
+    case bf16:
+      return load(static_cast<const __nv_bfloat16*>(p));
+    case f16:
+      return load(static_cast<const __half*>(p));
+    default:
+      return double(load_index(p, dtype, 0));
   }
 }
 
 struct Add {
-  template <class A> __device__ A operator()(A a, A b) const { return a + b; }
+  template <class A>
+  __device__ A operator()(A a, A b) const {
+    return a + b;
+  }
 };
 struct Max {  // NaN wins
-  template <class A> __device__ A operator()(A a, A b) const { return a > b || a != a ? a : b; }
+  template <class A>
+  __device__ A operator()(A a, A b) const {
+    return a > b || a != a ? a : b;
+  }
 };
 
 // v combined over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets
@@ -105,7 +120,8 @@ __global__ void softmax_kernel(Rows r, T* out, const T* x) {
   s = block_reduce(s, A(0), Add());
   if constexpr (kLog) {
     const A lse = m + log(s);
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) store(yr + c * ys, load(xr + c * xs) - lse);
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+      store(yr + c * ys, load(xr + c * xs) - lse);
   } else {
     const A inv = A(1) / s;
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
@@ -165,9 +181,8 @@ __global__ void layer_norm_kernel(Rows r, T* y, const T* x, const T* w, int64_t 
 }
 
 template <class T>
-__global__ void layer_norm_dx_kernel(Rows r, T* dx, const T* dy, const T* x, const T* w,
-                                     int64_t ws, const compute_t<T>* mean,
-                                     const compute_t<T>* rstd) {
+__global__ void layer_norm_dx_kernel(Rows r, T* dx, const T* dy, const T* x, const T* w, int64_t ws,
+                                     const compute_t<T>* mean, const compute_t<T>* rstd) {
   using A = compute_t<T>;
   const int64_t row = blockIdx.x, C = r.cols;
   const int64_t ds = r.col_stride[0], gs = r.col_stride[1], xs = r.col_stride[2];
@@ -219,8 +234,7 @@ __global__ void layer_norm_dw_partial_kernel(Rows r, const T* dy, const T* x,
 }
 
 template <class T>
-__global__ void layer_norm_dw_finish_kernel(int64_t C, int64_t blocks,
-                                            const compute_t<T>* part_w,
+__global__ void layer_norm_dw_finish_kernel(int64_t C, int64_t blocks, const compute_t<T>* part_w,
                                             const compute_t<T>* part_b, T* dweight, T* dbias) {
   using A = compute_t<T>;
   const int64_t c = blockIdx.x * int64_t(256) + threadIdx.x;
@@ -259,8 +273,8 @@ __global__ void check_indices_kernel(int dtype, Strided s, int64_t n, int64_t li
 
 // Block i copies row indices[i] of the weight.
 template <class T>
-__global__ void embedding_kernel(int64_t C, T* out, const T* w, int64_t wr, int64_t wc,
-                                 int dtype, Strided idx, const void* indices) {
+__global__ void embedding_kernel(int64_t C, T* out, const T* w, int64_t wr, int64_t wc, int dtype,
+                                 Strided idx, const void* indices) {
   const int64_t i = blockIdx.x;
   const T* src = w + load_index(indices, dtype, element_offset(idx, i)) * wr;
   T* dst = out + i * C;
@@ -302,7 +316,9 @@ int key_bits(int64_t V) {
   while (bits < 63 && (int64_t(1) << bits) < V) ++bits;
   return bits;
 }
-int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+int64_t align256(int64_t bytes) {
+  return (bytes + 255) / 256 * 256;
+}
 
 // ---- cross-entropy: loss_i = lse(x_i) - x_i[t_i] ----
 
@@ -356,13 +372,23 @@ __global__ void cross_entropy_backward_kernel(Rows r, T* dx, const T* x, int tdt
 }
 
 // Calls f.template operator()<T>() with T the floating element type of `dtype`.
-template <class F> int with_float(int dtype, F&& f) {
+template <class F>
+int with_float(int dtype, F&& f) {
   switch (dtype) {
-    case f32: f.template operator()<float>(); break;
-    case f64: f.template operator()<double>(); break;
-    case bf16: f.template operator()<__nv_bfloat16>(); break;
-    case f16: f.template operator()<__half>(); break;
-    default: return int(cudaErrorInvalidValue);
+    case f32:
+      f.template operator()<float>();
+      break;
+    case f64:
+      f.template operator()<double>();
+      break;
+    case bf16:
+      f.template operator()<__nv_bfloat16>();
+      break;
+    case f16:
+      f.template operator()<__half>();
+      break;
+    default:
+      return int(cudaErrorInvalidValue);
   }
   return int(cudaGetLastError());
 }
@@ -380,8 +406,8 @@ int softmax(int dtype, bool log, const Rows& r, void* out, const void* x, void* 
   if (r.rows == 0) return 0;
   return with_float(dtype, [&]<class T>() {
     auto* k = log ? softmax_kernel<T, true> : softmax_kernel<T, false>;
-    k<<<unsigned(r.rows), threads_for(r.cols), 0, cudaStream_t(stream)>>>(
-        r, static_cast<T*>(out), static_cast<const T*>(x));
+    k<<<unsigned(r.rows), threads_for(r.cols), 0, cudaStream_t(stream)>>>(r, static_cast<T*>(out),
+                                                                          static_cast<const T*>(x));
   });
 }
 
@@ -481,8 +507,8 @@ int embedding_backward(int dtype, int64_t n, int64_t C, int64_t V, void* dw, con
   auto* pos_out = reinterpret_cast<int*>(p + 2 * align256(n * 8) + align256(n * 4));
   char* temp = p + 2 * align256(n * 8) + 2 * align256(n * 4);
   size_t temp_bytes = size_t(workspace_bytes - (temp - p));
-  embedding_keys_kernel<<<grid_stride_blocks(n), 256, 0, s>>>(n, index_dtype, idx, indices,
-                                                              keys_in, pos_in);
+  embedding_keys_kernel<<<grid_stride_blocks(n), 256, 0, s>>>(n, index_dtype, idx, indices, keys_in,
+                                                              pos_in);
   cudaError_t err = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, pos_in,
                                                     pos_out, int(n), 0, key_bits(V), s);
   if (err != cudaSuccess) return int(err);
@@ -504,10 +530,10 @@ int cross_entropy(int dtype, const Rows& r, const void* logits, int target_dtype
   });
 }
 
-int cross_entropy_backward(int dtype, const Rows& r, void* dx, const void* logits,
-                           int target_dtype, const void* targets, int64_t t_stride, int64_t ignore,
-                           const void* lse, const void* grad_loss, int grad_dtype,
-                           double grad_value, int64_t count, void* stream) {
+int cross_entropy_backward(int dtype, const Rows& r, void* dx, const void* logits, int target_dtype,
+                           const void* targets, int64_t t_stride, int64_t ignore, const void* lse,
+                           const void* grad_loss, int grad_dtype, double grad_value, int64_t count,
+                           void* stream) {
   if (r.rows == 0) return 0;
   return with_float(dtype, [&]<class T>() {
     using A = compute_t<T>;

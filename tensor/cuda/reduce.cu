@@ -41,7 +41,8 @@ __device__ int64_t offset(int dims, const int64_t* sizes, const int64_t* strides
 
 // ---- The two reductions as (identity, element, combine, write) ----
 
-template <class T> struct SumOp {
+template <class T>
+struct SumOp {
   using Acc = sum_t<T>;
   __device__ static Acc identity() { return Acc(0); }
   __device__ static Acc element(const T* p, int64_t) { return Acc(load(p)); }
@@ -62,7 +63,8 @@ template <class T> struct SumOp {
   }
 };
 
-template <class T> struct MaxOp {
+template <class T>
+struct MaxOp {
   using C = compute_t<T>;
   struct Acc {
     C v;
@@ -103,7 +105,8 @@ __global__ void reduce_rows_kernel(ReduceLayout l, const T* in, typename Op::Out
   const int64_t r0 = split * l.chunk, r1 = min(l.R, r0 + l.chunk);
   Acc acc = Op::identity();
   for (int64_t r = r0 + threadIdx.x; r < r1; r += kThreads)
-    acc = Op::combine(acc, Op::element(base + offset(l.red_dims, l.red_sizes, l.red_strides, r), r));
+    acc =
+        Op::combine(acc, Op::element(base + offset(l.red_dims, l.red_sizes, l.red_strides, r), r));
   sh[threadIdx.x] = acc;
   __syncthreads();
   // A fixed tree over the 256 partials (max's combine keys on the index, so any order would do).
@@ -130,7 +133,8 @@ __global__ void reduce_columns_kernel(ReduceLayout l, const T* in, typename Op::
   const int64_t r0 = split * l.chunk, r1 = min(l.R, r0 + l.chunk);
   Acc acc = Op::identity();
   for (int64_t r = r0; r < r1; ++r)
-    acc = Op::combine(acc, Op::element(base + offset(l.red_dims, l.red_sizes, l.red_strides, r), r));
+    acc =
+        Op::combine(acc, Op::element(base + offset(l.red_dims, l.red_sizes, l.red_strides, r), r));
   if constexpr (kFinal)
     Op::write(out, o, acc);
   else
@@ -148,7 +152,9 @@ __global__ void reduce_finish_kernel(int64_t outputs, int64_t splits,
   Op::write(out, o, acc);
 }
 
-unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
+unsigned blocks_for(int64_t n) {
+  return unsigned((n + kThreads - 1) / kThreads);
+}
 
 template <class Op, class T>
 int reduce(const ReduceLayout& l, const T* in, typename Op::Out out, void* workspace,
@@ -170,8 +176,8 @@ int reduce(const ReduceLayout& l, const T* in, typename Op::Out out, void* works
     reduce_columns_kernel<Op, T, false><<<grid, kThreads, 0, stream>>>(l, in, out, partial);
   else
     reduce_rows_kernel<Op, T, false><<<grid, kThreads, 0, stream>>>(l, in, out, partial);
-  reduce_finish_kernel<Op><<<blocks_for(l.outputs), kThreads, 0, stream>>>(l.outputs, l.splits,
-                                                                           partial, out);
+  reduce_finish_kernel<Op>
+      <<<blocks_for(l.outputs), kThreads, 0, stream>>>(l.outputs, l.splits, partial, out);
   return int(cudaGetLastError());
 }
 
@@ -186,21 +192,32 @@ __global__ void any_nonfinite_kernel(Strided s, const T* in, uint8_t* flag) {
 
 // Calls f.template operator()<T>() with T the element type of `dtype` (floating only unless
 // kIntegers).
-template <bool kIntegers, class F> int with_type(int dtype, F&& f) {
+template <bool kIntegers, class F>
+int with_type(int dtype, F&& f) {
   switch (dtype) {
-    case f32: return f.template operator()<float>();
-    case f64: return f.template operator()<double>();
-    case bf16: return f.template operator()<__nv_bfloat16>();
-    case f16: return f.template operator()<__half>();
-    default: break;
+    case f32:
+      return f.template operator()<float>();
+    case f64:
+      return f.template operator()<double>();
+    case bf16:
+      return f.template operator()<__nv_bfloat16>();
+    case f16:
+      return f.template operator()<__half>();
+    default:
+      break;
   }
   if constexpr (kIntegers) {
     switch (dtype) {
-      case i8: return f.template operator()<int8_t>();
-      case u8: return f.template operator()<uint8_t>();
-      case i32: return f.template operator()<int32_t>();
-      case i64: return f.template operator()<int64_t>();
-      default: break;
+      case i8:
+        return f.template operator()<int8_t>();
+      case u8:
+        return f.template operator()<uint8_t>();
+      case i32:
+        return f.template operator()<int32_t>();
+      case i64:
+        return f.template operator()<int64_t>();
+      default:
+        break;
     }
   }
   return int(cudaErrorInvalidValue);
@@ -229,8 +246,8 @@ int any_nonfinite(int dtype, const Strided& s, const void* in, uint8_t* flag, vo
   int64_t blocks = (s.numel + kThreads - 1) / kThreads;
   dim3 grid(unsigned(blocks > 4096 ? 4096 : blocks));
   return with_type<false>(dtype, [&]<class T>() {
-    any_nonfinite_kernel<T><<<grid, kThreads, 0, cudaStream_t(stream)>>>(
-        s, static_cast<const T*>(in), flag);
+    any_nonfinite_kernel<T>
+        <<<grid, kThreads, 0, cudaStream_t(stream)>>>(s, static_cast<const T*>(in), flag);
     return int(cudaGetLastError());
   });
 }
