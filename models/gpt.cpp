@@ -253,14 +253,11 @@ Variable GPT::forward_slots(const Tensor& idx, const std::vector<int64_t>& slots
 int GPT::set_prepacked(bool on) {
   int n = forge::set_prepacked(*this, on);
   head_ = on ? pack_weight(wte->weight.data()) : PackedWeight{};
-  if (!head_.panels) head_ = {};
   return n + (head_.panels ? 1 : 0);
 }
 
 Variable GPT::head(const Variable& x) {
-  const Tensor& w = wte->weight.data();
-  if (head_.panels && !grad_enabled() && head_.weight.raw_data() == w.raw_data() &&
-      head_.weight.shape() == w.shape())
+  if (!grad_enabled() && head_.packs(wte->weight.data()))
     return Variable(linear(x.data(), head_, Tensor()));
   return linear(x, wte->weight, Variable());  // the head is wte^T
 }

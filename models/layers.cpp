@@ -24,16 +24,13 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, Generat
 
 Variable Linear::forward(const Variable& x) {
   if (quantized_) return quantized_->forward(x);
-  if (packed_.panels && !grad_enabled() && weight.defined() &&
-      packed_.weight.raw_data() == weight.data().raw_data() &&
-      packed_.weight.shape() == weight.data().shape())
+  if (!grad_enabled() && weight.defined() && packed_.packs(weight.data()))
     return Variable(linear(x.data(), packed_, bias.defined() ? bias.data() : Tensor()));
   return linear(x, weight, bias);
 }
 
 void Linear::set_prepacked(bool on) {
-  packed_ = on ? pack_weight(weight.data()) : PackedWeight{};
-  if (!packed_.panels) packed_ = {};  // not f32 on the CPU: nothing to gain
+  packed_ = on ? pack_weight(weight.data()) : PackedWeight{};  // no panels unless f32 on the CPU
 }
 
 int set_prepacked(Module& model, bool on) {

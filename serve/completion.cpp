@@ -127,6 +127,16 @@ void Completion::pump(ClientChannel& client, OnEvent on_event) {
   }
 }
 
+// A streamed choice's text that can be shown after event `e`: an incomplete UTF-8 sequence at the
+// end is held back in c.text until the next event completes it (or the choice ends).
+std::string Completion::ready_text(Choice& c, const StreamEvent& e) {
+  c.text += e.text;
+  const size_t ready = e.finish ? c.text.size() : complete_utf8_prefix(c.text);
+  std::string text = c.text.substr(0, ready);
+  c.text.erase(0, ready);
+  return text;
+}
+
 json Completion::usage(int64_t completion_tokens) const {
   int64_t prompt_tokens = 0;  // each prompt once, however many choices it has (as OpenAI)
   for (const auto& p : request_.prompt_tokens) prompt_tokens += int64_t(p.size());
@@ -220,10 +230,7 @@ void Completion::stream(ClientChannel& client) {
   }
   int64_t completion_tokens = 0;
   pump(client, [&](Choice& c, StreamEvent& e) {
-    c.text += e.text;  // held back: an incomplete UTF-8 sequence at the end waits for more
-    const size_t ready = e.finish ? c.text.size() : complete_utf8_prefix(c.text);
-    const std::string text = c.text.substr(0, ready);
-    c.text.erase(0, ready);
+    const std::string text = ready_text(c, e);
     json logprobs = nullptr;
     if (r.params.logprobs >= 0 && !e.tokens.empty()) {
       const Tokenizer& tok = engine_.tokenizer();
@@ -262,12 +269,9 @@ bool Completion::poll(const std::function<void(const ChoiceEvent&)>& on_event, s
       progressed = true;
       --max_events;
       take(c, *e);
-      c.text += e->text;  // held back: an incomplete UTF-8 sequence at the end waits for more
-      const size_t ready = e->finish ? c.text.size() : complete_utf8_prefix(c.text);
       ChoiceEvent out;
       out.index = index_of(c);
-      out.text = valid_utf8(c.text.substr(0, ready));
-      c.text.erase(0, ready);
+      out.text = valid_utf8(ready_text(c, *e));
       out.tokens = std::move(e->tokens);
       out.logprobs = std::move(e->logprobs);
       out.top_logprobs = std::move(e->top_logprobs);

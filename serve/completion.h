@@ -110,6 +110,7 @@ class Completion {
   template <class OnEvent>
   void pump(ClientChannel& client, OnEvent on_event);
   void take(Choice& c, StreamEvent& e);
+  std::string ready_text(Choice& c, const StreamEvent& e);
   nlohmann::json usage(int64_t completion_tokens) const;
   nlohmann::json chunk(nlohmann::json choices) const;
   nlohmann::json chunk_choice(const Choice& c, const std::string& text, nlohmann::json logprobs,

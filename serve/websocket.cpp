@@ -187,7 +187,6 @@ class Session {
   // While more than max_queued_bytes wait to be sent, the events stay in the engine's streams
   // (which pauses a request whose unread events pile up): the client reads at its own pace.
   void pump() {
-    pumping_ = true;  // stop() (a send that failed) leaves live_ to us meanwhile
     auto room = [&] { return !stopped_ && queued_ < options_.max_queued_bytes; };
     for (bool progressed = true; progressed && room();) {
       progressed = false;
@@ -203,8 +202,6 @@ class Session {
         it = done ? live_.erase(it) : std::next(it);
       }
     }
-    pumping_ = false;
-    if (stopped_) live_.clear();
     close_if_stopping();
   }
 
@@ -299,7 +296,7 @@ class Session {
     if (stopped_) return;
     stopped_ = true;
     for (auto& [id, live] : live_) live.completion->cancel();
-    if (!pumping_) live_.clear();
+    live_.clear();
     waker_->disarm();
     error_code ec;
     wake_.close(ec);
@@ -321,7 +318,7 @@ class Session {
   std::map<std::string, Live> live_;
   std::deque<std::string> out_;
   size_t queued_ = 0;
-  bool writing_ = false, closing_ = false, close_sent_ = false, stopped_ = false, pumping_ = false;
+  bool writing_ = false, closing_ = false, close_sent_ = false, stopped_ = false;
   websocket::close_code close_code_ = websocket::close_code::normal;
   int64_t served_ = 0;
 };

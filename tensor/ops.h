@@ -125,6 +125,11 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, DType out_dt
 struct PackedWeight {
   Tensor weight;                               // what was packed
   std::shared_ptr<const cpu::PackedB> panels;  // null when the weight is not f32 on the CPU
+  // Whether these are panels of `w` as it is now (the same tensor: not replaced since packing).
+  bool packs(const Tensor& w) const {
+    return panels && w.defined() && weight.raw_data() == w.raw_data() &&
+           weight.shape() == w.shape();
+  }
 };
 PackedWeight pack_weight(const Tensor& w);
 Tensor linear(const Tensor& x, const PackedWeight& w, const Tensor& bias);
