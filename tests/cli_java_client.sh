@@ -17,20 +17,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/cli_lib.sh"
 test_name=cli_java_client
 
-# skip WHAT: an optional input is missing; exits 77 (skipped), or 1 under FORGE_REQUIRE_OPTIONAL=1.
-skip() {
-  optional_missing "$*"
-  [ "$failures" -eq 0 ] && exit 77
-  finish cli_java_client
-}
-
 # ---- A JDK ----
 if ! command -v javac >/dev/null 2>&1 || ! command -v java >/dev/null 2>&1; then
-  skip "javac or java not found (a JDK 17 or later; Debian: apt-get install openjdk-17-jdk-headless)"
+  skip_missing "javac or java not found (a JDK 17 or later; Debian: apt-get install openjdk-17-jdk-headless)"
 fi
 jdk=$(javac -version 2>&1 | sed -n 's/^javac \([0-9]*\).*/\1/p')
 if [ -z "$jdk" ] || [ "$jdk" -lt 17 ]; then
-  skip "javac $(javac -version 2>&1) is older than 17"
+  skip_missing "javac $(javac -version 2>&1) is older than 17"
 fi
 echo "$(javac -version 2>&1), $(java -version 2>&1 | head -1)"
 

@@ -23,6 +23,11 @@
 #                               $port and $bg_pid; its stdout and stderr in $tmp/NAME.out, .err
 #                               (fails and finishes $test_name when it does not start in 30 s)
 #   stop_server NAME         -> SIGTERM, then a failure unless it exits 0 within 15 s
+#   skip_missing WHAT        -> an optional input is missing: exits 77 (skipped), or fails and
+#                               finishes $test_name under FORGE_REQUIRE_OPTIONAL=1
+#   node_script SRC DIR      -> a copy of the Node script SRC in $tmp/DIR beside a link to
+#                               $npm_dir/node_modules (ESM imports resolve from the script's own
+#                               directory, not NODE_PATH); prints the copy's path
 #   npm_package NAME MAJOR   -> NAME@MAJOR installed once into ${FORGE_NPM_CACHE:-~/.cache/
 #                               forge-npm} (never the source tree): $npm_dir; status 1 (after
 #                               printing why) without node >= 20 and npm, or when npm fails
@@ -158,6 +163,17 @@ tiny_serve_model() {
   # "T: we\nC: all\nA:" (16 tokens fit): letters the synthetic corpus has too.
   printf '%s\n' '{"role_prefix": {"system": "T: ", "user": "C: ", "assistant": "A: "},' \
     ' "generation_prefix": "A:", "default_stop": ["\\nC:"]}' >"$tmp/chat.json"
+}
+
+skip_missing() {
+  optional_missing "$*"
+  [ "$failures" -eq 0 ] && exit 77
+  finish "$test_name"
+}
+
+node_script() {
+  mkdir "$tmp/$2" && cp "$1" "$tmp/$2/" && ln -s "$npm_dir/node_modules" "$tmp/$2/node_modules"
+  echo "$tmp/$2/$(basename "$1")"
 }
 
 start_server() {

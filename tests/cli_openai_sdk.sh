@@ -14,33 +14,22 @@ serve=${2:?usage: cli_openai_sdk.sh path/to/train path/to/serve}
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/cli_lib.sh
 . "$here/cli_lib.sh"
-
-# skip WHAT: an optional input is missing; exits 77 (skipped), or 1 under FORGE_REQUIRE_OPTIONAL=1.
-skip() {
-  optional_missing "$*"
-  [ "$failures" -eq 0 ] && exit 77
-  finish cli_openai_sdk
-}
+test_name=cli_openai_sdk
 
 # ---- The SDK, in a cache outside the source tree ----
-npm_package openai 6 >"$tmp/npm.msg" || skip "$(tail -1 "$tmp/npm.msg")"
+npm_package openai 6 >"$tmp/npm.msg" || skip_missing "$(tail -1 "$tmp/npm.msg")"
 tail -1 "$tmp/npm.msg"
-# ESM imports resolve from the script's own directory, not NODE_PATH: run a copy from $tmp, where
-# node_modules is a link to the cache's.
-mkdir "$tmp/sdk"
-cp "$here/openai_sdk/check.mjs" "$tmp/sdk/check.mjs"
-ln -s "$npm_dir/node_modules" "$tmp/sdk/node_modules"
+check=$(node_script "$here/openai_sdk/check.mjs" sdk) || { fail "cannot copy check.mjs"; finish cli_openai_sdk; }
 
 # ---- A tiny checkpoint behind serve, with an API key ----
 tiny_serve_model cli_openai_sdk
 key=sk-forge-sdk-test-key
 printf '%s\n' "$key" >"$tmp/keys"
-test_name=cli_openai_sdk
 start_server sdk --chat-template "$tmp/chat.json" --api-key-file "$tmp/keys"
 echo "serve listening on port $port"
 
 # ---- The SDK's checks (each call has its own 30 s timeout; all of them 180 s) ----
-BASE_URL="http://127.0.0.1:$port/v1" API_KEY=$key MODEL=tiny timeout 180 node "$tmp/sdk/check.mjs"
+BASE_URL="http://127.0.0.1:$port/v1" API_KEY=$key MODEL=tiny timeout 180 node "$check"
 sdk_rc=$?
 if [ "$sdk_rc" -ne 0 ]; then
   fail "check.mjs exited $sdk_rc"

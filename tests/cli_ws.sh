@@ -16,16 +16,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/cli_lib.sh"
 test_name=cli_ws
 
-if ! npm_package ws 8 >"$tmp/npm.msg"; then
-  optional_missing "$(tail -1 "$tmp/npm.msg")"
-  [ "$failures" -eq 0 ] && exit 77
-  finish cli_ws
-fi
+npm_package ws 8 >"$tmp/npm.msg" || skip_missing "$(tail -1 "$tmp/npm.msg")"
 tail -1 "$tmp/npm.msg"
-# ESM imports resolve from the script's own directory: run a copy beside a link to the cache.
-mkdir "$tmp/client"
-cp "$here/ws_client/check.mjs" "$tmp/client/check.mjs"
-ln -s "$npm_dir/node_modules" "$tmp/client/node_modules"
+check=$(node_script "$here/ws_client/check.mjs" client) || { fail "cannot copy check.mjs"; finish cli_ws; }
 
 tiny_serve_model cli_ws
 key=sk-forge-ws-test-key
@@ -34,7 +27,7 @@ start_server ws --chat-template "$tmp/chat.json" --api-key-file "$tmp/keys" --sl
   --max-tokens-limit 100000 --ws-queue-limit 1048576 --write-timeout 2
 echo "serve listening on port $port"
 
-BASE="http://127.0.0.1:$port" API_KEY=$key MODEL=tiny timeout 120 node "$tmp/client/check.mjs"
+BASE="http://127.0.0.1:$port" API_KEY=$key MODEL=tiny timeout 120 node "$check"
 client_rc=$?
 if [ "$client_rc" -ne 0 ]; then
   fail "check.mjs exited $client_rc"
