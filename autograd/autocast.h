@@ -1,11 +1,10 @@
 // Mixed precision: a scope in which matrix products take bf16 or f16 inputs and accumulate in f32.
 //
 //   {
-//     Autocast ac(DType::bf16);                       // f16 wants a GradScaler (optim/)
-//     Variable loss = GPT::loss(model.forward(x), y); // linear, attention and GELU follow the
-//     policy scaler.scale(loss).backward();                  // gradients arrive in f32 (master
-//     weights)
-//   }                                                 // the outermost scope drops the cast cache
+//     Autocast ac(DType::bf16);                  // f16 wants a GradScaler (optim/)
+//     Variable loss = model.loss(model.forward(x), y);  // linear, attention, GELU: the policy
+//     scaler.scale(loss).backward();             // gradients arrive in f32 (master weights)
+//   }                                            // the outermost scope drops the cast cache
 //
 // The policy, per op (autograd/ops_*.cpp):
 //  - linear: input and weight rounded to the autocast dtype, product accumulated in f32, output

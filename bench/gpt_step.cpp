@@ -154,7 +154,7 @@ int main(int argc, char** argv) {
       MemoryTagScope tag(MemoryTag::activations);
       std::optional<Autocast> scope;
       if (mixed) scope.emplace(low);
-      Variable loss = GPT::loss(model.forward(x), y);
+      Variable loss = model.loss(model.forward(x), y);
       scaler.scale(loss).backward();
       last_loss = loss.item();
     }

@@ -26,6 +26,7 @@
 #include "bench/bench_util.h"
 #include "parallel/grid.h"
 #include "parallel/pipeline.h"
+#include "parallel/tensor_parallel.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -83,7 +84,7 @@ struct StageRecord {
   int64_t peak_bytes = 0;  // the largest over the steps
 };
 
-StageRecord measure_stage(const Settings& s, ParallelGPT& model, const ProcessGrid& grid,
+StageRecord measure_stage(const Settings& s, GPT& model, const ProcessGrid& grid,
                           PipelineSchedule schedule, int m) {
   Pipeline pipe(model, grid.pp_group(), {schedule, m});
   Generator data(1339);
@@ -240,7 +241,7 @@ int run_bubble(const Settings& s, const std::shared_ptr<Communicator>& world) {
   const int P = world->size();
   ProcessGrid grid(world, {.pp = P, .dp = 1, .tp = 1});
   Generator init(1337), drop(1338);
-  ParallelGPT model(s.cfg, {grid.tp_group(), grid.coord().pp, P}, init, drop);
+  GPT model(s.cfg, init, drop, gpt_part(grid, s.cfg));
   const bool lead = world->rank() == 0;
   if (lead) {
     print_settings(s, *world, fmt::format("pp {}", P).c_str());
@@ -283,7 +284,7 @@ int run_bubble(const Settings& s, const std::shared_ptr<Communicator>& world) {
 // Tensor-parallel traffic
 
 // What one forward and backward of the whole model all-reduces in the tensor-parallel group, per
-// rank, read from the code (parallel/tensor_parallel.cpp, parallel_gpt.cpp, tp_mappings.cpp):
+// rank, read from the code (parallel/tensor_parallel.cpp, models/gpt.cpp, tp_mappings.cpp):
 //   forward:  per block, attn.c_proj and mlp.c_proj (RowParallelLinear: reduce_from_tp_region)
 //             all-reduce their (B, T, C) f32 output; so does the vocab-parallel embedding: 2 L + 1.
 //   loss:     vocab_parallel_cross_entropy all-reduces the row maxima (N = B T f64 values), then
@@ -394,7 +395,7 @@ int run_tp_bytes(const Settings& s, const std::shared_ptr<Communicator>& world) 
   const int R = world->size();
   ProcessGrid grid(world, {.pp = 1, .dp = 1, .tp = R});
   Generator init(1337), drop(1338), data(1339);
-  ParallelGPT model(s.cfg, {grid.tp_group(), 0, 1}, init, drop);
+  GPT model(s.cfg, init, drop, gpt_part(grid, s.cfg));
   Communicator& tp = *grid.tp_group();
   if (world->rank() == 0) print_settings(s, *world, fmt::format("tp {}", R).c_str());
   // One step, with the group's counters read before it and after each phase.

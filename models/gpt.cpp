@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <tuple>
 
 #include "autograd/checkpoint.h"
 #include "tensor/ops.h"
@@ -46,29 +48,128 @@ double GPTConfig::flops_per_token(int64_t T) const {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Layers
+// The serial layers, and where each parameter goes under tensor and pipeline parallelism
+
+std::shared_ptr<Linear> GptLayers::column_linear(int64_t in, int64_t out, bool bias) {
+  return std::make_shared<Linear>(in, out, bias);
+}
+
+std::shared_ptr<Linear> GptLayers::row_linear(int64_t in, int64_t out, bool bias) {
+  return std::make_shared<Linear>(in, out, bias);
+}
+
+std::shared_ptr<Embedding> GptLayers::token_embedding(int64_t vocab_size, int64_t dim) {
+  return std::make_shared<Embedding>(vocab_size, dim);
+}
+
+Variable GptLayers::logits(const Variable& x, const Variable& wte) {
+  return linear(x, wte, Variable());
+}
+
+Variable GptLayers::loss(const Variable& logits, const Tensor& targets, int64_t vocab_size) {
+  FORGE_CHECK(logits.size(-1) == vocab_size,
+              "GPT loss: logits of {} columns for a vocabulary of {}", logits.size(-1), vocab_size);
+  return cross_entropy(reshape(logits, {-1, vocab_size}), targets.reshape({-1}));
+}
 
 namespace {
-// GPT-2 initialisation of a Linear layer: weight N(0, std), bias 0.
-std::shared_ptr<Linear> gpt_linear(int64_t in, int64_t out, bool bias, double std, Generator& g) {
-  auto l = std::make_shared<Linear>(in, out, bias, g);
-  normal_(l->weight.data(), 0.0, std, g);
-  if (bias) l->bias.data().zero_();
-  return l;
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// The block index of transformer.h.<i>.*, or -1.
+int64_t block_index(const std::string& name) {
+  const std::string head = "transformer.h.";
+  if (name.rfind(head, 0) != 0) return -1;
+  return std::stoll(name.substr(head.size(), name.find('.', head.size()) - head.size()));
 }
 }  // namespace
 
-CausalSelfAttention::CausalSelfAttention(const GPTConfig& cfg, Generator& init,
+TpSplit gpt_tp_split(const std::string& name) {
+  if (ends_with(name, ".attn.c_attn.weight") || ends_with(name, ".attn.c_attn.bias"))
+    return {0, 3};  // q, k and v each cut by heads
+  if (ends_with(name, ".mlp.c_fc.weight") || ends_with(name, ".mlp.c_fc.bias")) return {0, 1};
+  if (ends_with(name, ".attn.c_proj.weight") || ends_with(name, ".mlp.c_proj.weight"))
+    return {1, 1};
+  if (name == "transformer.wte.weight") return {0, 1};
+  return {};
+}
+
+IndexRange gpt_stage_layers(const GPTConfig& cfg, int stage, int stages) {
+  FORGE_CHECK(stages >= 1 && stages <= cfg.n_layer,
+              "pipeline: {} stages for {} layers (each stage needs at least one)", stages,
+              cfg.n_layer);
+  return shard_range(cfg.n_layer, stages, stage);
+}
+
+namespace {
+// Whether a model holding blocks `r` holds the serial parameter `name`.
+bool holds(const GPTConfig& cfg, const std::string& name, IndexRange r) {
+  const bool first = r.begin == 0, last = r.end == cfg.n_layer;
+  if (name == "transformer.wte.weight") return first || last;  // the tied head on the last
+  if (name == "transformer.wpe.weight") return first;
+  if (name.rfind("transformer.ln_f.", 0) == 0) return last;
+  const int64_t b = block_index(name);
+  FORGE_CHECK(b >= 0, "GPT: unexpected parameter {}", name);
+  return r.contains(b);
+}
+}  // namespace
+
+bool gpt_stage_holds(const GPTConfig& cfg, const std::string& name, int stage, int stages) {
+  return holds(cfg, name, gpt_stage_layers(cfg, stage, stages));
+}
+
+NamedTensors shard_gpt_state(const NamedTensors& serial, const GPTConfig& cfg, int tp_rank,
+                             int tp_size, int stage, int stages) {
+  NamedTensors out;
+  for (const auto& [name, t] : serial)
+    if (gpt_stage_holds(cfg, name, stage, stages))
+      out.emplace_back(name, shard_tensor(t, gpt_tp_split(name), tp_rank, tp_size));
+  return out;
+}
+
+NamedTensors merge_gpt_shards(const std::vector<std::vector<NamedTensors>>& shards,
+                              const std::function<TpSplit(const std::string&)>& split_of) {
+  NamedTensors out;
+  auto have = [&](const std::string& n) {
+    return std::any_of(out.begin(), out.end(), [&](const auto& e) { return e.first == n; });
+  };
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const auto& ranks = shards[s];
+    FORGE_CHECK(!ranks.empty(), "merge_gpt_shards: stage {} has no shards", s);
+    for (size_t i = 0; i < ranks[0].size(); ++i) {
+      const std::string& name = ranks[0][i].first;
+      if (have(name)) continue;  // the last stage's copy of the tied wte
+      std::vector<Tensor> parts;
+      for (size_t r = 0; r < ranks.size(); ++r) {
+        FORGE_CHECK(i < ranks[r].size() && ranks[r][i].first == name,
+                    "merge_gpt_shards: stage {} tensor-parallel rank {} lacks {} (or holds it at "
+                    "another position)",
+                    s, r, name);
+        parts.push_back(ranks[r][i].second);
+      }
+      out.emplace_back(name, merge_shards(parts, split_of(name)));
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+
+CausalSelfAttention::CausalSelfAttention(const GPTConfig& cfg, GptLayers& layers,
                                          Generator& dropout_gen)
-    : n_head_(cfg.n_head), dropout_(cfg.dropout), gen_(&dropout_gen) {
-  double proj_std = 0.02 / std::sqrt(2.0 * double(cfg.n_layer));
-  c_attn = register_module("c_attn", gpt_linear(cfg.n_embd, 3 * cfg.n_embd, cfg.bias, 0.02, init));
-  c_proj = register_module("c_proj", gpt_linear(cfg.n_embd, cfg.n_embd, cfg.bias, proj_std, init));
+    : n_head_(cfg.n_head / layers.parts()),
+      heads_{layers.part() * (cfg.n_head / layers.parts()), cfg.n_head},
+      dropout_(cfg.dropout),
+      gen_(&dropout_gen) {
+  c_attn = register_module("c_attn", layers.column_linear(cfg.n_embd, 3 * cfg.n_embd, cfg.bias));
+  c_proj = register_module("c_proj", layers.row_linear(cfg.n_embd, cfg.n_embd, cfg.bias));
 }
 
 Variable CausalSelfAttention::forward(const Variable& x) {
-  Variable qkv = c_attn->forward(x);  // (B, T, 3C)
-  Variable y = causal_attention(qkv, int(n_head_), dropout_, is_training(), gen_);
+  Variable qkv = c_attn->forward(x);  // (B, T, 3C) (tensor parallel: this process's heads)
+  Variable y = causal_attention(qkv, int(n_head_), dropout_, is_training(), gen_, heads_);
   return dropout(c_proj->forward(y), dropout_, is_training(), *gen_);
 }
 
@@ -103,12 +204,10 @@ Variable CausalSelfAttention::forward(const Variable& x, SlotCache& cache,
   return c_proj->forward(Variable(y));
 }
 
-GPTMLP::GPTMLP(const GPTConfig& cfg, Generator& init, Generator& dropout_gen)
+GPTMLP::GPTMLP(const GPTConfig& cfg, GptLayers& layers, Generator& dropout_gen)
     : dropout_(cfg.dropout), gelu_(cfg.gelu), gen_(&dropout_gen) {
-  double proj_std = 0.02 / std::sqrt(2.0 * double(cfg.n_layer));
-  c_fc = register_module("c_fc", gpt_linear(cfg.n_embd, 4 * cfg.n_embd, cfg.bias, 0.02, init));
-  c_proj =
-      register_module("c_proj", gpt_linear(4 * cfg.n_embd, cfg.n_embd, cfg.bias, proj_std, init));
+  c_fc = register_module("c_fc", layers.column_linear(cfg.n_embd, 4 * cfg.n_embd, cfg.bias));
+  c_proj = register_module("c_proj", layers.row_linear(4 * cfg.n_embd, cfg.n_embd, cfg.bias));
 }
 
 Variable GPTMLP::forward(const Variable& x) {
@@ -116,11 +215,11 @@ Variable GPTMLP::forward(const Variable& x) {
   return dropout(c_proj->forward(h), dropout_, is_training(), *gen_);
 }
 
-Block::Block(const GPTConfig& cfg, Generator& init, Generator& dropout_gen) {
+Block::Block(const GPTConfig& cfg, GptLayers& layers, Generator& dropout_gen) {
   ln_1 = register_module("ln_1", std::make_shared<LayerNorm>(cfg.n_embd, cfg.bias));
-  attn = register_module("attn", std::make_shared<CausalSelfAttention>(cfg, init, dropout_gen));
+  attn = register_module("attn", std::make_shared<CausalSelfAttention>(cfg, layers, dropout_gen));
   ln_2 = register_module("ln_2", std::make_shared<LayerNorm>(cfg.n_embd, cfg.bias));
-  mlp = register_module("mlp", std::make_shared<GPTMLP>(cfg, init, dropout_gen));
+  mlp = register_module("mlp", std::make_shared<GPTMLP>(cfg, layers, dropout_gen));
 }
 
 Variable Block::forward(const Variable& x) {
@@ -153,37 +252,117 @@ KVCache SlotCache::slot(int64_t s) {
 // ---------------------------------------------------------------------------------------------
 // GPT
 
-GPT::GPT(const GPTConfig& cfg, Generator& init, Generator& dropout_gen)
-    : cfg_(cfg), dropout_gen_(&dropout_gen) {
+GPT::GPT(const GPTConfig& cfg, Generator& init, Generator& dropout_gen, GptPart part)
+    : cfg_(cfg),
+      factory_(part.layers ? std::move(part.layers) : std::make_shared<GptLayers>()),
+      layers_(part.blocks ? *part.blocks : IndexRange{0, cfg.n_layer}),
+      dropout_gen_(&dropout_gen) {
   cfg.validate();
+  const int R = factory_->parts();
+  FORGE_CHECK(cfg.n_head % R == 0, "GPT: n_head {} does not split over {} tensor-parallel ranks",
+              cfg.n_head, R);
+  FORGE_CHECK(layers_.begin >= 0 && layers_.begin < layers_.end && layers_.end <= cfg.n_layer,
+              "GPT: blocks [{}, {}) of {} (a stage needs at least one)", layers_.begin, layers_.end,
+              cfg.n_layer);
   auto transformer = register_module("transformer", std::make_shared<ModuleDict>());
-  wte = transformer->add("wte", std::make_shared<Embedding>(cfg.vocab_size, cfg.n_embd, init));
-  wpe = transformer->add("wpe", std::make_shared<Embedding>(cfg.block_size, cfg.n_embd, init));
-  normal_(wte->weight.data(), 0.0, 0.02, init);
-  normal_(wpe->weight.data(), 0.0, 0.02, init);
+  if (first_stage() || last_stage())
+    wte = transformer->add("wte", factory_->token_embedding(cfg.vocab_size, cfg.n_embd));
+  if (first_stage())
+    wpe = transformer->add("wpe", std::make_shared<Embedding>(cfg.block_size, cfg.n_embd));
   auto h = transformer->add("h", std::make_shared<ModuleDict>());
-  for (int64_t i = 0; i < cfg.n_layer; ++i)
-    blocks.push_back(h->add(std::to_string(i), std::make_shared<Block>(cfg, init, dropout_gen)));
-  ln_f = transformer->add("ln_f", std::make_shared<LayerNorm>(cfg.n_embd, cfg.bias));
+  for (int64_t i = layers_.begin; i < layers_.end; ++i)
+    blocks.push_back(
+        h->add(std::to_string(i), std::make_shared<Block>(cfg, *factory_, dropout_gen)));
+  if (last_stage())
+    ln_f = transformer->add("ln_f", std::make_shared<LayerNorm>(cfg.n_embd, cfg.bias));
+  initialise(init);
 }
 
-Variable GPT::forward(const Tensor& idx) {
-  FORGE_CHECK(idx.dim() == 2 && is_integral(idx.dtype()),
-              "GPT: expected (B, T) integer tokens, got {} {}", idx.dtype(), idx.shape());
-  int64_t T = idx.size(1);
-  FORGE_CHECK(T <= cfg_.block_size, "GPT: sequence of {} tokens is longer than block_size {}", T,
-              cfg_.block_size);
-  Tensor pos = arange(0, double(T), 1, DType::i64).to(idx.device());
-  Variable x = add(wte->forward(idx), wpe->forward(pos));  // (B, T, C) + (T, C)
-  x = dropout(x, cfg_.dropout, is_training(), *dropout_gen_);
+void GPT::initialise(Generator& init) {
+  // Every normal tensor of the serial model in its parameter order, with its standard deviation.
+  const double proj_std = 0.02 / std::sqrt(2.0 * double(cfg_.n_layer));
+  const int64_t C = cfg_.n_embd;
+  std::vector<std::tuple<std::string, Shape, double>> normal{
+      {"transformer.wte.weight", {cfg_.vocab_size, C}, 0.02},
+      {"transformer.wpe.weight", {cfg_.block_size, C}, 0.02}};
+  for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+    const std::string b = fmt::format("transformer.h.{}.", l);
+    normal.emplace_back(b + "attn.c_attn.weight", Shape{3 * C, C}, 0.02);
+    normal.emplace_back(b + "attn.c_proj.weight", Shape{C, C}, proj_std);
+    normal.emplace_back(b + "mlp.c_fc.weight", Shape{4 * C, C}, 0.02);
+    normal.emplace_back(b + "mlp.c_proj.weight", Shape{C, 4 * C}, proj_std);
+  }
+  std::map<std::string, Variable> mine;
+  for (auto& [name, p] : named_parameters()) mine.emplace(name, p);
+  // Each takes the next ceil(numel / 4) counter blocks of the stream; this process fills its slice.
+  for (const auto& [name, shape, std] : normal) {
+    int64_t numel = 1;
+    for (int64_t d : shape) numel *= d;
+    const Generator::State at = init.state();
+    init.advance(uint64_t((numel + 3) / 4));
+    auto it = mine.find(name);
+    if (it == mine.end()) continue;  // another stage's
+    normal_shard_(it->second.data(), shape, gpt_tp_split(name), factory_->part(), factory_->parts(),
+                  0.0, std, at);
+  }
+}
+
+IndexRange GPT::vocab() const {
+  FORGE_CHECK(wte, "GPT: only the first and the last stage hold the token embedding");
+  return shard_range(cfg_.vocab_size, factory_->parts(), factory_->part());
+}
+
+void GPT::check_whole(const char* what) const {
+  FORGE_CHECK(factory_->parts() == 1 && first_stage() && last_stage(),
+              "GPT: {} needs the whole model in one process (this one holds blocks [{}, {}) of "
+              "{}, tensor-parallel part {} of {})",
+              what, layers_.begin, layers_.end, cfg_.n_layer, factory_->part(), factory_->parts());
+}
+
+Variable GPT::embed(const Tensor& idx, const Tensor& positions) {
+  return add(wte->forward(idx), wpe->forward(positions));  // (B, T, C) + (T, C)
+}
+
+Variable GPT::run_blocks(Variable x) {
   for (auto& b : blocks) {
     if (checkpoint_blocks_ && is_training())
       x = checkpoint([b](const Variable& in) { return b->forward(in); }, x, {dropout_gen_});
     else
       x = b->forward(x);
   }
-  x = ln_f->forward(x);
-  return linear(x, wte->weight, Variable());  // (B, T, V): the head is wte^T
+  return x;
+}
+
+Variable GPT::forward(const Tensor& idx) {
+  check_whole("forward(idx)");
+  return forward(idx, Variable());
+}
+
+Variable GPT::forward(const Tensor& idx, const Variable& hidden) {
+  Variable x;
+  if (first_stage()) {
+    FORGE_CHECK(idx.dim() == 2 && is_integral(idx.dtype()),
+                "GPT: expected (B, T) integer tokens, got {} {}", idx.dtype(), idx.shape());
+    const int64_t T = idx.size(1);
+    FORGE_CHECK(T <= cfg_.block_size, "GPT: sequence of {} tokens is longer than block_size {}", T,
+                cfg_.block_size);
+    Tensor pos = arange(0, double(T), 1, DType::i64).to(wpe->weight.data().device());
+    x = dropout(embed(idx, pos), cfg_.dropout, is_training(), *dropout_gen_);
+  } else {
+    FORGE_CHECK(
+        hidden.defined() && hidden.dim() == 3 && hidden.size(2) == cfg_.n_embd,
+        "GPT blocks [{}, {}): expected the previous stage's hidden state (B, T, {}), got {}",
+        layers_.begin, layers_.end, cfg_.n_embd, hidden.defined() ? hidden.shape() : Shape{});
+    x = hidden;
+  }
+  x = run_blocks(x);
+  return last_stage() ? head(ln_f->forward(x)) : x;
+}
+
+Variable GPT::loss(const Variable& logits, const Tensor& targets) const {
+  FORGE_CHECK(last_stage(), "GPT: the loss is computed on the last stage, not on blocks [{}, {})",
+              layers_.begin, layers_.end);
+  return factory_->loss(logits, targets, cfg_.vocab_size);
 }
 
 KVCache GPT::make_cache(int64_t batch) const {
@@ -196,13 +375,13 @@ KVCache GPT::make_cache(int64_t batch) const {
 }
 
 Variable GPT::forward_cached(const Tensor& idx, KVCache& cache) {
+  check_whole("forward_cached");
   FORGE_CHECK(idx.dim() == 2 && is_integral(idx.dtype()),
               "GPT: expected (B, T) integer tokens, got {} {}", idx.dtype(), idx.shape());
   const int64_t Tn = idx.size(1), at = cache.length;
   FORGE_CHECK(at + Tn <= cfg_.block_size, "GPT: {} cached + {} new positions exceed block_size {}",
               at, Tn, cfg_.block_size);
-  Tensor pos = arange(double(at), double(at + Tn), 1, DType::i64).to(idx.device());
-  Variable x = add(wte->forward(idx), wpe->forward(pos));
+  Variable x = embed(idx, arange(double(at), double(at + Tn), 1, DType::i64).to(idx.device()));
   for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward(x, &cache, int64_t(l));
   cache.length = at + Tn;
   Variable last = narrow(x, 1, Tn - 1, 1);  // only the next token's distribution is needed
@@ -217,6 +396,7 @@ SlotCache GPT::make_slot_cache(int64_t slots) const {
 
 Variable GPT::forward_slots(const Tensor& idx, const std::vector<int64_t>& slots,
                             const std::vector<int64_t>& counts, SlotCache& cache) {
+  check_whole("forward_slots");
   FORGE_CHECK(idx.dim() == 2 && idx.size(0) == 1 && is_integral(idx.dtype()),
               "GPT: forward_slots expects (1, N) integer tokens, got {} {}", idx.dtype(),
               idx.shape());
@@ -240,7 +420,7 @@ Variable GPT::forward_slots(const Tensor& idx, const std::vector<int64_t>& slots
   FORGE_CHECK(idx.size(1) == N, "GPT: forward_slots got {} tokens for counts adding up to {}",
               idx.size(1), N);
   Tensor positions = from_vector(pos, Shape{1, N}).to(idx.device());
-  Variable x = add(wte->forward(idx), wpe->forward(positions));  // (1, N, C)
+  Variable x = embed(idx, positions);  // (1, N, C)
   for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward(x, cache, spans, int64_t(l));
   for (const SlotSpan& sp : spans) cache.length[size_t(sp.slot)] += sp.count;
   // Only each slot's next-token distribution is needed: its last row.
@@ -259,12 +439,7 @@ int GPT::set_prepacked(bool on) {
 Variable GPT::head(const Variable& x) {
   if (!grad_enabled() && head_.packs(wte->weight.data()))
     return Variable(linear(x.data(), head_, Tensor()));
-  return linear(x, wte->weight, Variable());  // the head is wte^T
-}
-
-Variable GPT::loss(const Variable& logits, const Tensor& targets) {
-  int64_t V = logits.size(-1);
-  return cross_entropy(reshape(logits, {-1, V}), targets.reshape({-1}));
+  return factory_->logits(x, wte->weight);  // the head is wte^T
 }
 
 }  // namespace forge

@@ -13,15 +13,31 @@
 // Generation keeps a KVCache: forward_cached(next_token, cache) costs O(context) per token. A
 // server keeps a SlotCache of several sequences and advances them together with forward_slots.
 //
+// One class for every layout: the layers come from a GptLayers factory (the serial Linear,
+// Embedding and cross-entropy here; parallel/tensor_parallel.h's TensorParallelLayers returns the
+// column-, row- and vocabulary-parallel layers of a tensor-parallel group) and the model holds a
+// range of blocks (a pipeline stage: the first holds the embeddings, the last ln_f and its own copy
+// of the tied wte). With the defaults it is the serial model.
+//
+//   GPT stage(cfg, init, dropout_gen, {.layers = tp_layers, .blocks = {4, 8}});  // blocks 4..7
+//   Variable h = stage.forward(Tensor(), hidden_from_previous_stage);
+//
 // Parameter names follow nanoGPT's (transformer.h.0.attn.c_attn.weight, ...), so checkpoints read
 // like PyTorch ones. The tied head is the one tensor transformer.wte.weight. Initialisation as
 // GPT-2: weights N(0, 0.02), biases 0, residual projections (attn.c_proj, mlp.c_proj) N(0,
-// 0.02/sqrt(2L)).
+// 0.02/sqrt(2L)). The values are a function of the init generator's state alone, whatever the
+// layout: each normal tensor takes its own range of the generator's counter-based stream, in the
+// serial model's parameter order, and a process draws only its slice of it (normal_shard_), so
+// every shard equals the same slice of the serial initialisation bit for bit and no process holds
+// more than its share.
 #pragma once
 
+#include <functional>
+#include <optional>
 #include <string>
 
 #include "models/layers.h"
+#include "models/sharding.h"
 
 namespace forge {
 
@@ -47,6 +63,47 @@ struct GPTConfig {
   friend bool operator==(const GPTConfig&, const GPTConfig&) = default;
 };
 
+// The layers a GPT is built from: these are the serial ones; a tensor-parallel group's factory
+// returns layers that hold this process's slice (gpt_tp_split says which) and communicate.
+class GptLayers {
+ public:
+  virtual ~GptLayers() = default;
+  // Which slice of every split parameter this process holds: part() of parts().
+  virtual int part() const { return 0; }
+  virtual int parts() const { return 1; }
+  // y = x W^T + b with W (out, in) split by output features (x whole, y split: column parallel).
+  virtual std::shared_ptr<Linear> column_linear(int64_t in, int64_t out, bool bias);
+  // The same split by input features (x split, y whole: row parallel).
+  virtual std::shared_ptr<Linear> row_linear(int64_t in, int64_t out, bool bias);
+  // The token embedding, split by rows (the vocabulary).
+  virtual std::shared_ptr<Embedding> token_embedding(int64_t vocab_size, int64_t dim);
+  // The tied head: the logits of x (..., C) for this process's rows of wte, (..., rows).
+  virtual Variable logits(const Variable& x, const Variable& wte);
+  // Mean cross-entropy of those logits against targets over the whole vocabulary.
+  virtual Variable loss(const Variable& logits, const Tensor& targets, int64_t vocab_size);
+};
+
+// Which part of the model a process builds.
+struct GptPart {
+  std::shared_ptr<GptLayers> layers;  // null: the serial layers
+  std::optional<IndexRange> blocks;   // a pipeline stage's blocks [first, last); none: all
+};
+
+// How the serial parameter `name` splits over tensor-parallel ranks.
+TpSplit gpt_tp_split(const std::string& name);
+// The blocks of pipeline stage `stage` of `stages` (balanced).
+IndexRange gpt_stage_layers(const GPTConfig& cfg, int stage, int stages);
+// Whether stage `stage` holds the serial parameter `name`.
+bool gpt_stage_holds(const GPTConfig& cfg, const std::string& name, int stage, int stages);
+// Rank (tp_rank of tp_size, stage of stages)'s share of a serial state dict.
+NamedTensors shard_gpt_state(const NamedTensors& serial, const GPTConfig& cfg, int tp_rank,
+                             int tp_size, int stage, int stages);
+// The inverse: shards[stage][tp_rank] -> the serial state dict (the tied wte taken from stage 0).
+// `split_of` says how each name was cut (other tensors named after parameters: optimizer moments).
+NamedTensors merge_gpt_shards(
+    const std::vector<std::vector<NamedTensors>>& shards,
+    const std::function<TpSplit(const std::string&)>& split_of = gpt_tp_split);
+
 // The names of the GELU forms in configs and checkpoints: "tanh" and "erf".
 const char* gelu_name(GeluApprox g);
 GeluApprox parse_gelu(const std::string& name);  // throws naming the text
@@ -70,7 +127,7 @@ struct SlotCache {
 
 class CausalSelfAttention : public Module {
  public:
-  CausalSelfAttention(const GPTConfig& cfg, Generator& init, Generator& dropout_gen);
+  CausalSelfAttention(const GPTConfig& cfg, GptLayers& layers, Generator& dropout_gen);
   Variable forward(const Variable& x) override;  // (B, T, C) -> (B, T, C)
   // Inference: x holds positions cache.length ..; their keys and values are appended to layer
   // `layer` of the cache (the caller advances cache.length once all layers have run).
@@ -82,14 +139,15 @@ class CausalSelfAttention : public Module {
   std::shared_ptr<Linear> c_attn, c_proj;
 
  private:
-  int64_t n_head_;
+  int64_t n_head_;   // on this process
+  HeadSlice heads_;  // which of all the heads (tensor parallelism: dropout draws their mask part)
   double dropout_;
   Generator* gen_;
 };
 
 class GPTMLP : public Module {
  public:
-  GPTMLP(const GPTConfig& cfg, Generator& init, Generator& dropout_gen);
+  GPTMLP(const GPTConfig& cfg, GptLayers& layers, Generator& dropout_gen);
   Variable forward(const Variable& x) override;  // C -> 4C -> GELU -> C
   std::shared_ptr<Linear> c_fc, c_proj;
 
@@ -101,7 +159,7 @@ class GPTMLP : public Module {
 
 class Block : public Module {
  public:
-  Block(const GPTConfig& cfg, Generator& init, Generator& dropout_gen);
+  Block(const GPTConfig& cfg, GptLayers& layers, Generator& dropout_gen);
   Variable forward(const Variable& x) override;
   Variable forward(const Variable& x, KVCache* cache, int64_t layer);
   Variable forward(const Variable& x, SlotCache& cache, const std::vector<SlotSpan>& spans,
@@ -113,13 +171,28 @@ class Block : public Module {
 
 class GPT : public Module {
  public:
-  GPT(const GPTConfig& cfg, Generator& init, Generator& dropout_gen);
+  GPT(const GPTConfig& cfg, Generator& init, Generator& dropout_gen, GptPart part = {});
   const GPTConfig& config() const { return cfg_; }
 
-  // idx (B, T) integer tokens, T <= block_size -> logits (B, T, vocab_size).
+  // The whole model: idx (B, T) integer tokens, T <= block_size -> logits (B, T, vocab_size).
   Variable forward(const Tensor& idx);
-  // Generation: idx (B, T) continues the positions in `cache` (cache.length + T <= block_size);
-  // returns the logits of the last position only (B, 1, vocab_size). Run under NoGradGuard.
+  // A pipeline stage: the first reads tokens idx (B, T), the others the previous stage's hidden
+  // state (B, T, C). Returns the hidden state for the next stage, or on the last stage the logits
+  // of this process's vocabulary rows (B, T, vocab().size()).
+  Variable forward(const Tensor& idx, const Variable& hidden);
+  // Last stage: mean cross-entropy of logits (B, T, vocab().size()) against targets (B, T) over the
+  // whole vocabulary (the same on every process of a tensor-parallel group).
+  Variable loss(const Variable& logits, const Tensor& targets) const;
+
+  bool first_stage() const { return layers_.begin == 0; }
+  bool last_stage() const { return layers_.end == cfg_.n_layer; }
+  IndexRange layers() const { return layers_; }  // the blocks held
+  IndexRange vocab() const;                      // the rows of wte held (first and last stage)
+  const GptLayers& layer_factory() const { return *factory_; }
+
+  // Generation (the whole model on one process): idx (B, T) continues the positions in `cache`
+  // (cache.length + T <= block_size); returns the logits of the last position only
+  // (B, 1, vocab_size). Run under NoGradGuard.
   Variable forward_cached(const Tensor& idx, KVCache& cache);
   KVCache make_cache(int64_t batch) const;
   // Serving: one step over several slots. Slot slots[i] continues its sequence (at
@@ -132,8 +205,6 @@ class GPT : public Module {
   Variable forward_slots(const Tensor& idx, const std::vector<int64_t>& slots,
                          const std::vector<int64_t>& counts, SlotCache& cache);
   SlotCache make_slot_cache(int64_t slots) const;
-  // Mean cross-entropy of logits (B, T, V) against targets (B, T).
-  static Variable loss(const Variable& logits, const Tensor& targets);
   // Activation checkpointing of the transformer blocks in training: each keeps only its input and
   // is recomputed in backward (same dropout masks; gradients bit for bit the same).
   void set_checkpoint_blocks(bool on) { checkpoint_blocks_ = on; }
@@ -144,16 +215,22 @@ class GPT : public Module {
   // again after changing them (or after moving the model). Returns the matrices packed.
   int set_prepacked(bool on);
 
-  std::shared_ptr<Embedding> wte, wpe;
+  std::shared_ptr<Embedding> wte, wpe;  // wte: first and last stage; wpe: first
   std::vector<std::shared_ptr<Block>> blocks;
-  std::shared_ptr<LayerNorm> ln_f;
+  std::shared_ptr<LayerNorm> ln_f;  // last stage
 
  private:
   GPTConfig cfg_;
+  std::shared_ptr<GptLayers> factory_;
+  IndexRange layers_;
   Generator* dropout_gen_;
   bool checkpoint_blocks_ = false;
   PackedWeight head_;                // wte packed for the head (set_prepacked)
-  Variable head(const Variable& x);  // the logits of x (after ln_f)
+  void initialise(Generator& init);  // GPT-2's initialisation of the parts held
+  void check_whole(const char* what) const;
+  Variable embed(const Tensor& idx, const Tensor& positions);  // wte + wpe (then dropout)
+  Variable run_blocks(Variable x);                             // in training, checkpointed or not
+  Variable head(const Variable& x);                            // the logits of x (after ln_f)
 };
 
 }  // namespace forge

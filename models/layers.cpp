@@ -22,11 +22,27 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, Generat
   if (has_bias) bias = register_parameter("bias", uniform_tensor({out_features}, bound, gen));
 }
 
+Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias)
+    : in_features_(in_features), out_features_(out_features) {
+  FORGE_CHECK(in_features > 0 && out_features > 0, "Linear: sizes must be positive, got {} -> {}",
+              in_features, out_features);
+  MemoryTagScope tag(MemoryTag::parameters);
+  weight = register_parameter("weight", zeros({out_features, in_features}));
+  if (has_bias) bias = register_parameter("bias", zeros({out_features}));
+}
+
 Variable Linear::forward(const Variable& x) {
   if (quantized_) return quantized_->forward(x);
   if (!grad_enabled() && weight.defined() && packed_.packs(weight.data()))
     return Variable(linear(x.data(), packed_, bias.defined() ? bias.data() : Tensor()));
   return linear(x, weight, bias);
+}
+
+Variable Linear::product(const Variable& x) {
+  FORGE_CHECK(!quantized_, "Linear: a quantized layer computes its bias in its own product");
+  if (!grad_enabled() && weight.defined() && packed_.packs(weight.data()))
+    return Variable(linear(x.data(), packed_, Tensor()));
+  return linear(x, weight, Variable());
 }
 
 void Linear::set_prepacked(bool on) {
@@ -65,6 +81,11 @@ void Linear::set_quantized(std::shared_ptr<Module> m, bool release_weights) {
 Embedding::Embedding(int64_t num, int64_t dim, Generator& gen) {
   MemoryTagScope tag(MemoryTag::parameters);
   weight = register_parameter("weight", randn({num, dim}, gen));
+}
+
+Embedding::Embedding(int64_t num, int64_t dim) {
+  MemoryTagScope tag(MemoryTag::parameters);
+  weight = register_parameter("weight", zeros({num, dim}));
 }
 
 Variable Embedding::forward(const Tensor& indices) {

@@ -19,6 +19,8 @@ namespace forge {
 class Linear : public Module {
  public:
   Linear(int64_t in_features, int64_t out_features, bool bias, Generator& gen);
+  // Zero weights, for a caller that initialises them itself (the GPT).
+  Linear(int64_t in_features, int64_t out_features, bool bias);
   Variable forward(const Variable& x) override;  // (..., in) -> (..., out)
   Variable weight, bias;                         // (out, in), (out) or undefined
   int64_t in_features() const { return in_features_; }
@@ -42,6 +44,11 @@ class Linear : public Module {
   void set_prepacked(bool on);
   bool prepacked() const { return packed_.panels != nullptr; }
 
+ protected:
+  // x W^T without the bias, through the prepacked panels when they apply (tensor parallelism's
+  // row-parallel layer adds its bias after summing over the group).
+  Variable product(const Variable& x);
+
  private:
   int64_t in_features_, out_features_;
   std::shared_ptr<Module> quantized_;
@@ -55,8 +62,10 @@ int set_prepacked(Module& model, bool on);
 class Embedding : public Module {
  public:
   Embedding(int64_t num, int64_t dim, Generator& gen);
-  Variable forward(const Tensor& indices);  // (...) integers -> (..., dim)
-  Variable weight;                          // (num, dim)
+  // Zero weights (rows [0, num) of a table of `num` rows), for a caller that initialises them.
+  Embedding(int64_t num, int64_t dim);
+  virtual Variable forward(const Tensor& indices);  // (...) integers -> (..., dim)
+  Variable weight;                                  // (num, dim)
 };
 
 class LayerNorm : public Module {

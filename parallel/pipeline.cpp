@@ -18,11 +18,13 @@ const char* pipeline_schedule_name(PipelineSchedule s) {
   return s == PipelineSchedule::gpipe ? "gpipe" : "1f1b";
 }
 
-Pipeline::Pipeline(ParallelGPT& model, std::shared_ptr<Communicator> pp, PipelineOptions options)
+Pipeline::Pipeline(GPT& model, std::shared_ptr<Communicator> pp, PipelineOptions options)
     : model_(model), pp_(std::move(pp)), options_(options) {
-  FORGE_CHECK(pp_->size() == model_.layout().stages && pp_->rank() == model_.layout().stage,
-              "pipeline: the model is stage {} of {}, the pipeline group has rank {} of {}",
-              model_.layout().stage, model_.layout().stages, pp_->rank(), pp_->size());
+  FORGE_CHECK(model_.first_stage() == (pp_->rank() == 0) &&
+                  model_.last_stage() == (pp_->rank() == pp_->size() - 1),
+              "pipeline: the model holds blocks [{}, {}) of {}, which is not stage {} of {}",
+              model_.layers().begin, model_.layers().end, model_.config().n_layer, pp_->rank(),
+              pp_->size());
   FORGE_CHECK(options_.micro_batches >= 1, "pipeline: micro_batches must be positive, got {}",
               options_.micro_batches);
 }
@@ -154,11 +156,12 @@ double Pipeline::evaluate(const Tensor& x, const Tensor& y) {
   return loss.item();
 }
 
-void sync_tied_embedding(ParallelGPT& model, const std::shared_ptr<Communicator>& embedding_group) {
+void sync_tied_embedding(GPT& model, const std::shared_ptr<Communicator>& embedding_group) {
   if (!embedding_group) return;
   FORGE_CHECK(model.wte && model.wte->weight.grad().defined(),
-              "sync_tied_embedding: stage {} has no gradient of the token embedding",
-              model.layout().stage);
+              "sync_tied_embedding: the stage of blocks [{}, {}) has no gradient of the token "
+              "embedding",
+              model.layers().begin, model.layers().end);
   embedding_group->all_reduce(model.wte->weight.grad(), ReduceOp::sum);
 }
 

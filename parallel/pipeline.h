@@ -1,4 +1,5 @@
-// Pipeline parallelism: the forwards and backwards of one training step of a ParallelGPT stage,
+// Pipeline parallelism: the forwards and backwards of one training step of a GPT stage (a GPT
+// holding a range of blocks, models/gpt.h),
 // over M micro-batches, in GPipe or 1F1B order.
 //
 //   Pipeline pipe(model, grid.pp_group(), {.schedule = PipelineSchedule::one_f_one_b,
@@ -27,8 +28,8 @@
 #include <memory>
 #include <string>
 
+#include "models/gpt.h"
 #include "parallel/ddp.h"
-#include "parallel/parallel_gpt.h"
 
 namespace forge {
 
@@ -55,7 +56,7 @@ struct PipelineStepStats {
 class Pipeline {
  public:
   // `pp`: this rank's pipeline group (rank = stage). The model's stage must match pp's rank.
-  Pipeline(ParallelGPT& model, std::shared_ptr<Communicator> pp, PipelineOptions options);
+  Pipeline(GPT& model, std::shared_ptr<Communicator> pp, PipelineOptions options);
 
   // One step over the batch x, y (B, T): the first stage reads x, the last y, and the others take
   // the micro-batches' shape from y (pass both everywhere). The backward of each micro-batch starts
@@ -80,13 +81,13 @@ class Pipeline {
                      std::vector<Work>& sends, double& busy_seconds);
   int64_t micro_batch_rows(const Tensor& x, const Tensor& y) const;
 
-  ParallelGPT& model_;
+  GPT& model_;
   std::shared_ptr<Communicator> pp_;
   PipelineOptions options_;
 };
 
 // Sums the tied token embedding's gradient between the first and the last stage (the embedding
 // lookup's part and the output head's part). No-op without a group (one stage).
-void sync_tied_embedding(ParallelGPT& model, const std::shared_ptr<Communicator>& embedding_group);
+void sync_tied_embedding(GPT& model, const std::shared_ptr<Communicator>& embedding_group);
 
 }  // namespace forge

@@ -10,48 +10,9 @@
 namespace forge {
 
 // ---------------------------------------------------------------------------------------------
-// Splitting serial tensors
-
-IndexRange shard_range(int64_t n, int parts, int part) {
-  FORGE_CHECK(parts > 0 && part >= 0 && part < parts, "shard_range: part {} of {}", part, parts);
-  return {n * part / parts, n * (part + 1) / parts};
-}
-
-Tensor shard_tensor(const Tensor& full, TpSplit split, int rank, int size) {
-  if (split.replicated() || size == 1) return full;
-  FORGE_CHECK(split.dim < full.dim() && full.size(split.dim) % split.chunks == 0,
-              "shard_tensor: dim {} of {} does not hold {} equal blocks", split.dim, full.shape(),
-              split.chunks);
-  const int64_t block = full.size(split.dim) / split.chunks;
-  const IndexRange r = shard_range(block, size, rank);
-  std::vector<Tensor> parts;
-  for (int64_t c = 0; c < split.chunks; ++c)
-    parts.push_back(full.narrow(split.dim, c * block + r.begin, r.size()));
-  return parts.size() == 1 ? parts[0].contiguous() : concat(parts, split.dim);
-}
-
-Tensor merge_shards(const std::vector<Tensor>& shards, TpSplit split) {
-  FORGE_CHECK(!shards.empty(), "merge_shards: no shards");
-  if (split.replicated() || shards.size() == 1) return shards[0];
-  std::vector<Tensor> parts;
-  for (int64_t c = 0; c < split.chunks; ++c) {
-    for (const Tensor& s : shards) {
-      const int64_t n = s.size(split.dim) / split.chunks;
-      parts.push_back(s.narrow(split.dim, c * n, n));
-    }
-  }
-  return concat(parts, split.dim);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Layers
 
 namespace {
-Tensor zero_parameter(const Shape& shape) {
-  MemoryTagScope tag(MemoryTag::parameters);
-  return zeros(shape);
-}
-
 int64_t exact_part(int64_t n, const Communicator& tp, const char* layer, const char* what) {
   FORGE_CHECK(n % tp.size() == 0, "{}: {} {} do not split evenly over {} tensor-parallel ranks",
               layer, n, what, tp.size());
@@ -61,38 +22,36 @@ int64_t exact_part(int64_t n, const Communicator& tp, const char* layer, const c
 
 ColumnParallelLinear::ColumnParallelLinear(int64_t in, int64_t out, bool has_bias,
                                            std::shared_ptr<Communicator> tp, bool gather_output)
-    : tp_(std::move(tp)), gather_output_(gather_output) {
-  const int64_t part = exact_part(out, *tp_, "ColumnParallelLinear", "output features");
-  weight = register_parameter("weight", zero_parameter({part, in}));
-  if (has_bias) bias = register_parameter("bias", zero_parameter({part}));
-}
+    : Linear(in, exact_part(out, *tp, "ColumnParallelLinear", "output features"), has_bias),
+      tp_(std::move(tp)),
+      gather_output_(gather_output) {}
 
 Variable ColumnParallelLinear::forward(const Variable& x) {
-  Variable y = linear(copy_to_tp_region(x, tp_), weight, bias);
+  Variable y = Linear::forward(copy_to_tp_region(x, tp_));
   return gather_output_ ? gather_from_tp_region(y, tp_) : y;
 }
 
 RowParallelLinear::RowParallelLinear(int64_t in, int64_t out, bool has_bias,
                                      std::shared_ptr<Communicator> tp, bool input_is_parallel)
-    : tp_(std::move(tp)), input_is_parallel_(input_is_parallel) {
-  const int64_t part = exact_part(in, *tp_, "RowParallelLinear", "input features");
-  weight = register_parameter("weight", zero_parameter({out, part}));
-  if (has_bias) bias = register_parameter("bias", zero_parameter({out}));
-}
+    : Linear(exact_part(in, *tp, "RowParallelLinear", "input features"), out, has_bias),
+      tp_(std::move(tp)),
+      input_is_parallel_(input_is_parallel) {}
 
 Variable RowParallelLinear::forward(const Variable& x) {
   Variable xs = input_is_parallel_ ? x : scatter_to_tp_region(x, tp_);
-  Variable y = reduce_from_tp_region(linear(xs, weight, Variable()), tp_);
+  Variable y = reduce_from_tp_region(product(xs), tp_);
   return bias.defined() ? add(y, bias) : y;
 }
 
 VocabParallelEmbedding::VocabParallelEmbedding(int64_t num, int64_t dim,
                                                std::shared_ptr<Communicator> tp)
-    : tp_(std::move(tp)), num_(num), range_(shard_range(num, tp_->size(), tp_->rank())) {
+    : Embedding(shard_range(num, tp->size(), tp->rank()).size(), dim),
+      tp_(std::move(tp)),
+      num_(num),
+      range_(shard_range(num, tp_->size(), tp_->rank())) {
   FORGE_CHECK(range_.size() > 0,
               "VocabParallelEmbedding: {} rows over {} ranks leaves rank {} none", num, tp_->size(),
               tp_->rank());
-  weight = register_parameter("weight", zero_parameter({range_.size(), dim}));
 }
 
 namespace {
@@ -352,6 +311,54 @@ Variable vocab_parallel_cross_entropy(const Variable& logits, const Tensor& targ
                                      ? vocab_ce_backward<float>(x, tt, count, vocab, lse, gl)
                                      : vocab_ce_backward<double>(x, tt, count, vocab, lse, gl)};
                        });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The GPT's tensor-parallel layers
+
+TensorParallelLayers::TensorParallelLayers(std::shared_ptr<Communicator> tp) : tp_(std::move(tp)) {
+  FORGE_CHECK(tp_, "TensorParallelLayers: no communicator");
+}
+
+std::shared_ptr<Linear> TensorParallelLayers::column_linear(int64_t in, int64_t out, bool bias) {
+  return std::make_shared<ColumnParallelLinear>(in, out, bias, tp_);
+}
+
+std::shared_ptr<Linear> TensorParallelLayers::row_linear(int64_t in, int64_t out, bool bias) {
+  return std::make_shared<RowParallelLinear>(in, out, bias, tp_);
+}
+
+std::shared_ptr<Embedding> TensorParallelLayers::token_embedding(int64_t vocab_size, int64_t dim) {
+  return std::make_shared<VocabParallelEmbedding>(vocab_size, dim, tp_);
+}
+
+Variable TensorParallelLayers::logits(const Variable& x, const Variable& wte) {
+  return linear(copy_to_tp_region(x, tp_), wte, Variable());
+}
+
+Variable TensorParallelLayers::loss(const Variable& logits, const Tensor& targets,
+                                    int64_t vocab_size) {
+  return vocab_parallel_cross_entropy(
+      logits, targets, shard_range(vocab_size, tp_->size(), tp_->rank()), vocab_size, tp_);
+}
+
+GptPart gpt_part(const ProcessGrid& grid, const GPTConfig& cfg) {
+  return {std::make_shared<TensorParallelLayers>(grid.tp_group()),
+          gpt_stage_layers(cfg, grid.coord().pp, grid.sizes().pp)};
+}
+
+double parallel_grad_norm(const GPT& model, Communicator& model_parallel_group) {
+  const bool tp_lead = model.layer_factory().part() == 0;
+  double local = 0;
+  for (const auto& [name, p] : model.named_parameters()) {
+    if (!p.grad().defined()) continue;
+    if (gpt_tp_split(name).replicated() && !tp_lead) continue;
+    if (name == "transformer.wte.weight" && !model.first_stage()) continue;
+    local += sum(mul(p.grad(), p.grad())).item();
+  }
+  Tensor total = full({1}, local, DType::f64, model_parallel_group.device());
+  model_parallel_group.all_reduce(total, ReduceOp::sum);
+  return std::sqrt(total.item());
 }
 
 }  // namespace forge

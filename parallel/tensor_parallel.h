@@ -12,49 +12,31 @@
 //   Variable logits = linear(copy_to_tp_region(h, tp), wte.weight, {});   // (B, T, end - begin)
 //   Variable loss = vocab_parallel_cross_entropy(logits, targets, wte.range(), tp);
 //
-// The layers start from zero weights: a parallel model loads its slices of a serial model's
-// weights (shard_tensor), so it starts exactly where the serial run starts, whatever R is.
-//
-// How a serial parameter is cut (TpSplit): its dim `dim` is seen as `chunks` equal blocks (3 for
-// attention's fused q, k, v) and rank r keeps slice r of every block; dim -1 means every rank
-// keeps the whole tensor. Slices are balanced, [r n / R, (r + 1) n / R): equal when R divides n,
-// as it must for heads and MLP columns; the vocabulary may split unevenly (65 over 2: 32 + 33).
+// The layers are Linear and Embedding layers holding a slice (models/sharding.h says how a serial
+// parameter is cut), so a GPT built from them (TensorParallelLayers, the GPT's layer factory for a
+// tensor-parallel group) is the serial GPT's code. They start from zero weights; the GPT fills
+// each rank's slices with the serial initialisation's values for them.
 #pragma once
 
 #include <memory>
 #include <vector>
 
+#include "models/gpt.h"
 #include "models/layers.h"
+#include "models/sharding.h"
 #include "parallel/communicator.h"
+#include "parallel/grid.h"
 
 namespace forge {
-
-struct TpSplit {
-  int dim = -1;  // -1: replicated
-  int64_t chunks = 1;
-  bool replicated() const { return dim < 0; }
-};
-
-struct IndexRange {
-  int64_t begin = 0, end = 0;
-  int64_t size() const { return end - begin; }
-};
-// Part `part` of `parts` balanced slices of 0..n.
-IndexRange shard_range(int64_t n, int parts, int part);
-// Rank `rank`'s slice (of `size`) of a serial tensor, contiguous; the tensor itself if replicated.
-Tensor shard_tensor(const Tensor& full, TpSplit split, int rank, int size);
-// The inverse: every rank's slice, in rank order, back into the serial tensor.
-Tensor merge_shards(const std::vector<Tensor>& shards, TpSplit split);
 
 // y = x W^T + b with W split by output rows: y's columns come out split (each rank its own), or
 // gathered whole with gather_output. The input x is whole on every rank; its gradient is summed
 // over the group in backward (copy_to_tp_region).
-class ColumnParallelLinear : public Module {
+class ColumnParallelLinear : public Linear {
  public:
   ColumnParallelLinear(int64_t in_features, int64_t out_features, bool bias,
                        std::shared_ptr<Communicator> tp, bool gather_output = false);
-  Variable forward(const Variable& x) override;
-  Variable weight, bias;  // (out / R, in), (out / R)
+  Variable forward(const Variable& x) override;  // weight (out / R, in), bias (out / R)
 
  private:
   std::shared_ptr<Communicator> tp_;
@@ -65,12 +47,11 @@ class ColumnParallelLinear : public Module {
 // column-parallel layer) or whole (and each rank takes its slice). The partial products are summed
 // over the group in forward (reduce_from_tp_region); the bias, whole on every rank, is added once
 // after the sum.
-class RowParallelLinear : public Module {
+class RowParallelLinear : public Linear {
  public:
   RowParallelLinear(int64_t in_features, int64_t out_features, bool bias,
                     std::shared_ptr<Communicator> tp, bool input_is_parallel = true);
-  Variable forward(const Variable& x) override;
-  Variable weight, bias;  // (out, in / R), (out)
+  Variable forward(const Variable& x) override;  // weight (out, in / R), bias (out)
 
  private:
   std::shared_ptr<Communicator> tp_;
@@ -79,12 +60,12 @@ class RowParallelLinear : public Module {
 
 // An embedding table split by rows: rank r looks up the indices in its range, zeros for the rest,
 // and the group sums the rows (each index is found on exactly one rank).
-class VocabParallelEmbedding : public Module {
+class VocabParallelEmbedding : public Embedding {
  public:
   VocabParallelEmbedding(int64_t num, int64_t dim, std::shared_ptr<Communicator> tp);
-  Variable forward(const Tensor& indices);  // (...) integers -> (..., dim), whole on every rank
+  // (...) integers -> (..., dim), whole on every rank; weight (range().size(), dim)
+  Variable forward(const Tensor& indices) override;
   const IndexRange& range() const { return range_; }
-  Variable weight;  // (range().size(), dim)
 
  private:
   std::shared_ptr<Communicator> tp_;
@@ -103,5 +84,35 @@ Variable vocab_parallel_cross_entropy(const Variable& logits, const Tensor& targ
                                       IndexRange vocab, int64_t vocab_size,
                                       const std::shared_ptr<Communicator>& tp,
                                       int64_t ignore_index = -100);
+
+// The GPT's layer factory for a tensor-parallel group: the column-, row- and vocabulary-parallel
+// layers above, the head's logits for this rank's vocabulary rows, and the vocabulary-parallel
+// cross-entropy. With it the one GPT class (models/gpt.h) is this rank's shard:
+//
+//   GPT shard(cfg, init, drop, {.layers = std::make_shared<TensorParallelLayers>(grid.tp_group()),
+//                               .blocks = gpt_stage_layers(cfg, stage, stages)});
+class TensorParallelLayers : public GptLayers {
+ public:
+  explicit TensorParallelLayers(std::shared_ptr<Communicator> tp);
+  int part() const override { return tp_->rank(); }
+  int parts() const override { return tp_->size(); }
+  std::shared_ptr<Linear> column_linear(int64_t in, int64_t out, bool bias) override;
+  std::shared_ptr<Linear> row_linear(int64_t in, int64_t out, bool bias) override;
+  std::shared_ptr<Embedding> token_embedding(int64_t vocab_size, int64_t dim) override;
+  Variable logits(const Variable& x, const Variable& wte) override;
+  Variable loss(const Variable& logits, const Tensor& targets, int64_t vocab_size) override;
+  const std::shared_ptr<Communicator>& group() const { return tp_; }
+
+ private:
+  std::shared_ptr<Communicator> tp_;
+};
+
+// This rank's part of a GPT on `grid`: its tensor-parallel group's layers and its stage's blocks.
+GptPart gpt_part(const ProcessGrid& grid, const GPTConfig& cfg);
+
+// The norm of the whole model's gradient from every rank's shards: each parameter of the serial
+// model counted once (a tensor-parallel replica on tp rank 0 only, the tied embedding on the first
+// stage only), summed over the model-parallel group (the ranks of one replica).
+double parallel_grad_norm(const GPT& model, Communicator& model_parallel_group);
 
 }  // namespace forge

@@ -13,6 +13,7 @@
 #include "parallel/grid.h"
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline.h"
+#include "parallel/tensor_parallel.h"
 #include "quant/quantize.h"
 #include "recipes/checkpoint.h"
 #include "recipes/report.h"
@@ -40,7 +41,7 @@ double estimate_loss(GPT& model, const Tensor& split, int64_t iters, int64_t bat
   const Device device = model.device();
   for (int64_t i = 0; i < iters; ++i) {
     Batch b = get_batch(split, batch_size, model.config().block_size, gen, split_name);
-    total += GPT::loss(model.forward(b.x.to(device)), b.y.to(device)).item();
+    total += model.loss(model.forward(b.x.to(device)), b.y.to(device)).item();
   }
   model.train(was_training);
   return total / double(std::max<int64_t>(iters, 1));
@@ -160,10 +161,9 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   GptRun run;
   run.tokenizer = data.tokenizer;
   run.device = device;
-  std::shared_ptr<ParallelGPT> shard;  // model parallel: this rank's share
+  std::shared_ptr<GPT> shard;  // model parallel: this rank's share
   if (model_parallel) {
-    shard = std::make_shared<ParallelGPT>(
-        cfg.model, ModelParallel{grid.tp_group(), at.pp, int(cfg.pp)}, init_gen, dropout_gen);
+    shard = std::make_shared<GPT>(cfg.model, init_gen, dropout_gen, gpt_part(grid, cfg.model));
     shard->set_checkpoint_blocks(cfg.checkpoint == "blocks");
   } else {
     run.model = std::make_shared<GPT>(cfg.model, init_gen, dropout_gen);
@@ -310,8 +310,8 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     for (int64_t m = 0; m < M; ++m) {
       std::optional<DistributedDataParallel::NoSync> local;  // all-reduce in the last one only
       if (ddp && m < M - 1) local.emplace(*ddp);
-      Variable loss = GPT::loss(run.model->forward(b.x.narrow(0, m * mb, mb).contiguous()),
-                                b.y.narrow(0, m * mb, mb).contiguous());
+      Variable loss = run.model->loss(run.model->forward(b.x.narrow(0, m * mb, mb).contiguous()),
+                                      b.y.narrow(0, m * mb, mb).contiguous());
       scaler.scale(mul(loss, 1.0 / double(M))).backward();
       loss_sum += loss.item();
     }

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
-#include "parallel/parallel_gpt.h"
+#include "parallel/tensor_parallel.h"
 
 namespace fs = std::filesystem;
 

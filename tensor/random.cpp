@@ -83,20 +83,51 @@ void uniform_(Tensor& t, double lo, double hi, Generator& gen) {
   });
 }
 
+namespace {
+// The four normal values of one block: Box-Muller on two pairs of uniforms; u1 in (0, 1] so
+// log(u1) is finite.
+std::array<double, 4> normal_block(std::array<uint32_t, 4> b, double mean, double std) {
+  std::array<double, 4> v;
+  for (int j = 0; j < 4; j += 2) {
+    double u1 = (double(b[j] >> 8) + 1.0) * (1.0 / 16777216.0);
+    double u2 = double(uniform_from_bits(b[j + 1]));
+    double r = std::sqrt(-2.0 * std::log(u1));
+    v[j] = mean + std * r * std::cos(2.0 * M_PI * u2);
+    v[j + 1] = mean + std * r * std::sin(2.0 * M_PI * u2);
+  }
+  return v;
+}
+}  // namespace
+
 void normal_(Tensor& t, double mean, double std, Generator& gen) {
   check_fillable(t, "normal_");
   dispatch_float(t.dtype(), "normal_", [&]<class T>() {
-    fill_blocks<T>(t, gen, [&](std::array<uint32_t, 4> b) {
-      // Box-Muller on two pairs of uniforms; u1 in (0, 1] so log(u1) is finite.
-      std::array<double, 4> v;
-      for (int j = 0; j < 4; j += 2) {
-        double u1 = (double(b[j] >> 8) + 1.0) * (1.0 / 16777216.0);
-        double u2 = double(uniform_from_bits(b[j + 1]));
-        double r = std::sqrt(-2.0 * std::log(u1));
-        v[j] = mean + std * r * std::cos(2.0 * M_PI * u2);
-        v[j + 1] = mean + std * r * std::sin(2.0 * M_PI * u2);
+    fill_blocks<T>(t, gen, [&](std::array<uint32_t, 4> b) { return normal_block(b, mean, std); });
+  });
+}
+
+void normal_runs_(Tensor& t, double mean, double std, Generator::State at, int64_t run,
+                  const std::function<int64_t(int64_t)>& run_start) {
+  check_fillable(t, "normal_runs_");
+  FORGE_CHECK(run > 0 && t.numel() % run == 0, "normal_runs_: {} elements are not runs of {}",
+              t.numel(), run);
+  const Generator gen(at.seed);
+  dispatch_float(t.dtype(), "normal_runs_", [&]<class T>() {
+    T* p = t.data<T>();
+    parallel_for(0, t.numel() / run, std::max<int64_t>(1, 4096 / run), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t first = run_start(r);
+        uint64_t have = ~uint64_t(0);  // the block in v
+        std::array<double, 4> v{};
+        for (int64_t k = 0; k < run; ++k) {
+          const uint64_t element = uint64_t(first + k), block = element / 4;
+          if (block != have) {
+            v = normal_block(gen.block(at.offset, block), mean, std);
+            have = block;
+          }
+          store(p + r * run + k, compute_t<T>(v[element % 4]));
+        }
       }
-      return v;
     });
   });
 }

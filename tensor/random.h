@@ -12,6 +12,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 
 #include "tensor/tensor.h"
 
@@ -69,6 +70,12 @@ Tensor randn(const Shape& shape, DType dtype = DType::f32);
 // Fills in place: uniform [lo, hi) or normal(mean, std); t must be contiguous and floating.
 void uniform_(Tensor& t, double lo, double hi, Generator& gen);
 void normal_(Tensor& t, double mean, double std, Generator& gen);
+// normal_ of part of a larger tensor, without the larger tensor: had normal_(full, mean, std, gen)
+// run with gen in state `at`, t receives the values of full's elements in runs of `run`: run r
+// (elements r * run .. of t) is full's flat elements run_start(r) .. run_start(r) + run. So a
+// process can initialise its slice of a parameter exactly as the whole would be (models/gpt.cpp).
+void normal_runs_(Tensor& t, double mean, double std, Generator::State at, int64_t run,
+                  const std::function<int64_t(int64_t)>& run_start);
 // A random permutation of 0..n-1 (i64), Fisher-Yates driven by gen.
 Tensor randperm(int64_t n, Generator& gen);
 

@@ -82,7 +82,7 @@ void dump_case(const std::filesystem::path& dir, GPTConfig cfg) {
   // One forward and backward from the initial weights.
   {
     Variable logits = model.forward(batch.x);
-    Variable loss = GPT::loss(logits, batch.y);
+    Variable loss = model.loss(logits, batch.y);
     model.zero_grad();
     loss.backward();
     NamedTensors ref = {{"logits", logits.data()},
@@ -97,7 +97,7 @@ void dump_case(const std::filesystem::path& dir, GPTConfig cfg) {
   const std::vector<Variable> params = model.parameters();
   std::vector<double> losses, norms;
   for (int64_t step = 0; step < kSteps; ++step) {
-    Variable loss = GPT::loss(model.forward(batch.x), batch.y);
+    Variable loss = model.loss(model.forward(batch.x), batch.y);
     opt.zero_grad();
     loss.backward();
     losses.push_back(loss.item());

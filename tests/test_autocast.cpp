@@ -158,7 +158,7 @@ TEST_CASE(
       MemoryTagScope tag(MemoryTag::activations);
       std::optional<Autocast> ac;
       if (dt) ac.emplace(*dt);
-      Variable loss = GPT::loss(model.forward(x), y);
+      Variable loss = model.loss(model.forward(x), y);
       o.saved_activations = memory_stats(Device::cpu()).live_by_tag[size_t(MemoryTag::activations)];
       loss.backward();
       o.loss = loss.item();

@@ -77,7 +77,7 @@ struct Trained {
   Trained() {
     Tensor idx = from_vector<int64_t>({0, 1, 2, 3, 4, 5, 6, 7, 7, 6, 5, 4, 3, 2, 1, 0}, {2, 8});
     Tensor targets = from_vector<int64_t>({1, 2, 3, 4, 5, 6, 7, 0, 6, 5, 4, 3, 2, 1, 0, 7}, {2, 8});
-    Variable loss = GPT::loss(model.forward(idx), targets);
+    Variable loss = model.loss(model.forward(idx), targets);
     opt.zero_grad();
     loss.backward();
     opt.step();
@@ -608,7 +608,7 @@ TEST_CASE("sharded checkpoints of any layout merge back to the serial weights an
   AdamW opt({decay, rest}, {.lr = 1e-2});
   Tensor idx = from_vector<int64_t>({0, 1, 2, 3, 4, 5, 6, 7}, {1, 8});
   opt.zero_grad();
-  GPT::loss(model.forward(idx), idx).backward();
+  model.loss(model.forward(idx), idx).backward();
   opt.step();
   TrainingState st{7, {5, 123}, drop.state(), opt.state(), {}, "{\"dp\": 1}"};
   save_checkpoint(dir.file("serial"), 7, model, kTok, st, st.train_config_json, 3);

@@ -41,7 +41,7 @@ Run train_step(bool checkpointing, double dropout, int steps = 1) {
     reset_peak_memory(Device::cpu());
     {
       MemoryTagScope tag(MemoryTag::activations);
-      Variable loss = GPT::loss(model.forward(x), y);
+      Variable loss = model.loss(model.forward(x), y);
       loss.backward();
       r.loss = loss.item();
     }
@@ -113,7 +113,7 @@ TEST_CASE(
     Variable loss;
     {
       Autocast ac(DType::bf16);
-      loss = GPT::loss(model.forward(x), x);
+      loss = model.loss(model.forward(x), x);
     }
     loss.backward();  // outside the scope, as PyTorch users write it
     std::vector<Tensor> out;

@@ -14,6 +14,7 @@
 #include "parallel/grid.h"
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline.h"
+#include "parallel/tensor_parallel.h"
 #include "tensor/cuda/cuda.h"
 #include "testing.h"
 
@@ -22,18 +23,12 @@ using forge::testing::Contains;
 using forge::testing::have_gpus;
 using forge::testing::max_rel_diff;
 using forge::testing::rank_gpu;
+using forge::testing::rel_l2;
 
 namespace {
 
 Tensor host(const Tensor& t) {
   return t.to(Device::cpu());
-}
-
-// ||a - b|| / ||b||, both copied to the CPU.
-double rel_l2(const Tensor& a, const Tensor& b) {
-  Tensor d = sub(host(a).to(DType::f64), host(b).to(DType::f64)), b64 = host(b).to(DType::f64);
-  const double den = sum(mul(b64, b64)).item();
-  return std::sqrt(sum(mul(d, d)).item() / (den > 0 ? den : 1.0));
 }
 
 Tensor upstream(const Shape& s, uint64_t seed) {
@@ -88,7 +83,7 @@ Run serial_cpu_run() {
   for (int step = 0; step < kSteps; ++step) {
     auto [x, y] = batch(step);
     opt.zero_grad();
-    Variable loss = GPT::loss(model.forward(x), y);
+    Variable loss = model.loss(model.forward(x), y);
     loss.backward();
     run.losses.push_back(loss.item());
     if (step == 0)
@@ -99,7 +94,7 @@ Run serial_cpu_run() {
   }
   NoGradGuard no_grad;
   auto [x, y] = batch(kSteps);
-  run.eval_loss = GPT::loss(model.forward(x), y).item();
+  run.eval_loss = model.loss(model.forward(x), y).item();
   run.weights = model.state_dict();
   return run;
 }
@@ -122,7 +117,7 @@ Run gpu_run(const Layout& layout) {
   CHECK(grid.pp_group()->device() == rank_gpu());
   const GridCoord c = grid.coord();
   Generator init(7), drop(8);
-  ParallelGPT model(kCfg, {grid.tp_group(), c.pp, layout.grid.pp}, init, drop);
+  GPT model(kCfg, init, drop, gpt_part(grid, kCfg));
   model.to(rank_gpu());
   std::vector<Variable> params = model.parameters();
   AdamW opt({{params, 0.1}}, adamw());

@@ -16,11 +16,13 @@
 #include "optim/optimizer.h"
 #include "parallel/grid.h"
 #include "parallel/pipeline.h"
+#include "parallel/tensor_parallel.h"
 #include "testing.h"
 
 using namespace forge;
 using forge::testing::Contains;
 using forge::testing::max_rel_diff;
+using forge::testing::rel_l2;
 
 namespace {
 
@@ -84,7 +86,7 @@ Run serial_run(int64_t rows, const Variant& v) {
     opt.zero_grad();
     std::optional<Autocast> scope;
     if (v.bf16_checkpointed) scope.emplace(DType::bf16);
-    Variable loss = GPT::loss(model.forward(x), y);
+    Variable loss = model.loss(model.forward(x), y);
     loss.backward();
     scope.reset();
     run.losses.push_back(loss.item());
@@ -110,16 +112,6 @@ struct Layout {
   int micro_batches;
 };
 
-// ||a - b|| / ||b||. Weights are compared per tensor this way: the largest single element's
-// difference (printed too) reaches a few 1e-5 of the tensor's largest weight on some MLP weights,
-// whose gradients there are rounding-sized sums of cancelling terms that AdamW normalises into
-// steps of up to lr, in any two runs that sum in different orders (one rank's vocab-parallel
-// cross-entropy alone, summing in f64, gives 5e-6).
-double rel_l2(const Tensor& a, const Tensor& b) {
-  Tensor d = sub(a.to(DType::f64), b.to(DType::f64)), b64 = b.to(DType::f64);
-  return std::sqrt(sum(mul(d, d)).item() / sum(mul(b64, b64)).item());
-}
-
 std::string describe(const Layout& l) {
   return fmt::format("pp {} x dp {} x tp {}, {}, {} micro-batches", l.grid.pp, l.grid.dp, l.grid.tp,
                      pipeline_schedule_name(l.schedule), l.micro_batches);
@@ -131,7 +123,7 @@ Run parallel_run(const Layout& layout, const Variant& v = {}) {
   ProcessGrid grid(world, layout.grid);
   const GridCoord c = grid.coord();
   Generator init(7), drop(8);
-  ParallelGPT model(v.config(), {grid.tp_group(), c.pp, layout.grid.pp}, init, drop);
+  GPT model(v.config(), init, drop, gpt_part(grid, v.config()));
   model.set_checkpoint_blocks(v.bf16_checkpointed);
   std::vector<Variable> params = model.parameters();
   AdamW opt({{params, 0.1}}, adamw());
@@ -184,6 +176,34 @@ std::vector<Layout> layouts_for(int world) {
 
 }  // namespace
 
+TEST_CASE("normal_shard_ draws the slice of normal_ without the whole tensor") {
+  Generator g(21);
+  g.advance(5);  // from a state part-way through a stream
+  const Generator::State at = g.state();
+  for (const Shape& shape : {Shape{12, 7}, Shape{6, 10}, Shape{3, 9, 5}, Shape{11}}) {
+    Generator whole_gen(21);
+    whole_gen.set_state(at);
+    Tensor whole = Tensor::empty(shape);
+    normal_(whole, 0.5, 2.0, whole_gen);
+    for (TpSplit split : {TpSplit{}, TpSplit{0, 1}, TpSplit{0, 3}, TpSplit{1, 1}}) {
+      if (split.dim >= int(shape.size()) ||
+          (split.dim >= 0 && shape[size_t(split.dim)] % split.chunks))
+        continue;
+      for (int size : {1, 2, 3}) {
+        for (int rank = 0; rank < size; ++rank) {
+          INFO(fmt::format("{} split dim {} x {} rank {} of {}", shape, split.dim, split.chunks,
+                           rank, size));
+          Tensor mine = Tensor::empty(shard_shape(shape, split, rank, size));
+          normal_shard_(mine, shape, split, rank, size, 0.5, 2.0, at);
+          CHECK(testing::bitwise_equal(mine, shard_tensor(whole, split, rank, size)));
+        }
+      }
+    }
+  }
+  Tensor wrong = Tensor::empty({3, 3});
+  REQUIRE_THROWS_WITH(normal_shard_(wrong, {12, 7}, {0, 1}, 0, 2, 0, 1, at), Contains("[6, 7]"));
+}
+
 TEST_CASE("shard_gpt_state and merge_gpt_shards round-trip the serial weights for any layout") {
   const GPTConfig cfg{.n_layer = 4,
                       .n_head = 4,
@@ -214,15 +234,46 @@ TEST_CASE("shard_gpt_state and merge_gpt_shards round-trip the serial weights fo
   REQUIRE_THROWS_WITH(shard_gpt_state(full, cfg, 0, 1, 0, 5), Contains("5 stages for 4 layers"));
 }
 
-TEST_CASE("ParallelGPT on one rank and one stage is the serial GPT") {
+TEST_CASE("the GPT of one tensor-parallel rank and one stage is the serial GPT") {
   auto one = single_process_communicator();
   Generator i1(3), d1(4), i2(3), d2(4);
   GPT serial(kCfg, i1, d1);
-  ParallelGPT par(kCfg, {one, 0, 1}, i2, d2);
+  GPT par(kCfg, i2, d2, {.layers = std::make_shared<TensorParallelLayers>(one), .blocks = {}});
+  CHECK(i1.state() == i2.state());
+  const NamedTensors a = serial.state_dict(), b = par.state_dict();
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) CHECK(testing::bitwise_equal(a[i].second, b[i].second));
   auto [x, y] = global_batch(0, 2);
-  Variable ls = GPT::loss(serial.forward(x), y);
+  Variable ls = serial.loss(serial.forward(x), y);
   Variable lp = par.loss(par.forward(x, {}), y);
   CHECK(std::abs(lp.item() - ls.item()) <= 1e-6 * ls.item());
+}
+
+TEST_CASE("every rank's initial shard is its slice of the serial initialisation, bit for bit") {
+  // Each rank draws only its slices (normal_shard_): compare with the serial model's weights.
+  auto world = world_communicator();
+  GPTConfig cfg = kCfg;
+  cfg.bias = true;
+  Generator si(11), sd(12);
+  const NamedTensors serial = GPT(cfg, si, sd).state_dict();
+  for (const Layout& layout : layouts_for(world->size())) {
+    if (layout.micro_batches != 1 || layout.schedule != PipelineSchedule::one_f_one_b) continue;
+    INFO(describe(layout));
+    ProcessGrid grid(world, layout.grid);
+    const GridCoord c = grid.coord();
+    Generator i(11), d(12);
+    GPT shard(cfg, i, d, gpt_part(grid, cfg));
+    CHECK(i.state() == si.state());  // the generator ends where the serial one does
+    const NamedTensors want =
+        shard_gpt_state(serial, cfg, c.tp, layout.grid.tp, c.pp, layout.grid.pp);
+    const NamedTensors got = shard.state_dict();
+    REQUIRE(got.size() == want.size());
+    for (size_t k = 0; k < want.size(); ++k) {
+      INFO(want[k].first);
+      CHECK(got[k].first == want[k].first);
+      CHECK(testing::bitwise_equal(got[k].second, want[k].second));
+    }
+  }
 }
 
 TEST_CASE("pipeline, tensor and data parallel training equals the serial run") {
@@ -318,7 +369,7 @@ TEST_CASE("every grid trains in bf16 with activation checkpointing like the seri
 TEST_CASE("pipeline options are checked") {
   auto one = single_process_communicator();
   Generator i(1), d(2);
-  ParallelGPT model(kCfg, {one, 0, 1}, i, d);
+  GPT model(kCfg, i, d);
   REQUIRE_THROWS_WITH(parse_pipeline_schedule("zigzag"), Contains("zigzag") && Contains("1f1b"));
   Pipeline pipe(model, one, {PipelineSchedule::gpipe, 3});
   auto [x, y] = global_batch(0, 4);

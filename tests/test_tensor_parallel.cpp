@@ -4,7 +4,7 @@
 // under mpirun. Also: splitting and merging serial tensors, and vocab-parallel cross-entropy's
 // gradcheck.
 #include "autograd/gradcheck.h"
-#include "parallel/parallel_gpt.h"
+#include "parallel/tensor_parallel.h"
 #include "testing.h"
 
 using namespace forge;
@@ -163,7 +163,7 @@ TEST_CASE("gradcheck: vocab_parallel_cross_entropy (one rank)") {
   CHECK(r.ok);
 }
 
-TEST_CASE("ParallelAttention and ParallelMLP equal the serial ones, dropout masks included") {
+TEST_CASE("attention and MLP from tensor-parallel layers equal the serial ones, dropout included") {
   auto tp = world_communicator();
   const GPTConfig cfg{.n_layer = 1,
                       .n_head = 4,
@@ -182,10 +182,16 @@ TEST_CASE("ParallelAttention and ParallelMLP equal the serial ones, dropout mask
     par.load_state_dict(mine);
   };
 
+  GptLayers serial_layers;
+  TensorParallelLayers tp_layers(tp);
+  auto randomise = [&](Module& m) {
+    for (auto& [n, p] : m.named_parameters()) normal_(p.data(), 0.0, 0.2, init);
+  };
   // Attention: the serial one's dropout generator and each rank's start in the same state.
   Generator ds(15), dp(15);
-  CausalSelfAttention sa(cfg, init, ds);
-  ParallelAttention pa(cfg, tp, dp);
+  CausalSelfAttention sa(cfg, serial_layers, ds);
+  CausalSelfAttention pa(cfg, tp_layers, dp);
+  randomise(sa);
   load_shards(pa, sa, "transformer.h.0.attn.");
   Variable xs(x, true), xp(x, true);
   Variable ys = sa.forward(xs), yp = pa.forward(xp);
@@ -198,8 +204,9 @@ TEST_CASE("ParallelAttention and ParallelMLP equal the serial ones, dropout mask
   CHECK(ds.state() == dp.state());  // every rank drew the whole mask's worth
 
   // MLP.
-  GPTMLP sm(cfg, init, ds);
-  ParallelMLP pm(cfg, tp, dp);
+  GPTMLP sm(cfg, serial_layers, ds);
+  GPTMLP pm(cfg, tp_layers, dp);
+  randomise(sm);
   load_shards(pm, sm, "transformer.h.0.mlp.");
   Variable xs2(x, true), xp2(x, true);
   Variable ys2 = sm.forward(xs2), yp2 = pm.forward(xp2);

@@ -132,6 +132,19 @@ inline double max_rel_diff(const Tensor& a, const Tensor& b) {
   return num / (den > 0 ? den : 1.0);
 }
 
+// ||a - b|| / ||b|| (both copied to the CPU). Parallel runs' weights are compared per tensor this
+// way: after a few AdamW steps the largest single element's difference reaches a few 1e-5 of the
+// tensor's largest weight on some MLP weights, whose gradients there are rounding-sized sums of
+// cancelling terms that AdamW normalises into steps of up to lr, in any two runs that sum in
+// different orders.
+inline double rel_l2(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  const Tensor a64 = a.to(Device::cpu()).to(DType::f64), b64 = b.to(Device::cpu()).to(DType::f64);
+  const Tensor d = sub(a64, b64);
+  const double den = sum(mul(b64, b64)).item();
+  return std::sqrt(sum(mul(d, d)).item() / (den > 0 ? den : 1.0));
+}
+
 // Element `idx` of a tensor of any dtype as double, read straight from memory with its strides
 // (independent of the library's own conversions: f16 goes through GCC's _Float16).
 inline double read_element(const Tensor& t, const std::vector<int64_t>& idx) {
