@@ -343,8 +343,9 @@ Variable TensorParallelLayers::loss(const Variable& logits, const Tensor& target
 }
 
 GptPart gpt_part(const ProcessGrid& grid, const GPTConfig& cfg) {
-  return {std::make_shared<TensorParallelLayers>(grid.tp_group()),
-          gpt_stage_layers(cfg, grid.coord().pp, grid.sizes().pp)};
+  std::shared_ptr<GptLayers> layers;  // one tensor-parallel rank: the serial layers
+  if (grid.sizes().tp > 1) layers = std::make_shared<TensorParallelLayers>(grid.tp_group());
+  return {layers, gpt_stage_layers(cfg, grid.coord().pp, grid.sizes().pp)};
 }
 
 double parallel_grad_norm(const GPT& model, Communicator& model_parallel_group) {

@@ -107,7 +107,8 @@ class TensorParallelLayers : public GptLayers {
   std::shared_ptr<Communicator> tp_;
 };
 
-// This rank's part of a GPT on `grid`: its tensor-parallel group's layers and its stage's blocks.
+// This rank's part of a GPT on `grid`: its tensor-parallel group's layers (the serial ones when
+// the group is one rank) and its stage's blocks.
 GptPart gpt_part(const ProcessGrid& grid, const GPTConfig& cfg);
 
 // The norm of the whole model's gradient from every rank's shards: each parameter of the serial

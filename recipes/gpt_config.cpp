@@ -3,8 +3,11 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 
 #include "tensor/error.h"
 
@@ -12,7 +15,52 @@ namespace forge {
 
 namespace {
 
-using FieldPtr = std::variant<int64_t*, double*, bool*, std::string*>;
+// An enum setting: its value as text, and the setter from text (false: not one of `options`).
+struct Choice {
+  std::function<std::string()> get;
+  std::function<bool(const std::string&)> set;
+  std::string options;  // "gpipe or 1f1b"
+};
+
+using FieldPtr = std::variant<int64_t*, double*, bool*, std::string*, Choice>;
+
+template <class E, size_t N>
+Choice choice(E& field, const std::array<std::pair<E, const char*>, N>& names) {
+  Choice c;
+  c.get = [&field, names] {
+    for (const auto& [v, n] : names)
+      if (v == field) return std::string(n);
+    return std::string("?");
+  };
+  c.set = [&field, names](const std::string& text) {
+    for (const auto& [v, n] : names)
+      if (text == n) return field = v, true;
+    return false;
+  };
+  for (size_t i = 0; i < N; ++i)
+    c.options += (i == 0 ? "" : i + 1 == N ? " or " : ", ") + std::string(names[i].second);
+  return c;
+}
+
+constexpr std::array<std::pair<GeluApprox, const char*>, 2> kGelu{
+    {{GeluApprox::tanh, "tanh"}, {GeluApprox::none, "erf"}}};
+constexpr std::array<std::pair<Tokenizer::Kind, const char*>, 2> kTokenizer{
+    {{Tokenizer::Kind::chars, "char"}, {Tokenizer::Kind::bytes, "byte"}}};
+constexpr std::array<std::pair<ActivationCheckpointing, const char*>, 2> kCheckpointing{
+    {{ActivationCheckpointing::none, "none"}, {ActivationCheckpointing::blocks, "blocks"}}};
+constexpr std::array<std::pair<DType, const char*>, 3> kPrecision{
+    {{DType::f32, "f32"}, {DType::bf16, "bf16"}, {DType::f16, "f16"}}};
+constexpr std::array<std::pair<LossScaling, const char*>, 3> kLossScaling{
+    {{LossScaling::automatic, "auto"}, {LossScaling::on, "on"}, {LossScaling::off, "off"}}};
+constexpr std::array<std::pair<PipelineSchedule, const char*>, 2> kSchedule{
+    {{PipelineSchedule::gpipe, "gpipe"}, {PipelineSchedule::one_f_one_b, "1f1b"}}};
+
+template <class E, size_t N>
+const char* name_in(const std::array<std::pair<E, const char*>, N>& names, E v) {
+  for (const auto& [e, n] : names)
+    if (e == v) return n;
+  return "?";
+}
 
 struct Field {
   const char* key;
@@ -31,9 +79,10 @@ const std::vector<Field>& field_table() {
       {"dropout", "dropout probability", [](C& c) -> FieldPtr { return &c.model.dropout; }},
       {"bias", "biases in Linear and LayerNorm", [](C& c) -> FieldPtr { return &c.model.bias; }},
       {"gelu", "the MLP's GELU: tanh (GPT-2's approximation) or erf (exact, nanoGPT's)",
-       [](C& c) -> FieldPtr { return &c.gelu; }},
+       [](C& c) -> FieldPtr { return choice(c.model.gelu, kGelu); }},
       {"data", "text corpus to train on", [](C& c) -> FieldPtr { return &c.data; }},
-      {"tokenizer", "char or byte", [](C& c) -> FieldPtr { return &c.tokenizer; }},
+      {"tokenizer", "char or byte",
+       [](C& c) -> FieldPtr { return choice(c.tokenizer, kTokenizer); }},
       {"max_iters", "training steps", [](C& c) -> FieldPtr { return &c.max_iters; }},
       {"batch_size", "sequences per step B", [](C& c) -> FieldPtr { return &c.batch_size; }},
       {"lr", "peak learning rate", [](C& c) -> FieldPtr { return &c.lr; }},
@@ -47,11 +96,11 @@ const std::vector<Field>& field_table() {
       {"beta2", "AdamW beta2", [](C& c) -> FieldPtr { return &c.beta2; }},
       {"grad_clip", "gradient-norm clip (0: off)", [](C& c) -> FieldPtr { return &c.grad_clip; }},
       {"checkpoint", "activation checkpointing: none, or blocks (recompute each block in backward)",
-       [](C& c) -> FieldPtr { return &c.checkpoint; }},
+       [](C& c) -> FieldPtr { return choice(c.checkpoint, kCheckpointing); }},
       {"precision", "f32, or bf16 / f16 mixed precision (f32 master weights)",
-       [](C& c) -> FieldPtr { return &c.precision; }},
+       [](C& c) -> FieldPtr { return choice(c.precision, kPrecision); }},
       {"loss_scale", "dynamic loss scaling: auto (f16 only), on or off",
-       [](C& c) -> FieldPtr { return &c.loss_scale; }},
+       [](C& c) -> FieldPtr { return choice(c.loss_scale, kLossScaling); }},
       {"init_scale", "initial loss scale", [](C& c) -> FieldPtr { return &c.init_scale; }},
       {"scale_growth_interval", "good steps before the loss scale doubles",
        [](C& c) -> FieldPtr { return &c.scale_growth_interval; }},
@@ -66,7 +115,7 @@ const std::vector<Field>& field_table() {
       {"micro_batches", "micro-batches per step (the batch is split; gradients accumulate)",
        [](C& c) -> FieldPtr { return &c.micro_batches; }},
       {"schedule", "pipeline schedule: gpipe or 1f1b",
-       [](C& c) -> FieldPtr { return &c.schedule; }},
+       [](C& c) -> FieldPtr { return choice(c.schedule, kSchedule); }},
       {"eval_interval", "steps between val-loss evaluations",
        [](C& c) -> FieldPtr { return &c.eval_interval; }},
       {"eval_iters", "batches per evaluation", [](C& c) -> FieldPtr { return &c.eval_iters; }},
@@ -103,8 +152,16 @@ std::string flag_of(const std::string& key) {
 
 }  // namespace
 
+const char* activation_checkpointing_name(ActivationCheckpointing a) {
+  return name_in(kCheckpointing, a);
+}
+const char* loss_scaling_name(LossScaling s) {
+  return name_in(kLossScaling, s);
+}
+
 std::vector<GptTrainConfig::FieldInfo> GptTrainConfig::fields() {
-  static constexpr const char* kTypeNames[] = {"INT", "FLOAT", "BOOL", "TEXT"};  // FieldPtr order
+  static constexpr const char* kTypeNames[] = {"INT", "FLOAT", "BOOL", "TEXT",
+                                               "TEXT"};  // FieldPtr order
   GptTrainConfig probe;
   std::vector<FieldInfo> out;
   for (const Field& f : field_table())
@@ -168,8 +225,11 @@ void GptTrainConfig::set(const std::string& key, const std::string& value,
       **p = false;
     else
       bad("true or false");
-  } else {
-    *std::get<std::string*>(ptr) = value;
+  } else if (auto* p = std::get_if<std::string*>(&ptr)) {
+    **p = value;
+  } else if (!std::get<Choice>(ptr).set(value)) {
+    throw_error(fmt::format("{}: {} must be {}, got '{}'", where, key,
+                            std::get<Choice>(ptr).options, value));
   }
 }
 
@@ -217,15 +277,6 @@ void GptTrainConfig::validate() const {
   GPTConfig m = model;
   if (m.vocab_size == 0) m.vocab_size = 1;  // known only once the tokenizer is built
   m.validate();
-  parse_gelu(gelu);
-  FORGE_CHECK(tokenizer == "char" || tokenizer == "byte",
-              "tokenizer must be char or byte, got '{}'", tokenizer);
-  FORGE_CHECK(checkpoint == "none" || checkpoint == "blocks",
-              "checkpoint must be none or blocks, got '{}'", checkpoint);
-  FORGE_CHECK(precision == "f32" || precision == "bf16" || precision == "f16",
-              "precision must be f32, bf16 or f16, got '{}'", precision);
-  FORGE_CHECK(loss_scale == "auto" || loss_scale == "on" || loss_scale == "off",
-              "loss_scale must be auto, on or off, got '{}'", loss_scale);
   FORGE_CHECK(init_scale > 0 && scale_growth_interval > 0,
               "init_scale and scale_growth_interval must be positive (got {}, {})", init_scale,
               scale_growth_interval);
@@ -253,8 +304,6 @@ void GptTrainConfig::validate() const {
               model.n_layer);
   FORGE_CHECK(micro_batches >= 1 && batch_size % micro_batches == 0,
               "micro_batches {} must divide batch_size {}", micro_batches, batch_size);
-  FORGE_CHECK(schedule == "gpipe" || schedule == "1f1b", "schedule must be gpipe or 1f1b, got '{}'",
-              schedule);
   FORGE_CHECK(checkpoint_interval >= 0, "checkpoint_interval must be >= 0, got {}",
               checkpoint_interval);
   FORGE_CHECK(keep_last >= 1, "keep_last must be at least 1, got {}", keep_last);
@@ -265,7 +314,14 @@ std::string GptTrainConfig::to_json() const {
   GptTrainConfig copy = *this;
   for (const Field& f : field_table()) {
     FieldPtr ptr = f.get(copy);
-    std::visit([&](auto* p) { j[f.key] = *p; }, ptr);
+    std::visit(
+        [&](const auto& p) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(p)>, Choice>)
+            j[f.key] = p.get();
+          else
+            j[f.key] = *p;
+        },
+        ptr);
   }
   return j.dump();
 }

@@ -7,7 +7,9 @@
 //
 // Every field has one name, used as the TOML key (`batch_size`) and, with dashes, as the flag
 // (`--batch-size`). Precedence: preset, then file, then flags. Unknown keys, values of the wrong
-// type and impossible settings are errors that name the key and where it came from.
+// type and impossible settings are errors that name the key and where it came from. Settings with a
+// fixed set of values (precision, schedule, ...) are enums, parsed once where they are set;
+// configs, flags and checkpoints spell them as text (bf16, 1f1b, ...).
 #pragma once
 
 #include <cstdint>
@@ -15,9 +17,16 @@
 #include <variant>
 #include <vector>
 
+#include "io/tokenizer.h"
 #include "models/gpt.h"
+#include "parallel/pipeline.h"
 
 namespace forge {
+
+enum class ActivationCheckpointing { none, blocks };  // blocks: recompute each block in backward
+enum class LossScaling { automatic, on, off };        // automatic: on for f16 only
+const char* activation_checkpointing_name(ActivationCheckpointing a);  // "none", "blocks"
+const char* loss_scaling_name(LossScaling s);                          // "auto", "on", "off"
 
 struct GptTrainConfig {
   // Model (vocab_size comes from the tokenizer).
@@ -27,11 +36,10 @@ struct GptTrainConfig {
                   .block_size = 64,
                   .vocab_size = 0,
                   .dropout = 0.0,
-                  .bias = false};
-  std::string gelu = "tanh";  // the MLP's GELU: tanh (GPT-2) or erf (nanoGPT); sets model.gelu
+                  .bias = false};  // its gelu: the `gelu` setting, tanh (GPT-2) or erf (nanoGPT)
   // Data.
   std::string data;  // corpus path; "" -> $TINYSHAKESPEARE, then data/tinyshakespeare.txt
-  std::string tokenizer = "char";  // char | byte
+  Tokenizer::Kind tokenizer = Tokenizer::Kind::chars;  // char | byte
   // Optimisation (AdamW, nanoGPT's schedule: warm-up, cosine to min_lr at lr_decay_iters).
   int64_t max_iters = 2000;
   int64_t batch_size = 12;
@@ -42,24 +50,24 @@ struct GptTrainConfig {
   double weight_decay = 0.1;  // on matrices (dim >= 2) only, as nanoGPT
   double beta1 = 0.9;
   double beta2 = 0.99;
-  double grad_clip = 1.0;           // 0: no clipping
-  std::string checkpoint = "none";  // activation checkpointing: none | blocks
+  double grad_clip = 1.0;                                              // 0: no clipping
+  ActivationCheckpointing checkpoint = ActivationCheckpointing::none;  // none | blocks
   // Mixed precision (autograd/autocast.h) and loss scaling (optim/grad_scaler.h).
-  std::string precision = "f32";    // f32 | bf16 | f16
-  std::string loss_scale = "auto";  // auto (on for f16 only) | on | off
+  DType precision = DType::f32;                     // f32 | bf16 | f16 (autocast's dtype)
+  LossScaling loss_scale = LossScaling::automatic;  // auto | on | off
   double init_scale = 65536.0;
   int64_t scale_growth_interval = 2000;
   // Data parallelism (parallel/ddp.h): dp ranks under mpirun, each with batch_size sequences of
   // a global batch of dp * batch_size, gradients averaged in buckets of bucket_mb MiB.
   int64_t dp = 1;
   double bucket_mb = 25.0;
-  // Model parallelism (parallel/parallel_gpt.h, parallel/pipeline.h): tp tensor-parallel ranks
+  // Model parallelism (parallel/tensor_parallel.h, parallel/pipeline.h): tp tensor-parallel ranks
   // times pp pipeline stages per model replica, so mpirun -np dp * tp * pp. Each step splits the
   // batch into micro_batches, run in the pipeline schedule gpipe or 1f1b.
   int64_t tp = 1;
   int64_t pp = 1;
   int64_t micro_batches = 1;
-  std::string schedule = "1f1b";
+  PipelineSchedule schedule = PipelineSchedule::one_f_one_b;  // gpipe | 1f1b
   // Evaluation and logging.
   int64_t eval_interval = 250;
   int64_t eval_iters = 200;
@@ -84,6 +92,11 @@ struct GptTrainConfig {
   // as namespaces). Errors name the file and line.
   void apply_toml_file(const std::string& path);
   void validate() const;
+  bool mixed_precision() const { return precision != DType::f32; }
+  bool loss_scaling() const {
+    return loss_scale == LossScaling::on ||
+           (loss_scale == LossScaling::automatic && precision == DType::f16);
+  }
 
   struct FieldInfo {
     std::string key;   // TOML key

@@ -106,303 +106,356 @@ Device training_device(const std::string& text, const Communicator& world) {
   return d;
 }
 
+// One rank's training run, in the steps of llm.c's main: build (settings, process grid, data,
+// model, optimizer), restore, then per step train_step, evaluate, log and save. Every layout runs
+// the same code: the model is this rank's part of the GPT (the whole one on one rank), and its
+// steps run through a Pipeline, which on one stage is gradient accumulation over the
+// micro-batches. Data parallelism adds DDP's gradient averaging.
+//
+// The ranks form a grid of dp replicas, each split over tp x pp ranks (all 1 without mpirun).
+// Every rank draws the same global batch of dp * batch_size rows and its replica trains on its
+// batch_size of them; rank 0 alone logs, replica 0's ranks evaluate and save. `world_` carries the
+// host's messages (settings, the logged loss, stops, checkpoints); the grid's groups carry the
+// tensors of training, on the training device (NCCL between GPUs).
+class GptTrainer {
+ public:
+  GptTrainer(const GptTrainConfig& config, const GptRunHooks& hooks);
+  int64_t restore();  // from --resume: the step to continue after (0 for a fresh run)
+  StepStats train_step(int64_t step);
+  void evaluate(int64_t step, StepStats& s);
+  void log(const StepStats& s);
+  void save(int64_t step);
+  bool stop_requested();  // on any rank (Ctrl-C reaches ranks at different moments)
+  void say(const std::string& m) const {
+    if (lead_ && hooks_.on_message) hooks_.on_message(m);
+  }
+  const GptTrainConfig& config() const { return cfg_; }
+  bool lead() const { return lead_; }
+  GptRun run;
+
+ private:
+  void load_data();
+  void build_model();
+  void describe() const;
+  double eval_split(const Tensor& split, Generator& g, const char* name);
+
+  GptTrainConfig cfg_;
+  const GptRunHooks& hooks_;
+  std::shared_ptr<Communicator> world_;
+  Device device_;
+  ProcessGrid grid_;
+  GridCoord at_;
+  bool lead_;
+  ShardLayout layout_;
+  std::optional<FullCheckpoint> resumed_;
+  std::string data_path_;
+  TextData data_;
+  Generator init_gen_, batch_gen_, dropout_gen_;
+  std::shared_ptr<GPT> model_;
+  std::vector<Variable> params_;
+  std::optional<AdamW> opt_;
+  GradScaler scaler_;
+  std::optional<DistributedDataParallel> ddp_;
+  std::optional<Pipeline> pipe_;
+  WarmupCosine schedule_;
+  MetricsWriter metrics_;
+};
+
+// Dropout draws differ between replicas and between pipeline stages (replica 0's first stage
+// draws the serial run's first masks) and agree between the tensor-parallel ranks of a stage.
+uint64_t dropout_seed(uint64_t base, GridCoord at) {
+  return base + uint64_t(at.dp) * 0x9E3779B97F4A7C15ull + uint64_t(at.pp) * 0xD1B54A32D192ED03ull;
+}
+
+GptTrainConfig validated(const GptTrainConfig& config) {
+  config.validate();
+  return config;
+}
+
+GptTrainer::GptTrainer(const GptTrainConfig& config, const GptRunHooks& hooks)
+    : cfg_(validated(config)),
+      hooks_(hooks),
+      world_(world_communicator()),
+      device_(training_device(cfg_.device, *world_)),
+      grid_(device_.is_cpu() ? world_ : world_communicator_for(device_),
+            {.pp = int(cfg_.pp), .dp = int(cfg_.dp), .tp = int(cfg_.tp)}),
+      at_(grid_.coord()),
+      lead_(world_->rank() == 0),
+      layout_{int(cfg_.tp), int(cfg_.pp)},
+      init_gen_(uint64_t(cfg_.seed)),
+      batch_gen_(uint64_t(cfg_.seed) + 1),
+      dropout_gen_(dropout_seed(uint64_t(cfg_.seed) + 2, at_)),
+      scaler_({.init_scale = cfg_.init_scale,
+               .growth_interval = cfg_.scale_growth_interval,
+               .enabled = cfg_.loss_scaling()}),
+      schedule_(cfg_.lr, cfg_.min_lr, cfg_.warmup_iters, cfg_.lr_decay_iters),
+      metrics_(lead_ ? cfg_.metrics : "") {
+  if (cfg_.threads > 0) set_num_threads(int(cfg_.threads));
+  check_same_on_all_ranks(*world_, shared_settings(cfg_),
+                          "the training settings (--dp, --tp, --pp, model, ...)");
+  load_data();
+  build_model();
+  describe();
+}
+
+// The corpus, and the checkpoint to continue from (whose tokenizer it is read with).
+void GptTrainer::load_data() {
+  data_path_ = resolve_data_path(cfg_);
+  if (!cfg_.resume.empty()) {
+    auto latest = latest_checkpoint(cfg_.resume);
+    FORGE_CHECK(latest.has_value(), "--resume {}: no complete checkpoint found there", cfg_.resume);
+    resumed_ = load_full_checkpoint(latest->dir);
+    check_same_architecture(cfg_.model, resumed_->config, latest->dir);
+    data_ = load_text(data_path_, resumed_->tokenizer);
+  } else {
+    data_ = load_text(data_path_, cfg_.tokenizer);
+  }
+  cfg_.model.vocab_size = data_.tokenizer.vocab_size();
+  for (auto [split, name] : {std::pair{&data_.train, "train"}, std::pair{&data_.val, "val"}})
+    FORGE_CHECK(split->numel() > cfg_.model.block_size,
+                "{}: block_size {} is larger than the {} split ({} tokens)", data_path_,
+                cfg_.model.block_size, name, split->numel());
+  run.tokenizer = data_.tokenizer;
+  run.device = device_;
+}
+
+// This rank's part of the model on the training device, its optimizer (whose state goes where
+// the parameters are), DDP over the replicas and the pipeline over the stages.
+void GptTrainer::build_model() {
+  model_ = std::make_shared<GPT>(cfg_.model, init_gen_, dropout_gen_, gpt_part(grid_, cfg_.model));
+  model_->set_checkpoint_blocks(cfg_.checkpoint == ActivationCheckpointing::blocks);
+  model_->train();
+  model_->to(device_);
+  params_ = model_->parameters();
+  opt_.emplace(param_groups(*model_, cfg_.weight_decay),
+               AdamWOptions{.lr = cfg_.lr, .beta1 = cfg_.beta1, .beta2 = cfg_.beta2, .eps = 1e-8});
+  if (cfg_.dp > 1)
+    ddp_.emplace(
+        params_, grid_.dp_group(),
+        DdpOptions{.bucket_bytes = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * (1 << 20)))});
+  pipe_.emplace(*model_, grid_.pp_group(), PipelineOptions{cfg_.schedule, int(cfg_.micro_batches)});
+  run.model = model_;
+}
+
+void GptTrainer::describe() const {
+  const GPTConfig& m = cfg_.model;
+  say(fmt::format(
+      "model: {} layers, {} heads, {} wide, block {}, vocab {} ({}), {:.2f}M parameters", m.n_layer,
+      m.n_head, m.n_embd, m.block_size, m.vocab_size,
+      data_.tokenizer.kind() == Tokenizer::Kind::chars ? "char" : "byte",
+      double(m.num_parameters()) / 1e6));
+  say(fmt::format("data: {} ({} train / {} val tokens); batch {} x {}; {} threads", data_path_,
+                  data_.train.numel(), data_.val.numel(), cfg_.batch_size, m.block_size,
+                  get_num_threads()));
+  if (ddp_)
+    say(fmt::format("data parallel: {} ranks ({}), global batch {} x {}, {} gradient buckets",
+                    cfg_.dp, grid_.dp_group()->backend(), cfg_.dp * cfg_.batch_size, m.block_size,
+                    ddp_->num_buckets()));
+  if (!layout_.serial())
+    say(fmt::format(
+        "model parallel: tp {} x pp {} ({} ranks per replica), {} micro-batches, {} "
+        "schedule; rank 0 holds blocks [{}, {})",
+        cfg_.tp, cfg_.pp, cfg_.tp * cfg_.pp, cfg_.micro_batches,
+        pipeline_schedule_name(cfg_.schedule), model_->layers().begin, model_->layers().end));
+  else if (cfg_.micro_batches > 1)
+    say(fmt::format("gradient accumulation: {} micro-batches of {}", cfg_.micro_batches,
+                    cfg_.batch_size / cfg_.micro_batches));
+  if (cfg_.mixed_precision() || cfg_.checkpoint != ActivationCheckpointing::none)
+    say(fmt::format(
+        "precision {}{}; activation checkpointing {}", cfg_.precision,
+        scaler_.enabled() ? fmt::format(", loss scale {:g}", scaler_.scale_value()) : "",
+        activation_checkpointing_name(cfg_.checkpoint)));
+}
+
+int64_t GptTrainer::restore() {
+  run.steps_done = 0;
+  if (!resumed_) return 0;
+  const TrainingState& st = resumed_->state;
+  CheckpointShard mine = shard_checkpoint(*resumed_, layout_, at_.pp, at_.tp);
+  model_->load_state_dict(mine.weights);
+  opt_->load_state(optimizer_state_by_index(mine.optimizer, gpt_param_group_names(*model_)));
+  if (scaler_.enabled() && !st.scaler.empty()) scaler_.load_state(st.scaler);
+  FORGE_CHECK(saved_dp(st) == cfg_.dp,
+              "{}: the checkpoint was trained with dp = {} (a global batch of {} x {}); resume "
+              "it with --dp {}",
+              resumed_->dir, saved_dp(st), saved_dp(st), cfg_.batch_size, saved_dp(st));
+  batch_gen_.set_state(st.batch_gen);
+  // The saved first shard's generator gives the run's dropout seed, whatever --seed says now;
+  // the offset is this shard's (its own stream under the same layout, see shard_checkpoint).
+  dropout_gen_.set_state(
+      {dropout_seed(resumed_->dropout_gens[0][0].seed, at_), mine.dropout_gen.offset});
+  const int64_t start = st.step;
+  say(fmt::format(
+      "resumed from {} at step {}{}", resumed_->dir, start,
+      resumed_->layout == layout_
+          ? ""
+          : fmt::format(" (saved at tp {} x pp {}, now tp {} x pp {})", resumed_->layout.tp,
+                        resumed_->layout.pp, layout_.tp, layout_.pp)));
+  resumed_.reset();  // the whole model's weights and moments: not kept for the run
+  run.steps_done = start;
+  return start;
+}
+
+StepStats GptTrainer::train_step(int64_t step) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t B = cfg_.batch_size, T = cfg_.model.block_size;
+  StepStats s;
+  s.step = step;
+  s.lr = schedule_.lr(step - 1);  // nanoGPT's get_lr(iter) with iter counted from 0
+  opt_->set_lr(s.lr);
+  {
+    // Forward and backward of this replica's rows; gradients accumulate over the micro-batches.
+    MemoryTagScope tag(MemoryTag::activations);
+    std::optional<Autocast> autocast;
+    if (cfg_.mixed_precision()) autocast.emplace(cfg_.precision);
+    Batch b = get_batch(data_.train, B * cfg_.dp, T, batch_gen_, "train");
+    if (cfg_.dp > 1)
+      b = {b.x.narrow(0, at_.dp * B, B).contiguous(), b.y.narrow(0, at_.dp * B, B).contiguous()};
+    ddp_ ? ddp_->zero_grad() : opt_->zero_grad();
+    s.loss =
+        pipe_
+            ->step(b.x.to(device_), b.y.to(device_), scaler_.scale_value(), ddp_ ? &*ddp_ : nullptr)
+            .loss;
+  }
+  if (ddp_) ddp_->finish_grad_sync();
+  sync_tied_embedding(*model_, grid_.embedding_group());
+  scaler_.unscale(params_);  // before clipping; finds inf/NaN
+  if (world_->size() > 1) {
+    // One small all-reduce: the mean loss, and the inf/NaN verdict of any rank (shards see
+    // different gradients), so every rank skips alike and rank 0 logs the whole batch's loss.
+    Tensor v = from_vector<double>({s.loss, scaler_.found_inf() ? 1.0 : 0.0});
+    world_->all_reduce(v, ReduceOp::sum);
+    std::vector<double> r = v.to_vector<double>();
+    s.loss = r[0] / double(world_->size());  // equal within a replica: the mean over replicas
+    scaler_.set_found_inf(r[1] > 0);
+  }
+  if (ddp_) {
+    s.comm_wait_ms = ddp_->last_sync().wait_seconds * 1e3;
+    s.allreduce_ms = ddp_->last_sync().allreduce_seconds * 1e3;
+  }
+  if (scaler_.found_inf()) {
+    s.grad_norm = std::nan("");  // not computed on a skipped step
+  } else {
+    s.grad_norm = parallel_grad_norm(*model_, *grid_.model_parallel_group());
+    if (cfg_.grad_clip > 0) clip_grads_to_norm(params_, s.grad_norm, cfg_.grad_clip);
+  }
+  s.skipped = !scaler_.step(*opt_, params_);
+  s.loss_scale = scaler_.scale_value();
+  scaler_.update();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  s.ms_per_step = secs * 1e3;
+  s.tokens_per_s = double(B * T * cfg_.dp) / secs;
+  s.gflops = cfg_.model.flops_per_token(T) * double(B * T * cfg_.dp) / secs * 1e-9;
+  s.peak_bytes = memory_stats(device_).peak_bytes;
+  run.losses.push_back(s.loss);
+  run.steps_done = step;
+  return s;
+}
+
+// Mean loss over eval_iters batches of dp * B rows through replica 0's pipeline (whose ranks
+// all take part; the others wait at the next collective).
+double GptTrainer::eval_split(const Tensor& split, Generator& g, const char* name) {
+  NoGradGuard no_grad;
+  MemoryTagScope tag(MemoryTag::activations);
+  model_->eval();
+  double total = 0;
+  for (int64_t i = 0; i < cfg_.eval_iters; ++i) {
+    Batch b = get_batch(split, cfg_.batch_size * cfg_.dp, cfg_.model.block_size, g, name);
+    total += pipe_->evaluate(b.x.to(device_), b.y.to(device_));
+  }
+  model_->train();
+  return total / double(cfg_.eval_iters);
+}
+
+void GptTrainer::evaluate(int64_t step, StepStats& s) {
+  if (at_.dp != 0) return;
+  Generator g = eval_generator(cfg_.seed, step);
+  s.train_eval_loss = eval_split(data_.train, g, "train");
+  s.val_loss = eval_split(data_.val, g, "val");
+  run.final_val_loss = s.val_loss;
+}
+
+void GptTrainer::log(const StepStats& s) {
+  if (s.val_loss || s.step % cfg_.log_interval == 0) {
+    metrics_.write({{"step", s.step},
+                    {"loss", s.loss},
+                    {"val_loss", s.val_loss ? *s.val_loss : std::nan("")},
+                    {"lr", s.lr},
+                    {"ms_per_step", s.ms_per_step},
+                    {"tokens_per_s", s.tokens_per_s},
+                    {"gflops", s.gflops},
+                    {"peak_bytes", s.peak_bytes},
+                    {"loss_scale", s.loss_scale},
+                    {"skipped", int64_t(s.skipped)},
+                    {"comm_wait_ms", s.comm_wait_ms},
+                    {"allreduce_ms", s.allreduce_ms}});
+  }
+  if (hooks_.on_step && lead_) hooks_.on_step(s);
+}
+
+// A serial layout writes the one-file checkpoint `infer` reads (rank 0); a split one, one file
+// pair per shard from replica 0's ranks, every rank taking part (the directory is renamed into
+// place once all are written).
+void GptTrainer::save(int64_t step) {
+  if (cfg_.out.empty()) return;
+  TrainingState st{step,
+                   batch_gen_.state(),
+                   dropout_gen_.state(),
+                   {},
+                   scaler_.enabled() ? scaler_.state() : NamedTensors{},
+                   cfg_.to_json()};
+  CheckpointPaths p;
+  if (layout_.serial()) {
+    if (!lead_) return;
+    st.optimizer = opt_->state();
+    p = save_checkpoint(cfg_.out, step, *model_, data_.tokenizer, st, cfg_.to_json(),
+                        cfg_.keep_last);
+  } else {
+    std::vector<CheckpointShard> mine;
+    if (at_.dp == 0)
+      mine.push_back({at_.pp, at_.tp, model_->state_dict(),
+                      optimizer_state_by_name(opt_->state(), gpt_param_group_names(*model_)),
+                      dropout_gen_.state()});
+    p = save_sharded_checkpoint(*world_, cfg_.out, step, layout_, cfg_.model, data_.tokenizer, st,
+                                mine, cfg_.keep_last);
+  }
+  run.last_checkpoint = p.dir;
+  say(fmt::format("saved checkpoint {}", p.dir));
+}
+
+bool GptTrainer::stop_requested() {
+  const bool stop = hooks_.stop && hooks_.stop->load();
+  return world_->size() > 1 ? any_rank(*world_, stop) : stop;
+}
+
 }  // namespace
 
 GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
-  GptTrainConfig cfg = config;
-  cfg.validate();
-  cfg.model.gelu = parse_gelu(cfg.gelu);
-  if (cfg.threads > 0) set_num_threads(int(cfg.threads));
-  // The ranks form a grid of dp replicas, each split over tp x pp ranks (all 1 without mpirun).
-  // Every rank draws the same global batch of dp * batch_size rows and its replica trains on its
-  // batch_size of them; rank 0 alone logs and evaluates, the first replica's ranks save.
-  // `world` carries the host's messages (settings, the logged loss, stops, checkpoints); the grid's
-  // groups carry the tensors of training, on the training device (NCCL between GPUs).
-  std::shared_ptr<Communicator> world = world_communicator();
-  const Device device = training_device(cfg.device, *world);
-  ProcessGrid grid(device.is_cpu() ? world : world_communicator_for(device),
-                   {.pp = int(cfg.pp), .dp = int(cfg.dp), .tp = int(cfg.tp)});
-  const GridCoord at = grid.coord();
-  const bool lead = world->rank() == 0;
-  const bool model_parallel = cfg.tp > 1 || cfg.pp > 1;
-  const ShardLayout layout{int(cfg.tp), int(cfg.pp)};
-  check_same_on_all_ranks(*world, shared_settings(cfg),
-                          "the training settings (--dp, --tp, --pp, model, ...)");
-  auto say = [&](const std::string& m) {
-    if (lead && hooks.on_message) hooks.on_message(m);
-  };
-
-  // Data, and the checkpoint to continue from (serial or sharded, at any layout).
-  std::optional<FullCheckpoint> resumed;
-  std::string data_path = resolve_data_path(cfg);
-  TextData data;
-  if (!cfg.resume.empty()) {
-    auto latest = latest_checkpoint(cfg.resume);
-    FORGE_CHECK(latest.has_value(), "--resume {}: no complete checkpoint found there", cfg.resume);
-    resumed = load_full_checkpoint(latest->dir);
-    check_same_architecture(cfg.model, resumed->config, latest->dir);
-    data = load_text(data_path, resumed->tokenizer);
-  } else {
-    data = load_text(data_path, Tokenizer::parse_kind(cfg.tokenizer));
-  }
-  cfg.model.vocab_size = data.tokenizer.vocab_size();
-  for (auto [split, name] : {std::pair{&data.train, "train"}, std::pair{&data.val, "val"}})
-    FORGE_CHECK(split->numel() > cfg.model.block_size,
-                "{}: block_size {} is larger than the {} split ({} tokens)", data_path,
-                cfg.model.block_size, name, split->numel());
-
-  // Dropout draws differ between replicas and between pipeline stages (replica 0's first stage
-  // draws the serial run's first masks) and agree between the tensor-parallel ranks of a stage.
-  auto dropout_seed = [&](uint64_t base) {
-    return base + uint64_t(at.dp) * 0x9E3779B97F4A7C15ull + uint64_t(at.pp) * 0xD1B54A32D192ED03ull;
-  };
-  Generator init_gen(uint64_t(cfg.seed)), batch_gen(uint64_t(cfg.seed) + 1),
-      dropout_gen(dropout_seed(uint64_t(cfg.seed) + 2));
-  GptRun run;
-  run.tokenizer = data.tokenizer;
-  run.device = device;
-  std::shared_ptr<GPT> shard;  // model parallel: this rank's share
-  if (model_parallel) {
-    shard = std::make_shared<GPT>(cfg.model, init_gen, dropout_gen, gpt_part(grid, cfg.model));
-    shard->set_checkpoint_blocks(cfg.checkpoint == "blocks");
-  } else {
-    run.model = std::make_shared<GPT>(cfg.model, init_gen, dropout_gen);
-    run.model->set_checkpoint_blocks(cfg.checkpoint == "blocks");
-  }
-  Module& model = model_parallel ? static_cast<Module&>(*shard) : *run.model;
-  model.train();
-  model.to(device);  // before the optimizer, whose state goes where the parameters are
-  AdamW opt(param_groups(model, cfg.weight_decay),
-            {.lr = cfg.lr, .beta1 = cfg.beta1, .beta2 = cfg.beta2, .eps = 1e-8});
-  const bool mixed = cfg.precision != "f32";
-  const DType autocast_dtype = mixed ? parse_dtype(cfg.precision) : DType::f32;
-  GradScaler scaler(
-      {.init_scale = cfg.init_scale,
-       .growth_interval = cfg.scale_growth_interval,
-       .enabled = cfg.loss_scale == "on" || (cfg.loss_scale == "auto" && cfg.precision == "f16")});
-  int64_t start = 0;
-  if (resumed) {
-    const TrainingState& st = resumed->state;
-    CheckpointShard mine = shard_checkpoint(*resumed, layout, at.pp, at.tp);
-    model.load_state_dict(mine.weights);
-    opt.load_state(optimizer_state_by_index(mine.optimizer, gpt_param_group_names(model)));
-    if (scaler.enabled() && !st.scaler.empty()) scaler.load_state(st.scaler);
-    FORGE_CHECK(
-        saved_dp(st) == cfg.dp,
-        "{}: the checkpoint was trained with dp = {} (a global batch of {} x {}); resume it "
-        "with --dp {}",
-        resumed->dir, saved_dp(st), saved_dp(st), cfg.batch_size, saved_dp(st));
-    batch_gen.set_state(st.batch_gen);
-    // The saved first shard's generator gives the run's dropout seed, whatever --seed says now;
-    // the offset is this shard's (its own stream under the same layout, see shard_checkpoint).
-    dropout_gen.set_state(
-        {dropout_seed(resumed->dropout_gens[0][0].seed), mine.dropout_gen.offset});
-    start = st.step;
-    say(fmt::format(
-        "resumed from {} at step {}{}", resumed->dir, start,
-        resumed->layout == layout
-            ? ""
-            : fmt::format(" (saved at tp {} x pp {}, now tp {} x pp {})", resumed->layout.tp,
-                          resumed->layout.pp, layout.tp, layout.pp)));
-    resumed.reset();  // the whole model's weights and moments: not kept for the run
-  }
-  say(fmt::format(
-      "model: {} layers, {} heads, {} wide, block {}, vocab {} ({}), {:.2f}M parameters",
-      cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size,
-      cfg.model.vocab_size, cfg.tokenizer, double(cfg.model.num_parameters()) / 1e6));
-  say(fmt::format("data: {} ({} train / {} val tokens); batch {} x {}; {} threads", data_path,
-                  data.train.numel(), data.val.numel(), cfg.batch_size, cfg.model.block_size,
-                  get_num_threads()));
-  std::optional<DistributedDataParallel> ddp;
-  if (cfg.dp > 1) {
-    ddp.emplace(
-        model.parameters(), grid.dp_group(),
-        DdpOptions{.bucket_bytes = std::max<int64_t>(1, int64_t(cfg.bucket_mb * (1 << 20)))});
-    say(fmt::format("data parallel: {} ranks ({}), global batch {} x {}, {} gradient buckets",
-                    cfg.dp, grid.dp_group()->backend(), cfg.dp * cfg.batch_size,
-                    cfg.model.block_size, ddp->num_buckets()));
-  }
-  std::optional<Pipeline> pipe;
-  if (model_parallel) {
-    pipe.emplace(*shard, grid.pp_group(),
-                 PipelineOptions{parse_pipeline_schedule(cfg.schedule), int(cfg.micro_batches)});
-    say(
-        fmt::format("model parallel: tp {} x pp {} ({} ranks per replica), {} micro-batches, {} "
-                    "schedule; rank 0 holds blocks [{}, {})",
-                    cfg.tp, cfg.pp, cfg.tp * cfg.pp, cfg.micro_batches, cfg.schedule,
-                    shard->layers().begin, shard->layers().end));
-  } else if (cfg.micro_batches > 1) {
-    say(fmt::format("gradient accumulation: {} micro-batches of {}", cfg.micro_batches,
-                    cfg.batch_size / cfg.micro_batches));
-  }
-  if (mixed || cfg.checkpoint != "none")
-    say(fmt::format("precision {}{}; activation checkpointing {}", cfg.precision,
-                    scaler.enabled() ? fmt::format(", loss scale {:g}", scaler.scale_value()) : "",
-                    cfg.checkpoint));
-
-  WarmupCosine schedule(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters);
-  MetricsWriter metrics(lead ? cfg.metrics : "");
-  const std::vector<Variable> params = model.parameters();
-  const int64_t B = cfg.batch_size, T = cfg.model.block_size, M = cfg.micro_batches;
-  const double flops_per_step = cfg.model.flops_per_token(T) * double(B * T);
+  GptTrainer trainer(config, hooks);
+  const GptTrainConfig& cfg = trainer.config();
+  const int64_t start = trainer.restore();
   const int64_t ckpt_every =
       cfg.checkpoint_interval > 0 ? cfg.checkpoint_interval : cfg.eval_interval;
-
-  auto save = [&](int64_t step) {
-    if (cfg.out.empty()) return;
-    TrainingState st{step,
-                     batch_gen.state(),
-                     dropout_gen.state(),
-                     {},
-                     scaler.enabled() ? scaler.state() : NamedTensors{},
-                     cfg.to_json()};
-    CheckpointPaths p;
-    if (model_parallel) {
-      // Replica 0's ranks write their shards; every rank takes part (the directory is renamed
-      // into place once all are written).
-      std::vector<CheckpointShard> mine;
-      if (at.dp == 0) {
-        mine.push_back({at.pp, at.tp, model.state_dict(),
-                        optimizer_state_by_name(opt.state(), gpt_param_group_names(model)),
-                        dropout_gen.state()});
-      }
-      p = save_sharded_checkpoint(*world, cfg.out, step, layout, cfg.model, data.tokenizer, st,
-                                  mine, cfg.keep_last);
-    } else {
-      if (!lead) return;
-      st.optimizer = opt.state();
-      p = save_checkpoint(cfg.out, step, *run.model, data.tokenizer, st, cfg.to_json(),
-                          cfg.keep_last);
-    }
-    run.last_checkpoint = p.dir;
-    say(fmt::format("saved checkpoint {}", p.dir));
-  };
-  // Mean loss over eval_iters batches of dp * B rows: on rank 0 alone, or through the pipeline of
-  // replica 0 (whose ranks all take part).
-  auto eval_split = [&](const Tensor& split, Generator& g, const char* name) {
-    if (!model_parallel)
-      return estimate_loss(*run.model, split, cfg.eval_iters, B * cfg.dp, g, name);
-    NoGradGuard no_grad;
-    MemoryTagScope tag(MemoryTag::activations);
-    const bool was_training = model.is_training();
-    model.eval();
-    double total = 0;
-    for (int64_t i = 0; i < cfg.eval_iters; ++i) {
-      Batch b = get_batch(split, B * cfg.dp, T, g, name);
-      total += pipe->evaluate(b.x.to(device), b.y.to(device));
-    }
-    model.train(was_training);
-    return total / double(cfg.eval_iters);
-  };
-  auto evaluate = [&](int64_t step, StepStats& s) {
-    if (model_parallel ? at.dp != 0 : !lead) return;  // the others wait at the next collective
-    Generator g = eval_generator(cfg.seed, step);
-    s.train_eval_loss = eval_split(data.train, g, "train");
-    s.val_loss = eval_split(data.val, g, "val");
-    run.final_val_loss = s.val_loss;
-  };
-  // Forward and backward of this replica's rows; gradients accumulate over the micro-batches.
-  auto forward_backward = [&](const Batch& b) -> double {
-    if (model_parallel)
-      return pipe->step(b.x, b.y, scaler.scale_value(), ddp ? &*ddp : nullptr).loss;
-    const int64_t mb = B / M;
-    double loss_sum = 0;
-    for (int64_t m = 0; m < M; ++m) {
-      std::optional<DistributedDataParallel::NoSync> local;  // all-reduce in the last one only
-      if (ddp && m < M - 1) local.emplace(*ddp);
-      Variable loss = run.model->loss(run.model->forward(b.x.narrow(0, m * mb, mb).contiguous()),
-                                      b.y.narrow(0, m * mb, mb).contiguous());
-      scaler.scale(mul(loss, 1.0 / double(M))).backward();
-      loss_sum += loss.item();
-    }
-    return loss_sum / double(M);
-  };
-
-  ProgressBar bar(cfg.max_iters - start, "train", hooks.progress && lead);
-  run.steps_done = start;
+  ProgressBar bar(cfg.max_iters - start, "train", hooks.progress && trainer.lead());
   for (int64_t step = start + 1; step <= cfg.max_iters; ++step) {
-    auto t0 = std::chrono::steady_clock::now();
-    StepStats s;
-    s.step = step;
-    s.lr = schedule.lr(step - 1);  // nanoGPT's get_lr(iter) with iter counted from 0
-    opt.set_lr(s.lr);
-    {
-      MemoryTagScope tag(MemoryTag::activations);
-      std::optional<Autocast> scope;
-      if (mixed) scope.emplace(autocast_dtype);
-      Batch b = get_batch(data.train, B * cfg.dp, T, batch_gen, "train");
-      if (cfg.dp > 1)
-        b = {b.x.narrow(0, at.dp * B, B).contiguous(), b.y.narrow(0, at.dp * B, B).contiguous()};
-      b = {b.x.to(device), b.y.to(device)};
-      ddp ? ddp->zero_grad() : opt.zero_grad();
-      s.loss = forward_backward(b);
-    }
-    if (ddp) ddp->finish_grad_sync();
-    if (model_parallel) sync_tied_embedding(*shard, grid.embedding_group());
-    scaler.unscale(params);  // before clipping; finds inf/NaN
-    if (world->size() > 1) {
-      // One small all-reduce: the mean loss, and the inf/NaN verdict of any rank (shards see
-      // different gradients), so every rank skips alike and rank 0 logs the whole batch's loss.
-      Tensor v = from_vector<double>({s.loss, scaler.found_inf() ? 1.0 : 0.0});
-      world->all_reduce(v, ReduceOp::sum);
-      std::vector<double> r = v.to_vector<double>();
-      s.loss = r[0] / double(world->size());  // equal within a replica: the mean over replicas
-      scaler.set_found_inf(r[1] > 0);
-    }
-    if (ddp) {
-      s.comm_wait_ms = ddp->last_sync().wait_seconds * 1e3;
-      s.allreduce_ms = ddp->last_sync().allreduce_seconds * 1e3;
-    }
-    if (scaler.found_inf()) {
-      s.grad_norm = std::nan("");  // not computed on a skipped step
-    } else {
-      s.grad_norm = model_parallel ? parallel_grad_norm(*shard, *grid.model_parallel_group())
-                                   : grad_norm(params);
-      if (cfg.grad_clip > 0) clip_grads_to_norm(params, s.grad_norm, cfg.grad_clip);
-    }
-    s.skipped = !scaler.step(opt, params);
-    s.loss_scale = scaler.scale_value();
-    scaler.update();
-    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    s.ms_per_step = secs * 1e3;
-    s.tokens_per_s = double(B * T * cfg.dp) / secs;
-    s.gflops = flops_per_step * double(cfg.dp) / secs * 1e-9;
-    s.peak_bytes = memory_stats(device).peak_bytes;
-    run.losses.push_back(s.loss);
-    run.steps_done = step;
-    if (step % cfg.eval_interval == 0 || step == cfg.max_iters) evaluate(step, s);
+    StepStats s = trainer.train_step(step);
+    if (step % cfg.eval_interval == 0 || step == cfg.max_iters) trainer.evaluate(step, s);
     bar.update(step - start, fmt::format("loss {:.4f}", s.loss));
-    if (s.val_loss || step % cfg.log_interval == 0) {
-      metrics.write({{"step", step},
-                     {"loss", s.loss},
-                     {"val_loss", s.val_loss ? *s.val_loss : std::nan("")},
-                     {"lr", s.lr},
-                     {"ms_per_step", s.ms_per_step},
-                     {"tokens_per_s", s.tokens_per_s},
-                     {"gflops", s.gflops},
-                     {"peak_bytes", s.peak_bytes},
-                     {"loss_scale", s.loss_scale},
-                     {"skipped", int64_t(s.skipped)},
-                     {"comm_wait_ms", s.comm_wait_ms},
-                     {"allreduce_ms", s.allreduce_ms}});
-    }
-    if (hooks.on_step && lead) hooks.on_step(s);
-    bool stop = hooks.stop && hooks.stop->load();
-    if (world->size() > 1)
-      stop = any_rank(*world, stop);  // Ctrl-C reaches ranks at different moments
-    if (step % ckpt_every == 0 || step == cfg.max_iters || stop) save(step);
+    trainer.log(s);
+    const bool stop = trainer.stop_requested();
+    if (step % ckpt_every == 0 || step == cfg.max_iters || stop) trainer.save(step);
     if (stop) {
-      run.stopped = true;
-      say(fmt::format("stopped at step {}", step));
+      trainer.run.stopped = true;
+      trainer.say(fmt::format("stopped at step {}", step));
       break;
     }
   }
   bar.finish();
-  if (!run.final_val_loss && start >= cfg.max_iters) {
+  if (!trainer.run.final_val_loss && start >= cfg.max_iters) {
     StepStats s;
-    evaluate(start, s);
+    trainer.evaluate(start, s);
   }
-  return run;
+  return std::move(trainer.run);
 }
 
 GptEvalResult evaluate_checkpoint(const GptTrainConfig& config, const std::string& checkpoint,

@@ -15,9 +15,9 @@
 // step, in less activation memory). Under mpirun with dp * tp * pp ranks, every rank draws the
 // same global batch of dp * B windows and each of the dp replicas trains on its B of them; DDP
 // averages the gradients, so the run matches one process with batch dp * B. A replica is split
-// over tp tensor-parallel ranks and pp pipeline stages (parallel/parallel_gpt.h, pipeline.h) when
-// either is above 1; its checkpoints are then sharded (recipes/sharded_checkpoint.h), written by
-// replica 0's ranks. Rank 0 alone logs; evaluation runs on rank 0, or on replica 0's ranks.
+// over tp tensor-parallel ranks and pp pipeline stages (parallel/tensor_parallel.h, pipeline.h)
+// when either is above 1; its checkpoints are then sharded (recipes/sharded_checkpoint.h), written
+// by replica 0's ranks. Rank 0 alone logs; evaluation runs on replica 0's ranks.
 #pragma once
 
 #include <atomic>
@@ -62,7 +62,7 @@ struct GptRun {
   bool stopped = false;    // interrupted by hooks.stop
   std::string last_checkpoint;
   Device device = Device::cpu();  // where this rank trained
-  std::shared_ptr<GPT> model;     // null under tensor or pipeline parallelism (the model is split)
+  std::shared_ptr<GPT> model;     // this rank's part of it (the whole model without tp or pp)
   Tokenizer tokenizer;
 };
 
