@@ -1,6 +1,7 @@
 #include "optim/optimizer.h"
 
 #include <cmath>
+#include <set>
 #include <unordered_map>
 
 #include "optim/adamw_cuda.h"
@@ -12,10 +13,25 @@ namespace forge {
 
 Optimizer::Optimizer(std::vector<ParamGroup> groups, double lr)
     : groups_(std::move(groups)), lr_(lr) {
-  for (const ParamGroup& g : groups_)
-    for (const Variable& p : g.params)
-      FORGE_CHECK(p.defined() && p.requires_grad() && p.is_leaf(),
-                  "optimizer: parameter '{}' must be a leaf that requires grad", p.name());
+  std::set<std::string> keys;
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    const ParamGroup& g = groups_[gi];
+    FORGE_CHECK(g.names.empty() || g.names.size() == g.params.size(),
+                "optimizer: group {} names {} parameters but holds {}", gi, g.names.size(),
+                g.params.size());
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      FORGE_CHECK(g.params[i].defined() && g.params[i].requires_grad() && g.params[i].is_leaf(),
+                  "optimizer: parameter '{}' must be a leaf that requires grad",
+                  g.params[i].name());
+      FORGE_CHECK(keys.insert(key_of(gi, i)).second, "optimizer: two parameters are called '{}'",
+                  key_of(gi, i));
+    }
+  }
+}
+
+std::string Optimizer::key_of(size_t group, size_t index) const {
+  const ParamGroup& g = groups_[group];
+  return g.names.empty() ? fmt::format("{}.{}", group, index) : g.names[index];
 }
 
 void Optimizer::zero_grad() {
@@ -107,7 +123,7 @@ StateList SGD::state() const {
   for (size_t gi = 0; gi < groups_.size(); ++gi)
     for (size_t i = 0; i < groups_[gi].params.size(); ++i)
       if (momentum_[gi][i].defined())
-        s.emplace_back(fmt::format("sgd.momentum.{}.{}", gi, i), momentum_[gi][i]);
+        s.emplace_back("sgd.momentum." + key_of(gi, i), momentum_[gi][i]);
   return s;
 }
 
@@ -115,7 +131,7 @@ void SGD::load_state(const StateList& state) {
   auto m = by_name(state);
   for (size_t gi = 0; gi < groups_.size(); ++gi)
     for (size_t i = 0; i < groups_[gi].params.size(); ++i)
-      restore(momentum_[gi][i], m, fmt::format("sgd.momentum.{}.{}", gi, i), groups_[gi].params[i]);
+      restore(momentum_[gi][i], m, "sgd.momentum." + key_of(gi, i), groups_[gi].params[i]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,9 +224,9 @@ StateList AdamW::state() const {
   for (size_t gi = 0; gi < groups_.size(); ++gi)
     for (size_t i = 0; i < groups_[gi].params.size(); ++i)
       if (m_[gi][i].defined()) {
-        s.emplace_back(fmt::format("adamw.m.{}.{}", gi, i), m_[gi][i]);
-        s.emplace_back(fmt::format("adamw.v.{}.{}", gi, i), v_[gi][i]);
-        s.emplace_back(fmt::format("adamw.t.{}.{}", gi, i), from_vector<int64_t>({steps_[gi][i]}));
+        s.emplace_back("adamw.m." + key_of(gi, i), m_[gi][i]);
+        s.emplace_back("adamw.v." + key_of(gi, i), v_[gi][i]);
+        s.emplace_back("adamw.t." + key_of(gi, i), from_vector<int64_t>({steps_[gi][i]}));
       }
   return s;
 }
@@ -223,14 +239,14 @@ void AdamW::load_state(const StateList& state) {
   for (size_t gi = 0; gi < groups_.size(); ++gi)
     for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
       const Variable& p = groups_[gi].params[i];
-      restore(m_[gi][i], m, fmt::format("adamw.m.{}.{}", gi, i), p);
-      restore(v_[gi][i], m, fmt::format("adamw.v.{}.{}", gi, i), p);
+      restore(m_[gi][i], m, "adamw.m." + key_of(gi, i), p);
+      restore(v_[gi][i], m, "adamw.v." + key_of(gi, i), p);
       steps_[gi][i] = 0;
       if (m_[gi][i].defined()) {
-        auto ts = m.find(fmt::format("adamw.t.{}.{}", gi, i));
+        auto ts = m.find("adamw.t." + key_of(gi, i));
         FORGE_CHECK(ts != m.end() && ts->second.numel() == 1,
-                    "AdamW state: moments of parameter '{}' without its step count 'adamw.t.{}.{}'",
-                    p.name(), gi, i);
+                    "AdamW state: moments of parameter '{}' without its step count 'adamw.t.{}'",
+                    p.name(), key_of(gi, i));
         steps_[gi][i] = int64_t(ts->second.item());
       }
     }

@@ -7,7 +7,10 @@
 //   opt.zero_grad();
 //
 // State (momentum buffers, Adam moments, step counts) is allocated under MemoryTag::optimizer and
-// can be read and restored by name for checkpoints (state() / load_state()).
+// can be read and restored by name for checkpoints (state() / load_state()): keyed by the
+// parameters' names when the groups give them (adamw.m.transformer.wte.weight), so a checkpoint
+// needs no translation between positions and names and survives a change of grouping or layout;
+// by position otherwise (adamw.m.<group>.<index>).
 #pragma once
 
 #include <string>
@@ -20,6 +23,7 @@ namespace forge {
 struct ParamGroup {
   std::vector<Variable> params;
   double weight_decay = 0.0;
+  std::vector<std::string> names;  // one per parameter (its state's key), or none
 };
 
 class Optimizer {
@@ -32,10 +36,13 @@ class Optimizer {
   void set_lr(double lr) { lr_ = lr; }
   const std::vector<ParamGroup>& groups() const { return groups_; }
 
-  // Optimizer state as named tensors ("<kind>.<group>.<index>"), for checkpoints.
+  // Optimizer state as named tensors ("<kind>.<key>", key_of each parameter), for checkpoints.
   virtual std::vector<std::pair<std::string, Tensor>> state() const = 0;
   // Restores what state() returned; names, shapes and dtypes must match (errors name the entry).
   virtual void load_state(const std::vector<std::pair<std::string, Tensor>>& state) = 0;
+
+  // The key of parameter `index` of group `group` in state(): its name, or "<group>.<index>".
+  std::string key_of(size_t group, size_t index) const;
 
  protected:
   std::vector<ParamGroup> groups_;

@@ -56,14 +56,15 @@ Generator eval_generator(int64_t seed, int64_t step) {
 }
 
 // nanoGPT's optimizer groups (gpt_param_group_names): weight decay on tensors of 2+ dims (matmul
-// weights, embeddings), none on biases and LayerNorm gains.
+// weights, embeddings), none on biases and LayerNorm gains. Named, so the optimizer's state is
+// keyed by parameter name (adamw.m.transformer.wte.weight) on every layout.
 std::vector<ParamGroup> param_groups(const Module& model, double weight_decay) {
   std::map<std::string, Variable> by_name;
   for (const auto& [name, p] : model.named_parameters()) by_name.emplace(name, p);
   const auto names = gpt_param_group_names(model);
-  std::vector<ParamGroup> groups{{{}, weight_decay}, {{}, 0.0}};
-  for (size_t g = 0; g < 2; ++g)
-    for (const std::string& n : names[g]) groups[g].params.push_back(by_name.at(n));
+  std::vector<ParamGroup> groups{{{}, weight_decay, names[0]}, {{}, 0.0, names[1]}};
+  for (ParamGroup& g : groups)
+    for (const std::string& n : g.names) g.params.push_back(by_name.at(n));
   return groups;
 }
 
@@ -273,7 +274,7 @@ int64_t GptTrainer::restore() {
   const TrainingState& st = resumed_->state;
   CheckpointShard mine = shard_checkpoint(*resumed_, layout_, at_.pp, at_.tp);
   model_->load_state_dict(mine.weights);
-  opt_->load_state(optimizer_state_by_index(mine.optimizer, gpt_param_group_names(*model_)));
+  opt_->load_state(mine.optimizer);
   if (scaler_.enabled() && !st.scaler.empty()) scaler_.load_state(st.scaler);
   FORGE_CHECK(saved_dp(st) == cfg_.dp,
               "{}: the checkpoint was trained with dp = {} (a global batch of {} x {}); resume "
@@ -413,9 +414,7 @@ void GptTrainer::save(int64_t step) {
   } else {
     std::vector<CheckpointShard> mine;
     if (at_.dp == 0)
-      mine.push_back({at_.pp, at_.tp, model_->state_dict(),
-                      optimizer_state_by_name(opt_->state(), gpt_param_group_names(*model_)),
-                      dropout_gen_.state()});
+      mine.push_back({at_.pp, at_.tp, model_->state_dict(), opt_->state(), dropout_gen_.state()});
     p = save_sharded_checkpoint(*world_, cfg_.out, step, layout_, cfg_.model, data_.tokenizer, st,
                                 mine, cfg_.keep_last);
   }

@@ -57,39 +57,18 @@ TpSplit optimizer_entry_split(const std::string& key) {
 
 }  // namespace
 
-NamedTensors optimizer_state_by_name(const NamedTensors& by_index,
+NamedTensors optimizer_state_by_name(const NamedTensors& state,
                                      const std::vector<std::vector<std::string>>& groups) {
   NamedTensors out;
-  for (const auto& [key, t] : by_index) {
-    if (key == "adamw.step") {
+  for (const auto& [key, t] : state) {
+    IndexKey k = parse_index_key(key);
+    if (k.kind.empty()) {  // adamw.step, or already by name
       out.emplace_back(key, t);
       continue;
     }
-    IndexKey k = parse_index_key(key);
-    FORGE_CHECK(!k.kind.empty(), "optimizer state: '{}' is not an AdamW entry", key);
     FORGE_CHECK(k.group < groups.size() && k.index < groups[k.group].size(),
                 "optimizer state: '{}' names no parameter of this model", key);
     out.emplace_back(fmt::format("adamw.{}.{}", k.kind, groups[k.group][k.index]), t);
-  }
-  return out;
-}
-
-NamedTensors optimizer_state_by_index(const NamedTensors& by_name,
-                                      const std::vector<std::vector<std::string>>& groups) {
-  std::map<std::string, std::pair<size_t, size_t>> where;
-  for (size_t g = 0; g < groups.size(); ++g)
-    for (size_t i = 0; i < groups[g].size(); ++i) where[groups[g][i]] = {g, i};
-  NamedTensors out;
-  for (const auto& [key, t] : by_name) {
-    if (key == "adamw.step") {
-      out.emplace_back(key, t);
-      continue;
-    }
-    auto [kind, param] = parse_name_key(key);
-    auto it = where.find(param);
-    FORGE_CHECK(!kind.empty() && it != where.end(),
-                "optimizer state: '{}' names no parameter of this model", key);
-    out.emplace_back(fmt::format("adamw.{}.{}.{}", kind, it->second.first, it->second.second), t);
   }
   return out;
 }
@@ -122,14 +101,20 @@ ShardLayout layout_from_json(const std::string& text, const std::string& where) 
     throw_error(fmt::format("{}: malformed layout '{}'", where, text));
   }
 }
-}  // namespace
 
-// The groups of the serial model of `config` (the optimizer that wrote a serial checkpoint).
-std::vector<std::vector<std::string>> serial_group_names(const GPTConfig& config) {
+// The groups of the serial model of `config`, for a serial checkpoint whose optimizer state is
+// keyed by position (written before issue 19); none needed (nor a model built) otherwise.
+std::vector<std::vector<std::string>> legacy_group_names(const TrainingState& st,
+                                                         const GPTConfig& config) {
+  const bool by_position = std::any_of(st.optimizer.begin(), st.optimizer.end(), [](auto& e) {
+    return !parse_index_key(e.first).kind.empty();
+  });
+  if (!by_position) return {};
   MemoryTagScope tag(MemoryTag::other);
   Generator g0(0), g1(0);
   return gpt_param_group_names(GPT(config, g0, g1));
 }
+}  // namespace
 
 bool is_sharded_checkpoint(const std::string& dir) {
   return fs::exists(fs::path(dir) / model_shard_file(0, 0));
@@ -148,7 +133,8 @@ FullCheckpoint load_full_checkpoint(const std::string& dir) {
     full.config = m.config;
     full.tokenizer = m.tokenizer;
     full.weights = m.weights;
-    full.optimizer = optimizer_state_by_name(full.state.optimizer, serial_group_names(m.config));
+    full.optimizer =
+        optimizer_state_by_name(full.state.optimizer, legacy_group_names(full.state, m.config));
     full.state.optimizer.clear();
     full.dropout_gens = {{full.state.dropout_gen}};
     return full;
@@ -286,7 +272,7 @@ CheckpointPaths reshard_checkpoint(const std::string& from, const std::string& o
     GPT model(full.config, g0, g1);
     model.load_state_dict(full.weights);
     TrainingState st = full.state;
-    st.optimizer = optimizer_state_by_index(full.optimizer, gpt_param_group_names(model));
+    st.optimizer = full.optimizer;
     return save_checkpoint(out_dir, st.step, model, full.tokenizer, st, st.train_config_json,
                            keep_all);
   }

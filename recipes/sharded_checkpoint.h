@@ -54,14 +54,14 @@ struct FullCheckpoint {
 
 // The GPT recipe's AdamW groups, by parameter name: tensors of 2+ dims (weight decay: matrices and
 // embeddings), then the rest (biases, LayerNorm gains), each in the module's parameter order. The
-// training loop builds its optimizer from this, so AdamW's (group, index) keys adamw.m.<g>.<i> map
-// to names through it; checkpoints that must survive a change of layout key the moments by name
-// instead: adamw.m.<name>.
+// training loop names its optimizer's parameters, so AdamW keys its state by name
+// (adamw.m.<name>) in every checkpoint.
 std::vector<std::vector<std::string>> gpt_param_group_names(const Module& model);
-NamedTensors optimizer_state_by_name(const NamedTensors& by_index,
+// Optimizer state with every AdamW entry keyed by name: checkpoints written before issue 19 keyed
+// the moments by position in these groups (adamw.m.<group>.<index>), which this translates; keys
+// by name pass through.
+NamedTensors optimizer_state_by_name(const NamedTensors& state,
                                      const std::vector<std::vector<std::string>>& groups);
-NamedTensors optimizer_state_by_index(const NamedTensors& by_name,
-                                      const std::vector<std::vector<std::string>>& groups);
 
 // Whether `dir` (a ckpt-* directory) holds a sharded checkpoint.
 bool is_sharded_checkpoint(const std::string& dir);

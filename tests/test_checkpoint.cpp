@@ -601,10 +601,12 @@ TEST_CASE("sharded checkpoints of any layout merge back to the serial weights an
   cfg.n_head = 4;
   Generator init(21), drop(22);
   GPT model(cfg, init, drop);
-  // The recipe's groups (gpt_param_group_names): matrices with weight decay, then the rest.
-  ParamGroup decay{{}, 0.1}, rest{{}, 0.0};
-  for (const auto& [n, p] : model.named_parameters())
+  // The recipe's groups (gpt_param_group_names): matrices with weight decay, then the rest, named.
+  ParamGroup decay{{}, 0.1, {}}, rest{{}, 0.0, {}};
+  for (const auto& [n, p] : model.named_parameters()) {
     (p.dim() >= 2 ? decay : rest).params.push_back(p);
+    (p.dim() >= 2 ? decay : rest).names.push_back(n);
+  }
   AdamW opt({decay, rest}, {.lr = 1e-2});
   Tensor idx = from_vector<int64_t>({0, 1, 2, 3, 4, 5, 6, 7}, {1, 8});
   opt.zero_grad();
@@ -616,8 +618,8 @@ TEST_CASE("sharded checkpoints of any layout merge back to the serial weights an
   FullCheckpoint full = load_full_checkpoint(dir.file("serial/ckpt-000007"));
   CHECK(full.layout == ShardLayout{1, 1});
   check_same(full.weights, model.state_dict());
-  const auto groups = gpt_param_group_names(model);
-  check_same(optimizer_state_by_index(full.optimizer, groups), opt.state());
+  check_same(full.optimizer, opt.state());
+  CHECK(opt.state()[1].first == "adamw.m.transformer.wte.weight");
 
   for (ShardLayout layout : {ShardLayout{2, 1}, ShardLayout{4, 1}, ShardLayout{1, 3},
                              ShardLayout{2, 2}, ShardLayout{4, 3}}) {
@@ -632,7 +634,7 @@ TEST_CASE("sharded checkpoints of any layout merge back to the serial weights an
     CHECK(back.state.step == 7);
     CHECK(back.state.batch_gen == st.batch_gen);
     check_same(back.weights, model.state_dict());
-    check_same(sorted(optimizer_state_by_index(back.optimizer, groups)), sorted(opt.state()));
+    check_same(sorted(back.optimizer), sorted(opt.state()));
     // And merged into one model again: the serial files, bit for bit.
     CheckpointPaths merged = reshard_checkpoint(p.dir, dir.file(name + "-merged"), {1, 1});
     check_same(load_model(merged.model).weights, model.state_dict());
@@ -645,4 +647,39 @@ TEST_CASE("sharded checkpoints of any layout merge back to the serial weights an
   // infer's path resolution points sharded checkpoints to reshard.
   REQUIRE_THROWS_WITH(resolve_model_path(dir.file("tp4pp1")),
                       Contains("sharded checkpoint") && Contains("train reshard"));
+}
+
+TEST_CASE("a checkpoint whose AdamW state is keyed by position (before issue 19) loads by name") {
+  TempDir dir;
+  GPTConfig cfg = tiny_config(/*n_layer=*/2);
+  Generator init(31), drop(32);
+  GPT model(cfg, init, drop);
+  // The old recipe's optimizer: the same groups, unnamed, so its state says adamw.m.<g>.<i>.
+  ParamGroup decay{{}, 0.1, {}}, rest{{}, 0.0, {}};
+  ParamGroup named_decay = decay, named_rest = rest;
+  for (const auto& [n, p] : model.named_parameters()) {
+    (p.dim() >= 2 ? decay : rest).params.push_back(p);
+    (p.dim() >= 2 ? named_decay : named_rest).params.push_back(p);
+    (p.dim() >= 2 ? named_decay : named_rest).names.push_back(n);
+  }
+  AdamW old_opt({decay, rest}, {.lr = 1e-2});
+  Tensor idx = from_vector<int64_t>({0, 1, 2, 3, 4, 5, 6, 7}, {1, 8});
+  old_opt.zero_grad();
+  model.loss(model.forward(idx), idx).backward();
+  old_opt.step();
+  CHECK(old_opt.state()[1].first == "adamw.m.0.0");
+  TrainingState st{3, {5, 1}, drop.state(), old_opt.state(), {}, "{\"dp\": 1}"};
+  save_checkpoint(dir.file("old"), 3, model, kTok, st, st.train_config_json, 3);
+
+  FullCheckpoint full = load_full_checkpoint(dir.file("old/ckpt-000003"));
+  AdamW opt({named_decay, named_rest}, {.lr = 1e-2});
+  opt.load_state(full.optimizer);  // what --resume does
+  const NamedTensors got = opt.state(), was = old_opt.state();
+  REQUIRE(got.size() == was.size());
+  CHECK(got[1].first == "adamw.m.transformer.wte.weight");
+  for (size_t i = 0; i < got.size(); ++i)
+    CHECK(testing::bitwise_equal(got[i].second, was[i].second));
+  // Two parameters under one name are refused.
+  ParamGroup twice{{decay.params[0], decay.params[1]}, 0.0, {"w", "w"}};
+  REQUIRE_THROWS_WITH(AdamW({twice}, {}), Contains("two parameters are called 'w'"));
 }
