@@ -1,6 +1,7 @@
 #include "io/safetensors.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -171,45 +172,47 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   write_file_atomically(path, bytes);
 }
 
-SafetensorsContents load_safetensors(const std::string& path) {
-  std::string bytes = read_text_file(path);
-  FORGE_CHECK(bytes.size() >= 8, "{}: truncated: {} bytes, shorter than the 8-byte header length",
-              path, bytes.size());
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  FORGE_CHECK(fd_ >= 0, "{}: {}", path, errno == ENOENT ? "not found" : std::strerror(errno));
+  struct stat st {};
+  sys_check(::fstat(fd_, &st) == 0, path);
+  const uint64_t file_size = uint64_t(st.st_size);
+  FORGE_CHECK(file_size >= 8, "{}: truncated: {} bytes, shorter than the 8-byte header length",
+              path, file_size);
+  unsigned char len[8];
+  pread_all(len, 8, 0);
   uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= uint64_t(uint8_t(bytes[size_t(i)])) << (8 * i);
-  FORGE_CHECK(n <= kMaxHeader && n <= bytes.size() - 8,
+  for (int i = 0; i < 8; ++i) n |= uint64_t(len[i]) << (8 * i);
+  FORGE_CHECK(n <= kMaxHeader && n <= file_size - 8,
               "{}: corrupt or truncated: header length {} but the file has {} bytes", path, n,
-              bytes.size());
+              file_size);
+  std::string header(n, '\0');
+  pread_all(header.data(), n, 8);
+  data_start_ = 8 + n;
+  const uint64_t data_size = file_size - 8 - n;
   nlohmann::json doc;
   try {
-    doc = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + std::ptrdiff_t(n));
+    doc = nlohmann::json::parse(header);
   } catch (const std::exception& e) {
     throw_error(fmt::format("{}: corrupt header (not valid JSON): {}", path, e.what()));
   }
   FORGE_CHECK(doc.is_object(), "{}: corrupt header: not a JSON object", path);
-  const char* data = bytes.data() + 8 + n;
-  const uint64_t data_size = bytes.size() - 8 - n;
 
-  SafetensorsContents out;
-  std::map<std::string, std::string> crcs;
   if (doc.contains("__metadata__")) {
     const auto& m = doc["__metadata__"];
     FORGE_CHECK(m.is_object(), "{}: corrupt header: __metadata__ is not an object", path);
     for (const auto& [k, v] : m.items()) {
       FORGE_CHECK(v.is_string(), "{}: corrupt header: metadata '{}' is not a string", path, k);
       if (k.rfind(kCrcPrefix, 0) == 0)
-        crcs[k.substr(std::strlen(kCrcPrefix))] = v.get<std::string>();
+        crcs_[k.substr(std::strlen(kCrcPrefix))] = v.get<std::string>();
       else
-        out.metadata[k] = v.get<std::string>();
+        metadata_[k] = v.get<std::string>();
     }
   }
-  struct Entry {
-    std::string name;
-    DType dtype;
-    Shape shape;
-    uint64_t begin, end;
-  };
-  std::vector<Entry> entries;
   for (const auto& [name, v] : doc.items()) {
     if (name == "__metadata__") continue;
     FORGE_CHECK(
@@ -239,49 +242,107 @@ SafetensorsContents load_safetensors(const std::string& path) {
     FORGE_CHECK(e.end <= data_size,
                 "{}: truncated: tensor '{}' needs bytes [{}, {}) of data, the file has {}", path,
                 name, e.begin, e.end, data_size);
-    entries.push_back(e);
+    entries_.push_back(e);
   }
   // The tensors must tile the data exactly (no overlap, no hole, nothing after the last).
-  std::vector<const Entry*> by_offset;
-  for (const Entry& e : entries) by_offset.push_back(&e);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
+  std::sort(entries_.begin(), entries_.end(),
+            [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
   uint64_t at = 0;
-  for (const Entry* e : by_offset) {
-    FORGE_CHECK(e->begin == at, "{}: corrupt: tensor '{}' starts at byte {}, expected {}", path,
-                e->name, e->begin, at);
-    at = e->end;
+  for (const Entry& e : entries_) {
+    FORGE_CHECK(e.begin == at, "{}: corrupt: tensor '{}' starts at byte {}, expected {}", path,
+                e.name, e.begin, at);
+    at = e.end;
   }
   FORGE_CHECK(at == data_size, "{}: corrupt: {} bytes of data after the last tensor", path,
               data_size - at);
   // A file with checksums (one forge wrote) must have all of them: a bit flipped in a checksum's
   // key would otherwise silently turn the check off, or turn the checksum into user metadata.
-  if (!crcs.empty()) {
-    FORGE_CHECK(crcs.count(kMetadataCrc), "{}: corrupt: the metadata checksum is missing", path);
-    for (const Entry& e : entries)
-      FORGE_CHECK(crcs.count(e.name), "{}: corrupt: tensor '{}' has no checksum", path, e.name);
-    for (const auto& [name, crc] : crcs)
-      FORGE_CHECK(
-          name == kMetadataCrc || std::any_of(entries.begin(), entries.end(),
-                                              [&](const Entry& e) { return e.name == name; }),
-          "{}: corrupt: a checksum for '{}', which is not in the file", path, name);
+  if (!crcs_.empty()) {
+    FORGE_CHECK(crcs_.count(kMetadataCrc), "{}: corrupt: the metadata checksum is missing", path);
+    for (const Entry& e : entries_)
+      FORGE_CHECK(crcs_.count(e.name), "{}: corrupt: tensor '{}' has no checksum", path, e.name);
+    for (const auto& [name, crc] : crcs_)
+      FORGE_CHECK(name == kMetadataCrc || find(name) != nullptr,
+                  "{}: corrupt: a checksum for '{}', which is not in the file", path, name);
   }
-  if (auto it = crcs.find(kMetadataCrc); it != crcs.end()) {
-    std::string got = fmt::format("{:08x}", metadata_crc(out.metadata));
+  if (auto it = crcs_.find(kMetadataCrc); it != crcs_.end()) {
+    std::string got = fmt::format("{:08x}", metadata_crc(metadata_));
     FORGE_CHECK(got == it->second, "{}: corrupt: the metadata fails its checksum ({} != {})", path,
                 got, it->second);
   }
-  for (const Entry* ep : by_offset) {
-    const Entry& e = *ep;
-    Tensor t = Tensor::empty(e.shape, e.dtype);
-    if (t.nbytes()) std::memcpy(t.raw_data(), data + e.begin, t.nbytes());
-    if (auto it = crcs.find(e.name); it != crcs.end()) {
-      std::string got = fmt::format("{:08x}", crc_of(t.raw_data(), t.nbytes()));
-      FORGE_CHECK(got == it->second, "{}: corrupt: tensor '{}' fails its checksum ({} != {})", path,
-                  e.name, got, it->second);
-    }
-    out.tensors.emplace_back(e.name, t);
+}
+
+SafetensorsReader::~SafetensorsReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void SafetensorsReader::pread_all(void* out, uint64_t n, uint64_t offset) const {
+  char* p = static_cast<char*>(out);
+  while (n > 0) {
+    const ssize_t got = ::pread(fd_, p, n, off_t(offset));
+    if (got < 0 && errno == EINTR) continue;
+    FORGE_CHECK(got > 0, "{}: read of {} bytes at {} failed: {}", path_, n, offset,
+                got < 0 ? std::strerror(errno) : "end of file");
+    p += got;
+    n -= uint64_t(got);
+    offset += uint64_t(got);
+    bytes_read_ += got;
   }
+}
+
+const SafetensorsReader::Entry* SafetensorsReader::find(const std::string& name) const {
+  for (const Entry& e : entries_)
+    if (e.name == name) return &e;
+  return nullptr;
+}
+
+const SafetensorsReader::Entry& SafetensorsReader::entry(const std::string& name) const {
+  const Entry* e = find(name);
+  FORGE_CHECK(e != nullptr, "{}: no tensor '{}'", path_, name);
+  return *e;
+}
+
+Tensor SafetensorsReader::read(const std::string& name) const {
+  const Entry& e = entry(name);
+  Tensor t = Tensor::empty(e.shape, e.dtype);
+  if (t.nbytes()) pread_all(t.raw_data(), t.nbytes(), data_start_ + e.begin);
+  if (auto it = crcs_.find(e.name); it != crcs_.end()) {
+    std::string got = fmt::format("{:08x}", crc_of(t.raw_data(), t.nbytes()));
+    FORGE_CHECK(got == it->second, "{}: corrupt: tensor '{}' fails its checksum ({} != {})", path_,
+                e.name, got, it->second);
+  }
+  return t;
+}
+
+Tensor SafetensorsReader::read_slice(const std::string& name, int dim, int64_t begin,
+                                     int64_t count) const {
+  const Entry& e = entry(name);
+  FORGE_CHECK(dim >= 0 && dim < int(e.shape.size()) && begin >= 0 && count >= 0 &&
+                  begin + count <= e.shape[size_t(dim)],
+              "{}: tensor '{}' {} has no slice [{}, {}) of dim {}", path_, name, e.shape, begin,
+              begin + count, dim);
+  if (begin == 0 && count == e.shape[size_t(dim)]) return read(name);  // whole: verified
+  Shape shape = e.shape;
+  shape[size_t(dim)] = count;
+  Tensor t = Tensor::empty(shape, e.dtype);
+  // (outer, D, inner) around dim: one run of count * inner elements per outer index.
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < dim; ++i) outer *= e.shape[size_t(i)];
+  for (size_t i = size_t(dim) + 1; i < size_t(e.shape.size()); ++i) inner *= e.shape[i];
+  const uint64_t es = dtype_size(e.dtype), run = uint64_t(count * inner) * es;
+  char* out = static_cast<char*>(t.raw_data());
+  for (int64_t o = 0; o < outer && run > 0; ++o)
+    pread_all(out + uint64_t(o) * run, run,
+              data_start_ + e.begin + uint64_t((o * e.shape[size_t(dim)] + begin) * inner) * es);
+  return t;
+}
+
+SafetensorsContents load_safetensors(const std::string& path) {
+  SafetensorsReader r(path);
+  SafetensorsContents out;
+  out.metadata = r.metadata();
+  for (const SafetensorsReader::Entry& e : r.entries())
+    out.tensors.emplace_back(e.name, r.read(e.name));
   return out;
 }
 

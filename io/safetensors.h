@@ -18,6 +18,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "tensor/tensor.h"
 
@@ -32,6 +33,49 @@ struct SafetensorsContents {
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 SafetensorsContents load_safetensors(const std::string& path);
+
+// A file opened for reading parts of it (a rank's slices of a checkpoint): the header parsed and
+// checked against the file's size (shapes, offsets, tiling, the metadata's checksum), tensors
+// read on demand with pread.
+//
+//   SafetensorsReader r("model-pp0-tp0.safetensors");
+//   Tensor w = r.read("transformer.wte.weight");                       // whole, checksum checked
+//   Tensor rows = r.read_slice("transformer.wte.weight", 0, 32, 33);   // rows [32, 65) only
+//
+// A slice reads only its own bytes, so its checksum (which covers the whole tensor) is not
+// verified; a slice that is the whole tensor is read and verified as read() does.
+class SafetensorsReader {
+ public:
+  struct Entry {
+    std::string name;
+    DType dtype;
+    Shape shape;
+    uint64_t begin, end;  // bytes of the data section
+  };
+  explicit SafetensorsReader(const std::string& path);
+  ~SafetensorsReader();
+  SafetensorsReader(const SafetensorsReader&) = delete;
+  SafetensorsReader& operator=(const SafetensorsReader&) = delete;
+
+  const std::string& path() const { return path_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const std::vector<Entry>& entries() const { return entries_; }  // in file order
+  const Entry* find(const std::string& name) const;               // nullptr if absent
+  Tensor read(const std::string& name) const;  // throws naming the file and tensor
+  // [begin, begin + count) of dim `dim`, contiguous.
+  Tensor read_slice(const std::string& name, int dim, int64_t begin, int64_t count) const;
+  int64_t bytes_read() const { return bytes_read_; }  // by this reader, header included
+
+ private:
+  const Entry& entry(const std::string& name) const;
+  void pread_all(void* out, uint64_t n, uint64_t offset) const;
+  std::string path_;
+  int fd_ = -1;
+  uint64_t data_start_ = 0;
+  std::vector<Entry> entries_;
+  std::map<std::string, std::string> metadata_, crcs_;
+  mutable int64_t bytes_read_ = 0;
+};
 
 // Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
 void write_file_atomically(const std::string& path, const std::string& bytes);

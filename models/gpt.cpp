@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <tuple>
 
 #include "autograd/checkpoint.h"
 #include "tensor/ops.h"
@@ -85,6 +84,31 @@ int64_t block_index(const std::string& name) {
 }
 }  // namespace
 
+std::vector<std::pair<std::string, Shape>> gpt_parameter_shapes(const GPTConfig& cfg) {
+  const int64_t C = cfg.n_embd;
+  std::vector<std::pair<std::string, Shape>> out{{"transformer.wte.weight", {cfg.vocab_size, C}},
+                                                 {"transformer.wpe.weight", {cfg.block_size, C}}};
+  auto linear = [&](const std::string& name, int64_t in, int64_t outf) {
+    out.emplace_back(name + ".weight", Shape{outf, in});
+    if (cfg.bias) out.emplace_back(name + ".bias", Shape{outf});
+  };
+  auto layer_norm = [&](const std::string& name) {
+    out.emplace_back(name + ".weight", Shape{C});
+    if (cfg.bias) out.emplace_back(name + ".bias", Shape{C});
+  };
+  for (int64_t l = 0; l < cfg.n_layer; ++l) {
+    const std::string b = fmt::format("transformer.h.{}.", l);
+    layer_norm(b + "ln_1");
+    linear(b + "attn.c_attn", C, 3 * C);
+    linear(b + "attn.c_proj", C, C);
+    layer_norm(b + "ln_2");
+    linear(b + "mlp.c_fc", C, 4 * C);
+    linear(b + "mlp.c_proj", 4 * C, C);
+  }
+  layer_norm("transformer.ln_f");
+  return out;
+}
+
 TpSplit gpt_tp_split(const std::string& name) {
   if (ends_with(name, ".attn.c_attn.weight") || ends_with(name, ".attn.c_attn.bias"))
     return {0, 3};  // q, k and v each cut by heads
@@ -125,32 +149,6 @@ NamedTensors shard_gpt_state(const NamedTensors& serial, const GPTConfig& cfg, i
   for (const auto& [name, t] : serial)
     if (gpt_stage_holds(cfg, name, stage, stages))
       out.emplace_back(name, shard_tensor(t, gpt_tp_split(name), tp_rank, tp_size));
-  return out;
-}
-
-NamedTensors merge_gpt_shards(const std::vector<std::vector<NamedTensors>>& shards,
-                              const std::function<TpSplit(const std::string&)>& split_of) {
-  NamedTensors out;
-  auto have = [&](const std::string& n) {
-    return std::any_of(out.begin(), out.end(), [&](const auto& e) { return e.first == n; });
-  };
-  for (size_t s = 0; s < shards.size(); ++s) {
-    const auto& ranks = shards[s];
-    FORGE_CHECK(!ranks.empty(), "merge_gpt_shards: stage {} has no shards", s);
-    for (size_t i = 0; i < ranks[0].size(); ++i) {
-      const std::string& name = ranks[0][i].first;
-      if (have(name)) continue;  // the last stage's copy of the tied wte
-      std::vector<Tensor> parts;
-      for (size_t r = 0; r < ranks.size(); ++r) {
-        FORGE_CHECK(i < ranks[r].size() && ranks[r][i].first == name,
-                    "merge_gpt_shards: stage {} tensor-parallel rank {} lacks {} (or holds it at "
-                    "another position)",
-                    s, r, name);
-        parts.push_back(ranks[r][i].second);
-      }
-      out.emplace_back(name, merge_shards(parts, split_of(name)));
-    }
-  }
   return out;
 }
 
@@ -279,27 +277,17 @@ GPT::GPT(const GPTConfig& cfg, Generator& init, Generator& dropout_gen, GptPart 
 }
 
 void GPT::initialise(Generator& init) {
-  // Every normal tensor of the serial model in its parameter order, with its standard deviation.
-  const double proj_std = 0.02 / std::sqrt(2.0 * double(cfg_.n_layer));
-  const int64_t C = cfg_.n_embd;
-  std::vector<std::tuple<std::string, Shape, double>> normal{
-      {"transformer.wte.weight", {cfg_.vocab_size, C}, 0.02},
-      {"transformer.wpe.weight", {cfg_.block_size, C}, 0.02}};
-  for (int64_t l = 0; l < cfg_.n_layer; ++l) {
-    const std::string b = fmt::format("transformer.h.{}.", l);
-    normal.emplace_back(b + "attn.c_attn.weight", Shape{3 * C, C}, 0.02);
-    normal.emplace_back(b + "attn.c_proj.weight", Shape{C, C}, proj_std);
-    normal.emplace_back(b + "mlp.c_fc.weight", Shape{4 * C, C}, 0.02);
-    normal.emplace_back(b + "mlp.c_proj.weight", Shape{C, 4 * C}, proj_std);
-  }
   std::map<std::string, Variable> mine;
   for (auto& [name, p] : named_parameters()) mine.emplace(name, p);
-  // Each takes the next ceil(numel / 4) counter blocks of the stream; this process fills its slice.
-  for (const auto& [name, shape, std] : normal) {
-    int64_t numel = 1;
-    for (int64_t d : shape) numel *= d;
+  // Every matrix of the serial model (the normal tensors; LayerNorm gains are 1, biases 0), in its
+  // parameter order, takes the next ceil(numel / 4) counter blocks of the stream; this process
+  // fills its slice.
+  const double proj_std = 0.02 / std::sqrt(2.0 * double(cfg_.n_layer));
+  for (const auto& [name, shape] : gpt_parameter_shapes(cfg_)) {
+    if (shape.size() != 2) continue;
+    const double std = name.ends_with(".c_proj.weight") ? proj_std : 0.02;
     const Generator::State at = init.state();
-    init.advance(uint64_t((numel + 3) / 4));
+    init.advance(uint64_t((shape.numel() + 3) / 4));
     auto it = mine.find(name);
     if (it == mine.end()) continue;  // another stage's
     normal_shard_(it->second.data(), shape, gpt_tp_split(name), factory_->part(), factory_->parts(),

@@ -32,7 +32,6 @@
 // more than its share.
 #pragma once
 
-#include <functional>
 #include <optional>
 #include <string>
 
@@ -89,6 +88,8 @@ struct GptPart {
   std::optional<IndexRange> blocks;   // a pipeline stage's blocks [first, last); none: all
 };
 
+// The serial model's parameters, names and shapes in its parameter order, without building it.
+std::vector<std::pair<std::string, Shape>> gpt_parameter_shapes(const GPTConfig& cfg);
 // How the serial parameter `name` splits over tensor-parallel ranks.
 TpSplit gpt_tp_split(const std::string& name);
 // The blocks of pipeline stage `stage` of `stages` (balanced).
@@ -98,11 +99,6 @@ bool gpt_stage_holds(const GPTConfig& cfg, const std::string& name, int stage, i
 // Rank (tp_rank of tp_size, stage of stages)'s share of a serial state dict.
 NamedTensors shard_gpt_state(const NamedTensors& serial, const GPTConfig& cfg, int tp_rank,
                              int tp_size, int stage, int stages);
-// The inverse: shards[stage][tp_rank] -> the serial state dict (the tied wte taken from stage 0).
-// `split_of` says how each name was cut (other tensors named after parameters: optimizer moments).
-NamedTensors merge_gpt_shards(
-    const std::vector<std::vector<NamedTensors>>& shards,
-    const std::function<TpSplit(const std::string&)>& split_of = gpt_tp_split);
 
 // The names of the GELU forms in configs and checkpoints: "tanh" and "erf".
 const char* gelu_name(GeluApprox g);

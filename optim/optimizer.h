@@ -14,6 +14,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "autograd/variable.h"
@@ -21,6 +22,9 @@
 namespace forge {
 
 struct ParamGroup {
+  ParamGroup(std::vector<Variable> params_ = {}, double weight_decay_ = 0.0,
+             std::vector<std::string> names_ = {})
+      : params(std::move(params_)), weight_decay(weight_decay_), names(std::move(names_)) {}
   std::vector<Variable> params;
   double weight_decay = 0.0;
   std::vector<std::string> names;  // one per parameter (its state's key), or none

@@ -148,7 +148,7 @@ class GptTrainer {
   GridCoord at_;
   bool lead_;
   ShardLayout layout_;
-  std::optional<FullCheckpoint> resumed_;
+  std::optional<CheckpointInfo> resumed_;  // --resume: what the checkpoint says (headers)
   std::string data_path_;
   TextData data_;
   Generator init_gen_, batch_gen_, dropout_gen_;
@@ -205,7 +205,7 @@ void GptTrainer::load_data() {
   if (!cfg_.resume.empty()) {
     auto latest = latest_checkpoint(cfg_.resume);
     FORGE_CHECK(latest.has_value(), "--resume {}: no complete checkpoint found there", cfg_.resume);
-    resumed_ = load_full_checkpoint(latest->dir);
+    resumed_ = read_checkpoint_info(latest->dir);
     check_same_architecture(cfg_.model, resumed_->config, latest->dir);
     data_ = load_text(data_path_, resumed_->tokenizer);
   } else {
@@ -272,7 +272,8 @@ int64_t GptTrainer::restore() {
   run.steps_done = 0;
   if (!resumed_) return 0;
   const TrainingState& st = resumed_->state;
-  CheckpointShard mine = shard_checkpoint(*resumed_, layout_, at_.pp, at_.tp);
+  // Only this rank's share is read: its tensors' and slices' bytes, whatever the saved layout.
+  CheckpointShard mine = read_checkpoint_shard(*resumed_, layout_, at_.pp, at_.tp);
   model_->load_state_dict(mine.weights);
   opt_->load_state(mine.optimizer);
   if (scaler_.enabled() && !st.scaler.empty()) scaler_.load_state(st.scaler);
@@ -292,7 +293,7 @@ int64_t GptTrainer::restore() {
           ? ""
           : fmt::format(" (saved at tp {} x pp {}, now tp {} x pp {})", resumed_->layout.tp,
                         resumed_->layout.pp, layout_.tp, layout_.pp)));
-  resumed_.reset();  // the whole model's weights and moments: not kept for the run
+  resumed_.reset();
   run.steps_done = start;
   return start;
 }

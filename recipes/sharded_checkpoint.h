@@ -9,9 +9,10 @@
 //
 // A serial or data-parallel checkpoint (model.safetensors + state.safetensors,
 // recipes/checkpoint.h) is the 1 x 1 layout of the same thing. load_full_checkpoint reads either
-// kind back into the serial model's tensors; shard_checkpoint cuts those for any layout; `train
-// reshard` is the two in turn, so a run saved at tp = 2, pp = 2 samples in `infer` as one process
-// once merged, and resumes under another layout.
+// kind back into the serial model's tensors; read_checkpoint_shard reads one rank's share for any
+// layout, touching only its bytes; `train reshard` writes every share of another layout, so a run
+// saved at tp = 2, pp = 2 samples in `infer` as one process once merged, and resumes under another
+// layout.
 //
 // The directory is written under a hidden name and renamed into place by rank 0 once every writer
 // is done, so an interrupted save never leaves a checkpoint with missing shards.
@@ -36,20 +37,25 @@ struct ShardLayout {
 struct CheckpointShard {
   int stage = 0, tp_rank = 0;
   NamedTensors weights;    // serial names, this shard's slices
-  NamedTensors optimizer;  // by parameter name (optimizer_state_by_name)
+  NamedTensors optimizer;  // by parameter name (adamw.m.<name>, ...), this shard's slices
   Generator::State dropout_gen;
+  int64_t bytes_read = 0;  // what reading it fetched from the files (read_checkpoint_shard)
 };
 
-// The whole of a checkpoint, in the serial model's terms.
-struct FullCheckpoint {
+// What a checkpoint says about itself, from its files' headers (and the small scaler tensors).
+struct CheckpointInfo {
   std::string dir;
   ShardLayout layout;  // what it was saved with
   GPTConfig config;
   Tokenizer tokenizer;
-  NamedTensors weights;    // the serial model's state dict
-  NamedTensors optimizer;  // by parameter name, merged
-  TrainingState state;     // step, generators, scaler, train config (optimizer left empty)
+  TrainingState state;  // step, generators, scaler, train config (optimizer left empty)
   std::vector<std::vector<Generator::State>> dropout_gens;  // [stage][tp_rank]
+};
+
+// The whole of a checkpoint, in the serial model's terms.
+struct FullCheckpoint : CheckpointInfo {
+  NamedTensors weights;    // the serial model's state dict
+  NamedTensors optimizer;  // by parameter name
 };
 
 // The GPT recipe's AdamW groups, by parameter name: tensors of 2+ dims (weight decay: matrices and
@@ -65,11 +71,17 @@ NamedTensors optimizer_state_by_name(const NamedTensors& state,
 
 // Whether `dir` (a ckpt-* directory) holds a sharded checkpoint.
 bool is_sharded_checkpoint(const std::string& dir);
-// Reads a serial or sharded checkpoint directory, merging the shards.
+// The headers of a serial or sharded checkpoint directory: layout, model, tokenizer, step,
+// generators; every file checked to agree.
+CheckpointInfo read_checkpoint_info(const std::string& dir);
+// The share of (stage, tp_rank) at `layout` of the checkpoint `info` describes, whatever layout it
+// was saved with, reading only what that share holds: the byte ranges of its tensors, and of each
+// saved shard's overlap with its slices (io/safetensors.h SafetensorsReader). Weights and AdamW
+// moments cut by name; nothing else of the model is ever in memory.
+CheckpointShard read_checkpoint_shard(const CheckpointInfo& info, ShardLayout layout, int stage,
+                                      int tp_rank);
+// The whole checkpoint as the serial model's tensors (read_checkpoint_shard at 1 x 1).
 FullCheckpoint load_full_checkpoint(const std::string& dir);
-// The shard of (stage, tp_rank) at `layout`: weights and optimizer moments cut by name.
-CheckpointShard shard_checkpoint(const FullCheckpoint& full, ShardLayout layout, int stage,
-                                 int tp_rank);
 
 // Writes `shards` (this rank's, or every shard of the layout from one process) into
 // out_dir/ckpt-<step>. Collective over `comm`: rank 0 makes the directory, every rank writes its

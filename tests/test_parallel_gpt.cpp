@@ -11,6 +11,7 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "autograd/autocast.h"
 #include "optim/optimizer.h"
@@ -204,34 +205,40 @@ TEST_CASE("normal_shard_ draws the slice of normal_ without the whole tensor") {
   REQUIRE_THROWS_WITH(normal_shard_(wrong, {12, 7}, {0, 1}, 0, 2, 0, 1, at), Contains("[6, 7]"));
 }
 
-TEST_CASE("shard_gpt_state and merge_gpt_shards round-trip the serial weights for any layout") {
-  const GPTConfig cfg{.n_layer = 4,
-                      .n_head = 4,
-                      .n_embd = 16,
-                      .block_size = 8,
-                      .vocab_size = 11,
-                      .dropout = 0.0,
-                      .bias = true};
-  Generator init(1), drop(2);
-  GPT serial(cfg, init, drop);
-  const NamedTensors full = serial.state_dict();
-  for (int pp : {1, 2, 3, 4}) {
-    for (int tp : {1, 2, 4}) {
-      INFO("pp " << pp << " tp " << tp);
-      std::vector<std::vector<NamedTensors>> shards(static_cast<size_t>(pp));
-      for (int s = 0; s < pp; ++s)
-        for (int r = 0; r < tp; ++r)
-          shards[size_t(s)].push_back(shard_gpt_state(full, cfg, r, tp, s, pp));
-      NamedTensors merged = merge_gpt_shards(shards);
-      REQUIRE(merged.size() == full.size());
-      for (size_t i = 0; i < full.size(); ++i) {
-        INFO(full[i].first);
-        CHECK(merged[i].first == full[i].first);
-        CHECK(testing::bitwise_equal(merged[i].second, full[i].second));
+TEST_CASE("gpt_parameter_shapes lists the serial model; shard_gpt_state cuts it for any layout") {
+  for (bool bias : {true, false}) {
+    const GPTConfig cfg{.n_layer = 4,
+                        .n_head = 4,
+                        .n_embd = 16,
+                        .block_size = 8,
+                        .vocab_size = 11,
+                        .dropout = 0.0,
+                        .bias = bias};
+    Generator init(1), drop(2);
+    GPT serial(cfg, init, drop);
+    const NamedTensors full = serial.state_dict();
+    const auto shapes = gpt_parameter_shapes(cfg);
+    const std::map<std::string, Shape> shape_of(shapes.begin(), shapes.end());
+    REQUIRE(shapes.size() == full.size());
+    for (size_t i = 0; i < full.size(); ++i) {
+      CHECK(shapes[i].first == full[i].first);
+      CHECK(shapes[i].second == full[i].second.shape());
+    }
+    for (int pp : {1, 2, 3, 4}) {
+      for (int tp : {1, 2, 4}) {
+        INFO("pp " << pp << " tp " << tp);
+        std::set<std::string> held;
+        for (int s = 0; s < pp; ++s)
+          for (int r = 0; r < tp; ++r)
+            for (const auto& [name, t] : shard_gpt_state(full, cfg, r, tp, s, pp)) {
+              held.insert(name);
+              CHECK(t.shape() == shard_shape(shape_of.at(name), gpt_tp_split(name), r, tp));
+            }
+        CHECK(held.size() == full.size());
       }
     }
+    REQUIRE_THROWS_WITH(shard_gpt_state(full, cfg, 0, 1, 0, 5), Contains("5 stages for 4 layers"));
   }
-  REQUIRE_THROWS_WITH(shard_gpt_state(full, cfg, 0, 1, 0, 5), Contains("5 stages for 4 layers"));
 }
 
 TEST_CASE("the GPT of one tensor-parallel rank and one stage is the serial GPT") {
