@@ -143,6 +143,14 @@ bool gpt_stage_holds(const GPTConfig& cfg, const std::string& name, int stage, i
   return holds(cfg, name, gpt_stage_layers(cfg, stage, stages));
 }
 
+int64_t gpt_shard_numel(const GPTConfig& cfg, int tp_rank, int tp_size, int stage, int stages) {
+  int64_t n = 0;
+  for (const auto& [name, shape] : gpt_parameter_shapes(cfg))
+    if (gpt_stage_holds(cfg, name, stage, stages))
+      n += shard_shape(shape, gpt_tp_split(name), tp_rank, tp_size).numel();
+  return n;
+}
+
 NamedTensors shard_gpt_state(const NamedTensors& serial, const GPTConfig& cfg, int tp_rank,
                              int tp_size, int stage, int stages) {
   NamedTensors out;

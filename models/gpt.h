@@ -96,6 +96,8 @@ TpSplit gpt_tp_split(const std::string& name);
 IndexRange gpt_stage_layers(const GPTConfig& cfg, int stage, int stages);
 // Whether stage `stage` holds the serial parameter `name`.
 bool gpt_stage_holds(const GPTConfig& cfg, const std::string& name, int stage, int stages);
+// The parameters (elements) rank (tp_rank of tp_size, stage of stages) holds: its share's size.
+int64_t gpt_shard_numel(const GPTConfig& cfg, int tp_rank, int tp_size, int stage, int stages);
 // Rank (tp_rank of tp_size, stage of stages)'s share of a serial state dict.
 NamedTensors shard_gpt_state(const NamedTensors& serial, const GPTConfig& cfg, int tp_rank,
                              int tp_size, int stage, int stages);

@@ -256,6 +256,35 @@ TEST_CASE("the GPT of one tensor-parallel rank and one stage is the serial GPT")
   CHECK(std::abs(lp.item() - ls.item()) <= 1e-6 * ls.item());
 }
 
+TEST_CASE("building a rank's share of the GPT allocates its parameters and nothing more") {
+  // The allocator's peak over the construction (random initialisation included) is the bytes of
+  // the parameters this rank holds, each rounded up to the allocator's 64 bytes: no rank ever
+  // holds more of the model than its share.
+  auto world = world_communicator();
+  GPTConfig cfg = kCfg;
+  cfg.bias = true;
+  for (const Layout& layout : layouts_for(world->size())) {
+    if (layout.micro_batches != 1 || layout.schedule != PipelineSchedule::one_f_one_b) continue;
+    INFO(describe(layout));
+    ProcessGrid grid(world, layout.grid);
+    const GridCoord c = grid.coord();
+    int64_t want = 0;
+    for (const auto& [name, shape] : gpt_parameter_shapes(cfg))
+      if (gpt_stage_holds(cfg, name, c.pp, layout.grid.pp))
+        want += (shard_shape(shape, gpt_tp_split(name), c.tp, layout.grid.tp).numel() * 4 + 63) /
+                64 * 64;
+    const int64_t before = memory_stats(Device::cpu()).live_bytes;
+    reset_peak_memory(Device::cpu());
+    Generator i(11), d(12);
+    GPT shard(cfg, i, d, gpt_part(grid, cfg));
+    const MemoryStats m = memory_stats(Device::cpu());
+    CHECK(m.live_bytes - before == want);
+    CHECK(m.peak_bytes - before == want);
+    CHECK(shard.num_parameters() ==
+          gpt_shard_numel(cfg, c.tp, layout.grid.tp, c.pp, layout.grid.pp));
+  }
+}
+
 TEST_CASE("every rank's initial shard is its slice of the serial initialisation, bit for bit") {
   // Each rank draws only its slices (normal_shard_): compare with the serial model's weights.
   auto world = world_communicator();
