@@ -155,6 +155,7 @@ void accumulate_leaf(VariableImpl& leaf, Tensor g) {
   if (!leaf.grad.defined()) {
     MemoryTagScope tag(MemoryTag::gradients);
     leaf.grad = own(std::move(g));
+    leaf.grad.storage()->set_tag(MemoryTag::gradients);  // an adopted backward temporary
   } else {
     add_(leaf.grad, g);
   }

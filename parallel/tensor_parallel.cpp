@@ -348,15 +348,16 @@ GptPart gpt_part(const ProcessGrid& grid, const GPTConfig& cfg) {
   return {layers, gpt_stage_layers(cfg, grid.coord().pp, grid.sizes().pp)};
 }
 
+bool grad_norm_counts(const GPT& model, const std::string& name) {
+  if (gpt_tp_split(name).replicated() && model.layer_factory().part() != 0) return false;
+  return name != "transformer.wte.weight" || model.first_stage();
+}
+
 double parallel_grad_norm(const GPT& model, Communicator& model_parallel_group) {
-  const bool tp_lead = model.layer_factory().part() == 0;
   double local = 0;
-  for (const auto& [name, p] : model.named_parameters()) {
-    if (!p.grad().defined()) continue;
-    if (gpt_tp_split(name).replicated() && !tp_lead) continue;
-    if (name == "transformer.wte.weight" && !model.first_stage()) continue;
-    local += sum(mul(p.grad(), p.grad())).item();
-  }
+  for (const auto& [name, p] : model.named_parameters())
+    if (p.grad().defined() && grad_norm_counts(model, name))
+      local += sum(mul(p.grad(), p.grad())).item();
   Tensor total = full({1}, local, DType::f64, model_parallel_group.device());
   model_parallel_group.all_reduce(total, ReduceOp::sum);
   return std::sqrt(total.item());

@@ -112,8 +112,11 @@ class TensorParallelLayers : public GptLayers {
 GptPart gpt_part(const ProcessGrid& grid, const GPTConfig& cfg);
 
 // The norm of the whole model's gradient from every rank's shards: each parameter of the serial
-// model counted once (a tensor-parallel replica on tp rank 0 only, the tied embedding on the first
-// stage only), summed over the model-parallel group (the ranks of one replica).
+// model counted once (grad_norm_counts), summed over the model-parallel group (the ranks of one
+// replica).
 double parallel_grad_norm(const GPT& model, Communicator& model_parallel_group);
+// Whether this rank counts parameter `name` in the model's gradient norm: a tensor-parallel
+// replica on tp rank 0 only, the tied embedding on the first stage only.
+bool grad_norm_counts(const GPT& model, const std::string& name);
 
 }  // namespace forge

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 
 #include "tensor/ops.h"
 
@@ -10,7 +11,7 @@ namespace forge {
 
 ZeroAdamW::ZeroAdamW(std::vector<ParamGroup> groups, AdamWOptions options,
                      std::shared_ptr<Communicator> dp, int64_t bucket_bytes)
-    : dp_(std::move(dp)) {
+    : Optimizer(groups, options.lr), dp_(std::move(dp)) {
   FORGE_CHECK(dp_, "ZeroAdamW: no data-parallel group");
   const int N = dp_->size(), me = dp_->rank();
   for (const ParamGroup& g : groups) {
@@ -33,10 +34,6 @@ ZeroAdamW::ZeroAdamW(std::vector<ParamGroup> groups, AdamWOptions options,
   begin_ = std::min(numel_, int64_t(me) * part_);
   end_ = std::min(numel_, begin_ + part_);
   chunk_ = std::max<int64_t>(1, std::min(part_, bucket_bytes / int64_t(sizeof(float)) / N));
-  {
-    MemoryTagScope tag(MemoryTag::gradients);
-    grad_ = zeros({std::max<int64_t>(part_, 1)});
-  }
   // The pieces of parameters inside [begin_, end_), in their groups, as AdamW's parameters.
   std::vector<ParamGroup> pieces;
   size_t k = 0;
@@ -48,9 +45,10 @@ ZeroAdamW::ZeroAdamW(std::vector<ParamGroup> groups, AdamWOptions options,
       if (lo >= hi) continue;
       const int64_t off = lo - starts_[k];
       Variable piece(params_[k].data().reshape({-1}).narrow(0, off, hi - lo), true);
-      piece.set_grad(grad_.narrow(0, lo - begin_, hi - lo));
+      piece_vars_.push_back(piece);  // its gradient: set by reduce_scatter_gradients
       pg.params.push_back(piece);
       pg.names.push_back(fmt::format("{}[{}:{}]", names_[k], off, off + (hi - lo)));
+      pieces_.push_back({k, off, hi - lo});
     }
     pieces.push_back(std::move(pg));
   }
@@ -95,31 +93,46 @@ void ZeroAdamW::write_params(int64_t flat, int64_t count, const float* src) {
   });
 }
 
-void ZeroAdamW::zero_grad() {
-  for (Variable& p : params_) p.set_grad(Tensor());
-}
-
 void ZeroAdamW::reduce_scatter_gradients() {
-  const int N = dp_->size();
-  MemoryTagScope tag(MemoryTag::other);  // buckets
-  for (int64_t k = 0; k < part_; k += chunk_) {
-    const int64_t c = std::min(chunk_, part_ - k);
-    Tensor bucket = Tensor::empty({int64_t(N) * c});
-    for (int r = 0; r < N; ++r)
-      gather_grads(int64_t(r) * part_ + k, c, bucket.data<float>() + r * c);
-    dp_->reduce_scatter_async(grad_.narrow(0, k, c), bucket, ReduceOp::avg).wait();
+  const int N = dp_->size(), me = dp_->rank();
+  for (Variable& p : params_)
+    if (!p.grad().defined()) {
+      MemoryTagScope tag(MemoryTag::gradients);
+      p.set_grad(zeros(p.shape()));
+    }
+  {
+    // Chunk k: every rank's k-th slice of its partition, in rank order, reduce-scattered; this
+    // rank's average goes back into its own slice of the gradients (which no later chunk reads).
+    MemoryTagScope tag(MemoryTag::other);  // buckets
+    for (int64_t k = 0; k < part_; k += chunk_) {
+      const int64_t c = std::min(chunk_, part_ - k);
+      Tensor bucket = Tensor::empty({int64_t(N) * c}), mine = Tensor::empty({c});
+      for (int r = 0; r < N; ++r)
+        gather_grads(int64_t(r) * part_ + k, c, bucket.data<float>() + r * c);
+      dp_->reduce_scatter_async(mine, bucket, ReduceOp::avg).wait();
+      for_range(int64_t(me) * part_ + k, c, [&](size_t i, int64_t off, int64_t pos, int64_t n) {
+        std::memcpy(params_[i].grad().data<float>() + off, mine.data<float>() + pos,
+                    size_t(n) * sizeof(float));
+      });
+    }
   }
+  // AdamW's pieces take their slices of the parameters' gradients, averaged now.
+  for (size_t j = 0; j < pieces_.size(); ++j)
+    piece_vars_[j].set_grad(params_[pieces_[j].param].grad().reshape({-1}).narrow(
+        0, pieces_[j].offset, pieces_[j].count));
 }
 
 double ZeroAdamW::grad_norm_sq_local(const std::function<bool(const std::string&)>& counted) const {
   double total = 0;
-  const float* g = grad_.data<float>();
-  for_range(begin_, end_ - begin_, [&](size_t i, int64_t, int64_t pos, int64_t n) {
-    if (counted && !counted(names_[i])) return;
-    double s = 0;
-    for (int64_t j = 0; j < n; ++j) s += double(g[pos + j]) * double(g[pos + j]);
-    total += s;
-  });
+  for (size_t j = 0; j < pieces_.size(); ++j) {
+    if (counted && !counted(names_[pieces_[j].param])) continue;
+    const Tensor& g = piece_vars_[j].grad();
+    FORGE_CHECK(g.defined(), "ZeroAdamW: grad_norm before reduce_scatter_gradients");
+    const float* p = g.data<float>();
+    double sum = 0;
+    for (int64_t e = 0; e < pieces_[j].count; ++e) sum += double(p[e]) * double(p[e]);
+    total += sum;
+  }
   return total;
 }
 
@@ -131,10 +144,15 @@ double ZeroAdamW::grad_norm() {
 
 void ZeroAdamW::clip_to_norm(double norm, double max_norm) {
   const double coef = max_norm / (norm + 1e-6);
-  if (coef < 1.0) mul_(grad_, coef);
+  if (coef < 1.0)
+    for (Variable& piece : piece_vars_) {
+      Tensor g = piece.grad();
+      mul_(g, coef);
+    }
 }
 
 void ZeroAdamW::step() {
+  opt_->set_lr(lr());
   opt_->step();
   const int N = dp_->size(), me = dp_->rank();
   MemoryTagScope tag(MemoryTag::other);  // buckets
@@ -146,6 +164,78 @@ void ZeroAdamW::step() {
     for (int r = 0; r < N; ++r)
       if (r != me) write_params(int64_t(r) * part_ + k, c, all.data<float>() + r * c);
   }
+}
+
+NamedTensors ZeroAdamW::full_state() const {
+  // Every rank writes its pieces' moments into zeroed flat buffers; a sum over the group joins
+  // them (each element is one rank's).
+  const NamedTensors mine = opt_->state();
+  std::map<std::string, Tensor> by_key(mine.begin(), mine.end());
+  Tensor flat = zeros({2, std::max<int64_t>(numel_, 1)});
+  float* m = flat.data<float>();
+  float* v = m + flat.size(1);
+  int64_t steps = 0;
+  for (const Piece& pc : pieces_) {
+    const std::string name =
+        fmt::format("{}[{}:{}]", names_[pc.param], pc.offset, pc.offset + pc.count);
+    auto mi = by_key.find("adamw.m." + name), vi = by_key.find("adamw.v." + name);
+    if (mi == by_key.end()) continue;  // not stepped yet
+    std::memcpy(m + starts_[pc.param] + pc.offset, mi->second.data<float>(),
+                size_t(pc.count) * sizeof(float));
+    std::memcpy(v + starts_[pc.param] + pc.offset, vi->second.data<float>(),
+                size_t(pc.count) * sizeof(float));
+  }
+  dp_->all_reduce(flat, ReduceOp::sum);
+  // The step count: every piece steps at every step(), so each parameter's count is the
+  // optimizer's (a rank without pieces learns it from the others).
+  Tensor t = full({1}, double(opt_->steps()), DType::f64);
+  dp_->all_reduce(t, ReduceOp::max);
+  steps = int64_t(t.item());
+  NamedTensors out{{"adamw.step", from_vector<int64_t>({steps})}};
+  if (steps == 0) return out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    MemoryTagScope tag(MemoryTag::optimizer);
+    const int64_t n = params_[i].numel();
+    out.emplace_back(
+        "adamw.m." + names_[i],
+        flat.select(0, 0).narrow(0, starts_[i], n).reshape(params_[i].shape()).clone());
+    out.emplace_back(
+        "adamw.v." + names_[i],
+        flat.select(0, 1).narrow(0, starts_[i], n).reshape(params_[i].shape()).clone());
+    out.emplace_back("adamw.t." + names_[i], from_vector<int64_t>({steps}));
+  }
+  return out;
+}
+
+void ZeroAdamW::load_state(const NamedTensors& state) {
+  const bool pieces = std::any_of(state.begin(), state.end(), [](const auto& e) {
+    return e.first.find('[') != std::string::npos;
+  });
+  if (pieces) {
+    opt_->load_state(state);
+    return;
+  }
+  // Whole tensors by parameter name: this partition's pieces of them.
+  std::map<std::string, Tensor> by_key(state.begin(), state.end());
+  NamedTensors mine;
+  if (auto it = by_key.find("adamw.step"); it != by_key.end()) mine.emplace_back(*it);
+  for (const Piece& pc : pieces_) {
+    const std::string& name = names_[pc.param];
+    const std::string piece = fmt::format("{}[{}:{}]", name, pc.offset, pc.offset + pc.count);
+    auto m = by_key.find("adamw.m." + name);
+    if (m == by_key.end()) continue;  // no moments yet
+    auto v = by_key.find("adamw.v." + name), t = by_key.find("adamw.t." + name);
+    FORGE_CHECK(v != by_key.end() && t != by_key.end() &&
+                    m->second.numel() == params_[pc.param].numel() &&
+                    v->second.numel() == params_[pc.param].numel(),
+                "ZeroAdamW: the state of '{}' is incomplete or not its size", name);
+    mine.emplace_back("adamw.m." + piece,
+                      m->second.reshape({-1}).narrow(0, pc.offset, pc.count).contiguous());
+    mine.emplace_back("adamw.v." + piece,
+                      v->second.reshape({-1}).narrow(0, pc.offset, pc.count).contiguous());
+    mine.emplace_back("adamw.t." + piece, t->second);
+  }
+  opt_->load_state(mine);
 }
 
 }  // namespace forge

@@ -106,8 +106,10 @@ const std::vector<Field>& field_table() {
        [](C& c) -> FieldPtr { return &c.scale_growth_interval; }},
       {"dp", "data-parallel ranks (start with mpirun -np DP)",
        [](C& c) -> FieldPtr { return &c.dp; }},
-      {"bucket_mb", "DDP gradient bucket size in MiB",
+      {"bucket_mb", "DDP gradient bucket size in MiB (ZeRO: its collectives' chunk)",
        [](C& c) -> FieldPtr { return &c.bucket_mb; }},
+      {"zero", "ZeRO stage over the dp ranks: 0 (DDP) or 1 (AdamW's state partitioned)",
+       [](C& c) -> FieldPtr { return &c.zero; }},
       {"tp", "tensor-parallel ranks (Megatron: heads and MLP columns split)",
        [](C& c) -> FieldPtr { return &c.tp; }},
       {"pp", "pipeline stages (blocks split into contiguous stages)",
@@ -297,6 +299,10 @@ void GptTrainConfig::validate() const {
   Device::parse(device);  // names the text when it is not a device
   FORGE_CHECK(dp >= 1, "dp must be >= 1, got {}", dp);
   FORGE_CHECK(bucket_mb > 0, "bucket_mb must be positive, got {}", bucket_mb);
+  FORGE_CHECK(zero == 0 || zero == 1,
+              "zero must be 0 or 1 (ZeRO stages 2 and 3 are not built yet), got {}", zero);
+  FORGE_CHECK(zero == 0 || Device::parse(device).is_cpu(),
+              "zero 1 runs on the CPU only for now, not on device {}", device);
   FORGE_CHECK(tp >= 1 && pp >= 1, "tp and pp must be >= 1, got {} and {}", tp, pp);
   FORGE_CHECK(model.n_head % tp == 0, "tp {} must divide n_head {} (heads are split over ranks)",
               tp, model.n_head);

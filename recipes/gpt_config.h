@@ -61,6 +61,9 @@ struct GptTrainConfig {
   // a global batch of dp * batch_size, gradients averaged in buckets of bucket_mb MiB.
   int64_t dp = 1;
   double bucket_mb = 25.0;
+  // ZeRO over the dp ranks (parallel/zero.h): 0 replicates AdamW's state (DDP); 1 partitions it
+  // (stage 1). Stages 2 and 3 are not built yet.
+  int64_t zero = 0;
   // Model parallelism (parallel/tensor_parallel.h, parallel/pipeline.h): tp tensor-parallel ranks
   // times pp pipeline stages per model replica, so mpirun -np dp * tp * pp. Each step splits the
   // batch into micro_batches, run in the pipeline schedule gpipe or 1f1b.

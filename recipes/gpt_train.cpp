@@ -14,6 +14,7 @@
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline.h"
 #include "parallel/tensor_parallel.h"
+#include "parallel/zero.h"
 #include "quant/quantize.h"
 #include "recipes/checkpoint.h"
 #include "recipes/report.h"
@@ -154,7 +155,8 @@ class GptTrainer {
   Generator init_gen_, batch_gen_, dropout_gen_;
   std::shared_ptr<GPT> model_;
   std::vector<Variable> params_;
-  std::optional<AdamW> opt_;
+  std::unique_ptr<Optimizer> opt_;  // AdamW, or ZeroAdamW (zero_) with --zero 1
+  ZeroAdamW* zero_ = nullptr;
   GradScaler scaler_;
   std::optional<DistributedDataParallel> ddp_;
   std::optional<Pipeline> pipe_;
@@ -228,12 +230,18 @@ void GptTrainer::build_model() {
   model_->train();
   model_->to(device_);
   params_ = model_->parameters();
-  opt_.emplace(param_groups(*model_, cfg_.weight_decay),
-               AdamWOptions{.lr = cfg_.lr, .beta1 = cfg_.beta1, .beta2 = cfg_.beta2, .eps = 1e-8});
-  if (cfg_.dp > 1)
-    ddp_.emplace(
-        params_, grid_.dp_group(),
-        DdpOptions{.bucket_bytes = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * (1 << 20)))});
+  const AdamWOptions adamw{.lr = cfg_.lr, .beta1 = cfg_.beta1, .beta2 = cfg_.beta2, .eps = 1e-8};
+  const int64_t bucket_bytes = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * (1 << 20)));
+  if (cfg_.zero > 0) {
+    auto zero = std::make_unique<ZeroAdamW>(param_groups(*model_, cfg_.weight_decay), adamw,
+                                            grid_.dp_group(), bucket_bytes);
+    zero_ = zero.get();
+    opt_ = std::move(zero);
+  } else {
+    opt_ = std::make_unique<AdamW>(param_groups(*model_, cfg_.weight_decay), adamw);
+    if (cfg_.dp > 1)
+      ddp_.emplace(params_, grid_.dp_group(), DdpOptions{.bucket_bytes = bucket_bytes});
+  }
   pipe_.emplace(*model_, grid_.pp_group(), PipelineOptions{cfg_.schedule, int(cfg_.micro_batches)});
   run.model = model_;
 }
@@ -248,6 +256,12 @@ void GptTrainer::describe() const {
   say(fmt::format("data: {} ({} train / {} val tokens); batch {} x {}; {} threads", data_path_,
                   data_.train.numel(), data_.val.numel(), cfg_.batch_size, m.block_size,
                   get_num_threads()));
+  if (zero_)
+    say(
+        fmt::format("data parallel: {} ranks ({}), global batch {} x {}, ZeRO stage 1: AdamW's "
+                    "state for {} of this replica shard's {} elements on rank 0",
+                    cfg_.dp, grid_.dp_group()->backend(), cfg_.dp * cfg_.batch_size, m.block_size,
+                    zero_->partition_end() - zero_->partition_begin(), zero_->numel()));
   if (ddp_)
     say(fmt::format("data parallel: {} ranks ({}), global batch {} x {}, {} gradient buckets",
                     cfg_.dp, grid_.dp_group()->backend(), cfg_.dp * cfg_.batch_size, m.block_size,
@@ -335,8 +349,18 @@ StepStats GptTrainer::train_step(int64_t step) {
     s.comm_wait_ms = ddp_->last_sync().wait_seconds * 1e3;
     s.allreduce_ms = ddp_->last_sync().allreduce_seconds * 1e3;
   }
+  if (zero_) zero_->reduce_scatter_gradients();  // the average, this rank's partition of it
   if (scaler_.found_inf()) {
     s.grad_norm = std::nan("");  // not computed on a skipped step
+  } else if (zero_) {
+    // Each rank's partition of its shard: the squares summed over every rank.
+    Tensor sq = full({1}, zero_->grad_norm_sq_local([&](const std::string& name) {
+      return grad_norm_counts(*model_, name);
+    }),
+                     DType::f64);
+    world_->all_reduce(sq, ReduceOp::sum);
+    s.grad_norm = std::sqrt(sq.item());
+    if (cfg_.grad_clip > 0) zero_->clip_to_norm(s.grad_norm, cfg_.grad_clip);
   } else {
     s.grad_norm = parallel_grad_norm(*model_, *grid_.model_parallel_group());
     if (cfg_.grad_clip > 0) clip_grads_to_norm(params_, s.grad_norm, cfg_.grad_clip);
@@ -406,16 +430,20 @@ void GptTrainer::save(int64_t step) {
                    {},
                    scaler_.enabled() ? scaler_.state() : NamedTensors{},
                    cfg_.to_json()};
+  // AdamW's state by parameter name, as every layout stores it (ZeRO: every rank's pieces joined,
+  // a collective).
+  NamedTensors optimizer = zero_ ? zero_->full_state() : opt_->state();
   CheckpointPaths p;
   if (layout_.serial()) {
     if (!lead_) return;
-    st.optimizer = opt_->state();
+    st.optimizer = std::move(optimizer);
     p = save_checkpoint(cfg_.out, step, *model_, data_.tokenizer, st, cfg_.to_json(),
                         cfg_.keep_last);
   } else {
     std::vector<CheckpointShard> mine;
     if (at_.dp == 0)
-      mine.push_back({at_.pp, at_.tp, model_->state_dict(), opt_->state(), dropout_gen_.state()});
+      mine.push_back(
+          {at_.pp, at_.tp, model_->state_dict(), std::move(optimizer), dropout_gen_.state()});
     p = save_sharded_checkpoint(*world_, cfg_.out, step, layout_, cfg_.model, data_.tokenizer, st,
                                 mine, cfg_.keep_last);
   }

@@ -92,6 +92,15 @@ void record_free(Device d, size_t nbytes, MemoryTag tag) {
   c.s.live_by_tag[size_t(tag)] -= int64_t(nbytes);
 }
 
+void record_retag(Device d, size_t nbytes, MemoryTag from, MemoryTag to) {
+  Counters& c = counters(d);
+  std::lock_guard lock(c.mu);
+  MemoryStats& s = c.s;
+  s.live_by_tag[size_t(from)] -= int64_t(nbytes);
+  s.live_by_tag[size_t(to)] += int64_t(nbytes);
+  s.peak_by_tag[size_t(to)] = std::max(s.peak_by_tag[size_t(to)], s.live_by_tag[size_t(to)]);
+}
+
 MemoryStats memory_stats(Device d) {
   Counters& c = counters(d);
   std::lock_guard lock(c.mu);
@@ -151,6 +160,8 @@ class CpuCachingAllocator final : public Allocator {
     record_alloc(Device::cpu(), n, tag);
     return p;
   }
+
+  size_t accounted(size_t nbytes) const override { return round_up(std::max<size_t>(nbytes, 1)); }
 
   void deallocate(void* p, size_t nbytes, MemoryTag tag) override {
     if (!p) return;

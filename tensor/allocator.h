@@ -69,6 +69,8 @@ class Allocator {
   virtual Device device() const = 0;
   // Returns cached blocks to the system.
   virtual void empty_cache() {}
+  // The bytes the counters hold for an allocation of `nbytes` (its rounded size).
+  virtual size_t accounted(size_t nbytes) const { return nbytes; }
 };
 
 Allocator& cpu_allocator();
@@ -81,5 +83,8 @@ void reset_peak_memory(Device d);
 // Counter bookkeeping shared by the device allocators.
 void record_alloc(Device d, size_t nbytes, MemoryTag tag);
 void record_free(Device d, size_t nbytes, MemoryTag tag);
+// Moves live bytes from one tag to another (a buffer that changes role: a backward temporary
+// adopted as a parameter's gradient).
+void record_retag(Device d, size_t nbytes, MemoryTag from, MemoryTag to);
 
 }  // namespace forge

@@ -31,6 +31,12 @@ Storage::~Storage() {
     allocator_for(device_).deallocate(data_, nbytes_, tag_);
 }
 
+void Storage::set_tag(MemoryTag tag) {
+  if (release_ || tag == tag_) return;  // borrowed memory is not counted
+  record_retag(device_, allocator_for(device_).accounted(nbytes_), tag_, tag);
+  tag_ = tag;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tensor basics
 

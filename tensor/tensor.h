@@ -36,6 +36,9 @@ class Storage {
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
+  MemoryTag tag() const { return tag_; }
+  // Counts the memory under another tag from now on (the allocator's counters move with it).
+  void set_tag(MemoryTag tag);
 
  private:
   void* data_ = nullptr;

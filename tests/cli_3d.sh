@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `mpirun -np N train gpt --dp D --tp T --pp P` end to end: tensor x pipeline (and x data) parallel
-# runs give the serial run's losses, in f32 and in bf16 with activation checkpointing; a resumed
+# runs give the serial run's losses, in f32 and in bf16 with activation checkpointing, and with ZeRO
+# stage 1 over the replicas; a resumed
 # run continues the uninterrupted one under the same layout (identically) and under another
 # (within 1e-5); `train reshard` merges the shards into one model that `infer` samples from, and
 # splits it again; layouts that cannot work are refused with the reason.
@@ -51,6 +52,11 @@ ls "$tmp/tp2pp2/ckpt-000020/"model-pp1-tp1.safetensors >/dev/null 2>&1 || fail "
 compare dp2tp2pp2_bf16 "$tmp/serial_bf16.jsonl" 1e-4 10 "${mpi[@]}" -np 8 "$train" gpt "${tiny[@]}" \
   --batch-size 4 --max-iters 10 --dp 2 --tp 2 --pp 2 --micro-batches 2 --schedule gpipe \
   --precision bf16 --checkpoint blocks --out "$tmp/3d"
+
+# 3b. ZeRO stage 1 composed with tp and pp: dp 2 x tp 2 x pp 2 on 8 ranks, f32, 1F1B.
+compare dp2tp2pp2_zero1 "$tmp/serial.jsonl" 1e-5 10 "${mpi[@]}" -np 8 "$train" gpt "${tiny[@]}" \
+  --batch-size 4 --max-iters 10 --dp 2 --tp 2 --pp 2 --micro-batches 2 --zero 1 --out "$tmp/3dz"
+grep -q "ZeRO stage 1" "$tmp/out" || { fail "no ZeRO line"; show; }
 
 # 4. f16 with dynamic loss scaling under tp 2 x pp 2 runs and scales.
 run "${mpi[@]}" -np 4 "$train" gpt "${tiny[@]}" --batch-size 8 --max-iters 5 --tp 2 --pp 2 \

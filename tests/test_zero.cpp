@@ -54,7 +54,7 @@ std::vector<ParamGroup> named_groups(const GPT& model) {
 
 struct Run {
   std::vector<double> losses, norms;
-  NamedTensors weights;
+  NamedTensors weights, optimizer;
 };
 
 Run serial_run(int64_t rows) {
@@ -73,6 +73,7 @@ Run serial_run(int64_t rows) {
     opt.step();
   }
   run.weights = model.state_dict();
+  run.optimizer = opt.state();
   return run;
 }
 
@@ -147,6 +148,30 @@ TEST_CASE("ZeRO stage 1 on N ranks trains like one process with the whole batch"
       CHECK(after.all_gather.bytes - before.all_gather.bytes == kSteps * 4 * N * S);
     }
     CHECK(rounded(4 * N * S) >= 4 * P);
+
+    // The whole state by name (what checkpoints store) is the serial AdamW's, and loads back.
+    const NamedTensors full = opt.full_state();
+    std::map<std::string, Tensor> serial(want.optimizer.begin(), want.optimizer.end());
+    REQUIRE(full.size() == serial.size());
+    double worst_moment = 0;
+    for (const auto& [key, t] : full) {
+      INFO(key);
+      REQUIRE(serial.count(key));
+      if (key.rfind("adamw.m.", 0) == 0 || key.rfind("adamw.v.", 0) == 0)
+        worst_moment = std::max(worst_moment, rel_l2(t, serial.at(key)));
+      else
+        CHECK(testing::bitwise_equal(t, serial.at(key)));
+    }
+    CHECK(worst_moment <= 1e-4);
+    ZeroAdamW again(named_groups(fresh), kAdamW, dp, bucket);
+    again.load_state(full);
+    const NamedTensors a = opt.state(), b = again.state();
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      CHECK(a[i].first == b[i].first);
+      CHECK(testing::bitwise_equal(a[i].second, b[i].second));
+    }
+    if (me == 0) fmt::print("  moments against the serial AdamW's: {:.1e}\n", worst_moment);
   }
 }
 

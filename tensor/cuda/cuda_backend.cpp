@@ -89,6 +89,8 @@ class CachingAllocator : public Allocator {
     return p;
   }
 
+  size_t accounted(size_t nbytes) const override { return round_up(nbytes); }
+
   void deallocate(void* p, size_t nbytes, MemoryTag tag) override {
     if (!p) return;
     const size_t size = round_up(nbytes);
