@@ -150,8 +150,6 @@ AttentionResult causal_attention_cuda(const Tensor& qkv_in, int n_head, double d
   Tensor mask;
   if (dropout_p > 0) {  // the CPU's draw (see there), made on the device
     const int64_t all = heads.total > 0 ? heads.total : NH;
-    FORGE_CHECK(heads.first >= 0 && heads.first + NH <= all,
-                "causal_attention: heads [{}, {}) of {}", heads.first, heads.first + NH, all);
     mask =
         cuda::dropout_mask({B, all, Tn, Tn}, dropout_p, *gen, 1, heads.first, NH, qkv_in.device());
   }
@@ -163,7 +161,7 @@ AttentionResult causal_attention_cuda(const Tensor& qkv_in, int n_head, double d
   return r;
 }
 
-// The kernels on contiguous qkv and dout of a dtype the kernels take; mask checked.
+// The kernels on contiguous qkv and dout of a dtype the kernels take.
 Tensor attention_backward_cuda(const Tensor& dout, const Tensor& qkv, const Tensor& lse,
                                const Tensor& mask, int64_t NH, double dropout_p) {
   const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3;
@@ -187,27 +185,16 @@ Tensor causal_attention_backward_cuda(const Tensor& dout_in, const Tensor& qkv_i
                                       const Tensor& lse, const Tensor& mask_in, int n_head,
                                       double dropout_p) {
   const char* op = "causal_attention_backward";
-  check_same_device(qkv_in, dout_in, op);
-  check_same_device(qkv_in, lse, op);
   const int64_t B = qkv_in.size(0), Tn = qkv_in.size(1), C = qkv_in.size(2) / 3, NH = n_head;
   const DType dt = qkv_in.dtype();
-  FORGE_CHECK(dout_in.shape() == Shape({B, Tn, C}) && dout_in.dtype() == dt,
-              "{}: grad {} {} does not match qkv {} {}", op, dout_in.shape(), dout_in.dtype(),
-              qkv_in.shape(), dt);
+  // What the backward saved differs by device (P here, the CPU's (B, NH, T, T) probabilities),
+  // so it is checked here and not at the op surface.
   FORGE_CHECK(
       lse.shape() == Shape({B, NH, Tn}) && lse.dtype() == lse_dtype(dt) && lse.is_contiguous(),
       "{}: on cuda the saved probabilities are the forward's log-sum-exp ({}, {}, {}) {}, "
       "got {} {}",
       op, B, NH, Tn, lse_dtype(dt), lse.shape(), lse.dtype());
-  Tensor mask;
-  if (mask_in.defined()) {
-    check_same_device(qkv_in, mask_in, op);
-    FORGE_CHECK(mask_in.shape() == Shape({B, NH, Tn, Tn}) && mask_in.dtype() == DType::u8,
-                "{}: dropout mask {} {} does not match ({}, {}, {}, {}) u8", op, mask_in.shape(),
-                mask_in.dtype(), B, NH, Tn, Tn);
-    FORGE_CHECK(dropout_p >= 0 && dropout_p < 1, "{}: dropout {} not in [0, 1)", op, dropout_p);
-    mask = mask_in.contiguous();
-  }
+  Tensor mask = mask_in.defined() ? mask_in.contiguous() : Tensor();
   if (direct(qkv_in, C / NH))
     return attention_backward_cuda(dout_in.contiguous(), qkv_in.contiguous(), lse, mask, NH,
                                    dropout_p);
@@ -224,6 +211,11 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
   FORGE_CHECK(dropout_p >= 0 && dropout_p < 1, "causal_attention: dropout {} not in [0, 1)",
               dropout_p);
   FORGE_CHECK(dropout_p == 0 || gen != nullptr, "causal_attention: dropout needs a generator");
+  if (dropout_p > 0) {
+    const int64_t all = heads.total > 0 ? heads.total : n_head;
+    FORGE_CHECK(heads.first >= 0 && heads.first + n_head <= all,
+                "causal_attention: heads [{}, {}) of {}", heads.first, heads.first + n_head, all);
+  }
   if (qkv_in.device().is_cuda())
     return causal_attention_cuda(qkv_in, n_head, dropout_p, gen, heads);
   Tensor qkv = qkv_in.contiguous();
@@ -242,8 +234,6 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
     // Drawn like dropout's mask (one uniform per element): thread-count free, and with a head
     // slice, this rank's part of the mask of all the heads.
     const int64_t all = heads.total > 0 ? heads.total : NH;
-    FORGE_CHECK(heads.first >= 0 && heads.first + NH <= all,
-                "causal_attention: heads [{}, {}) of {}", heads.first, heads.first + NH, all);
     r.mask = dropout_mask({B, all, Tn, Tn}, dropout_p, *gen, 1, heads.first, NH);
   }
   dispatch_float(qkv.dtype(), "causal_attention", [&]<class T>() {
@@ -286,15 +276,26 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
 
 Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, const Tensor& probs,
                                  const Tensor& mask, int n_head, double dropout_p) {
-  check_qkv(qkv_in, n_head, "causal_attention_backward");
+  const char* op = "causal_attention_backward";
+  check_qkv(qkv_in, n_head, op);
+  const int64_t B = qkv_in.size(0), Tn = qkv_in.size(1), C = qkv_in.size(2) / 3, NH = n_head;
+  FORGE_CHECK(dout_in.defined() && probs.defined(), "{}: undefined tensor", op);
+  check_same_device(qkv_in, dout_in, op);
+  check_same_device(qkv_in, probs, op);
+  FORGE_CHECK(dout_in.shape() == Shape({B, Tn, C}) && dout_in.dtype() == qkv_in.dtype(),
+              "{}: grad {} {} does not match qkv {} {}", op, dout_in.shape(), dout_in.dtype(),
+              qkv_in.shape(), qkv_in.dtype());
+  if (mask.defined()) {
+    check_same_device(qkv_in, mask, op);
+    FORGE_CHECK(mask.shape() == Shape({B, NH, Tn, Tn}) && mask.dtype() == DType::u8,
+                "{}: dropout mask {} {} does not match ({}, {}, {}, {}) u8", op, mask.shape(),
+                mask.dtype(), B, NH, Tn, Tn);
+    FORGE_CHECK(dropout_p >= 0 && dropout_p < 1, "{}: dropout {} not in [0, 1)", op, dropout_p);
+  }
   if (qkv_in.device().is_cuda())
     return causal_attention_backward_cuda(dout_in, qkv_in, probs, mask, n_head, dropout_p);
   Tensor qkv = qkv_in.contiguous(), dout = dout_in.contiguous();
-  const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3, NH = n_head;
   const int64_t hs = C / NH;
-  FORGE_CHECK(dout.shape() == Shape({B, Tn, C}) && dout.dtype() == qkv.dtype(),
-              "causal_attention_backward: grad {} {} does not match qkv {} {}", dout.shape(),
-              dout.dtype(), qkv.shape(), qkv.dtype());
   FORGE_CHECK(probs.shape() == Shape({B, NH, Tn, Tn}) && probs.is_contiguous(),
               "causal_attention_backward: saved probabilities {} do not match", probs.shape());
   // Probabilities kept in 16 bits (mixed precision) are widened one (b, h) slice at a time.

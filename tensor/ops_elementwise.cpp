@@ -23,6 +23,11 @@ void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
               a.shape(), b.dtype(), b.shape());
 }
 
+// The message dispatch_float gives, checked before the dispatch on device so a GPU gives it too.
+void check_floating(const Tensor& a, const char* op) {
+  FORGE_CHECK(is_floating(a.dtype()), "{}: expected a floating dtype, got {}", op, a.dtype());
+}
+
 // out[i] = f(a[i]) with T the storage type and f on its compute type.
 template <class TOut, class TIn, class F>
 void unary_loop(Tensor& out, const Tensor& a, F f) {
@@ -86,9 +91,11 @@ Tensor unary_op(const Tensor& a, const char* op, F f) {
 }
 
 // The same with `code`, the map's name for the CUDA kernels, which run it when `a` is on a GPU.
+// The checks come first, so both devices refuse the same arguments with the same message.
 template <class F>
 Tensor unary_op(const Tensor& a, const char* op, CudaUnary code, F f) {
   FORGE_CHECK(a.defined(), "{}: undefined tensor", op);
+  check_floating(a, op);
   if (a.device().is_cuda()) return cuda::unary(code, a, op);
   return unary_op(a, op, f);
 }
@@ -98,15 +105,10 @@ Tensor binary_op(const Tensor& a, const Tensor& b, const char* op, Kinds kinds, 
                  F f) {
   FORGE_CHECK(a.defined() && b.defined(), "{}: undefined tensor", op);
   check_same_device(a, b, op);
-  if (a.device().is_cuda()) {
-    FORGE_CHECK(kinds == Kinds::any || is_floating(a.dtype()),
-                "{}: expected floating tensors, got {}", op, a.dtype());
-    return cuda::binary(code, a, b, op);
-  }
-  check_cpu(a, op);
-  check_cpu(b, op);
   check_same_dtype(a, b, op);
   Shape shape = broadcast_shapes(a.shape(), b.shape(), op);
+  if (kinds == Kinds::floating) check_floating(a, op);
+  if (a.device().is_cuda()) return cuda::binary(code, a, b, op);
   Tensor out = Tensor::empty(shape, a.dtype());
   Tensor ea = a.expand(shape), eb = b.expand(shape);
   auto run = [&]<class T>() { binary_loop<T, T>(out, ea, eb, f); };
@@ -122,11 +124,9 @@ Tensor compare_op(const Tensor& a, const Tensor& b, const char* op, cuda::kernel
                   F f) {
   FORGE_CHECK(a.defined() && b.defined(), "{}: undefined tensor", op);
   check_same_device(a, b, op);
-  if (a.device().is_cuda()) return cuda::compare(code, a, b, op);
-  check_cpu(a, op);
-  check_cpu(b, op);
   check_same_dtype(a, b, op);
   Shape shape = broadcast_shapes(a.shape(), b.shape(), op);
+  if (a.device().is_cuda()) return cuda::compare(code, a, b, op);
   Tensor out = Tensor::empty(shape, DType::u8);
   Tensor ea = a.expand(shape), eb = b.expand(shape);
   dispatch_all(a.dtype(), op, [&]<class T>() {
@@ -159,8 +159,8 @@ Tensor maximum(const Tensor& a, const Tensor& b) {
 }
 
 Tensor add(const Tensor& a, double s) {
-  if (a.defined() && a.device().is_cuda()) return cuda::affine(a, 1.0, s, "add");
-  check_cpu(a, "add");
+  FORGE_CHECK(a.defined(), "add: undefined tensor");
+  if (a.device().is_cuda()) return cuda::affine(a, 1.0, s, "add");
   Tensor out = Tensor::empty(a.shape(), a.dtype());
   dispatch_all(a.dtype(), "add", [&]<class T>() {
     auto v = compute_t<T>(s);
@@ -170,8 +170,8 @@ Tensor add(const Tensor& a, double s) {
 }
 
 Tensor mul(const Tensor& a, double s) {
-  if (a.defined() && a.device().is_cuda()) return cuda::affine(a, s, 0.0, "mul");
-  check_cpu(a, "mul");
+  FORGE_CHECK(a.defined(), "mul: undefined tensor");
+  if (a.device().is_cuda()) return cuda::affine(a, s, 0.0, "mul");
   Tensor out = Tensor::empty(a.shape(), a.dtype());
   dispatch_all(a.dtype(), "mul", [&]<class T>() {
     auto v = compute_t<T>(s);
@@ -225,7 +225,9 @@ Tensor abs(const Tensor& a) {
 }
 
 Tensor pow(const Tensor& a, double exponent) {
-  if (a.defined() && a.device().is_cuda()) return cuda::pow_scalar(a, exponent, "pow");
+  FORGE_CHECK(a.defined(), "pow: undefined tensor");
+  check_floating(a, "pow");
+  if (a.device().is_cuda()) return cuda::pow_scalar(a, exponent, "pow");
   if (exponent == 2.0) return unary_op(a, "pow", [](auto x) { return x * x; });
   if (exponent == 1.0) return unary_op(a, "pow", [](auto x) { return x; });
   return unary_op(a, "pow", [exponent](auto x) {
@@ -268,12 +270,11 @@ Tensor backward_op(const Tensor& grad, const Tensor& x, const char* op,
                    cuda::kernels::ActivationBackward code, F f) {
   FORGE_CHECK(grad.defined() && x.defined(), "{}: undefined tensor", op);
   check_same_device(grad, x, op);
-  if (x.device().is_cuda()) return cuda::activation_backward(code, grad, x, op);
-  check_cpu(grad, op);
-  check_cpu(x, op);
   check_same_dtype(grad, x, op);
   FORGE_CHECK(grad.shape() == x.shape(), "{}: grad {} and input {} differ in shape", op,
               grad.shape(), x.shape());
+  check_floating(x, op);
+  if (x.device().is_cuda()) return cuda::activation_backward(code, grad, x, op);
   Tensor out = Tensor::empty(x.shape(), x.dtype());
   dispatch_float(x.dtype(), op, [&]<class T>() { binary_loop<T, T>(out, grad, x, f); });
   return out;
@@ -320,16 +321,14 @@ Tensor sigmoid_backward(const Tensor& grad, const Tensor& y) {
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   FORGE_CHECK(cond.defined() && a.defined() && b.defined(), "where: undefined tensor");
-  if (cond.device().is_cuda() || a.device().is_cuda() || b.device().is_cuda())
-    return cuda::where(cond, a, b);
-  check_cpu(cond, "where");
-  check_cpu(a, "where");
-  check_cpu(b, "where");
+  check_same_device(cond, a, "where");
+  check_same_device(cond, b, "where");
   check_same_dtype(a, b, "where");
   FORGE_CHECK(is_integral(cond.dtype()), "where: condition must be an integer mask, got {}",
               cond.dtype());
   Shape shape =
       broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
+  if (cond.device().is_cuda()) return cuda::where(cond, a, b);
   // Any nonzero value is true: compare, do not convert (a cast to u8 would wrap 256 to 0).
   Tensor c8 = cond.dtype() == DType::u8 ? cond : ne(cond, zeros({}, cond.dtype()));
   Tensor c = c8.expand(shape), ea = a.expand(shape), eb = b.expand(shape);
@@ -363,12 +362,12 @@ Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
 
 DropoutResult dropout(const Tensor& x, double p, Generator& gen) {
   FORGE_CHECK(x.defined(), "dropout: undefined tensor");
+  check_floating(x, "dropout");
   if (x.device().is_cuda()) {  // the mask drawn on the device: the same bits as the CPU's
     DropoutResult r{Tensor(), cuda::dropout_mask(x.shape(), p, gen, 0, 0, -1, x.device())};
     r.y = cuda::dropout_apply(x, r.mask, p);
     return r;
   }
-  check_cpu(x, "dropout");
   DropoutResult r{Tensor(), dropout_mask(x.shape(), p, gen)};
   r.y = dropout_backward(x, r.mask, p);  // the same arithmetic: x * mask / (1 - p)
   return r;
@@ -420,11 +419,12 @@ Tensor dropout_mask(const Shape& whole, double p, Generator& gen, int dim, int64
 
 Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p) {
   FORGE_CHECK(grad.defined() && mask.defined(), "dropout_backward: undefined tensor");
-  if (grad.device().is_cuda() || mask.device().is_cuda()) return cuda::dropout_apply(grad, mask, p);
-  check_cpu(grad, "dropout_backward");
+  check_same_device(grad, mask, "dropout_backward");
   FORGE_CHECK(mask.dtype() == DType::u8 && mask.shape() == grad.shape(),
               "dropout_backward: mask {} {} does not match grad {}", mask.dtype(), mask.shape(),
               grad.shape());
+  check_floating(grad, "dropout");
+  if (grad.device().is_cuda()) return cuda::dropout_apply(grad, mask, p);
   Tensor g = grad.contiguous(), mk = mask.contiguous();
   Tensor out = Tensor::empty(g.shape(), g.dtype());
   dispatch_float(g.dtype(), "dropout", [&]<class T>() {
@@ -446,17 +446,15 @@ Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p) {
 Tensor& add_(Tensor& a, const Tensor& b, double alpha) {
   FORGE_CHECK(a.defined() && b.defined(), "add_: undefined tensor");
   check_same_device(a, b, "add_");
-  if (a.device().is_cuda()) {
-    cuda::add_(a, b, alpha);
-    return a;
-  }
-  check_cpu(a, "add_");
-  check_cpu(b, "add_");
   check_same_dtype(a, b, "add_");
   if (b.shape() != a.shape())
     FORGE_CHECK(broadcast_shapes(a.shape(), b.shape(), "add_") == a.shape(),
                 "add_: {} does not broadcast to the shape of the tensor added into, {}", b.shape(),
                 a.shape());
+  if (a.device().is_cuda()) {
+    cuda::add_(a, b, alpha);
+    return a;
+  }
   Tensor eb = b.shape() == a.shape() ? b : b.expand(a.shape());
   dispatch_all(a.dtype(), "add_", [&]<class T>() {
     using C = compute_t<T>;
@@ -470,11 +468,11 @@ Tensor& add_(Tensor& a, const Tensor& b, double alpha) {
 }
 
 Tensor& mul_(Tensor& a, double s) {
-  if (a.defined() && a.device().is_cuda()) {
+  FORGE_CHECK(a.defined(), "mul_: undefined tensor");
+  if (a.device().is_cuda()) {
     cuda::mul_(a, s);
     return a;
   }
-  check_cpu(a, "mul_");
   dispatch_all(a.dtype(), "mul_", [&]<class T>() {
     auto v = compute_t<T>(s);
     unary_loop<T, T>(a, a, [v](auto x) { return x * v; });

@@ -230,17 +230,18 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, DType out_dt
   Shape out_shape = x.shape();
   out_shape[-1] = w.size(0);
   Tensor x2 = x.reshape({-1, x.size(-1)});
-  Tensor out = Tensor::empty({x2.size(0), w.size(0)}, out_dtype, x.device());
   if (bias.defined()) {
     FORGE_CHECK(bias.dim() == 1 && bias.size(0) == w.size(0),
                 "linear: bias {} should be [{}] for weight {}", bias.shape(), w.size(0), w.shape());
     check_same_device(x, bias, "linear");
   }
+  // Checked here for both devices, so a mistake is named "linear" and not by the gemm_ below.
+  check_matmul_args(x2, w, "linear", 2);
+  FORGE_CHECK(valid_out_dtype(x.dtype(), out_dtype), "linear: output dtype {} for {} inputs",
+              out_dtype, x.dtype());
+  Tensor out = Tensor::empty({x2.size(0), w.size(0)}, out_dtype, x.device());
   if (x.device().is_cuda()) {
     // The bias rides in cuBLASLt's epilogue (f64 has none: added after).
-    check_matmul_args(x2, w, "linear", 2);
-    FORGE_CHECK(valid_out_dtype(x.dtype(), out_dtype), "linear: output dtype {} for {} inputs",
-                out_dtype, x.dtype());
     const bool epilogue_bias = bias.defined() && out_dtype != DType::f64;
     cuda_gemm(out, x2, w, false, true, 1.0, 0.0, epilogue_bias ? bias : Tensor());
     if (bias.defined() && !epilogue_bias) out = add(out, bias.to(out_dtype));

@@ -15,18 +15,18 @@ namespace forge {
 
 namespace {
 
-void check_cpu_float(const Tensor& a, const char* op) {
+// The checks of every op below run before the dispatch on device, so a mistake gets the same
+// message on the CPU and on a GPU; the CUDA host code (tensor/cuda/cuda_nn.cpp) checks only what
+// its kernels add (dimension and grid limits, indices on the device).
+void check_float(const Tensor& a, const char* op) {
   FORGE_CHECK(a.defined(), "{}: undefined tensor", op);
-  FORGE_CHECK(a.device().is_cpu(), "{}: device {} is not supported in this build", op,
-              a.device().str());
   FORGE_CHECK(is_floating(a.dtype()), "{}: expected a floating tensor, got {} {}", op, a.dtype(),
               a.shape());
 }
 
 // Runs `rows_fn(x_rows, ...)` on a contiguous copy with `dim` moved last, then moves it back.
 template <class F>
-Tensor along_last(const Tensor& a, int dim, F rows_fn) {
-  int d = wrap_dim(dim, a.dim(), "softmax");
+Tensor along_last(const Tensor& a, int d, F rows_fn) {
   if (d == a.dim() - 1) return rows_fn(a.contiguous());
   Tensor moved = a.transpose(d, -1).contiguous();
   return rows_fn(moved).transpose(d, -1).contiguous();
@@ -69,11 +69,11 @@ void softmax_row(const T* xr, T* yr, int64_t C, std::vector<compute_t<T>>& buf,
   }
 }
 
+// `d` is a wrapped dim of a (any value for a 0-d a).
 template <bool kLog>
-Tensor softmax_impl(const Tensor& a, int dim, const char* op) {
-  check_cpu_float(a, op);
+Tensor softmax_impl(const Tensor& a, int d, const char* op) {
   if (a.dim() == 0) return kLog ? zeros({}, a.dtype()) : ones({}, a.dtype());
-  return along_last(a, dim, [op](const Tensor& x) {
+  return along_last(a, d, [op](const Tensor& x) {
     Tensor y = Tensor::empty(x.shape(), x.dtype());
     int64_t R = rows_of(x), C = cols_of(x);
     dispatch_float(x.dtype(), op, [&]<class T>() {
@@ -87,27 +87,41 @@ Tensor softmax_impl(const Tensor& a, int dim, const char* op) {
     return y;
   });
 }
+
+// The dim softmax runs over, checked; a 0-d tensor has one element and takes any dim.
+int softmax_dim(const Tensor& a, int dim, const char* op) {
+  return a.dim() == 0 ? 0 : wrap_dim(dim, a.dim(), op);
+}
 }  // namespace
 
 Tensor softmax(const Tensor& a, int dim) {
-  if (a.defined() && a.device().is_cuda()) return cuda::softmax(a, dim, false);
-  return softmax_impl<false>(a, dim, "softmax");
+  check_float(a, "softmax");
+  int d = softmax_dim(a, dim, "softmax");
+  if (a.device().is_cuda()) return cuda::softmax(a, d, false);
+  return softmax_impl<false>(a, d, "softmax");
 }
 Tensor log_softmax(const Tensor& a, int dim) {
-  if (a.defined() && a.device().is_cuda()) return cuda::softmax(a, dim, true);
-  return softmax_impl<true>(a, dim, "log_softmax");
+  check_float(a, "log_softmax");
+  int d = softmax_dim(a, dim, "log_softmax");
+  if (a.device().is_cuda()) return cuda::softmax(a, d, true);
+  return softmax_impl<true>(a, d, "log_softmax");
 }
 
 namespace {
+// Checks of softmax_backward and log_softmax_backward; returns the wrapped dim.
+int check_softmax_backward(const Tensor& grad, const Tensor& y, int dim, const char* op) {
+  check_float(grad, op);
+  check_float(y, op);
+  check_same_device(grad, y, op);
+  FORGE_CHECK(grad.shape() == y.shape() && grad.dtype() == y.dtype(),
+              "{}: grad {} {} and output {} {} differ", op, grad.shape(), grad.dtype(), y.shape(),
+              y.dtype());
+  return softmax_dim(y, dim, op);
+}
+
 template <bool kLog>
-Tensor softmax_backward_impl(const Tensor& grad, const Tensor& y_in, int dim, const char* op) {
-  check_cpu_float(grad, op);
-  check_cpu_float(y_in, op);
-  FORGE_CHECK(grad.shape() == y_in.shape() && grad.dtype() == y_in.dtype(),
-              "{}: grad {} {} and output {} {} differ", op, grad.shape(), grad.dtype(),
-              y_in.shape(), y_in.dtype());
+Tensor softmax_backward_impl(const Tensor& grad, const Tensor& y_in, int d, const char* op) {
   if (y_in.dim() == 0) return zeros({}, grad.dtype());
-  int d = wrap_dim(dim, y_in.dim(), op);
   Tensor g = grad.transpose(d, -1).contiguous(), y = y_in.transpose(d, -1).contiguous();
   Tensor dx = Tensor::empty(g.shape(), g.dtype());
   int64_t R = rows_of(g), C = cols_of(g);
@@ -134,12 +148,14 @@ Tensor softmax_backward_impl(const Tensor& grad, const Tensor& y_in, int dim, co
 }  // namespace
 
 Tensor softmax_backward(const Tensor& grad, const Tensor& y, int dim) {
-  if (grad.defined() && grad.device().is_cuda()) return cuda::softmax_backward(grad, y, dim, false);
-  return softmax_backward_impl<false>(grad, y, dim, "softmax_backward");
+  int d = check_softmax_backward(grad, y, dim, "softmax_backward");
+  if (grad.device().is_cuda()) return cuda::softmax_backward(grad, y, d, false);
+  return softmax_backward_impl<false>(grad, y, d, "softmax_backward");
 }
 Tensor log_softmax_backward(const Tensor& grad, const Tensor& y, int dim) {
-  if (grad.defined() && grad.device().is_cuda()) return cuda::softmax_backward(grad, y, dim, true);
-  return softmax_backward_impl<true>(grad, y, dim, "log_softmax_backward");
+  int d = check_softmax_backward(grad, y, dim, "log_softmax_backward");
+  if (grad.device().is_cuda()) return cuda::softmax_backward(grad, y, d, true);
+  return softmax_backward_impl<true>(grad, y, d, "log_softmax_backward");
 }
 
 // ============================================================================================
@@ -165,15 +181,17 @@ std::vector<compute_t<T>> affine_in_compute_type(const Tensor& p, int64_t C, dou
 
 LayerNormResult layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                            double eps) {
-  if (x_in.defined() && x_in.device().is_cuda()) return cuda::layer_norm(x_in, weight, bias, eps);
-  check_cpu_float(x_in, "layer_norm");
+  check_float(x_in, "layer_norm");
   FORGE_CHECK(x_in.dim() >= 1, "layer_norm: expected at least 1-d input, got {}", x_in.shape());
   int64_t C = x_in.size(-1);
-  for (const Tensor* p : {&weight, &bias})
-    if (p->defined())
-      FORGE_CHECK(p->dim() == 1 && p->size(0) == C && p->dtype() == x_in.dtype(),
-                  "layer_norm: weight/bias {} {} should be [{}] {} for input {}", p->shape(),
-                  p->dtype(), C, x_in.dtype(), x_in.shape());
+  for (const Tensor* p : {&weight, &bias}) {
+    if (!p->defined()) continue;
+    FORGE_CHECK(p->dim() == 1 && p->size(0) == C && p->dtype() == x_in.dtype(),
+                "layer_norm: weight/bias {} {} should be [{}] {} for input {}", p->shape(),
+                p->dtype(), C, x_in.dtype(), x_in.shape());
+    check_same_device(x_in, *p, "layer_norm");
+  }
+  if (x_in.device().is_cuda()) return cuda::layer_norm(x_in, weight, bias, eps);
   Tensor x = x_in.contiguous();
   int64_t R = rows_of(x);
   DType stat = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
@@ -209,11 +227,32 @@ LayerNormResult layer_norm(const Tensor& x_in, const Tensor& weight, const Tenso
 LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& weight,
                                    const Tensor& mean, const Tensor& rstd, bool need_dx,
                                    bool need_dweight) {
-  if (dy_in.defined() && dy_in.device().is_cuda())
-    return cuda::layer_norm_backward(dy_in, x_in, weight, mean, rstd, need_dx, need_dweight);
-  check_cpu_float(dy_in, "layer_norm_backward");
+  const char* op = "layer_norm_backward";
+  check_float(dy_in, op);
+  check_float(x_in, op);
+  check_same_device(dy_in, x_in, op);
   FORGE_CHECK(dy_in.shape() == x_in.shape() && dy_in.dtype() == x_in.dtype(),
               "layer_norm_backward: grad {} and input {} differ", dy_in.shape(), x_in.shape());
+  FORGE_CHECK(x_in.dim() >= 1, "layer_norm_backward: expected at least 1-d input, got {}",
+              x_in.shape());
+  // mean and rstd are read as flat arrays of the statistics' type, one value per row.
+  DType stat = x_in.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  for (const Tensor* s : {&mean, &rstd}) {
+    check_same_device(x_in, *s, op);
+    FORGE_CHECK(s->dtype() == stat && s->numel() == rows_of(x_in) && s->is_contiguous(),
+                "layer_norm_backward: mean/rstd {} {} should be {} contiguous values ({}) for "
+                "input {}",
+                s->shape(), s->dtype(), rows_of(x_in), stat, x_in.shape());
+  }
+  if (weight.defined()) {
+    check_same_device(x_in, weight, op);
+    FORGE_CHECK(
+        weight.dim() == 1 && weight.size(0) == x_in.size(-1) && weight.dtype() == x_in.dtype(),
+        "layer_norm_backward: weight {} {} should be [{}] {}", weight.shape(), weight.dtype(),
+        x_in.size(-1), x_in.dtype());
+  }
+  if (x_in.device().is_cuda())
+    return cuda::layer_norm_backward(dy_in, x_in, weight, mean, rstd, need_dx, need_dweight);
   Tensor dy = dy_in.contiguous(), x = x_in.contiguous();
   int64_t R = rows_of(x), C = cols_of(x);
   LayerNormGrads g;
@@ -287,11 +326,13 @@ void check_indices(const I* idx, int64_t n, int64_t V, const char* op) {
 }  // namespace
 
 Tensor embedding(const Tensor& weight, const Tensor& indices) {
-  if (weight.defined() && weight.device().is_cuda()) return cuda::embedding(weight, indices);
-  check_cpu_float(weight, "embedding");
+  check_float(weight, "embedding");
   FORGE_CHECK(weight.dim() == 2, "embedding: weight must be (num, dim), got {}", weight.shape());
+  FORGE_CHECK(indices.defined(), "embedding: undefined tensor");
   FORGE_CHECK(is_integral(indices.dtype()), "embedding: indices must be integers, got {}",
               indices.dtype());
+  check_same_device(weight, indices, "embedding");
+  if (weight.device().is_cuda()) return cuda::embedding(weight, indices);
   Tensor w = weight.contiguous(), idx = indices.contiguous();
   int64_t V = w.size(0), C = w.size(1), n = idx.numel();
   Shape out_shape = idx.shape();
@@ -311,13 +352,19 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
 }
 
 Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num_weights) {
-  if (grad.defined() && grad.device().is_cuda())
-    return cuda::embedding_backward(grad, indices, num_weights);
-  check_cpu_float(grad, "embedding_backward");
+  const char* op = "embedding_backward";
+  check_float(grad, op);
+  FORGE_CHECK(indices.defined(), "embedding_backward: undefined tensor");
+  FORGE_CHECK(is_integral(indices.dtype()), "embedding_backward: indices must be integers, got {}",
+              indices.dtype());
+  check_same_device(grad, indices, op);
+  FORGE_CHECK(grad.dim() >= 1, "embedding_backward: grad must be (..., dim), got {}", grad.shape());
+  FORGE_CHECK(grad.numel() == indices.numel() * grad.size(-1),
+              "embedding_backward: grad {} does not match indices {}", grad.shape(),
+              indices.shape());
+  if (grad.device().is_cuda()) return cuda::embedding_backward(grad, indices, num_weights);
   Tensor g = grad.contiguous(), idx = indices.contiguous();
   int64_t C = g.size(-1), n = idx.numel();
-  FORGE_CHECK(g.numel() == n * C, "embedding_backward: grad {} does not match indices {}",
-              g.shape(), idx.shape());
   Tensor dw = zeros({num_weights, C}, g.dtype());
   dispatch_index(idx.dtype(), "embedding_backward", [&]<class I>() {
     const I* pi = idx.data<I>();
@@ -346,14 +393,16 @@ Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num
 
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
                                  int64_t ignore_index) {
-  if (logits.defined() && logits.device().is_cuda())
-    return cuda::cross_entropy(logits, targets, ignore_index);
-  check_cpu_float(logits, "cross_entropy");
+  check_float(logits, "cross_entropy");
   FORGE_CHECK(logits.dim() == 2, "cross_entropy: logits must be (N, C), got {}", logits.shape());
+  FORGE_CHECK(targets.defined(), "cross_entropy: undefined tensor");
   FORGE_CHECK(
       is_integral(targets.dtype()) && targets.dim() == 1 && targets.size(0) == logits.size(0),
       "cross_entropy: targets must be integers of shape [{}], got {} {}", logits.size(0),
       targets.dtype(), targets.shape());
+  check_same_device(logits, targets, "cross_entropy");
+  // Targets out of range are found where they live: here on the host, there on the device.
+  if (logits.device().is_cuda()) return cuda::cross_entropy(logits, targets, ignore_index);
   Tensor x = logits.contiguous(), t = targets.to(DType::i64).contiguous();
   int64_t N = x.size(0), C = x.size(1);
   DType acc = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
@@ -389,11 +438,29 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
 
 Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, const Tensor& targets,
                               const Tensor& lse, int64_t count, int64_t ignore_index) {
-  if (logits.defined() && logits.device().is_cuda())
+  const char* op = "cross_entropy_backward";
+  check_float(logits, op);
+  FORGE_CHECK(logits.dim() == 2, "cross_entropy_backward: logits must be (N, C), got {}",
+              logits.shape());
+  const int64_t N = logits.size(0);
+  FORGE_CHECK(targets.defined() && lse.defined() && grad_loss.defined(), "{}: undefined tensor",
+              op);
+  FORGE_CHECK(is_integral(targets.dtype()) && targets.dim() == 1 && targets.size(0) == N,
+              "cross_entropy_backward: targets must be integers of shape [{}], got {} {}", N,
+              targets.dtype(), targets.shape());
+  DType acc = logits.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  FORGE_CHECK(lse.dtype() == acc && lse.numel() == N && lse.is_contiguous(),
+              "cross_entropy_backward: lse {} {} should be {} contiguous values ({})", lse.shape(),
+              lse.dtype(), N, acc);
+  FORGE_CHECK(grad_loss.numel() == 1,
+              "cross_entropy_backward: grad_loss must have one element, got {}", grad_loss.shape());
+  // grad_loss may live anywhere (a GPU op reads one on the host as a scalar argument).
+  check_same_device(logits, targets, op);
+  check_same_device(logits, lse, op);
+  if (logits.device().is_cuda())
     return cuda::cross_entropy_backward(grad_loss, logits, targets, lse, count, ignore_index);
-  check_cpu_float(logits, "cross_entropy_backward");
   Tensor x = logits.contiguous(), t = targets.to(DType::i64).contiguous();
-  int64_t N = x.size(0), C = x.size(1);
+  int64_t C = x.size(1);
   Tensor dx = Tensor::empty(x.shape(), x.dtype());
   double scale = grad_loss.item() / double(std::max<int64_t>(count, 1));
   dispatch_float(x.dtype(), "cross_entropy_backward", [&]<class T>() {
@@ -425,11 +492,14 @@ Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, con
 // index_select, concat, split
 
 Tensor index_select(const Tensor& a, const Tensor& indices) {
+  FORGE_CHECK(a.defined() && indices.defined(), "index_select: undefined tensor");
   FORGE_CHECK(a.dim() >= 1, "index_select: expected at least 1-d input, got {}", a.shape());
   FORGE_CHECK(is_integral(indices.dtype()) && indices.dim() == 1,
               "index_select: indices must be 1-d integers, got {} {}", indices.dtype(),
               indices.shape());
-  if (a.device().is_cuda() || indices.device().is_cuda()) return cuda::index_select(a, indices);
+  check_same_device(a, indices, "index_select");
+  // Indices out of range are checked on the host on both devices (cuda copies them there).
+  if (a.device().is_cuda()) return cuda::index_select(a, indices);
   Tensor x = a.contiguous(), idx = indices.contiguous();
   int64_t rows = x.size(0), n = idx.numel();
   Shape out_shape = x.shape();

@@ -121,32 +121,32 @@ Shape drop_dims(const Shape& s, const std::vector<int>& dims) {
   return out;
 }
 
-void check_cpu(const Tensor& a, const char* op) {
+// Checked before the dispatch on device, so both devices give the same message; the CUDA host
+// code (tensor/cuda/cuda_nn.cpp) checks only its kernels' own limits.
+void check_defined(const Tensor& a, const char* op) {
   FORGE_CHECK(a.defined(), "{}: undefined tensor", op);
-  FORGE_CHECK(a.device().is_cpu(), "{}: device {} is not supported in this build", op,
-              a.device().str());
 }
 
 }  // namespace
 
 Tensor sum(const Tensor& a) {
-  if (a.defined() && a.device().is_cuda()) {
+  check_defined(a, "sum");
+  if (a.device().is_cuda()) {
     std::vector<int> all;
     for (int d = 0; d < a.dim(); ++d) all.push_back(d);
     return cuda::sum(a, all, false);
   }
-  check_cpu(a, "sum");
   if (a.dim() == 0) return a.clone();
   return sum_adjacent(a.reshape({-1}), 0, 0).reshape({});
 }
 
 Tensor sum(const Tensor& a, const std::vector<int>& dims_in, bool keepdim) {
-  if (a.defined() && a.device().is_cuda())  // a 0-d tensor sums over no dims: a copy
-    return cuda::sum(a, a.dim() == 0 ? std::vector<int>{} : normalize_dims(dims_in, a.dim(), "sum"),
-                     keepdim);
-  check_cpu(a, "sum");
+  check_defined(a, "sum");
+  // A 0-d tensor sums over no dims, whatever dims say: a copy.
+  std::vector<int> dims =
+      a.dim() == 0 ? std::vector<int>{} : normalize_dims(dims_in, a.dim(), "sum");
+  if (a.device().is_cuda()) return cuda::sum(a, dims, keepdim);
   if (a.dim() == 0) return a.clone();
-  std::vector<int> dims = normalize_dims(dims_in, a.dim(), "sum");
   // Several runs of dims are reduced one after the other; 16-bit floats keep the partial sums in
   // f32 between them and round once at the end.
   bool half = a.dtype() == DType::bf16 || a.dtype() == DType::f16;
@@ -176,11 +176,11 @@ Tensor mean(const Tensor& a, const std::vector<int>& dims, bool keepdim) {
 }
 
 MaxResult max(const Tensor& a, int dim, bool keepdim) {
-  if (a.defined() && a.device().is_cuda()) return cuda::max_dim(a, dim, keepdim);
-  check_cpu(a, "max");
+  check_defined(a, "max");
   int d = wrap_dim(dim, a.dim(), "max");
   FORGE_CHECK(a.dim() > 0 && a.size(d) > 0, "max: cannot reduce an empty dim of shape {}",
               a.shape());
+  if (a.device().is_cuda()) return cuda::max_dim(a, d, keepdim);
   Tensor x = a.contiguous();
   int64_t outer = 1, R = x.size(d), inner = 1;
   for (int i = 0; i < d; ++i) outer *= x.size(i);
@@ -219,9 +219,9 @@ MaxResult max(const Tensor& a, int dim, bool keepdim) {
 }
 
 Tensor max(const Tensor& a) {
-  if (a.defined() && a.device().is_cuda()) return cuda::max_all(a);
-  check_cpu(a, "max");
+  check_defined(a, "max");
   FORGE_CHECK(a.numel() > 0, "max: empty tensor");
+  if (a.device().is_cuda()) return cuda::max_all(a);
   return max(a.reshape({-1}), 0).values.reshape({});
 }
 
@@ -273,8 +273,8 @@ bool allclose(const Tensor& a, const Tensor& b, double rtol, double atol) {
 }
 
 bool all_finite(const Tensor& a) {
-  if (a.defined() && a.device().is_cuda()) return cuda::all_finite(a);
-  check_cpu(a, "all_finite");
+  check_defined(a, "all_finite");
+  if (a.device().is_cuda()) return cuda::all_finite(a);
   if (is_integral(a.dtype())) return true;
   Tensor x = a.contiguous();
   return dispatch_float(x.dtype(), "all_finite", [&]<class T>() {

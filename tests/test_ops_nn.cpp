@@ -1,8 +1,10 @@
 // softmax, log_softmax, layer norm, embedding, cross-entropy, index_select, concat and split,
-// forward and backward, against references written out in double.
+// forward and backward, against references written out in double. Last, the checks before
+// dispatch: a bad argument gets the op surface's message, the same on the CPU and on a GPU.
 #include <cmath>
+#include <functional>
 
-#include "testing.h"
+#include "cuda_testing.h"
 
 using namespace forge;
 using namespace forge::testing;
@@ -517,4 +519,105 @@ TEST_CASE("concat and split name the shapes that do not fit") {
   REQUIRE_THROWS_WITH(split(a, {1, 1}, 1),
                       Contains("split") && Contains("[1, 1]") && Contains("[2, 3]"));
   REQUIRE_THROWS_WITH(split(a, {4, -1}, 1), Contains("split") && Contains("-1"));
+}
+
+// ============================================================================================
+// Checks before dispatch: every op validates its arguments before it picks a device, so a
+// mistake has one message. Most cases below were checked only by the CUDA host code before
+// (mean/rstd, lse, the dropout mask, index dtypes of the backward); on the CPU they now throw the
+// op's message instead of reading past a buffer. With a GPU, the same calls on it must give the
+// very same message.
+
+namespace {
+
+// The message of the forge::Error f throws; "" when it throws none.
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+struct BadCall {
+  std::string message;               // the op surface's, word for word
+  std::function<void(Device)> call;  // the mistake, with every tensor on the device
+};
+
+std::vector<BadCall> bad_calls() {
+  auto i64 = [](std::vector<int64_t> v) { return from_vector<int64_t>(v); };
+  return {
+      {"softmax_backward: grad [2, 3] f32 and output [3, 2] f32 differ",
+       [](Device d) {
+         softmax_backward(zeros({2, 3}).to(d), zeros({3, 2}).to(d), 0);
+       }},
+      {"log_softmax: dim 2 out of range for a 2-d tensor",
+       [](Device d) {
+         log_softmax(zeros({2, 3}).to(d), 2);
+       }},
+      {"layer_norm: weight/bias [4] f32 should be [3] f32 for input [2, 3]",
+       [](Device d) {
+         layer_norm(zeros({2, 3}).to(d), zeros({4}).to(d), Tensor(), 1e-5);
+       }},
+      {"layer_norm_backward: mean/rstd [3] f32 should be 2 contiguous values (f32) for input "
+       "[2, 3]",
+       [](Device d) {
+         layer_norm_backward(zeros({2, 3}).to(d), zeros({2, 3}).to(d), Tensor(), zeros({2}).to(d),
+                             zeros({3}).to(d));
+       }},
+      {"embedding: indices must be integers, got f32",
+       [](Device d) {
+         embedding(zeros({5, 3}).to(d), zeros({2}).to(d));
+       }},
+      {"embedding_backward: indices must be integers, got f32",
+       [](Device d) {
+         embedding_backward(zeros({2, 3}).to(d), zeros({2}).to(d), 5);
+       }},
+      {"cross_entropy: targets must be integers of shape [3], got i64 [2]",
+       [=](Device d) {
+         cross_entropy(zeros({3, 4}).to(d), i64({0, 1}).to(d));
+       }},
+      {"cross_entropy_backward: lse [2] f32 should be 3 contiguous values (f32)",
+       [=](Device d) {
+         cross_entropy_backward(ones({}).to(d), zeros({3, 4}).to(d), i64({0, 1, 2}).to(d),
+                                zeros({2}).to(d), 3, -100);
+       }},
+      {"causal_attention_backward: dropout mask [1, 2, 4, 3] u8 does not match (1, 2, 4, 4) u8",
+       [](Device d) {
+         causal_attention_backward(zeros({1, 4, 4}).to(d), zeros({1, 4, 12}).to(d),
+                                   zeros({1, 2, 4, 4}).to(d), zeros({1, 2, 4, 3}, DType::u8).to(d),
+                                   2, 0.5);
+       }},
+      {"max: cannot reduce an empty dim of shape [3, 0]",
+       [](Device d) {
+         max(zeros({3, 0}).to(d), 1);
+       }},
+      {"exp: expected a floating dtype, got i64",
+       [](Device d) { exp(zeros({2}, DType::i64).to(d)); }},
+      {"div: expected a floating dtype, got i32",
+       [](Device d) { div(zeros({2}, DType::i32).to(d), zeros({2}, DType::i32).to(d)); }},
+      {"relu_backward: dtypes differ (f32 [3] and f64 [3])",
+       [](Device d) { relu_backward(zeros({3}).to(d), zeros({3}, DType::f64).to(d)); }},
+      {"where: condition must be an integer mask, got f32",
+       [](Device d) { where(zeros({2}).to(d), zeros({2}).to(d), zeros({2}).to(d)); }},
+      {"linear: dtypes differ (f32 and f64)",
+       [](Device d) {
+         linear(zeros({2, 3}).to(d), zeros({4, 3}, DType::f64).to(d), Tensor());
+       }},
+  };
+}
+
+}  // namespace
+
+TEST_CASE("a bad argument gets the op surface's message, on the CPU and on the GPU alike") {
+  for (const BadCall& c : bad_calls()) {
+    INFO(c.message);
+    CHECK(error_of([&] { c.call(Device::cpu()); }) == c.message);
+  }
+  if (!have_gpu("the op surface's messages on the GPU")) return;
+  for (const BadCall& c : bad_calls()) {
+    INFO(c.message);
+    CHECK(error_of([&] { c.call(gpu); }) == c.message);
+  }
 }

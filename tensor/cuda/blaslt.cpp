@@ -7,6 +7,9 @@
 // m and n swapped. A row-major B of (k, n) read column-major is the (n, k) matrix B^T, exactly
 // op(B)^T: no transpose (trans_b would store B as (n, k), read as (k, n): transposed). Likewise
 // for A. The bias (n) then runs along cuBLASLt's rows, broadcast over its columns: the rows of D.
+//
+// Arguments are validated at the op surface (tensor/ops_matmul.cpp) before dispatch; only
+// CUDA-specific limits (batch count, device index) and cuBLASLt's statuses are checked here.
 #include "tensor/cuda/blaslt.h"
 
 #include <cublasLt.h>

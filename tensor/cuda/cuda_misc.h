@@ -1,5 +1,6 @@
 // More tensor ops on CUDA tensors (kernels in tensor/cuda/misc.cu): what tensor.cpp and the ops
-// call when their operands live on a GPU. Same checks and results as the CPU ops.
+// call when their operands live on a GPU, after they have checked them (so the messages are the
+// CPU's); dropout_mask and check_finite_and_scale_ check their own. Same results as the CPU ops.
 //
 //   cuda::copy_into(dst, src);            // dst (a cuda view) = src broadcast and converted
 //   Tensor m = cuda::dropout_mask(x.shape(), p, gen, 0, 0, -1, x.device());   // the CPU's bits

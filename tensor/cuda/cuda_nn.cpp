@@ -1,6 +1,9 @@
-// Host side of the CUDA reductions and neural-network ops: the CPU op's checks, shapes and strides
-// turned into a kernels::ReduceLayout or kernels::Rows, scratch memory from the device's caching
-// allocator, then the launcher on the device's stream with its status checked.
+// Host side of the CUDA reductions and neural-network ops: shapes and strides turned into a
+// kernels::ReduceLayout or kernels::Rows, scratch memory from the device's caching allocator, then
+// the launcher on the device's stream with its status checked.
+//
+// Arguments are validated at the op surface (tensor/ops_*.cpp) before dispatch; only CUDA-specific
+// limits are checked here (dimensions and grid sizes the kernels take, indices on the device).
 #include "tensor/cuda/cuda_nn.h"
 
 #include <algorithm>
@@ -16,13 +19,6 @@ namespace {
 
 using kernels::kMaxDims;
 constexpr int64_t kMaxGrid = std::numeric_limits<int32_t>::max();  // grid.x limit
-
-void check_float(const Tensor& a, const char* op) {
-  FORGE_CHECK(a.defined(), "{}: undefined tensor", op);
-  FORGE_CHECK(is_floating(a.dtype()), "{}: expected a floating tensor, got {} {}", op, a.dtype(),
-              a.shape());
-  check_dims(a, op);
-}
 
 // Scratch memory on t's device (undefined when no bytes are needed). Freed blocks go back to the
 // caching allocator, which hands them out again only for work queued after this on the stream.
@@ -152,7 +148,6 @@ IndexCheck check_indices(const Tensor& idx, int64_t limit, bool has_ignore, int6
 // Reductions
 
 Tensor sum(const Tensor& a, const std::vector<int>& dims, bool keepdim) {
-  FORGE_CHECK(a.defined(), "sum: undefined tensor");
   kernels::ReduceLayout l = reduce_layout(a, dims, "sum");
   bool out_i64 = is_integral(a.dtype()) && !dims.empty();
   Tensor out =
@@ -164,11 +159,7 @@ Tensor sum(const Tensor& a, const std::vector<int>& dims, bool keepdim) {
   return out;
 }
 
-MaxResult max_dim(const Tensor& a, int dim, bool keepdim) {
-  FORGE_CHECK(a.defined(), "max: undefined tensor");
-  int d = wrap_dim(dim, a.dim(), "max");
-  FORGE_CHECK(a.dim() > 0 && a.size(d) > 0, "max: cannot reduce an empty dim of shape {}",
-              a.shape());
+MaxResult max_dim(const Tensor& a, int d, bool keepdim) {
   std::vector<int> dims{d};
   kernels::ReduceLayout l = reduce_layout(a, dims, "max");
   Shape shape = reduced_shape(a, dims, keepdim);
@@ -182,8 +173,6 @@ MaxResult max_dim(const Tensor& a, int dim, bool keepdim) {
 }
 
 Tensor max_all(const Tensor& a) {
-  FORGE_CHECK(a.defined(), "max: undefined tensor");
-  FORGE_CHECK(a.numel() > 0, "max: empty tensor");
   std::vector<int> dims;
   for (int d = 0; d < a.dim(); ++d) dims.push_back(d);
   kernels::ReduceLayout l = reduce_layout(a, dims, "max");
@@ -196,7 +185,6 @@ Tensor max_all(const Tensor& a) {
 }
 
 bool all_finite(const Tensor& a) {
-  FORGE_CHECK(a.defined(), "all_finite: undefined tensor");
   if (is_integral(a.dtype())) return true;
   kernels::Strided s = strided(a, 1, "all_finite");
   Tensor flag = zeros({1}, DType::u8, a.device());
@@ -209,11 +197,9 @@ bool all_finite(const Tensor& a) {
 // ============================================================================================
 // softmax / log_softmax
 
-Tensor softmax(const Tensor& a, int dim, bool log) {
+Tensor softmax(const Tensor& a, int d, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
-  check_float(a, op);
   if (a.dim() == 0) return full({}, log ? 0.0 : 1.0, a.dtype(), a.device());
-  int d = wrap_dim(dim, a.dim(), op);
   Tensor y = Tensor::empty(a.shape(), a.dtype(), a.device());
   kernels::Rows r = rows_along(d, {&y, &a}, op);
   check_status(kernels::softmax(int(a.dtype()), log, r, y.raw_data(), a.raw_data(), stream_of(a)),
@@ -221,16 +207,9 @@ Tensor softmax(const Tensor& a, int dim, bool log) {
   return y;
 }
 
-Tensor softmax_backward(const Tensor& grad, const Tensor& y, int dim, bool log) {
+Tensor softmax_backward(const Tensor& grad, const Tensor& y, int d, bool log) {
   const char* op = log ? "log_softmax_backward" : "softmax_backward";
-  check_float(grad, op);
-  check_float(y, op);
-  check_same_device(grad, y, op);
-  FORGE_CHECK(grad.shape() == y.shape() && grad.dtype() == y.dtype(),
-              "{}: grad {} {} and output {} {} differ", op, grad.shape(), grad.dtype(), y.shape(),
-              y.dtype());
   if (y.dim() == 0) return zeros({}, grad.dtype(), grad.device());
-  int d = wrap_dim(dim, y.dim(), op);
   Tensor dx = Tensor::empty(y.shape(), y.dtype(), y.device());
   kernels::Rows r = rows_along(d, {&dx, &grad, &y}, op);
   check_status(kernels::softmax_backward(int(y.dtype()), log, r, dx.raw_data(), grad.raw_data(),
@@ -243,16 +222,6 @@ Tensor softmax_backward(const Tensor& grad, const Tensor& y, int dim, bool log) 
 // Layer norm over the last dim
 
 LayerNormResult layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
-  check_float(x, "layer_norm");
-  FORGE_CHECK(x.dim() >= 1, "layer_norm: expected at least 1-d input, got {}", x.shape());
-  int64_t C = x.size(-1);
-  for (const Tensor* p : {&weight, &bias}) {
-    if (!p->defined()) continue;
-    FORGE_CHECK(p->dim() == 1 && p->size(0) == C && p->dtype() == x.dtype(),
-                "layer_norm: weight/bias {} {} should be [{}] {} for input {}", p->shape(),
-                p->dtype(), C, x.dtype(), x.shape());
-    check_same_device(x, *p, "layer_norm");
-  }
   DType stat = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Shape stat_shape = x.shape();
   stat_shape.erase(x.dim() - 1);
@@ -272,28 +241,7 @@ LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tens
                                    const Tensor& mean, const Tensor& rstd, bool need_dx,
                                    bool need_dweight) {
   const char* op = "layer_norm_backward";
-  check_float(dy, op);
-  check_float(x, op);
-  check_same_device(dy, x, op);
-  FORGE_CHECK(dy.shape() == x.shape() && dy.dtype() == x.dtype(),
-              "layer_norm_backward: grad {} and input {} differ", dy.shape(), x.shape());
-  FORGE_CHECK(x.dim() >= 1, "layer_norm_backward: expected at least 1-d input, got {}", x.shape());
-  int64_t C = x.size(-1), R = 1;  // rows: every dim but the last
-  for (int d = 0; d + 1 < x.dim(); ++d) R *= x.size(d);
-  DType stat = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  for (const Tensor* s : {&mean, &rstd}) {
-    check_same_device(x, *s, op);
-    FORGE_CHECK(s->dtype() == stat && s->numel() == R && s->is_contiguous(),
-                "layer_norm_backward: mean/rstd {} {} should be {} contiguous values ({}) for "
-                "input {}",
-                s->shape(), s->dtype(), R, stat, x.shape());
-  }
-  if (weight.defined()) {
-    check_same_device(x, weight, op);
-    FORGE_CHECK(weight.dim() == 1 && weight.size(0) == C && weight.dtype() == x.dtype(),
-                "layer_norm_backward: weight {} {} should be [{}] {}", weight.shape(),
-                weight.dtype(), C, x.dtype());
-  }
+  const int64_t C = x.size(-1);
   LayerNormGrads g;
   if (need_dx) g.dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (need_dweight) {
@@ -316,11 +264,6 @@ LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tens
 // Embedding
 
 Tensor embedding(const Tensor& weight, const Tensor& indices) {
-  check_float(weight, "embedding");
-  FORGE_CHECK(weight.dim() == 2, "embedding: weight must be (num, dim), got {}", weight.shape());
-  FORGE_CHECK(is_integral(indices.dtype()), "embedding: indices must be integers, got {}",
-              indices.dtype());
-  check_same_device(weight, indices, "embedding");
   int64_t V = weight.size(0), C = weight.size(1), n = indices.numel();
   FORGE_CHECK(n <= kMaxGrid, "embedding: {} indices on cuda (at most {})", n, kMaxGrid);
   IndexCheck check = check_indices(indices, V, false, 0, "embedding");
@@ -340,14 +283,8 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
 
 Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num_weights) {
   const char* op = "embedding_backward";
-  check_float(grad, op);
-  FORGE_CHECK(is_integral(indices.dtype()), "embedding_backward: indices must be integers, got {}",
-              indices.dtype());
-  check_same_device(grad, indices, op);
-  FORGE_CHECK(grad.dim() >= 1, "embedding_backward: grad must be (..., dim), got {}", grad.shape());
+  check_dims(grad, op);
   int64_t C = grad.size(-1), n = indices.numel();
-  FORGE_CHECK(grad.numel() == n * C, "embedding_backward: grad {} does not match indices {}",
-              grad.shape(), indices.shape());
   FORGE_CHECK(n <= kMaxGrid, "embedding_backward: {} indices on cuda (at most {})", n, kMaxGrid);
   IndexCheck check = check_indices(indices, num_weights, false, 0, op);
   if (check.bad >= 0)
@@ -371,13 +308,6 @@ Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num
 
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
                                  int64_t ignore_index) {
-  check_float(logits, "cross_entropy");
-  FORGE_CHECK(logits.dim() == 2, "cross_entropy: logits must be (N, C), got {}", logits.shape());
-  FORGE_CHECK(
-      is_integral(targets.dtype()) && targets.dim() == 1 && targets.size(0) == logits.size(0),
-      "cross_entropy: targets must be integers of shape [{}], got {} {}", logits.size(0),
-      targets.dtype(), targets.shape());
-  check_same_device(logits, targets, "cross_entropy");
   int64_t N = logits.size(0), C = logits.size(1);
   IndexCheck check = check_indices(targets, C, true, ignore_index, "cross_entropy");
   if (check.bad >= 0)
@@ -401,23 +331,6 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
 Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, const Tensor& targets,
                               const Tensor& lse, int64_t count, int64_t ignore_index) {
   const char* op = "cross_entropy_backward";
-  check_float(logits, op);
-  FORGE_CHECK(logits.dim() == 2, "cross_entropy_backward: logits must be (N, C), got {}",
-              logits.shape());
-  int64_t N = logits.size(0);
-  FORGE_CHECK(is_integral(targets.dtype()) && targets.dim() == 1 && targets.size(0) == N,
-              "cross_entropy_backward: targets must be integers of shape [{}], got {} {}", N,
-              targets.dtype(), targets.shape());
-  DType acc = logits.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  FORGE_CHECK(lse.dtype() == acc && lse.numel() == N && lse.is_contiguous(),
-              "cross_entropy_backward: lse {} {} should be {} contiguous values ({})", lse.shape(),
-              lse.dtype(), N, acc);
-  FORGE_CHECK(grad_loss.numel() == 1,
-              "cross_entropy_backward: grad_loss must have one element, "
-              "got {}",
-              grad_loss.shape());
-  check_same_device(logits, targets, op);
-  check_same_device(logits, lse, op);
   // A grad on this GPU is read by the kernel (no synchronisation); one on the host is passed in.
   bool grad_here = grad_loss.device() == logits.device();
   Tensor dx = Tensor::empty(logits.shape(), logits.dtype(), logits.device());

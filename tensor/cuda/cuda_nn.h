@@ -1,6 +1,7 @@
 // The reductions and neural-network ops on CUDA tensors: what tensor/ops_reduce.cpp and
-// tensor/ops_nn.cpp call when their operand lives on a GPU. Same checks, results and result
-// shapes as the CPU ops (bf16 and f16 computed in f32); kernels in reduce.cu and nn.cu.
+// tensor/ops_nn.cpp call when their operand lives on a GPU, after they have checked the arguments
+// (so the messages are the CPU's). Same results and result shapes as the CPU ops (bf16 and f16
+// computed in f32); kernels in reduce.cu and nn.cu.
 //
 //   if (a.device().is_cuda()) return cuda::softmax(a, dim, /*log=*/false);
 //
@@ -19,12 +20,13 @@ namespace forge::cuda {
 // except over no dims (a copy, as on the CPU).
 Tensor sum(const Tensor& a, const std::vector<int>& dims, bool keepdim);
 Tensor max_all(const Tensor& a);
-MaxResult max_dim(const Tensor& a, int dim, bool keepdim);
+// d in [0, a.dim()) (wrapped by the caller), as for softmax below.
+MaxResult max_dim(const Tensor& a, int d, bool keepdim);
 // Reads the answer back to the host.
 bool all_finite(const Tensor& a);
 
-Tensor softmax(const Tensor& a, int dim, bool log);
-Tensor softmax_backward(const Tensor& grad, const Tensor& y, int dim, bool log);
+Tensor softmax(const Tensor& a, int d, bool log);
+Tensor softmax_backward(const Tensor& grad, const Tensor& y, int d, bool log);
 LayerNormResult layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
 LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                                    const Tensor& mean, const Tensor& rstd, bool need_dx,

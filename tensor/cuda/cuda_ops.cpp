@@ -1,5 +1,8 @@
 // Host side of the CUDA ops: shapes, broadcasting and strides become a kernels::Strided, then the
 // launcher runs on the device's stream and its status is checked.
+//
+// Arguments are validated at the op surface (tensor/ops_*.cpp) before dispatch; only CUDA-specific
+// limits are checked here (the kernels' dimension limit, contiguity where a kernel needs it).
 #include "tensor/cuda/cuda_ops.h"
 
 #include "tensor/cuda/cuda.h"
@@ -52,9 +55,6 @@ void check_device(Device device, const std::string& where) {
 }
 
 Tensor binary(kernels::Binary op, const Tensor& a, const Tensor& b, const char* name) {
-  check_cuda(a, name);
-  check_same_device(a, b, name);
-  FORGE_CHECK(a.dtype() == b.dtype(), "{}: dtypes differ ({} and {})", name, a.dtype(), b.dtype());
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor out = Tensor::empty(shape, a.dtype(), a.device());
   kernels::Strided s = strided(out, {a.expand(shape), b.expand(shape)}, name);
@@ -65,7 +65,6 @@ Tensor binary(kernels::Binary op, const Tensor& a, const Tensor& b, const char* 
 }
 
 Tensor unary(kernels::Unary op, const Tensor& a, const char* name) {
-  check_cuda(a, name);
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
   kernels::Strided s = strided(out, {a}, name);
   check_status(kernels::unary(op, int(a.dtype()), s, out.raw_data(), a.raw_data(), stream_of(a)),
@@ -74,7 +73,6 @@ Tensor unary(kernels::Unary op, const Tensor& a, const char* name) {
 }
 
 Tensor affine(const Tensor& a, double scale, double shift, const char* name) {
-  check_cuda(a, name);
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
   kernels::Strided s = strided(out, {a}, name);
   check_status(
@@ -84,9 +82,6 @@ Tensor affine(const Tensor& a, double scale, double shift, const char* name) {
 }
 
 Tensor pow_scalar(const Tensor& a, double exponent, const char* name) {
-  check_cuda(a, name);
-  FORGE_CHECK(is_floating(a.dtype()), "{}: expected a floating dtype, got {}", name,
-              dtype_name(a.dtype()));
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
   kernels::Strided s = strided(out, {a}, name);
   check_status(
@@ -96,7 +91,6 @@ Tensor pow_scalar(const Tensor& a, double exponent, const char* name) {
 }
 
 void fill_(Tensor& t, double value) {
-  check_cuda(t, "fill_");
   FORGE_CHECK(t.is_contiguous(), "fill_: a strided view on cuda is not supported yet ({})",
               t.shape());
   check_status(kernels::fill(int(t.dtype()), t.numel(), t.raw_data(), value, stream_of(t)),

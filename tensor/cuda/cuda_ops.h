@@ -1,5 +1,6 @@
-// The tensor ops on CUDA tensors: what tensor/ops.h calls when its operands live on a GPU. Same
-// checks and results as the CPU ops (bf16 and f16 computed in f32), kernels in the .cu files.
+// The tensor ops on CUDA tensors: what tensor/ops.h calls when its operands live on a GPU, after
+// it has checked them (so the messages are the CPU's). Same results as the CPU ops (bf16 and f16
+// computed in f32), kernels in the .cu files.
 #pragma once
 
 #include "tensor/cuda/kernels.h"
