@@ -51,6 +51,7 @@ constexpr int kMaxDevices = 17;  // cpu + 16 GPUs
 struct Counters {
   std::mutex mu;
   MemoryStats s;
+  int64_t cap = 0;
 };
 Counters& counters(Device d) {
   static Counters c[kMaxDevices];
@@ -68,6 +69,37 @@ MemoryTagScope::~MemoryTagScope() {
 }
 MemoryTag current_memory_tag() {
   return g_tag;
+}
+
+void set_memory_cap(Device d, int64_t bytes) {
+  FORGE_CHECK(bytes >= 0, "memory cap: {} bytes", bytes);
+  Counters& c = counters(d);
+  std::lock_guard lock(c.mu);
+  c.cap = bytes;
+}
+
+int64_t memory_cap(Device d) {
+  Counters& c = counters(d);
+  std::lock_guard lock(c.mu);
+  return c.cap;
+}
+
+void check_memory_cap(Device d, size_t nbytes, MemoryTag tag) {
+  Counters& c = counters(d);
+  std::unique_lock lock(c.mu);
+  if (c.cap == 0 || c.s.live_bytes + int64_t(nbytes) <= c.cap) return;
+  const MemoryStats s = c.s;
+  const int64_t cap = c.cap;
+  lock.unlock();
+  auto mib = [](int64_t b) { return double(b) / double(1 << 20); };
+  std::string split;
+  for (size_t t = 0; t < size_t(MemoryTag::count); ++t)
+    split += fmt::format("{}{} {:.2f}", t ? ", " : "", memory_tag_name(MemoryTag(t)),
+                         mib(s.live_by_tag[t]));
+  throw_error(fmt::format(
+      "memory cap exceeded on {}: {} needs {:.2f} MiB more with {:.2f} MiB live, over the cap of "
+      "{:.2f} MiB (live MiB by tag: {})",
+      d.str(), memory_tag_name(tag), mib(int64_t(nbytes)), mib(s.live_bytes), mib(cap), split));
 }
 
 void record_alloc(Device d, size_t nbytes, MemoryTag tag) {
@@ -141,6 +173,7 @@ class CpuCachingAllocator final : public Allocator {
 
   void* allocate(size_t nbytes, MemoryTag tag) override {
     size_t n = round_up(std::max<size_t>(nbytes, 1));
+    check_memory_cap(Device::cpu(), n, tag);
     void* p = nullptr;
     {
       std::lock_guard lock(mu_);

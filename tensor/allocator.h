@@ -80,7 +80,15 @@ MemoryStats memory_stats(Device d);
 // Starts a new peak window: peak := live, allocation count := 0.
 void reset_peak_memory(Device d);
 
-// Counter bookkeeping shared by the device allocators.
+// A cap on live bytes (`train --memory-cap`): an allocation that would take the live bytes past it
+// throws, before any memory is taken, naming the tag it was for and the live bytes by tag. 0 (the
+// default) means none. What a model needs under a cap is then a run, not a guess.
+void set_memory_cap(Device d, int64_t bytes);
+int64_t memory_cap(Device d);
+
+// Counter bookkeeping shared by the device allocators. check_memory_cap throws as set_memory_cap
+// says; the allocators call it before taking memory.
+void check_memory_cap(Device d, size_t nbytes, MemoryTag tag);
 void record_alloc(Device d, size_t nbytes, MemoryTag tag);
 void record_free(Device d, size_t nbytes, MemoryTag tag);
 // Moves live bytes from one tag to another (a buffer that changes role: a backward temporary

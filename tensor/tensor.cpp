@@ -27,8 +27,21 @@ Storage::Storage(void* data, size_t nbytes, Device device, std::function<void(vo
 Storage::~Storage() {
   if (release_)
     release_(data_);
-  else
+  else if (data_)
     allocator_for(device_).deallocate(data_, nbytes_, tag_);
+}
+
+void Storage::free_memory() {
+  FORGE_CHECK(!release_, "Storage::free_memory: the memory is borrowed");
+  if (!data_) return;
+  allocator_for(device_).deallocate(data_, nbytes_, tag_);
+  data_ = nullptr;
+}
+
+void Storage::allocate_memory() {
+  FORGE_CHECK(!release_, "Storage::allocate_memory: the memory is borrowed");
+  if (data_ || nbytes_ == 0) return;
+  data_ = allocator_for(device_).allocate(nbytes_, tag_);
 }
 
 void Storage::set_tag(MemoryTag tag) {

@@ -39,6 +39,12 @@ class Storage {
   MemoryTag tag() const { return tag_; }
   // Counts the memory under another tag from now on (the allocator's counters move with it).
   void set_tag(MemoryTag tag);
+  // Frees the memory while tensors keep this storage (ZeRO stage 3's parameters between uses:
+  // autograd's saved views stay valid), and allocates it again, contents undefined. A freed
+  // storage's data() is null. Not for borrowed memory.
+  void free_memory();
+  void allocate_memory();
+  bool allocated() const { return data_ != nullptr || nbytes_ == 0; }
 
  private:
   void* data_ = nullptr;

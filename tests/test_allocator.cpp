@@ -235,3 +235,48 @@ TEST_CASE("memory tags and devices have readable names") {
   CHECK(Device::cuda(1) == Device{DeviceType::cuda, 1});
   CHECK_FALSE(Device::cuda(0) == Device::cpu());
 }
+
+TEST_CASE(
+    "a memory cap refuses the allocation that would pass it, naming the tag, taking nothing") {
+  const int64_t base = live();
+  set_memory_cap(kCpu, base + 4096);
+  CHECK(memory_cap(kCpu) == base + 4096);
+  {
+    MemoryTagScope sc(MemoryTag::parameters);
+    Tensor fits = Tensor::empty({512}, DType::f32);  // 2048 bytes: at base + 2048
+    CHECK_THROWS_WITH(Tensor::empty({1024}, DType::f32),
+                      Contains("memory cap exceeded on cpu: parameters needs 0.00 MiB more") &&
+                          Contains("parameters 0.00"));
+    CHECK(live() == base + 2048);                       // nothing taken by the refusal
+    Tensor exactly = Tensor::empty({512}, DType::f32);  // to the cap exactly: allowed
+    CHECK_THROWS(cpu_allocator().allocate(1, MemoryTag::other));
+  }
+  set_memory_cap(kCpu, 0);  // no cap
+  Tensor big = Tensor::empty({1 << 20}, DType::f32);
+  CHECK(live() == base + (int64_t(4) << 20));
+  CHECK_THROWS_WITH(set_memory_cap(kCpu, -1), Contains("memory cap"));
+}
+
+TEST_CASE("a storage's memory can be freed and taken again while tensors keep it") {
+  const int64_t base = live();
+  Tensor t = Tensor::empty({1024}, DType::f32);
+  Tensor view = t.narrow(0, 256, 256);
+  CHECK(live() == base + 4096);
+  t.storage()->free_memory();
+  CHECK_FALSE(t.storage()->allocated());
+  CHECK(live() == base);
+  t.storage()->free_memory();  // twice: a no-op
+  CHECK(live() == base);
+  t.storage()->allocate_memory();
+  CHECK(t.storage()->allocated());
+  CHECK(live() == base + 4096);
+  view.fill_(2.0);
+  CHECK(t.narrow(0, 256, 1).item() == 2.0);
+  t = Tensor();
+  view = Tensor();
+  CHECK(live() == base);  // the destructor frees what is there, once
+  Tensor gone = Tensor::empty({16}, DType::f32);
+  gone.storage()->free_memory();
+  gone = Tensor();  // a freed storage's destructor frees nothing
+  CHECK(live() == base);
+}

@@ -75,6 +75,7 @@ class CachingAllocator : public Allocator {
 
   void* allocate(size_t nbytes, MemoryTag tag) override {
     const size_t size = round_up(nbytes);
+    check_memory_cap(Device::cuda(device_), size, tag);
     void* p = nullptr;
     {
       std::lock_guard lock(mu_);
