@@ -281,7 +281,54 @@ GPT::GPT(const GPTConfig& cfg, Generator& init, Generator& dropout_gen, GptPart 
         h->add(std::to_string(i), std::make_shared<Block>(cfg, *factory_, dropout_gen)));
   if (last_stage())
     ln_f = transformer->add("ln_f", std::make_shared<LayerNorm>(cfg.n_embd, cfg.bias));
+  int units = 0;
+  if (wte) wte_unit_ = units++;
+  if (wpe) wpe_unit_ = units++;
+  block_unit0_ = units;
+  units += int(blocks.size());
+  if (ln_f) lnf_unit_ = units++;
   initialise(init);
+}
+
+std::vector<std::vector<std::string>> GPT::parameter_units() const {
+  std::vector<std::vector<std::string>> units(size_t(block_unit0_) + blocks.size() +
+                                              (ln_f ? 1 : 0));
+  for (const auto& [name, p] : named_parameters()) {
+    int u = -1;
+    if (name.starts_with("transformer.wte.")) {
+      u = wte_unit_;
+    } else if (name.starts_with("transformer.wpe.")) {
+      u = wpe_unit_;
+    } else if (name.starts_with("transformer.ln_f.")) {
+      u = lnf_unit_;
+    } else if (name.starts_with("transformer.h.")) {
+      const int64_t block = std::stoll(name.substr(14));
+      u = block_unit0_ + int(block - layers_.begin);
+    }
+    FORGE_CHECK(u >= 0 && size_t(u) < units.size(), "GPT: parameter '{}' belongs to no unit", name);
+    units[size_t(u)].push_back(name);
+  }
+  return units;
+}
+
+void GPT::acquire(int unit) const {
+  if (gate_ && unit >= 0) gate_->acquire(unit);
+}
+
+void GPT::release(int unit) const {
+  if (gate_ && unit >= 0) gate_->release(unit);
+}
+
+Variable GPT::acquire_for_backward(const Variable& x, std::vector<int> units, int next) const {
+  if (!gate_ || !grad_enabled() || !x.requires_grad()) return x;
+  ParameterGate* gate = gate_;
+  return make_variable(x.data(), "acquire_for_backward", {&x},
+                       [gate, units, next](const Tensor& g) -> std::vector<Tensor> {
+                         for (int u : units)
+                           if (u >= 0) gate->acquire_for_backward(u);
+                         if (next >= 0) gate->prefetch(next);
+                         return {g};
+                       });
 }
 
 void GPT::initialise(Generator& init) {
@@ -320,11 +367,17 @@ Variable GPT::embed(const Tensor& idx, const Tensor& positions) {
 }
 
 Variable GPT::run_blocks(Variable x) {
-  for (auto& b : blocks) {
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const int unit = block_unit0_ + int(i);
+    acquire(unit);
+    if (gate_ && i + 1 < blocks.size()) gate_->prefetch(unit + 1);
+    const auto& b = blocks[i];
     if (checkpoint_blocks_ && is_training())
       x = checkpoint([b](const Variable& in) { return b->forward(in); }, x, {dropout_gen_});
     else
       x = b->forward(x);
+    release(unit);
+    x = acquire_for_backward(x, {unit}, i > 0 ? unit - 1 : -1);
   }
   return x;
 }
@@ -343,7 +396,12 @@ Variable GPT::forward(const Tensor& idx, const Variable& hidden) {
     FORGE_CHECK(T <= cfg_.block_size, "GPT: sequence of {} tokens is longer than block_size {}", T,
                 cfg_.block_size);
     Tensor pos = arange(0, double(T), 1, DType::i64).to(wpe->weight.data().device());
+    // The embeddings' backward needs no weights: no acquire_for_backward here.
+    acquire(wte_unit_);
+    acquire(wpe_unit_);
     x = dropout(embed(idx, pos), cfg_.dropout, is_training(), *dropout_gen_);
+    release(wpe_unit_);
+    if (!last_stage()) release(wte_unit_);
   } else {
     FORGE_CHECK(
         hidden.defined() && hidden.dim() == 3 && hidden.size(2) == cfg_.n_embd,
@@ -352,7 +410,14 @@ Variable GPT::forward(const Tensor& idx, const Variable& hidden) {
     x = hidden;
   }
   x = run_blocks(x);
-  return last_stage() ? head(ln_f->forward(x)) : x;
+  if (!last_stage()) return x;
+  acquire(lnf_unit_);
+  if (!first_stage()) acquire(wte_unit_);  // else held since the embedding
+  Variable logits = head(ln_f->forward(x));
+  release(lnf_unit_);
+  release(wte_unit_);
+  return acquire_for_backward(logits, {lnf_unit_, wte_unit_},
+                              block_unit0_ + int(blocks.size()) - 1);
 }
 
 Variable GPT::loss(const Variable& logits, const Tensor& targets) const {

@@ -123,6 +123,20 @@ struct SlotCache {
   KVCache slot(int64_t s);  // slot s as a one-sequence cache (length included)
 };
 
+// Parameters that are not kept whole between uses (ZeRO stage 3, parallel/zero.h). The model
+// groups its parameters into units (GPT::parameter_units) and says when each is needed: acquire
+// before a forward use and release after it; acquire_for_backward when backward is about to reach
+// the unit's ops (the gate releases that hold itself, once the unit's gradients are final).
+class ParameterGate {
+ public:
+  virtual ~ParameterGate() = default;
+  virtual void acquire(int unit) = 0;
+  virtual void release(int unit) = 0;
+  virtual void acquire_for_backward(int unit) = 0;
+  // A hint: `unit` is the next one needed (in forward or in backward); a gate may start fetching.
+  virtual void prefetch(int /*unit*/) {}
+};
+
 class CausalSelfAttention : public Module {
  public:
   CausalSelfAttention(const GPTConfig& cfg, GptLayers& layers, Generator& dropout_gen);
@@ -212,6 +226,14 @@ class GPT : public Module {
   // results bit for bit, faster when few rows run at a time. Costs a copy of those weights; call
   // again after changing them (or after moving the model). Returns the matrices packed.
   int set_prepacked(bool on);
+  // The parameter names of each unit a ParameterGate gathers whole, in the order forward uses
+  // them: transformer.wte (first or last stage), transformer.wpe (first stage), each block,
+  // transformer.ln_f (last stage). The tied wte is a unit of its own, so that the first and the
+  // last stage hold it alike; on a stage that holds both ends it stays acquired from the
+  // embedding to the head (one gather per forward, as every other unit).
+  std::vector<std::vector<std::string>> parameter_units() const;
+  // Training with a gate (null: the parameters are always whole). Not for generation.
+  void set_parameter_gate(ParameterGate* gate) { gate_ = gate; }
 
   std::shared_ptr<Embedding> wte, wpe;  // wte: first and last stage; wpe: first
   std::vector<std::shared_ptr<Block>> blocks;
@@ -223,7 +245,14 @@ class GPT : public Module {
   IndexRange layers_;
   Generator* dropout_gen_;
   bool checkpoint_blocks_ = false;
-  PackedWeight head_;                // wte packed for the head (set_prepacked)
+  PackedWeight head_;  // wte packed for the head (set_prepacked)
+  ParameterGate* gate_ = nullptr;
+  int wte_unit_ = -1, wpe_unit_ = -1, block_unit0_ = -1, lnf_unit_ = -1;  // parameter_units()
+  void acquire(int unit) const;
+  void release(int unit) const;
+  // x itself; its backward first acquires `units` for backward (with a gate and a graph), then
+  // hints `next`, the unit backward needs after them.
+  Variable acquire_for_backward(const Variable& x, std::vector<int> units, int next = -1) const;
   void initialise(Generator& init);  // GPT-2's initialisation of the parts held
   void check_whole(const char* what) const;
   Variable embed(const Tensor& idx, const Tensor& positions);  // wte + wpe (then dropout)

@@ -35,7 +35,7 @@ class Optimizer {
   explicit Optimizer(std::vector<ParamGroup> groups, double lr);
   virtual ~Optimizer() = default;
   virtual void step() = 0;
-  void zero_grad();
+  virtual void zero_grad();  // drops every parameter's gradient
   double lr() const { return lr_; }
   void set_lr(double lr) { lr_ = lr; }
   const std::vector<ParamGroup>& groups() const { return groups_; }
