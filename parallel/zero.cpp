@@ -10,10 +10,17 @@
 namespace forge {
 
 ZeroAdamW::ZeroAdamW(std::vector<ParamGroup> groups, AdamWOptions options,
-                     std::shared_ptr<Communicator> dp, int64_t bucket_bytes)
-    : Optimizer(groups, options.lr), dp_(std::move(dp)) {
+                     std::shared_ptr<Communicator> dp, ZeroOptions zero)
+    : Optimizer(groups, options.lr),
+      zero_(std::move(zero)),
+      dp_(std::move(dp)),
+      self_(std::make_shared<ZeroAdamW*>(this)) {
   FORGE_CHECK(dp_, "ZeroAdamW: no data-parallel group");
-  const int N = dp_->size(), me = dp_->rank();
+  FORGE_CHECK(zero_.stage >= 1 && zero_.stage <= 3, "ZeroAdamW: stage {} (expected 1, 2 or 3)",
+              zero_.stage);
+  FORGE_CHECK(zero_.max_in_flight >= 1, "ZeroAdamW: max_in_flight {} (at least 1)",
+              zero_.max_in_flight);
+  const int me = dp_->rank();
   for (const ParamGroup& g : groups) {
     FORGE_CHECK(g.names.size() == g.params.size(),
                 "ZeroAdamW: every parameter needs a name (ParamGroup::names)");
@@ -30,96 +37,227 @@ ZeroAdamW::ZeroAdamW(std::vector<ParamGroup> groups, AdamWOptions options,
   }
   // Every rank starts from rank 0's weights, as DDP does.
   for (Variable& p : params_) dp_->broadcast(p.data(), 0);
-  part_ = (numel_ + N - 1) / N;
-  begin_ = std::min(numel_, int64_t(me) * part_);
-  end_ = std::min(numel_, begin_ + part_);
-  chunk_ = std::max<int64_t>(1, std::min(part_, bucket_bytes / int64_t(sizeof(float)) / N));
-  // The pieces of parameters inside [begin_, end_), in their groups, as AdamW's parameters.
+  build_units(zero_);
+  for (Unit& u : units_) flatten_unit(u);
+  // The pieces of parameters inside this rank's share of each unit, in their groups, as AdamW's
+  // parameters: views of the parameters (stages 1-2) or of the share (stage 3).
   std::vector<ParamGroup> pieces;
   size_t k = 0;
   for (const ParamGroup& g : groups) {
     ParamGroup pg({}, g.weight_decay, {});
     for (size_t i = 0; i < g.params.size(); ++i, ++k) {
-      const int64_t lo = std::max(begin_, starts_[k]);
-      const int64_t hi = std::min(end_, starts_[k] + params_[k].numel());
+      Unit& u = units_[size_t(unit_of_[k])];
+      const int64_t mine = int64_t(me) * u.share;  // the share's first element in the unit
+      const int64_t lo = std::max(mine, unit_offset_[k]);
+      const int64_t hi = std::min(mine + u.share, unit_offset_[k] + params_[k].numel());
       if (lo >= hi) continue;
-      const int64_t off = lo - starts_[k];
-      Variable piece(params_[k].data().reshape({-1}).narrow(0, off, hi - lo), true);
-      piece_vars_.push_back(piece);  // its gradient: set by reduce_scatter_gradients
+      const Piece pc{k, lo - unit_offset_[k], hi - lo};
+      Tensor data = zero_.stage == 3
+                        ? u.master.narrow(0, lo - mine, pc.count)
+                        : params_[k].data().reshape({-1}).narrow(0, pc.offset, pc.count);
+      Variable piece(data, true);
+      if (zero_.stage >= 2) piece.set_grad(u.grad.narrow(0, lo - mine, pc.count));
+      piece_vars_.push_back(piece);
       pg.params.push_back(piece);
-      pg.names.push_back(fmt::format("{}[{}:{}]", names_[k], off, off + (hi - lo)));
-      pieces_.push_back({k, off, hi - lo});
+      pg.names.push_back(piece_name(pc));
+      pieces_.push_back(pc);
     }
     pieces.push_back(std::move(pg));
   }
   opt_ = std::make_unique<AdamW>(std::move(pieces), options);
-}
-
-template <class F>
-void ZeroAdamW::for_range(int64_t flat, int64_t count, F&& fn) const {
-  // The parameter holding `flat`, then each parameter's segment of the range in turn.
-  size_t i = size_t(std::upper_bound(starts_.begin(), starts_.end(), flat) - starts_.begin());
-  i = i == 0 ? 0 : i - 1;
-  int64_t done = 0;
-  while (done < count && flat + done < numel_) {
-    const int64_t at = flat + done, off = at - starts_[i];
-    const int64_t n = std::min(count - done, params_[i].numel() - off);
-    if (n > 0) fn(i, off, done, n);
-    done += std::max<int64_t>(n, 0);
-    ++i;
+  if (zero_.stage >= 2) {
+    // A unit's gradient goes out the moment backward has finished all of it.
+    std::weak_ptr<ZeroAdamW*> weak = self_;
+    for (size_t i = 0; i < params_.size(); ++i)
+      params_[i].register_grad_ready_hook([weak, u = unit_of_[i]](Variable&) {
+        if (auto self = weak.lock()) (*self)->on_grad_ready(u);
+      });
   }
 }
 
-void ZeroAdamW::gather_grads(int64_t flat, int64_t count, float* dst) const {
-  std::memset(dst, 0, size_t(count) * sizeof(float));
-  for_range(flat, count, [&](size_t i, int64_t off, int64_t pos, int64_t n) {
-    const Tensor& g = params_[i].grad();
-    if (!g.defined()) return;
-    const Tensor gc = g.contiguous();
-    std::memcpy(dst + pos, gc.data<float>() + off, size_t(n) * sizeof(float));
-  });
+ZeroAdamW::~ZeroAdamW() {
+  self_.reset();
+  // Collectives in flight write into buffers that are about to go.
+  for (InFlight& f : in_flight_) {
+    try {
+      f.work.wait();
+    } catch (...) {
+    }
+  }
+  for (Unit& u : units_) {
+    try {
+      u.gather.wait();
+    } catch (...) {
+    }
+  }
 }
 
-void ZeroAdamW::read_params(int64_t flat, int64_t count, float* dst) const {
-  std::memset(dst, 0, size_t(count) * sizeof(float));
-  for_range(flat, count, [&](size_t i, int64_t off, int64_t pos, int64_t n) {
-    std::memcpy(dst + pos, params_[i].data().data<float>() + off, size_t(n) * sizeof(float));
-  });
+std::string ZeroAdamW::piece_name(const Piece& p) const {
+  return fmt::format("{}[{}:{}]", names_[p.param], p.offset, p.offset + p.count);
 }
 
-void ZeroAdamW::write_params(int64_t flat, int64_t count, const float* src) {
-  for_range(flat, count, [&](size_t i, int64_t off, int64_t pos, int64_t n) {
-    std::memcpy(params_[i].data().data<float>() + off, src + pos, size_t(n) * sizeof(float));
-  });
+void ZeroAdamW::build_units(const ZeroOptions& zero) {
+  const int N = dp_->size();
+  unit_of_.assign(params_.size(), -1);
+  unit_offset_.assign(params_.size(), 0);
+  if (!zero.units.empty()) {
+    std::map<std::string, size_t> index;
+    for (size_t k = 0; k < names_.size(); ++k) index.emplace(names_[k], k);
+    for (const auto& names : zero.units) {
+      Unit u;
+      for (const std::string& name : names) {
+        auto it = index.find(name);
+        FORGE_CHECK(it != index.end(), "ZeroAdamW: unit {} names '{}', not a parameter here",
+                    units_.size(), name);
+        FORGE_CHECK(unit_of_[it->second] < 0, "ZeroAdamW: parameter '{}' is in two units", name);
+        unit_of_[it->second] = int(units_.size());
+        u.params.push_back(it->second);
+      }
+      units_.push_back(std::move(u));  // empty ones too: the caller's numbering stays
+    }
+    for (size_t k = 0; k < params_.size(); ++k)
+      FORGE_CHECK(unit_of_[k] >= 0, "ZeroAdamW: parameter '{}' is in no unit", names_[k]);
+  } else {
+    int64_t filled = 0;
+    for (size_t k = 0; k < params_.size(); ++k) {
+      if (units_.empty() || filled >= zero.bucket_bytes) {
+        units_.emplace_back();
+        filled = 0;
+      }
+      unit_of_[k] = int(units_.size()) - 1;
+      units_.back().params.push_back(k);
+      filled += params_[k].numel() * int64_t(sizeof(float));
+    }
+  }
+  for (Unit& u : units_) {
+    for (size_t k : u.params) {
+      unit_offset_[k] = u.numel;
+      u.numel += params_[k].numel();
+    }
+    u.share = (u.numel + N - 1) / N;
+  }
+}
+
+void ZeroAdamW::flatten_unit(Unit& u) {
+  const int N = dp_->size(), me = dp_->rank();
+  {
+    MemoryTagScope tag(MemoryTag::parameters);
+    u.flat = zeros({int64_t(N) * u.share});  // the parameters, then zeros
+  }
+  for (size_t k : u.params) {
+    Variable& p = params_[k];
+    Tensor view = u.flat.narrow(0, unit_offset_[k], p.numel()).view(p.shape());
+    view.copy_(p.data());
+    p.data() = view;  // the parameter's own memory goes with its last tensor
+  }
+  if (zero_.stage >= 2) {
+    MemoryTagScope tag(MemoryTag::gradients);
+    u.grad = zeros({u.share});
+  }
+  if (zero_.stage == 3) {
+    {
+      MemoryTagScope tag(MemoryTag::parameters);
+      u.master = u.flat.narrow(0, int64_t(me) * u.share, u.share).clone();
+    }
+    u.flat.storage()->free_memory();
+    u.gathered = false;
+  }
+}
+
+void ZeroAdamW::zero_grad() {
+  Optimizer::zero_grad();
+  for (Unit& u : units_) {
+    u.ready = 0;
+    if (u.grad.defined()) u.grad.zero_();
+  }
+}
+
+void ZeroAdamW::on_grad_ready(int unit) {
+  Unit& u = units_[size_t(unit)];
+  if (++u.ready < int(u.params.size())) return;
+  u.ready = 0;
+  launch_reduce(unit);
+  if (u.backward_holds > 0) {
+    --u.backward_holds;
+    release(unit);
+  }
+}
+
+// The unit's gradients (zeros where a parameter has none), in a bucket of N shares,
+// reduce-scattered (avg) asynchronously; stages 2-3 drop the parameters' gradients now.
+void ZeroAdamW::launch_reduce(int unit) {
+  Unit& u = units_[size_t(unit)];
+  if (u.numel == 0) return;
+  InFlight f{unit, {}, {}, {}};
+  {
+    MemoryTagScope tag(MemoryTag::other);
+    f.bucket = zeros({int64_t(dp_->size()) * u.share});
+    f.out = Tensor::empty({u.share});
+  }
+  float* bucket = f.bucket.data<float>();
+  for (size_t k : u.params) {
+    Variable& p = params_[k];
+    if (!p.grad().defined()) continue;
+    const Tensor g = p.grad().contiguous();
+    std::memcpy(bucket + unit_offset_[k], g.data<float>(), size_t(p.numel()) * sizeof(float));
+    if (zero_.stage >= 2) p.zero_grad();
+  }
+  f.work = dp_->reduce_scatter_async(f.out, f.bucket, ReduceOp::avg);
+  in_flight_.push_back(std::move(f));
+  while (int(in_flight_.size()) > zero_.max_in_flight) {
+    finish_reduce(in_flight_.front());
+    in_flight_.erase(in_flight_.begin());
+  }
+}
+
+// Stage 1: the average written back into this rank's elements of the parameters' gradients;
+// stages 2-3: added into the share's gradient.
+void ZeroAdamW::finish_reduce(InFlight& f) {
+  f.work.wait();
+  Unit& u = units_[size_t(f.unit)];
+  const float* avg = f.out.data<float>();
+  if (zero_.stage >= 2) {
+    float* g = u.grad.data<float>();
+    for (int64_t e = 0; e < u.share; ++e) g[e] += avg[e];
+    return;
+  }
+  const int64_t mine = int64_t(dp_->rank()) * u.share;
+  for (size_t k : u.params) {
+    const int64_t lo = std::max(mine, unit_offset_[k]);
+    const int64_t hi = std::min(mine + u.share, unit_offset_[k] + params_[k].numel());
+    if (lo >= hi) continue;
+    std::memcpy(params_[k].grad().data<float>() + (lo - unit_offset_[k]), avg + (lo - mine),
+                size_t(hi - lo) * sizeof(float));
+  }
 }
 
 void ZeroAdamW::reduce_scatter_gradients() {
-  const int N = dp_->size(), me = dp_->rank();
-  for (Variable& p : params_)
-    if (!p.grad().defined()) {
-      MemoryTagScope tag(MemoryTag::gradients);
-      p.set_grad(zeros(p.shape()));
-    }
-  {
-    // Chunk k: every rank's k-th slice of its partition, in rank order, reduce-scattered; this
-    // rank's average goes back into its own slice of the gradients (which no later chunk reads).
-    MemoryTagScope tag(MemoryTag::other);  // buckets
-    for (int64_t k = 0; k < part_; k += chunk_) {
-      const int64_t c = std::min(chunk_, part_ - k);
-      Tensor bucket = Tensor::empty({int64_t(N) * c}), mine = Tensor::empty({c});
-      for (int r = 0; r < N; ++r)
-        gather_grads(int64_t(r) * part_ + k, c, bucket.data<float>() + r * c);
-      dp_->reduce_scatter_async(mine, bucket, ReduceOp::avg).wait();
-      for_range(int64_t(me) * part_ + k, c, [&](size_t i, int64_t off, int64_t pos, int64_t n) {
-        std::memcpy(params_[i].grad().data<float>() + off, mine.data<float>() + pos,
-                    size_t(n) * sizeof(float));
-      });
+  if (zero_.stage == 1) {
+    for (Variable& p : params_)
+      if (!p.grad().defined() || !p.grad().is_contiguous()) {
+        MemoryTagScope tag(MemoryTag::gradients);
+        p.set_grad(p.grad().defined() ? p.grad().contiguous() : zeros(p.shape()));
+      }
+    for (int u = 0; u < num_units(); ++u) launch_reduce(u);
+  } else {
+    // Units backward did not finish (a parameter without a gradient in the last pass), in unit
+    // order on every rank; then every hold backward left.
+    for (int i = 0; i < num_units(); ++i) {
+      Unit& u = units_[size_t(i)];
+      u.ready = 0;
+      if (std::any_of(u.params.begin(), u.params.end(),
+                      [&](size_t k) { return params_[k].grad().defined(); }))
+        launch_reduce(i);
+      for (; u.backward_holds > 0; --u.backward_holds) release(i);
     }
   }
-  // AdamW's pieces take their slices of the parameters' gradients, averaged now.
-  for (size_t j = 0; j < pieces_.size(); ++j)
-    piece_vars_[j].set_grad(params_[pieces_[j].param].grad().reshape({-1}).narrow(
-        0, pieces_[j].offset, pieces_[j].count));
+  for (InFlight& f : in_flight_) finish_reduce(f);
+  in_flight_.clear();
+  if (zero_.stage == 1)
+    // AdamW's pieces take their slices of the parameters' gradients, averaged now.
+    for (size_t j = 0; j < pieces_.size(); ++j)
+      piece_vars_[j].set_grad(params_[pieces_[j].param].grad().reshape({-1}).narrow(
+          0, pieces_[j].offset, pieces_[j].count));
 }
 
 double ZeroAdamW::grad_norm_sq_local(const std::function<bool(const std::string&)>& counted) const {
@@ -151,20 +289,112 @@ void ZeroAdamW::clip_to_norm(double norm, double max_norm) {
     }
 }
 
+void ZeroAdamW::sum_gradient_over(const std::string& name, Communicator& group) {
+  auto it = std::find(names_.begin(), names_.end(), name);
+  FORGE_CHECK(it != names_.end(), "ZeroAdamW: no parameter '{}'", name);
+  const size_t k = size_t(it - names_.begin());
+  if (zero_.stage == 1) {
+    FORGE_CHECK(params_[k].grad().defined(), "ZeroAdamW: '{}' has no gradient", name);
+    group.all_reduce(params_[k].grad(), ReduceOp::sum);
+    return;
+  }
+  const Unit& u = units_[size_t(unit_of_[k])];
+  const int64_t mine = int64_t(dp_->rank()) * u.share;
+  const int64_t lo = std::max(mine, unit_offset_[k]);
+  const int64_t hi = std::min(mine + u.share, unit_offset_[k] + params_[k].numel());
+  if (lo < hi) group.all_reduce(u.grad.narrow(0, lo - mine, hi - lo), ReduceOp::sum);
+}
+
 void ZeroAdamW::step() {
   opt_->set_lr(lr());
   opt_->step();
-  const int N = dp_->size(), me = dp_->rank();
-  MemoryTagScope tag(MemoryTag::other);  // buckets
-  for (int64_t k = 0; k < part_; k += chunk_) {
-    const int64_t c = std::min(chunk_, part_ - k);
-    Tensor mine = Tensor::empty({c}), all = Tensor::empty({int64_t(N) * c});
-    read_params(int64_t(me) * part_ + k, c, mine.data<float>());
-    dp_->all_gather_async(all, mine).wait();
-    for (int r = 0; r < N; ++r)
-      if (r != me) write_params(int64_t(r) * part_ + k, c, all.data<float>() + r * c);
+  if (zero_.stage == 3) return;  // the next forward gathers the updated shares
+  const int me = dp_->rank();
+  MemoryTagScope tag(MemoryTag::other);  // the shares sent
+  std::vector<std::pair<Tensor, Work>> sends;
+  for (Unit& u : units_) {
+    if (u.numel == 0) continue;
+    Tensor mine = u.flat.narrow(0, int64_t(me) * u.share, u.share).clone();
+    sends.emplace_back(mine, dp_->all_gather_async(u.flat, mine));
+    if (int(sends.size()) > zero_.max_in_flight) {
+      sends.front().second.wait();
+      sends.erase(sends.begin());
+    }
+  }
+  for (auto& s : sends) s.second.wait();
+}
+
+int64_t ZeroAdamW::share_numel() const {
+  int64_t n = 0;
+  for (const Piece& p : pieces_) n += p.count;
+  return n;
+}
+
+// ---- Stage 3: the parameters' memory while a unit is in use ----
+
+void ZeroAdamW::check_unit(int unit, const char* what) const {
+  FORGE_CHECK(unit >= 0 && unit < num_units(), "ZeroAdamW::{}: unit {} of {}", what, unit,
+              num_units());
+}
+
+void ZeroAdamW::start_gather(Unit& u) {
+  u.gathered = true;
+  if (u.numel == 0) return;
+  u.flat.storage()->allocate_memory();
+  u.gather = dp_->all_gather_async(u.flat, u.master);
+}
+
+void ZeroAdamW::acquire(int unit) {
+  if (zero_.stage < 3) return;
+  check_unit(unit, "acquire");
+  Unit& u = units_[size_t(unit)];
+  if (!u.gathered) start_gather(u);
+  u.gather.wait();
+  ++u.holders;
+}
+
+void ZeroAdamW::release(int unit) {
+  if (zero_.stage < 3) return;
+  check_unit(unit, "release");
+  Unit& u = units_[size_t(unit)];
+  FORGE_CHECK(u.holders > 0, "ZeroAdamW: unit {} released more often than acquired", unit);
+  if (--u.holders > 0) return;
+  u.gather.wait();
+  u.flat.storage()->free_memory();
+  u.gathered = false;
+}
+
+void ZeroAdamW::acquire_for_backward(int unit) {
+  if (zero_.stage < 3) return;
+  acquire(unit);
+  ++units_[size_t(unit)].backward_holds;
+}
+
+void ZeroAdamW::prefetch(int unit) {
+  if (zero_.stage < 3 || unit < 0 || unit >= num_units()) return;
+  Unit& u = units_[size_t(unit)];
+  if (!u.gathered) start_gather(u);
+}
+
+ZeroAdamW::WholeParameters::WholeParameters(ZeroAdamW& z) : z_(z) {
+  for (int u = 0; u < z_.num_units(); ++u) z_.acquire(u);
+}
+
+ZeroAdamW::WholeParameters::~WholeParameters() noexcept(false) {
+  if (z_.stage() < 3) return;
+  const int64_t me = z_.dp_->rank();
+  for (int i = 0; i < z_.num_units(); ++i) {
+    Unit& u = z_.units_[size_t(i)];
+    if (u.numel > 0) u.master.copy_(u.flat.narrow(0, me * u.share, u.share));
+    z_.release(i);
   }
 }
+
+void ZeroAdamW::keep_whole() {
+  for (int u = 0; u < num_units(); ++u) acquire(u);
+}
+
+// ---- Checkpoint state ----
 
 NamedTensors ZeroAdamW::full_state() const {
   // Every rank writes its pieces' moments into zeroed flat buffers; a sum over the group joins
@@ -174,10 +404,8 @@ NamedTensors ZeroAdamW::full_state() const {
   Tensor flat = zeros({2, std::max<int64_t>(numel_, 1)});
   float* m = flat.data<float>();
   float* v = m + flat.size(1);
-  int64_t steps = 0;
   for (const Piece& pc : pieces_) {
-    const std::string name =
-        fmt::format("{}[{}:{}]", names_[pc.param], pc.offset, pc.offset + pc.count);
+    const std::string name = piece_name(pc);
     auto mi = by_key.find("adamw.m." + name), vi = by_key.find("adamw.v." + name);
     if (mi == by_key.end()) continue;  // not stepped yet
     std::memcpy(m + starts_[pc.param] + pc.offset, mi->second.data<float>(),
@@ -190,7 +418,7 @@ NamedTensors ZeroAdamW::full_state() const {
   // optimizer's (a rank without pieces learns it from the others).
   Tensor t = full({1}, double(opt_->steps()), DType::f64);
   dp_->all_reduce(t, ReduceOp::max);
-  steps = int64_t(t.item());
+  const int64_t steps = int64_t(t.item());
   NamedTensors out{{"adamw.step", from_vector<int64_t>({steps})}};
   if (steps == 0) return out;
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -215,13 +443,13 @@ void ZeroAdamW::load_state(const NamedTensors& state) {
     opt_->load_state(state);
     return;
   }
-  // Whole tensors by parameter name: this partition's pieces of them.
+  // Whole tensors by parameter name: this share's pieces of them.
   std::map<std::string, Tensor> by_key(state.begin(), state.end());
   NamedTensors mine;
   if (auto it = by_key.find("adamw.step"); it != by_key.end()) mine.emplace_back(*it);
   for (const Piece& pc : pieces_) {
     const std::string& name = names_[pc.param];
-    const std::string piece = fmt::format("{}[{}:{}]", name, pc.offset, pc.offset + pc.count);
+    const std::string piece = piece_name(pc);
     auto m = by_key.find("adamw.m." + name);
     if (m == by_key.end()) continue;  // no moments yet
     auto v = by_key.find("adamw.v." + name), t = by_key.find("adamw.t." + name);

@@ -106,10 +106,16 @@ const std::vector<Field>& field_table() {
        [](C& c) -> FieldPtr { return &c.scale_growth_interval; }},
       {"dp", "data-parallel ranks (start with mpirun -np DP)",
        [](C& c) -> FieldPtr { return &c.dp; }},
-      {"bucket_mb", "DDP gradient bucket size in MiB (ZeRO: its collectives' chunk)",
+      {"bucket_mb", "DDP gradient bucket size in MiB",
        [](C& c) -> FieldPtr { return &c.bucket_mb; }},
-      {"zero", "ZeRO stage over the dp ranks: 0 (DDP) or 1 (AdamW's state partitioned)",
+      {"zero",
+       "ZeRO stage over the dp ranks: 0 (DDP), 1 (AdamW's state partitioned), 2 (and the "
+       "gradients), 3 (and the parameters)",
        [](C& c) -> FieldPtr { return &c.zero; }},
+      {"memory_cap_mb",
+       "cap on each rank's live memory in MiB (0: none): an allocation past it stops the run with "
+       "an error naming what it was for (parameters, gradients, optimizer, activations)",
+       [](C& c) -> FieldPtr { return &c.memory_cap_mb; }},
       {"tp", "tensor-parallel ranks (Megatron: heads and MLP columns split)",
        [](C& c) -> FieldPtr { return &c.tp; }},
       {"pp", "pipeline stages (blocks split into contiguous stages)",
@@ -299,10 +305,11 @@ void GptTrainConfig::validate() const {
   Device::parse(device);  // names the text when it is not a device
   FORGE_CHECK(dp >= 1, "dp must be >= 1, got {}", dp);
   FORGE_CHECK(bucket_mb > 0, "bucket_mb must be positive, got {}", bucket_mb);
-  FORGE_CHECK(zero == 0 || zero == 1,
-              "zero must be 0 or 1 (ZeRO stages 2 and 3 are not built yet), got {}", zero);
+  FORGE_CHECK(memory_cap_mb >= 0, "memory_cap_mb must be 0 (none) or positive, got {}",
+              memory_cap_mb);
+  FORGE_CHECK(zero >= 0 && zero <= 3, "zero must be 0, 1, 2 or 3, got {}", zero);
   FORGE_CHECK(zero == 0 || Device::parse(device).is_cpu(),
-              "zero 1 runs on the CPU only for now, not on device {}", device);
+              "zero {} runs on the CPU only for now, not on device {}", zero, device);
   FORGE_CHECK(tp >= 1 && pp >= 1, "tp and pp must be >= 1, got {} and {}", tp, pp);
   FORGE_CHECK(model.n_head % tp == 0, "tp {} must divide n_head {} (heads are split over ranks)",
               tp, model.n_head);

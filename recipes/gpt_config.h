@@ -61,9 +61,11 @@ struct GptTrainConfig {
   // a global batch of dp * batch_size, gradients averaged in buckets of bucket_mb MiB.
   int64_t dp = 1;
   double bucket_mb = 25.0;
-  // ZeRO over the dp ranks (parallel/zero.h): 0 replicates AdamW's state (DDP); 1 partitions it
-  // (stage 1). Stages 2 and 3 are not built yet.
+  // ZeRO over the dp ranks (parallel/zero.h): 0 replicates AdamW's state (DDP); 1 partitions it,
+  // 2 the gradients too, 3 the parameters too. Each unit (embedding, block, ln_f) is one bucket.
   int64_t zero = 0;
+  // A cap on each rank's live memory in MiB (tensor/allocator.h set_memory_cap); 0: none.
+  double memory_cap_mb = 0;
   // Model parallelism (parallel/tensor_parallel.h, parallel/pipeline.h): tp tensor-parallel ranks
   // times pp pipeline stages per model replica, so mpirun -np dp * tp * pp. Each step splits the
   // batch into micro_batches, run in the pipeline schedule gpipe or 1f1b.

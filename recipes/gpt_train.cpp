@@ -127,6 +127,8 @@ class GptTrainer {
   void evaluate(int64_t step, StepStats& s);
   void log(const StepStats& s);
   void save(int64_t step);
+  // Leaves the model whole for the caller (ZeRO-3 kept only shares of it).
+  void finish();
   bool stop_requested();  // on any rank (Ctrl-C reaches ranks at different moments)
   void say(const std::string& m) const {
     if (lead_ && hooks_.on_message) hooks_.on_message(m);
@@ -194,6 +196,7 @@ GptTrainer::GptTrainer(const GptTrainConfig& config, const GptRunHooks& hooks)
       schedule_(cfg_.lr, cfg_.min_lr, cfg_.warmup_iters, cfg_.lr_decay_iters),
       metrics_(lead_ ? cfg_.metrics : "") {
   if (cfg_.threads > 0) set_num_threads(int(cfg_.threads));
+  set_memory_cap(device_, int64_t(cfg_.memory_cap_mb * double(1 << 20)));
   check_same_on_all_ranks(*world_, shared_settings(cfg_),
                           "the training settings (--dp, --tp, --pp, model, ...)");
   load_data();
@@ -233,10 +236,14 @@ void GptTrainer::build_model() {
   const AdamWOptions adamw{.lr = cfg_.lr, .beta1 = cfg_.beta1, .beta2 = cfg_.beta2, .eps = 1e-8};
   const int64_t bucket_bytes = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * (1 << 20)));
   if (cfg_.zero > 0) {
-    auto zero = std::make_unique<ZeroAdamW>(param_groups(*model_, cfg_.weight_decay), adamw,
-                                            grid_.dp_group(), bucket_bytes);
+    // One unit per embedding, block and ln_f: what stage 3 gathers at once, and the buckets of
+    // every stage's collectives.
+    auto zero = std::make_unique<ZeroAdamW>(
+        param_groups(*model_, cfg_.weight_decay), adamw, grid_.dp_group(),
+        ZeroOptions{.stage = int(cfg_.zero), .units = model_->parameter_units()});
     zero_ = zero.get();
     opt_ = std::move(zero);
+    if (zero_->stage() == 3) model_->set_parameter_gate(zero_);
   } else {
     opt_ = std::make_unique<AdamW>(param_groups(*model_, cfg_.weight_decay), adamw);
     if (cfg_.dp > 1)
@@ -258,10 +265,14 @@ void GptTrainer::describe() const {
                   get_num_threads()));
   if (zero_)
     say(
-        fmt::format("data parallel: {} ranks ({}), global batch {} x {}, ZeRO stage 1: AdamW's "
-                    "state for {} of this replica shard's {} elements on rank 0",
+        fmt::format("data parallel: {} ranks ({}), global batch {} x {}, ZeRO stage {}: AdamW's "
+                    "state{} for {} of this replica shard's {} elements on rank 0",
                     cfg_.dp, grid_.dp_group()->backend(), cfg_.dp * cfg_.batch_size, m.block_size,
-                    zero_->partition_end() - zero_->partition_begin(), zero_->numel()));
+                    zero_->stage(),
+                    zero_->stage() == 1   ? ""
+                    : zero_->stage() == 2 ? " and gradients"
+                                          : ", gradients and parameters",
+                    zero_->share_numel(), zero_->numel()));
   if (ddp_)
     say(fmt::format("data parallel: {} ranks ({}), global batch {} x {}, {} gradient buckets",
                     cfg_.dp, grid_.dp_group()->backend(), cfg_.dp * cfg_.batch_size, m.block_size,
@@ -288,7 +299,11 @@ int64_t GptTrainer::restore() {
   const TrainingState& st = resumed_->state;
   // Only this rank's share is read: its tensors' and slices' bytes, whatever the saved layout.
   CheckpointShard mine = read_checkpoint_shard(*resumed_, layout_, at_.pp, at_.tp);
-  model_->load_state_dict(mine.weights);
+  {
+    std::optional<ZeroAdamW::WholeParameters> whole;  // ZeRO-3: loaded whole, then partitioned
+    if (zero_) whole.emplace(*zero_);
+    model_->load_state_dict(mine.weights);
+  }
   opt_->load_state(mine.optimizer);
   if (scaler_.enabled() && !st.scaler.empty()) scaler_.load_state(st.scaler);
   FORGE_CHECK(saved_dp(st) == cfg_.dp,
@@ -334,8 +349,18 @@ StepStats GptTrainer::train_step(int64_t step) {
             .loss;
   }
   if (ddp_) ddp_->finish_grad_sync();
-  sync_tied_embedding(*model_, grid_.embedding_group());
-  scaler_.unscale(params_);  // before clipping; finds inf/NaN
+  // The gradients the optimizer steps on: the parameters' (DDP), or this rank's share of the
+  // average (ZeRO; stages 2-3 reduce-scattered most of it during backward).
+  const std::vector<Variable>& grads = zero_ ? zero_->partition_parameters() : params_;
+  if (zero_) {
+    if (zero_->stage() == 1) sync_tied_embedding(*model_, grid_.embedding_group());
+    zero_->reduce_scatter_gradients();
+    if (zero_->stage() > 1 && grid_.embedding_group())
+      zero_->sum_gradient_over("transformer.wte.weight", *grid_.embedding_group());
+  } else {
+    sync_tied_embedding(*model_, grid_.embedding_group());
+  }
+  scaler_.unscale(grads);  // before clipping; finds inf/NaN
   if (world_->size() > 1) {
     // One small all-reduce: the mean loss, and the inf/NaN verdict of any rank (shards see
     // different gradients), so every rank skips alike and rank 0 logs the whole batch's loss.
@@ -349,11 +374,10 @@ StepStats GptTrainer::train_step(int64_t step) {
     s.comm_wait_ms = ddp_->last_sync().wait_seconds * 1e3;
     s.allreduce_ms = ddp_->last_sync().allreduce_seconds * 1e3;
   }
-  if (zero_) zero_->reduce_scatter_gradients();  // the average, this rank's partition of it
   if (scaler_.found_inf()) {
     s.grad_norm = std::nan("");  // not computed on a skipped step
   } else if (zero_) {
-    // Each rank's partition of its shard: the squares summed over every rank.
+    // Each rank's share of its model shard: the squares summed over every rank.
     Tensor sq = full({1}, zero_->grad_norm_sq_local([&](const std::string& name) {
       return grad_norm_counts(*model_, name);
     }),
@@ -365,7 +389,7 @@ StepStats GptTrainer::train_step(int64_t step) {
     s.grad_norm = parallel_grad_norm(*model_, *grid_.model_parallel_group());
     if (cfg_.grad_clip > 0) clip_grads_to_norm(params_, s.grad_norm, cfg_.grad_clip);
   }
-  s.skipped = !scaler_.step(*opt_, params_);
+  s.skipped = !scaler_.step(*opt_, grads);
   s.loss_scale = scaler_.scale_value();
   scaler_.update();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -379,7 +403,7 @@ StepStats GptTrainer::train_step(int64_t step) {
 }
 
 // Mean loss over eval_iters batches of dp * B rows through replica 0's pipeline (whose ranks
-// all take part; the others wait at the next collective).
+// all take part; the others wait at the next collective, or under ZeRO-3 do the same).
 double GptTrainer::eval_split(const Tensor& split, Generator& g, const char* name) {
   NoGradGuard no_grad;
   MemoryTagScope tag(MemoryTag::activations);
@@ -394,7 +418,9 @@ double GptTrainer::eval_split(const Tensor& split, Generator& g, const char* nam
 }
 
 void GptTrainer::evaluate(int64_t step, StepStats& s) {
-  if (at_.dp != 0) return;
+  // ZeRO-3: every replica gathers the parameters with the others, so all evaluate the same rows
+  // (in the time replica 0 alone would take).
+  if (at_.dp != 0 && !(zero_ && zero_->stage() == 3)) return;
   Generator g = eval_generator(cfg_.seed, step);
   s.train_eval_loss = eval_split(data_.train, g, "train");
   s.val_loss = eval_split(data_.val, g, "val");
@@ -433,6 +459,8 @@ void GptTrainer::save(int64_t step) {
   // AdamW's state by parameter name, as every layout stores it (ZeRO: every rank's pieces joined,
   // a collective).
   NamedTensors optimizer = zero_ ? zero_->full_state() : opt_->state();
+  std::optional<ZeroAdamW::WholeParameters> whole;  // ZeRO-3: the weights gathered (collective)
+  if (zero_) whole.emplace(*zero_);
   CheckpointPaths p;
   if (layout_.serial()) {
     if (!lead_) return;
@@ -449,6 +477,12 @@ void GptTrainer::save(int64_t step) {
   }
   run.last_checkpoint = p.dir;
   say(fmt::format("saved checkpoint {}", p.dir));
+}
+
+void GptTrainer::finish() {
+  if (!zero_ || zero_->stage() < 3) return;
+  zero_->keep_whole();
+  model_->set_parameter_gate(nullptr);
 }
 
 bool GptTrainer::stop_requested() {
@@ -483,6 +517,7 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     StepStats s;
     trainer.evaluate(start, s);
   }
+  trainer.finish();
   return std::move(trainer.run);
 }
 

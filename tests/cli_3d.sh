@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `mpirun -np N train gpt --dp D --tp T --pp P` end to end: tensor x pipeline (and x data) parallel
 # runs give the serial run's losses, in f32 and in bf16 with activation checkpointing, and with ZeRO
-# stage 1 over the replicas; a resumed
+# stages 1-3 over the replicas; a resumed
 # run continues the uninterrupted one under the same layout (identically) and under another
 # (within 1e-5); `train reshard` merges the shards into one model that `infer` samples from, and
 # splits it again; layouts that cannot work are refused with the reason.
@@ -57,6 +57,16 @@ compare dp2tp2pp2_bf16 "$tmp/serial_bf16.jsonl" 1e-4 10 "${mpi[@]}" -np 8 "$trai
 compare dp2tp2pp2_zero1 "$tmp/serial.jsonl" 1e-5 10 "${mpi[@]}" -np 8 "$train" gpt "${tiny[@]}" \
   --batch-size 4 --max-iters 10 --dp 2 --tp 2 --pp 2 --micro-batches 2 --zero 1 --out "$tmp/3dz"
 grep -q "ZeRO stage 1" "$tmp/out" || { fail "no ZeRO line"; show; }
+
+# 3c. ZeRO stage 2 composed the same way (f32, 1F1B), and stage 3 in bf16 with activation
+#     checkpointing (GPipe): the tied embedding's gradient is summed between the first and the last
+#     stage on the ranks' shares of it.
+compare dp2tp2pp2_zero2 "$tmp/serial.jsonl" 1e-5 10 "${mpi[@]}" -np 8 "$train" gpt "${tiny[@]}" \
+  --batch-size 4 --max-iters 10 --dp 2 --tp 2 --pp 2 --micro-batches 2 --zero 2 --out "$tmp/3dz2"
+compare dp2tp2pp2_zero3_bf16 "$tmp/serial_bf16.jsonl" 1e-4 10 "${mpi[@]}" -np 8 "$train" gpt \
+  "${tiny[@]}" --batch-size 4 --max-iters 10 --dp 2 --tp 2 --pp 2 --micro-batches 2 \
+  --schedule gpipe --precision bf16 --checkpoint blocks --zero 3 --out "$tmp/3dz3"
+grep -q "ZeRO stage 3" "$tmp/out" || { fail "no ZeRO-3 line"; show; }
 
 # 4. f16 with dynamic loss scaling under tp 2 x pp 2 runs and scales.
 run "${mpi[@]}" -np 4 "$train" gpt "${tiny[@]}" --batch-size 8 --max-iters 5 --tp 2 --pp 2 \

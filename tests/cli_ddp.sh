@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `mpirun -np 2 train gpt --dp 2` end to end: the same losses as one process with twice the batch,
-# --resume with the same number of ranks reproducing the uninterrupted run, ZeRO stage 1 (the
-# same losses as DDP, checkpoints that resume under ZeRO or DDP), a grid that does not
-# match the job refused, and faults: a rank that throws at start, rank 0 failing mid-run while the
-# other waits for it, and a rank killed from outside, each end the whole job with a non-zero
-# status and a message naming the rank, within 30 s.
+# --resume with the same number of ranks reproducing the uninterrupted run, ZeRO stages 1-3 (the
+# same losses as DDP, checkpoints that resume under any stage or DDP), a memory cap that stops a
+# run naming what overflowed, a grid that does not match the job refused, and faults: a rank that
+# throws at start, rank 0 failing mid-run while the other waits for it, and a rank killed from
+# outside, each end the whole job with a non-zero status and a message naming the rank, within
+# 30 s.
 # Corpus: $TINYSHAKESPEARE if set, else a small synthetic text.
 # Usage: cli_ddp.sh path/to/train
 set -u
@@ -66,8 +67,44 @@ run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --max
 [ "$rc" -eq 0 ] || { fail "ZeRO checkpoint resumed under DDP exited $rc"; show; }
 worst=$(compare_losses "$tmp/dp.jsonl" "$tmp/zhalf_ddp.jsonl" 20 1e-5) ||
   fail "ZeRO checkpoint resumed under DDP: $worst"
-run "$train" gpt "${tiny_data[@]}" --zero 2 --max-iters 1 --out "$tmp/z2"
-expect_error "--zero 2" "zero must be 0 or 1" "not built yet"
+# 2c. ZeRO stages 2 (gradients partitioned too, reduce-scattered during backward) and 3
+#     (parameters too, gathered per block): DDP's losses within 1e-5, with 2 micro-batches
+#     (gradient accumulation) for stage 3; a stage-3 checkpoint resumed under stage 3 continues
+#     the uninterrupted run exactly, and under stage 2 within 1e-5 (the state is keyed by name).
+run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --zero 2 --max-iters 20 \
+  --out "$tmp/z2" --metrics "$tmp/z2.jsonl"
+[ "$rc" -eq 0 ] || { fail "--zero 2 run exited $rc"; show; }
+grep -q "ZeRO stage 2" "$tmp/out" || { fail "no ZeRO-2 line"; show; }
+worst=$(compare_losses "$tmp/dp.jsonl" "$tmp/z2.jsonl" 20 1e-5) || fail "ZeRO-2 against DDP: $worst"
+echo "ZeRO-2 against DDP: worst relative loss difference $worst"
+run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --zero 3 --max-iters 20 \
+  --micro-batches 2 --out "$tmp/z3" --metrics "$tmp/z3.jsonl"
+[ "$rc" -eq 0 ] || { fail "--zero 3 run exited $rc"; show; }
+grep -q "ZeRO stage 3" "$tmp/out" || { fail "no ZeRO-3 line"; show; }
+worst=$(compare_losses "$tmp/dp.jsonl" "$tmp/z3.jsonl" 20 1e-5) || fail "ZeRO-3 against DDP: $worst"
+echo "ZeRO-3 (2 micro-batches) against DDP: worst relative loss difference $worst"
+run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --zero 3 --max-iters 20 \
+  --micro-batches 2 --out "$tmp/z3r" --resume "$tmp/z3/ckpt-000010" --metrics "$tmp/z3r.jsonl"
+[ "$rc" -eq 0 ] || { fail "resumed ZeRO-3 run exited $rc"; show; }
+worst=$(compare_losses "$tmp/z3.jsonl" "$tmp/z3r.jsonl" 10 0) ||
+  fail "resumed ZeRO-3 run differs from the uninterrupted one: $worst"
+run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --zero 2 --max-iters 20 \
+  --out "$tmp/z3as2" --resume "$tmp/z3/ckpt-000010" --metrics "$tmp/z3as2.jsonl"
+[ "$rc" -eq 0 ] || { fail "ZeRO-3 checkpoint resumed under ZeRO-2 exited $rc"; show; }
+worst=$(compare_losses "$tmp/dp.jsonl" "$tmp/z3as2.jsonl" 10 1e-5) ||
+  fail "ZeRO-3 checkpoint resumed under ZeRO-2: $worst"
+run "$train" gpt "${tiny_data[@]}" --zero 4 --max-iters 1 --out "$tmp/z4"
+expect_error "--zero 4" "zero must be 0, 1, 2 or 3"
+
+# 2d. A per-rank memory cap too small for the model stops the run at start-up, naming the tag
+#     that overflowed; a cap it fits trains.
+#     A 4-layer, 256-wide model (12 MiB of parameters) under a 10 MiB cap: the corpus fits (8.5 MiB
+#     of tokens when it is Tiny Shakespeare), the parameters do not.
+wide=(--n-layer 4 --n-head 4 --n-embd 256 --block-size 16 --eval-iters 2 --threads 1 --data "$corpus")
+run "$train" gpt "${wide[@]}" --max-iters 2 --memory-cap-mb 10 --out "$tmp/cap"
+expect_error "--memory-cap-mb 10" "memory cap exceeded on cpu: parameters needs"
+run "$train" gpt "${tiny_data[@]}" --max-iters 2 --memory-cap-mb 64 --out "$tmp/cap"
+[ "$rc" -eq 0 ] || { fail "a 64 MiB cap exited $rc"; show; }
 
 # 3. A grid that does not match the job.
 run timeout 60 "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --dp 3 --max-iters 5 --out "$tmp/bad"

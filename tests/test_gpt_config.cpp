@@ -57,7 +57,8 @@ const nlohmann::ordered_json kAllFields = {
     {"scale_growth_interval", 50},
     {"dp", 4},
     {"bucket_mb", 5.5},
-    {"zero", 1},
+    {"zero", 3},
+    {"memory_cap_mb", 512.5},
     {"tp", 5},
     {"pp", 3},
     {"micro_batches", 3},
@@ -320,6 +321,8 @@ TEST_CASE("every field can be set by its key and reaches the struct") {
   CHECK(c.scale_growth_interval == 50);
   CHECK(c.dp == 4);
   CHECK(c.bucket_mb == 5.5);
+  CHECK(c.zero == 3);
+  CHECK(c.memory_cap_mb == 512.5);
   CHECK(c.tp == 5);
   CHECK(c.pp == 3);
   CHECK(c.micro_batches == 3);
@@ -411,7 +414,9 @@ TEST_CASE("validate rejects impossible settings, naming them") {
            Case{"device", "cuda:x", "unknown device 'cuda:x'"},
            Case{"dp", "0", "dp"},
            Case{"bucket_mb", "0", "bucket_mb"},
-           Case{"zero", "2", "zero must be 0 or 1"},
+           Case{"zero", "4", "zero must be 0, 1, 2 or 3"},
+           Case{"zero", "-1", "zero must be 0, 1, 2 or 3"},
+           Case{"memory_cap_mb", "-1", "memory_cap_mb"},
            Case{"tp", "0", "tp and pp"},
            Case{"tp", "3", "must divide n_head"},
            Case{"pp", "99", "more stages than n_layer"},
