@@ -163,20 +163,22 @@ int count_of(const Tensor& t, const char* op) {
   return int(t.numel());
 }
 
-// The f32 all-reduce of ranks that share a node, through a shared-memory window instead of MPI's
-// message pipeline: every rank copies its piece into its slot; each reduces 1/R of the piece
-// across all slots, in rank order, in place in its own slot; each copies the R reduced parts
-// out. Per rank that moves about 4 bytes per byte reduced, where OpenMPI's shared-memory
-// transport copies each fragment in and out of a queue per step of its algorithm: 2-3x faster
-// for large buffers here, and CPU time matters when communication shares the cores with
-// compute. Pieces of kSlotBytes; three barriers per piece. Built on first use (collective).
-class NodeAllReduce {
+// The f32 collectives of ranks that share a node, through a shared-memory window instead of
+// MPI's message pipeline. All-reduce: every rank copies its piece into its slot; each reduces 1/R
+// of the piece across all slots, in rank order, in place in its own slot; each copies the R
+// reduced parts out. Per rank that moves about 4 bytes per byte reduced, where OpenMPI's
+// shared-memory transport copies each fragment in and out of a queue per step of its algorithm:
+// 2-3x faster for large buffers here, and CPU time matters when communication shares the cores
+// with compute. Reduce-scatter is the first half of that (each rank's part stays with it),
+// all-gather the second (each rank's part copied in, all copied out). Pieces of kSlotBytes; two
+// or three barriers per piece. Built on first use (collective).
+class NodeCollectives {
  public:
   static constexpr int64_t kSlotBytes = int64_t(8) << 20;
   static constexpr int64_t kMinBytes = int64_t(64) << 10;  // below, MPI's latency is better
 
   // Null when the ranks of `comm` do not all share one node or the window cannot be had.
-  static std::unique_ptr<NodeAllReduce> make(MPI_Comm comm, int size) {
+  static std::unique_ptr<NodeCollectives> make(MPI_Comm comm, int size) {
     MPI_Comm node = MPI_COMM_NULL;
     if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) != MPI_SUCCESS)
       return nullptr;
@@ -189,7 +191,7 @@ class NodeAllReduce {
       MPI_Comm_free(&node);
       return nullptr;
     }
-    auto r = std::unique_ptr<NodeAllReduce>(new NodeAllReduce);
+    auto r = std::unique_ptr<NodeCollectives>(new NodeCollectives);
     r->node_ = node;
     MPI_Comm_set_errhandler(node, MPI_ERRORS_RETURN);
     MPI_Comm_rank(node, &r->rank_);
@@ -215,7 +217,7 @@ class NodeAllReduce {
     return r;
   }
 
-  ~NodeAllReduce() {
+  ~NodeCollectives() {
     int finalized = 0;
     MPI_Finalized(&finalized);
     // Freeing the window is collective (a barrier). While an exception unwinds this rank, the
@@ -248,8 +250,37 @@ class NodeAllReduce {
     }
   }
 
+  // out[0, n) <- this rank's part of the reduction of in[0, R n): the sum (or max) over ranks of
+  // in[rank n, (rank + 1) n), times `scale`. Per piece of m elements of a part, every rank puts
+  // its R parts' pieces side by side in its slot; each reduces its own across the slots.
+  void reduce_scatter(const float* in, float* out, int64_t n, bool max, float scale) {
+    const int R = size_;
+    const int64_t piece = kSlotBytes / int64_t(sizeof(float)) / R;
+    for (int64_t o = 0; o < n; o += piece) {
+      const int64_t m = std::min(piece, n - o);
+      for (int r = 0; r < R; ++r)
+        std::memcpy(slots_[size_t(rank_)] + r * m, in + r * n + o, size_t(m) * sizeof(float));
+      sync();
+      reduce_part(out + o, rank_ * m, m, max, scale);
+      sync();  // before the slots are written again
+    }
+  }
+
+  // out[0, R n) <- every rank's in[0, n), in rank order.
+  void all_gather(const float* in, float* out, int64_t n) {
+    const int64_t piece = kSlotBytes / int64_t(sizeof(float));
+    for (int64_t o = 0; o < n; o += piece) {
+      const int64_t m = std::min(piece, n - o);
+      std::memcpy(slots_[size_t(rank_)], in + o, size_t(m) * sizeof(float));
+      sync();
+      for (int r = 0; r < size_; ++r)
+        std::memcpy(out + r * n + o, slots_[size_t(r)], size_t(m) * sizeof(float));
+      sync();
+    }
+  }
+
  private:
-  NodeAllReduce() = default;
+  NodeCollectives() = default;
 
   // out[i] = op over r of slots_[r][at + i], r = 0..R-1, times scale (out aliases this rank's
   // slot). In blocks that stay in L1, so each slot is read once.
@@ -284,7 +315,7 @@ class NodeAllReduce {
   std::vector<float*> slots_;
 };
 
-// FORGE_COMM_SHM=0 sends every all-reduce through MPI (to compare, or where shared windows fail).
+// FORGE_COMM_SHM=0 sends every collective through MPI (to compare, or where shared windows fail).
 bool node_all_reduce_allowed() {
   const char* v = std::getenv("FORGE_COMM_SHM");
   return v == nullptr || std::string(v) != "0";
@@ -312,7 +343,7 @@ class MpiCommunicator final : public Communicator {
   void shut_down() {
     p2p_progress_.stop(/*drain=*/std::uncaught_exceptions() == 0);
     worker_.stop();
-    node_reduce_.reset();
+    node_shm_.reset();
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized && comm_ != MPI_COMM_WORLD && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
@@ -328,10 +359,9 @@ class MpiCommunicator final : public Communicator {
     check_reduce(t.dtype(), op, "all_reduce");
     int n = count_of(t, "all_reduce");
     return post(&CommStats::all_reduce, int64_t(t.nbytes()), [this, t, op, n]() mutable {
-      if (t.dtype() == DType::f32 && size_ > 1 && int64_t(t.nbytes()) >= NodeAllReduce::kMinBytes &&
-          node_reduce()) {
-        node_reduce_->run(static_cast<float*>(t.raw_data()), t.numel(), op == ReduceOp::max,
-                          op == ReduceOp::avg ? 1.0f / float(size_) : 1.0f);
+      if (use_shm(t)) {
+        node_shm_->run(static_cast<float*>(t.raw_data()), t.numel(), op == ReduceOp::max,
+                       op == ReduceOp::avg ? 1.0f / float(size_) : 1.0f);
         return;
       }
       mpi_check(MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), n, mpi_type(t.dtype()),
@@ -350,6 +380,11 @@ class MpiCommunicator final : public Communicator {
     int n = count_of(in, "all_gather");
     count_of(out, "all_gather");
     return post(&CommStats::all_gather, int64_t(out.nbytes()), [this, out, in, n] {
+      if (use_shm(out)) {
+        node_shm_->all_gather(static_cast<const float*>(in.raw_data()),
+                              static_cast<float*>(out.raw_data()), in.numel());
+        return;
+      }
       MPI_Datatype dt = mpi_type(in.dtype());
       mpi_check(MPI_Allgather(in.raw_data(), n, dt, out.raw_data(), n, dt, comm_), "all_gather",
                 world_rank_);
@@ -366,6 +401,12 @@ class MpiCommunicator final : public Communicator {
     int n = count_of(out, "reduce_scatter");
     count_of(in, "reduce_scatter");
     return post(&CommStats::reduce_scatter, int64_t(in.nbytes()), [this, out, in, op, n]() mutable {
+      if (use_shm(in)) {
+        node_shm_->reduce_scatter(
+            static_cast<const float*>(in.raw_data()), static_cast<float*>(out.raw_data()),
+            out.numel(), op == ReduceOp::max, op == ReduceOp::avg ? 1.0f / float(size_) : 1.0f);
+        return;
+      }
       mpi_check(MPI_Reduce_scatter_block(in.raw_data(), out.raw_data(), n, mpi_type(in.dtype()),
                                          mpi_op(in.dtype(), op), comm_),
                 "reduce_scatter", world_rank_);
@@ -458,20 +499,27 @@ class MpiCommunicator final : public Communicator {
     return Work(s);
   }
 
-  // The shared-memory all-reduce, made on the first large f32 all-reduce (on the worker, in
-  // collective order); null when it cannot be used.
-  NodeAllReduce* node_reduce() {
-    if (!node_reduce_tried_) {
-      node_reduce_tried_ = true;
-      if (node_all_reduce_allowed()) node_reduce_ = NodeAllReduce::make(comm_, size_);
+  // Whether a collective over `t` (the larger buffer: every rank's) takes the shared-memory
+  // path: large f32 buffers, when the window could be made. The same answer on every rank.
+  bool use_shm(const Tensor& t) {
+    return t.dtype() == DType::f32 && size_ > 1 &&
+           int64_t(t.nbytes()) >= NodeCollectives::kMinBytes && node_shm();
+  }
+
+  // The shared-memory collectives, made on the first large f32 one (on the worker, in collective
+  // order); null when they cannot be used.
+  NodeCollectives* node_shm() {
+    if (!node_shm_tried_) {
+      node_shm_tried_ = true;
+      if (node_all_reduce_allowed()) node_shm_ = NodeCollectives::make(comm_, size_);
     }
-    return node_reduce_.get();
+    return node_shm_.get();
   }
 
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1, world_rank_ = 0;
-  std::unique_ptr<NodeAllReduce> node_reduce_;
-  bool node_reduce_tried_ = false;
+  std::unique_ptr<NodeCollectives> node_shm_;
+  bool node_shm_tried_ = false;
   P2pProgress p2p_progress_;
   CommCounters counters_;
   CommWorker worker_;

@@ -88,6 +88,31 @@ TEST_CASE("a large f32 all-reduce, over several pieces of the shared-memory path
   }
 }
 
+TEST_CASE(
+    "a large f32 reduce-scatter and all-gather, over several shared-memory pieces, are exact") {
+  auto w = world_communicator();
+  const int R = w->size(), me = w->rank();
+  const int64_t n = 2'500'001;  // 10 MB per rank: pieces of 8 MB / R, the last one short and odd
+  Tensor out = Tensor::empty({R * n});
+  w->all_gather(out, pattern(DType::f32, n, me));
+  const float* g = out.data<float>();
+  size_t bad = 0;
+  for (int r = 0; r < R; ++r)
+    for (int64_t i = 0; i < n; ++i) bad += double(g[r * n + i]) != value(i, r);
+  CHECK(bad == 0);
+  for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg, ReduceOp::max}) {
+    INFO(reduce_op_name(op) << " on " << R << " ranks");
+    Tensor in = pattern(DType::f32, R * n, me);
+    Tensor mine = Tensor::empty({n});
+    w->reduce_scatter(mine, in, op);
+    const float* got = mine.data<float>();
+    bad = 0;
+    for (int64_t i = 0; i < n; ++i)
+      bad += !reduced_ok(double(got[i]), me * n + i, R, op, DType::f32);
+    CHECK(bad == 0);
+  }
+}
+
 TEST_CASE("all_reduce refuses avg of integers, and non-contiguous tensors, naming the op") {
   auto w = world();
   Tensor i = zeros({4}, DType::i32);
