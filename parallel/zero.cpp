@@ -390,10 +390,6 @@ ZeroAdamW::WholeParameters::~WholeParameters() noexcept(false) {
   }
 }
 
-void ZeroAdamW::keep_whole() {
-  for (int u = 0; u < num_units(); ++u) acquire(u);
-}
-
 // ---- Checkpoint state ----
 
 NamedTensors ZeroAdamW::full_state() const {

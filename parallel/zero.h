@@ -104,8 +104,6 @@ class ZeroAdamW : public Optimizer, public ParameterGate {
    private:
     ZeroAdamW& z_;
   };
-  // Stage 3: every unit whole from now on (the optimizer is done; the model is the caller's).
-  void keep_whole();
 
   int64_t numel() const { return numel_; }  // Ψ: the parameters' elements (without padding)
   int64_t share_numel() const;              // elements of this rank's share, padding excluded

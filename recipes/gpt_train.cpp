@@ -157,7 +157,7 @@ class GptTrainer {
   Generator init_gen_, batch_gen_, dropout_gen_;
   std::shared_ptr<GPT> model_;
   std::vector<Variable> params_;
-  std::unique_ptr<Optimizer> opt_;  // AdamW, or ZeroAdamW (zero_) with --zero 1
+  std::unique_ptr<Optimizer> opt_;  // AdamW, or ZeroAdamW (zero_) with --zero 1, 2 or 3
   ZeroAdamW* zero_ = nullptr;
   GradScaler scaler_;
   std::optional<DistributedDataParallel> ddp_;
@@ -479,10 +479,13 @@ void GptTrainer::save(int64_t step) {
   say(fmt::format("saved checkpoint {}", p.dir));
 }
 
+// ZeRO-3: the parameters live in the partitions, which go with the optimizer; gathering them
+// whole for the caller would take 4P bytes on every rank, more than training needed at dp >= 4,
+// so the run returns no model (its last checkpoint has it whole).
 void GptTrainer::finish() {
   if (!zero_ || zero_->stage() < 3) return;
-  zero_->keep_whole();
   model_->set_parameter_gate(nullptr);
+  run.model.reset();
 }
 
 bool GptTrainer::stop_requested() {

@@ -62,7 +62,8 @@ struct GptRun {
   bool stopped = false;    // interrupted by hooks.stop
   std::string last_checkpoint;
   Device device = Device::cpu();  // where this rank trained
-  std::shared_ptr<GPT> model;     // this rank's part of it (the whole model without tp or pp)
+  std::shared_ptr<GPT> model;     // this rank's part of it (the whole model without tp or pp);
+                                  // null under ZeRO-3 (partitioned: see the checkpoint)
   Tokenizer tokenizer;
 };
 

@@ -105,6 +105,17 @@ run "$train" gpt "${wide[@]}" --max-iters 2 --memory-cap-mb 10 --out "$tmp/cap"
 expect_error "--memory-cap-mb 10" "memory cap exceeded on cpu: parameters needs"
 run "$train" gpt "${tiny_data[@]}" --max-iters 2 --memory-cap-mb 64 --out "$tmp/cap"
 [ "$rc" -eq 0 ] || { fail "a 64 MiB cap exited $rc"; show; }
+#     What ZeRO is for: an 8-layer, 256-wide model (6.3M parameters) needs 16P = 96 MiB a rank
+#     under DDP, more than a 90 MiB cap; ZeRO-3 on 2 ranks (8P, plus two blocks gathered and the
+#     corpus) trains under it.
+deep=(--n-layer 8 --n-head 4 --n-embd 256 --block-size 16 --eval-iters 2 --threads 1 --data "$corpus")
+run "${mpi[@]}" -np 2 "$train" gpt "${deep[@]}" --dp 2 --batch-size 4 --max-iters 3 --out "" \
+  --memory-cap-mb 90
+[ "$rc" -ne 0 ] && grep -q "memory cap exceeded on cpu: optimizer needs" "$tmp/err" ||
+  { fail "DDP under a 90 MiB cap: expected the optimizer's state to overflow (exit $rc)"; show; }
+run "${mpi[@]}" -np 2 "$train" gpt "${deep[@]}" --dp 2 --zero 3 --batch-size 4 --max-iters 3 \
+  --out "" --memory-cap-mb 90
+[ "$rc" -eq 0 ] || { fail "ZeRO-3 under a 90 MiB cap exited $rc"; show; }
 
 # 3. A grid that does not match the job.
 run timeout 60 "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --dp 3 --max-iters 5 --out "$tmp/bad"
