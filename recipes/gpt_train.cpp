@@ -306,22 +306,22 @@ int64_t GptTrainer::restore() {
   }
   opt_->load_state(mine.optimizer);
   if (scaler_.enabled() && !st.scaler.empty()) scaler_.load_state(st.scaler);
-  FORGE_CHECK(saved_dp(st) == cfg_.dp,
-              "{}: the checkpoint was trained with dp = {} (a global batch of {} x {}); resume "
-              "it with --dp {}",
-              resumed_->dir, saved_dp(st), saved_dp(st), cfg_.batch_size, saved_dp(st));
   batch_gen_.set_state(st.batch_gen);
   // The saved first shard's generator gives the run's dropout seed, whatever --seed says now;
   // the offset is this shard's (its own stream under the same layout, see shard_checkpoint).
   dropout_gen_.set_state(
       {dropout_seed(resumed_->dropout_gens[0][0].seed, at_), mine.dropout_gen.offset});
   const int64_t start = st.step;
+  // Another dp resumes the same run when dp x batch_size is unchanged: the batch generator draws
+  // the same global batches, and the state is by name (ZeRO's partitions are cut anew).
+  const int64_t dp = saved_dp(st);
   say(fmt::format(
-      "resumed from {} at step {}{}", resumed_->dir, start,
+      "resumed from {} at step {}{}{}", resumed_->dir, start,
       resumed_->layout == layout_
           ? ""
           : fmt::format(" (saved at tp {} x pp {}, now tp {} x pp {})", resumed_->layout.tp,
-                        resumed_->layout.pp, layout_.tp, layout_.pp)));
+                        resumed_->layout.pp, layout_.tp, layout_.pp),
+      dp == cfg_.dp ? "" : fmt::format(" (saved at dp {}, now dp {})", dp, cfg_.dp)));
   resumed_.reset();
   run.steps_done = start;
   return start;
