@@ -392,43 +392,40 @@ ZeroAdamW::WholeParameters::~WholeParameters() noexcept(false) {
 
 // ---- Checkpoint state ----
 
-NamedTensors ZeroAdamW::full_state() const {
-  // Every rank writes its pieces' moments into zeroed flat buffers; a sum over the group joins
-  // them (each element is one rank's).
-  const NamedTensors mine = opt_->state();
-  std::map<std::string, Tensor> by_key(mine.begin(), mine.end());
-  Tensor flat = zeros({2, std::max<int64_t>(numel_, 1)});
-  float* m = flat.data<float>();
-  float* v = m + flat.size(1);
-  for (const Piece& pc : pieces_) {
-    const std::string name = piece_name(pc);
-    auto mi = by_key.find("adamw.m." + name), vi = by_key.find("adamw.v." + name);
-    if (mi == by_key.end()) continue;  // not stepped yet
-    std::memcpy(m + starts_[pc.param] + pc.offset, mi->second.data<float>(),
-                size_t(pc.count) * sizeof(float));
-    std::memcpy(v + starts_[pc.param] + pc.offset, vi->second.data<float>(),
-                size_t(pc.count) * sizeof(float));
-  }
-  dp_->all_reduce(flat, ReduceOp::sum);
+NamedTensors ZeroAdamW::full_state(bool keep) const {
   // The step count: every piece steps at every step(), so each parameter's count is the
   // optimizer's (a rank without pieces learns it from the others).
   Tensor t = full({1}, double(opt_->steps()), DType::f64);
   dp_->all_reduce(t, ReduceOp::max);
   const int64_t steps = int64_t(t.item());
   NamedTensors out{{"adamw.step", from_vector<int64_t>({steps})}};
-  if (steps == 0) return out;
+  if (steps == 0) return keep ? out : NamedTensors{};
+  const NamedTensors mine = opt_->state();
+  std::map<std::string, Tensor> by_key(mine.begin(), mine.end());
+  // One parameter at a time: every rank writes its pieces' moments into a zeroed [2, numel]
+  // buffer and a sum over the group joins them (each element is one rank's). A rank that does not
+  // keep the result holds one parameter's buffer at most.
+  std::vector<std::vector<const Piece*>> pieces_of(params_.size());
+  for (const Piece& pc : pieces_) pieces_of[pc.param].push_back(&pc);
   for (size_t i = 0; i < params_.size(); ++i) {
     MemoryTagScope tag(MemoryTag::optimizer);
     const int64_t n = params_[i].numel();
-    out.emplace_back(
-        "adamw.m." + names_[i],
-        flat.select(0, 0).narrow(0, starts_[i], n).reshape(params_[i].shape()).clone());
-    out.emplace_back(
-        "adamw.v." + names_[i],
-        flat.select(0, 1).narrow(0, starts_[i], n).reshape(params_[i].shape()).clone());
+    Tensor mv = zeros({2, n});
+    float* m = mv.data<float>();
+    for (const Piece* pc : pieces_of[i]) {
+      const std::string name = piece_name(*pc);
+      auto mi = by_key.find("adamw.m." + name), vi = by_key.find("adamw.v." + name);
+      if (mi == by_key.end() || vi == by_key.end()) continue;  // never had a gradient
+      std::memcpy(m + pc->offset, mi->second.data<float>(), size_t(pc->count) * sizeof(float));
+      std::memcpy(m + n + pc->offset, vi->second.data<float>(), size_t(pc->count) * sizeof(float));
+    }
+    dp_->all_reduce(mv, ReduceOp::sum);
+    if (!keep) continue;
+    out.emplace_back("adamw.m." + names_[i], mv.select(0, 0).reshape(params_[i].shape()).clone());
+    out.emplace_back("adamw.v." + names_[i], mv.select(0, 1).reshape(params_[i].shape()).clone());
     out.emplace_back("adamw.t." + names_[i], from_vector<int64_t>({steps}));
   }
-  return out;
+  return keep ? out : NamedTensors{};
 }
 
 void ZeroAdamW::load_state(const NamedTensors& state) {

@@ -113,8 +113,10 @@ class ZeroAdamW : public Optimizer, public ParameterGate {
   // AdamW's state for this rank's pieces, keyed adamw.m.<name>[<begin>:<end>].
   NamedTensors state() const override { return opt_->state(); }
   // Collective over the group: the state a plain AdamW over the same groups would have
-  // (adamw.m.<name> whole, ...), every rank's pieces joined (an all-reduce of 2 Ψ values).
-  NamedTensors full_state() const;
+  // (adamw.m.<name> whole, ...), every rank's pieces joined one parameter at a time (all-reduces
+  // of 2 Ψ values in all). Ranks that pass keep = false (those that will not write it) get nothing
+  // back and hold one parameter's moments at most.
+  NamedTensors full_state(bool keep = true) const;
   // Either kind: pieces (state()) for this share, or whole tensors by name (full_state(), a plain
   // AdamW's), of which it keeps its pieces.
   void load_state(const NamedTensors& state) override;

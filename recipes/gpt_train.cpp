@@ -457,8 +457,9 @@ void GptTrainer::save(int64_t step) {
                    scaler_.enabled() ? scaler_.state() : NamedTensors{},
                    cfg_.to_json()};
   // AdamW's state by parameter name, as every layout stores it (ZeRO: every rank's pieces joined,
-  // a collective).
-  NamedTensors optimizer = zero_ ? zero_->full_state() : opt_->state();
+  // a collective; kept by the ranks that write it).
+  const bool writes = layout_.serial() ? lead_ : at_.dp == 0;
+  NamedTensors optimizer = zero_ ? zero_->full_state(writes) : opt_->state();
   std::optional<ZeroAdamW::WholeParameters> whole;  // ZeRO-3: the weights gathered (collective)
   if (zero_) whole.emplace(*zero_);
   CheckpointPaths p;
