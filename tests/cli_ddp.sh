@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # `mpirun -np 2 train gpt --dp 2` end to end: the same losses as one process with twice the batch,
 # --resume with the same number of ranks reproducing the uninterrupted run, ZeRO stages 1-3 (the
-# same losses as DDP, checkpoints that resume under any stage or DDP), a memory cap that stops a
-# run naming what overflowed, a grid that does not match the job refused, and faults: a rank that
-# throws at start, rank 0 failing mid-run while the other waits for it, and a rank killed from
-# outside, each end the whole job with a non-zero status and a message naming the rank, within
-# 30 s.
+# same losses as DDP, checkpoints that resume under any stage, DDP or another dp), a memory cap
+# that stops a run naming what overflowed, f16 loss scaling skipping the same steps under every
+# stage, a grid that does not match the job refused, and faults: a rank that throws at start,
+# rank 0 failing mid-run while the other waits for it, and a rank killed from outside, each end
+# the whole job with a non-zero status and a message naming the rank, within 30 s.
 # Corpus: $TINYSHAKESPEARE if set, else a small synthetic text.
 # Usage: cli_ddp.sh path/to/train
 set -u
@@ -128,6 +128,24 @@ run "${mpi[@]}" -np 2 "$train" gpt "${deep[@]}" --dp 2 --batch-size 4 --max-iter
 run "${mpi[@]}" -np 2 "$train" gpt "${deep[@]}" --dp 2 --zero 3 --batch-size 4 --max-iters 3 \
   --out "" --memory-cap-mb 90
 [ "$rc" -eq 0 ] || { fail "ZeRO-3 under a 90 MiB cap exited $rc"; show; }
+
+# 2e. f16 with dynamic loss scaling from a scale that overflows: the inf check is global, so DDP,
+#     ZeRO-2 and ZeRO-3 skip the same first steps and then agree within 1e-5.
+f16=(--batch-size 4 --dp 2 --max-iters 20 --precision f16 --init-scale 3e7 --out "")
+for z in 0 2 3; do
+  run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" "${f16[@]}" --zero $z --metrics "$tmp/f16_$z.jsonl"
+  [ "$rc" -eq 0 ] || { fail "f16 --zero $z exited $rc"; show; }
+  skipped=$(grep -o '"skipped": 1' "$tmp/f16_$z.jsonl" | wc -l)
+  [ "$skipped" -ge 1 ] && [ "$skipped" -le 10 ] ||
+    fail "f16 --zero $z: $skipped skipped steps, expected a few at the start"
+  [ "$z" = 0 ] && skipped0=$skipped
+  [ "$skipped" = "${skipped0:-}" ] || fail "f16 --zero $z skipped $skipped steps, DDP $skipped0"
+done
+for z in 2 3; do
+  worst=$(compare_losses "$tmp/f16_0.jsonl" "$tmp/f16_$z.jsonl" 20 1e-5) ||
+    fail "f16 ZeRO-$z against DDP: $worst"
+done
+echo "f16 with loss scaling: $skipped0 steps skipped alike; ZeRO-3 against DDP: worst $worst"
 
 # 3. A grid that does not match the job.
 run timeout 60 "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --dp 3 --max-iters 5 --out "$tmp/bad"
