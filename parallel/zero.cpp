@@ -29,7 +29,6 @@ ZeroAdamW::ZeroAdamW(std::vector<ParamGroup> groups, AdamWOptions options,
       FORGE_CHECK(p.dtype() == DType::f32 && p.data().device().is_cpu() && p.data().is_contiguous(),
                   "ZeroAdamW: parameter '{}' is {} on {}; ZeRO needs contiguous f32 on the CPU",
                   g.names[i], p.dtype(), p.data().device().str());
-      starts_.push_back(numel_);
       numel_ += p.numel();
       params_.push_back(p);
       names_.push_back(g.names[i]);
@@ -47,16 +46,15 @@ ZeroAdamW::ZeroAdamW(std::vector<ParamGroup> groups, AdamWOptions options,
     ParamGroup pg({}, g.weight_decay, {});
     for (size_t i = 0; i < g.params.size(); ++i, ++k) {
       Unit& u = units_[size_t(unit_of_[k])];
-      const int64_t mine = int64_t(me) * u.share;  // the share's first element in the unit
-      const int64_t lo = std::max(mine, unit_offset_[k]);
-      const int64_t hi = std::min(mine + u.share, unit_offset_[k] + params_[k].numel());
-      if (lo >= hi) continue;
-      const Piece pc{k, lo - unit_offset_[k], hi - lo};
+      const IndexRange r = share_part(k);
+      if (r.size() == 0) continue;
+      const Piece pc{k, r.begin - unit_offset_[k], r.size()};
+      const int64_t at = r.begin - int64_t(me) * u.share;  // in the share
       Tensor data = zero_.stage == 3
-                        ? u.master.narrow(0, lo - mine, pc.count)
+                        ? u.master.narrow(0, at, pc.count)
                         : params_[k].data().reshape({-1}).narrow(0, pc.offset, pc.count);
       Variable piece(data, true);
-      if (zero_.stage >= 2) piece.set_grad(u.grad.narrow(0, lo - mine, pc.count));
+      if (zero_.stage >= 2) piece.set_grad(u.grad.narrow(0, at, pc.count));
       piece_vars_.push_back(piece);
       pg.params.push_back(piece);
       pg.names.push_back(piece_name(pc));
@@ -90,6 +88,14 @@ ZeroAdamW::~ZeroAdamW() {
     } catch (...) {
     }
   }
+}
+
+IndexRange ZeroAdamW::share_part(size_t k) const {
+  const Unit& u = units_[size_t(unit_of_[k])];
+  const int64_t mine = int64_t(dp_->rank()) * u.share;
+  const int64_t lo = std::max(mine, unit_offset_[k]);
+  const int64_t hi = std::min(mine + u.share, unit_offset_[k] + params_[k].numel());
+  return {lo, std::max(lo, hi)};
 }
 
 std::string ZeroAdamW::piece_name(const Piece& p) const {
@@ -223,11 +229,10 @@ void ZeroAdamW::finish_reduce(InFlight& f) {
   }
   const int64_t mine = int64_t(dp_->rank()) * u.share;
   for (size_t k : u.params) {
-    const int64_t lo = std::max(mine, unit_offset_[k]);
-    const int64_t hi = std::min(mine + u.share, unit_offset_[k] + params_[k].numel());
-    if (lo >= hi) continue;
-    std::memcpy(params_[k].grad().data<float>() + (lo - unit_offset_[k]), avg + (lo - mine),
-                size_t(hi - lo) * sizeof(float));
+    const IndexRange r = share_part(k);
+    if (r.size() == 0) continue;
+    std::memcpy(params_[k].grad().data<float>() + (r.begin - unit_offset_[k]),
+                avg + (r.begin - mine), size_t(r.size()) * sizeof(float));
   }
 }
 
@@ -299,10 +304,10 @@ void ZeroAdamW::sum_gradient_over(const std::string& name, Communicator& group) 
     return;
   }
   const Unit& u = units_[size_t(unit_of_[k])];
-  const int64_t mine = int64_t(dp_->rank()) * u.share;
-  const int64_t lo = std::max(mine, unit_offset_[k]);
-  const int64_t hi = std::min(mine + u.share, unit_offset_[k] + params_[k].numel());
-  if (lo < hi) group.all_reduce(u.grad.narrow(0, lo - mine, hi - lo), ReduceOp::sum);
+  const IndexRange r = share_part(k);
+  if (r.size() > 0)
+    group.all_reduce(u.grad.narrow(0, r.begin - int64_t(dp_->rank()) * u.share, r.size()),
+                     ReduceOp::sum);
 }
 
 void ZeroAdamW::step() {

@@ -148,6 +148,9 @@ class ZeroAdamW : public Optimizer, public ParameterGate {
   void finish_reduce(InFlight& f);
   void start_gather(Unit& u);
   void check_unit(int unit, const char* what) const;
+  // The elements of parameter k inside this rank's share, in its unit's element numbering
+  // (empty when none are).
+  IndexRange share_part(size_t k) const;
   std::string piece_name(const Piece& p) const;
 
   ZeroOptions zero_;
@@ -155,7 +158,6 @@ class ZeroAdamW : public Optimizer, public ParameterGate {
   std::vector<std::string> names_;
   std::vector<int> unit_of_;          // per parameter
   std::vector<int64_t> unit_offset_;  // per parameter: its first element in its unit
-  std::vector<int64_t> starts_;       // per parameter: its first element in group order
   std::vector<Unit> units_;
   std::vector<Piece> pieces_;         // inside this rank's share, in AdamW's parameter order
   std::vector<Variable> piece_vars_;  // AdamW's parameters: views of those elements

@@ -127,7 +127,7 @@ class GptTrainer {
   void evaluate(int64_t step, StepStats& s);
   void log(const StepStats& s);
   void save(int64_t step);
-  // Leaves the model whole for the caller (ZeRO-3 kept only shares of it).
+  // The end of the run: ZeRO-3 hands back no model (see the definition).
   void finish();
   bool stop_requested();  // on any rank (Ctrl-C reaches ranks at different moments)
   void say(const std::string& m) const {

@@ -44,12 +44,21 @@ worst=$(compare_losses "$tmp/dp.jsonl" "$tmp/half.jsonl" 20 0) ||
 
 # 2b. ZeRO stage 1 (AdamW's state partitioned over the 2 ranks): DDP's losses within 1e-5; resumed
 #     under ZeRO, the uninterrupted ZeRO run's exactly; resumed without ZeRO, within 1e-5.
-run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --zero 1 --max-iters 20 \
-  --out "$tmp/zero" --metrics "$tmp/zero.jsonl"
-[ "$rc" -eq 0 ] || { fail "--zero 1 run exited $rc"; show; }
-grep -q "ZeRO stage 1" "$tmp/out" || { fail "no ZeRO line"; show; }
-worst=$(compare_losses "$tmp/dp.jsonl" "$tmp/zero.jsonl" 20 1e-5) || fail "ZeRO-1 against DDP: $worst"
-echo "ZeRO-1 against DDP: worst relative loss difference $worst"
+# zero_against_ddp STAGE NAME [FLAGS...]: 20 steps on 2 ranks under ZeRO stage STAGE into
+# $tmp/NAME (checkpoints) and $tmp/NAME.jsonl, its ZeRO line, and DDP's losses within 1e-5.
+zero_against_ddp() {
+  local z=$1 name=$2
+  shift 2
+  local what="ZeRO-$z${*:+ with $*}"
+  run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --zero "$z" \
+    --max-iters 20 --out "$tmp/$name" --metrics "$tmp/$name.jsonl" "$@"
+  [ "$rc" -eq 0 ] || { fail "--zero $z run exited $rc"; show; return; }
+  grep -q "ZeRO stage $z" "$tmp/out" || { fail "no ZeRO-$z line"; show; }
+  worst=$(compare_losses "$tmp/dp.jsonl" "$tmp/$name.jsonl" 20 1e-5) ||
+    fail "$what against DDP: $worst"
+  echo "$what against DDP: worst relative loss difference $worst"
+}
+zero_against_ddp 1 zero
 run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --zero 1 --max-iters 10 \
   --out "$tmp/zhalf" --metrics "$tmp/zhalf.jsonl"
 [ "$rc" -eq 0 ] || { fail "first ZeRO half exited $rc"; show; }
@@ -69,18 +78,8 @@ worst=$(compare_losses "$tmp/dp.jsonl" "$tmp/zhalf_ddp.jsonl" 20 1e-5) ||
 #     (parameters too, gathered per block): DDP's losses within 1e-5, with 2 micro-batches
 #     (gradient accumulation) for stage 3; a stage-3 checkpoint resumed under stage 3 continues
 #     the uninterrupted run exactly, and under stage 2 within 1e-5 (the state is keyed by name).
-run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --zero 2 --max-iters 20 \
-  --out "$tmp/z2" --metrics "$tmp/z2.jsonl"
-[ "$rc" -eq 0 ] || { fail "--zero 2 run exited $rc"; show; }
-grep -q "ZeRO stage 2" "$tmp/out" || { fail "no ZeRO-2 line"; show; }
-worst=$(compare_losses "$tmp/dp.jsonl" "$tmp/z2.jsonl" 20 1e-5) || fail "ZeRO-2 against DDP: $worst"
-echo "ZeRO-2 against DDP: worst relative loss difference $worst"
-run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --zero 3 --max-iters 20 \
-  --micro-batches 2 --out "$tmp/z3" --metrics "$tmp/z3.jsonl"
-[ "$rc" -eq 0 ] || { fail "--zero 3 run exited $rc"; show; }
-grep -q "ZeRO stage 3" "$tmp/out" || { fail "no ZeRO-3 line"; show; }
-worst=$(compare_losses "$tmp/dp.jsonl" "$tmp/z3.jsonl" 20 1e-5) || fail "ZeRO-3 against DDP: $worst"
-echo "ZeRO-3 (2 micro-batches) against DDP: worst relative loss difference $worst"
+zero_against_ddp 2 z2
+zero_against_ddp 3 z3 --micro-batches 2
 run "${mpi[@]}" -np 2 "$train" gpt "${tiny_data[@]}" --batch-size 4 --dp 2 --zero 3 --max-iters 20 \
   --micro-batches 2 --out "$tmp/z3r" --resume "$tmp/z3/ckpt-000010" --metrics "$tmp/z3r.jsonl"
 [ "$rc" -eq 0 ] || { fail "resumed ZeRO-3 run exited $rc"; show; }
