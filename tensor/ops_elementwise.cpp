@@ -288,15 +288,19 @@ Tensor relu_backward(const Tensor& grad, const Tensor& x) {
 
 Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
   if (approx == GeluApprox::tanh)
-    // With s = 0.5 (1 + tanh(u)) = 1 / (1 + e), e = e^-2u:  d/dx [x s] = s + 2 x s (1 - s) u'
-    // and s (1 - s) = e s^2 (no cancellation as s -> 1).
+    // With s = 0.5 (1 + tanh(u)): d/dx [x s] = s + 2 x s (1 - s) u'. In terms of q = e^-2|u| <= 1
+    // and r = 1 / (1 + q): s = r (u >= 0) or q r (u < 0), and s (1 - s) = q r^2. Nothing overflows
+    // (e^-2u does for u < -44 in f32, and inf * 0 made the gradient NaN below x = -10) and
+    // nothing cancels as s -> 1. CUDA's kernel is the same (tensor/cuda/misc.cu).
     return backward_op(grad, x, "gelu_backward", CudaBackward::gelu_tanh, [](auto g, auto v) {
       using C = decltype(v);
       C v2 = v * v;
-      C e = cpu::vexp(C(-2 * kSqrt2OverPi) * (v + C(0.044715) * v2 * v));
-      C s = C(1) / (C(1) + e);
+      C u = C(kSqrt2OverPi) * (v + C(0.044715) * v2 * v);
+      C q = cpu::vexp(C(-2) * (u < C(0) ? -u : u));
+      C r = C(1) / (C(1) + q);
+      C s = u < C(0) ? q * r : r;
       C du = C(kSqrt2OverPi) * (C(1) + C(3 * 0.044715) * v2);
-      return g * (s + C(2) * v * e * s * s * du);
+      return g * (s + C(2) * (q * r * r * v) * du);
     });
   return backward_op(grad, x, "gelu_backward", CudaBackward::gelu_erf, [](auto g, auto v) {
     using C = decltype(v);

@@ -429,6 +429,19 @@ TEST_CASE("activation backward kernels equal grad times the analytic derivative"
               1e-6, 2e-6);
   check_close(gelu_backward(g, x, GeluApprox::tanh), reference_binary(g, x, times(d_gelu_tanh)),
               1e-6, 2e-6);
+  // The tails, where e^-2u overflows f32 (below x = -10) and s -> 1 above: finite and exact.
+  for (DType t : {DType::f32, DType::f64}) {
+    INFO("dtype " << dtype_name(t));
+    Tensor xt = from_vector<double>({-1e4, -300, -30, -12, -10.5, -9, 9, 10.5, 12, 30, 300, 1e4})
+                    .to(t),
+           gt = ones({12}, t);
+    check_close(gelu_backward(gt, xt, GeluApprox::tanh).to(DType::f64),
+                reference_binary(ones({12}, DType::f64), xt.to(DType::f64), times(d_gelu_tanh)),
+                1e-6, 1e-6);
+    check_close(gelu_backward(gt, xt, GeluApprox::none).to(DType::f64),
+                reference_binary(ones({12}, DType::f64), xt.to(DType::f64), times(d_gelu_erf)),
+                1e-6, 1e-6);
+  }
   // tanh and sigmoid backwards take the forward output y; the derivative is in terms of x.
   Tensor yt = tanh(x), ys = sigmoid(x);
   check_close(tanh_backward(g, yt),

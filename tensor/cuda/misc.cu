@@ -154,12 +154,14 @@ __device__ C activation_grad(ActivationBackward op, C g, C v) {
     case ActivationBackward::relu:
       return v > C(0) ? g : C(0);
     case ActivationBackward::gelu_tanh: {
-      // s = 1 / (1 + e), e = exp(-2u): d/dx [x s] = s + 2 x e s^2 u'
+      // s = 0.5 (1 + tanh(u)), q = exp(-2|u|), r = 1 / (1 + q): s = r or q r, s (1 - s) = q r^2
       C v2 = v * v;
-      C e = exp(C(-2) * k0 * (v + C(0.044715) * v2 * v));
-      C sg = C(1) / (C(1) + e);
+      C u = k0 * (v + C(0.044715) * v2 * v);
+      C q = exp(C(-2) * fabs(u));
+      C r = C(1) / (C(1) + q);
+      C s = u < C(0) ? q * r : r;
       C du = k0 * (C(1) + C(3 * 0.044715) * v2);
-      return g * (sg + C(2) * v * e * sg * sg * du);
+      return g * (s + C(2) * (q * r * r * v) * du);
     }
     case ActivationBackward::gelu_erf: {
       C cdf = C(0.5) * (C(1) + erf(v * kInvSqrt2));
