@@ -38,7 +38,7 @@
 
 using namespace forge;
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
   CLI::App app{"time GPT training steps"};
   std::string shape = "cpu";
   int threads = 1, steps = 10, warmup = 2;
@@ -210,4 +210,13 @@ int main(int argc, char** argv) {
                            {"activations_peak", mem.peak_by_tag[size_t(MemoryTag::activations)]},
                            {"loss", last_loss}}));
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gpt_step: error: %s\n", e.what());
+    return 1;
+  }
 }

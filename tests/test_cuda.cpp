@@ -92,8 +92,8 @@ TEST_CASE("elementwise ops on the GPU give the CPU's results, broadcasting inclu
     same(gelu(ga, GeluApprox::tanh), gelu(a, GeluApprox::tanh));
     same(gelu(ga, GeluApprox::none), gelu(a, GeluApprox::none));
     same(pow(ga, 2.0), pow(a, 2.0));
-    // A strided view as an operand.
-    same(add(ga.transpose(0, 2), gb.t().unsqueeze(0)), add(a.transpose(0, 2), b.t().unsqueeze(0)));
+    // A strided view as an operand: [5, 1, 4] + [1, 3, 1] -> [5, 3, 4].
+    same(add(ga.transpose(0, 2), gb.t().unsqueeze(2)), add(a.transpose(0, 2), b.t().unsqueeze(2)));
     Tensor g = Tensor::empty({3, 4}, t, gpu);
     g.fill_(0.25);
     same(g, full({3, 4}, 0.25).to(t));

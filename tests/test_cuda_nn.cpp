@@ -323,7 +323,8 @@ TEST_CASE("cross-entropy on the GPU gives the CPU's loss, lse, count and gradien
       std::vector<int64_t> tv(static_cast<size_t>(N));
       for (int64_t i = 0; i < N; ++i)
         tv[size_t(i)] = i % 4 == 3 ? -100 : int64_t(gen.randint(uint64_t(C)));  // some ignored
-      for (Tensor targets : {from_vector<int64_t>(tv), from_vector<int64_t>(tv).to(DType::i32)}) {
+      Tensor tt = from_vector<int64_t>(tv, Shape{N});  // [1] too, not a scalar
+      for (Tensor targets : {tt, tt.to(DType::i32)}) {
         CrossEntropyResult want = cross_entropy(x, targets),
                            got = cross_entropy(gx, targets.to(gpu));
         CHECK(got.count == want.count);
