@@ -90,24 +90,30 @@ const Tensor* SafetensorsContents::find(const std::string& name) const {
 }
 
 void write_file_atomically(const std::string& path, const std::string& bytes) {
+  write_file_atomically(path, std::vector<std::string_view>{bytes});
+}
+
+void write_file_atomically(const std::string& path, const std::vector<std::string_view>& parts) {
   std::filesystem::path target(path);
   std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : ".";
   std::string tmp =
       (dir / fmt::format(".{}.tmp.{}", target.filename().string(), getpid())).string();
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   sys_check(fd >= 0, fmt::format("{}: cannot create", tmp));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int e = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      errno = e;
-      sys_check(false, fmt::format("{}: write failed", tmp));
+  for (std::string_view bytes : parts) {
+    size_t done = 0;
+    while (done < bytes.size()) {
+      ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        int e = errno;
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        errno = e;
+        sys_check(false, fmt::format("{}: write failed", tmp));
+      }
+      done += size_t(n);
     }
-    done += size_t(n);
   }
   bool synced = ::fsync(fd) == 0;
   int e = errno;
@@ -163,13 +169,15 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   for (auto& [k, v] : header.items()) doc[k] = v;
   std::string json = doc.dump();
   json.resize((json.size() + 7) / 8 * 8, ' ');
-  std::string bytes(8, '\0');
+  std::string head(8, '\0');
   uint64_t n = json.size();
-  for (int i = 0; i < 8; ++i) bytes[size_t(i)] = char((n >> (8 * i)) & 0xff);
-  bytes += json;
-  bytes.reserve(bytes.size() + offset);
-  for (const Tensor& c : data) bytes.append(static_cast<const char*>(c.raw_data()), c.nbytes());
-  write_file_atomically(path, bytes);
+  for (int i = 0; i < 8; ++i) head[size_t(i)] = char((n >> (8 * i)) & 0xff);
+  head += json;
+  // Written from the tensors' own memory: a save takes no second copy of what it writes.
+  std::vector<std::string_view> parts{head};
+  for (const Tensor& c : data)
+    parts.emplace_back(static_cast<const char*>(c.raw_data()), size_t(c.nbytes()));
+  write_file_atomically(path, parts);
 }
 
 // ---------------------------------------------------------------------------------------------

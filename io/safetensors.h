@@ -18,6 +18,7 @@
 
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tensor/tensor.h"
@@ -77,8 +78,10 @@ class SafetensorsReader {
   mutable int64_t bytes_read_ = 0;
 };
 
-// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
+// Writes `bytes` (or `parts`, one after another) to `path` atomically: temporary file, fsync,
+// rename, fsync of the directory.
 void write_file_atomically(const std::string& path, const std::string& bytes);
+void write_file_atomically(const std::string& path, const std::vector<std::string_view>& parts);
 // Makes a directory's entries (files created or renamed in it) durable.
 void fsync_directory(const std::string& dir);
 
