@@ -464,4 +464,39 @@ void ZeroAdamW::load_state(const NamedTensors& state) {
   opt_->load_state(mine);
 }
 
+NamedTensors ZeroAdamW::partition_state() const {
+  NamedTensors out;
+  for (size_t i = 0; i < pieces_.size(); ++i)
+    out.emplace_back(piece_name(pieces_[i]), piece_vars_[i].data());
+  for (auto& [key, t] : opt_->state())
+    if (key != "adamw.step") out.emplace_back(key, t);  // the count, steps(), is the caller's
+  return out;
+}
+
+void ZeroAdamW::load_checkpoint(const PieceReader& read, int64_t steps) {
+  for (size_t k = 0; k < params_.size() && zero_.stage < 3; ++k) {
+    Tensor w = read("", names_[k], {0, params_[k].numel()});
+    FORGE_CHECK(w.numel() == params_[k].numel(), "ZeroAdamW: '{}' read {} elements, not {}",
+                names_[k], w.numel(), params_[k].numel());
+    params_[k].data().reshape({-1}).copy_(w);
+  }
+  NamedTensors mine{{"adamw.step", from_vector<int64_t>({steps})}};
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    const Piece& pc = pieces_[i];
+    const std::string& name = names_[pc.param];
+    const IndexRange r{pc.offset, pc.offset + pc.count};
+    if (zero_.stage == 3) piece_vars_[i].data().copy_(read("", name, r));
+    Tensor m = read("m", name, r);
+    if (!m.defined()) continue;  // no moments yet
+    Tensor v = read("v", name, r), t = read("t", name, {});
+    FORGE_CHECK(v.defined() && t.defined() && m.numel() == pc.count && v.numel() == pc.count,
+                "ZeroAdamW: the state of '{}' is incomplete or not its size", name);
+    const std::string piece = piece_name(pc);
+    mine.emplace_back("adamw.m." + piece, m);
+    mine.emplace_back("adamw.v." + piece, v);
+    mine.emplace_back("adamw.t." + piece, t);
+  }
+  opt_->load_state(mine);
+}
+
 }  // namespace forge

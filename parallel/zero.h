@@ -109,7 +109,7 @@ class ZeroAdamW : public Optimizer, public ParameterGate {
   int64_t share_numel() const;              // elements of this rank's share, padding excluded
   int num_units() const { return int(units_.size()); }
   int64_t unit_share(int unit) const { return units_[size_t(unit)].share; }  // S_u
-  const AdamW& partition_optimizer() const { return *opt_; }
+  int64_t steps() const { return opt_->steps(); }  // step() calls, the same on every rank
   // AdamW's state for this rank's pieces, keyed adamw.m.<name>[<begin>:<end>].
   NamedTensors state() const override { return opt_->state(); }
   // Collective over the group: the state a plain AdamW over the same groups would have
@@ -120,6 +120,18 @@ class ZeroAdamW : public Optimizer, public ParameterGate {
   // Either kind: pieces (state()) for this share, or whole tensors by name (full_state(), a plain
   // AdamW's), of which it keeps its pieces.
   void load_state(const NamedTensors& state) override;
+
+  // This rank's partition as a checkpoint stores it: its pieces of the weights
+  // ("<name>[<begin>:<end>]", element ranges of the parameter) and AdamW's state of them
+  // (state() without adamw.step). Views: nothing is copied, nothing gathered.
+  NamedTensors partition_state() const;
+  // Loads from a checkpoint one piece at a time: read(kind, name, elements) gives elements of
+  // parameter `name`'s weight (kind "") or AdamW moment ("m", "v"; undefined when none was
+  // saved), flattened, or its step count (kind "t"). Stages 1-2 read every weight whole (each
+  // rank holds them), stage 3 its pieces; the moments of its pieces; `steps` is AdamW's count.
+  using PieceReader =
+      std::function<Tensor(const std::string& kind, const std::string& name, IndexRange elements)>;
+  void load_checkpoint(const PieceReader& read, int64_t steps);
 
  private:
   struct Unit {

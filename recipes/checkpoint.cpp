@@ -177,8 +177,11 @@ void publish_checkpoint(const std::string& tmp_dir, const std::string& out_dir, 
 
 std::optional<CheckpointPaths> latest_checkpoint(const std::string& dir) {
   // Directories appear by rename once fully written: the files are there or it is not a
-  // checkpoint. A sharded one has no single model file (model is left empty).
-  auto sharded = [](const fs::path& d) { return fs::exists(d / "model-pp0-tp0.safetensors"); };
+  // checkpoint. A sharded one (a ZeRO one too) has no single model file (model is left empty).
+  auto sharded = [](const fs::path& d) {
+    return fs::exists(d / "model-pp0-tp0.safetensors") ||
+           fs::exists(d / "state-pp0-tp0.safetensors");
+  };
   auto complete = [&](const fs::path& d) {
     return (fs::exists(d / kModelFile) && fs::exists(d / kStateFile)) || sharded(d);
   };
@@ -211,7 +214,8 @@ std::string resolve_model_path(const std::string& path) {
   FORGE_CHECK(latest.has_value(), "{}: no complete checkpoint (ckpt-*/{} and {}) found", path,
               kModelFile, kStateFile);
   FORGE_CHECK(!latest->model.empty(),
-              "{}: a sharded checkpoint (tensor/pipeline parallel); merge it into one model first: "
+              "{}: a sharded checkpoint (tensor/pipeline parallel or ZeRO); merge it into one "
+              "model first: "
               "build/apps/train reshard --from {} --to DIR",
               latest->dir, latest->dir);
   return latest->model;

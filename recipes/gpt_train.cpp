@@ -298,19 +298,24 @@ int64_t GptTrainer::restore() {
   if (!resumed_) return 0;
   const TrainingState& st = resumed_->state;
   // Only this rank's share is read: its tensors' and slices' bytes, whatever the saved layout.
-  CheckpointShard mine = read_checkpoint_shard(*resumed_, layout_, at_.pp, at_.tp);
-  {
-    std::optional<ZeroAdamW::WholeParameters> whole;  // ZeRO-3: loaded whole, then partitioned
-    if (zero_) whole.emplace(*zero_);
+  // ZeRO reads one piece at a time, its partition's (whole weights at stages 1-2).
+  CheckpointShardReader reader(*resumed_, layout_, at_.pp, at_.tp);
+  if (zero_) {
+    Tensor steps = reader.adamw_step();
+    zero_->load_checkpoint([&](const std::string& kind, const std::string& name,
+                               IndexRange r) { return reader.elements(kind, name, r); },
+                           steps.defined() ? int64_t(steps.item()) : 0);
+  } else {
+    CheckpointShard mine = reader.read_all();
     model_->load_state_dict(mine.weights);
+    opt_->load_state(mine.optimizer);
   }
-  opt_->load_state(mine.optimizer);
   if (scaler_.enabled() && !st.scaler.empty()) scaler_.load_state(st.scaler);
   batch_gen_.set_state(st.batch_gen);
   // The saved first shard's generator gives the run's dropout seed, whatever --seed says now;
   // the offset is this shard's (its own stream under the same layout, see shard_checkpoint).
   dropout_gen_.set_state(
-      {dropout_seed(resumed_->dropout_gens[0][0].seed, at_), mine.dropout_gen.offset});
+      {dropout_seed(resumed_->dropout_gens[0][0].seed, at_), reader.dropout_gen().offset});
   const int64_t start = st.step;
   // Another dp resumes the same run when dp x batch_size is unchanged: the batch generator draws
   // the same global batches, and the state is by name (ZeRO's partitions are cut anew).
@@ -447,7 +452,8 @@ void GptTrainer::log(const StepStats& s) {
 
 // A serial layout writes the one-file checkpoint `infer` reads (rank 0); a split one, one file
 // pair per shard from replica 0's ranks, every rank taking part (the directory is renamed into
-// place once all are written).
+// place once all are written). Under ZeRO every rank writes its partition, and replica 0's ranks
+// the rest of their shard's state.
 void GptTrainer::save(int64_t step) {
   if (cfg_.out.empty()) return;
   TrainingState st{step,
@@ -456,23 +462,27 @@ void GptTrainer::save(int64_t step) {
                    {},
                    scaler_.enabled() ? scaler_.state() : NamedTensors{},
                    cfg_.to_json()};
-  // AdamW's state by parameter name, as every layout stores it (ZeRO: every rank's pieces joined,
-  // a collective; kept by the ranks that write it).
-  const bool writes = layout_.serial() ? lead_ : at_.dp == 0;
-  NamedTensors optimizer = zero_ ? zero_->full_state(writes) : opt_->state();
-  std::optional<ZeroAdamW::WholeParameters> whole;  // ZeRO-3: the weights gathered (collective)
-  if (zero_) whole.emplace(*zero_);
   CheckpointPaths p;
-  if (layout_.serial()) {
+  if (zero_) {
+    ZeroShare share{zero_->stage(), int(cfg_.dp), at_.dp, at_.pp, at_.tp, zero_->partition_state()};
+    std::vector<CheckpointShard> mine;
+    if (at_.dp == 0)
+      mine.push_back({at_.pp,
+                      at_.tp,
+                      {},
+                      {{"adamw.step", from_vector<int64_t>({zero_->steps()})}},
+                      dropout_gen_.state()});
+    p = save_sharded_checkpoint(*world_, cfg_.out, step, layout_, cfg_.model, data_.tokenizer, st,
+                                mine, cfg_.keep_last, &share);
+  } else if (layout_.serial()) {
     if (!lead_) return;
-    st.optimizer = std::move(optimizer);
+    st.optimizer = opt_->state();
     p = save_checkpoint(cfg_.out, step, *model_, data_.tokenizer, st, cfg_.to_json(),
                         cfg_.keep_last);
   } else {
     std::vector<CheckpointShard> mine;
     if (at_.dp == 0)
-      mine.push_back(
-          {at_.pp, at_.tp, model_->state_dict(), std::move(optimizer), dropout_gen_.state()});
+      mine.push_back({at_.pp, at_.tp, model_->state_dict(), opt_->state(), dropout_gen_.state()});
     p = save_sharded_checkpoint(*world_, cfg_.out, step, layout_, cfg_.model, data_.tokenizer, st,
                                 mine, cfg_.keep_last);
   }

@@ -68,6 +68,24 @@ compare dp2tp2pp2_zero3_bf16 "$tmp/serial_bf16.jsonl" 1e-4 10 "${mpi[@]}" -np 8 
   --schedule gpipe --precision bf16 --checkpoint blocks --zero 3 --out "$tmp/3dz3"
 grep -q "ZeRO stage 3" "$tmp/out" || { fail "no ZeRO-3 line"; show; }
 
+# 3d. ZeRO checkpoints are per rank: each of the 8 ranks wrote its pieces (zero-pp*-tp*-dp*) and
+#     no rank a whole model file. Resumed under tp 4 without ZeRO (each slice joined from the
+#     pieces of two tp ranks' four files) and, merged by `train reshard` into one model, in one
+#     process: both continue the serial run within 1e-5, and infer samples from the merged model.
+z2=$tmp/3dz2/ckpt-000010
+n=$(ls "$z2"/zero-pp[01]-tp[01]-dp[01].safetensors 2>/dev/null | wc -l)
+[ "$n" -eq 8 ] && ! ls "$z2"/model-* >/dev/null 2>&1 ||
+  { fail "ZeRO-2 checkpoint: expected 8 per-rank files and no model file"; ls "$z2"; }
+compare zero2_as_tp4 "$tmp/serial.jsonl" 1e-5 10 "${mpi[@]}" -np 4 "$train" gpt "${tiny[@]}" \
+  --batch-size 8 --max-iters 20 --tp 4 --resume "$z2" --out "$tmp/z2tp4"
+run "$train" reshard --from "$z2" --to "$tmp/z2merged"
+[ "$rc" -eq 0 ] && [ -f "$tmp/z2merged/ckpt-000010/model.safetensors" ] ||
+  { fail "reshard of a ZeRO checkpoint to one model"; show; }
+compare zero2_merged "$tmp/serial.jsonl" 1e-5 10 "$train" gpt "${tiny[@]}" --batch-size 8 \
+  --max-iters 20 --resume "$tmp/z2merged" --out "$tmp/z2m"
+run "$infer" --checkpoint "$tmp/z2merged" --max-tokens 20 --prompt "The"
+[ "$rc" -eq 0 ] && [ -s "$tmp/out" ] || { fail "infer on a merged ZeRO checkpoint"; show; }
+
 # 4. f16 with dynamic loss scaling under tp 2 x pp 2 runs and scales.
 run "${mpi[@]}" -np 4 "$train" gpt "${tiny[@]}" --batch-size 8 --max-iters 5 --tp 2 --pp 2 \
   --precision f16 --out "$tmp/f16"

@@ -118,15 +118,23 @@ run "$train" gpt "${tiny_data[@]}" --max-iters 2 --memory-cap-mb 64 --out "$tmp/
 [ "$rc" -eq 0 ] || { fail "a 64 MiB cap exited $rc"; show; }
 #     What ZeRO is for: an 8-layer, 256-wide model (6.3M parameters) needs 16P = 96 MiB a rank
 #     under DDP, more than a 90 MiB cap; ZeRO-3 on 2 ranks (8P, plus two blocks gathered and the
-#     corpus) trains under it.
+#     corpus) trains under it, and saves under it: each rank writes its own partition (joining the
+#     moments on one rank would take 8P = 48 MiB more there). A partition file missing is named.
 deep=(--n-layer 8 --n-head 4 --n-embd 256 --block-size 16 --eval-iters 2 --threads 1 --data "$corpus")
 run "${mpi[@]}" -np 2 "$train" gpt "${deep[@]}" --dp 2 --batch-size 4 --max-iters 3 --out "" \
   --memory-cap-mb 90
 [ "$rc" -ne 0 ] && grep -q "memory cap exceeded on cpu: optimizer needs" "$tmp/err" ||
   { fail "DDP under a 90 MiB cap: expected the optimizer's state to overflow (exit $rc)"; show; }
 run "${mpi[@]}" -np 2 "$train" gpt "${deep[@]}" --dp 2 --zero 3 --batch-size 4 --max-iters 3 \
-  --out "" --memory-cap-mb 90
-[ "$rc" -eq 0 ] || { fail "ZeRO-3 under a 90 MiB cap exited $rc"; show; }
+  --out "$tmp/zcap" --memory-cap-mb 90
+[ "$rc" -eq 0 ] && grep -q "saved checkpoint" "$tmp/out" ||
+  { fail "ZeRO-3 under a 90 MiB cap exited $rc"; show; }
+ls "$tmp/zcap/ckpt-000003/zero-pp0-tp0-dp1.safetensors" >/dev/null ||
+  { fail "ZeRO-3 checkpoint: no per-rank file"; ls "$tmp/zcap/ckpt-000003"; }
+rm "$tmp/zcap/ckpt-000003/zero-pp0-tp0-dp1.safetensors"
+run "$train" gpt "${deep[@]}" --batch-size 8 --max-iters 4 --resume "$tmp/zcap" --out "$tmp/zcap2"
+expect_error "a ZeRO checkpoint missing a rank's file" "dp rank 1) is missing" \
+  "zero-pp0-tp0-dp1.safetensors"
 
 # 2e. f16 with dynamic loss scaling from a scale that overflows: the inf check is global, so DDP,
 #     ZeRO-2 and ZeRO-3 skip the same first steps and then agree within 1e-5.
