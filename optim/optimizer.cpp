@@ -232,13 +232,25 @@ StateList AdamW::state() const {
 }
 
 void AdamW::load_state(const StateList& state) {
+  load(state, /*merge=*/false);
+}
+
+void AdamW::merge_state(const StateList& state) {
+  load(state, /*merge=*/true);
+}
+
+void AdamW::load(const StateList& state, bool merge) {
   auto m = by_name(state);
   auto it = m.find("adamw.step");
-  FORGE_CHECK(it != m.end() && it->second.numel() == 1, "AdamW state: missing 'adamw.step'");
-  t_ = int64_t(it->second.item());
+  FORGE_CHECK(merge || it != m.end(), "AdamW state: missing 'adamw.step'");
+  if (it != m.end()) {
+    FORGE_CHECK(it->second.numel() == 1, "AdamW state: 'adamw.step' is not one count");
+    t_ = int64_t(it->second.item());
+  }
   for (size_t gi = 0; gi < groups_.size(); ++gi)
     for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
       const Variable& p = groups_[gi].params[i];
+      if (merge && !m.count("adamw.m." + key_of(gi, i))) continue;
       restore(m_[gi][i], m, "adamw.m." + key_of(gi, i), p);
       restore(v_[gi][i], m, "adamw.v." + key_of(gi, i), p);
       steps_[gi][i] = 0;

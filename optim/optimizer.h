@@ -93,8 +93,12 @@ class AdamW : public Optimizer {
   int64_t steps() const { return t_; }
   std::vector<std::pair<std::string, Tensor>> state() const override;
   void load_state(const std::vector<std::pair<std::string, Tensor>>& state) override;
+  // Loads the entries `state` has and keeps every other parameter's state (and the step count,
+  // when adamw.step is absent): a caller can restore one parameter at a time.
+  void merge_state(const std::vector<std::pair<std::string, Tensor>>& state);
 
  private:
+  void load(const std::vector<std::pair<std::string, Tensor>>& state, bool merge);
   AdamWOptions o_;
   int64_t t_ = 0;                            // step() calls
   std::vector<std::vector<int64_t>> steps_;  // per parameter: updates taken

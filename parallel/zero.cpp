@@ -480,7 +480,8 @@ void ZeroAdamW::load_checkpoint(const PieceReader& read, int64_t steps) {
                 names_[k], w.numel(), params_[k].numel());
     params_[k].data().reshape({-1}).copy_(w);
   }
-  NamedTensors mine{{"adamw.step", from_vector<int64_t>({steps})}};
+  // AdamW's state cleared, then filled one piece at a time: no second copy of the moments.
+  opt_->load_state({{"adamw.step", from_vector<int64_t>({steps})}});
   for (size_t i = 0; i < pieces_.size(); ++i) {
     const Piece& pc = pieces_[i];
     const std::string& name = names_[pc.param];
@@ -492,11 +493,8 @@ void ZeroAdamW::load_checkpoint(const PieceReader& read, int64_t steps) {
     FORGE_CHECK(v.defined() && t.defined() && m.numel() == pc.count && v.numel() == pc.count,
                 "ZeroAdamW: the state of '{}' is incomplete or not its size", name);
     const std::string piece = piece_name(pc);
-    mine.emplace_back("adamw.m." + piece, m);
-    mine.emplace_back("adamw.v." + piece, v);
-    mine.emplace_back("adamw.t." + piece, t);
+    opt_->merge_state({{"adamw.m." + piece, m}, {"adamw.v." + piece, v}, {"adamw.t." + piece, t}});
   }
-  opt_->load_state(mine);
 }
 
 }  // namespace forge

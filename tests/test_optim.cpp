@@ -266,6 +266,41 @@ TEST_CASE("AdamW state loaded into a fresh optimizer continues bitwise identical
   CHECK(bitwise_equal(b1.data(), b2.data()));
 }
 
+TEST_CASE("AdamW merge_state loads the entries given one parameter at a time, keeping the rest") {
+  AdamWOptions o{.lr = 0.02};
+  Variable a1 = param(kP0), b1 = param({0.5, -0.5});
+  AdamW opt1({{{a1}, 0.1}, {{b1}, 0.0}}, o);
+  for (size_t t = 0; t < 3; ++t) {
+    set_grad(a1, kGrads[t]);
+    set_grad(b1, {0.3 * double(t + 1), -0.1});
+    opt1.step();
+  }
+  const NamedTensors full = opt1.state();
+  auto only = [&](const std::string& suffix) {
+    NamedTensors part;
+    for (const auto& [key, t] : full)
+      if (key.size() > suffix.size() && key.ends_with(suffix) && key != "adamw.step")
+        part.emplace_back(key, t);
+    return part;
+  };
+  Variable a2(a1.data().clone(), true), b2(b1.data().clone(), true);
+  AdamW opt2({{{a2}, 0.1}, {{b2}, 0.0}}, o);
+  opt2.load_state({{"adamw.step", from_vector<int64_t>({3})}});
+  opt2.merge_state(only(".0.0"));   // a's moments
+  CHECK(opt2.state().size() == 4);  // the step, a's m, v and t
+  opt2.merge_state(only(".1.0"));   // b's: a's stay
+  CHECK(opt2.steps() == 3);
+  const NamedTensors got = opt2.state();
+  REQUIRE(got.size() == full.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    CHECK(got[i].first == full[i].first);
+    CHECK(bitwise_equal(got[i].second, full[i].second));
+  }
+  // load_state replaces everything: what it does not name is gone.
+  opt2.load_state({{"adamw.step", from_vector<int64_t>({3})}});
+  CHECK(opt2.state().size() == 1);
+}
+
 TEST_CASE("AdamW resumed without its state diverges from the original run") {
   // The counterpart of the test above: it shows restoring the state is what keeps runs equal.
   Variable a1 = param(kP0), a2 = param(kP0);
