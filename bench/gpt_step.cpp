@@ -60,6 +60,9 @@ static int run(int argc, char** argv) {
   double bucket_mb = 25;
   app.add_option("--bucket-mb", bucket_mb, "DDP gradient bucket size (under mpirun)")
       ->check(CLI::PositiveNumber);
+  bool measure_peak = true;
+  app.add_flag("!--no-peak", measure_peak,
+               "on a GPU, skip timing the bf16 peak (MFU reads 0): for a profiler's trace");
   CLI11_PARSE(app, argc, argv);
   std::shared_ptr<Communicator> world = world_communicator();
   const bool lead = world->rank() == 0;
@@ -112,7 +115,8 @@ static int run(int argc, char** argv) {
   if (batch > 0) B = batch;
   cfg.gelu = parse_gelu(gelu);
   double peak_tflops = 0;  // measured, on a GPU
-  if (device.is_cuda()) peak_tflops = cuda::measure_matmul_tflops(DType::bf16, 8192, 20);
+  if (device.is_cuda() && measure_peak)
+    peak_tflops = cuda::measure_matmul_tflops(DType::bf16, 8192, 20);
   Generator init(1337), drop(1338), data(1339);
   GPT model(cfg, init, drop);
   model.to(device);

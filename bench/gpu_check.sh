@@ -28,14 +28,7 @@ status=0
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 if [ -n "${PREBUILT:-}" ]; then
-  pack=$PREBUILT
-  if [ -f "$pack" ]; then pack=$log/pack && mkdir "$pack" && tar xzf "$PREBUILT" -C "$pack"; fi
-  [ -f "$pack/tests.txt" ] || { echo "PREBUILT=$PREBUILT: no tests.txt (make it with bench/gpu_pack.sh)"; exit 1; }
-  cuda_libs=$(find /usr/local/cuda*/lib64 /usr/local/lib /opt /usr/lib -name 'libnccl.so.2' -o \
-    -name 'libcublasLt.so.1*' -o -name 'libcudart.so.1*' 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
-  export LD_LIBRARY_PATH="$pack/lib:$cuda_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  bin=$pack/bin
-  echo "== prebuilt: $PREBUILT; CUDA libraries from $cuda_libs"
+  . bench/gpu_prebuilt.sh "$log"
 else
   if [ ! -f $dir/build.ninja ]; then
     meson setup $dir -Dcuda=enabled -Dgpu_arch=native -Dbuildtype=release >"$log/setup" 2>&1 ||
