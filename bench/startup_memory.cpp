@@ -7,6 +7,14 @@
 //   tests/mpirun.sh 4 build/bench/startup_memory            # GPT-2-medium shape, f32
 //   tests/mpirun.sh 4 build/bench/startup_memory --tp 2     # one layout: its resident sets
 //   build/bench/startup_memory --n-layer 12 --n-embd 768 --n-head 12
+//   tests/mpirun.sh 4 build/bench/startup_memory --zero3   # dp 4 under ZeRO-3 instead
+//
+// --zero3: the world is one data-parallel group under ZeRO stage 3. Each rank builds the model
+// without parameter memory (DeferParameterMemory) and fills its partition from the model's
+// initial values: its peak against 8P/N (the partition's weights and its gradient buffer, both
+// kept from the start; AdamW's 8P/N come at the first step) plus one piece of the largest
+// parameter (its initial values, copied in); and, for comparison, the way before (the whole model
+// built, then partitioned).
 //
 // The resident set is printed only for a run of one layout (--tp): the allocator keeps freed
 // blocks for reuse, so after several layouts a process holds more than any one of them needs.
@@ -15,11 +23,13 @@
 // Output: '#' lines (settings), then a markdown table on rank 0.
 #include <CLI/CLI.hpp>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "bench/bench_util.h"
 #include "parallel/grid.h"
 #include "parallel/tensor_parallel.h"
+#include "parallel/zero.h"
 #include "tensor/parallel.h"
 
 using namespace forge;
@@ -37,6 +47,32 @@ int64_t peak_rss_bytes() {
 
 double mib(double bytes) {
   return bytes / double(1 << 20);
+}
+
+// ZeRO-3 over the whole world: one rank's start-up peak, the model built without parameter
+// memory (deferred) or whole, then ZeroAdamW's partition made.
+double zero3_startup_peak(const GPTConfig& cfg, std::shared_ptr<Communicator> world,
+                          bool deferred) {
+  const int64_t before = memory_stats(Device::cpu()).live_bytes;
+  reset_peak_memory(Device::cpu());
+  Generator init(1337), drop(1338);
+  std::optional<GPT> model;
+  {
+    std::optional<DeferParameterMemory> defer;
+    if (deferred) defer.emplace();
+    model.emplace(cfg, init, drop);
+  }
+  std::vector<Variable> params;
+  std::vector<std::string> names;
+  for (auto& [name, p] : model->named_parameters()) {
+    params.push_back(p);
+    names.push_back(name);
+  }
+  ZeroOptions z{.stage = 3, .units = model->parameter_units()};
+  if (deferred)
+    z.init = [&](const std::string& name, IndexRange e) { return model->initial_values(name, e); };
+  ZeroAdamW opt({ParamGroup(params, 0.0, names)}, {}, std::move(world), z);
+  return double(memory_stats(Device::cpu()).peak_bytes - before);
 }
 
 }  // namespace
@@ -58,11 +94,38 @@ int main(int argc, char** argv) {
   app.add_option("--vocab", cfg.vocab_size);
   app.add_option("--threads", threads, "threads per rank");
   app.add_option("--tp", only_tp, "run only the layout with this tp (pp = ranks / tp)");
+  bool zero3 = false;
+  app.add_flag("--zero3", zero3, "dp = ranks under ZeRO-3 instead of the tp x pp layouts");
   CLI11_PARSE(app, argc, argv);
   set_num_threads(threads);
   auto world = world_communicator();
   const int N = world->size(), me = world->rank();
   const double whole = double(cfg.num_parameters()) * 4;
+  if (zero3) {
+    // The partition's weights and gradient (8P/N) and a piece of the largest parameter.
+    int64_t largest = 0;
+    for (const auto& [name, shape] : gpt_parameter_shapes(cfg))
+      largest = std::max(largest, shape.numel());
+    const double analytic = 2 * whole / N + double(largest) * 4 / N;
+    const double deferred = zero3_startup_peak(cfg, world, true);
+    const double before = zero3_startup_peak(cfg, world, false);
+    Tensor rows = zeros({N, 2}, DType::f64);
+    rows.narrow(0, me, 1).copy_(from_vector<double>({deferred, before}, {1, 2}));
+    world->all_reduce(rows, ReduceOp::sum);
+    if (me == 0) {
+      fmt::print(
+          "# startup_memory --zero3: dp {}, GPT n_layer {}, n_embd {}, vocab {}: {:.1f}M "
+          "parameters; commit {}\n| rank | 8P/N + a piece of the largest MiB | deferred build peak "
+          "MiB | ratio | whole build then partition MiB |\n|---|---|---|---|---|\n",
+          N, cfg.n_layer, cfg.n_embd, cfg.vocab_size, double(cfg.num_parameters()) / 1e6,
+          bench::commit());
+      const std::vector<double> r = rows.to_vector<double>();
+      for (int k = 0; k < N; ++k)
+        fmt::print("| {} | {:.1f} | {:.1f} | {:.3f} | {:.1f} |\n", k, mib(analytic),
+                   mib(r[size_t(2 * k)]), r[size_t(2 * k)] / analytic, mib(r[size_t(2 * k + 1)]));
+    }
+    return 0;
+  }
   if (me == 0) {
     fmt::print(
         "# startup_memory: {} ranks, {} threads per rank, {} cores; GPT n_layer {}, n_head {}, "

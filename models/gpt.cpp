@@ -331,23 +331,42 @@ Variable GPT::acquire_for_backward(const Variable& x, std::vector<int> units, in
                        });
 }
 
+namespace {
+double init_std(const GPTConfig& cfg, const std::string& name) {
+  return name.ends_with(".c_proj.weight") ? 0.02 / std::sqrt(2.0 * double(cfg.n_layer)) : 0.02;
+}
+}  // namespace
+
 void GPT::initialise(Generator& init) {
   std::map<std::string, Variable> mine;
   for (auto& [name, p] : named_parameters()) mine.emplace(name, p);
   // Every matrix of the serial model (the normal tensors; LayerNorm gains are 1, biases 0), in its
   // parameter order, takes the next ceil(numel / 4) counter blocks of the stream; this process
-  // fills its slice.
-  const double proj_std = 0.02 / std::sqrt(2.0 * double(cfg_.n_layer));
+  // fills its slice (or, with its parameters' memory deferred, remembers where it starts).
   for (const auto& [name, shape] : gpt_parameter_shapes(cfg_)) {
     if (shape.size() != 2) continue;
-    const double std = name.ends_with(".c_proj.weight") ? proj_std : 0.02;
     const Generator::State at = init.state();
     init.advance(uint64_t((shape.numel() + 3) / 4));
     auto it = mine.find(name);
     if (it == mine.end()) continue;  // another stage's
+    init_at_[name] = {at, shape};
+    if (!it->second.data().storage()->allocated()) continue;  // DeferParameterMemory
     normal_shard_(it->second.data(), shape, gpt_tp_split(name), factory_->part(), factory_->parts(),
-                  0.0, std, at);
+                  0.0, init_std(cfg_, name), at);
   }
+}
+
+Tensor GPT::initial_values(const std::string& name, IndexRange elements) const {
+  if (auto it = init_at_.find(name); it != init_at_.end()) {
+    const auto& [at, shape] = it->second;
+    return normal_shard_elements(shape, gpt_tp_split(name), factory_->part(), factory_->parts(),
+                                 0.0, init_std(cfg_, name), at, elements);
+  }
+  // The rest are LayerNorm gains (1) and biases (0).
+  bool held = false;
+  for (const auto& [n, p] : named_parameters()) held = held || n == name;
+  FORGE_CHECK(held, "GPT::initial_values: this process holds no parameter '{}'", name);
+  return full({elements.size()}, name.ends_with(".weight") ? 1.0 : 0.0);
 }
 
 IndexRange GPT::vocab() const {

@@ -32,6 +32,7 @@
 // more than its share.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 
@@ -234,6 +235,10 @@ class GPT : public Module {
   std::vector<std::vector<std::string>> parameter_units() const;
   // Training with a gate (null: the parameters are always whole). Not for generation.
   void set_parameter_gate(ParameterGate* gate) { gate_ = gate; }
+  // The initial values of elements `elements` of this process's slice of parameter `name`
+  // (flattened, f32), as the constructor gives them: what a model built under
+  // DeferParameterMemory, which initialises nothing, fills its parameters' pieces from.
+  Tensor initial_values(const std::string& name, IndexRange elements) const;
 
   std::shared_ptr<Embedding> wte, wpe;  // wte: first and last stage; wpe: first
   std::vector<std::shared_ptr<Block>> blocks;
@@ -247,6 +252,8 @@ class GPT : public Module {
   bool checkpoint_blocks_ = false;
   PackedWeight head_;  // wte packed for the head (set_prepacked)
   ParameterGate* gate_ = nullptr;
+  // Each matrix held: where its values start in the init stream, and its serial shape.
+  std::map<std::string, std::pair<Generator::State, Shape>> init_at_;
   int wte_unit_ = -1, wpe_unit_ = -1, block_unit0_ = -1, lnf_unit_ = -1;  // parameter_units()
   void acquire(int unit) const;
   void release(int unit) const;

@@ -8,9 +8,24 @@ Variable Module::forward(const Variable&) {
   throw_error("forward(Variable) is not defined for this module; call its own forward");
 }
 
+namespace {
+thread_local bool defer_parameter_memory = false;
+}
+
+DeferParameterMemory::DeferParameterMemory() : was_(defer_parameter_memory) {
+  defer_parameter_memory = true;
+}
+DeferParameterMemory::~DeferParameterMemory() {
+  defer_parameter_memory = was_;
+}
+bool DeferParameterMemory::active() {
+  return defer_parameter_memory;
+}
+
 Variable& Module::register_parameter(const std::string& name, Tensor value, bool requires_grad) {
   for (auto& [n, p] : params_)
     FORGE_CHECK(n != name, "register_parameter: '{}' registered twice", name);
+  if (defer_parameter_memory && value.defined()) value.storage()->free_memory();
   Variable v(std::move(value), requires_grad);
   v.set_name(name);
   params_.emplace_back(name, v);

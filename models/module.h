@@ -23,6 +23,22 @@
 
 namespace forge {
 
+// While one lives on this thread, modules register their parameters without memory: each
+// parameter's storage is freed as it is registered, so a model is built with one parameter in
+// memory at a time. ZeRO-3 then fills only its partition of them (GPT::initial_values); nothing
+// may read such a parameter before it has memory again.
+class DeferParameterMemory {
+ public:
+  DeferParameterMemory();
+  ~DeferParameterMemory();
+  DeferParameterMemory(const DeferParameterMemory&) = delete;
+  DeferParameterMemory& operator=(const DeferParameterMemory&) = delete;
+  static bool active();
+
+ private:
+  bool was_;
+};
+
 class Module {
  public:
   virtual ~Module() = default;

@@ -42,5 +42,9 @@ Tensor merge_shards(const std::vector<Tensor>& shards, TpSplit split);
 // slice of the same initialisation, bit for bit, without ever holding `whole`.
 void normal_shard_(Tensor& shard, const Shape& full, TpSplit split, int rank, int size, double mean,
                    double std, Generator::State at);
+// Elements `elements` of that slice, flattened (f32): a ZeRO-3 rank's pieces of it, without the
+// slice.
+Tensor normal_shard_elements(const Shape& full, TpSplit split, int rank, int size, double mean,
+                             double std, Generator::State at, IndexRange elements);
 
 }  // namespace forge

@@ -20,6 +20,9 @@ ZeroAdamW::ZeroAdamW(std::vector<ParamGroup> groups, AdamWOptions options,
               zero_.stage);
   FORGE_CHECK(zero_.max_in_flight >= 1, "ZeroAdamW: max_in_flight {} (at least 1)",
               zero_.max_in_flight);
+  FORGE_CHECK(!zero_.init || zero_.stage == 3,
+              "ZeroAdamW: parameters without memory (an init function) need stage 3, not {}",
+              zero_.stage);
   const int me = dp_->rank();
   for (const ParamGroup& g : groups) {
     FORGE_CHECK(g.names.size() == g.params.size(),
@@ -34,8 +37,9 @@ ZeroAdamW::ZeroAdamW(std::vector<ParamGroup> groups, AdamWOptions options,
       names_.push_back(g.names[i]);
     }
   }
-  // Every rank starts from rank 0's weights, as DDP does.
-  for (Variable& p : params_) dp_->broadcast(p.data(), 0);
+  // Every rank starts from rank 0's weights, as DDP does (or from its part of the initial ones).
+  if (!zero_.init)
+    for (Variable& p : params_) dp_->broadcast(p.data(), 0);
   build_units(zero_);
   for (Unit& u : units_) flatten_unit(u);
   // The pieces of parameters inside this rank's share of each unit, in their groups, as AdamW's
@@ -53,6 +57,7 @@ ZeroAdamW::ZeroAdamW(std::vector<ParamGroup> groups, AdamWOptions options,
       Tensor data = zero_.stage == 3
                         ? u.master.narrow(0, at, pc.count)
                         : params_[k].data().reshape({-1}).narrow(0, pc.offset, pc.count);
+      if (zero_.init) data.copy_(zero_.init(names_[k], {pc.offset, pc.offset + pc.count}));
       Variable piece(data, true);
       if (zero_.stage >= 2) piece.set_grad(u.grad.narrow(0, at, pc.count));
       piece_vars_.push_back(piece);
@@ -148,13 +153,15 @@ void ZeroAdamW::flatten_unit(Unit& u) {
   const int N = dp_->size(), me = dp_->rank();
   {
     MemoryTagScope tag(MemoryTag::parameters);
-    u.flat = zeros({int64_t(N) * u.share});  // the parameters, then zeros
+    // The parameters, then zeros (with init: no memory until the first gather).
+    u.flat =
+        zero_.init ? Tensor::unallocated({int64_t(N) * u.share}) : zeros({int64_t(N) * u.share});
   }
   for (size_t k : u.params) {
     Variable& p = params_[k];
     Tensor view = u.flat.narrow(0, unit_offset_[k], p.numel()).view(p.shape());
-    view.copy_(p.data());
-    p.data() = view;  // the parameter's own memory goes with its last tensor
+    if (!zero_.init) view.copy_(p.data());  // (else it has no memory; its pieces come from init)
+    p.data() = view;                        // the parameter's own memory goes with its last tensor
   }
   if (zero_.stage >= 2) {
     MemoryTagScope tag(MemoryTag::gradients);
@@ -163,7 +170,8 @@ void ZeroAdamW::flatten_unit(Unit& u) {
   if (zero_.stage == 3) {
     {
       MemoryTagScope tag(MemoryTag::parameters);
-      u.master = u.flat.narrow(0, int64_t(me) * u.share, u.share).clone();
+      u.master =
+          zero_.init ? zeros({u.share}) : u.flat.narrow(0, int64_t(me) * u.share, u.share).clone();
     }
     u.flat.storage()->free_memory();
     u.gathered = false;

@@ -53,6 +53,10 @@ struct ZeroOptions {
   std::vector<std::vector<std::string>> units;
   int64_t bucket_bytes = int64_t(25) << 20;
   int max_in_flight = 2;  // stages 2-3: gradient reduce-scatters outstanding during backward
+  // Stage 3 with parameters built without memory (DeferParameterMemory): the initial values of
+  // elements of a parameter (GPT::initial_values). Each rank fills its partition from it, so no
+  // rank ever holds the model whole; without it every rank starts from rank 0's weights.
+  std::function<Tensor(const std::string& name, IndexRange elements)> init;
 };
 
 class ZeroAdamW : public Optimizer, public ParameterGate {

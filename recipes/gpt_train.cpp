@@ -228,7 +228,14 @@ void GptTrainer::load_data() {
 // This rank's part of the model on the training device, its optimizer (whose state goes where
 // the parameters are), DDP over the replicas and the pipeline over the stages.
 void GptTrainer::build_model() {
-  model_ = std::make_shared<GPT>(cfg_.model, init_gen_, dropout_gen_, gpt_part(grid_, cfg_.model));
+  {
+    // ZeRO-3 builds the model without its parameters' memory and fills each rank's partition
+    // from the model's initial values: no rank holds its shard of the model whole.
+    std::optional<DeferParameterMemory> defer;
+    if (cfg_.zero == 3) defer.emplace();
+    model_ =
+        std::make_shared<GPT>(cfg_.model, init_gen_, dropout_gen_, gpt_part(grid_, cfg_.model));
+  }
   model_->set_checkpoint_blocks(cfg_.checkpoint == ActivationCheckpointing::blocks);
   model_->train();
   model_->to(device_);
@@ -238,9 +245,13 @@ void GptTrainer::build_model() {
   if (cfg_.zero > 0) {
     // One unit per embedding, block and ln_f: what stage 3 gathers at once, and the buckets of
     // every stage's collectives.
-    auto zero = std::make_unique<ZeroAdamW>(
-        param_groups(*model_, cfg_.weight_decay), adamw, grid_.dp_group(),
-        ZeroOptions{.stage = int(cfg_.zero), .units = model_->parameter_units()});
+    ZeroOptions z{.stage = int(cfg_.zero), .units = model_->parameter_units()};
+    if (z.stage == 3)
+      z.init = [m = model_.get()](const std::string& name, IndexRange e) {
+        return m->initial_values(name, e);
+      };
+    auto zero = std::make_unique<ZeroAdamW>(param_groups(*model_, cfg_.weight_decay), adamw,
+                                            grid_.dp_group(), std::move(z));
     zero_ = zero.get();
     opt_ = std::move(zero);
     if (zero_->stage() == 3) model_->set_parameter_gate(zero_);

@@ -16,9 +16,9 @@ namespace forge {
 // ---------------------------------------------------------------------------------------------
 // Storage
 
-Storage::Storage(size_t nbytes, Device device)
+Storage::Storage(size_t nbytes, Device device, bool allocate)
     : nbytes_(nbytes), device_(device), tag_(current_memory_tag()) {
-  data_ = allocator_for(device).allocate(nbytes, tag_);
+  if (allocate) data_ = allocator_for(device).allocate(nbytes, tag_);
 }
 
 Storage::Storage(void* data, size_t nbytes, Device device, std::function<void(void*)> release)
@@ -57,6 +57,16 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) FORGE_CHECK(d >= 0, "empty: negative size in shape {}", shape);
   Tensor t;
   t.storage_ = std::make_shared<Storage>(size_t(shape.numel()) * dtype_size(dtype), device);
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.dtype_ = dtype;
+  return t;
+}
+
+Tensor Tensor::unallocated(const Shape& shape, DType dtype, Device device) {
+  for (int64_t d : shape) FORGE_CHECK(d >= 0, "unallocated: negative size in shape {}", shape);
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(size_t(shape.numel()) * dtype_size(dtype), device, false);
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;

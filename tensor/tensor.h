@@ -25,8 +25,9 @@ namespace forge {
 
 class Storage {
  public:
-  // Allocates `nbytes` on `device`, tagged with the current MemoryTag.
-  Storage(size_t nbytes, Device device);
+  // Allocates `nbytes` on `device`, tagged with the current MemoryTag (unless `allocate` is false:
+  // then allocate_memory() does).
+  Storage(size_t nbytes, Device device, bool allocate = true);
   // Wraps memory owned elsewhere; `release` runs when the last tensor using it goes.
   Storage(void* data, size_t nbytes, Device device, std::function<void(void*)> release);
   ~Storage();
@@ -59,6 +60,10 @@ class Tensor {
   Tensor() = default;  // an undefined tensor: defined() is false
   // A fresh contiguous tensor (contents uninitialised).
   static Tensor empty(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu());
+  // The same without memory yet (storage()->allocate_memory() gives it): a buffer that views
+  // describe before it is needed (ZeRO stage 3's gathered units).
+  static Tensor unallocated(const Shape& shape, DType dtype = DType::f32,
+                            Device device = Device::cpu());
 
   bool defined() const { return storage_ != nullptr; }
   const Shape& shape() const { return shape_; }

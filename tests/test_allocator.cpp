@@ -279,4 +279,17 @@ TEST_CASE("a storage's memory can be freed and taken again while tensors keep it
   gone.storage()->free_memory();
   gone = Tensor();  // a freed storage's destructor frees nothing
   CHECK(live() == base);
+  // A tensor made without memory takes none until asked, and its views see it then.
+  Tensor later = Tensor::unallocated({64, 4}, DType::f32);
+  Tensor row = later.select(0, 3);
+  CHECK_FALSE(later.storage()->allocated());
+  CHECK(later.raw_data() == nullptr);
+  CHECK(live() == base);
+  later.storage()->allocate_memory();
+  CHECK(live() == base + 1024);
+  row.fill_(1.5);
+  CHECK(later.select(0, 3).to_vector<float>() == std::vector<float>(4, 1.5f));
+  later = Tensor();
+  row = Tensor();
+  CHECK(live() == base);
 }

@@ -291,6 +291,48 @@ TEST_CASE("building a rank's share of the GPT allocates its parameters and nothi
   }
 }
 
+TEST_CASE("a shard built without parameter memory gives any elements of its initial slices") {
+  // ZeRO-3's start (DeferParameterMemory, GPT::initial_values): no memory for the parameters, and
+  // any element range of a slice, bit for bit the slice's elements, biases and gains included.
+  auto world = world_communicator();
+  GPTConfig cfg = kCfg;
+  cfg.bias = true;
+  Generator si(11), sd(12);
+  const NamedTensors serial = GPT(cfg, si, sd).state_dict();
+  for (const Layout& layout : layouts_for(world->size())) {
+    if (layout.micro_batches != 1 || layout.schedule != PipelineSchedule::one_f_one_b) continue;
+    INFO(describe(layout));
+    ProcessGrid grid(world, layout.grid);
+    const GridCoord c = grid.coord();
+    Generator i(11), d(12);
+    const int64_t before = memory_stats(Device::cpu()).live_bytes;
+    std::optional<GPT> shard;
+    {
+      DeferParameterMemory defer;
+      shard.emplace(cfg, i, d, gpt_part(grid, cfg));
+    }
+    CHECK(memory_stats(Device::cpu()).live_bytes == before);
+    CHECK(i.state() == si.state());
+    const NamedTensors want =
+        shard_gpt_state(serial, cfg, c.tp, layout.grid.tp, c.pp, layout.grid.pp);
+    const auto got = shard->named_parameters();
+    REQUIRE(got.size() == want.size());
+    for (size_t k = 0; k < want.size(); ++k) {
+      INFO(want[k].first);
+      REQUIRE(got[k].first == want[k].first);
+      CHECK_FALSE(got[k].second.data().storage()->allocated());
+      const Tensor flat = want[k].second.reshape({-1});
+      const int64_t n = flat.numel();
+      for (IndexRange r :
+           {IndexRange{0, n}, IndexRange{n / 3, n - n / 5}, IndexRange{n - 1, n}, IndexRange{5, 6}})
+        CHECK(testing::bitwise_equal(shard->initial_values(want[k].first, r),
+                                     flat.narrow(0, r.begin, r.size()).contiguous()));
+    }
+    REQUIRE_THROWS_WITH(shard->initial_values("transformer.nothing", {0, 1}),
+                        Contains("holds no parameter 'transformer.nothing'"));
+  }
+}
+
 TEST_CASE("every rank's initial shard is its slice of the serial initialisation, bit for bit") {
   // Each rank draws only its slices (normal_shard_): compare with the serial model's weights.
   auto world = world_communicator();
