@@ -89,7 +89,9 @@ int run_gpt(const GptTrainConfig& cfg) {
   hooks.progress = tty;
   hooks.stop = &g_stop;
   hooks.on_message = line;
+  StepStats last;  // the last step's figures (its peak memory is printed at the end)
   hooks.on_step = [&](const StepStats& s) {
+    last = s;
     if (s.step % cfg.log_interval == 0 || s.skipped) {
       std::string scale = s.loss_scale != 1.0 ? fmt::format(" | scale {:g}", s.loss_scale) : "";
       if (s.skipped) scale += " (step skipped: inf/NaN gradients)";
@@ -105,14 +107,15 @@ int run_gpt(const GptTrainConfig& cfg) {
   };
   std::signal(SIGINT, on_sigint);
   GptRun run = train_gpt(cfg, hooks);
-  MemoryStats mem = memory_stats(run.device);
-  auto mb = [&](MemoryTag t) { return double(mem.at_peak_by_tag[size_t(t)]) / (1 << 20); };
-  line(fmt::format(
-      "peak memory ({}) {:.1f} MB: parameters {:.1f}, gradients {:.1f}, optimizer {:.1f}, "
-      "activations {:.1f}, other {:.1f}",
-      run.device.str(), double(mem.peak_bytes) / (1 << 20), mb(MemoryTag::parameters),
-      mb(MemoryTag::gradients), mb(MemoryTag::optimizer), mb(MemoryTag::activations),
-      mb(MemoryTag::other)));
+  if (last.step > 0) {
+    auto mb = [&](MemoryTag t) { return double(last.peak_by_tag[size_t(t)]) / (1 << 20); };
+    line(fmt::format(
+        "peak memory of step {} ({}, rank {}) {:.1f} MB: parameters {:.1f}, gradients {:.1f}, "
+        "optimizer {:.1f}, activations {:.1f}, other {:.1f}",
+        last.step, run.device.str(), last.peak_rank, double(last.peak_bytes) / (1 << 20),
+        mb(MemoryTag::parameters), mb(MemoryTag::gradients), mb(MemoryTag::optimizer),
+        mb(MemoryTag::activations), mb(MemoryTag::other)));
+  }
   if (run.final_val_loss) line(fmt::format("val loss: {:.4f}", *run.final_val_loss));
   if (!run.last_checkpoint.empty()) line(fmt::format("checkpoint: {}", run.last_checkpoint));
   return 0;

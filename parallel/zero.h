@@ -56,7 +56,7 @@ struct ZeroOptions {
   // Stage 3 with parameters built without memory (DeferParameterMemory): the initial values of
   // elements of a parameter (GPT::initial_values). Each rank fills its partition from it, so no
   // rank ever holds the model whole; without it every rank starts from rank 0's weights.
-  std::function<Tensor(const std::string& name, IndexRange elements)> init;
+  std::function<Tensor(const std::string& name, IndexRange elements)> init = nullptr;
 };
 
 class ZeroAdamW : public Optimizer, public ParameterGate {

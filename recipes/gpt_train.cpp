@@ -141,6 +141,7 @@ class GptTrainer {
   void load_data();
   void build_model();
   void describe() const;
+  void record_peak(StepStats& s) const;
   double eval_split(const Tensor& split, Generator& g, const char* name);
 
   GptTrainConfig cfg_;
@@ -348,6 +349,7 @@ StepStats GptTrainer::train_step(int64_t step) {
   const int64_t B = cfg_.batch_size, T = cfg_.model.block_size;
   StepStats s;
   s.step = step;
+  reset_peak_memory(device_);
   s.lr = schedule_.lr(step - 1);  // nanoGPT's get_lr(iter) with iter counted from 0
   opt_->set_lr(s.lr);
   {
@@ -412,10 +414,34 @@ StepStats GptTrainer::train_step(int64_t step) {
   s.ms_per_step = secs * 1e3;
   s.tokens_per_s = double(B * T * cfg_.dp) / secs;
   s.gflops = cfg_.model.flops_per_token(T) * double(B * T * cfg_.dp) / secs * 1e-9;
-  s.peak_bytes = memory_stats(device_).peak_bytes;
+  record_peak(s);
   run.losses.push_back(s.loss);
   run.steps_done = step;
   return s;
+}
+
+// The step's peak memory on the rank where it is highest (the one a memory budget must fit): one
+// all-reduce of every rank's figures, each in its own slots.
+void GptTrainer::record_peak(StepStats& s) const {
+  const MemoryStats m = memory_stats(device_);
+  constexpr size_t kTags = size_t(MemoryTag::count);
+  std::vector<double> mine(1 + kTags);
+  mine[0] = double(m.peak_bytes);
+  for (size_t t = 0; t < kTags; ++t) mine[1 + t] = double(m.at_peak_by_tag[t]);
+  std::vector<double> all = mine;
+  if (world_->size() > 1) {
+    Tensor v = zeros({world_->size(), int64_t(mine.size())}, DType::f64);
+    v.narrow(0, world_->rank(), 1).copy_(from_vector<double>(mine, {1, int64_t(mine.size())}));
+    world_->all_reduce(v, ReduceOp::sum);
+    all = v.to_vector<double>();
+  }
+  const size_t row = mine.size();
+  for (size_t r = 0; r < all.size() / row; ++r)
+    if (r == 0 || all[r * row] > double(s.peak_bytes)) {
+      s.peak_bytes = int64_t(all[r * row]);
+      s.peak_rank = int(r);
+      for (size_t t = 0; t < kTags; ++t) s.peak_by_tag[t] = int64_t(all[r * row + 1 + t]);
+    }
 }
 
 // Mean loss over eval_iters batches of dp * B rows through replica 0's pipeline (whose ranks
@@ -453,6 +479,12 @@ void GptTrainer::log(const StepStats& s) {
                     {"tokens_per_s", s.tokens_per_s},
                     {"gflops", s.gflops},
                     {"peak_bytes", s.peak_bytes},
+                    {"peak_rank", int64_t(s.peak_rank)},
+                    {"peak_parameters_bytes", s.peak_by_tag[size_t(MemoryTag::parameters)]},
+                    {"peak_gradients_bytes", s.peak_by_tag[size_t(MemoryTag::gradients)]},
+                    {"peak_optimizer_bytes", s.peak_by_tag[size_t(MemoryTag::optimizer)]},
+                    {"peak_activations_bytes", s.peak_by_tag[size_t(MemoryTag::activations)]},
+                    {"peak_other_bytes", s.peak_by_tag[size_t(MemoryTag::other)]},
                     {"loss_scale", s.loss_scale},
                     {"skipped", int64_t(s.skipped)},
                     {"comm_wait_ms", s.comm_wait_ms},

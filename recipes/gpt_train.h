@@ -20,6 +20,7 @@
 // by replica 0's ranks. Rank 0 alone logs; evaluation runs on replica 0's ranks.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <functional>
 #include <optional>
@@ -39,7 +40,12 @@ struct StepStats {
   double ms_per_step = 0;
   double tokens_per_s = 0;
   double gflops = 0;  // achieved, from the model's FLOPs per token
+  // This step's peak of live bytes on the training device (the allocator's counters, reset at
+  // the step's start), on the rank where it is highest, and that rank's split by tag at its peak
+  // (MemoryTag order: other, parameters, gradients, optimizer, activations).
   int64_t peak_bytes = 0;
+  int peak_rank = 0;
+  std::array<int64_t, size_t(MemoryTag::count)> peak_by_tag{};
   double grad_norm = 0;     // before clipping; NaN on a skipped step (not computed)
   double loss_scale = 1;    // the scale this step's loss was multiplied by (1 without scaling)
   bool skipped = false;     // the optimizer step was skipped (inf/NaN gradients)
