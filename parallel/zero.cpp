@@ -180,6 +180,10 @@ void ZeroAdamW::flatten_unit(Unit& u) {
 
 void ZeroAdamW::zero_grad() {
   Optimizer::zero_grad();
+  // Stage 1: AdamW's pieces hold views of the last step's whole gradients (set by
+  // reduce_scatter_gradients); dropping them frees those gradients now, not when the next
+  // reduce-scatter replaces them (they stayed through the next backward otherwise).
+  if (zero_.stage == 1) opt_->zero_grad();
   for (Unit& u : units_) {
     u.ready = 0;
     if (u.grad.defined()) u.grad.zero_();
