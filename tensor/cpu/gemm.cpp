@@ -301,6 +301,14 @@ void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
               BSource{.eb = eb, .tb = tb, .B = B, .ldb = ldb}, beta, C, ldc);
 }
 
+int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k) {
+  if (m == 0 || n == 0 || k == 0) return 0;
+  const GemmKernelInfo& K = kernel_for(cpu_isa());
+  const int64_t KC = k_block(k), MC = std::min<int64_t>(kMC, (m + K.mr - 1) / K.mr * K.mr);
+  return int64_t(cpu_allocator().accounted(size_t(MC * KC) * sizeof(float))) +
+         int64_t(cpu_allocator().accounted(size_t(n_block(n, K.nr) * KC) * sizeof(float)));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Prepacked B
 

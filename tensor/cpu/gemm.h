@@ -65,6 +65,11 @@ class PackedB {
 void gemm_prepacked(int64_t m, float alpha, const float* A, int64_t lda, const PackedB& B,
                     float beta, float* C, int64_t ldc);
 
+// The scratch a packed product of this shape takes from the allocator (tagged `other`) while it
+// runs: its A block and B panel, sized by the kernel in use. The memory planner (recipes/plan.h)
+// counts it at the step's peak.
+int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k);
+
 enum class GemmBackend { packed, eigen };
 GemmBackend gemm_backend();
 void set_gemm_backend(GemmBackend b);  // FORGE_GEMM=eigen|packed sets the initial one

@@ -1,0 +1,240 @@
+// build/apps/plan: before a run, every parallel layout of a GPT on N ranks, the ones the runtime
+// refuses (and why), and each one's predicted peak memory per rank (recipes/plan.h).
+//
+//   build/apps/plan --preset cpu --world 4 --global-batch 12 --memory-per-rank 40MiB
+//   build/apps/plan --preset cpu --n-layer 12 --n-embd 256 --world 8 --format csv
+//   build/apps/plan --preset cpu --world 2 --dp 2 --format json    # one dimension fixed
+//
+// Every `train gpt` setting is a flag here too. The layout settings (--dp, --tp, --pp,
+// --micro-batches, --schedule, --zero, --checkpoint), when given, keep only the layouts with that
+// value. The vocabulary and the corpus's size come from the data as `train` reads it, unless
+// --vocab-size is given (then the corpus is not counted).
+#include "recipes/plan.h"
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "io/text_data.h"
+#include "recipes/gpt_train.h"
+
+using namespace forge;
+
+namespace {
+
+// "40MiB", "1.5GB", "123456": bytes (binary suffixes KiB/MiB/GiB, decimal KB/MB/GB).
+int64_t parse_bytes(const std::string& text) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::logic_error&) {
+    throw_error(fmt::format("--memory-per-rank: '{}' is not a size (e.g. 40MiB, 2GB)", text));
+  }
+  static const std::map<std::string, double> units{
+      {"", 1},          {"B", 1},    {"K", 1024},    {"KiB", 1024},    {"KB", 1e3}, {"M", 1 << 20},
+      {"MiB", 1 << 20}, {"MB", 1e6}, {"G", 1 << 30}, {"GiB", 1 << 30}, {"GB", 1e9}};
+  auto it = units.find(text.substr(used));
+  FORGE_CHECK(it != units.end() && v >= 0,
+              "--memory-per-rank: '{}' is not a size (a number, then B, KiB, MiB, GiB, KB, MB or "
+              "GB)",
+              text);
+  return int64_t(v * it->second);
+}
+
+double mib(int64_t bytes) {
+  return double(bytes) / double(1 << 20);
+}
+
+struct Row {
+  PlanCandidate candidate;
+  MemoryPrediction memory;
+};
+
+nlohmann::ordered_json to_json(const Row& r) {
+  const PlanLayout& l = r.candidate.layout;
+  nlohmann::ordered_json j{{"layout", l.str()},
+                           {"dp", l.dp},
+                           {"tp", l.tp},
+                           {"pp", l.pp},
+                           {"micro_batches", l.micro_batches},
+                           {"schedule", pipeline_schedule_name(l.schedule)},
+                           {"zero", l.zero},
+                           {"checkpoint", activation_checkpointing_name(l.checkpoint)},
+                           {"batch_size", r.candidate.config.batch_size}};
+  if (!r.candidate.refused.empty()) {
+    j["refused"] = r.candidate.refused;
+    return j;
+  }
+  const MemoryPrediction& m = r.memory;
+  j["peak_bytes"] = m.peak_bytes;
+  j["peak_rank"] = m.rank;
+  for (size_t t = 0; t < size_t(MemoryTag::count); ++t)
+    j[fmt::format("peak_{}_bytes", memory_tag_name(MemoryTag(t)))] = m.by_tag[t];
+  j["peak_at"] = m.where;
+  j["fits"] = m.fits;
+  if (!m.fits) {
+    j["overflow_tag"] = memory_tag_name(m.overflow);
+    j["overflow_at"] = m.overflow_where;
+  }
+  j["flags"] = l.flags();
+  return j;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"forge plan: the parallel layouts of a GPT run, and each one's memory per rank"};
+  std::string preset = "cpu", config_file, format = "table", memory = "0";
+  int64_t world = 0, global_batch = 0, top = 0, vocab_size = 0;
+  bool show_refused = false;
+  app.add_option("--preset", preset, "starting settings: cpu or baby (as train gpt)");
+  app.add_option("--config", config_file, "TOML file of settings (as train gpt)");
+  std::map<std::string, std::string> flags;
+  for (const auto& f : GptTrainConfig::fields())
+    app.add_option(f.flag, flags[f.key], f.help)->type_name(f.type);
+  app.add_option("--world", world, "ranks (default: dp x tp x pp as given, else 1)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--global-batch", global_batch,
+                 "sequences per step over all replicas (default: batch_size x dp)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--memory-per-rank", memory,
+                 "memory each rank has (e.g. 40MiB, 80GB); layouts past it are marked, with the "
+                 "tag that overflows");
+  app.add_option(
+         "--vocab-size", vocab_size,
+         "vocabulary size, instead of reading the corpus (whose tokens are then not counted)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--top", top, "print only the first K layouts")->check(CLI::NonNegativeNumber);
+  app.add_option("--format", format, "table, json (one object per line) or csv")
+      ->check(CLI::IsMember({"table", "json", "csv"}));
+  app.add_flag("--show-refused", show_refused,
+               "also list the layouts the runtime refuses, and why");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    GptTrainConfig base = GptTrainConfig::preset(preset);
+    if (!config_file.empty()) base.apply_toml_file(config_file);
+    std::set<std::string> fixed;
+    for (const auto& [key, value] : flags)
+      if (!value.empty()) {
+        base.set(key, value, fmt::format("--{}", key));
+        fixed.insert(key);
+      }
+    const int64_t cap = parse_bytes(memory);
+    if (world == 0) world = base.dp * base.tp * base.pp;
+    if (global_batch == 0) global_batch = base.batch_size * base.dp;
+
+    CorpusSize corpus;
+    std::string data_note;
+    if (vocab_size > 0) {
+      base.model.vocab_size = vocab_size;
+      data_note = "corpus not counted (--vocab-size)";
+    } else {
+      const std::string path = resolve_data_path(base);
+      TextData data = load_text(path, base.tokenizer);
+      base.model.vocab_size = data.tokenizer.vocab_size();
+      corpus = {data.train.numel(), data.val.numel()};
+      data_note = fmt::format("{} ({} train / {} val tokens, kept by every rank)", path,
+                              corpus.train_tokens, corpus.val_tokens);
+    }
+
+    // The layouts with the fixed settings' values.
+    auto wanted = [&](const PlanCandidate& c) {
+      const GptTrainConfig& k = c.config;
+      return (!fixed.count("dp") || k.dp == base.dp) && (!fixed.count("tp") || k.tp == base.tp) &&
+             (!fixed.count("pp") || k.pp == base.pp) &&
+             (!fixed.count("micro_batches") || k.micro_batches == base.micro_batches) &&
+             (!fixed.count("schedule") || k.schedule == base.schedule) &&
+             (!fixed.count("zero") || k.zero == base.zero) &&
+             (!fixed.count("checkpoint") || k.checkpoint == base.checkpoint);
+    };
+    std::vector<Row> runs, refused;
+    for (PlanCandidate& c : enumerate_layouts(base, world, global_batch)) {
+      if (!wanted(c)) continue;
+      if (!c.refused.empty()) {
+        refused.push_back({std::move(c), {}});
+        continue;
+      }
+      MemoryPrediction m = predict_memory(c.config, corpus, cap);
+      runs.push_back({std::move(c), std::move(m)});
+    }
+    // Those that fit first, then by peak memory.
+    std::stable_sort(runs.begin(), runs.end(), [](const Row& a, const Row& b) {
+      if (a.memory.fits != b.memory.fits) return a.memory.fits;
+      return a.memory.peak_bytes < b.memory.peak_bytes;
+    });
+    const size_t shown = top > 0 ? std::min(runs.size(), size_t(top)) : runs.size();
+
+    if (format == "json") {
+      for (size_t i = 0; i < shown; ++i) fmt::print("{}\n", to_json(runs[i]).dump());
+      if (show_refused)
+        for (const Row& r : refused) fmt::print("{}\n", to_json(r).dump());
+      return 0;
+    }
+    if (format == "csv") {
+      fmt::print(
+          "layout,dp,tp,pp,micro_batches,schedule,zero,checkpoint,peak_bytes,peak_rank,"
+          "parameters,gradients,optimizer,activations,other,fits,overflow_tag,refused\n");
+      auto line = [](const Row& r) {
+        const PlanLayout& l = r.candidate.layout;
+        const MemoryPrediction& m = r.memory;
+        const bool ok = r.candidate.refused.empty();
+        fmt::print("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"\n", l.str(), l.dp,
+                   l.tp, l.pp, l.micro_batches, pipeline_schedule_name(l.schedule), l.zero,
+                   activation_checkpointing_name(l.checkpoint), ok ? m.peak_bytes : 0,
+                   ok ? m.rank : 0, m.tag(MemoryTag::parameters), m.tag(MemoryTag::gradients),
+                   m.tag(MemoryTag::optimizer), m.tag(MemoryTag::activations),
+                   m.tag(MemoryTag::other), ok && m.fits ? 1 : 0,
+                   ok && !m.fits ? memory_tag_name(m.overflow) : "", r.candidate.refused);
+      };
+      for (size_t i = 0; i < shown; ++i) line(runs[i]);
+      if (show_refused)
+        for (const Row& r : refused) line(r);
+      return 0;
+    }
+    const GPTConfig& mc = base.model;
+    fmt::print(
+        "plan: GPT {} layers, {} heads, {} wide, block {}, vocab {}; {} ranks, global batch {}; "
+        "precision {}\n",
+        mc.n_layer, mc.n_head, mc.n_embd, mc.block_size, mc.vocab_size, world, global_batch,
+        base.precision);
+    fmt::print("data: {}\n", data_note);
+    fmt::print("memory per rank: {}\n", cap > 0 ? fmt::format("{:.1f} MiB", mib(cap)) : "no cap");
+    fmt::print(
+        "{} layouts run, {} refused{}; ranked by predicted peak memory (MiB, on the rank "
+        "where it is highest)\n\n",
+        runs.size(), refused.size(), show_refused ? "" : " (--show-refused lists them)");
+    fmt::print("{:<38} {:>9} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8}  {}\n", "layout", "peak", "rank",
+               "params", "grads", "optim", "acts", "other", "fits");
+    for (size_t i = 0; i < shown; ++i) {
+      const Row& r = runs[i];
+      const MemoryPrediction& m = r.memory;
+      fmt::print("{:<38} {:>9.2f} {:>5} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f}  {}\n",
+                 r.candidate.layout.str(), mib(m.peak_bytes), m.rank,
+                 mib(m.tag(MemoryTag::parameters)), mib(m.tag(MemoryTag::gradients)),
+                 mib(m.tag(MemoryTag::optimizer)), mib(m.tag(MemoryTag::activations)),
+                 mib(m.tag(MemoryTag::other)),
+                 m.fits ? (cap > 0 ? "yes" : "-")
+                        : fmt::format("no: {} overflows ({})", memory_tag_name(m.overflow),
+                                      m.overflow_where));
+    }
+    if (show_refused) {
+      fmt::print("\nrefused:\n");
+      for (const Row& r : refused)
+        fmt::print("{:<38} {}\n", r.candidate.layout.str(), r.candidate.refused);
+    }
+    if (!runs.empty() && !runs.front().memory.caveats.empty())
+      fmt::print("\nnot modelled: {}\n", fmt::join(runs.front().memory.caveats, "; "));
+    return 0;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "plan: {}\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Predicted against measured peak memory per rank, layout by layout.
+
+For each layout, `build/apps/plan` predicts the training step's peak memory (recipes/plan.h) and
+`build/apps/train gpt` runs a few steps of it (under mpirun when it has several ranks) with
+--metrics; the last step's peak_bytes (the step's own peak on the rank where it is highest) is
+compared with the prediction, tag by tag.
+
+  python3 bench/plan_check.py                       # the default set, cpu preset
+  python3 bench/plan_check.py --model "--n-layer 12 --n-embd 256" --world 2
+  python3 bench/plan_check.py --layouts "dp2 z3" "pp2 mb4 gpipe" --tolerance 0.05
+
+Exits 1 when a layout's prediction is off by more than --tolerance (relative, on peak_bytes).
+Needs TINYSHAKESPEARE (or the corpus where train finds it) and, for several ranks, mpirun.
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TAGS = ["parameters", "gradients", "optimizer", "activations", "other"]
+
+# Short layout names -> train/plan flags. Unnamed dimensions are 1 / 1f1b / zero 0 / none.
+DEFAULT = [
+    "dp1", "dp1 ckpt", "dp1 mb4", "dp1 mb4 gpipe", "dp2", "dp2 z1", "dp2 z2", "dp2 z3",
+    "tp2", "pp2 mb2", "pp2 mb4 gpipe", "pp2 mb2 ckpt", "dp2 tp2", "dp2 pp2 mb2 z2", "tp2 pp2 mb2",
+]
+
+
+def flags_of(name):
+    f = {"dp": 1, "tp": 1, "pp": 1, "micro-batches": 1, "schedule": "1f1b", "zero": 0,
+         "checkpoint": "none"}
+    for part in name.split():
+        if part == "ckpt":
+            f["checkpoint"] = "blocks"
+        elif part in ("gpipe", "1f1b"):
+            f["schedule"] = part
+        elif part.startswith("mb"):
+            f["micro-batches"] = int(part[2:])
+        elif part.startswith("z"):
+            f["zero"] = int(part[1:])
+        elif part[:2] in ("dp", "tp", "pp"):
+            f[part[:2]] = int(part[2:])
+        else:
+            raise SystemExit(f"plan_check: layout '{name}': unknown part '{part}'")
+    return f
+
+
+def rank_note(pred, last):
+    return "  (peak on rank %d, measured on rank %d)" % (pred["peak_rank"], last["peak_rank"])
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        sys.stderr.write(f"command failed ({r.returncode}): {shlex.join(cmd)}\n{r.stdout}{r.stderr}")
+        raise SystemExit(1)
+    return r.stdout
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--model", default="", help="extra settings for both, e.g. '--n-layer 12'")
+    ap.add_argument("--batch-size", type=int, default=12, help="sequences per replica")
+    ap.add_argument("--layouts", nargs="*", default=DEFAULT)
+    ap.add_argument("--world", type=int, default=0, help="only layouts of this many ranks")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="threads per rank")
+    ap.add_argument("--tolerance", type=float, default=0.05)
+    ap.add_argument("--json", help="write the rows to this file")
+    a = ap.parse_args()
+
+    plan = os.path.join(a.build, "apps", "plan")
+    train = os.path.join(a.build, "apps", "train")
+    extra = shlex.split(a.model)
+    rows, bad = [], 0
+    print(f"plan_check: preset {a.preset} {a.model}, batch {a.batch_size} per replica, "
+          f"{a.steps} steps, {a.threads} thread(s) per rank, tolerance {a.tolerance:.0%}")
+    print(f"{'layout':<18} {'ranks':>5} {'predicted':>10} {'measured':>10} {'ratio':>7}  "
+          f"tags predicted/measured MiB (params grads optim acts other)")
+    for name in a.layouts:
+        f = flags_of(name)
+        world = f["dp"] * f["tp"] * f["pp"]
+        if a.world and world != a.world:
+            continue
+        layout = []
+        for k, v in f.items():
+            layout += [f"--{k}", str(v)]
+        common = ["--preset", a.preset, *extra, *layout]
+        pred = json.loads(run([plan, *common, "--batch-size", str(a.batch_size), "--format", "json"])
+                          .splitlines()[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics = os.path.join(tmp, "m.jsonl")
+            cmd = [train, "gpt", *common, "--batch-size", str(a.batch_size), "--max-iters",
+                   str(a.steps), "--eval-interval", "1000", "--eval-iters", "1", "--threads",
+                   str(a.threads), "--out", os.path.join(tmp, "out"), "--metrics", metrics]
+            if world > 1:
+                cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(world), *cmd]
+            run(cmd)
+            with open(metrics) as fh:
+                last = [json.loads(line) for line in fh if '"step"' in line][-1]
+        p, m = pred["peak_bytes"], last["peak_bytes"]
+        ratio = p / m
+        ok = abs(ratio - 1) <= a.tolerance
+        bad += not ok
+        tags = " ".join(f"{pred[f'peak_{t}_bytes'] / 2**20:.2f}/{last[f'peak_{t}_bytes'] / 2**20:.2f}"
+                        for t in TAGS)
+        print(f"{name:<18} {world:>5} {p / 2**20:>10.2f} {m / 2**20:>10.2f} {ratio:>7.3f}  {tags}"
+              f"{'' if ok else '  <-- off'}"
+              f"{'' if pred['peak_rank'] == last['peak_rank'] else rank_note(pred, last)}")
+        sys.stdout.flush()
+        rows.append({"layout": name, "ranks": world, "predicted": pred, "measured": last})
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    print(f"{len(rows) - bad} of {len(rows)} within {a.tolerance:.0%}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,750 @@
+#include "recipes/plan.h"
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <optional>
+
+#include "tensor/cpu/gemm.h"
+#include "tensor/error.h"
+
+namespace forge {
+
+// ---------------------------------------------------------------------------------------------
+// Layouts
+
+std::string PlanLayout::str() const {
+  return fmt::format("dp{} tp{} pp{} mb{} {} z{} ckpt-{}", dp, tp, pp, micro_batches,
+                     pipeline_schedule_name(schedule), zero,
+                     activation_checkpointing_name(checkpoint));
+}
+
+std::string PlanLayout::flags() const {
+  return fmt::format(
+      "--dp {} --tp {} --pp {} --micro-batches {} --schedule {} --zero {} --checkpoint {}", dp, tp,
+      pp, micro_batches, pipeline_schedule_name(schedule), zero,
+      activation_checkpointing_name(checkpoint));
+}
+
+namespace {
+
+std::vector<int64_t> divisors(int64_t n) {
+  std::vector<int64_t> d;
+  for (int64_t i = 1; i <= n; ++i)
+    if (n % i == 0) d.push_back(i);
+  return d;
+}
+
+// Why the planner itself leaves a layout out ("" when it does not): what only a set of layouts
+// can say, not one run.
+std::string planner_refusal(const PlanLayout& l, int64_t global_batch) {
+  if (global_batch % l.dp != 0)
+    return fmt::format("dp {} does not divide the global batch of {} sequences", l.dp,
+                       global_batch);
+  if (l.zero > 0 && l.dp == 1)
+    return fmt::format(
+        "zero {} over one data-parallel rank partitions nothing (the same as zero 0)", l.zero);
+  if (l.schedule == PipelineSchedule::gpipe && l.pp == 1 && l.micro_batches == 1)
+    return "gpipe with one stage and one micro-batch is the 1f1b layout";
+  return "";
+}
+
+}  // namespace
+
+std::vector<PlanCandidate> enumerate_layouts(const GptTrainConfig& base, int64_t world,
+                                             int64_t global_batch) {
+  FORGE_CHECK(world >= 1, "plan: --world must be at least 1, got {}", world);
+  FORGE_CHECK(global_batch >= 1, "plan: --global-batch must be at least 1, got {}", global_batch);
+  std::vector<PlanCandidate> out;
+  for (int64_t dp : divisors(world))
+    for (int64_t tp : divisors(world / dp)) {
+      const int64_t pp = world / dp / tp;
+      // Micro-batch counts: the divisors of the per-replica batch when dp divides the global
+      // batch, else 1 (the layout is refused anyway).
+      const int64_t rows = global_batch % dp == 0 ? global_batch / dp : 1;
+      for (int64_t mb : divisors(rows))
+        for (PipelineSchedule schedule : {PipelineSchedule::one_f_one_b, PipelineSchedule::gpipe})
+          for (int64_t zero = 0; zero <= 3; ++zero)
+            for (ActivationCheckpointing ckpt :
+                 {ActivationCheckpointing::none, ActivationCheckpointing::blocks}) {
+              PlanCandidate c;
+              c.layout = {dp, tp, pp, mb, schedule, zero, ckpt};
+              c.config = base;
+              c.config.dp = dp;
+              c.config.tp = tp;
+              c.config.pp = pp;
+              c.config.micro_batches = mb;
+              c.config.schedule = schedule;
+              c.config.zero = zero;
+              c.config.checkpoint = ckpt;
+              c.config.batch_size = rows;
+              c.refused = planner_refusal(c.layout, global_batch);
+              if (c.refused.empty()) {
+                try {
+                  c.config.validate();
+                } catch (const Error& e) {
+                  c.refused = e.what();
+                }
+              }
+              out.push_back(std::move(c));
+            }
+    }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory: one rank's step replayed against the allocator's counters
+
+namespace {
+
+constexpr size_t kTags = size_t(MemoryTag::count);
+
+// The allocator's counters for a replayed sequence of allocations: live bytes by tag, the peak,
+// and the split at the peak (tensor/allocator.h's MemoryStats), with the moment of the peak.
+class Ledger {
+ public:
+  using Id = size_t;
+  Id alloc(MemoryTag tag, int64_t bytes) {
+    const int64_t b = int64_t(cpu_allocator().accounted(size_t(std::max<int64_t>(bytes, 0))));
+    blocks_.push_back({tag, b, true});
+    if (cap_ > 0 && peak_.fits && live_ + b > cap_) {
+      peak_.fits = false;
+      peak_.overflow = tag;
+      peak_.overflow_where = where_;
+    }
+    live_ += b;
+    by_tag_[size_t(tag)] += b;
+    if (live_ > peak_.peak_bytes) {
+      peak_.peak_bytes = live_;
+      peak_.by_tag = by_tag_;
+      peak_.where = where_;
+    }
+    return blocks_.size() - 1;
+  }
+  void free(Id id) {
+    Block& b = blocks_.at(id);
+    FORGE_ASSERT(b.live);
+    b.live = false;
+    live_ -= b.bytes;
+    by_tag_[size_t(b.tag)] -= b.bytes;
+  }
+  void retag(Id id, MemoryTag to) {
+    Block& b = blocks_.at(id);
+    by_tag_[size_t(b.tag)] -= b.bytes;
+    by_tag_[size_t(to)] += b.bytes;
+    b.tag = to;
+  }
+  // Memory held only while an operation runs (a product's packing scratch).
+  void transient(MemoryTag tag, int64_t bytes) { free(alloc(tag, bytes)); }
+  void at(std::string where) { where_ = std::move(where); }
+  void set_cap(int64_t bytes) { cap_ = bytes; }
+  // A new peak window (reset_peak_memory at the step's start): peak := live.
+  void reset_peak() {
+    peak_.peak_bytes = live_;
+    peak_.by_tag = by_tag_;
+    peak_.where = where_;
+  }
+  const MemoryPrediction& peak() const { return peak_; }
+
+ private:
+  struct Block {
+    MemoryTag tag;
+    int64_t bytes;
+    bool live;
+  };
+  std::vector<Block> blocks_;
+  int64_t live_ = 0, cap_ = 0;
+  std::array<int64_t, kTags> by_tag_{};
+  MemoryPrediction peak_;
+  std::string where_ = "start-up";
+};
+
+using Id = Ledger::Id;
+constexpr int64_t kF32 = 4, kI64 = 8;
+
+// One rank's training step: (pipeline stage, tensor-parallel rank), data-parallel rank 0 (every
+// data-parallel rank holds the same sizes: ZeRO's shares are equal by construction).
+class StepReplay {
+ public:
+  StepReplay(const GptTrainConfig& cfg, const CorpusSize& corpus, int stage, int tp_rank,
+             int64_t cap_bytes)
+      : cfg_(cfg), m_(cfg.model), corpus_(corpus), stage_(stage), tp_rank_(tp_rank) {
+    L_.set_cap(cap_bytes);
+    const int stages = int(cfg.pp);
+    layers_ = gpt_stage_layers(m_, stage, stages);
+    first_ = layers_.begin == 0;
+    last_ = layers_.end == m_.n_layer;
+    for (const auto& [name, shape] : gpt_parameter_shapes(m_))
+      if (gpt_stage_holds(m_, name, stage, stages)) {
+        params_.push_back(
+            {name, shard_shape(shape, gpt_tp_split(name), tp_rank, int(cfg.tp)).numel()});
+        index_[name] = params_.size() - 1;
+      }
+    build_units();
+    C_ = m_.n_embd;
+    const int64_t tp = cfg.tp;
+    Cl_ = C_ / tp;
+    F_ = 4 * C_ / tp;
+    Hl_ = m_.n_head / tp;
+    Vl_ = shard_range(m_.vocab_size, int(tp), tp_rank).size();
+    T_ = m_.block_size;
+    b_ = cfg.batch_size / cfg.micro_batches;
+    M_ = b_ * T_;
+  }
+
+  MemoryPrediction run() {
+    persistent();
+    step();
+    return L_.peak();
+  }
+
+ private:
+  struct Param {
+    std::string name;
+    int64_t numel;
+  };
+  struct Unit {
+    std::vector<size_t> params;
+    int64_t numel = 0, share = 0;
+    std::optional<Id> gathered;  // ZeRO-3: the whole unit, between acquire and release
+    int holders = 0, backward_holds = 0;
+    int final_params = 0;  // parameters whose gradient is final in this backward
+  };
+  // What one micro-batch's forward left for its backward.
+  struct BlockSaved {
+    std::vector<Id> ids;    // freed by the block's backward (its ops' saved tensors)
+    Id input = 0, out = 0;  // the block's input (the previous block's out) and output
+  };
+  struct MicroBatch {
+    std::vector<BlockSaved> blocks;
+    std::vector<Id> embed, head;  // saved by the embeddings and by the head and loss
+    std::optional<Id> recv;       // a later stage's input from the previous stage
+    Id last_out = 0;              // the last block's output (or the input, with no blocks)
+    Id loss = 0;
+  };
+
+  const GptTrainConfig& cfg_;
+  const GPTConfig& m_;
+  CorpusSize corpus_;
+  int stage_, tp_rank_;
+  IndexRange layers_;
+  bool first_ = false, last_ = false;
+  std::vector<Param> params_;
+  std::map<std::string, size_t> index_;
+  std::vector<Unit> units_;
+  std::vector<int> unit_of_;
+  int wte_unit_ = -1, wpe_unit_ = -1, block_unit0_ = -1, lnf_unit_ = -1;
+  int64_t C_ = 0, Cl_ = 0, F_ = 0, Hl_ = 0, Vl_ = 0, T_ = 0, b_ = 0, M_ = 0;
+  Ledger L_;
+  // Gradients: DDP's bucket views exist all along; otherwise backward creates them.
+  std::vector<std::optional<Id>> grad_;
+  std::vector<int> contributions_;         // per parameter: gradients backward handed it so far
+  std::vector<Id> last_step_grads_;        // the previous step's, until zero_grad
+  std::deque<std::pair<Id, Id>> reduces_;  // ZeRO 2-3 buckets in flight (bucket, out)
+  std::vector<Id> held_to_end_;            // sent tensors, waited for at the step's end
+
+  int64_t N() const { return cfg_.dp; }
+  bool ddp() const { return cfg_.zero == 0 && cfg_.dp > 1; }
+  bool bias() const { return m_.bias; }
+  std::string block_name(int64_t l) const { return fmt::format("transformer.h.{}.", l); }
+
+  // ZeRO's units, as GPT::parameter_units: wte, wpe, each block, ln_f (those held).
+  void build_units() {
+    unit_of_.assign(params_.size(), -1);
+    auto unit = [&](const std::string& prefix) {
+      Unit u;
+      for (size_t k = 0; k < params_.size(); ++k)
+        if (params_[k].name.rfind(prefix, 0) == 0) {
+          u.params.push_back(k);
+          unit_of_[k] = int(units_.size());
+          u.numel += params_[k].numel;
+        }
+      u.share = (u.numel + cfg_.dp - 1) / cfg_.dp;
+      units_.push_back(u);
+      return int(units_.size()) - 1;
+    };
+    if (first_ || last_) wte_unit_ = unit("transformer.wte.");
+    if (first_) wpe_unit_ = unit("transformer.wpe.");
+    for (int64_t l = layers_.begin; l < layers_.end; ++l) {
+      const int u = unit(block_name(l));
+      if (l == layers_.begin) block_unit0_ = u;
+    }
+    if (last_) lnf_unit_ = unit("transformer.ln_f.");
+  }
+
+  // What lives before the step: the corpus, parameters, optimizer state, persistent gradients.
+  void persistent() {
+    L_.at("before the step");
+    L_.alloc(MemoryTag::other, corpus_.train_tokens * kI64);
+    L_.alloc(MemoryTag::other, corpus_.val_tokens * kI64);
+    grad_.assign(params_.size(), std::nullopt);
+    contributions_.assign(params_.size(), 0);
+    if (cfg_.zero == 0) {
+      for (const Param& p : params_) L_.alloc(MemoryTag::parameters, p.numel * kF32);
+      if (ddp()) ddp_buckets();
+      for (const Param& p : params_)
+        for (int i = 0; i < 2; ++i) L_.alloc(MemoryTag::optimizer, p.numel * kF32);
+    } else {
+      zero_partitions();
+    }
+    // The previous step's gradients, still there when the step starts (zero_grad drops them
+    // after the batch is drawn); DDP's live in its buckets, ZeRO-2/3 drop them in backward.
+    if (!ddp() && cfg_.zero <= 1)
+      for (const Param& p : params_)
+        last_step_grads_.push_back(L_.alloc(MemoryTag::gradients, p.numel * kF32));
+  }
+
+  // DDP's gradient buckets, in reverse parameter order, each closed once it reaches bucket_mb;
+  // the parameters' gradients are views into them.
+  void ddp_buckets() {
+    const int64_t bucket_bytes = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * (1 << 20)));
+    int64_t filled = 0, total = 0;
+    for (size_t i = params_.size(); i-- > 0;) {
+      if (total > 0 && filled >= bucket_bytes) {
+        L_.alloc(MemoryTag::gradients, total * kF32);
+        filled = total = 0;
+      }
+      filled += params_[i].numel * kF32;
+      total += params_[i].numel;
+    }
+    if (total > 0) L_.alloc(MemoryTag::gradients, total * kF32);
+    for (size_t k = 0; k < params_.size(); ++k) grad_[k] = kView;
+  }
+
+  // ZeRO: each unit flattened (stages 1-2: whole, the parameters are views into it; 3: rank 0's
+  // share only), stages 2-3 the share's gradient, and AdamW's moments for the pieces of
+  // parameters inside rank 0's share of each unit.
+  void zero_partitions() {
+    for (const Unit& u : units_) {
+      if (u.numel == 0) continue;
+      L_.alloc(MemoryTag::parameters, (cfg_.zero == 3 ? 1 : N()) * u.share * kF32);
+      if (cfg_.zero >= 2) L_.alloc(MemoryTag::gradients, u.share * kF32);
+    }
+    for (const Unit& u : units_) {
+      int64_t offset = 0;
+      for (size_t k : u.params) {
+        const int64_t lo = std::max<int64_t>(0, offset);
+        const int64_t hi = std::min(u.share, offset + params_[k].numel);
+        if (hi > lo)
+          for (int i = 0; i < 2; ++i) L_.alloc(MemoryTag::optimizer, (hi - lo) * kF32);
+        offset += params_[k].numel;
+      }
+    }
+  }
+
+  static constexpr Id kView = ~Id(0);  // a gradient that is a view into DDP's bucket
+
+  // The gradient backward computed for parameter `name` (an activations temporary `g`): adopted
+  // as the parameter's gradient, or added into the one there and freed (engine's accumulate_leaf).
+  void gradient(const std::string& name, Id g) {
+    const size_t k = index_.at(name);
+    if (grad_[k]) {
+      L_.free(g);
+    } else {
+      L_.retag(g, MemoryTag::gradients);
+      grad_[k] = g;
+    }
+    // The tied wte of a stage holding both ends gets two: the head's and the embedding's.
+    const int uses = params_[k].name == "transformer.wte.weight" && first_ && last_ ? 2 : 1;
+    if (++contributions_[k] < uses) return;
+    contributions_[k] = 0;
+    Unit& u = units_[size_t(unit_of_[k])];
+    if (++u.final_params == int(u.params.size())) unit_ready(unit_of_[k]);
+  }
+
+  // ZeRO: a unit's gradients are final for this backward.
+  void unit_ready(int unit) {
+    Unit& u = units_[size_t(unit)];
+    u.final_params = 0;
+    if (cfg_.zero >= 2 && u.numel > 0) launch_reduce(u, /*drop_grads=*/true);
+    if (u.backward_holds > 0) {
+      --u.backward_holds;
+      release(unit);
+    }
+  }
+
+  void launch_reduce(Unit& u, bool drop_grads) {
+    Id bucket = L_.alloc(MemoryTag::other, N() * u.share * kF32);
+    Id out = L_.alloc(MemoryTag::other, u.share * kF32);
+    if (drop_grads)
+      for (size_t k : u.params)
+        if (grad_[k]) {
+          L_.free(*grad_[k]);
+          grad_[k].reset();
+        }
+    reduces_.emplace_back(bucket, out);
+    while (reduces_.size() > 2) finish_reduce();
+  }
+  void finish_reduce() {
+    L_.free(reduces_.front().first);
+    L_.free(reduces_.front().second);
+    reduces_.pop_front();
+  }
+
+  // ZeRO-3's gathers of whole units.
+  void gather(int unit) {
+    if (cfg_.zero < 3 || unit < 0) return;
+    Unit& u = units_[size_t(unit)];
+    if (!u.gathered && u.numel > 0)
+      u.gathered = L_.alloc(MemoryTag::parameters, N() * u.share * kF32);
+  }
+  void acquire(int unit) {
+    if (cfg_.zero < 3 || unit < 0) return;
+    gather(unit);
+    ++units_[size_t(unit)].holders;
+  }
+  void acquire_for_backward(int unit) {
+    if (cfg_.zero < 3 || unit < 0) return;
+    acquire(unit);
+    ++units_[size_t(unit)].backward_holds;
+  }
+  void release(int unit) {
+    if (cfg_.zero < 3 || unit < 0) return;
+    Unit& u = units_[size_t(unit)];
+    if (--u.holders > 0) return;
+    if (u.gathered) L_.free(*u.gathered);
+    u.gathered.reset();
+  }
+
+  Id act(int64_t bytes) { return L_.alloc(MemoryTag::activations, bytes); }
+  // A product (m, k) @ (k, n): its packing scratch while it runs, and its result.
+  Id product(int64_t m, int64_t n, int64_t k) {
+    Id out = act(m * n * kF32);
+    L_.transient(MemoryTag::other, cpu::gemm_workspace_bytes(m, n, k));
+    return out;
+  }
+
+  // A linear layer's backward (x (M, in), W (out, in)): dx, then dW and db, handed to the
+  // parameters; the saved input freed by the caller.
+  Id linear_backward(const std::string& name, int64_t in, int64_t out) {
+    Id dx = product(M_, in, out);
+    gradient(name + ".weight", product(out, in, M_));
+    if (bias()) gradient(name + ".bias", act(out * kF32));
+    return dx;
+  }
+  // A layer norm's backward: dx, dweight (and dbias).
+  Id layer_norm_backward(const std::string& name) {
+    Id dx = act(M_ * C_ * kF32);
+    gradient(name + ".weight", act(C_ * kF32));
+    if (bias()) gradient(name + ".bias", act(C_ * kF32));
+    return dx;
+  }
+  // Tensor parallelism sums a column-parallel layer's input gradient over the group (a new
+  // tensor) and its row-parallel output in forward.
+  Id tp_summed(Id x, int64_t bytes) {
+    if (cfg_.tp == 1) return x;
+    Id s = act(bytes);
+    L_.free(x);
+    return s;
+  }
+
+  // One block's forward with a graph: the tensors its ops save.
+  BlockSaved block_forward(Id x) {
+    BlockSaved s;
+    s.input = x;
+    auto keep = [&](Id id) {
+      s.ids.push_back(id);
+      return id;
+    };
+    keep(act(M_ * C_ * kF32));             // ln_1 out
+    keep(act(M_ * kF32));                  // mean
+    keep(act(M_ * kF32));                  // rstd
+    keep(product(M_, 3 * Cl_, C_));        // qkv
+    keep(act(M_ * Cl_ * kF32));            // attention out
+    keep(act(b_ * Hl_ * T_ * T_ * kF32));  // probabilities
+    Id p = tp_summed(product(M_, C_, Cl_), M_ * C_ * kF32);
+    keep(act(M_ * C_ * kF32));  // h = x + attn
+    L_.free(p);
+    keep(act(M_ * C_ * kF32));  // ln_2 out
+    keep(act(M_ * kF32));
+    keep(act(M_ * kF32));
+    keep(product(M_, F_, C_));  // c_fc out (GELU's input)
+    keep(act(M_ * F_ * kF32));  // GELU out
+    Id o = tp_summed(product(M_, C_, F_), M_ * C_ * kF32);
+    s.out = act(M_ * C_ * kF32);  // h + mlp
+    L_.free(o);
+    return s;
+  }
+
+  // The same block without a graph (activation checkpointing's forward): only its output stays.
+  Id block_forward_no_grad(Id x) {
+    BlockSaved s = block_forward(x);
+    for (Id id : s.ids) L_.free(id);
+    return s.out;
+  }
+
+  // One block's backward from the gradient of its output; frees what its forward saved (the
+  // input too) and returns the gradient of its input.
+  // `leaf_input`: the input is a leaf (a later stage's received input, or checkpointing's
+  // recomputation): its gradient is a copy of the residual's, counted as gradients, into which
+  // ln_1's is added; otherwise the two are summed into a new tensor for the previous op.
+  Id block_backward(int64_t l, const BlockSaved& s, Id g_out, bool leaf_input, bool free_input) {
+    const std::string b = block_name(l);
+    L_.at(fmt::format("backward of block {}", l));
+    // In the order of the engine (latest node first); s.ids in block_forward's order.
+    const auto& v = s.ids;
+    Id dgl = linear_backward(b + "mlp.c_proj", F_, C_);
+    L_.free(v[11]);                // GELU out
+    Id dfc = act(M_ * F_ * kF32);  // GELU backward
+    L_.free(dgl);
+    L_.free(v[10]);  // GELU's input
+    Id dn = tp_summed(linear_backward(b + "mlp.c_fc", C_, F_), M_ * C_ * kF32);
+    L_.free(dfc);
+    L_.free(v[7]);  // ln_2 out
+    Id dh = layer_norm_backward(b + "ln_2");
+    L_.free(dn);
+    for (int i : {6, 8, 9}) L_.free(v[size_t(i)]);  // h, mean, rstd
+    Id g1 = act(M_ * C_ * kF32);                    // the residual's gradient: g_out + dh
+    L_.free(g_out);
+    L_.free(dh);
+    std::optional<Id> gin;
+    if (leaf_input) gin = L_.alloc(MemoryTag::gradients, M_ * C_ * kF32);
+    Id dy = linear_backward(b + "attn.c_proj", Cl_, C_);
+    if (leaf_input) L_.free(g1);
+    L_.free(v[4]);
+    Id dqkv = act(M_ * 3 * Cl_ * kF32);  // attention backward
+    L_.free(dy);
+    L_.free(v[3]);
+    L_.free(v[5]);
+    Id da = tp_summed(linear_backward(b + "attn.c_attn", C_, 3 * Cl_), M_ * C_ * kF32);
+    L_.free(dqkv);
+    L_.free(v[0]);
+    Id dx = layer_norm_backward(b + "ln_1");
+    L_.free(da);
+    if (free_input) L_.free(s.input);
+    L_.free(v[1]);
+    L_.free(v[2]);
+    if (leaf_input) {
+      L_.free(dx);  // added into the input's gradient
+      return *gin;
+    }
+    Id g0 = act(M_ * C_ * kF32);  // g1 + dx
+    L_.free(g1);
+    L_.free(dx);
+    return g0;
+  }
+
+  MicroBatch forward(int m) {
+    L_.at(fmt::format("forward of micro-batch {}", m));
+    MicroBatch f;
+    Id x;
+    if (first_) {
+      acquire(wte_unit_);
+      acquire(wpe_unit_);
+      f.embed.push_back(act(T_ * kI64));  // positions (saved by wpe's lookup)
+      Id tok = act(M_ * C_ * kF32), pos = act(T_ * C_ * kF32);
+      if (cfg_.tp > 1) tok = tp_summed(tok, M_ * C_ * kF32);
+      x = act(M_ * C_ * kF32);
+      L_.free(tok);
+      L_.free(pos);
+      release(wpe_unit_);
+      if (!last_) release(wte_unit_);
+    } else {
+      x = act(M_ * C_ * kF32);  // received
+      f.recv = x;
+    }
+    const bool ckpt = cfg_.checkpoint == ActivationCheckpointing::blocks;
+    for (int64_t l = layers_.begin; l < layers_.end; ++l) {
+      const int unit = block_unit0_ + int(l - layers_.begin);
+      acquire(unit);
+      if (l + 1 < layers_.end) gather(unit + 1);
+      BlockSaved s;
+      if (ckpt) {
+        s.input = x;
+        s.out = block_forward_no_grad(x);
+      } else {
+        s = block_forward(x);
+      }
+      release(unit);
+      x = s.out;
+      f.blocks.push_back(std::move(s));
+    }
+    f.last_out = x;
+    if (last_) {
+      acquire(lnf_unit_);
+      if (!first_) acquire(wte_unit_);
+      f.head.push_back(act(M_ * C_ * kF32));  // ln_f out
+      f.head.push_back(act(M_ * kF32));
+      f.head.push_back(act(M_ * kF32));
+      f.head.push_back(product(M_, Vl_, C_));             // logits
+      if (cfg_.tp > 1) f.head.push_back(act(M_ * kI64));  // the targets, marked
+      f.head.push_back(act(M_ * kF32));                   // log-sum-exp
+      f.loss = act(kF32);
+      release(lnf_unit_);
+      release(wte_unit_);
+    } else {
+      held_to_end_.push_back(x);  // sent to the next stage, waited for at the step's end
+    }
+    return f;
+  }
+
+  void backward(MicroBatch& f, int m) {
+    L_.at(fmt::format("backward of micro-batch {}", m));
+    Id g;
+    if (last_) {
+      g = act(kF32);  // the loss's seed
+      acquire_for_backward(lnf_unit_);
+      acquire_for_backward(wte_unit_);
+      gather(block_unit0_ + int(f.blocks.size()) - 1);
+      L_.at(fmt::format("backward of the head (micro-batch {})", m));
+      Id dlogits = act(M_ * Vl_ * kF32);
+      L_.free(g);
+      L_.free(f.loss);
+      const size_t n = f.head.size();
+      L_.free(f.head[3]);  // logits
+      for (size_t i = 4; i < n; ++i) L_.free(f.head[i]);
+      Id dx = product(M_, C_, Vl_);
+      gradient("transformer.wte.weight", product(Vl_, C_, M_));
+      L_.free(dlogits);
+      L_.free(f.head[0]);
+      if (cfg_.tp > 1) dx = tp_summed(dx, M_ * C_ * kF32);
+      g = layer_norm_backward("transformer.ln_f");
+      L_.free(dx);
+      L_.free(f.head[1]);
+      L_.free(f.head[2]);
+      L_.free(f.last_out);  // ln_f's saved input
+    } else {
+      g = act(M_ * C_ * kF32);  // received from the next stage
+    }
+    const bool ckpt = cfg_.checkpoint == ActivationCheckpointing::blocks;
+    for (size_t i = f.blocks.size(); i-- > 0;) {
+      const int64_t l = layers_.begin + int64_t(i);
+      const int unit = block_unit0_ + int(i);
+      acquire_for_backward(unit);
+      if (i > 0) gather(unit - 1);
+      BlockSaved& s = f.blocks[i];
+      // A later stage's input lives until the micro-batch is dropped.
+      const bool received = i == 0 && !first_;
+      if (ckpt) {
+        // Recomputed with a graph from the kept input, then backward through it.
+        L_.at(fmt::format("recompute of block {}", l));
+        BlockSaved again = block_forward(s.input);
+        Id gx = block_backward(l, again, g, /*leaf_input=*/true, /*free_input=*/false);
+        L_.free(again.out);
+        if (!received) L_.free(s.input);  // the checkpoint's one saved tensor
+        g = gx;
+      } else {
+        g = block_backward(l, s, g, /*leaf_input=*/received, /*free_input=*/!received);
+      }
+    }
+    if (first_) {
+      L_.at(fmt::format("backward of the embeddings (micro-batch {})", m));
+      Id dpos = act(T_ * C_ * kF32);  // the broadcast's sum over the batch
+      gradient("transformer.wpe.weight", act(T_ * C_ * kF32));
+      L_.free(dpos);
+      gradient("transformer.wte.weight", act(Vl_ * C_ * kF32));
+      L_.free(g);
+      for (Id id : f.embed) L_.free(id);
+    } else {
+      // The input's gradient (a leaf's), sent back and held until the step's end; the input
+      // goes with the micro-batch.
+      held_to_end_.push_back(g);
+      L_.free(*f.recv);
+    }
+  }
+
+  void step() {
+    L_.reset_peak();
+    L_.at("batch");
+    const int64_t rows = cfg_.batch_size, T = T_;
+    Id bx = act(cfg_.dp * rows * T * kI64), by = act(cfg_.dp * rows * T * kI64);
+    if (cfg_.dp > 1) {
+      Id x = act(rows * T * kI64), y = act(rows * T * kI64);
+      L_.free(bx);
+      L_.free(by);
+      bx = x;
+      by = y;
+    }
+    // zero_grad: the last step's gradients go.
+    for (Id id : last_step_grads_) L_.free(id);
+    last_step_grads_.clear();
+    const int M = int(cfg_.micro_batches), P = int(cfg_.pp), s = stage_;
+    std::deque<MicroBatch> in_flight;
+    int forwards = 0, backwards = 0;
+    auto forward_one = [&] { in_flight.push_back(forward(forwards++)); };
+    auto backward_one = [&] {
+      MicroBatch f = std::move(in_flight.front());
+      in_flight.pop_front();
+      backward(f, backwards++);
+    };
+    if (cfg_.schedule == PipelineSchedule::gpipe) {
+      for (int i = 0; i < M; ++i) forward_one();
+      for (int i = 0; i < M; ++i) backward_one();
+    } else {
+      const int warmup = std::min(P - s - 1, M);
+      for (int i = 0; i < warmup; ++i) forward_one();
+      for (int i = 0; i < M - warmup; ++i) {
+        forward_one();
+        backward_one();
+      }
+      for (int i = 0; i < warmup; ++i) backward_one();
+    }
+    L_.at("after backward");
+    for (Id id : held_to_end_) L_.free(id);
+    held_to_end_.clear();
+    while (!reduces_.empty()) finish_reduce();
+    // ZeRO-1 reduce-scatters every unit now; 2-3 the units backward left.
+    if (cfg_.zero == 1)
+      for (Unit& u : units_)
+        if (u.numel > 0) launch_reduce(u, false);
+    while (!reduces_.empty()) finish_reduce();
+    // The gradient norm (DDP and serial: each gradient squared, one at a time).
+    L_.at("gradient norm");
+    if (cfg_.zero == 0)
+      for (size_t k = 0; k < params_.size(); ++k)
+        if (grad_[k]) L_.transient(MemoryTag::other, params_[k].numel * kF32);
+    L_.at("optimizer step");
+    if (cfg_.zero == 1 || cfg_.zero == 2) {
+      int in_flight_shares = 0;
+      std::deque<Id> sends;
+      for (const Unit& u : units_) {
+        if (u.numel == 0) continue;
+        sends.push_back(L_.alloc(MemoryTag::other, u.share * kF32));
+        if (++in_flight_shares > 2) {
+          L_.free(sends.front());
+          sends.pop_front();
+        }
+      }
+      for (Id id : sends) L_.free(id);
+    }
+    L_.free(bx);
+    L_.free(by);
+  }
+};
+
+}  // namespace
+
+MemoryPrediction predict_memory(const GptTrainConfig& cfg, const CorpusSize& corpus,
+                                int64_t cap_bytes) {
+  cfg.validate();
+  FORGE_CHECK(cfg.model.vocab_size > 0, "plan: the model's vocab_size is not known");
+  MemoryPrediction best;
+  bool any = false;
+  std::vector<int64_t> peaks(size_t(cfg.dp * cfg.tp * cfg.pp));
+  for (int stage = 0; stage < int(cfg.pp); ++stage)
+    for (int r = 0; r < int(cfg.tp); ++r) {
+      MemoryPrediction p = StepReplay(cfg, corpus, stage, r, cap_bytes).run();
+      // The data-parallel ranks of (stage, r) hold the same sizes (ZeRO's shares are equal).
+      for (int64_t d = 0; d < cfg.dp; ++d)
+        peaks[size_t((stage * cfg.dp + d) * cfg.tp + r)] = p.peak_bytes;
+      // The rank past the cap first, else the highest.
+      if (!any || (best.fits && !p.fits) ||
+          (best.fits == p.fits && p.peak_bytes > best.peak_bytes)) {
+        best = p;
+        best.rank = int((int64_t(stage) * cfg.dp) * cfg.tp + r);
+        any = true;
+      }
+    }
+  best.rank_peak_bytes = std::move(peaks);
+  if (cfg.mixed_precision())
+    best.caveats.push_back(
+        fmt::format("precision {}: the 16-bit copies autocast saves are not modelled (counted as "
+                    "f32)",
+                    cfg.precision));
+  if (cfg.model.dropout > 0) best.caveats.push_back("dropout masks are not modelled");
+  if (!Device::parse(cfg.device).is_cpu())
+    best.caveats.push_back("GPU allocators' rounding and workspaces are not modelled");
+  return best;
+}
+
+}  // namespace forge

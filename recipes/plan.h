@@ -1,0 +1,92 @@
+// The planner behind `build/apps/plan`: which parallel layouts of a GPT run exist on N ranks, which
+// of them the runtime refuses and why, and how much memory each rank of the others will need.
+//
+//   GptTrainConfig base = GptTrainConfig::preset("cpu");
+//   base.model.vocab_size = 65;
+//   for (const PlanCandidate& c : enumerate_layouts(base, /*world=*/4, /*global_batch=*/12))
+//     if (c.refused.empty()) {
+//       MemoryPrediction m = predict_memory(c.config, corpus);
+//       fmt::print("{}: {} bytes on rank {}\n", c.layout.str(), m.peak_bytes, m.rank);
+//     }
+//
+// A layout is (dp, tp, pp, micro-batches, schedule, ZeRO stage, activation checkpointing) with
+// dp * tp * pp = N and dp dividing the global batch. Its refusals are the runtime's own:
+// GptTrainConfig::validate() decides, so the planner never offers a layout `train` rejects.
+//
+// The memory prediction is the allocator's accounting replayed, not a second formula: one training
+// step of each rank is walked op by op (the saved tensors of every layer, the gradients backward
+// creates and frees in the engine's order, the pipeline's micro-batches in flight under its
+// schedule, DDP's and ZeRO's buffers, the matrix products' packing scratch as the kernel in use
+// sizes it), each allocation rounded as the allocator rounds it and counted under the tag the
+// runtime gives it. The result is the step's peak of live bytes, split by tag at the peak, the
+// figures `train --metrics` records per step (peak_bytes, peak_<tag>_bytes) for the same run.
+//
+// What it does not model yet (the prediction says so in `caveats`): mixed precision (the 16-bit
+// copies autocast saves), dropout masks, and GPU allocators (their own workspaces and rounding).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "recipes/gpt_config.h"
+#include "tensor/allocator.h"
+
+namespace forge {
+
+struct PlanLayout {
+  int64_t dp = 1, tp = 1, pp = 1;
+  int64_t micro_batches = 1;
+  PipelineSchedule schedule = PipelineSchedule::one_f_one_b;
+  int64_t zero = 0;
+  ActivationCheckpointing checkpoint = ActivationCheckpointing::none;
+  // "dp2 tp1 pp2 mb4 1f1b z0 ckpt-none": the table's and the CSV's name of the layout.
+  std::string str() const;
+  // The command-line flags that run it with `train gpt` (under mpirun -np dp*tp*pp).
+  std::string flags() const;
+};
+
+struct PlanCandidate {
+  PlanLayout layout;
+  GptTrainConfig config;  // the base with the layout applied (batch_size = global batch / dp)
+  std::string refused;    // why the runtime would not run it; empty when it runs
+};
+
+// Every layout of `world` ranks for a global batch of `global_batch` sequences per step: each
+// factorisation dp * tp * pp, each micro-batch count dividing the per-replica batch, both
+// schedules, ZeRO 0-3 and checkpointing none/blocks, in that nesting order. A refused layout
+// keeps its reason: the runtime's validate() message, or the planner's own for what only a
+// layout set can say (dp not dividing the global batch; ZeRO over one rank, the same layout as
+// ZeRO 0; a schedule without a pipeline or micro-batches to order, the same as 1f1b).
+std::vector<PlanCandidate> enumerate_layouts(const GptTrainConfig& base, int64_t world,
+                                             int64_t global_batch);
+
+// The tokens of the corpus every rank keeps in memory during training (io/text_data.h's train and
+// val splits, i64); zeros when the run's data is not known (they are then left out of `other`).
+struct CorpusSize {
+  int64_t train_tokens = 0, val_tokens = 0;
+};
+
+struct MemoryPrediction {
+  int64_t peak_bytes = 0;  // the step's peak of live bytes on the rank where it is highest
+  std::array<int64_t, size_t(MemoryTag::count)> by_tag{};  // that rank's split at its peak
+  int rank = 0;                                            // its world rank
+  std::vector<int64_t> rank_peak_bytes;                    // every rank's peak, by world rank
+  std::string where;                                       // the moment of the peak
+  std::vector<std::string> caveats;                        // what the prediction leaves out
+  // With a cap: the first allocation that would take that rank past it (what `train
+  // --memory-cap-mb` stops at, naming the same tag), and when it happens.
+  bool fits = true;
+  MemoryTag overflow = MemoryTag::other;
+  std::string overflow_where;
+  int64_t tag(MemoryTag t) const { return by_tag[size_t(t)]; }
+};
+
+// The peak memory of one training step (after the first: AdamW's state exists) of `cfg` (a
+// validated config whose model.vocab_size is known), on every rank; the highest is returned.
+// With `cap_bytes` > 0, also whether each rank stays within it (fits, overflow).
+MemoryPrediction predict_memory(const GptTrainConfig& cfg, const CorpusSize& corpus,
+                                int64_t cap_bytes = 0);
+
+}  // namespace forge
