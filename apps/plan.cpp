@@ -127,6 +127,7 @@ int main(int argc, char** argv) {
         base.set(key, value, fmt::format("--{}", key));
         fixed.insert(key);
       }
+    base.validate();  // the model itself (heads dividing the width, ...), before any layout
     const int64_t cap = parse_bytes(memory);
     if (world == 0) world = base.dp * base.tp * base.pp;
     if (global_batch == 0) global_batch = base.batch_size * base.dp;
@@ -164,6 +165,12 @@ int main(int argc, char** argv) {
       }
       MemoryPrediction m = predict_memory(c.config, corpus, cap);
       runs.push_back({std::move(c), std::move(m)});
+    }
+    if (runs.empty()) {
+      for (const Row& r : refused)
+        fmt::print(stderr, "  {}: {}\n", r.candidate.layout.str(), r.candidate.refused);
+      throw_error(fmt::format("no layout of {} ranks runs with these settings ({} refused{})",
+                              world, refused.size(), refused.empty() ? "" : ", above"));
     }
     // Those that fit first, then by peak memory.
     std::stable_sort(runs.begin(), runs.end(), [](const Row& a, const Row& b) {

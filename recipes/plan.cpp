@@ -160,7 +160,7 @@ class Ledger {
 };
 
 using Id = Ledger::Id;
-constexpr int64_t kF32 = 4, kI64 = 8;
+constexpr int64_t kF32 = 4, kF64 = 8, kI64 = 8;
 
 // One rank's training step: (pipeline stage, tensor-parallel rank), data-parallel rank 0 (every
 // data-parallel rank holds the same sizes: ZeRO's shares are equal by construction).
@@ -168,7 +168,7 @@ class StepReplay {
  public:
   StepReplay(const GptTrainConfig& cfg, const CorpusSize& corpus, int stage, int tp_rank,
              int64_t cap_bytes)
-      : cfg_(cfg), m_(cfg.model), corpus_(corpus), stage_(stage), tp_rank_(tp_rank) {
+      : cfg_(cfg), m_(cfg.model), corpus_(corpus), stage_(stage) {
     L_.set_cap(cap_bytes);
     const int stages = int(cfg.pp);
     layers_ = gpt_stage_layers(m_, stage, stages);
@@ -226,7 +226,7 @@ class StepReplay {
   const GptTrainConfig& cfg_;
   const GPTConfig& m_;
   CorpusSize corpus_;
-  int stage_, tp_rank_;
+  int stage_;
   IndexRange layers_;
   bool first_ = false, last_ = false;
   std::vector<Param> params_;
@@ -532,8 +532,17 @@ class StepReplay {
       acquire(wte_unit_);
       acquire(wpe_unit_);
       f.embed.push_back(act(T_ * kI64));  // positions (saved by wpe's lookup)
+      if (cfg_.tp > 1) {
+        // The vocabulary-parallel lookup keeps its local indices and the mask of the others.
+        f.embed.push_back(act(M_ * kI64));
+        f.embed.push_back(act(M_));
+      }
       Id tok = act(M_ * C_ * kF32), pos = act(T_ * C_ * kF32);
-      if (cfg_.tp > 1) tok = tp_summed(tok, M_ * C_ * kF32);
+      if (cfg_.tp > 1) {
+        Id masked = act(M_ * C_ * kF32);
+        L_.free(tok);
+        tok = tp_summed(masked, M_ * C_ * kF32);
+      }
       x = act(M_ * C_ * kF32);
       L_.free(tok);
       L_.free(pos);
@@ -566,9 +575,9 @@ class StepReplay {
       f.head.push_back(act(M_ * C_ * kF32));  // ln_f out
       f.head.push_back(act(M_ * kF32));
       f.head.push_back(act(M_ * kF32));
-      f.head.push_back(product(M_, Vl_, C_));             // logits
-      if (cfg_.tp > 1) f.head.push_back(act(M_ * kI64));  // the targets, marked
-      f.head.push_back(act(M_ * kF32));                   // log-sum-exp
+      f.head.push_back(product(M_, Vl_, C_));                   // logits
+      if (cfg_.tp > 1) f.head.push_back(act(M_ * kI64));        // the targets, marked
+      f.head.push_back(act(M_ * (cfg_.tp > 1 ? kF64 : kF32)));  // log-sum-exp
       f.loss = act(kF32);
       release(lnf_unit_);
       release(wte_unit_);
