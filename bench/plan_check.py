@@ -9,12 +9,15 @@ compared with the prediction, tag by tag.
   python3 bench/plan_check.py                       # the default set, cpu preset
   python3 bench/plan_check.py --model "--n-layer 12 --n-embd 256" --world 2
   python3 bench/plan_check.py --layouts "dp2 z3" "pp2 mb4 gpipe" --tolerance 0.05
+  python3 bench/plan_check.py --all --world 2      # every layout plan says runs on 2 ranks
+  python3 bench/plan_check.py --all --world 4 --sample 40   # 40 of them, drawn with a fixed seed
 
 Exits 1 when a layout's prediction is off by more than --tolerance (relative, on peak_bytes).
 Needs TINYSHAKESPEARE (or the corpus where train finds it) and, for several ranks, mpirun.
 """
 import argparse
 import json
+import random
 import os
 import shlex
 import subprocess
@@ -50,6 +53,15 @@ def flags_of(name):
     return f
 
 
+def short_name(row):
+    """plan's JSON row -> this script's layout name (global batch = --batch-size)."""
+    parts = [f"dp{row['dp']}", f"tp{row['tp']}", f"pp{row['pp']}", f"mb{row['micro_batches']}",
+             row["schedule"], f"z{row['zero']}"]
+    if row["checkpoint"] == "blocks":
+        parts.append("ckpt")
+    return " ".join(parts)
+
+
 def rank_note(pred, last):
     return "  (peak on rank %d, measured on rank %d)" % (pred["peak_rank"], last["peak_rank"])
 
@@ -67,9 +79,13 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--model", default="", help="extra settings for both, e.g. '--n-layer 12'")
-    ap.add_argument("--batch-size", type=int, default=12, help="sequences per replica")
+    ap.add_argument("--batch-size", type=int, default=12,
+                    help="sequences per replica (with --all: the global batch)")
     ap.add_argument("--layouts", nargs="*", default=DEFAULT)
     ap.add_argument("--world", type=int, default=0, help="only layouts of this many ranks")
+    ap.add_argument("--all", action="store_true",
+                    help="every layout plan lists for --world ranks (global batch: --batch-size)")
+    ap.add_argument("--sample", type=int, default=0, help="with --all: this many, drawn at random")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="threads per rank")
     ap.add_argument("--tolerance", type=float, default=0.05)
@@ -84,7 +100,16 @@ def main():
           f"{a.steps} steps, {a.threads} thread(s) per rank, tolerance {a.tolerance:.0%}")
     print(f"{'layout':<18} {'ranks':>5} {'predicted':>10} {'measured':>10} {'ratio':>7}  "
           f"tags predicted/measured MiB (params grads optim acts other)")
-    for name in a.layouts:
+    names = a.layouts
+    if a.all:
+        if not a.world:
+            raise SystemExit("plan_check: --all needs --world")
+        listing = run([plan, "--preset", a.preset, *extra, "--world", str(a.world),
+                       "--global-batch", str(a.batch_size), "--format", "json"])
+        names = [short_name(json.loads(line)) for line in listing.splitlines()]
+        if a.sample and a.sample < len(names):
+            names = sorted(random.Random(1).sample(names, a.sample))
+    for name in names:
         f = flags_of(name)
         world = f["dp"] * f["tp"] * f["pp"]
         if a.world and world != a.world:
@@ -93,11 +118,12 @@ def main():
         for k, v in f.items():
             layout += [f"--{k}", str(v)]
         common = ["--preset", a.preset, *extra, *layout]
-        pred = json.loads(run([plan, *common, "--batch-size", str(a.batch_size), "--format", "json"])
-                          .splitlines()[0])
+        rows_per_replica = a.batch_size // f["dp"] if a.all else a.batch_size
+        pred = json.loads(run([plan, *common, "--batch-size", str(rows_per_replica), "--format",
+                               "json"]).splitlines()[0])
         with tempfile.TemporaryDirectory() as tmp:
             metrics = os.path.join(tmp, "m.jsonl")
-            cmd = [train, "gpt", *common, "--batch-size", str(a.batch_size), "--max-iters",
+            cmd = [train, "gpt", *common, "--batch-size", str(rows_per_replica), "--max-iters",
                    str(a.steps), "--eval-interval", "1000", "--eval-iters", "1", "--threads",
                    str(a.threads), "--out", os.path.join(tmp, "out"), "--metrics", metrics]
             if world > 1:

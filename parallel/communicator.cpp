@@ -100,12 +100,17 @@ void CommWorker::loop() {
       job = std::move(queue_.front());
       queue_.pop_front();
     }
+    std::exception_ptr error;
     try {
       job.fn();
-      job.state->finish();
     } catch (...) {
-      job.state->finish(std::current_exception());
+      error = std::current_exception();
     }
+    // The job's captures (the tensors it read and wrote) go before anyone waiting learns it is
+    // done: a caller that drops its own references after wait() then frees the memory at once,
+    // not whenever this thread gets round to it.
+    job.fn = nullptr;
+    job.state->finish(error);
   }
 }
 
