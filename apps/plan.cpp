@@ -4,6 +4,8 @@
 //   build/apps/plan --preset cpu --world 4 --global-batch 12 --memory-per-rank 40MiB
 //   build/apps/plan --preset cpu --n-layer 12 --n-embd 256 --world 8 --format csv
 //   build/apps/plan --preset cpu --world 2 --dp 2 --format json    # one dimension fixed
+//   mpirun -np 2 build/apps/plan calibrate --out here.json --threads 1   # this machine's profile
+//   build/apps/plan --preset cpu --world 2 --profile here.json         # + predicted step time
 //
 // Every `train gpt` setting is a flag here too. The layout settings (--dp, --tp, --pp,
 // --micro-batches, --schedule, --zero, --checkpoint), when given, keep only the layouts with that
@@ -14,12 +16,17 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "io/text_data.h"
+#include "parallel/communicator.h"
 #include "recipes/gpt_train.h"
+#include "tensor/cpu/cpu_features.h"
+#include "tensor/parallel.h"
 
 using namespace forge;
 
@@ -52,6 +59,7 @@ double mib(int64_t bytes) {
 struct Row {
   PlanCandidate candidate;
   MemoryPrediction memory;
+  std::optional<TimePrediction> time;
 };
 
 nlohmann::ordered_json to_json(const Row& r) {
@@ -79,6 +87,18 @@ nlohmann::ordered_json to_json(const Row& r) {
   if (!m.fits) {
     j["overflow_tag"] = memory_tag_name(m.overflow);
     j["overflow_at"] = m.overflow_where;
+  }
+  if (r.time) {
+    const TimePrediction& t = *r.time;
+    j["ms_per_step"] = t.ms_per_step;
+    j["tokens_per_s"] = t.tokens_per_s;
+    j["mfu"] = t.mfu;
+    j["pipeline_ms"] = t.pipeline_ms;
+    j["bubble_ms"] = t.bubble_ms;
+    j["tp_comm_ms"] = t.tp_comm_ms;
+    j["pp_comm_ms"] = t.pp_comm_ms;
+    j["dp_exposed_ms"] = t.dp_exposed_ms;
+    j["optimizer_ms"] = t.optimizer_ms;
   }
   j["flags"] = l.flags();
   return j;
@@ -113,6 +133,15 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"table", "json", "csv"}));
   app.add_flag("--show-refused", show_refused,
                "also list the layouts the runtime refuses, and why");
+  std::string profile_path, calibrate_out;
+  app.add_option(
+      "--profile", profile_path,
+      "a machine profile (plan calibrate's, or bench/profiles/): adds the predicted step "
+      "time, tokens/s and MFU, and ranks by step time");
+  CLI::App* cal = app.add_subcommand(
+      "calibrate", "measure this machine's profile (under mpirun -np N: the collectives over N)");
+  cal->add_option("--out", calibrate_out, "the profile to write (JSON)")->required();
+  cal->fallthrough();  // the model settings, --world and --global-batch are the planner's
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -131,6 +160,8 @@ int main(int argc, char** argv) {
     const int64_t cap = parse_bytes(memory);
     if (world == 0) world = base.dp * base.tp * base.pp;
     if (global_batch == 0) global_batch = base.batch_size * base.dp;
+    std::optional<MachineProfile> profile;
+    if (!profile_path.empty()) profile = MachineProfile::load(profile_path);
 
     CorpusSize corpus;
     std::string data_note;
@@ -144,6 +175,36 @@ int main(int argc, char** argv) {
       corpus = {data.train.numel(), data.val.numel()};
       data_note = fmt::format("{} ({} train / {} val tokens, kept by every rank)", path,
                               corpus.train_tokens, corpus.val_tokens);
+    }
+
+    if (cal->parsed()) {
+      // The products of every layout of 1, 2, 4, ... up to --world ranks (default 8).
+      auto comm = world_communicator();
+      if (base.threads > 0) set_num_threads(int(base.threads));
+      std::set<std::array<int64_t, 4>> shapes;
+      const int64_t up_to = world > 1 ? world : 8;
+      for (int64_t w = 1; w <= up_to; w *= 2)
+        for (const PlanCandidate& c : enumerate_layouts(base, w, global_batch))
+          if (c.refused.empty())
+            for (const auto& sh : gemm_shapes(c.config)) shapes.insert(sh);
+      MachineProfile p = calibrate_machine(base, {shapes.begin(), shapes.end()}, *comm);
+      p.name = fmt::format("this machine ({} kernels), {} thread(s) per rank",
+                           cpu::isa_name(cpu::cpu_isa()), get_num_threads());
+      p.source = fmt::format(
+          "plan calibrate on {} rank(s), {} products of the {}-layer {}-wide "
+          "GPT's layouts",
+          comm->size(), shapes.size(), base.model.n_layer, base.model.n_embd);
+      if (comm->rank() == 0) {
+        std::ofstream f(calibrate_out);
+        f << p.to_json() << "\n";
+        FORGE_CHECK(f.good(), "plan calibrate: cannot write {}", calibrate_out);
+        fmt::print(
+            "plan calibrate: {} -> {}\n  best product {:.1f} GFLOP/s, attention {:.1f} "
+            "GFLOP/s, bandwidth {:.1f} GB/s, one small op {:.2f} us, {} collectives\n",
+            p.name, calibrate_out, p.peak_gflops, p.attention_gflops, p.bandwidth_gbs,
+            p.op_overhead_us, p.collectives.size());
+      }
+      return 0;
     }
 
     // The layouts with the fixed settings' values.
@@ -163,8 +224,10 @@ int main(int argc, char** argv) {
         refused.push_back({std::move(c), {}});
         continue;
       }
-      MemoryPrediction m = predict_memory(c.config, corpus, cap);
-      runs.push_back({std::move(c), std::move(m)});
+      PlanPrediction p = predict(c.config, corpus, cap, profile ? &*profile : nullptr);
+      std::optional<TimePrediction> t;
+      if (profile) t = p.time;
+      runs.push_back({std::move(c), std::move(p.memory), t});
     }
     if (runs.empty()) {
       for (const Row& r : refused)
@@ -172,9 +235,10 @@ int main(int argc, char** argv) {
       throw_error(fmt::format("no layout of {} ranks runs with these settings ({} refused{})",
                               world, refused.size(), refused.empty() ? "" : ", above"));
     }
-    // Those that fit first, then by peak memory.
+    // Those that fit first, then by step time (with a profile) or peak memory.
     std::stable_sort(runs.begin(), runs.end(), [](const Row& a, const Row& b) {
       if (a.memory.fits != b.memory.fits) return a.memory.fits;
+      if (a.time && b.time) return a.time->ms_per_step < b.time->ms_per_step;
       return a.memory.peak_bytes < b.memory.peak_bytes;
     });
     const size_t shown = top > 0 ? std::min(runs.size(), size_t(top)) : runs.size();
@@ -188,18 +252,22 @@ int main(int argc, char** argv) {
     if (format == "csv") {
       fmt::print(
           "layout,dp,tp,pp,micro_batches,schedule,zero,checkpoint,peak_bytes,peak_rank,"
-          "parameters,gradients,optimizer,activations,other,fits,overflow_tag,refused\n");
+          "parameters,gradients,optimizer,activations,other,fits,overflow_tag,ms_per_step,"
+          "tokens_per_s,mfu,refused\n");
       auto line = [](const Row& r) {
         const PlanLayout& l = r.candidate.layout;
         const MemoryPrediction& m = r.memory;
         const bool ok = r.candidate.refused.empty();
-        fmt::print("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"\n", l.str(), l.dp,
+        const std::string time = r.time ? fmt::format("{:.4f},{:.1f},{:.4f}", r.time->ms_per_step,
+                                                      r.time->tokens_per_s, r.time->mfu)
+                                        : ",,";
+        fmt::print("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"\n", l.str(), l.dp,
                    l.tp, l.pp, l.micro_batches, pipeline_schedule_name(l.schedule), l.zero,
                    activation_checkpointing_name(l.checkpoint), ok ? m.peak_bytes : 0,
                    ok ? m.rank : 0, m.tag(MemoryTag::parameters), m.tag(MemoryTag::gradients),
                    m.tag(MemoryTag::optimizer), m.tag(MemoryTag::activations),
                    m.tag(MemoryTag::other), ok && m.fits ? 1 : 0,
-                   ok && !m.fits ? memory_tag_name(m.overflow) : "", r.candidate.refused);
+                   ok && !m.fits ? memory_tag_name(m.overflow) : "", time, r.candidate.refused);
       };
       for (size_t i = 0; i < shown; ++i) line(runs[i]);
       if (show_refused)
@@ -214,15 +282,21 @@ int main(int argc, char** argv) {
         base.precision);
     fmt::print("data: {}\n", data_note);
     fmt::print("memory per rank: {}\n", cap > 0 ? fmt::format("{:.1f} MiB", mib(cap)) : "no cap");
+    if (profile) fmt::print("machine: {} ({})\n", profile->name, profile->source);
     fmt::print(
-        "{} layouts run, {} refused{}; ranked by predicted peak memory (MiB, on the rank "
-        "where it is highest)\n\n",
-        runs.size(), refused.size(), show_refused ? "" : " (--show-refused lists them)");
+        "{} layouts run, {} refused{}; ranked by predicted {} (memory in MiB, on the rank where "
+        "it is highest)\n\n",
+        runs.size(), refused.size(), show_refused ? "" : " (--show-refused lists them)",
+        profile ? "step time" : "peak memory");
+    if (profile) fmt::print("{:>9} {:>9} {:>6} ", "ms/step", "tok/s", "MFU");
     fmt::print("{:<38} {:>9} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8}  {}\n", "layout", "peak", "rank",
                "params", "grads", "optim", "acts", "other", "fits");
     for (size_t i = 0; i < shown; ++i) {
       const Row& r = runs[i];
       const MemoryPrediction& m = r.memory;
+      if (r.time)
+        fmt::print("{:>9.2f} {:>9.0f} {:>5.1f}% ", r.time->ms_per_step, r.time->tokens_per_s,
+                   100 * r.time->mfu);
       fmt::print("{:<38} {:>9.2f} {:>5} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f}  {}\n",
                  r.candidate.layout.str(), mib(m.peak_bytes), m.rank,
                  mib(m.tag(MemoryTag::parameters)), mib(m.tag(MemoryTag::gradients)),

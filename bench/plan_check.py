@@ -90,12 +90,15 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="threads per rank")
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--profile", help="a machine profile (plan calibrate): also predicted against "
+                    "measured step time (the median of the steps after the first)")
+    ap.add_argument("--time-tolerance", type=float, default=0.15)
     a = ap.parse_args()
 
     plan = os.path.join(a.build, "apps", "plan")
     train = os.path.join(a.build, "apps", "train")
     extra = shlex.split(a.model)
-    rows, bad = [], 0
+    rows, bad, bad_time = [], 0, []
     print(f"plan_check: preset {a.preset} {a.model}, batch {a.batch_size} per replica, "
           f"{a.steps} steps, {a.threads} thread(s) per rank, tolerance {a.tolerance:.0%}")
     print(f"{'layout':<18} {'ranks':>5} {'predicted':>10} {'measured':>10} {'ratio':>7}  "
@@ -119,8 +122,9 @@ def main():
             layout += [f"--{k}", str(v)]
         common = ["--preset", a.preset, *extra, *layout]
         rows_per_replica = a.batch_size // f["dp"] if a.all else a.batch_size
+        prof = ["--profile", a.profile] if a.profile else []
         pred = json.loads(run([plan, *common, "--batch-size", str(rows_per_replica), "--format",
-                               "json"]).splitlines()[0])
+                               "json", *prof]).splitlines()[0])
         with tempfile.TemporaryDirectory() as tmp:
             metrics = os.path.join(tmp, "m.jsonl")
             cmd = [train, "gpt", *common, "--batch-size", str(rows_per_replica), "--max-iters",
@@ -130,7 +134,10 @@ def main():
                 cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(world), *cmd]
             run(cmd)
             with open(metrics) as fh:
-                last = [json.loads(line) for line in fh if '"step"' in line][-1]
+                steps = [json.loads(line) for line in fh if '"step"' in line]
+            last = steps[-1]
+            times = sorted(st["ms_per_step"] for st in steps[1:]) or [last["ms_per_step"]]
+            last["median_ms_per_step"] = times[len(times) // 2]
         p, m = pred["peak_bytes"], last["peak_bytes"]
         ratio = p / m
         ok = abs(ratio - 1) <= a.tolerance
@@ -141,11 +148,22 @@ def main():
               f"{'' if ok else '  <-- off'}"
               f"{'' if pred['peak_rank'] == last['peak_rank'] else rank_note(pred, last)}")
         sys.stdout.flush()
+        if a.profile:
+            tr = pred["ms_per_step"] / last["median_ms_per_step"]
+            tok = abs(tr - 1) <= a.time_tolerance
+            bad_time.append(not tok)
+            print(f"{'':<18} step time: predicted {pred['ms_per_step']:.2f} ms, measured "
+                  f"{last['median_ms_per_step']:.2f} ms: {tr:.3f}{'' if tok else '  <-- off'}  "
+                  f"(pipeline {pred['pipeline_ms']:.2f}, bubble {pred['bubble_ms']:.2f}, tp "
+                  f"{pred['tp_comm_ms']:.2f}, dp exposed {pred['dp_exposed_ms']:.2f}, optimizer "
+                  f"{pred['optimizer_ms']:.2f})")
         rows.append({"layout": name, "ranks": world, "predicted": pred, "measured": last})
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=1)
     print(f"{len(rows) - bad} of {len(rows)} within {a.tolerance:.0%}")
+    if a.profile:
+        print(f"step time: {bad_time.count(False)} of {len(bad_time)} within {a.time_tolerance:.0%}")
     return 1 if bad else 0
 
 

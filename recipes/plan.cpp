@@ -1,10 +1,15 @@
 #include "recipes/plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <deque>
 #include <map>
+#include <nlohmann/json.hpp>
+#include <numeric>
 #include <optional>
+#include <set>
 
+#include "io/text_data.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/error.h"
 
@@ -161,14 +166,17 @@ class Ledger {
 
 using Id = Ledger::Id;
 constexpr int64_t kF32 = 4, kF64 = 8, kI64 = 8;
+// Products' transposition (MachineProfile::Gemm::trans).
+constexpr int kPlain = 0, kTransA = 1, kTransB = 2;
 
 // One rank's training step: (pipeline stage, tensor-parallel rank), data-parallel rank 0 (every
 // data-parallel rank holds the same sizes: ZeRO's shares are equal by construction).
 class StepReplay {
  public:
   StepReplay(const GptTrainConfig& cfg, const CorpusSize& corpus, int stage, int tp_rank,
-             int64_t cap_bytes)
-      : cfg_(cfg), m_(cfg.model), corpus_(corpus), stage_(stage) {
+             int64_t cap_bytes, const MachineProfile* profile = nullptr,
+             std::set<std::array<int64_t, 4>>* shapes = nullptr)
+      : cfg_(cfg), m_(cfg.model), corpus_(corpus), stage_(stage), prof_(profile), shapes_(shapes) {
     L_.set_cap(cap_bytes);
     const int stages = int(cfg.pp);
     layers_ = gpt_stage_layers(m_, stage, stages);
@@ -192,10 +200,43 @@ class StepReplay {
     M_ = b_ * T_;
   }
 
-  MemoryPrediction run() {
+  // What one rank's step costs: the memory peak, and with a profile the seconds of one
+  // micro-batch's forward and backward on this stage (tensor-parallel collectives included),
+  // and what the data-parallel side and the optimizer have to do.
+  struct Result {
+    MemoryPrediction memory;
+    double forward_s = 0, backward_s = 0, tp_comm_s = 0, optimizer_s = 0;
+    std::vector<int64_t> grad_buckets;  // DDP's / ZeRO's reduce units, bytes, in ready order
+    std::vector<int64_t> unit_bytes;    // ZeRO: each unit's whole bytes (gathers)
+    int64_t local_numel = 0;            // parameters held (whole, before ZeRO)
+  };
+  Result run() {
     persistent();
     step();
-    return L_.peak();
+    Result r;
+    r.memory = L_.peak();
+    r.forward_s = forward_s_;
+    r.backward_s = backward_s_;
+    r.tp_comm_s = tp_comm_s_;
+    for (const Param& p : params_) r.local_numel += p.numel;
+    // AdamW reads parameter, gradient and both moments and writes three: 28 bytes an element,
+    // one pass per tensor; then the gradient norm reads each gradient once more.
+    const int64_t updated =
+        cfg_.zero > 0 ? std::accumulate(units_.begin(), units_.end(), int64_t(0),
+                                        [](int64_t a, const Unit& u) { return a + u.share; })
+                      : r.local_numel;
+    if (prof_)
+      r.optimizer_s = double(updated) * (28 + 4) / (prof_->bandwidth_gbs * 1e9) +
+                      2.0 * double(params_.size()) * prof_->op_overhead_us * 1e-6;
+    if (cfg_.zero == 0) {
+      r.grad_buckets = ddp_bucket_bytes_;
+    } else {
+      for (size_t i = units_.size(); i-- > 0;)
+        if (units_[i].numel > 0) r.grad_buckets.push_back(N() * units_[i].share * kF32);
+    }
+    for (const Unit& u : units_)
+      if (u.numel > 0) r.unit_bytes.push_back(N() * u.share * kF32);
+    return r;
   }
 
  private:
@@ -236,6 +277,11 @@ class StepReplay {
   int wte_unit_ = -1, wpe_unit_ = -1, block_unit0_ = -1, lnf_unit_ = -1;
   int64_t C_ = 0, Cl_ = 0, F_ = 0, Hl_ = 0, Vl_ = 0, T_ = 0, b_ = 0, M_ = 0;
   Ledger L_;
+  const MachineProfile* prof_;
+  std::set<std::array<int64_t, 4>>* shapes_;
+  double t_ = 0;  // seconds of the ops replayed so far (with a profile)
+  double forward_s_ = 0, backward_s_ = 0, tp_comm_s_ = 0, fwd_tp_ = 0, bwd_tp_ = 0;
+  std::vector<int64_t> ddp_bucket_bytes_;
   // Gradients: DDP's bucket views exist all along; otherwise backward creates them.
   std::vector<std::optional<Id>> grad_;
   std::vector<int> contributions_;         // per parameter: gradients backward handed it so far
@@ -302,12 +348,14 @@ class StepReplay {
     for (size_t i = params_.size(); i-- > 0;) {
       if (total > 0 && filled >= bucket_bytes) {
         L_.alloc(MemoryTag::gradients, total * kF32);
+        ddp_bucket_bytes_.push_back(total * kF32);
         filled = total = 0;
       }
       filled += params_[i].numel * kF32;
       total += params_[i].numel;
     }
     if (total > 0) L_.alloc(MemoryTag::gradients, total * kF32);
+    if (total > 0) ddp_bucket_bytes_.push_back(total * kF32);
     for (size_t k = 0; k < params_.size(); ++k) grad_[k] = kView;
   }
 
@@ -406,19 +454,38 @@ class StepReplay {
     u.gathered.reset();
   }
 
-  Id act(int64_t bytes) { return L_.alloc(MemoryTag::activations, bytes); }
-  // A product (m, k) @ (k, n): its packing scratch while it runs, and its result.
-  Id product(int64_t m, int64_t n, int64_t k) {
-    Id out = act(m * n * kF32);
+  // An op's output (an elementwise op, a reduction: memory-bound, about three times its output's
+  // bytes moved) or a tensor saved beside it.
+  Id act(int64_t bytes) {
+    if (prof_)
+      t_ += prof_->op_overhead_us * 1e-6 + 3.0 * double(bytes) / (prof_->bandwidth_gbs * 1e9);
+    return L_.alloc(MemoryTag::activations, bytes);
+  }
+  // A product op(A) (m, k) @ op(B) (k, n): its packing scratch while it runs, and its result.
+  // Linear's forward is x @ W^T, its backward g @ W and g^T @ x.
+  Id product(int64_t m, int64_t n, int64_t k, int trans) {
+    if (shapes_) shapes_->insert({m, n, k, trans});
+    if (prof_) t_ += prof_->op_overhead_us * 1e-6 + prof_->gemm_seconds(m, n, k, trans);
+    Id out = L_.alloc(MemoryTag::activations, m * n * kF32);
     L_.transient(MemoryTag::other, cpu::gemm_workspace_bytes(m, n, k));
     return out;
+  }
+  void gelu_time(double factor) {
+    if (prof_) t_ += factor * double(M_ * F_) * prof_->gelu_ns * 1e-9;
+  }
+  // Causal attention over this rank's heads: QK^T and PV over the lower triangle, 2 b H T^2 hd
+  // multiply-adds; backward twice that.
+  void attention_time(double factor) {
+    if (!prof_) return;
+    const double flops = 2.0 * double(b_ * Hl_) * double(T_ * T_) * double(C_ / m_.n_head);
+    t_ += factor * flops / (prof_->attention_gflops * 1e9);
   }
 
   // A linear layer's backward (x (M, in), W (out, in)): dx, then dW and db, handed to the
   // parameters; the saved input freed by the caller.
   Id linear_backward(const std::string& name, int64_t in, int64_t out) {
-    Id dx = product(M_, in, out);
-    gradient(name + ".weight", product(out, in, M_));
+    Id dx = product(M_, in, out, kPlain);                       // g @ W
+    gradient(name + ".weight", product(out, in, M_, kTransA));  // g^T @ x
     if (bias()) gradient(name + ".bias", act(out * kF32));
     return dx;
   }
@@ -433,6 +500,11 @@ class StepReplay {
   // tensor) and its row-parallel output in forward.
   Id tp_summed(Id x, int64_t bytes) {
     if (cfg_.tp == 1) return x;
+    if (prof_) {
+      const double c = prof_->collective_seconds("all_reduce", int(cfg_.tp), bytes);
+      t_ += c;
+      tp_comm_s_ += c;
+    }
     Id s = act(bytes);
     L_.free(x);
     return s;
@@ -446,21 +518,23 @@ class StepReplay {
       s.ids.push_back(id);
       return id;
     };
-    keep(act(M_ * C_ * kF32));             // ln_1 out
-    keep(act(M_ * kF32));                  // mean
-    keep(act(M_ * kF32));                  // rstd
-    keep(product(M_, 3 * Cl_, C_));        // qkv
+    keep(act(M_ * C_ * kF32));                // ln_1 out
+    keep(act(M_ * kF32));                     // mean
+    keep(act(M_ * kF32));                     // rstd
+    keep(product(M_, 3 * Cl_, C_, kTransB));  // qkv
+    attention_time(1.0);
     keep(act(M_ * Cl_ * kF32));            // attention out
     keep(act(b_ * Hl_ * T_ * T_ * kF32));  // probabilities
-    Id p = tp_summed(product(M_, C_, Cl_), M_ * C_ * kF32);
+    Id p = tp_summed(product(M_, C_, Cl_, kTransB), M_ * C_ * kF32);
     keep(act(M_ * C_ * kF32));  // h = x + attn
     L_.free(p);
     keep(act(M_ * C_ * kF32));  // ln_2 out
     keep(act(M_ * kF32));
     keep(act(M_ * kF32));
-    keep(product(M_, F_, C_));  // c_fc out (GELU's input)
+    keep(product(M_, F_, C_, kTransB));  // c_fc out (GELU's input)
+    gelu_time(1.0);
     keep(act(M_ * F_ * kF32));  // GELU out
-    Id o = tp_summed(product(M_, C_, F_), M_ * C_ * kF32);
+    Id o = tp_summed(product(M_, C_, F_, kTransB), M_ * C_ * kF32);
     s.out = act(M_ * C_ * kF32);  // h + mlp
     L_.free(o);
     return s;
@@ -484,7 +558,8 @@ class StepReplay {
     // In the order of the engine (latest node first); s.ids in block_forward's order.
     const auto& v = s.ids;
     Id dgl = linear_backward(b + "mlp.c_proj", F_, C_);
-    L_.free(v[11]);                // GELU out
+    L_.free(v[11]);  // GELU out
+    gelu_time(2.0);
     Id dfc = act(M_ * F_ * kF32);  // GELU backward
     L_.free(dgl);
     L_.free(v[10]);  // GELU's input
@@ -502,6 +577,7 @@ class StepReplay {
     Id dy = linear_backward(b + "attn.c_proj", Cl_, C_);
     if (leaf_input) L_.free(g1);
     L_.free(v[4]);
+    attention_time(2.0);
     Id dqkv = act(M_ * 3 * Cl_ * kF32);  // attention backward
     L_.free(dy);
     L_.free(v[3]);
@@ -575,7 +651,7 @@ class StepReplay {
       f.head.push_back(act(M_ * C_ * kF32));  // ln_f out
       f.head.push_back(act(M_ * kF32));
       f.head.push_back(act(M_ * kF32));
-      f.head.push_back(product(M_, Vl_, C_));                   // logits
+      f.head.push_back(product(M_, Vl_, C_, kTransB));          // logits
       if (cfg_.tp > 1) f.head.push_back(act(M_ * kI64));        // the targets, marked
       f.head.push_back(act(M_ * (cfg_.tp > 1 ? kF64 : kF32)));  // log-sum-exp
       f.loss = act(kF32);
@@ -602,8 +678,8 @@ class StepReplay {
       const size_t n = f.head.size();
       L_.free(f.head[3]);  // logits
       for (size_t i = 4; i < n; ++i) L_.free(f.head[i]);
-      Id dx = product(M_, C_, Vl_);
-      gradient("transformer.wte.weight", product(Vl_, C_, M_));
+      Id dx = product(M_, C_, Vl_, kPlain);
+      gradient("transformer.wte.weight", product(Vl_, C_, M_, kTransA));
       L_.free(dlogits);
       L_.free(f.head[0]);
       if (cfg_.tp > 1) dx = tp_summed(dx, M_ * C_ * kF32);
@@ -670,11 +746,17 @@ class StepReplay {
     const int M = int(cfg_.micro_batches), P = int(cfg_.pp), s = stage_;
     std::deque<MicroBatch> in_flight;
     int forwards = 0, backwards = 0;
-    auto forward_one = [&] { in_flight.push_back(forward(forwards++)); };
+    auto forward_one = [&] {
+      const double t0 = t_, c0 = tp_comm_s_;
+      in_flight.push_back(forward(forwards++));
+      if (forwards == 1) forward_s_ = t_ - t0, fwd_tp_ = tp_comm_s_ - c0;
+    };
     auto backward_one = [&] {
       MicroBatch f = std::move(in_flight.front());
       in_flight.pop_front();
+      const double t0 = t_, c0 = tp_comm_s_;
       backward(f, backwards++);
+      if (backwards == 1) backward_s_ = t_ - t0, bwd_tp_ = tp_comm_s_ - c0;
     };
     if (cfg_.schedule == PipelineSchedule::gpipe) {
       for (int i = 0; i < M; ++i) forward_one();
@@ -688,6 +770,7 @@ class StepReplay {
       }
       for (int i = 0; i < warmup; ++i) backward_one();
     }
+    tp_comm_s_ = fwd_tp_ + bwd_tp_;  // one micro-batch's
     L_.at("after backward");
     for (Id id : held_to_end_) L_.free(id);
     held_to_end_.clear();
@@ -723,16 +806,205 @@ class StepReplay {
 
 }  // namespace
 
-MemoryPrediction predict_memory(const GptTrainConfig& cfg, const CorpusSize& corpus,
-                                int64_t cap_bytes) {
+// ---------------------------------------------------------------------------------------------
+// Machine profiles
+
+double MachineProfile::gemm_seconds(int64_t m, int64_t n, int64_t k, int trans) const {
+  const double flops = 2.0 * double(m) * double(n) * double(k);
+  if (gemm.empty()) {
+    FORGE_CHECK(gemm_gflops > 0, "profile '{}': no matrix-product figures", name);
+    return flops / (gemm_gflops * 1e9);
+  }
+  // The nearest measured shape in log-space: the kernels' efficiency depends on the shape's
+  // proportions (small m or n leave the tiles half empty), not only its size.
+  const Gemm* best = nullptr;
+  double best_d = 0;
+  // Among the same transposition when there is one (packing a transposed operand costs more).
+  const bool have =
+      std::any_of(gemm.begin(), gemm.end(), [&](const Gemm& g) { return g.trans == trans; });
+  for (const Gemm& g : gemm) {
+    if (have && g.trans != trans) continue;
+    const double d = std::pow(std::log(double(m) / double(g.m)), 2) +
+                     std::pow(std::log(double(n) / double(g.n)), 2) +
+                     std::pow(std::log(double(k) / double(g.k)), 2);
+    if (!best || d < best_d) best = &g, best_d = d;
+  }
+  return flops / (best->gflops * 1e9);
+}
+
+double MachineProfile::collective_seconds(const std::string& op, int group, int64_t bytes) const {
+  if (group <= 1) return 0;
+  auto it = collectives.find(op);
+  FORGE_CHECK(it != collectives.end() && !it->second.empty(),
+              "profile '{}' has no figures for {} (run plan calibrate under mpirun)", name, op);
+  // The measured group size nearest this one; a ring's time scales with (N - 1) / N.
+  const auto& sizes = it->second;
+  auto near = sizes.begin();
+  for (auto s = sizes.begin(); s != sizes.end(); ++s)
+    if (std::abs(s->first - group) < std::abs(near->first - group)) near = s;
+  const int g0 = near->first;
+  const Link& l = near->second;
+  const double steps = g0 > 1 ? double(group - 1) / double(g0 - 1) : 1.0;
+  const double share = g0 > 1 ? (double(group - 1) / group) / (double(g0 - 1) / g0) : 1.0;
+  return l.latency_us * 1e-6 * (op == "send" ? 1.0 : steps) +
+         double(bytes) / (l.gbs * 1e9) * (op == "send" ? 1.0 : share);
+}
+
+std::string MachineProfile::to_json() const {
+  nlohmann::ordered_json j;
+  j["name"] = name;
+  j["source"] = source;
+  j["peak_gflops"] = peak_gflops;
+  j["gemm_gflops"] = gemm_gflops;
+  j["attention_gflops"] = attention_gflops;
+  j["bandwidth_gbs"] = bandwidth_gbs;
+  j["op_overhead_us"] = op_overhead_us;
+  j["gelu_ns"] = gelu_ns;
+  j["gemm"] = nlohmann::json::array();
+  for (const Gemm& g : gemm) j["gemm"].push_back({g.m, g.n, g.k, g.trans, g.gflops});
+  nlohmann::ordered_json c = nlohmann::ordered_json::object();
+  for (const auto& [op, sizes] : collectives)
+    for (const auto& [n, l] : sizes)
+      c[op][std::to_string(n)] = {{"latency_us", l.latency_us}, {"gbs", l.gbs}};
+  j["collectives"] = c;
+  return j.dump(1);
+}
+
+MachineProfile MachineProfile::from_json(const std::string& text, const std::string& where) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw_error(fmt::format("{}: not a profile (JSON): {}", where, e.what()));
+  }
+  MachineProfile p;
+  try {
+    p.name = j.value("name", where);
+    p.source = j.value("source", "");
+    p.peak_gflops = j.at("peak_gflops").get<double>();
+    p.gemm_gflops = j.value("gemm_gflops", 0.0);
+    p.attention_gflops = j.at("attention_gflops").get<double>();
+    p.bandwidth_gbs = j.at("bandwidth_gbs").get<double>();
+    p.op_overhead_us = j.at("op_overhead_us").get<double>();
+    p.gelu_ns = j.value("gelu_ns", 0.0);
+    const nlohmann::json gemms = j.value("gemm", nlohmann::json::array());
+    const nlohmann::json collectives = j.value("collectives", nlohmann::json::object());
+    for (const auto& g : gemms)
+      p.gemm.push_back({g.at(0).get<int64_t>(), g.at(1).get<int64_t>(), g.at(2).get<int64_t>(),
+                        g.at(3).get<int>(), g.at(4).get<double>()});
+    for (const auto& [op, sizes] : collectives.items())
+      for (const auto& [n, l] : sizes.items())
+        p.collectives[op][std::stoi(n)] = {l.at("latency_us").get<double>(),
+                                           l.at("gbs").get<double>()};
+  } catch (const nlohmann::json::exception& e) {
+    throw_error(fmt::format("{}: profile field missing or of the wrong type: {}", where, e.what()));
+  }
+  FORGE_CHECK(p.peak_gflops > 0 && p.attention_gflops > 0 && p.bandwidth_gbs > 0 &&
+                  (p.gemm_gflops > 0 || !p.gemm.empty()),
+              "{}: peak_gflops, attention_gflops, bandwidth_gbs and gemm figures must be positive",
+              where);
+  return p;
+}
+
+MachineProfile MachineProfile::load(const std::string& path) {
+  return from_json(read_text_file(path), path);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prediction
+
+// The pipeline's makespan: each stage runs its schedule's forwards and backwards in order; a
+// forward waits for the previous stage's forward of that micro-batch and the transfer, a backward
+// for the next stage's backward and the transfer (recv blocks, as the runtime's does).
+double pipeline_makespan(const std::vector<double>& F, const std::vector<double>& B, double hop,
+                         int M, PipelineSchedule schedule) {
+  FORGE_CHECK(!F.empty() && F.size() == B.size() && M >= 1,
+              "pipeline_makespan: {} forward and {} backward stage times, {} micro-batches",
+              F.size(), B.size(), M);
+  const int P = int(F.size());
+  std::vector<std::vector<std::pair<bool, int>>> order(static_cast<size_t>(P));  // (forward?, m)
+  for (int s = 0; s < P; ++s) {
+    auto& o = order[size_t(s)];
+    if (schedule == PipelineSchedule::gpipe) {
+      for (int m = 0; m < M; ++m) o.push_back({true, m});
+      for (int m = 0; m < M; ++m) o.push_back({false, m});
+    } else {
+      const int warmup = std::min(P - s - 1, M);
+      int f = 0, b = 0;
+      for (int i = 0; i < warmup; ++i) o.push_back({true, f++});
+      for (int i = 0; i < M - warmup; ++i) {
+        o.push_back({true, f++});
+        o.push_back({false, b++});
+      }
+      for (int i = 0; i < warmup; ++i) o.push_back({false, b++});
+    }
+  }
+  const double kUnset = -1;
+  std::vector<std::vector<double>> fdone(size_t(P), std::vector<double>(size_t(M), kUnset));
+  std::vector<std::vector<double>> bdone = fdone;
+  std::vector<size_t> next(static_cast<size_t>(P), 0);
+  std::vector<double> free_at(static_cast<size_t>(P), 0);
+  // Repeatedly run whichever stage's next op has its inputs ready.
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (int s = 0; s < P; ++s) {
+      auto& i = next[size_t(s)];
+      if (i == order[size_t(s)].size()) continue;
+      const auto [fwd, m] = order[size_t(s)][i];
+      double ready = 0;
+      if (fwd && s > 0) {
+        if (fdone[size_t(s - 1)][size_t(m)] < 0) continue;
+        ready = fdone[size_t(s - 1)][size_t(m)] + hop;
+      }
+      if (!fwd && s + 1 < P) {
+        if (bdone[size_t(s + 1)][size_t(m)] < 0) continue;
+        ready = bdone[size_t(s + 1)][size_t(m)] + hop;
+      }
+      const double start = std::max(free_at[size_t(s)], ready);
+      const double end = start + (fwd ? F[size_t(s)] : B[size_t(s)]);
+      (fwd ? fdone : bdone)[size_t(s)][size_t(m)] = end;
+      free_at[size_t(s)] = end;
+      ++i;
+      progress = true;
+    }
+  }
+  return *std::max_element(free_at.begin(), free_at.end());
+}
+
+namespace {
+
+// Reduction buckets overlapped with the backward they come from: bucket i is ready once backward
+// has produced its share of the gradients (in ready order), and the reductions run one after
+// another. Returns the time past the end of backward.
+double exposed_after_backward(const std::vector<int64_t>& buckets, double backward_s,
+                              const std::function<double(int64_t)>& cost) {
+  const double total = double(std::accumulate(buckets.begin(), buckets.end(), int64_t(0)));
+  double produced = 0, end = 0;
+  for (int64_t b : buckets) {
+    produced += double(b);
+    const double ready = total > 0 ? backward_s * produced / total : backward_s;
+    end = std::max(end, ready) + cost(b);
+  }
+  return std::max(0.0, end - backward_s);
+}
+
+}  // namespace
+
+PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int64_t cap_bytes,
+                       const MachineProfile* profile) {
   cfg.validate();
   FORGE_CHECK(cfg.model.vocab_size > 0, "plan: the model's vocab_size is not known");
-  MemoryPrediction best;
+  PlanPrediction out;
+  MemoryPrediction& best = out.memory;
   bool any = false;
   std::vector<int64_t> peaks(size_t(cfg.dp * cfg.tp * cfg.pp));
-  for (int stage = 0; stage < int(cfg.pp); ++stage)
+  const int P = int(cfg.pp);
+  std::vector<double> F(static_cast<size_t>(P)), B(static_cast<size_t>(P));
+  double tp_comm = 0, dp_exposed = 0, optimizer = 0;
+  for (int stage = 0; stage < P; ++stage)
     for (int r = 0; r < int(cfg.tp); ++r) {
-      MemoryPrediction p = StepReplay(cfg, corpus, stage, r, cap_bytes).run();
+      StepReplay::Result res = StepReplay(cfg, corpus, stage, r, cap_bytes, profile).run();
+      MemoryPrediction& p = res.memory;
       // The data-parallel ranks of (stage, r) hold the same sizes (ZeRO's shares are equal).
       for (int64_t d = 0; d < cfg.dp; ++d)
         peaks[size_t((stage * cfg.dp + d) * cfg.tp + r)] = p.peak_bytes;
@@ -743,6 +1015,40 @@ MemoryPrediction predict_memory(const GptTrainConfig& cfg, const CorpusSize& cor
         best.rank = int((int64_t(stage) * cfg.dp) * cfg.tp + r);
         any = true;
       }
+      if (!profile || r > 0) continue;  // tensor-parallel ranks run in step
+      F[size_t(stage)] = res.forward_s;
+      B[size_t(stage)] = res.backward_s;
+      tp_comm = std::max(tp_comm, res.tp_comm_s * double(cfg.micro_batches));
+      optimizer = std::max(optimizer, res.optimizer_s);
+      // The data-parallel side of this stage, after its last backward.
+      const int N = int(cfg.dp);
+      double exposed = 0;
+      auto cost = [&](const char* op) {
+        return [=](int64_t bytes) { return profile->collective_seconds(op, N, bytes); };
+      };
+      if (N > 1) {
+        if (cfg.zero == 0) {
+          exposed = exposed_after_backward(res.grad_buckets, res.backward_s, cost("all_reduce"));
+        } else if (cfg.zero == 1) {
+          for (int64_t b : res.grad_buckets)
+            exposed += profile->collective_seconds("reduce_scatter", N, b);
+        } else {
+          exposed =
+              exposed_after_backward(res.grad_buckets, res.backward_s, cost("reduce_scatter"));
+        }
+        // Stages 1-2 gather the updated parameters after the step; 3 gathers each unit before
+        // its forward and backward, the next one prefetched behind the current one's compute.
+        double gathers = 0;
+        for (int64_t b : res.unit_bytes) gathers += profile->collective_seconds("all_gather", N, b);
+        if (cfg.zero == 1 || cfg.zero == 2) exposed += gathers;
+        if (cfg.zero == 3 && !res.unit_bytes.empty()) {
+          const double first = profile->collective_seconds("all_gather", N, res.unit_bytes[0]);
+          const int m = int(cfg.micro_batches);
+          exposed +=
+              2 * m * first + std::max(0.0, m * gathers - m * (res.forward_s + res.backward_s));
+        }
+      }
+      dp_exposed = std::max(dp_exposed, exposed);
     }
   best.rank_peak_bytes = std::move(peaks);
   if (cfg.mixed_precision())
@@ -753,7 +1059,46 @@ MemoryPrediction predict_memory(const GptTrainConfig& cfg, const CorpusSize& cor
   if (cfg.model.dropout > 0) best.caveats.push_back("dropout masks are not modelled");
   if (!Device::parse(cfg.device).is_cpu())
     best.caveats.push_back("GPU allocators' rounding and workspaces are not modelled");
-  return best;
+  if (!profile) return out;
+
+  TimePrediction& t = out.time;
+  const int64_t M = cfg.micro_batches;
+  const int64_t tokens = cfg.batch_size / M * cfg.model.block_size;
+  const double hop =
+      P > 1 ? profile->collective_seconds("send", 2, tokens * cfg.model.n_embd * 4) : 0;
+  const double makespan = pipeline_makespan(F, B, hop, int(M), cfg.schedule);
+  double busiest = 0;
+  for (int s = 0; s < P; ++s)
+    busiest = std::max(busiest, double(M) * (F[size_t(s)] + B[size_t(s)]));
+  // The small all-reduces of every step (loss and inf flag, gradient norm) over the world.
+  const int world = int(cfg.dp * cfg.tp * cfg.pp);
+  const double small = 2 * profile->collective_seconds("all_reduce", world, 16);
+  const double step_s = makespan + dp_exposed + optimizer + small;
+  t.ms_per_step = step_s * 1e3;
+  t.pipeline_ms = makespan * 1e3;
+  t.bubble_ms = std::max(0.0, makespan - busiest) * 1e3;
+  t.tp_comm_ms = tp_comm * 1e3;
+  t.pp_comm_ms = P > 1 ? 2.0 * double(M) * hop * 1e3 : 0;
+  t.dp_exposed_ms = dp_exposed * 1e3;
+  t.optimizer_ms = optimizer * 1e3;
+  const double step_tokens = double(cfg.dp * cfg.batch_size * cfg.model.block_size);
+  t.tokens_per_s = step_tokens / step_s;
+  t.mfu = cfg.model.flops_per_token(cfg.model.block_size) * t.tokens_per_s /
+          (profile->peak_gflops * 1e9 * double(world));
+  return out;
+}
+
+MemoryPrediction predict_memory(const GptTrainConfig& cfg, const CorpusSize& corpus,
+                                int64_t cap_bytes) {
+  return predict(cfg, corpus, cap_bytes, nullptr).memory;
+}
+
+std::vector<std::array<int64_t, 4>> gemm_shapes(const GptTrainConfig& cfg) {
+  std::set<std::array<int64_t, 4>> shapes;
+  for (int stage = 0; stage < int(cfg.pp); ++stage)
+    for (int r = 0; r < int(cfg.tp); ++r)
+      StepReplay(cfg, CorpusSize{}, stage, r, 0, nullptr, &shapes).run();
+  return {shapes.begin(), shapes.end()};
 }
 
 }  // namespace forge

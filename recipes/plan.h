@@ -27,6 +27,7 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,76 @@ struct MemoryPrediction {
   std::string overflow_where;
   int64_t tag(MemoryTag t) const { return by_tag[size_t(t)]; }
 };
+
+// What a machine does per second, the step-time model's inputs: `plan calibrate` measures this
+// one (the matrix products at the shapes the layouts use, attention, streaming bandwidth, the cost
+// of one small op, each collective's latency and bandwidth per group size under mpirun); for
+// machines we do not have, a file written from datasheet figures (bench/profiles/).
+struct MachineProfile {
+  std::string name;        // what it describes, e.g. "2-core AMD EPYC (Zen 5), 1 thread per rank"
+  std::string source;      // how the figures were obtained (calibrated on DATE / datasheet URLs)
+  double peak_gflops = 0;  // f32 peak per rank, for MFU
+  struct Gemm {
+    int64_t m = 0, n = 0, k = 0;
+    int trans = 0;  // 0: A @ B, 1: A^T @ B, 2: A @ B^T
+    double gflops = 0;
+  };
+  std::vector<Gemm> gemm;       // measured products; others take the nearest in log-space
+  double gemm_gflops = 0;       // for shapes when `gemm` is empty (datasheet profiles)
+  double attention_gflops = 0;  // causal attention, forward (backward counted as twice its FLOPs)
+  double bandwidth_gbs = 0;     // elementwise ops: bytes read + written per second
+  double op_overhead_us = 0;    // the fixed cost of one op (dispatch, allocation, threads)
+  double gelu_ns = 0;  // GELU forward per element (its backward: twice); 0: memory-bound only
+  struct Link {
+    double latency_us = 0, gbs = 0;  // time = latency + bytes / (gbs * 1e9)
+  };
+  // "all_reduce", "reduce_scatter", "all_gather", "send" -> group size -> fit. Sizes not measured
+  // scale the nearest measured one by the ring's (N - 1) / N.
+  std::map<std::string, std::map<int, Link>> collectives;
+
+  double gemm_seconds(int64_t m, int64_t n, int64_t k, int trans = 0) const;
+  double collective_seconds(const std::string& op, int group, int64_t bytes) const;
+  std::string to_json() const;
+  static MachineProfile from_json(const std::string& text, const std::string& where);
+  static MachineProfile load(const std::string& path);
+};
+
+struct TimePrediction {
+  double ms_per_step = 0, tokens_per_s = 0, mfu = 0;
+  // Where the time goes (ms), on the critical path: the pipeline's makespan (compute, with
+  // tensor-parallel collectives and stage-to-stage transfers inside it), of which the bubble is
+  // the slowest stage's idle time; data-parallel communication left after overlap; the update.
+  double pipeline_ms = 0, bubble_ms = 0, tp_comm_ms = 0, pp_comm_ms = 0, dp_exposed_ms = 0,
+         optimizer_ms = 0;
+};
+
+struct PlanPrediction {
+  MemoryPrediction memory;
+  TimePrediction time;
+};
+
+// Memory (as predict_memory) and, with a profile, the step time of `cfg`.
+PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int64_t cap_bytes,
+                       const MachineProfile* profile);
+
+// The time of one pipelined step: stage s takes F[s] per micro-batch forward and B[s] backward,
+// `hop` per transfer between neighbours, M micro-batches in the schedule's order (the runtime's:
+// GPipe all forwards then all backwards, 1F1B with P - s - 1 warm-up forwards). Equal stages
+// give (M + P - 1)(F + B) under both: the bubble is (P - 1)(F + B).
+double pipeline_makespan(const std::vector<double>& F, const std::vector<double>& B, double hop,
+                         int M, PipelineSchedule schedule);
+
+// Every matrix product (m, n, k, transposition) the step of `cfg` runs on any rank: what calibrate
+// times.
+std::vector<std::array<int64_t, 4>> gemm_shapes(const GptTrainConfig& cfg);
+
+class Communicator;
+// Measures this machine's profile on the ops of `cfg`'s model: the products at `shapes` (see
+// gemm_shapes), attention, bandwidth, one small op, and with several ranks (`world`, under
+// mpirun) each collective over them. name and source are left for the caller.
+MachineProfile calibrate_machine(const GptTrainConfig& cfg,
+                                 const std::vector<std::array<int64_t, 4>>& shapes,
+                                 Communicator& world);
 
 // The peak memory of one training step (after the first: AdamW's state exists) of `cfg` (a
 // validated config whose model.vocab_size is known), on every rank; the highest is returned.

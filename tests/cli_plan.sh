@@ -73,4 +73,43 @@ run "$train" gpt "${model[@]}" "${fixed[@]}" --checkpoint blocks --memory-cap-mb
   --batch-size 12 --max-iters 3 --eval-interval 100 --eval-iters 1 --threads 1 --out "$tmp/blocks"
 [ "$rc" -eq 0 ] || { fail "train with checkpointed blocks under the budget exited $rc"; show; }
 
+# 6. calibrate writes this machine's profile (under mpirun: with the collectives of 2 ranks);
+#    with it, plan adds the predicted step time and ranks by it.
+if command -v mpirun >/dev/null 2>&1; then
+  launch=(mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2)
+  export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_btl=self,vader
+  want_collectives=1
+else
+  optional_missing "mpirun not found: calibrating on one rank (no collectives)"
+  launch=()
+  want_collectives=0
+fi
+run "${launch[@]}" "$plan" calibrate --out "$tmp/profile.json" "${model[@]}" --threads 1 --world 2 --global-batch 12
+[ "$rc" -eq 0 ] || { fail "plan calibrate exited $rc"; show; }
+python3 - "$tmp/profile.json" "$want_collectives" <<'PY' || fail "the profile"
+import json, sys
+p = json.load(open(sys.argv[1]))
+for k in ("peak_gflops", "attention_gflops", "bandwidth_gbs", "op_overhead_us"):
+    assert p[k] > 0, (k, p[k])
+assert len(p["gemm"]) > 10 and all(g[4] > 0 for g in p["gemm"]), len(p["gemm"])
+if sys.argv[2] == "1":
+    for op in ("all_reduce", "reduce_scatter", "all_gather", "send"):
+        assert p["collectives"][op]["2"]["gbs"] > 0, op
+PY
+if [ "$want_collectives" = 1 ]; then
+  run "$plan" "${model[@]}" --world 2 --global-batch 12 --profile "$tmp/profile.json" --format json
+  [ "$rc" -eq 0 ] || { fail "plan --profile exited $rc"; show; }
+  python3 - "$tmp/out" <<'PY' || fail "plan --profile: step times"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+times = [r["ms_per_step"] for r in rows]
+assert len(rows) == 102 and times == sorted(times), (len(rows), times[:5])
+for r in rows:
+    assert 0 < r["mfu"] < 1 and r["tokens_per_s"] > 0 and r["bubble_ms"] >= 0, r
+    assert (r["pp"] == 1) == (r["bubble_ms"] < 1e-9), r
+PY
+fi
+run "$plan" "${model[@]}" --profile "$tmp/nothing.json"
+expect_error "a missing profile" "nothing.json"
+
 finish cli_plan

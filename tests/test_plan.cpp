@@ -130,6 +130,74 @@ TEST_CASE("a memory cap names the tag that overflows first") {
   CHECK(capped.overflow_where == "before the step");
 }
 
+TEST_CASE("the pipeline's makespan: (M + P - 1)(F + B) for equal stages, the bubble's formula") {
+  for (auto schedule : {PipelineSchedule::gpipe, PipelineSchedule::one_f_one_b})
+    for (int P : {1, 2, 4})
+      for (int M : {1, 3, 8}) {
+        const std::vector<double> F(static_cast<size_t>(P), 1.0), B(static_cast<size_t>(P), 2.0);
+        INFO("P " << P << " M " << M << " " << pipeline_schedule_name(schedule));
+        CHECK(pipeline_makespan(F, B, 0.0, M, schedule) == Approx((M + P - 1) * 3.0));
+      }
+  // One slow stage sets the pace: M of its (F + B) plus the others' fill and drain.
+  CHECK(pipeline_makespan({1, 4}, {1, 4}, 0.0, 4, PipelineSchedule::gpipe) ==
+        Approx(1 + 16 + 16 + 1));
+  // Each transfer adds its time between stages, forward and back.
+  CHECK(pipeline_makespan({1, 1}, {1, 1}, 0.5, 1, PipelineSchedule::one_f_one_b) == Approx(5.0));
+  CHECK_THROWS_WITH(pipeline_makespan({}, {}, 0, 1, PipelineSchedule::gpipe),
+                    Contains("pipeline_makespan"));
+}
+
+TEST_CASE("a machine profile: JSON both ways, products and collectives looked up, errors named") {
+  MachineProfile p;
+  p.name = "test";
+  p.peak_gflops = 100;
+  p.attention_gflops = 10;
+  p.bandwidth_gbs = 20;
+  p.op_overhead_us = 1;
+  p.gemm = {{64, 64, 64, 2, 50}, {1024, 1024, 1024, 2, 100}, {1024, 1024, 1024, 1, 80}};
+  p.collectives["all_reduce"][2] = {10, 5};
+  const MachineProfile q = MachineProfile::from_json(p.to_json(), "round trip");
+  CHECK(q.gemm.size() == 3);
+  CHECK(q.gemm[2].trans == 1);
+  // The nearest measured shape of the same transposition sets the rate.
+  CHECK(q.gemm_seconds(1000, 1000, 1000, 2) == Approx(2e9 / 100e9));
+  CHECK(q.gemm_seconds(1000, 1000, 1000, 1) == Approx(2e9 / 80e9));
+  CHECK(q.gemm_seconds(60, 70, 64, 2) == Approx(2.0 * 60 * 70 * 64 / 50e9));
+  // latency + bytes / bandwidth; a group of 4 from the measured 2 by the ring's steps and share.
+  CHECK(q.collective_seconds("all_reduce", 2, 5000) == Approx(10e-6 + 1e-6));
+  CHECK(q.collective_seconds("all_reduce", 4, 5000) == Approx(30e-6 + 1e-6 * 1.5));
+  CHECK(q.collective_seconds("all_reduce", 1, 5000) == 0);
+  CHECK_THROWS_WITH(q.collective_seconds("all_gather", 2, 1), Contains("all_gather"));
+  CHECK_THROWS_WITH(MachineProfile::from_json("{", "bad.json"), Contains("bad.json"));
+  CHECK_THROWS_WITH(MachineProfile::from_json(R"({"peak_gflops": 1})", "short.json"),
+                    Contains("short.json") && Contains("attention_gflops"));
+}
+
+TEST_CASE("step time: data parallelism adds its exposed reduction, ZeRO-1 all of it") {
+  MachineProfile p;
+  p.name = "test";
+  p.peak_gflops = p.gemm_gflops = 100;
+  p.attention_gflops = 10;
+  p.bandwidth_gbs = 20;
+  p.op_overhead_us = 1;
+  for (const char* op : {"all_reduce", "reduce_scatter", "all_gather", "send"})
+    p.collectives[op][2] = {50, 1};
+  GptTrainConfig c = tiny_model();
+  const TimePrediction one = predict(c, {}, 0, &p).time;
+  c.dp = 2;
+  const TimePrediction ddp = predict(c, {}, 0, &p).time;
+  c.zero = 1;
+  const TimePrediction z1 = predict(c, {}, 0, &p).time;
+  CHECK(one.ms_per_step > 0);
+  CHECK(one.dp_exposed_ms == 0);
+  CHECK(ddp.dp_exposed_ms > 0);
+  CHECK(z1.dp_exposed_ms > ddp.dp_exposed_ms);  // reduce-scatter and all-gather, neither hidden
+  CHECK(ddp.tokens_per_s ==
+        Approx(2 * c.batch_size * c.model.block_size / (ddp.ms_per_step / 1e3)));
+  CHECK(one.mfu > 0);
+  CHECK(one.mfu < 1);
+}
+
 namespace {
 
 // A corpus of 6000 characters over 10 symbols.

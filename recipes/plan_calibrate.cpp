@@ -1,0 +1,135 @@
+// plan calibrate: this machine's profile for the step-time model (recipes/plan.h). Every figure is
+// a timing of the runtime's own ops: the matrix products at the shapes the layouts use, attention,
+// an elementwise op on large and on tiny tensors, and the collectives over the world group.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "autograd/functions.h"
+#include "parallel/communicator.h"
+#include "recipes/plan.h"
+#include "tensor/ops.h"
+#include "tensor/parallel.h"
+#include "tensor/random.h"
+
+namespace forge {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The fastest of a few calls (after one warm-up): at least 3, until `budget` seconds have gone.
+double best_seconds(const std::function<void()>& fn, double budget = 0.05) {
+  fn();
+  double best = 1e30, spent = 0;
+  for (int i = 0; i < 3 || (spent < budget && i < 200); ++i) {
+    const auto t0 = Clock::now();
+    fn();
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    best = std::min(best, s);
+    spent += s;
+  }
+  return best;
+}
+
+// Least squares of t = a + bytes * b over the points; a >= 0.
+MachineProfile::Link fit_link(const std::vector<std::pair<double, double>>& pts) {
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  const double n = double(pts.size());
+  for (auto [x, y] : pts) sx += x, sy += y, sxx += x * x, sxy += x * y;
+  double b = (n * sxy - sx * sy) / (n * sxx - sx * sx);
+  double a = (sy - b * sx) / n;
+  if (a < 0) a = 0, b = sxy / sxx;
+  return {a * 1e6, b > 0 ? 1.0 / b / 1e9 : 1e3};
+}
+
+}  // namespace
+
+MachineProfile calibrate_machine(const GptTrainConfig& cfg,
+                                 const std::vector<std::array<int64_t, 4>>& shapes,
+                                 Communicator& world) {
+  MachineProfile p;
+  Generator gen(1);
+  // Matrix products: every shape the layouts run.
+  double best = 0;
+  for (const auto& [m, n, k, trans] : shapes) {
+    const bool ta = trans == 1, tb = trans == 2;
+    Tensor a = ta ? randn({k, m}, gen) : randn({m, k}, gen);
+    Tensor b = tb ? randn({n, k}, gen) : randn({k, n}, gen);
+    const double s = best_seconds([&] { matmul(a, b, ta, tb); });
+    const double gflops = 2.0 * double(m) * double(n) * double(k) / s * 1e-9;
+    p.gemm.push_back({m, n, k, int(trans), gflops});
+    best = std::max(best, gflops);
+  }
+  {
+    Tensor a = randn({1024, 1024}, gen), b = randn({1024, 1024}, gen);
+    best = std::max(best, 2.0 * 1024 * 1024 * 1024 / best_seconds([&] { matmul(a, b); }) * 1e-9);
+  }
+  p.peak_gflops = best;
+  // Attention: one sequence of the model's heads.
+  const GPTConfig& m = cfg.model;
+  {
+    const int64_t T = m.block_size, C = m.n_embd;
+    Tensor qkv = randn({1, T, 3 * C}, gen);
+    const double s = best_seconds([&] { causal_attention(qkv, int(m.n_head)); });
+    p.attention_gflops = 2.0 * double(T * T) * double(C) / s * 1e-9;
+  }
+  // Streaming bandwidth (an add of 16 MiB tensors: two read, one written) and one tiny op.
+  {
+    Tensor a = randn({1 << 22}, gen), b = randn({1 << 22}, gen);
+    p.bandwidth_gbs = 3.0 * double(a.nbytes()) / best_seconds([&] { add(a, b); }) * 1e-9;
+    // The fixed cost of an op in training: a chain of small autograd adds, forward and
+    // backward (graph nodes, allocations, dispatch), per op.
+    Variable x(randn({16}, gen), /*requires_grad=*/true);
+    constexpr int kOps = 64;
+    const double chain = best_seconds([&] {
+      Variable y = x;
+      for (int i = 0; i < kOps; ++i) y = add(y, x);
+      sum(y).backward();
+    });
+    p.op_overhead_us = chain / (2 * kOps + 2) * 1e6;
+    // GELU (tanh form, transcendental: compute-bound), forward and backward, per element.
+    Variable g(randn({1 << 20}, gen), true);
+    const double gs = best_seconds([&] { sum(gelu(g, GeluApprox::tanh)).backward(); });
+    p.gelu_ns = gs / 3.0 / double(1 << 20) * 1e9;  // backward about twice forward
+  }
+  // Collectives over the whole world (under mpirun), at a few sizes, fitted to latency +
+  // bytes / bandwidth; `send` between ranks 0 and 1.
+  const int N = world.size();
+  if (N > 1) {
+    for (const char* op : {"all_reduce", "reduce_scatter", "all_gather", "send"}) {
+      std::vector<std::pair<double, double>> pts;
+      for (int64_t bytes :
+           {int64_t(4) << 10, int64_t(64) << 10, int64_t(1) << 20, int64_t(4) << 20}) {
+        const int64_t whole = bytes / 4 / N * N;
+        Tensor big = zeros({whole}), part = zeros({whole / N});
+        std::string name = op;
+        auto once = [&] {
+          if (name == "all_reduce") world.all_reduce(big);
+          if (name == "reduce_scatter") world.reduce_scatter_async(part, big, ReduceOp::sum).wait();
+          if (name == "all_gather") world.all_gather_async(big, part).wait();
+          if (name == "send") {
+            if (world.rank() == 0) world.send(big, 1);
+            if (world.rank() == 1) world.recv(big, 0);
+          }
+        };
+        std::vector<double> times;
+        for (int i = 0; i < 7; ++i) {
+          world.barrier_async().wait();
+          const auto t0 = Clock::now();
+          once();
+          times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+        }
+        std::sort(times.begin(), times.end());
+        // Every rank takes the slowest rank's median (the collective ends when all have it).
+        Tensor t = full({1}, times[times.size() / 2], DType::f64);
+        world.all_reduce(t, ReduceOp::max);
+        pts.push_back({double(whole * 4), t.item()});
+      }
+      p.collectives[op][N] = fit_link(pts);
+    }
+  }
+  return p;
+}
+
+}  // namespace forge
