@@ -209,6 +209,7 @@ class StepReplay {
     std::vector<int64_t> grad_buckets;  // DDP's / ZeRO's reduce units, bytes, in ready order
     std::vector<int64_t> unit_bytes;    // ZeRO: each unit's whole bytes (gathers)
     int64_t local_numel = 0;            // parameters held (whole, before ZeRO)
+    int64_t ops = 0;                    // ops (allocations) of one micro-batch's forward+backward
   };
   Result run() {
     persistent();
@@ -218,6 +219,7 @@ class StepReplay {
     r.forward_s = forward_s_;
     r.backward_s = backward_s_;
     r.tp_comm_s = tp_comm_s_;
+    r.ops = ops_fwd_ + ops_bwd_;
     for (const Param& p : params_) r.local_numel += p.numel;
     // AdamW reads parameter, gradient and both moments and writes three: 28 bytes an element,
     // one pass per tensor; then the gradient norm reads each gradient once more.
@@ -278,9 +280,11 @@ class StepReplay {
   int64_t C_ = 0, Cl_ = 0, F_ = 0, Hl_ = 0, Vl_ = 0, T_ = 0, b_ = 0, M_ = 0;
   Ledger L_;
   const MachineProfile* prof_;
+  bool cpu_ = Device::parse(cfg_.device).is_cpu();  // the packed CPU kernels' scratch
   std::set<std::array<int64_t, 4>>* shapes_;
   double t_ = 0;  // seconds of the ops replayed so far (with a profile)
   double forward_s_ = 0, backward_s_ = 0, tp_comm_s_ = 0, fwd_tp_ = 0, bwd_tp_ = 0;
+  int64_t ops_ = 0, ops_fwd_ = 0, ops_bwd_ = 0;
   std::vector<int64_t> ddp_bucket_bytes_;
   // Gradients: DDP's bucket views exist all along; otherwise backward creates them.
   std::vector<std::optional<Id>> grad_;
@@ -457,6 +461,7 @@ class StepReplay {
   // An op's output (an elementwise op, a reduction: memory-bound, about three times its output's
   // bytes moved) or a tensor saved beside it.
   Id act(int64_t bytes) {
+    ++ops_;
     if (prof_)
       t_ += prof_->op_overhead_us * 1e-6 + 3.0 * double(bytes) / (prof_->bandwidth_gbs * 1e9);
     return L_.alloc(MemoryTag::activations, bytes);
@@ -465,9 +470,10 @@ class StepReplay {
   // Linear's forward is x @ W^T, its backward g @ W and g^T @ x.
   Id product(int64_t m, int64_t n, int64_t k, int trans) {
     if (shapes_) shapes_->insert({m, n, k, trans});
+    ++ops_;
     if (prof_) t_ += prof_->op_overhead_us * 1e-6 + prof_->gemm_seconds(m, n, k, trans);
     Id out = L_.alloc(MemoryTag::activations, m * n * kF32);
-    L_.transient(MemoryTag::other, cpu::gemm_workspace_bytes(m, n, k));
+    if (cpu_) L_.transient(MemoryTag::other, cpu::gemm_workspace_bytes(m, n, k));
     return out;
   }
   void gelu_time(double factor) {
@@ -748,15 +754,17 @@ class StepReplay {
     int forwards = 0, backwards = 0;
     auto forward_one = [&] {
       const double t0 = t_, c0 = tp_comm_s_;
+      const int64_t n0 = ops_;
       in_flight.push_back(forward(forwards++));
-      if (forwards == 1) forward_s_ = t_ - t0, fwd_tp_ = tp_comm_s_ - c0;
+      if (forwards == 1) forward_s_ = t_ - t0, fwd_tp_ = tp_comm_s_ - c0, ops_fwd_ = ops_ - n0;
     };
     auto backward_one = [&] {
       MicroBatch f = std::move(in_flight.front());
       in_flight.pop_front();
       const double t0 = t_, c0 = tp_comm_s_;
+      const int64_t n0 = ops_;
       backward(f, backwards++);
-      if (backwards == 1) backward_s_ = t_ - t0, bwd_tp_ = tp_comm_s_ - c0;
+      if (backwards == 1) backward_s_ = t_ - t0, bwd_tp_ = tp_comm_s_ - c0, ops_bwd_ = ops_ - n0;
     };
     if (cfg_.schedule == PipelineSchedule::gpipe) {
       for (int i = 0; i < M; ++i) forward_one();
@@ -1001,6 +1009,7 @@ PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int6
   const int P = int(cfg.pp);
   std::vector<double> F(static_cast<size_t>(P)), B(static_cast<size_t>(P));
   double tp_comm = 0, dp_exposed = 0, optimizer = 0;
+  int64_t ops = 0;
   for (int stage = 0; stage < P; ++stage)
     for (int r = 0; r < int(cfg.tp); ++r) {
       StepReplay::Result res = StepReplay(cfg, corpus, stage, r, cap_bytes, profile).run();
@@ -1019,6 +1028,7 @@ PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int6
       F[size_t(stage)] = res.forward_s;
       B[size_t(stage)] = res.backward_s;
       tp_comm = std::max(tp_comm, res.tp_comm_s * double(cfg.micro_batches));
+      ops = std::max(ops, res.ops);
       optimizer = std::max(optimizer, res.optimizer_s);
       // The data-parallel side of this stage, after its last backward.
       const int N = int(cfg.dp);
@@ -1081,6 +1091,7 @@ PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int6
   t.pp_comm_ms = P > 1 ? 2.0 * double(M) * hop * 1e3 : 0;
   t.dp_exposed_ms = dp_exposed * 1e3;
   t.optimizer_ms = optimizer * 1e3;
+  t.ops_per_micro_batch = ops;
   const double step_tokens = double(cfg.dp * cfg.batch_size * cfg.model.block_size);
   t.tokens_per_s = step_tokens / step_s;
   t.mfu = cfg.model.flops_per_token(cfg.model.block_size) * t.tokens_per_s /

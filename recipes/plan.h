@@ -124,6 +124,7 @@ struct TimePrediction {
   // the slowest stage's idle time; data-parallel communication left after overlap; the update.
   double pipeline_ms = 0, bubble_ms = 0, tp_comm_ms = 0, pp_comm_ms = 0, dp_exposed_ms = 0,
          optimizer_ms = 0;
+  int64_t ops_per_micro_batch = 0;  // ops replayed in one forward and backward (busiest stage)
 };
 
 struct PlanPrediction {

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "autograd/functions.h"
+#include "models/gpt.h"
 #include "parallel/communicator.h"
 #include "recipes/plan.h"
 #include "tensor/ops.h"
@@ -78,20 +79,43 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
   {
     Tensor a = randn({1 << 22}, gen), b = randn({1 << 22}, gen);
     p.bandwidth_gbs = 3.0 * double(a.nbytes()) / best_seconds([&] { add(a, b); }) * 1e-9;
-    // The fixed cost of an op in training: a chain of small autograd adds, forward and
-    // backward (graph nodes, allocations, dispatch), per op.
-    Variable x(randn({16}, gen), /*requires_grad=*/true);
-    constexpr int kOps = 64;
-    const double chain = best_seconds([&] {
-      Variable y = x;
-      for (int i = 0; i < kOps; ++i) y = add(y, x);
-      sum(y).backward();
-    });
-    p.op_overhead_us = chain / (2 * kOps + 2) * 1e6;
     // GELU (tanh form, transcendental: compute-bound), forward and backward, per element.
     Variable g(randn({1 << 20}, gen), true);
     const double gs = best_seconds([&] { sum(gelu(g, GeluApprox::tanh)).backward(); });
     p.gelu_ns = gs / 3.0 / double(1 << 20) * 1e9;  // backward about twice forward
+  }
+  // The fixed cost of an op in training (graph nodes, allocations, dispatch, threads): a tiny
+  // GPT's forward and backward, whose arithmetic is negligible, against what the replay charges
+  // it without that cost, per op the replay counts.
+  {
+    GptTrainConfig tiny = cfg;
+    tiny.model = GPTConfig{.n_layer = 2,
+                           .n_head = 2,
+                           .n_embd = 8,
+                           .block_size = 8,
+                           .vocab_size = 8,
+                           .bias = cfg.model.bias};
+    tiny.batch_size = 1;
+    tiny.micro_batches = 1;
+    tiny.dp = tiny.tp = tiny.pp = 1;
+    tiny.zero = 0;
+    tiny.checkpoint = ActivationCheckpointing::none;
+    tiny.precision = DType::f32;
+    Generator init(1), drop(2);
+    GPT model(tiny.model, init, drop);
+    model.train();
+    Tensor idx = zeros({1, 8}, DType::i64), targets = zeros({1, 8}, DType::i64);
+    const double measured = best_seconds(
+        [&] {
+          for (Variable& v : model.parameters()) v.zero_grad();
+          model.loss(model.forward(idx), targets).backward();
+        },
+        0.2);
+    MachineProfile bare = p;
+    bare.op_overhead_us = 0;
+    const TimePrediction t = predict(tiny, CorpusSize{}, 0, &bare).time;
+    p.op_overhead_us =
+        std::max(0.0, (measured - t.pipeline_ms * 1e-3) / double(t.ops_per_micro_batch)) * 1e6;
   }
   // Collectives over the whole world (under mpirun), at a few sizes, fitted to latency +
   // bytes / bandwidth; `send` between ranks 0 and 1.
@@ -116,6 +140,10 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
         std::vector<double> times;
         for (int i = 0; i < 7; ++i) {
           world.barrier_async().wait();
+          // 200 us of work first, as a step's ops come between its collectives: the
+          // communication thread is then asleep, as it is in training.
+          for (auto s0 = Clock::now(); Clock::now() - s0 < std::chrono::microseconds(200);) {
+          }
           const auto t0 = Clock::now();
           once();
           times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
