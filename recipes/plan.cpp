@@ -868,6 +868,7 @@ std::string MachineProfile::to_json() const {
   j["bandwidth_gbs"] = bandwidth_gbs;
   j["op_overhead_us"] = op_overhead_us;
   j["gelu_ns"] = gelu_ns;
+  j["overlap"] = overlap;
   j["gemm"] = nlohmann::json::array();
   for (const Gemm& g : gemm) j["gemm"].push_back({g.m, g.n, g.k, g.trans, g.gflops});
   nlohmann::ordered_json c = nlohmann::ordered_json::object();
@@ -895,6 +896,7 @@ MachineProfile MachineProfile::from_json(const std::string& text, const std::str
     p.bandwidth_gbs = j.at("bandwidth_gbs").get<double>();
     p.op_overhead_us = j.at("op_overhead_us").get<double>();
     p.gelu_ns = j.value("gelu_ns", 0.0);
+    p.overlap = j.value("overlap", 1.0);
     const nlohmann::json gemms = j.value("gemm", nlohmann::json::array());
     const nlohmann::json collectives = j.value("collectives", nlohmann::json::object());
     for (const auto& g : gemms)
@@ -1037,25 +1039,38 @@ PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int6
         return [=](int64_t bytes) { return profile->collective_seconds(op, N, bytes); };
       };
       if (N > 1) {
+        // Communication behind compute hides only as far as the machine overlaps the two
+        // (profile.overlap: 1 with spare cores or a separate engine, less when they share cores).
+        auto behind = [&](double total, double ideal_exposed) {
+          return ideal_exposed + (1.0 - profile->overlap) * std::max(0.0, total - ideal_exposed);
+        };
+        auto sum = [&](const char* op, const std::vector<int64_t>& sizes) {
+          double t = 0;
+          for (int64_t b : sizes) t += profile->collective_seconds(op, N, b);
+          return t;
+        };
         if (cfg.zero == 0) {
-          exposed = exposed_after_backward(res.grad_buckets, res.backward_s, cost("all_reduce"));
-        } else if (cfg.zero == 1) {
-          for (int64_t b : res.grad_buckets)
-            exposed += profile->collective_seconds("reduce_scatter", N, b);
-        } else {
           exposed =
-              exposed_after_backward(res.grad_buckets, res.backward_s, cost("reduce_scatter"));
+              behind(sum("all_reduce", res.grad_buckets),
+                     exposed_after_backward(res.grad_buckets, res.backward_s, cost("all_reduce")));
+        } else if (cfg.zero == 1) {
+          exposed = sum("reduce_scatter", res.grad_buckets);
+        } else {
+          exposed = behind(
+              sum("reduce_scatter", res.grad_buckets),
+              exposed_after_backward(res.grad_buckets, res.backward_s, cost("reduce_scatter")));
         }
         // Stages 1-2 gather the updated parameters after the step; 3 gathers each unit before
-        // its forward and backward, the next one prefetched behind the current one's compute.
-        double gathers = 0;
-        for (int64_t b : res.unit_bytes) gathers += profile->collective_seconds("all_gather", N, b);
+        // its forward and again before its backward, the next one prefetched behind the current
+        // one's compute.
+        const double gathers = sum("all_gather", res.unit_bytes);
         if (cfg.zero == 1 || cfg.zero == 2) exposed += gathers;
         if (cfg.zero == 3 && !res.unit_bytes.empty()) {
           const double first = profile->collective_seconds("all_gather", N, res.unit_bytes[0]);
-          const int m = int(cfg.micro_batches);
+          const double m = double(cfg.micro_batches);
+          const double compute = m * (res.forward_s + res.backward_s);
           exposed +=
-              2 * m * first + std::max(0.0, m * gathers - m * (res.forward_s + res.backward_s));
+              behind(2 * m * gathers, 2 * m * first + std::max(0.0, 2 * m * gathers - compute));
         }
       }
       dp_exposed = std::max(dp_exposed, exposed);

@@ -103,6 +103,9 @@ struct MachineProfile {
   double bandwidth_gbs = 0;     // elementwise ops: bytes read + written per second
   double op_overhead_us = 0;    // the fixed cost of one op (dispatch, allocation, threads)
   double gelu_ns = 0;  // GELU forward per element (its backward: twice); 0: memory-bound only
+  // How much of a collective hides behind compute running at the same time: 1 when they do not
+  // slow each other (spare cores, a GPU's copy engines), 0 when they share the cores fully.
+  double overlap = 1;
   struct Link {
     double latency_us = 0, gbs = 0;  // time = latency + bytes / (gbs * 1e9)
   };

@@ -78,7 +78,7 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
   // Streaming bandwidth (an add of 16 MiB tensors: two read, one written) and one tiny op.
   {
     Tensor a = randn({1 << 22}, gen), b = randn({1 << 22}, gen);
-    p.bandwidth_gbs = 3.0 * double(a.nbytes()) / best_seconds([&] { add(a, b); }) * 1e-9;
+    p.bandwidth_gbs = 3.0 * double(a.nbytes()) / best_seconds([&] { add(a, b); }, 0.3) * 1e-9;
     // GELU (tanh form, transcendental: compute-bound), forward and backward, per element.
     Variable g(randn({1 << 20}, gen), true);
     const double gs = best_seconds([&] { sum(gelu(g, GeluApprox::tanh)).backward(); });
@@ -156,6 +156,34 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
       }
       p.collectives[op][N] = fit_link(pts);
     }
+    // Overlap: a 4 MiB all-reduce alone, products alone, and the all-reduce started just
+    // before the same products (as DDP starts a bucket's while backward goes on).
+    Tensor big = zeros({int64_t(1) << 20});
+    Tensor a = randn({256, 256}, gen), b = randn({256, 256}, gen);
+    auto compute = [&] {
+      for (int i = 0; i < 40; ++i) matmul(a, b);
+    };
+    auto timed = [&](const std::function<void()>& fn) {
+      std::vector<double> ts;
+      for (int i = 0; i < 5; ++i) {
+        world.barrier_async().wait();
+        const auto t0 = Clock::now();
+        fn();
+        ts.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+      }
+      std::sort(ts.begin(), ts.end());
+      Tensor t = full({1}, ts[ts.size() / 2], DType::f64);
+      world.all_reduce(t, ReduceOp::max);
+      return t.item();
+    };
+    const double comm = timed([&] { world.all_reduce(big); });
+    const double work = timed(compute);
+    const double both = timed([&] {
+      Work w = world.all_reduce_async(big, ReduceOp::sum);
+      compute();
+      w.wait();
+    });
+    p.overlap = std::clamp((comm + work - both) / std::min(comm, work), 0.0, 1.0);
   }
   return p;
 }
