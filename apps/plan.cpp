@@ -221,7 +221,7 @@ int main(int argc, char** argv) {
     for (PlanCandidate& c : enumerate_layouts(base, world, global_batch)) {
       if (!wanted(c)) continue;
       if (!c.refused.empty()) {
-        refused.push_back({std::move(c), {}});
+        refused.push_back({std::move(c), {}, std::nullopt});
         continue;
       }
       PlanPrediction p = predict(c.config, corpus, cap, profile ? &*profile : nullptr);

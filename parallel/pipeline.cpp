@@ -18,6 +18,25 @@ const char* pipeline_schedule_name(PipelineSchedule s) {
   return s == PipelineSchedule::gpipe ? "gpipe" : "1f1b";
 }
 
+std::vector<bool> pipeline_order(PipelineSchedule schedule, int stages, int stage,
+                                 int micro_batches) {
+  const int M = micro_batches;
+  std::vector<bool> order;
+  if (schedule == PipelineSchedule::gpipe) {
+    order.assign(size_t(M), true);
+    order.resize(size_t(2 * M), false);
+    return order;
+  }
+  const int warmup = std::min(stages - stage - 1, M);
+  order.assign(size_t(warmup), true);
+  for (int i = 0; i < M - warmup; ++i) {
+    order.push_back(true);
+    order.push_back(false);
+  }
+  order.resize(size_t(2 * M), false);
+  return order;
+}
+
 Pipeline::Pipeline(GPT& model, std::shared_ptr<Communicator> pp, PipelineOptions options)
     : model_(model), pp_(std::move(pp)), options_(options) {
   FORGE_CHECK(model_.first_stage() == (pp_->rank() == 0) &&
@@ -116,18 +135,8 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
           pp_->send_async(f.input.grad().contiguous().to(pp_->device()), s - 1, kBackwardTag));
   };
 
-  if (options_.schedule == PipelineSchedule::gpipe) {
-    for (int m = 0; m < M; ++m) forward_one();
-    for (int m = 0; m < M; ++m) backward_one();
-  } else {
-    const int warmup = std::min(P - s - 1, M);
-    for (int i = 0; i < warmup; ++i) forward_one();
-    for (int i = 0; i < M - warmup; ++i) {
-      forward_one();
-      backward_one();
-    }
-    for (int i = 0; i < warmup; ++i) backward_one();
-  }
+  for (bool forward : pipeline_order(options_.schedule, P, s, M))
+    forward ? forward_one() : backward_one();
   for (Work& w : sends) w.wait();
 
   // Every stage learns the loss from the last one.

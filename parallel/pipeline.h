@@ -27,6 +27,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "models/gpt.h"
 #include "parallel/ddp.h"
@@ -36,6 +37,10 @@ namespace forge {
 enum class PipelineSchedule { gpipe, one_f_one_b };
 PipelineSchedule parse_pipeline_schedule(const std::string& name);  // "gpipe" or "1f1b"
 const char* pipeline_schedule_name(PipelineSchedule s);
+// Stage `stage` of `stages`' work in one step, in its schedule's order: true for a forward, false
+// for a backward; the i-th forward and the i-th backward are both micro-batch i.
+std::vector<bool> pipeline_order(PipelineSchedule schedule, int stages, int stage,
+                                 int micro_batches);
 
 struct PipelineOptions {
   PipelineSchedule schedule = PipelineSchedule::one_f_one_b;

@@ -208,7 +208,6 @@ class StepReplay {
     double forward_s = 0, backward_s = 0, tp_comm_s = 0, optimizer_s = 0;
     std::vector<int64_t> grad_buckets;  // DDP's / ZeRO's reduce units, bytes, in ready order
     std::vector<int64_t> unit_bytes;    // ZeRO: each unit's whole bytes (gathers)
-    int64_t local_numel = 0;            // parameters held (whole, before ZeRO)
     int64_t ops = 0;                    // ops (allocations) of one micro-batch's forward+backward
   };
   Result run() {
@@ -220,24 +219,22 @@ class StepReplay {
     r.backward_s = backward_s_;
     r.tp_comm_s = tp_comm_s_;
     r.ops = ops_fwd_ + ops_bwd_;
-    for (const Param& p : params_) r.local_numel += p.numel;
     // AdamW reads parameter, gradient and both moments and writes three: 28 bytes an element,
     // one pass per tensor; then the gradient norm reads each gradient once more.
-    const int64_t updated =
-        cfg_.zero > 0 ? std::accumulate(units_.begin(), units_.end(), int64_t(0),
-                                        [](int64_t a, const Unit& u) { return a + u.share; })
-                      : r.local_numel;
+    int64_t updated = 0;
+    if (cfg_.zero > 0)
+      for (const Unit& u : units_) updated += u.share;
+    else
+      for (const Param& p : params_) updated += p.numel;
     if (prof_)
       r.optimizer_s = double(updated) * (28 + 4) / (prof_->bandwidth_gbs * 1e9) +
                       2.0 * double(params_.size()) * prof_->op_overhead_us * 1e-6;
-    if (cfg_.zero == 0) {
-      r.grad_buckets = ddp_bucket_bytes_;
-    } else {
-      for (size_t i = units_.size(); i-- > 0;)
-        if (units_[i].numel > 0) r.grad_buckets.push_back(N() * units_[i].share * kF32);
-    }
     for (const Unit& u : units_)
       if (u.numel > 0) r.unit_bytes.push_back(N() * u.share * kF32);
+    // DDP's buckets; ZeRO reduces each unit, backward finishing them last unit first.
+    r.grad_buckets = cfg_.zero == 0
+                         ? ddp_bucket_bytes_
+                         : std::vector<int64_t>(r.unit_bytes.rbegin(), r.unit_bytes.rend());
     return r;
   }
 
@@ -348,18 +345,17 @@ class StepReplay {
   // the parameters' gradients are views into them.
   void ddp_buckets() {
     const int64_t bucket_bytes = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * (1 << 20)));
-    int64_t filled = 0, total = 0;
+    int64_t total = 0;  // elements in the open bucket
+    auto close = [&] {
+      L_.alloc(MemoryTag::gradients, total * kF32);
+      ddp_bucket_bytes_.push_back(total * kF32);
+      total = 0;
+    };
     for (size_t i = params_.size(); i-- > 0;) {
-      if (total > 0 && filled >= bucket_bytes) {
-        L_.alloc(MemoryTag::gradients, total * kF32);
-        ddp_bucket_bytes_.push_back(total * kF32);
-        filled = total = 0;
-      }
-      filled += params_[i].numel * kF32;
+      if (total > 0 && total * kF32 >= bucket_bytes) close();
       total += params_[i].numel;
     }
-    if (total > 0) L_.alloc(MemoryTag::gradients, total * kF32);
-    if (total > 0) ddp_bucket_bytes_.push_back(total * kF32);
+    if (total > 0) close();
     for (size_t k = 0; k < params_.size(); ++k) grad_[k] = kView;
   }
 
@@ -766,18 +762,8 @@ class StepReplay {
       backward(f, backwards++);
       if (backwards == 1) backward_s_ = t_ - t0, bwd_tp_ = tp_comm_s_ - c0, ops_bwd_ = ops_ - n0;
     };
-    if (cfg_.schedule == PipelineSchedule::gpipe) {
-      for (int i = 0; i < M; ++i) forward_one();
-      for (int i = 0; i < M; ++i) backward_one();
-    } else {
-      const int warmup = std::min(P - s - 1, M);
-      for (int i = 0; i < warmup; ++i) forward_one();
-      for (int i = 0; i < M - warmup; ++i) {
-        forward_one();
-        backward_one();
-      }
-      for (int i = 0; i < warmup; ++i) backward_one();
-    }
+    for (bool forward : pipeline_order(cfg_.schedule, P, s, M))
+      forward ? forward_one() : backward_one();
     tp_comm_s_ = fwd_tp_ + bwd_tp_;  // one micro-batch's
     L_.at("after backward");
     for (Id id : held_to_end_) L_.free(id);
@@ -795,12 +781,11 @@ class StepReplay {
         if (grad_[k]) L_.transient(MemoryTag::other, params_[k].numel * kF32);
     L_.at("optimizer step");
     if (cfg_.zero == 1 || cfg_.zero == 2) {
-      int in_flight_shares = 0;
       std::deque<Id> sends;
       for (const Unit& u : units_) {
         if (u.numel == 0) continue;
         sends.push_back(L_.alloc(MemoryTag::other, u.share * kF32));
-        if (++in_flight_shares > 2) {
+        if (sends.size() > 2) {
           L_.free(sends.front());
           sends.pop_front();
         }
@@ -932,27 +917,13 @@ double pipeline_makespan(const std::vector<double>& F, const std::vector<double>
               "pipeline_makespan: {} forward and {} backward stage times, {} micro-batches",
               F.size(), B.size(), M);
   const int P = int(F.size());
-  std::vector<std::vector<std::pair<bool, int>>> order(static_cast<size_t>(P));  // (forward?, m)
-  for (int s = 0; s < P; ++s) {
-    auto& o = order[size_t(s)];
-    if (schedule == PipelineSchedule::gpipe) {
-      for (int m = 0; m < M; ++m) o.push_back({true, m});
-      for (int m = 0; m < M; ++m) o.push_back({false, m});
-    } else {
-      const int warmup = std::min(P - s - 1, M);
-      int f = 0, b = 0;
-      for (int i = 0; i < warmup; ++i) o.push_back({true, f++});
-      for (int i = 0; i < M - warmup; ++i) {
-        o.push_back({true, f++});
-        o.push_back({false, b++});
-      }
-      for (int i = 0; i < warmup; ++i) o.push_back({false, b++});
-    }
-  }
+  std::vector<std::vector<bool>> order;  // per stage: forward?, the runtime's own order
+  for (int s = 0; s < P; ++s) order.push_back(pipeline_order(schedule, P, s, M));
   const double kUnset = -1;
   std::vector<std::vector<double>> fdone(size_t(P), std::vector<double>(size_t(M), kUnset));
   std::vector<std::vector<double>> bdone = fdone;
   std::vector<size_t> next(static_cast<size_t>(P), 0);
+  std::vector<int> forwards(static_cast<size_t>(P), 0), backwards(forwards);  // done so far
   std::vector<double> free_at(static_cast<size_t>(P), 0);
   // Repeatedly run whichever stage's next op has its inputs ready.
   for (bool progress = true; progress;) {
@@ -960,7 +931,8 @@ double pipeline_makespan(const std::vector<double>& F, const std::vector<double>
     for (int s = 0; s < P; ++s) {
       auto& i = next[size_t(s)];
       if (i == order[size_t(s)].size()) continue;
-      const auto [fwd, m] = order[size_t(s)][i];
+      const bool fwd = order[size_t(s)][i];
+      const int m = fwd ? forwards[size_t(s)] : backwards[size_t(s)];
       double ready = 0;
       if (fwd && s > 0) {
         if (fdone[size_t(s - 1)][size_t(m)] < 0) continue;
@@ -974,6 +946,7 @@ double pipeline_makespan(const std::vector<double>& F, const std::vector<double>
       const double end = start + (fwd ? F[size_t(s)] : B[size_t(s)]);
       (fwd ? fdone : bdone)[size_t(s)][size_t(m)] = end;
       free_at[size_t(s)] = end;
+      ++(fwd ? forwards : backwards)[size_t(s)];
       ++i;
       progress = true;
     }

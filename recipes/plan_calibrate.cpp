@@ -33,6 +33,25 @@ double best_seconds(const std::function<void()>& fn, double budget = 0.05) {
   return best;
 }
 
+// `reps` timed calls of `fn` on every rank, each after a barrier and `work_first` of busy work;
+// every rank returns the slowest rank's median (a collective ends when all have it).
+double median_over_ranks(Communicator& world, int reps, const std::function<void()>& fn,
+                         std::chrono::microseconds work_first = std::chrono::microseconds(0)) {
+  std::vector<double> times;
+  for (int i = 0; i < reps; ++i) {
+    world.barrier_async().wait();
+    for (auto s0 = Clock::now(); Clock::now() - s0 < work_first;) {
+    }
+    const auto t0 = Clock::now();
+    fn();
+    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::sort(times.begin(), times.end());
+  Tensor t = full({1}, times[times.size() / 2], DType::f64);
+  world.all_reduce(t, ReduceOp::max);
+  return t.item();
+}
+
 // Least squares of t = a + bytes * b over the points; a >= 0.
 MachineProfile::Link fit_link(const std::vector<std::pair<double, double>>& pts) {
   double sx = 0, sy = 0, sxx = 0, sxy = 0;
@@ -137,22 +156,10 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
             if (world.rank() == 1) world.recv(big, 0);
           }
         };
-        std::vector<double> times;
-        for (int i = 0; i < 7; ++i) {
-          world.barrier_async().wait();
-          // 200 us of work first, as a step's ops come between its collectives: the
-          // communication thread is then asleep, as it is in training.
-          for (auto s0 = Clock::now(); Clock::now() - s0 < std::chrono::microseconds(200);) {
-          }
-          const auto t0 = Clock::now();
-          once();
-          times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-        }
-        std::sort(times.begin(), times.end());
-        // Every rank takes the slowest rank's median (the collective ends when all have it).
-        Tensor t = full({1}, times[times.size() / 2], DType::f64);
-        world.all_reduce(t, ReduceOp::max);
-        pts.push_back({double(whole * 4), t.item()});
+        // 200 us of work before each, as a step's ops come between its collectives: the
+        // communication thread is then asleep, as it is in training.
+        pts.push_back(
+            {double(whole * 4), median_over_ranks(world, 7, once, std::chrono::microseconds(200))});
       }
       p.collectives[op][N] = fit_link(pts);
     }
@@ -163,19 +170,7 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
     auto compute = [&] {
       for (int i = 0; i < 40; ++i) matmul(a, b);
     };
-    auto timed = [&](const std::function<void()>& fn) {
-      std::vector<double> ts;
-      for (int i = 0; i < 5; ++i) {
-        world.barrier_async().wait();
-        const auto t0 = Clock::now();
-        fn();
-        ts.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-      }
-      std::sort(ts.begin(), ts.end());
-      Tensor t = full({1}, ts[ts.size() / 2], DType::f64);
-      world.all_reduce(t, ReduceOp::max);
-      return t.item();
-    };
+    auto timed = [&](const std::function<void()>& fn) { return median_over_ranks(world, 5, fn); };
     const double comm = timed([&] { world.all_reduce(big); });
     const double work = timed(compute);
     const double both = timed([&] {

@@ -422,15 +422,7 @@ namespace {
 
 // A corpus of 1200 bytes over 10 symbols, with some structure to learn.
 std::string write_corpus(const TempDir& dir) {
-  std::string s;
-  uint32_t x = 5;
-  for (int i = 0; i < 1200; ++i) {
-    x = x * 1664525u + 1013904223u;
-    s.push_back(i % 7 == 6 ? '\n' : "abcdefghi"[(x >> 16) % 9]);
-  }
-  std::string path = dir.file("corpus.txt");
-  write_bytes(path, s);
-  return path;
+  return forge::testing::write_corpus(dir, 1200, 7, 5);
 }
 
 GptTrainConfig tiny_run(const std::string& data, const std::string& out) {

@@ -200,17 +200,6 @@ TEST_CASE("step time: data parallelism adds its exposed reduction, ZeRO-1 all of
 
 namespace {
 
-// A corpus of 6000 characters over 10 symbols.
-std::string write_corpus(const TempDir& dir) {
-  std::string s;
-  uint32_t x = 7;
-  for (int i = 0; i < 6000; ++i) {
-    x = x * 1664525u + 1013904223u;
-    s.push_back(i % 9 == 8 ? '\n' : "abcdefghi"[(x >> 16) % 9]);
-  }
-  return dir.write("corpus.txt", s);
-}
-
 // Rank 0's directory, its path sent to every rank (the ranks of one run share its out directory).
 std::string shared_path(Communicator& world, const std::string& mine) {
   Tensor n = full({1}, double(mine.size()), DType::f64);
@@ -260,7 +249,7 @@ TEST_CASE("predicted peak memory equals the runtime's measured peak") {
   ThreadCount threads(1);
   auto world = world_communicator();
   TempDir dir;
-  const std::string corpus_path = write_corpus(dir);
+  const std::string corpus_path = forge::testing::write_corpus(dir, 6000, 9, 7);  // 10 symbols
   const std::string out = shared_path(*world, dir.path());
   // The corpus's sizes, its tensors freed: the allocator counts this process's memory, the
   // test's own included.

@@ -112,6 +112,18 @@ inline std::string TempDir::write(const std::string& name, const std::string& by
   return write_bytes(file(name), bytes);
 }
 
+// dir/corpus.txt: `chars` characters drawn from "abcdefghi" by a linear congruential generator
+// seeded `seed`, every `line`-th a newline (a small text with some structure to learn); its path.
+inline std::string write_corpus(const TempDir& dir, int chars, int line, uint32_t seed) {
+  std::string s;
+  uint32_t x = seed;
+  for (int i = 0; i < chars; ++i) {
+    x = x * 1664525u + 1013904223u;
+    s.push_back(i % line == line - 1 ? '\n' : "abcdefghi"[(x >> 16) % 9]);
+  }
+  return dir.write("corpus.txt", s);
+}
+
 // Bitwise equality of two tensors' contents (same shape and dtype), both finite: two runs that
 // both diverged to the same NaNs are not "the same result". A test that means to compare
 // non-finite values bit for bit says so with bitwise_identical.
