@@ -156,7 +156,11 @@ int main(int argc, char** argv) {
         base.set(key, value, fmt::format("--{}", key));
         fixed.insert(key);
       }
-    base.validate();  // the model itself (heads dividing the width, ...), before any layout
+    // The model itself (heads dividing the width, ...), before any layout; the micro-batch count
+    // divides each layout's own per-replica batch, checked per layout.
+    GptTrainConfig model_only = base;
+    model_only.micro_batches = 1;
+    model_only.validate();
     const int64_t cap = parse_bytes(memory);
     if (world == 0) world = base.dp * base.tp * base.pp;
     if (global_batch == 0) global_batch = base.batch_size * base.dp;

@@ -226,9 +226,15 @@ class StepReplay {
       for (const Unit& u : units_) updated += u.share;
     else
       for (const Param& p : params_) updated += p.numel;
-    if (prof_)
+    if (prof_) {
       r.optimizer_s = double(updated) * (28 + 4) / (prof_->bandwidth_gbs * 1e9) +
                       2.0 * double(params_.size()) * prof_->op_overhead_us * 1e-6;
+      // Autocast's 16-bit copy of each weight, made once per step (its cast cache).
+      if (half_)
+        for (const Param& p : params_)
+          r.optimizer_s +=
+              prof_->op_overhead_us * 1e-6 + 6.0 * double(p.numel) / (prof_->bandwidth_gbs * 1e9);
+    }
     for (const Unit& u : units_)
       if (u.numel > 0) r.unit_bytes.push_back(N() * u.share * kF32);
     // DDP's buckets; ZeRO reduces each unit, backward finishing them last unit first.
@@ -278,6 +284,7 @@ class StepReplay {
   Ledger L_;
   const MachineProfile* prof_;
   bool cpu_ = Device::parse(cfg_.device).is_cpu();  // the packed CPU kernels' scratch
+  bool half_ = cfg_.mixed_precision();              // 16-bit products (time only)
   std::set<std::array<int64_t, 4>>* shapes_;
   double t_ = 0;  // seconds of the ops replayed so far (with a profile)
   double forward_s_ = 0, backward_s_ = 0, tp_comm_s_ = 0, fwd_tp_ = 0, bwd_tp_ = 0;
@@ -467,10 +474,22 @@ class StepReplay {
   Id product(int64_t m, int64_t n, int64_t k, int trans) {
     if (shapes_) shapes_->insert({m, n, k, trans});
     ++ops_;
-    if (prof_) t_ += prof_->op_overhead_us * 1e-6 + prof_->gemm_seconds(m, n, k, trans);
+    if (prof_) t_ += prof_->op_overhead_us * 1e-6 + prof_->gemm_seconds(m, n, k, trans, half_);
     Id out = L_.alloc(MemoryTag::activations, m * n * kF32);
     if (cpu_) L_.transient(MemoryTag::other, cpu::gemm_workspace_bytes(m, n, k));
     return out;
+  }
+  // Autocast rounds a product's f32 operand to 16 bits first (read 4 bytes, write 2 an element);
+  // only the time is charged, the copies' memory is not modelled yet.
+  void cast_time(int64_t elements) {
+    if (!prof_ || !half_) return;
+    ++ops_;
+    t_ += prof_->op_overhead_us * 1e-6 + 6.0 * double(elements) / (prof_->bandwidth_gbs * 1e9);
+  }
+  // A linear layer's forward x (M, in) @ W^T (out, in): under autocast x is rounded first.
+  Id linear(int64_t out, int64_t in) {
+    cast_time(M_ * in);
+    return product(M_, out, in, kTransB);
   }
   void gelu_time(double factor) {
     if (prof_) t_ += factor * double(M_ * F_) * prof_->gelu_ns * 1e-9;
@@ -480,12 +499,13 @@ class StepReplay {
   void attention_time(double factor) {
     if (!prof_) return;
     const double flops = 2.0 * double(b_ * Hl_) * double(T_ * T_) * double(C_ / m_.n_head);
-    t_ += factor * flops / (prof_->attention_gflops * 1e9);
+    t_ += factor * flops / prof_->attention_rate(half_);
   }
 
   // A linear layer's backward (x (M, in), W (out, in)): dx, then dW and db, handed to the
   // parameters; the saved input freed by the caller.
   Id linear_backward(const std::string& name, int64_t in, int64_t out) {
+    cast_time(M_ * out);                                        // g rounded
     Id dx = product(M_, in, out, kPlain);                       // g @ W
     gradient(name + ".weight", product(out, in, M_, kTransA));  // g^T @ x
     if (bias()) gradient(name + ".bias", act(out * kF32));
@@ -520,23 +540,23 @@ class StepReplay {
       s.ids.push_back(id);
       return id;
     };
-    keep(act(M_ * C_ * kF32));                // ln_1 out
-    keep(act(M_ * kF32));                     // mean
-    keep(act(M_ * kF32));                     // rstd
-    keep(product(M_, 3 * Cl_, C_, kTransB));  // qkv
+    keep(act(M_ * C_ * kF32));  // ln_1 out
+    keep(act(M_ * kF32));       // mean
+    keep(act(M_ * kF32));       // rstd
+    keep(linear(3 * Cl_, C_));  // qkv
     attention_time(1.0);
     keep(act(M_ * Cl_ * kF32));            // attention out
     keep(act(b_ * Hl_ * T_ * T_ * kF32));  // probabilities
-    Id p = tp_summed(product(M_, C_, Cl_, kTransB), M_ * C_ * kF32);
+    Id p = tp_summed(linear(C_, Cl_), M_ * C_ * kF32);
     keep(act(M_ * C_ * kF32));  // h = x + attn
     L_.free(p);
     keep(act(M_ * C_ * kF32));  // ln_2 out
     keep(act(M_ * kF32));
     keep(act(M_ * kF32));
-    keep(product(M_, F_, C_, kTransB));  // c_fc out (GELU's input)
+    keep(linear(F_, C_));  // c_fc out (GELU's input)
     gelu_time(1.0);
     keep(act(M_ * F_ * kF32));  // GELU out
-    Id o = tp_summed(product(M_, C_, F_, kTransB), M_ * C_ * kF32);
+    Id o = tp_summed(linear(C_, F_), M_ * C_ * kF32);
     s.out = act(M_ * C_ * kF32);  // h + mlp
     L_.free(o);
     return s;
@@ -653,7 +673,7 @@ class StepReplay {
       f.head.push_back(act(M_ * C_ * kF32));  // ln_f out
       f.head.push_back(act(M_ * kF32));
       f.head.push_back(act(M_ * kF32));
-      f.head.push_back(product(M_, Vl_, C_, kTransB));          // logits
+      f.head.push_back(linear(Vl_, C_));                        // logits
       if (cfg_.tp > 1) f.head.push_back(act(M_ * kI64));        // the targets, marked
       f.head.push_back(act(M_ * (cfg_.tp > 1 ? kF64 : kF32)));  // log-sum-exp
       f.loss = act(kF32);
@@ -680,6 +700,7 @@ class StepReplay {
       const size_t n = f.head.size();
       L_.free(f.head[3]);  // logits
       for (size_t i = 4; i < n; ++i) L_.free(f.head[i]);
+      cast_time(M_ * Vl_);  // dlogits rounded
       Id dx = product(M_, C_, Vl_, kPlain);
       gradient("transformer.wte.weight", product(Vl_, C_, M_, kTransA));
       L_.free(dlogits);
@@ -802,8 +823,9 @@ class StepReplay {
 // ---------------------------------------------------------------------------------------------
 // Machine profiles
 
-double MachineProfile::gemm_seconds(int64_t m, int64_t n, int64_t k, int trans) const {
+double MachineProfile::gemm_seconds(int64_t m, int64_t n, int64_t k, int trans, bool half) const {
   const double flops = 2.0 * double(m) * double(n) * double(k);
+  if (half && gemm16_gflops > 0) return flops / (gemm16_gflops * 1e9);
   if (gemm.empty()) {
     FORGE_CHECK(gemm_gflops > 0, "profile '{}': no matrix-product figures", name);
     return flops / (gemm_gflops * 1e9);
@@ -823,6 +845,14 @@ double MachineProfile::gemm_seconds(int64_t m, int64_t n, int64_t k, int trans) 
     if (!best || d < best_d) best = &g, best_d = d;
   }
   return flops / (best->gflops * 1e9);
+}
+
+double MachineProfile::attention_rate(bool half) const {
+  return (half && attention16_gflops > 0 ? attention16_gflops : attention_gflops) * 1e9;
+}
+
+double MachineProfile::peak_rate(bool half) const {
+  return (half && peak16_gflops > 0 ? peak16_gflops : peak_gflops) * 1e9;
 }
 
 double MachineProfile::collective_seconds(const std::string& op, int group, int64_t bytes) const {
@@ -850,6 +880,9 @@ std::string MachineProfile::to_json() const {
   j["peak_gflops"] = peak_gflops;
   j["gemm_gflops"] = gemm_gflops;
   j["attention_gflops"] = attention_gflops;
+  if (peak16_gflops > 0) j["peak16_gflops"] = peak16_gflops;
+  if (gemm16_gflops > 0) j["gemm16_gflops"] = gemm16_gflops;
+  if (attention16_gflops > 0) j["attention16_gflops"] = attention16_gflops;
   j["bandwidth_gbs"] = bandwidth_gbs;
   j["op_overhead_us"] = op_overhead_us;
   j["gelu_ns"] = gelu_ns;
@@ -878,6 +911,9 @@ MachineProfile MachineProfile::from_json(const std::string& text, const std::str
     p.peak_gflops = j.at("peak_gflops").get<double>();
     p.gemm_gflops = j.value("gemm_gflops", 0.0);
     p.attention_gflops = j.at("attention_gflops").get<double>();
+    p.peak16_gflops = j.value("peak16_gflops", 0.0);
+    p.gemm16_gflops = j.value("gemm16_gflops", 0.0);
+    p.attention16_gflops = j.value("attention16_gflops", 0.0);
     p.bandwidth_gbs = j.at("bandwidth_gbs").get<double>();
     p.op_overhead_us = j.at("op_overhead_us").get<double>();
     p.gelu_ns = j.value("gelu_ns", 0.0);
@@ -1051,10 +1087,14 @@ PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int6
   best.rank_peak_bytes = std::move(peaks);
   if (cfg.mixed_precision())
     best.caveats.push_back(
-        fmt::format("precision {}: the 16-bit copies autocast saves are not modelled (counted as "
-                    "f32)",
-                    cfg.precision));
-  if (cfg.model.dropout > 0) best.caveats.push_back("dropout masks are not modelled");
+        fmt::format("precision {}: the memory of the 16-bit copies autocast saves is not modelled "
+                    "(counted as f32){}",
+                    cfg.precision,
+                    profile && profile->gemm16_gflops == 0
+                        ? "; the profile has no 16-bit product figures (f32's are used)"
+                        : ""));
+  if (cfg.model.dropout > 0)
+    best.caveats.push_back("dropout (its masks and passes) is not modelled");
   if (!Device::parse(cfg.device).is_cpu())
     best.caveats.push_back("GPU allocators' rounding and workspaces are not modelled");
   if (!profile) return out;
@@ -1083,7 +1123,7 @@ PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int6
   const double step_tokens = double(cfg.dp * cfg.batch_size * cfg.model.block_size);
   t.tokens_per_s = step_tokens / step_s;
   t.mfu = cfg.model.flops_per_token(cfg.model.block_size) * t.tokens_per_s /
-          (profile->peak_gflops * 1e9 * double(world));
+          (profile->peak_rate(cfg.mixed_precision()) * double(world));
   return out;
 }
 

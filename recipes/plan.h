@@ -21,8 +21,9 @@
 // runtime gives it. The result is the step's peak of live bytes, split by tag at the peak, the
 // figures `train --metrics` records per step (peak_bytes, peak_<tag>_bytes) for the same run.
 //
-// What it does not model yet (the prediction says so in `caveats`): mixed precision (the 16-bit
-// copies autocast saves), dropout masks, and GPU allocators (their own workspaces and rounding).
+// What it does not model yet (the prediction says so in `caveats`): the memory of mixed precision
+// (the 16-bit copies autocast saves; its time is modelled: 16-bit products and the casts),
+// dropout (masks and passes), and GPU allocators (their own workspaces and rounding).
 #pragma once
 
 #include <array>
@@ -92,6 +93,9 @@ struct MachineProfile {
   std::string name;        // what it describes, e.g. "2-core AMD EPYC (Zen 5), 1 thread per rank"
   std::string source;      // how the figures were obtained (calibrated on DATE / datasheet URLs)
   double peak_gflops = 0;  // f32 peak per rank, for MFU
+  // Mixed precision (--precision bf16|f16): the products take 16-bit inputs (autograd/autocast.h),
+  // which tensor cores and AVX512_BF16 run faster. 0: as f32 (a profile without 16-bit figures).
+  double peak16_gflops = 0, gemm16_gflops = 0, attention16_gflops = 0;
   struct Gemm {
     int64_t m = 0, n = 0, k = 0;
     int trans = 0;  // 0: A @ B, 1: A^T @ B, 2: A @ B^T
@@ -113,7 +117,10 @@ struct MachineProfile {
   // scale the nearest measured one by the ring's (N - 1) / N.
   std::map<std::string, std::map<int, Link>> collectives;
 
-  double gemm_seconds(int64_t m, int64_t n, int64_t k, int trans = 0) const;
+  // One product's seconds; `half`: with 16-bit inputs (the 16-bit figures, else the f32 ones).
+  double gemm_seconds(int64_t m, int64_t n, int64_t k, int trans = 0, bool half = false) const;
+  double attention_rate(bool half) const;  // FLOP/s of attention's products
+  double peak_rate(bool half) const;       // FLOP/s, for MFU
   double collective_seconds(const std::string& op, int group, int64_t bytes) const;
   std::string to_json() const;
   static MachineProfile from_json(const std::string& text, const std::string& where);
@@ -125,6 +132,8 @@ struct TimePrediction {
   // Where the time goes (ms), on the critical path: the pipeline's makespan (compute, with
   // tensor-parallel collectives and stage-to-stage transfers inside it), of which the bubble is
   // the slowest stage's idle time; data-parallel communication left after overlap; the update.
+  // optimizer_ms: the per-step passes over the parameters (autocast's 16-bit copies of the
+  // weights, the gradient norm, the update).
   double pipeline_ms = 0, bubble_ms = 0, tp_comm_ms = 0, pp_comm_ms = 0, dp_exposed_ms = 0,
          optimizer_ms = 0;
   int64_t ops_per_micro_batch = 0;  // ops replayed in one forward and backward (busiest stage)

@@ -198,6 +198,40 @@ TEST_CASE("step time: data parallelism adds its exposed reduction, ZeRO-1 all of
   CHECK(one.mfu < 1);
 }
 
+TEST_CASE("step time under mixed precision: 16-bit products at the profile's 16-bit rates") {
+  MachineProfile p;
+  p.name = "test";
+  p.peak_gflops = p.gemm_gflops = p.attention_gflops = 100;
+  p.bandwidth_gbs = 20;
+  p.op_overhead_us = 1;
+  // No 16-bit figures: a 16-bit product runs at the f32 rate.
+  CHECK(p.gemm_seconds(100, 100, 100, 2, true) == Approx(2e6 / 100e9));
+  p.peak16_gflops = 800;
+  p.gemm16_gflops = p.attention16_gflops = 400;
+  const MachineProfile q = MachineProfile::from_json(p.to_json(), "round trip");
+  CHECK(q.peak16_gflops == 800);
+  CHECK(q.gemm16_gflops == 400);
+  CHECK(q.attention16_gflops == 400);
+  CHECK(q.gemm_seconds(100, 100, 100, 2, true) == Approx(2e6 / 400e9));
+  CHECK(q.gemm_seconds(100, 100, 100, 2, false) == Approx(2e6 / 100e9));
+  CHECK(q.attention_rate(true) == Approx(400e9));
+  CHECK(q.peak_rate(true) == Approx(800e9));
+
+  GptTrainConfig c = tiny_model();
+  const TimePrediction f32 = predict(c, {}, 0, &q).time;
+  c.precision = DType::bf16;
+  const TimePrediction bf16 = predict(c, {}, 0, &q).time;
+  CHECK(bf16.ms_per_step < f32.ms_per_step);                  // products 4x faster, the casts added
+  CHECK(bf16.ops_per_micro_batch > f32.ops_per_micro_batch);  // a cast before every product
+  CHECK(bf16.optimizer_ms > f32.optimizer_ms);  // the weights' 16-bit copies, once a step
+  CHECK(bf16.mfu == Approx(f32.mfu * (f32.ms_per_step / bf16.ms_per_step) / 8.0));  // peak 8x
+  // With equal rates the 16-bit step costs exactly its casts more.
+  MachineProfile same = q;
+  same.gemm16_gflops = same.attention16_gflops = 100;
+  const TimePrediction cast_only = predict(c, {}, 0, &same).time;
+  CHECK(cast_only.ms_per_step > f32.ms_per_step);
+}
+
 namespace {
 
 // Rank 0's directory, its path sent to every rank (the ranks of one run share its out directory).
