@@ -66,13 +66,15 @@ int64_t Pipeline::micro_batch_rows(const Tensor& x, const Tensor& y) const {
 }
 
 Pipeline::MicroBatch Pipeline::forward(const Tensor& x, const Tensor& y, int m, int64_t mb,
-                                       std::vector<Work>& sends, double& busy_seconds) {
+                                       std::deque<Work>& sends, double& busy_seconds,
+                                       const std::function<void()>& received) {
   const int s = pp_->rank();
   const int64_t T = (model_.first_stage() ? x : y).size(1);
   MicroBatch f;
   if (!model_.first_stage()) {
     Tensor h = Tensor::empty({mb, T, model_.config().n_embd}, DType::f32, pp_->device());
     pp_->recv(h, s - 1, kForwardTag);
+    if (received) received();
     // On the model's device (the communicator's, unless an MPI group carries a GPU model's states).
     f.input = Variable(h.to(model_.device()), /*requires_grad=*/grad_enabled());
   }
@@ -101,12 +103,26 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
   // Micro-batches forwarded and not yet backwarded: the stage's input (a leaf whose gradient goes
   // back to the previous stage) and its output (hidden state, or the loss on the last stage).
   std::deque<MicroBatch> in_flight;
-  std::vector<Work> sends;
+  // Sends not yet known to be received: hidden states to s + 1, gradients to s - 1, oldest first.
+  std::deque<Work> forward_sends, backward_sends;
+  // The previous stage's order: its k-th forward follows the backwards before it there, whose
+  // gradients it must have received from this stage first.
+  const std::vector<bool> previous =
+      first ? std::vector<bool>{} : pipeline_order(options_.schedule, P, s - 1, M);
+  size_t previous_at = 0;  // in `previous`, past the forward last received from s - 1
   double loss_sum = 0;
   int forwards = 0, backwards = 0;
+  auto received_forward = [&] {
+    for (; !previous[previous_at]; ++previous_at) {
+      backward_sends.front().wait();
+      backward_sends.pop_front();
+    }
+    ++previous_at;
+  };
 
   auto forward_one = [&] {
-    in_flight.push_back(forward(x, y, forwards++, mb, sends, stats.busy_seconds));
+    in_flight.push_back(
+        forward(x, y, forwards++, mb, forward_sends, stats.busy_seconds, received_forward));
     if (last) loss_sum += in_flight.back().output.item();
     stats.max_in_flight = std::max(stats.max_in_flight, int(in_flight.size()));
   };
@@ -121,6 +137,9 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
     } else {
       g = Tensor::empty({mb, T, C}, DType::f32, pp_->device());
       pp_->recv(g, s + 1, kBackwardTag);
+      // Stage s + 1 ran this micro-batch's forward before its backward: the state arrived.
+      forward_sends.front().wait();
+      forward_sends.pop_front();
     }
     const auto t0 = Clock::now();
     {
@@ -131,13 +150,13 @@ PipelineStepStats Pipeline::step(const Tensor& x, const Tensor& y, double loss_s
     }
     stats.busy_seconds += seconds_since(t0);
     if (!first)
-      sends.push_back(
+      backward_sends.push_back(
           pp_->send_async(f.input.grad().contiguous().to(pp_->device()), s - 1, kBackwardTag));
   };
 
   for (bool forward : pipeline_order(options_.schedule, P, s, M))
     forward ? forward_one() : backward_one();
-  for (Work& w : sends) w.wait();
+  for (Work& w : backward_sends) w.wait();  // the previous stage's last backwards
 
   // Every stage learns the loss from the last one.
   Tensor loss = full({1}, last ? loss_sum / double(M) : 0.0, DType::f64, pp_->device());
@@ -152,7 +171,7 @@ double Pipeline::evaluate(const Tensor& x, const Tensor& y) {
   NoGradGuard no_grad;
   const int M = options_.micro_batches, P = pp_->size();
   const int64_t mb = micro_batch_rows(x, y);
-  std::vector<Work> sends;
+  std::deque<Work> sends;
   double loss_sum = 0, busy = 0;
   for (int m = 0; m < M; ++m) {
     MicroBatch f = forward(x, y, m, mb, sends, busy);

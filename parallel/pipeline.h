@@ -10,7 +10,10 @@
 //
 // Stage s receives each micro-batch's hidden state (mb, T, C) from stage s - 1 and sends its own to
 // s + 1; in backward the gradients of those states travel the other way. Sends are asynchronous
-// and receives block, so a stage waits only for what it needs next.
+// and receives block, so a stage waits only for what it needs next. A sent tensor is let go as
+// soon as its receiver has provably taken it: a hidden state once its gradient comes back, a
+// gradient once the previous stage sends a forward it runs after that backward (in its schedule's
+// order), so a step holds a few transfers, not one per micro-batch, and no wait can deadlock.
 // The transfers use buffers on the group's device (Communicator::device(): a GPU for an NCCL
 // group, whose sends and receives then stay on the GPUs); the stage computes on its model's.
 //
@@ -25,6 +28,8 @@
 // step; later stages finish their backwards earlier and idle less of their own.
 #pragma once
 
+#include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -79,11 +84,12 @@ class Pipeline {
  private:
   // One micro-batch through this stage: its input (received, except on the first stage) and its
   // output (the loss on the last stage; otherwise sent on asynchronously, the Work kept in sends).
+  // `received` runs once the input has arrived, before the compute.
   struct MicroBatch {
     Variable input, output;
   };
-  MicroBatch forward(const Tensor& x, const Tensor& y, int m, int64_t rows,
-                     std::vector<Work>& sends, double& busy_seconds);
+  MicroBatch forward(const Tensor& x, const Tensor& y, int m, int64_t rows, std::deque<Work>& sends,
+                     double& busy_seconds, const std::function<void()>& received = {});
   int64_t micro_batch_rows(const Tensor& x, const Tensor& y) const;
 
   GPT& model_;

@@ -265,6 +265,7 @@ class StepReplay {
     std::vector<BlockSaved> blocks;
     std::vector<Id> embed, head;  // saved by the embeddings and by the head and loss
     std::optional<Id> recv;       // a later stage's input from the previous stage
+    std::optional<Id> sent;       // the output sent to the next stage (not on the last)
     Id last_out = 0;              // the last block's output (or the input, with no blocks)
     Id loss = 0;
   };
@@ -295,7 +296,11 @@ class StepReplay {
   std::vector<int> contributions_;         // per parameter: gradients backward handed it so far
   std::vector<Id> last_step_grads_;        // the previous step's, until zero_grad
   std::deque<std::pair<Id, Id>> reduces_;  // ZeRO 2-3 buckets in flight (bucket, out)
-  std::vector<Id> held_to_end_;            // sent tensors, waited for at the step's end
+  // Sent gradients not yet known to be received (the runtime's backward sends), oldest first, and
+  // the previous stage's order, to tell when its forwards prove them received.
+  std::deque<Id> gradient_sends_;
+  std::vector<bool> previous_;
+  size_t previous_at_ = 0;
 
   int64_t N() const { return cfg_.dp; }
   bool ddp() const { return cfg_.zero == 0 && cfg_.dp > 1; }
@@ -649,6 +654,13 @@ class StepReplay {
     } else {
       x = act(M_ * C_ * kF32);  // received
       f.recv = x;
+      // The previous stage ran this forward after the backwards before it in its order: the
+      // gradients this stage sent for those have arrived, and their sends let go.
+      for (; !previous_[previous_at_]; ++previous_at_) {
+        L_.free(gradient_sends_.front());
+        gradient_sends_.pop_front();
+      }
+      ++previous_at_;
     }
     const bool ckpt = cfg_.checkpoint == ActivationCheckpointing::blocks;
     for (int64_t l = layers_.begin; l < layers_.end; ++l) {
@@ -680,7 +692,7 @@ class StepReplay {
       release(lnf_unit_);
       release(wte_unit_);
     } else {
-      held_to_end_.push_back(x);  // sent to the next stage, waited for at the step's end
+      f.sent = x;  // sent to the next stage; let go with the micro-batch, after its backward
     }
     return f;
   }
@@ -744,11 +756,13 @@ class StepReplay {
       L_.free(g);
       for (Id id : f.embed) L_.free(id);
     } else {
-      // The input's gradient (a leaf's), sent back and held until the step's end; the input
-      // goes with the micro-batch.
-      held_to_end_.push_back(g);
+      // The input's gradient (a leaf's), sent back and held until the previous stage has it;
+      // the input goes with the micro-batch.
+      gradient_sends_.push_back(g);
       L_.free(*f.recv);
     }
+    // The output's send let go when the gradient came back; the output goes with the micro-batch.
+    if (f.sent) L_.free(*f.sent);
   }
 
   void step() {
@@ -767,6 +781,8 @@ class StepReplay {
     for (Id id : last_step_grads_) L_.free(id);
     last_step_grads_.clear();
     const int M = int(cfg_.micro_batches), P = int(cfg_.pp), s = stage_;
+    if (s > 0) previous_ = pipeline_order(cfg_.schedule, P, s - 1, M);
+    previous_at_ = 0;
     std::deque<MicroBatch> in_flight;
     int forwards = 0, backwards = 0;
     auto forward_one = [&] {
@@ -787,8 +803,8 @@ class StepReplay {
       forward ? forward_one() : backward_one();
     tp_comm_s_ = fwd_tp_ + bwd_tp_;  // one micro-batch's
     L_.at("after backward");
-    for (Id id : held_to_end_) L_.free(id);
-    held_to_end_.clear();
+    for (Id id : gradient_sends_) L_.free(id);  // the previous stage's last backwards
+    gradient_sends_.clear();
     while (!reduces_.empty()) finish_reduce();
     // ZeRO-1 reduce-scatters every unit now; 2-3 the units backward left.
     if (cfg_.zero == 1)
