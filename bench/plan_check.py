@@ -11,6 +11,7 @@ compared with the prediction, tag by tag.
   python3 bench/plan_check.py --layouts "dp2 z3" "pp2 mb4 gpipe" --tolerance 0.05
   python3 bench/plan_check.py --all --world 2      # every layout plan says runs on 2 ranks
   python3 bench/plan_check.py --all --world 4 --sample 40   # 40 of them, drawn with a fixed seed
+  python3 bench/plan_check.py --all --world 2 --profile /tmp/p.json --calibrate-every 10 --steps 6
 
 Exits 1 when a layout's prediction is off by more than --tolerance (relative, on peak_bytes).
 Needs TINYSHAKESPEARE (or the corpus where train finds it) and, for several ranks, mpirun.
@@ -93,7 +94,13 @@ def main():
     ap.add_argument("--profile", help="a machine profile (plan calibrate): also predicted against "
                     "measured step time (the median of the steps after the first)")
     ap.add_argument("--time-tolerance", type=float, default=0.15)
+    ap.add_argument("--calibrate-every", type=int, default=0,
+                    help="recalibrate (mpirun -np 2 plan calibrate, into --profile) before every K "
+                    "layouts: this shared machine's speed drifts by up to 20%% over minutes, so "
+                    "each prediction uses figures measured minutes, not an hour, before its run")
     a = ap.parse_args()
+    if a.calibrate_every and not a.profile:
+        raise SystemExit("plan_check: --calibrate-every needs --profile (the file it writes)")
 
     plan = os.path.join(a.build, "apps", "plan")
     train = os.path.join(a.build, "apps", "train")
@@ -112,11 +119,18 @@ def main():
         names = [short_name(json.loads(line)) for line in listing.splitlines()]
         if a.sample and a.sample < len(names):
             names = sorted(random.Random(1).sample(names, a.sample))
+    done = 0
     for name in names:
         f = flags_of(name)
         world = f["dp"] * f["tp"] * f["pp"]
         if a.world and world != a.world:
             continue
+        if a.calibrate_every and done % a.calibrate_every == 0:
+            out = run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", plan,
+                       "calibrate", "--out", a.profile, "--preset", a.preset, *extra, "--threads",
+                       str(a.threads), "--world", "2"])
+            print("  " + out.strip().splitlines()[-1].strip())
+        done += 1
         layout = []
         for k, v in f.items():
             layout += [f"--{k}", str(v)]

@@ -189,6 +189,11 @@ class StepReplay {
         index_[name] = params_.size() - 1;
       }
     build_units();
+    if (prof_ && prof_->cache_bytes > 0 && prof_->cold_gbs > 0) {
+      int64_t weights = 0;
+      for (const Param& p : params_) weights += p.numel;
+      cold_ = 2 * weights * kF32 > prof_->cache_bytes;  // parameters and their gradients
+    }
     C_ = m_.n_embd;
     const int64_t tp = cfg.tp;
     Cl_ = C_ / tp;
@@ -286,6 +291,7 @@ class StepReplay {
   const MachineProfile* prof_;
   bool cpu_ = Device::parse(cfg_.device).is_cpu();  // the packed CPU kernels' scratch
   bool half_ = cfg_.mixed_precision();              // 16-bit products (time only)
+  bool cold_ = false;  // the stage's weights stream from memory (MachineProfile::cache_bytes)
   std::set<std::array<int64_t, 4>>* shapes_;
   double t_ = 0;  // seconds of the ops replayed so far (with a profile)
   double forward_s_ = 0, backward_s_ = 0, tp_comm_s_ = 0, fwd_tp_ = 0, bwd_tp_ = 0;
@@ -494,7 +500,12 @@ class StepReplay {
   // A linear layer's forward x (M, in) @ W^T (out, in): under autocast x is rounded first.
   Id linear(int64_t out, int64_t in) {
     cast_time(M_ * in);
+    cold_time(1.0 * double(out * in) * kF32);  // W read
     return product(M_, out, in, kTransB);
+  }
+  // A weight (or its gradient) streamed from memory when the stage's do not stay in cache.
+  void cold_time(double bytes) {
+    if (cold_) t_ += bytes / (prof_->cold_gbs * 1e9);
   }
   void gelu_time(double factor) {
     if (prof_) t_ += factor * double(M_ * F_) * prof_->gelu_ns * 1e-9;
@@ -510,8 +521,9 @@ class StepReplay {
   // A linear layer's backward (x (M, in), W (out, in)): dx, then dW and db, handed to the
   // parameters; the saved input freed by the caller.
   Id linear_backward(const std::string& name, int64_t in, int64_t out) {
-    cast_time(M_ * out);                                        // g rounded
-    Id dx = product(M_, in, out, kPlain);                       // g @ W
+    cast_time(M_ * out);                       // g rounded
+    cold_time(3.0 * double(out * in) * kF32);  // W read; its gradient read and written
+    Id dx = product(M_, in, out, kPlain);      // g @ W
     gradient(name + ".weight", product(out, in, M_, kTransA));  // g^T @ x
     if (bias()) gradient(name + ".bias", act(out * kF32));
     return dx;
@@ -713,6 +725,7 @@ class StepReplay {
       L_.free(f.head[3]);  // logits
       for (size_t i = 4; i < n; ++i) L_.free(f.head[i]);
       cast_time(M_ * Vl_);  // dlogits rounded
+      cold_time(3.0 * double(Vl_ * C_) * kF32);
       Id dx = product(M_, C_, Vl_, kPlain);
       gradient("transformer.wte.weight", product(Vl_, C_, M_, kTransA));
       L_.free(dlogits);
@@ -899,6 +912,8 @@ std::string MachineProfile::to_json() const {
   if (peak16_gflops > 0) j["peak16_gflops"] = peak16_gflops;
   if (gemm16_gflops > 0) j["gemm16_gflops"] = gemm16_gflops;
   if (attention16_gflops > 0) j["attention16_gflops"] = attention16_gflops;
+  if (cold_gbs > 0) j["cold_gbs"] = cold_gbs;
+  if (cache_bytes > 0) j["cache_bytes"] = cache_bytes;
   j["bandwidth_gbs"] = bandwidth_gbs;
   j["op_overhead_us"] = op_overhead_us;
   j["gelu_ns"] = gelu_ns;
@@ -930,6 +945,8 @@ MachineProfile MachineProfile::from_json(const std::string& text, const std::str
     p.peak16_gflops = j.value("peak16_gflops", 0.0);
     p.gemm16_gflops = j.value("gemm16_gflops", 0.0);
     p.attention16_gflops = j.value("attention16_gflops", 0.0);
+    p.cold_gbs = j.value("cold_gbs", 0.0);
+    p.cache_bytes = j.value("cache_bytes", int64_t(0));
     p.bandwidth_gbs = j.at("bandwidth_gbs").get<double>();
     p.op_overhead_us = j.at("op_overhead_us").get<double>();
     p.gelu_ns = j.value("gelu_ns", 0.0);

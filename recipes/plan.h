@@ -105,7 +105,14 @@ struct MachineProfile {
   double gemm_gflops = 0;       // for shapes when `gemm` is empty (datasheet profiles)
   double attention_gflops = 0;  // causal attention, forward (backward counted as twice its FLOPs)
   double bandwidth_gbs = 0;     // elementwise ops: bytes read + written per second
-  double op_overhead_us = 0;    // the fixed cost of one op (dispatch, allocation, threads)
+  // Weights that do not stay in cache: when a stage's parameters and gradients exceed
+  // `cache_bytes`, every product re-reads its weight from memory (and backward its gradient,
+  // read and written) at `cold_gbs`, on top of the calibrated (cache-hot) product time. Measured
+  // by calibrate: a product cycling through more weights than the cache holds, against the same
+  // product on one. 0: not modelled (GPU profiles: a GPU's product rate already streams them).
+  double cold_gbs = 0;
+  int64_t cache_bytes = 0;
+  double op_overhead_us = 0;  // the fixed cost of one op (dispatch, allocation, threads)
   double gelu_ns = 0;  // GELU forward per element (its backward: twice); 0: memory-bound only
   // How much of a collective hides behind compute running at the same time: 1 when they do not
   // slow each other (spare cores, a GPU's copy engines), 0 when they share the cores fully.

@@ -103,6 +103,36 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
     const double gs = best_seconds([&] { sum(gelu(g, GeluApprox::tanh)).backward(); });
     p.gelu_ns = gs / 3.0 / double(1 << 20) * 1e9;  // backward about twice forward
   }
+  // Weights out of cache: the model's widest product (x (T, C) @ W^T, W (4C, C)) on one weight
+  // again and again (cache-hot, as the products above were timed), then cycling through enough
+  // weights to fill S bytes: past the cache each product waits for its weight to stream in. The
+  // extra time at 256 MiB gives cold_gbs; the largest S still costing under half that extra is
+  // the cache a rank keeps (every rank measures at once, so ranks sharing a cache share it here).
+  {
+    world.barrier_async().wait();
+    const int64_t T = m.block_size, n = 4 * m.n_embd, k = m.n_embd;
+    const double weight_bytes = double(n * k) * 4;
+    Tensor x = randn({T, k}, gen);
+    std::vector<Tensor> weights;
+    auto per_product = [&](int64_t bytes) {
+      const size_t count = size_t(std::max<int64_t>(1, int64_t(double(bytes) / weight_bytes)));
+      while (weights.size() < count) weights.push_back(randn({n, k}, gen));
+      const double s = best_seconds(
+          [&] {
+            for (size_t i = 0; i < count; ++i) matmul(x, weights[i], false, true);
+          },
+          0.2);
+      return s / double(count);
+    };
+    const double hot = per_product(0);
+    const double far = per_product(int64_t(256) << 20) - hot;
+    if (far > 0) {
+      p.cold_gbs = weight_bytes / far * 1e-9;
+      for (int64_t mib = 1; mib <= 128; mib *= 2)
+        if (per_product(mib << 20) - hot < 0.5 * far) p.cache_bytes = mib << 20;
+    }
+    weights.clear();
+  }
   // The fixed cost of an op in training (graph nodes, allocations, dispatch, threads): a tiny
   // GPT's forward and backward, whose arithmetic is negligible, against what the replay charges
   // it without that cost, per op the replay counts.

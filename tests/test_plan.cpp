@@ -232,6 +232,28 @@ TEST_CASE("step time under mixed precision: 16-bit products at the profile's 16-
   CHECK(cast_only.ms_per_step > f32.ms_per_step);
 }
 
+TEST_CASE("step time: weights past the cache stream in once per product that uses them") {
+  MachineProfile p;
+  p.name = "test";
+  p.peak_gflops = p.gemm_gflops = p.attention_gflops = 100;
+  p.bandwidth_gbs = 20;
+  p.op_overhead_us = 1;
+  const GptTrainConfig c = tiny_model();  // 4 layers, 64 wide, vocabulary 10, one micro-batch
+  const double hot = predict(c, {}, 0, &p).time.ms_per_step;
+  p.cold_gbs = 1;
+  p.cache_bytes = int64_t(1) << 30;  // parameters and gradients fit: nothing changes
+  CHECK(predict(c, {}, 0, &p).time.ms_per_step == Approx(hot));
+  p.cache_bytes = 1 << 20;
+  const MachineProfile q = MachineProfile::from_json(p.to_json(), "round trip");
+  CHECK(q.cold_gbs == 1);
+  CHECK(q.cache_bytes == 1 << 20);
+  // Each linear's weight read in forward, and in backward read again with its gradient read and
+  // written: 4 x 4 bytes per weight element, 12 C^2 per block, V x C for the tied head.
+  const int64_t C = c.model.n_embd, V = c.model.vocab_size;
+  const double bytes = 16.0 * double(c.model.n_layer * 12 * C * C + V * C);
+  CHECK(predict(c, {}, 0, &q).time.ms_per_step == Approx(hot + bytes / 1e9 * 1e3));
+}
+
 namespace {
 
 // Rank 0's directory, its path sent to every rank (the ranks of one run share its out directory).
