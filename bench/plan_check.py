@@ -12,6 +12,7 @@ compared with the prediction, tag by tag.
   python3 bench/plan_check.py --all --world 2      # every layout plan says runs on 2 ranks
   python3 bench/plan_check.py --all --world 4 --sample 40   # 40 of them, drawn with a fixed seed
   python3 bench/plan_check.py --all --world 2 --profile /tmp/p.json --calibrate-every 10 --steps 6
+  python3 bench/plan_check.py --all --world 2 --profile /tmp/p.json --calibrate-every 10 --rounds 3
 
 Exits 1 when a layout's prediction is off by more than --tolerance (relative, on peak_bytes).
 Needs TINYSHAKESPEARE (or the corpus where train finds it) and, for several ranks, mpirun.
@@ -94,6 +95,9 @@ def main():
     ap.add_argument("--profile", help="a machine profile (plan calibrate): also predicted against "
                     "measured step time (the median of the steps after the first)")
     ap.add_argument("--time-tolerance", type=float, default=0.15)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every layout this many times, one round over all layouts "
+                    "after another; step times are the median over rounds")
     ap.add_argument("--calibrate-every", type=int, default=0,
                     help="recalibrate (mpirun -np 2 plan calibrate, into --profile) before every K "
                     "layouts: this shared machine's speed drifts by up to 20%% over minutes, so "
@@ -119,18 +123,17 @@ def main():
         names = [short_name(json.loads(line)) for line in listing.splitlines()]
         if a.sample and a.sample < len(names):
             names = sorted(random.Random(1).sample(names, a.sample))
-    done = 0
-    for name in names:
+    def calibrate():
+        out = run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", plan,
+                   "calibrate", "--out", a.profile, "--preset", a.preset, *extra, "--threads",
+                   str(a.threads), "--world", "2"])
+        print("  " + out.strip().splitlines()[-1].strip())
+
+    def measure(name):
+        """plan's prediction for the layout and the last step of a run of it, with the median
+        step time of the steps after the first."""
         f = flags_of(name)
         world = f["dp"] * f["tp"] * f["pp"]
-        if a.world and world != a.world:
-            continue
-        if a.calibrate_every and done % a.calibrate_every == 0:
-            out = run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", plan,
-                       "calibrate", "--out", a.profile, "--preset", a.preset, *extra, "--threads",
-                       str(a.threads), "--world", "2"])
-            print("  " + out.strip().splitlines()[-1].strip())
-        done += 1
         layout = []
         for k, v in f.items():
             layout += [f"--{k}", str(v)]
@@ -149,9 +152,45 @@ def main():
             run(cmd)
             with open(metrics) as fh:
                 steps = [json.loads(line) for line in fh if '"step"' in line]
-            last = steps[-1]
-            times = sorted(st["ms_per_step"] for st in steps[1:]) or [last["ms_per_step"]]
-            last["median_ms_per_step"] = times[len(times) // 2]
+        last = steps[-1]
+        times = sorted(st["ms_per_step"] for st in steps[1:]) or [last["ms_per_step"]]
+        last["median_ms_per_step"] = times[len(times) // 2]
+        return world, pred, last
+
+    names = [n for n in names if not a.world or
+             flags_of(n)["dp"] * flags_of(n)["tp"] * flags_of(n)["pp"] == a.world]
+    # Rounds go over every layout in turn, so a slow minute of this shared machine lands on one
+    # round of many layouts, not on every round of one; the step time compared is the median
+    # over rounds of each round's median step, against the median of the rounds' predictions
+    # (each from the profile calibrated last before it).
+    runs = {name: [] for name in names}
+    done = 0
+    for rnd in range(a.rounds):
+        if a.rounds > 1:
+            print(f"round {rnd + 1} of {a.rounds}")
+        for name in names:
+            if a.calibrate_every and done % a.calibrate_every == 0:
+                calibrate()
+            done += 1
+            runs[name].append(measure(name))
+            world, pred, last = runs[name][-1]
+            if a.rounds > 1 and a.profile:
+                print(f"  {name:<30} predicted {pred['ms_per_step']:8.2f} ms, measured "
+                      f"{last['median_ms_per_step']:8.2f} ms")
+                sys.stdout.flush()
+
+    def median(xs):
+        xs = sorted(xs)
+        n = len(xs)
+        return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+    for name in names:
+        world, pred, last = runs[name][-1]
+        if a.profile:
+            pred["ms_per_step"] = median([r[1]["ms_per_step"] for r in runs[name]])
+            last["median_ms_per_step"] = median([r[2]["median_ms_per_step"] for r in runs[name]])
+            last["rounds_ms_per_step"] = [r[2]["median_ms_per_step"] for r in runs[name]]
+            pred["rounds_ms_per_step"] = [r[1]["ms_per_step"] for r in runs[name]]
         p, m = pred["peak_bytes"], last["peak_bytes"]
         ratio = p / m
         ok = abs(ratio - 1) <= a.tolerance
@@ -161,7 +200,6 @@ def main():
         print(f"{name:<18} {world:>5} {p / 2**20:>10.2f} {m / 2**20:>10.2f} {ratio:>7.3f}  {tags}"
               f"{'' if ok else '  <-- off'}"
               f"{'' if pred['peak_rank'] == last['peak_rank'] else rank_note(pred, last)}")
-        sys.stdout.flush()
         if a.profile:
             tr = pred["ms_per_step"] / last["median_ms_per_step"]
             tok = abs(tr - 1) <= a.time_tolerance

@@ -1098,9 +1098,21 @@ PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int6
         } else if (cfg.zero == 1) {
           exposed = sum("reduce_scatter", res.grad_buckets);
         } else {
-          exposed = behind(
-              sum("reduce_scatter", res.grad_buckets),
-              exposed_after_backward(res.grad_buckets, res.backward_s, cost("reduce_scatter")));
+          // Stages 2-3 keep only their share of the gradients, so every micro-batch's backward
+          // reduce-scatters its units as they are ready (ZeroAdamW::on_grad_ready): M rounds,
+          // each behind the rest of its backward and the next micro-batch's forward and
+          // backward, the last one's tail exposed. Each round also fills a zeroed bucket of N
+          // shares with the unit's gradients and adds the reduced share into the gradient
+          // share: memory passes on the compute thread.
+          const double m = double(cfg.micro_batches);
+          const double round = sum("reduce_scatter", res.grad_buckets);
+          const double ideal =
+              exposed_after_backward(res.grad_buckets, res.backward_s, cost("reduce_scatter")) +
+              (m - 1) * std::max(0.0, round - (res.forward_s + res.backward_s));
+          exposed = behind(m * round, ideal);
+          double bucket_bytes = 0;
+          for (int64_t b : res.grad_buckets) bucket_bytes += double(b) * (3.0 + 3.0 / N);
+          exposed += m * bucket_bytes / (profile->bandwidth_gbs * 1e9);
         }
         // Stages 1-2 gather the updated parameters after the step; 3 gathers each unit before
         // its forward and again before its backward, the next one prefetched behind the current

@@ -198,6 +198,37 @@ TEST_CASE("step time: data parallelism adds its exposed reduction, ZeRO-1 all of
   CHECK(one.mfu < 1);
 }
 
+TEST_CASE("step time: ZeRO-2 and -3 reduce-scatter after every micro-batch's backward") {
+  MachineProfile p;
+  p.name = "test";
+  p.peak_gflops = p.gemm_gflops = 100;
+  p.attention_gflops = 10;
+  p.bandwidth_gbs = 20;
+  p.op_overhead_us = 1;
+  p.overlap = 0;  // nothing hides: the exposed time is all of it
+  for (const char* op : {"all_reduce", "reduce_scatter", "send"}) p.collectives[op][2] = {50, 1};
+  p.collectives["all_gather"][2] = {0, 1e9};  // free, so only the reductions remain
+  GptTrainConfig c = tiny_model();
+  c.dp = 2;
+  c.batch_size = 4;
+  for (int64_t zero : {2, 3}) {
+    CAPTURE(zero);
+    c.zero = zero;
+    c.micro_batches = 1;
+    const TimePrediction one = predict(c, {}, 0, &p).time;
+    c.micro_batches = 4;
+    const TimePrediction four = predict(c, {}, 0, &p).time;
+    CHECK(one.dp_exposed_ms > 0);
+    CHECK(four.dp_exposed_ms == Approx(4 * one.dp_exposed_ms).epsilon(1e-6));
+  }
+  // ZeRO-1 keeps whole gradients and reduces once, after the last micro-batch.
+  c.zero = 1;
+  c.micro_batches = 1;
+  const TimePrediction one = predict(c, {}, 0, &p).time;
+  c.micro_batches = 4;
+  CHECK(predict(c, {}, 0, &p).time.dp_exposed_ms == Approx(one.dp_exposed_ms));
+}
+
 TEST_CASE("step time under mixed precision: 16-bit products at the profile's 16-bit rates") {
   MachineProfile p;
   p.name = "test";
