@@ -199,12 +199,13 @@ Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
     cuda_gemm(c, a, b, trans_a, trans_b, 1.0, 0.0);
     return c;
   }
-  if (a.dtype() == DType::bf16 || a.dtype() == DType::f16)
-    return bmm(a.to(DType::f32), b.to(DType::f32), trans_a, trans_b).to(a.dtype());
   // Copies, if any, happen here and not inside the threads below.
   if (!matrix_in_place(a)) return bmm(a.contiguous(), b, trans_a, trans_b);
   if (!matrix_in_place(b)) return bmm(a, b.contiguous(), trans_a, trans_b);
-  Tensor c = Tensor::empty({batch, m, n}, a.dtype());
+  // 16-bit inputs go to the kernels as they are (bf16 x bf16: the native kernel where there is
+  // one), into an f32 result rounded once at the end.
+  const bool half = a.dtype() == DType::bf16 || a.dtype() == DType::f16;
+  Tensor c = Tensor::empty({batch, m, n}, half ? DType::f32 : a.dtype());
   // Each batch entry is one product; the batch is split across threads, each product
   // single-threaded inside (omp_in_parallel), so the result is the same whatever the thread count.
   parallel_for(0, batch, 1, [&](int64_t i0, int64_t i1) {
@@ -214,7 +215,7 @@ Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
               0.0);
     }
   });
-  return c;
+  return half ? c.to(a.dtype()) : c;
 }
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {

@@ -4,6 +4,7 @@
 // activation memory it saves, and f16 gradients that underflow without a loss scale and train with
 // one.
 #include <cmath>
+#include <vector>
 
 #include "autograd/autocast.h"
 #include "autograd/functions.h"
@@ -40,6 +41,10 @@ double rel_err(const Tensor& a, const Tensor& b) {
 }  // namespace
 
 TEST_CASE("16-bit GEMM inputs: bitwise the f32 product of the widened inputs, on every kernel") {
+  // The widening path (bf16 x bf16 on AVX512_BF16 runs the native kernel by default: its own
+  // bitwise test is test_gemm_bf16).
+  const cpu::Bf16Gemm saved = cpu::bf16_gemm();
+  cpu::set_bf16_gemm(cpu::Bf16Gemm::widen);
   Generator g(11);
   const int64_t shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {13, 37, 29}, {64, 48, 300}, {100, 33, 17}};
   for (cpu::Isa isa : runnable_isas("16-bit GEMM inputs")) {
@@ -65,6 +70,7 @@ TEST_CASE("16-bit GEMM inputs: bitwise the f32 product of the widened inputs, on
               CHECK(bitwise_equal(got, want));
             }
   }
+  cpu::set_bf16_gemm(saved);
 }
 
 TEST_CASE(
@@ -86,29 +92,54 @@ TEST_CASE(
   CHECK(rel_err(matmul(a, b), exact) < 1e-5);
 }
 
-TEST_CASE("autocast linear is the f32 linear of the rounded inputs; backward as the policy says") {
-  Generator g(13);
-  for (DType dt : {DType::bf16, DType::f16}) {
-    INFO(dtype_name(dt));
-    Tensor xt = randn({6, 10}, g), wt = randn({7, 10}, g), bt = randn({7}, g);
-    Variable x(xt, true), w(wt, true), b(bt, true);
-    Variable y;
-    {
-      Autocast ac(dt);
-      y = linear(x, w, b);
+TEST_CASE("autocast linear is the linear of the rounded inputs; backward as the policy says") {
+  // Widening path: bitwise the f32 linear of the widened inputs. Native bf16 path (AVX512_BF16):
+  // bitwise the tensor-level linear of the bf16 inputs (the kernel itself is checked bit for bit
+  // against the instruction in test_gemm_bf16), gradients near the widened products (they differ
+  // only in summation order and flushed denormals).
+  const cpu::Bf16Gemm saved = cpu::bf16_gemm();
+  std::vector<cpu::Bf16Gemm> modes{cpu::Bf16Gemm::widen};
+  if (cpu::bf16_native_supported()) modes.push_back(cpu::Bf16Gemm::native);
+  else WARN("native bf16 products not checked here: this processor lacks AVX512_BF16");
+  for (cpu::Bf16Gemm mode : modes)
+    for (DType dt : {DType::bf16, DType::f16}) {
+      const bool native = mode == cpu::Bf16Gemm::native && dt == DType::bf16;
+      if (mode == cpu::Bf16Gemm::native && !native) continue;
+      cpu::set_bf16_gemm(mode);
+      INFO(dtype_name(dt) << (native ? " native" : " widened"));
+      Generator g(13);
+      Tensor xt = randn({6, 10}, g), wt = randn({7, 10}, g), bt = randn({7}, g);
+      Variable x(xt, true), w(wt, true), b(bt, true);
+      Variable y;
+      {
+        Autocast ac(dt);
+        y = linear(x, w, b);
+      }
+      CHECK(y.data().dtype() == DType::f32);
+      Tensor widened = linear(xt.to(dt).to(DType::f32), wt.to(dt).to(DType::f32), bt);
+      if (native) {
+        CHECK(bitwise_equal(y.data(), linear(xt.to(dt), wt.to(dt), bt, DType::f32)));
+        CHECK(rel_err(y.data(), widened) < 1e-5);
+      } else {
+        CHECK(bitwise_equal(y.data(), widened));
+      }
+      Tensor gy = randn({6, 7}, g);
+      y.backward(gy);
+      Tensor gl = gy.to(dt).to(DType::f32);
+      CHECK(x.grad().dtype() == DType::f32);
+      CHECK(w.grad().dtype() == DType::f32);
+      Tensor want_dx = matmul(gl, wt.to(dt).to(DType::f32));
+      Tensor want_dw = matmul(gl, xt.to(dt).to(DType::f32), true, false);
+      if (native) {
+        CHECK(rel_err(x.grad(), want_dx) < 1e-5);
+        CHECK(rel_err(w.grad(), want_dw) < 1e-5);
+      } else {
+        CHECK(bitwise_equal(x.grad(), want_dx));
+        CHECK(bitwise_equal(w.grad(), want_dw));
+      }
+      CHECK(bitwise_equal(b.grad(), sum(gy, {0})));
     }
-    CHECK(y.data().dtype() == DType::f32);
-    Tensor want = linear(xt.to(dt).to(DType::f32), wt.to(dt).to(DType::f32), bt);
-    CHECK(bitwise_equal(y.data(), want));
-    Tensor gy = randn({6, 7}, g);
-    y.backward(gy);
-    Tensor gl = gy.to(dt).to(DType::f32);
-    CHECK(x.grad().dtype() == DType::f32);
-    CHECK(w.grad().dtype() == DType::f32);
-    CHECK(bitwise_equal(x.grad(), matmul(gl, wt.to(dt).to(DType::f32))));
-    CHECK(bitwise_equal(w.grad(), matmul(gl, xt.to(dt).to(DType::f32), true, false)));
-    CHECK(bitwise_equal(b.grad(), sum(gy, {0})));
-  }
+  cpu::set_bf16_gemm(saved);
   CHECK_FALSE(autocast_dtype().has_value());
   CHECK_THROWS_WITH(Autocast(DType::f64), Contains("autocast") && Contains("f64"));
 }

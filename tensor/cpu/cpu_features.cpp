@@ -48,6 +48,15 @@ bool isa_supported(Isa isa) {
   return false;
 }
 
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__)
+  // libgcc's check includes the OS's support for the zmm and mask state.
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 Isa best_isa() {
   if (isa_supported(Isa::avx512)) return Isa::avx512;
   if (isa_supported(Isa::avx2)) return Isa::avx2;

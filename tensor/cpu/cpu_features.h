@@ -20,5 +20,7 @@ Isa cpu_isa();                // in use: FORGE_CPU_ISA if set, else best_isa()
 // Forces a family; throws naming it when this processor or build cannot run it.
 void set_cpu_isa(Isa isa);
 Isa parse_isa(const char* name);
+// AVX512_BF16 (vdpbf16ps), with the OS's zmm state: the native bf16 products (cpu/gemm.h).
+bool cpu_has_avx512_bf16();
 
 }  // namespace forge::cpu

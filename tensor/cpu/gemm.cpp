@@ -76,6 +76,37 @@ const GemmKernelInfo& kernel_for(Isa isa) {
 }
 }  // namespace
 
+namespace {
+Bf16Gemm initial_bf16_gemm() {
+  const char* env = std::getenv("FORGE_BF16_GEMM");
+  if (!env || std::strcmp(env, "native") == 0) return Bf16Gemm::native;
+  if (std::strcmp(env, "widen") == 0) return Bf16Gemm::widen;
+  throw_error(fmt::format("FORGE_BF16_GEMM={}: expected 'native' or 'widen'", env));
+}
+Bf16Gemm g_bf16 = initial_bf16_gemm();
+
+// The kernel for a product of these element types.
+const GemmKernelInfo& kernel_for(GemmElem ea, GemmElem eb) {
+  if (ea == GemmElem::bf16 && eb == GemmElem::bf16 && g_bf16 == Bf16Gemm::native &&
+      cpu_isa() == Isa::avx512 && bf16_native_supported())
+    return *gemm_kernel_avx512_bf16();
+  return kernel_for(cpu_isa());
+}
+}  // namespace
+
+Bf16Gemm bf16_gemm() {
+  return g_bf16;
+}
+void set_bf16_gemm(Bf16Gemm mode) {
+  g_bf16 = mode;
+}
+bool bf16_native_supported() {
+  return gemm_kernel_avx512_bf16() != nullptr && isa_supported(Isa::avx512) && cpu_has_avx512_bf16();
+}
+const char* gemm_bf16_kernel_name() {
+  return kernel_for(GemmElem::bf16, GemmElem::bf16).name;
+}
+
 GemmBackend gemm_backend() {
   return g_backend;
 }
@@ -192,6 +223,13 @@ int64_t k_block(int64_t k) {
   const int64_t k_blocks = (k + kMaxKC - 1) / kMaxKC;
   return (k + k_blocks - 1) / k_blocks;
 }
+}  // namespace
+
+int64_t gemm_k_block(int64_t k) {
+  return k_block(k);
+}
+
+namespace {
 int64_t n_block(int64_t n, int NR) {
   return std::min<int64_t>(kNC, (n + NR - 1) / NR * NR);
 }
@@ -297,7 +335,7 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
 void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* A,
                 GemmElem ea, int64_t lda, const void* B, GemmElem eb, int64_t ldb, float beta,
                 float* C, int64_t ldc) {
-  gemm_driver(kernel_for(cpu_isa()), ta, m, n, k, alpha, A, ea, lda,
+  gemm_driver(kernel_for(ea, eb), ta, m, n, k, alpha, A, ea, lda,
               BSource{.eb = eb, .tb = tb, .B = B, .ldb = ldb}, beta, C, ldc);
 }
 

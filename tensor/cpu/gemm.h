@@ -29,7 +29,10 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
 enum class GemmElem : uint8_t { f32, bf16, f16 };
 
 // C (f32) = alpha * op(A) @ op(B) + beta * C with A and B each f32, bf16 or f16 (bf16/f16 given as
-// their 16-bit patterns). Always the packed kernels.
+// their 16-bit patterns). Always the packed kernels. Both bf16, on a processor with AVX512_BF16
+// and the avx512 family in use: the native bf16 kernel (vdpbf16ps, two products per f32 lane and
+// instruction; denormal inputs read as zero and denormal sums flushed, as the instruction does),
+// unless bf16_gemm() is widen (FORGE_BF16_GEMM=widen).
 void gemm_mixed(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                 const void* A, GemmElem a_elem, int64_t lda, const void* B, GemmElem b_elem,
                 int64_t ldb, float beta, float* C, int64_t ldc);
@@ -69,6 +72,15 @@ void gemm_prepacked(int64_t m, float alpha, const float* A, int64_t lda, const P
 // runs: its A block and B panel, sized by the kernel in use. The memory planner (recipes/plan.h)
 // counts it at the step's peak.
 int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k);
+
+// How bf16 x bf16 products run: native (the AVX512_BF16 kernel, where the processor has it and
+// the avx512 family is in use; else as widen) or widen (to f32 as they are packed, the f32
+// kernels).
+enum class Bf16Gemm { native, widen };
+Bf16Gemm bf16_gemm();
+void set_bf16_gemm(Bf16Gemm mode);  // FORGE_BF16_GEMM=native|widen sets the initial one
+bool bf16_native_supported();       // the processor has AVX512_BF16 and the build its kernel
+const char* gemm_bf16_kernel_name();  // the kernel a bf16 x bf16 product uses now
 
 enum class GemmBackend { packed, eigen };
 GemmBackend gemm_backend();

@@ -32,6 +32,13 @@ struct GemmKernelInfo {
 // when the build left them out.
 const GemmKernelInfo* gemm_kernel_avx2();
 const GemmKernelInfo* gemm_kernel_avx512();
+// bf16 x bf16 products on AVX512_BF16 (vdpbf16ps): the same driver and tile (12 x 32), its
+// slivers packed as bf16 pairs (see gemm_avx512_bf16.cpp); bf16 inputs only.
+const GemmKernelInfo* gemm_kernel_avx512_bf16();
+
+// The driver's K block for a product of depth k: a function of k alone, so each output's
+// summation order is too (tests emulating a kernel's arithmetic follow it).
+int64_t gemm_k_block(int64_t k);
 
 // The AVX2 packers (8x8 register transposes; F16C and shifts widen 16-bit inputs); the AVX-512
 // family uses them too.

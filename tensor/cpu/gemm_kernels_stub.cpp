@@ -9,6 +9,9 @@ const GemmKernelInfo* gemm_kernel_avx2() {
 const GemmKernelInfo* gemm_kernel_avx512() {
   return nullptr;
 }
+const GemmKernelInfo* gemm_kernel_avx512_bf16() {
+  return nullptr;
+}
 void gemm_pack_a_avx2(GemmElem, bool, const void*, int64_t, int64_t, int64_t, int64_t, int64_t, int,
                       float*) {}
 void gemm_pack_b_avx2(GemmElem, bool, const void*, int64_t, int64_t, int64_t, int64_t, int64_t, int,
