@@ -99,8 +99,10 @@ TEST_CASE("autocast linear is the linear of the rounded inputs; backward as the 
   // only in summation order and flushed denormals).
   const cpu::Bf16Gemm saved = cpu::bf16_gemm();
   std::vector<cpu::Bf16Gemm> modes{cpu::Bf16Gemm::widen};
-  if (cpu::bf16_native_supported()) modes.push_back(cpu::Bf16Gemm::native);
-  else WARN("native bf16 products not checked here: this processor lacks AVX512_BF16");
+  if (cpu::bf16_native_supported())
+    modes.push_back(cpu::Bf16Gemm::native);
+  else
+    WARN("native bf16 products not checked here: this processor lacks AVX512_BF16");
   for (cpu::Bf16Gemm mode : modes)
     for (DType dt : {DType::bf16, DType::f16}) {
       const bool native = mode == cpu::Bf16Gemm::native && dt == DType::bf16;

@@ -54,10 +54,10 @@ float dpbf16_lane(float acc, uint32_t src1, uint32_t src2) {
 }
 
 // The whole product as the packed driver runs it with the native kernel: K blocks of
-// gemm_k_block(k) elements, each summed in pairs (element 2q low, 2q + 1 high, a missing last element +0) from an
-// accumulator of +0, then combined into C as every packed kernel combines: alpha * acc on the
-// first block with beta 0, else fma(alpha, acc, beta' * C) with beta' = beta on the first block
-// and 1 after.
+// gemm_k_block(k) elements, each summed in pairs (element 2q low, 2q + 1 high, a missing last
+// element +0) from an accumulator of +0, then combined into C as every packed kernel combines:
+// alpha * acc on the first block with beta 0, else fma(alpha, acc, beta' * C) with beta' = beta on
+// the first block and 1 after.
 void emulate(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* A,
              int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   const int64_t KC = cpu::gemm_k_block(std::max<int64_t>(k, 1));
@@ -103,9 +103,8 @@ std::vector<uint16_t> values(int64_t count, uint64_t seed, double special) {
   Generator gen(seed);
   Tensor r = randn({count}, gen), u = rand({count}, gen);
   for (int64_t i = 0; i < count; ++i)
-    v[size_t(i)] = u.data<float>()[i] < special
-                       ? kSpecial[size_t(i * 7919) % std::size(kSpecial)]
-                       : f32_to_bf16_bits(r.data<float>()[i]);
+    v[size_t(i)] = u.data<float>()[i] < special ? kSpecial[size_t(i * 7919) % std::size(kSpecial)]
+                                                : f32_to_bf16_bits(r.data<float>()[i]);
   return v;
 }
 
@@ -136,8 +135,8 @@ void check_bitwise(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alph
       if (first < 0) first = e;
       ++differ;
     }
-  INFO("ta " << ta << " tb " << tb << " m " << m << " n " << n << " k " << k << " alpha "
-             << alpha << " beta " << beta << " special " << special);
+  INFO("ta " << ta << " tb " << tb << " m " << m << " n " << n << " k " << k << " alpha " << alpha
+             << " beta " << beta << " special " << special);
   if (first >= 0)
     INFO("first difference at row " << first / ldc << " col " << first % ldc << ": kernel "
                                     << std::hex << f32_bits(C[size_t(first)]) << " emulated "
@@ -147,8 +146,9 @@ void check_bitwise(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alph
 
 bool native_or_skip() {
   if (cpu::bf16_native_supported()) return true;
-  std::printf("SKIPPED: native bf16 products: this processor lacks AVX512_BF16 (or AVX-512); "
-              "bf16 x bf16 products widen to f32 here\n");
+  std::printf(
+      "SKIPPED: native bf16 products: this processor lacks AVX512_BF16 (or AVX-512); "
+      "bf16 x bf16 products widen to f32 here\n");
   return false;
 }
 

@@ -101,7 +101,8 @@ void set_bf16_gemm(Bf16Gemm mode) {
   g_bf16 = mode;
 }
 bool bf16_native_supported() {
-  return gemm_kernel_avx512_bf16() != nullptr && isa_supported(Isa::avx512) && cpu_has_avx512_bf16();
+  return gemm_kernel_avx512_bf16() != nullptr && isa_supported(Isa::avx512) &&
+         cpu_has_avx512_bf16();
 }
 const char* gemm_bf16_kernel_name() {
   return kernel_for(GemmElem::bf16, GemmElem::bf16).name;

@@ -78,8 +78,8 @@ int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k);
 // kernels).
 enum class Bf16Gemm { native, widen };
 Bf16Gemm bf16_gemm();
-void set_bf16_gemm(Bf16Gemm mode);  // FORGE_BF16_GEMM=native|widen sets the initial one
-bool bf16_native_supported();       // the processor has AVX512_BF16 and the build its kernel
+void set_bf16_gemm(Bf16Gemm mode);    // FORGE_BF16_GEMM=native|widen sets the initial one
+bool bf16_native_supported();         // the processor has AVX512_BF16 and the build its kernel
 const char* gemm_bf16_kernel_name();  // the kernel a bf16 x bf16 product uses now
 
 enum class GemmBackend { packed, eigen };
