@@ -272,7 +272,7 @@ double grad_norm(const std::vector<Variable>& params) {
   for (const Variable& p : params)
     if (p.grad().defined()) {
       Tensor g = p.grad();
-      total += sum(mul(g, g)).item();
+      total += sum_of_squares(g).item();
     }
   return std::sqrt(total);
 }

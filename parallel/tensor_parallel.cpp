@@ -357,7 +357,7 @@ double parallel_grad_norm(const GPT& model, Communicator& model_parallel_group) 
   double local = 0;
   for (const auto& [name, p] : model.named_parameters())
     if (p.grad().defined() && grad_norm_counts(model, name))
-      local += sum(mul(p.grad(), p.grad())).item();
+      local += sum_of_squares(p.grad()).item();
   Tensor total = full({1}, local, DType::f64, model_parallel_group.device());
   model_parallel_group.all_reduce(total, ReduceOp::sum);
   return std::sqrt(total.item());

@@ -91,6 +91,8 @@ Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p);
 
 Tensor sum(const Tensor& a);  // over all elements: a 0-d tensor
 Tensor sum(const Tensor& a, const std::vector<int>& dims, bool keepdim = false);
+// sum(mul(a, a)), bit for bit, without the squared copy (f32 and f64 on the CPU: one pass).
+Tensor sum_of_squares(const Tensor& a);
 Tensor mean(const Tensor& a);
 Tensor mean(const Tensor& a, const std::vector<int>& dims, bool keepdim = false);
 Tensor max(const Tensor& a);  // over all elements

@@ -18,30 +18,33 @@ namespace {
 
 constexpr int64_t kChunk = 1 << 14;  // elements per partial sum of a long contiguous run
 
-// Sum of n contiguous values in 16 lanes, combined pairwise: vectorises and is order-fixed.
-template <class T>
-compute_t<T> sum_run(const T* x, int64_t n) {
+// Sum of n contiguous values (or of their squares) in 16 lanes, combined pairwise: vectorises and
+// is order-fixed. A square is rounded before it is added (no fused multiply-add), so the sum of
+// squares is bit for bit sum(mul(x, x)).
+template <class T, bool Square = false>
+__attribute__((optimize("fp-contract=off"))) compute_t<T> sum_run(const T* x, int64_t n) {
   using C = compute_t<T>;
+  auto term = [](C v) { return Square ? v * v : v; };
   C acc[16] = {};
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += load(x + i + j);
-  for (int j = 0; i < n; ++i, ++j) acc[j] += load(x + i);
+    for (int j = 0; j < 16; ++j) acc[j] += term(load(x + i + j));
+  for (int j = 0; i < n; ++i, ++j) acc[j] += term(load(x + i));
   for (int w = 8; w >= 1; w /= 2)
     for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
   return acc[0];
 }
 
 // Sum of a long run: fixed chunks summed (in parallel), then combined in chunk order.
-template <class T>
+template <class T, bool Square = false>
 compute_t<T> sum_long_run(const T* x, int64_t n) {
   using C = compute_t<T>;
   int64_t chunks = fixed_chunks(n, kChunk);
-  if (chunks <= 1) return sum_run(x, n);
+  if (chunks <= 1) return sum_run<T, Square>(x, n);
   std::vector<C> partial(static_cast<size_t>(chunks));
   parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c)
-      partial[c] = sum_run(x + c * kChunk, std::min(kChunk, n - c * kChunk));
+      partial[c] = sum_run<T, Square>(x + c * kChunk, std::min(kChunk, n - c * kChunk));
   });
   C total = 0;
   for (C p : partial) total += p;
@@ -161,6 +164,21 @@ Tensor sum(const Tensor& a, const std::vector<int>& dims_in, bool keepdim) {
   if (dims.empty()) out = out.clone();
   if (half) out = out.to(a.dtype());
   return keepdim ? out : out.reshape(drop_dims(a.shape(), dims));
+}
+
+Tensor sum_of_squares(const Tensor& a) {
+  check_defined(a, "sum_of_squares");
+  // f32 and f64 on the CPU in one pass; elsewhere (and 16-bit types, whose product rounds to
+  // 16 bits first) the two ops it stands for.
+  if (a.device().is_cuda() || (a.dtype() != DType::f32 && a.dtype() != DType::f64))
+    return sum(mul(a, a));
+  Tensor x = a.contiguous();
+  Tensor out = Tensor::empty({}, a.dtype());
+  if (a.dtype() == DType::f32)
+    out.data<float>()[0] = sum_long_run<float, true>(x.data<float>(), x.numel());
+  else
+    out.data<double>()[0] = sum_long_run<double, true>(x.data<double>(), x.numel());
+  return out;
 }
 
 Tensor mean(const Tensor& a) {

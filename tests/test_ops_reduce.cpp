@@ -12,6 +12,7 @@
 #include "testing.h"
 
 using namespace forge;
+using forge::testing::bitwise_equal;
 using forge::testing::Contains;
 
 namespace {
@@ -121,6 +122,31 @@ TEST_CASE("sum and mean over all elements match the double reference and give 0-
   CHECK(sum(scalar_tensor(2.5)).item() == 2.5);
   CHECK(sum(zeros({0, 3})).item() == 0.0);
   CHECK(sum(zeros({0, 3})).dim() == 0);
+}
+
+TEST_CASE("sum_of_squares is sum(mul(a, a)) bit for bit, on every length, layout and dtype") {
+  // One pass without the squared copy; a square rounds before it is added, chunks combine in
+  // their fixed order, so the result is the two ops' to the last bit (1 and 2 threads alike).
+  for (DType t : {DType::f32, DType::f64, DType::bf16, DType::f16})
+    for (int64_t n : {0, 1, 15, 16, 17, 16384, 16385, 100003}) {
+      INFO(dtype_name(t) << " n " << n);
+      // f16's largest finite value is 65504: keep its sum of 100003 squares finite.
+      const double r = t == DType::f16 ? 0.5 : 3.0;
+      Tensor a = uniform_tensor({n}, -r, r, uint64_t(n) + 7, t);
+      const int saved = get_num_threads();
+      for (int threads : {1, 2}) {
+        set_num_threads(threads);
+        Tensor got = sum_of_squares(a), want = sum(mul(a, a));
+        CHECK(got.dim() == 0);
+        CHECK(got.dtype() == t);
+        CHECK(bitwise_equal(got, want));
+      }
+      set_num_threads(saved);
+    }
+  Tensor m = uniform_tensor({37, 53}, -1, 1, 5, DType::f32);
+  CHECK(bitwise_equal(sum_of_squares(m.transpose(0, 1)),
+                      sum(mul(m.transpose(0, 1).contiguous(), m.transpose(0, 1).contiguous()))));
+  CHECK_THROWS_WITH(sum_of_squares(Tensor()), Contains("sum_of_squares"));
 }
 
 TEST_CASE("sum and mean over dims, negative and non-adjacent, with and without keepdim") {
