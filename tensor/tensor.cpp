@@ -324,11 +324,13 @@ namespace {
 void f32_to_bf16_run(const char* src, char* dst, int64_t n) {
   const float* x = reinterpret_cast<const float*>(src);
   uint16_t* y = reinterpret_cast<uint16_t*>(dst);
+  if (cpu::cpu_isa() != cpu::Isa::portable) return cpu::f32_to_bf16_run_avx2(x, y, n);
   for (int64_t i = 0; i < n; ++i) y[i] = f32_to_bf16_bits(x[i]);
 }
 void bf16_to_f32_run(const char* src, char* dst, int64_t n) {
   const uint16_t* x = reinterpret_cast<const uint16_t*>(src);
   float* y = reinterpret_cast<float*>(dst);
+  if (cpu::cpu_isa() != cpu::Isa::portable) return cpu::bf16_to_f32_run_avx2(x, y, n);
   for (int64_t i = 0; i < n; ++i) y[i] = bf16_bits_to_f32(x[i]);
 }
 // f16 has no shift-only conversion: F16C does it where present, else the scalar recipe.

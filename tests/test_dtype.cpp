@@ -358,19 +358,35 @@ TEST_CASE("contiguous f32 <-> bf16 conversions (the vectorised runs) match the s
       std::memcpy(&f, &u, 4);
       xs.push_back(f);
     }
-  Tensor t = from_vector(xs);
-  Tensor h = t.to(DType::bf16);
-  const uint16_t* got = static_cast<const uint16_t*>(h.raw_data());
-  size_t bad = 0;
-  for (size_t i = 0; i < xs.size(); ++i) bad += got[i] != f32_to_bf16_bits(xs[i]);
-  CHECK(bad == 0);
-  // And back: exact widening.
-  Tensor w = h.to(DType::f32);
-  const uint32_t* back = static_cast<const uint32_t*>(w.raw_data());
-  for (size_t i = 0; i < xs.size(); i += 997) CHECK(back[i] == uint32_t(got[i]) << 16);
-  // A strided source takes the scalar path: the same bits.
-  Tensor strided = t.reshape({-1, 5}).transpose(0, 1).to(DType::bf16).transpose(0, 1).contiguous();
-  CHECK(std::memcmp(strided.raw_data(), h.raw_data(), h.nbytes()) == 0);
+  for (cpu::Isa isa : testing::runnable_isas("bf16 conversion runs")) {
+    testing::IsaScope scope(isa);
+    INFO(cpu::isa_name(isa));
+    // Lengths 1..33 reach every tail of the 16-wide narrowing and 8-wide widening loops; the last
+    // one is the whole set.
+    for (size_t n : {size_t(1), size_t(7), size_t(8), size_t(15), size_t(16), size_t(17),
+                     size_t(33), xs.size()}) {
+      INFO("n " << n);
+      std::vector<float> part(xs.end() - std::ptrdiff_t(n), xs.end());
+      Tensor t = from_vector(part);
+      Tensor h = t.to(DType::bf16);
+      const uint16_t* got = static_cast<const uint16_t*>(h.raw_data());
+      size_t bad = 0;
+      for (size_t i = 0; i < n; ++i) bad += got[i] != f32_to_bf16_bits(part[i]);
+      CHECK(bad == 0);
+      // And back: exact widening (NaN payloads included: it is a shift).
+      Tensor w = h.to(DType::f32);
+      const uint32_t* back = static_cast<const uint32_t*>(w.raw_data());
+      size_t bad_back = 0;
+      for (size_t i = 0; i < n; ++i) bad_back += back[i] != uint32_t(got[i]) << 16;
+      CHECK(bad_back == 0);
+    }
+    // A strided source takes the scalar path: the same bits.
+    Tensor t = from_vector(xs);
+    Tensor h = t.to(DType::bf16);
+    Tensor strided =
+        t.reshape({-1, 5}).transpose(0, 1).to(DType::bf16).transpose(0, 1).contiguous();
+    CHECK(std::memcmp(strided.raw_data(), h.raw_data(), h.nbytes()) == 0);
+  }
 }
 
 TEST_CASE(

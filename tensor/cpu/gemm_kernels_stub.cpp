@@ -18,4 +18,6 @@ void gemm_pack_b_avx2(GemmElem, bool, const void*, int64_t, int64_t, int64_t, in
                       float*) {}
 void f32_to_f16_run_f16c(const float*, uint16_t*, int64_t) {}
 void f16_to_f32_run_f16c(const uint16_t*, float*, int64_t) {}
+void f32_to_bf16_run_avx2(const float*, uint16_t*, int64_t) {}
+void bf16_to_f32_run_avx2(const uint16_t*, float*, int64_t) {}
 }  // namespace forge::cpu
