@@ -155,6 +155,41 @@ TEST_CASE("every kernel family gives bitwise the same product for alpha 1 and be
   }
 }
 
+TEST_CASE("a product of a few rows (read in place, one-row kernel) gives the rows of a full tile") {
+  // m * 3 <= MR takes the one-row kernel on A in place; its arithmetic is one row of the tile
+  // kernel's, so the first rows of a 13-row product (full tiles) are the same bits, per call
+  // and prepacked, across K blocks (k 600) and B panels (n 3100), for alpha and beta as they come.
+  Generator gen(41);
+  for (Isa isa : runnable_isas("gemm kernel family")) {
+    IsaScope scope(isa);
+    for (bool tb : {false, true})
+      for (int64_t n : {53, 3100}) {
+        const int64_t k = 600, M = 13;
+        Tensor a = randn({M, k}, gen), b = tb ? randn({n, k}, gen) : randn({k, n}, gen);
+        Tensor c0 = randn({M, n}, gen);
+        const int64_t ldb = tb ? k : n;
+        cpu::PackedB packed = cpu::PackedB::pack(tb, b.data<float>(), ldb, k, n);
+        for (float beta : {0.0f, 1.0f, 1.3f}) {
+          Tensor full = c0.clone();
+          cpu::gemm_packed(false, tb, M, n, k, 0.7f, a.data<float>(), k, b.data<float>(), ldb, beta,
+                           full.data<float>(), n);
+          for (int64_t m : {1, 2, 3, 4}) {
+            INFO("isa " << cpu::isa_name(isa) << " tb " << tb << " n " << n << " beta " << beta
+                        << " m " << m);
+            Tensor got = c0.narrow(0, 0, m).clone(), got_pre = got.clone();
+            cpu::gemm_packed(false, tb, m, n, k, 0.7f, a.data<float>(), k, b.data<float>(), ldb,
+                             beta, got.data<float>(), n);
+            cpu::gemm_prepacked(m, 0.7f, a.data<float>(), k, packed, beta, got_pre.data<float>(),
+                                n);
+            Tensor want = full.narrow(0, 0, m).contiguous();
+            CHECK(testing::bitwise_equal(got, want));
+            CHECK(testing::bitwise_equal(got_pre, want));
+          }
+        }
+      }
+  }
+}
+
 TEST_CASE(
     "a prepacked B gives bit for bit the per-call packed product, for every family and "
     "edge, and is refused once its family is no longer in use") {

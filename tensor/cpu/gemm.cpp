@@ -259,7 +259,11 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   const int64_t KC = k_block(k);
   const int64_t MC = std::min<int64_t>(kMC, (m + MR - 1) / MR * MR);
   const int64_t NC = n_block(n, NR);
-  Workspace a_pack(size_t(MC * KC)), b_pack(src.prepacked ? 0 : size_t(NC * KC));
+  // A few rows of a plain f32 A (a decoding step's activations): each row runs the one-row kernel
+  // on A in place, with no A packing and no padded rows.
+  const bool rows_in_place = K.row_kernel && !ta && ea == GemmElem::f32 && m * 3 <= MR;
+  Workspace a_pack(rows_in_place ? 0 : size_t(MC * KC)),
+      b_pack(src.prepacked ? 0 : size_t(NC * KC));
   float* Ap = a_pack.p;
 
   // Threads only pay off with enough work: about 2^21 multiply-adds each.
@@ -292,6 +296,32 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
             K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + t * NR, pc, kc, NR,
                      b_pack.p + t * kc * NR);
         }
+        // One tile: rows x cols of C at (row, col) from the A sliver a and the B sliver b.
+        auto tile_out = [&](GemmMicrokernel kernel, const float* a, const float* b, int64_t row,
+                            int64_t col, int64_t rows) {
+          const int64_t cols = std::min<int64_t>(NR, n - col);
+          float* c = C + row * ldc + col;
+          if (cols == NR && (rows == MR || kernel == K.row_kernel)) {
+            kernel(long(kc), a, b, c, long(ldc), alpha, beta_eff);
+            return;
+          }
+          kernel(long(kc), a, b, scratch, NR, 1.0f, 0.0f);
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < cols; ++j) {
+              const float v = scratch[i * NR + j];  // combined as the kernels combine
+              c[i * ldc + j] =
+                  beta_eff == 0.0f ? alpha * v : madd(alpha, v, beta_eff * c[i * ldc + j]);
+            }
+        };
+        if (rows_in_place) {
+#pragma omp for schedule(static)
+          for (int64_t tile = 0; tile < m * b_slivers; ++tile) {
+            const int64_t jr = tile / m, row = tile % m;
+            tile_out(K.row_kernel, static_cast<const float*>(A) + row * lda + pc, Bp + jr * kc * NR,
+                     row, jc + jr * NR, 1);
+          }
+          continue;
+        }
         for (int64_t ic = 0; ic < m; ic += MC) {
           const int64_t mc = std::min(MC, m - ic);
           const int64_t a_slivers = (mc + MR - 1) / MR;
@@ -301,23 +331,9 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
 #pragma omp for schedule(static)
           for (int64_t tile = 0; tile < a_slivers * b_slivers; ++tile) {
             const int64_t jr = tile / a_slivers, ir = tile % a_slivers;
-            const int64_t row = ic + ir * MR, col = jc + jr * NR;
-            const float* a = Ap + ir * kc * MR;
-            const float* b = Bp + jr * kc * NR;
-            const int64_t rows = std::min<int64_t>(MR, m - row),
-                          cols = std::min<int64_t>(NR, n - col);
-            float* c = C + row * ldc + col;
-            if (rows == MR && cols == NR) {
-              K.kernel(long(kc), a, b, c, long(ldc), alpha, beta_eff);
-            } else {
-              K.kernel(long(kc), a, b, scratch, NR, 1.0f, 0.0f);
-              for (int64_t i = 0; i < rows; ++i)
-                for (int64_t j = 0; j < cols; ++j) {
-                  const float v = scratch[i * NR + j];  // combined as the kernels combine
-                  c[i * ldc + j] =
-                      beta_eff == 0.0f ? alpha * v : madd(alpha, v, beta_eff * c[i * ldc + j]);
-                }
-            }
+            const int64_t row = ic + ir * MR;
+            tile_out(K.kernel, Ap + ir * kc * MR, Bp + jr * kc * NR, row, jc + jr * NR,
+                     std::min<int64_t>(MR, m - row));
           }
         }
       }
@@ -340,11 +356,12 @@ void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
               BSource{.eb = eb, .tb = tb, .B = B, .ldb = ldb}, beta, C, ldc);
 }
 
-int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k) {
+int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a) {
   if (m == 0 || n == 0 || k == 0) return 0;
   const GemmKernelInfo& K = kernel_for(cpu_isa());
   const int64_t KC = k_block(k), MC = std::min<int64_t>(kMC, (m + K.mr - 1) / K.mr * K.mr);
-  return int64_t(cpu_allocator().accounted(size_t(MC * KC) * sizeof(float))) +
+  const bool rows_in_place = K.row_kernel && !trans_a && m * 3 <= K.mr;  // as gemm_driver
+  return int64_t(cpu_allocator().accounted(size_t(rows_in_place ? 0 : MC * KC) * sizeof(float))) +
          int64_t(cpu_allocator().accounted(size_t(n_block(n, K.nr) * KC) * sizeof(float)));
 }
 

@@ -69,9 +69,10 @@ void gemm_prepacked(int64_t m, float alpha, const float* A, int64_t lda, const P
                     float beta, float* C, int64_t ldc);
 
 // The scratch a packed product of this shape takes from the allocator (tagged `other`) while it
-// runs: its A block and B panel, sized by the kernel in use. The memory planner (recipes/plan.h)
-// counts it at the step's peak.
-int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k);
+// runs: its A block and B panel, sized by the kernel in use (an f32 A of a few rows, not
+// transposed, is read in place: no A block). The memory planner (recipes/plan.h) counts it at the
+// step's peak.
+int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a = false);
 
 // How bf16 x bf16 products run: native (the AVX512_BF16 kernel, where the processor has it and
 // the avx512 family is in use; else as widen) or widen (to f32 as they are packed, the f32

@@ -26,6 +26,10 @@ void kernel_6x16(long kc, const float* a, const float* b, float* c, long ldc, fl
                  float beta) {
   microkernel<Avx2, 6, 2>(kc, a, b, c, ldc, alpha, beta);
 }
+void kernel_1x16(long kc, const float* a, const float* b, float* c, long ldc, float alpha,
+                 float beta) {
+  microkernel<Avx2, 1, 2>(kc, a, b, c, ldc, alpha, beta);
+}
 
 long min_l(long a, long b) {
   return a < b ? a : b;
@@ -197,7 +201,8 @@ void pack_b(bool tb, const void* Bv, int64_t ldb, int64_t n, int64_t c0, int64_t
 }
 
 const forge::cpu::GemmKernelInfo kInfo{
-    "avx2 6x16", 6, 16, kernel_6x16, forge::cpu::gemm_pack_a_avx2, forge::cpu::gemm_pack_b_avx2};
+    "avx2 6x16", 6, 16, kernel_6x16, forge::cpu::gemm_pack_a_avx2, forge::cpu::gemm_pack_b_avx2,
+    kernel_1x16};
 }  // namespace
 
 namespace forge::cpu {

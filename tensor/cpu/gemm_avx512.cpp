@@ -21,6 +21,10 @@ void kernel_12x32(long kc, const float* a, const float* b, float* c, long ldc, f
                   float beta) {
   microkernel<Avx512, 12, 2>(kc, a, b, c, ldc, alpha, beta);
 }
+void kernel_1x32(long kc, const float* a, const float* b, float* c, long ldc, float alpha,
+                 float beta) {
+  microkernel<Avx512, 1, 2>(kc, a, b, c, ldc, alpha, beta);
+}
 
 // AVX-512 processors have AVX2: the packers are the AVX2 ones.
 const forge::cpu::GemmKernelInfo kInfo{"avx512 12x32",
@@ -28,7 +32,8 @@ const forge::cpu::GemmKernelInfo kInfo{"avx512 12x32",
                                        32,
                                        kernel_12x32,
                                        forge::cpu::gemm_pack_a_avx2,
-                                       forge::cpu::gemm_pack_b_avx2};
+                                       forge::cpu::gemm_pack_b_avx2,
+                                       kernel_1x32};
 }  // namespace
 
 namespace forge::cpu {

@@ -26,6 +26,11 @@ struct GemmKernelInfo {
   GemmMicrokernel kernel;
   GemmPackA pack_a;
   GemmPackB pack_b;
+  // The same kernel for one row of an f32 A read in place (a[p], stride 1; no packing), with the
+  // arithmetic of one row of `kernel`, so its results are those bits. The driver takes it for
+  // products of a few rows (a decoding step's), where a full tile would do MR times the work.
+  // nullptr: no such kernel (small products then pack and run full tiles).
+  GemmMicrokernel row_kernel = nullptr;
 };
 
 // Defined in gemm_avx2.cpp / gemm_avx512.cpp (compiled with those instruction sets); nullptr
