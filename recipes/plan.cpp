@@ -854,8 +854,8 @@ class StepReplay {
 
 double MachineProfile::gemm_seconds(int64_t m, int64_t n, int64_t k, int trans, bool half) const {
   const double flops = 2.0 * double(m) * double(n) * double(k);
-  if (half && gemm16_gflops > 0) return flops / (gemm16_gflops * 1e9);
   if (gemm.empty()) {
+    if (half && gemm16_gflops > 0) return flops / (gemm16_gflops * 1e9);
     FORGE_CHECK(gemm_gflops > 0, "profile '{}': no matrix-product figures", name);
     return flops / (gemm_gflops * 1e9);
   }
@@ -873,7 +873,15 @@ double MachineProfile::gemm_seconds(int64_t m, int64_t n, int64_t k, int trans, 
                      std::pow(std::log(double(k) / double(g.k)), 2);
     if (!best || d < best_d) best = &g, best_d = d;
   }
+  // 16-bit inputs: the shape's own bf16 figure, else the profile's flat one, else f32's.
+  if (half && best->gflops16 > 0) return flops / (best->gflops16 * 1e9);
+  if (half && gemm16_gflops > 0) return flops / (gemm16_gflops * 1e9);
   return flops / (best->gflops * 1e9);
+}
+
+bool MachineProfile::has_half_products() const {
+  return gemm16_gflops > 0 ||
+         std::any_of(gemm.begin(), gemm.end(), [](const Gemm& g) { return g.gflops16 > 0; });
 }
 
 double MachineProfile::attention_rate(bool half) const {
@@ -919,7 +927,11 @@ std::string MachineProfile::to_json() const {
   j["gelu_ns"] = gelu_ns;
   j["overlap"] = overlap;
   j["gemm"] = nlohmann::json::array();
-  for (const Gemm& g : gemm) j["gemm"].push_back({g.m, g.n, g.k, g.trans, g.gflops});
+  for (const Gemm& g : gemm) {
+    nlohmann::ordered_json row = {g.m, g.n, g.k, g.trans, g.gflops};
+    if (g.gflops16 > 0) row.push_back(g.gflops16);
+    j["gemm"].push_back(row);
+  }
   nlohmann::ordered_json c = nlohmann::ordered_json::object();
   for (const auto& [op, sizes] : collectives)
     for (const auto& [n, l] : sizes)
@@ -955,7 +967,8 @@ MachineProfile MachineProfile::from_json(const std::string& text, const std::str
     const nlohmann::json collectives = j.value("collectives", nlohmann::json::object());
     for (const auto& g : gemms)
       p.gemm.push_back({g.at(0).get<int64_t>(), g.at(1).get<int64_t>(), g.at(2).get<int64_t>(),
-                        g.at(3).get<int>(), g.at(4).get<double>()});
+                        g.at(3).get<int>(), g.at(4).get<double>(),
+                        g.size() > 5 ? g.at(5).get<double>() : 0.0});
     for (const auto& [op, sizes] : collectives.items())
       for (const auto& [n, l] : sizes.items())
         p.collectives[op][std::stoi(n)] = {l.at("latency_us").get<double>(),
@@ -1135,7 +1148,7 @@ PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int6
         fmt::format("precision {}: the memory of the 16-bit copies autocast saves is not modelled "
                     "(counted as f32){}",
                     cfg.precision,
-                    profile && profile->gemm16_gflops == 0
+                    profile && !profile->has_half_products()
                         ? "; the profile has no 16-bit product figures (f32's are used)"
                         : ""));
   if (cfg.model.dropout > 0)

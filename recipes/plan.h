@@ -100,6 +100,8 @@ struct MachineProfile {
     int64_t m = 0, n = 0, k = 0;
     int trans = 0;  // 0: A @ B, 1: A^T @ B, 2: A @ B^T
     double gflops = 0;
+    double gflops16 =
+        0;  // with bf16 inputs (calibrate measures it where they run natively); 0: none
   };
   std::vector<Gemm> gemm;       // measured products; others take the nearest in log-space
   double gemm_gflops = 0;       // for shapes when `gemm` is empty (datasheet profiles)
@@ -126,6 +128,7 @@ struct MachineProfile {
 
   // One product's seconds; `half`: with 16-bit inputs (the 16-bit figures, else the f32 ones).
   double gemm_seconds(int64_t m, int64_t n, int64_t k, int trans = 0, bool half = false) const;
+  bool has_half_products() const;  // any 16-bit product figure (else half products take f32's)
   double attention_rate(bool half) const;  // FLOP/s of attention's products
   double peak_rate(bool half) const;       // FLOP/s, for MFU
   double collective_seconds(const std::string& op, int group, int64_t bytes) const;

@@ -9,6 +9,7 @@
 #include "models/gpt.h"
 #include "parallel/communicator.h"
 #include "recipes/plan.h"
+#include "tensor/cpu/gemm.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 #include "tensor/random.h"
@@ -71,22 +72,36 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
                                  Communicator& world) {
   MachineProfile p;
   Generator gen(1);
-  // Matrix products: every shape the layouts run.
-  double best = 0;
+  // Matrix products: every shape the layouts run, in f32 and, where the processor multiplies bf16
+  // natively (AVX512_BF16), with bf16 inputs as autocast gives them (--precision bf16).
+  const bool bf16 = cpu::bf16_native_supported() && cpu::bf16_gemm() == cpu::Bf16Gemm::native;
+  double best = 0, best16 = 0;
   for (const auto& [m, n, k, trans] : shapes) {
     const bool ta = trans == 1, tb = trans == 2;
     Tensor a = ta ? randn({k, m}, gen) : randn({m, k}, gen);
     Tensor b = tb ? randn({n, k}, gen) : randn({k, n}, gen);
-    const double s = best_seconds([&] { matmul(a, b, ta, tb); });
-    const double gflops = 2.0 * double(m) * double(n) * double(k) / s * 1e-9;
-    p.gemm.push_back({m, n, k, int(trans), gflops});
+    const double flops = 2.0 * double(m) * double(n) * double(k);
+    const double gflops = flops / best_seconds([&] { matmul(a, b, ta, tb); }) * 1e-9;
+    double gflops16 = 0;
+    if (bf16) {
+      Tensor a16 = a.to(DType::bf16), b16 = b.to(DType::bf16);
+      gflops16 = flops / best_seconds([&] { matmul(a16, b16, ta, tb); }) * 1e-9;
+    }
+    p.gemm.push_back({m, n, k, int(trans), gflops, gflops16});
     best = std::max(best, gflops);
+    best16 = std::max(best16, gflops16);
   }
   {
     Tensor a = randn({1024, 1024}, gen), b = randn({1024, 1024}, gen);
     best = std::max(best, 2.0 * 1024 * 1024 * 1024 / best_seconds([&] { matmul(a, b); }) * 1e-9);
+    if (bf16) {
+      Tensor a16 = a.to(DType::bf16), b16 = b.to(DType::bf16);
+      best16 = std::max(best16,
+                        2.0 * 1024 * 1024 * 1024 / best_seconds([&] { matmul(a16, b16); }) * 1e-9);
+    }
   }
   p.peak_gflops = best;
+  p.peak16_gflops = best16;
   // Attention: one sequence of the model's heads.
   const GPTConfig& m = cfg.model;
   {

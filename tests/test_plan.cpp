@@ -168,6 +168,20 @@ TEST_CASE("a machine profile: JSON both ways, products and collectives looked up
   CHECK(q.collective_seconds("all_reduce", 4, 5000) == Approx(30e-6 + 1e-6 * 1.5));
   CHECK(q.collective_seconds("all_reduce", 1, 5000) == 0);
   CHECK_THROWS_WITH(q.collective_seconds("all_gather", 2, 1), Contains("all_gather"));
+  // 16-bit products: none measured, f32's rate; a shape's own bf16 figure (calibrate's, on
+  // AVX512_BF16) round-trips and sets the rate of the shapes nearest it, before any flat figure.
+  CHECK_FALSE(q.has_half_products());
+  CHECK(q.gemm_seconds(1000, 1000, 1000, 2, true) == Approx(2e9 / 100e9));
+  MachineProfile h = p;
+  h.gemm[1].gflops16 = 190;
+  h.gemm16_gflops = 400;
+  const MachineProfile r = MachineProfile::from_json(h.to_json(), "round trip 16");
+  CHECK(r.has_half_products());
+  CHECK(r.gemm[1].gflops16 == 190);
+  CHECK(r.gemm[0].gflops16 == 0);
+  CHECK(r.gemm_seconds(1000, 1000, 1000, 2, true) == Approx(2e9 / 190e9));
+  CHECK(r.gemm_seconds(1000, 1000, 1000, 2, false) == Approx(2e9 / 100e9));
+  CHECK(r.gemm_seconds(60, 70, 64, 2, true) == Approx(2.0 * 60 * 70 * 64 / 400e9));
   CHECK_THROWS_WITH(MachineProfile::from_json("{", "bad.json"), Contains("bad.json"));
   CHECK_THROWS_WITH(MachineProfile::from_json(R"({"peak_gflops": 1})", "short.json"),
                     Contains("short.json") && Contains("attention_gflops"));
