@@ -854,11 +854,6 @@ class StepReplay {
 
 double MachineProfile::gemm_seconds(int64_t m, int64_t n, int64_t k, int trans, bool half) const {
   const double flops = 2.0 * double(m) * double(n) * double(k);
-  if (gemm.empty()) {
-    if (half && gemm16_gflops > 0) return flops / (gemm16_gflops * 1e9);
-    FORGE_CHECK(gemm_gflops > 0, "profile '{}': no matrix-product figures", name);
-    return flops / (gemm_gflops * 1e9);
-  }
   // The nearest measured shape in log-space: the kernels' efficiency depends on the shape's
   // proportions (small m or n leave the tiles half empty), not only its size.
   const Gemm* best = nullptr;
@@ -874,9 +869,11 @@ double MachineProfile::gemm_seconds(int64_t m, int64_t n, int64_t k, int trans, 
     if (!best || d < best_d) best = &g, best_d = d;
   }
   // 16-bit inputs: the shape's own bf16 figure, else the profile's flat one, else f32's.
-  if (half && best->gflops16 > 0) return flops / (best->gflops16 * 1e9);
+  if (half && best && best->gflops16 > 0) return flops / (best->gflops16 * 1e9);
   if (half && gemm16_gflops > 0) return flops / (gemm16_gflops * 1e9);
-  return flops / (best->gflops * 1e9);
+  if (best) return flops / (best->gflops * 1e9);
+  FORGE_CHECK(gemm_gflops > 0, "profile '{}': no matrix-product figures", name);
+  return flops / (gemm_gflops * 1e9);
 }
 
 bool MachineProfile::has_half_products() const {

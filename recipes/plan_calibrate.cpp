@@ -75,30 +75,28 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
   // Matrix products: every shape the layouts run, in f32 and, where the processor multiplies bf16
   // natively (AVX512_BF16), with bf16 inputs as autocast gives them (--precision bf16).
   const bool bf16 = cpu::bf16_native_supported() && cpu::bf16_gemm() == cpu::Bf16Gemm::native;
+  // GFLOP/s of op(a) @ op(b): {f32, bf16 (0 where not native)}.
+  auto rates = [&](const Tensor& a, const Tensor& b, bool ta, bool tb, double flops) {
+    const double f32 = flops / best_seconds([&] { matmul(a, b, ta, tb); }) * 1e-9;
+    if (!bf16) return std::pair{f32, 0.0};
+    Tensor a16 = a.to(DType::bf16), b16 = b.to(DType::bf16);
+    return std::pair{f32, flops / best_seconds([&] { matmul(a16, b16, ta, tb); }) * 1e-9};
+  };
   double best = 0, best16 = 0;
   for (const auto& [m, n, k, trans] : shapes) {
     const bool ta = trans == 1, tb = trans == 2;
     Tensor a = ta ? randn({k, m}, gen) : randn({m, k}, gen);
     Tensor b = tb ? randn({n, k}, gen) : randn({k, n}, gen);
-    const double flops = 2.0 * double(m) * double(n) * double(k);
-    const double gflops = flops / best_seconds([&] { matmul(a, b, ta, tb); }) * 1e-9;
-    double gflops16 = 0;
-    if (bf16) {
-      Tensor a16 = a.to(DType::bf16), b16 = b.to(DType::bf16);
-      gflops16 = flops / best_seconds([&] { matmul(a16, b16, ta, tb); }) * 1e-9;
-    }
+    const auto [gflops, gflops16] = rates(a, b, ta, tb, 2.0 * double(m) * double(n) * double(k));
     p.gemm.push_back({m, n, k, int(trans), gflops, gflops16});
     best = std::max(best, gflops);
     best16 = std::max(best16, gflops16);
   }
   {
     Tensor a = randn({1024, 1024}, gen), b = randn({1024, 1024}, gen);
-    best = std::max(best, 2.0 * 1024 * 1024 * 1024 / best_seconds([&] { matmul(a, b); }) * 1e-9);
-    if (bf16) {
-      Tensor a16 = a.to(DType::bf16), b16 = b.to(DType::bf16);
-      best16 = std::max(best16,
-                        2.0 * 1024 * 1024 * 1024 / best_seconds([&] { matmul(a16, b16); }) * 1e-9);
-    }
+    const auto [gflops, gflops16] = rates(a, b, false, false, 2.0 * 1024 * 1024 * 1024);
+    best = std::max(best, gflops);
+    best16 = std::max(best16, gflops16);
   }
   p.peak_gflops = best;
   p.peak16_gflops = best16;

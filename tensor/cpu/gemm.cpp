@@ -235,6 +235,12 @@ int64_t n_block(int64_t n, int NR) {
   return std::min<int64_t>(kNC, (n + NR - 1) / NR * NR);
 }
 
+// A few rows of a plain f32 A (a decoding step's activations): each row runs the one-row kernel
+// on A in place, with no A packing and no padded rows.
+bool rows_in_place(const GemmKernelInfo& K, bool ta, GemmElem ea, int64_t m) {
+  return K.row_kernel && !ta && ea == GemmElem::f32 && m * 3 <= K.mr;
+}
+
 // Where the B panels come from: packed per call from (eb, tb, B, ldb), or already packed (then
 // `prepacked` holds every (jc, pc) panel, jc-major, each as the packers lay it out).
 struct BSource {
@@ -259,11 +265,8 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   const int64_t KC = k_block(k);
   const int64_t MC = std::min<int64_t>(kMC, (m + MR - 1) / MR * MR);
   const int64_t NC = n_block(n, NR);
-  // A few rows of a plain f32 A (a decoding step's activations): each row runs the one-row kernel
-  // on A in place, with no A packing and no padded rows.
-  const bool rows_in_place = K.row_kernel && !ta && ea == GemmElem::f32 && m * 3 <= MR;
-  Workspace a_pack(rows_in_place ? 0 : size_t(MC * KC)),
-      b_pack(src.prepacked ? 0 : size_t(NC * KC));
+  const bool a_in_place = rows_in_place(K, ta, ea, m);
+  Workspace a_pack(a_in_place ? 0 : size_t(MC * KC)), b_pack(src.prepacked ? 0 : size_t(NC * KC));
   float* Ap = a_pack.p;
 
   // Threads only pay off with enough work: about 2^21 multiply-adds each.
@@ -296,12 +299,13 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
             K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + t * NR, pc, kc, NR,
                      b_pack.p + t * kc * NR);
         }
-        // One tile: rows x cols of C at (row, col) from the A sliver a and the B sliver b.
-        auto tile_out = [&](GemmMicrokernel kernel, const float* a, const float* b, int64_t row,
-                            int64_t col, int64_t rows) {
+        // One tile: rows x cols of C at (row, col) from the A sliver a and the B sliver b, by a
+        // kernel of kernel_rows x NR (straight into C when the tile is whole).
+        auto tile_out = [&](GemmMicrokernel kernel, int64_t kernel_rows, const float* a,
+                            const float* b, int64_t row, int64_t col, int64_t rows) {
           const int64_t cols = std::min<int64_t>(NR, n - col);
           float* c = C + row * ldc + col;
-          if (cols == NR && (rows == MR || kernel == K.row_kernel)) {
+          if (rows == kernel_rows && cols == NR) {
             kernel(long(kc), a, b, c, long(ldc), alpha, beta_eff);
             return;
           }
@@ -313,12 +317,12 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
                   beta_eff == 0.0f ? alpha * v : madd(alpha, v, beta_eff * c[i * ldc + j]);
             }
         };
-        if (rows_in_place) {
+        if (a_in_place) {
 #pragma omp for schedule(static)
           for (int64_t tile = 0; tile < m * b_slivers; ++tile) {
             const int64_t jr = tile / m, row = tile % m;
-            tile_out(K.row_kernel, static_cast<const float*>(A) + row * lda + pc, Bp + jr * kc * NR,
-                     row, jc + jr * NR, 1);
+            tile_out(K.row_kernel, 1, static_cast<const float*>(A) + row * lda + pc,
+                     Bp + jr * kc * NR, row, jc + jr * NR, 1);
           }
           continue;
         }
@@ -332,7 +336,7 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
           for (int64_t tile = 0; tile < a_slivers * b_slivers; ++tile) {
             const int64_t jr = tile / a_slivers, ir = tile % a_slivers;
             const int64_t row = ic + ir * MR;
-            tile_out(K.kernel, Ap + ir * kc * MR, Bp + jr * kc * NR, row, jc + jr * NR,
+            tile_out(K.kernel, MR, Ap + ir * kc * MR, Bp + jr * kc * NR, row, jc + jr * NR,
                      std::min<int64_t>(MR, m - row));
           }
         }
@@ -360,8 +364,8 @@ int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a) {
   if (m == 0 || n == 0 || k == 0) return 0;
   const GemmKernelInfo& K = kernel_for(cpu_isa());
   const int64_t KC = k_block(k), MC = std::min<int64_t>(kMC, (m + K.mr - 1) / K.mr * K.mr);
-  const bool rows_in_place = K.row_kernel && !trans_a && m * 3 <= K.mr;  // as gemm_driver
-  return int64_t(cpu_allocator().accounted(size_t(rows_in_place ? 0 : MC * KC) * sizeof(float))) +
+  const bool a_in_place = rows_in_place(K, trans_a, GemmElem::f32, m);
+  return int64_t(cpu_allocator().accounted(size_t(a_in_place ? 0 : MC * KC) * sizeof(float))) +
          int64_t(cpu_allocator().accounted(size_t(n_block(n, K.nr) * KC) * sizeof(float)));
 }
 
