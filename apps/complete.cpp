@@ -78,9 +78,16 @@ int main(int argc, char** argv) {
     };
     std::string finish;
     if (stream || ws) {
-      if (!chat) print(prompt);
+      // The prompt goes out with the first piece, so that a refused request prints only the error.
+      bool started = false;
+      auto piece = [&](const std::string& text) {
+        if (!started && !chat) print(prompt);
+        started = true;
+        print(text);
+      };
       const forge::client::Completion c =
-          ws ? client.stream_ws(request, print) : client.stream(request, print);
+          ws ? client.stream_ws(request, piece) : client.stream(request, piece);
+      if (!started && !chat) print(prompt);
       finish = c.finish_reason;
     } else {
       const json r = chat ? client.chat(request) : client.complete(request);

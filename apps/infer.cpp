@@ -80,6 +80,7 @@ int main(int argc, char** argv) {
       fmt::print(stderr, "# wrote {} ({:.2f} MB)\n", save_quantized_path,
                  double(state_bytes(quantized_state(model))) / 1e6);
     }
+    encode_prompt(loaded.tokenizer, prompt, o);  // a refused prompt prints nothing but the error
     model.set_prepacked(true);  // the weights' product panels packed once, not at every token
     std::fputs(prompt.c_str(), stdout);
     Generated out = generate(model, loaded.tokenizer, prompt, o, [](const std::string& piece) {

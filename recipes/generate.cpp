@@ -45,18 +45,22 @@ int64_t sample_token(const Tensor& logits_in, const SampleOptions& o, Generator&
   return order[size_t(keep - 1)];
 }
 
-Generated generate(GPT& model, const Tokenizer& tok, const std::string& prompt,
-                   const SampleOptions& o, const std::function<void(const std::string&)>& on_text) {
+std::vector<int64_t> encode_prompt(const Tokenizer& tok, const std::string& prompt,
+                                   const SampleOptions& o) {
   FORGE_CHECK(!prompt.empty(), "generate: the prompt is empty (give at least one character)");
   FORGE_CHECK(o.max_tokens >= 0, "generate: max_tokens must be >= 0, got {}", o.max_tokens);
   FORGE_CHECK(o.top_p > 0 && o.top_p <= 1, "generate: top_p must be in (0, 1], got {}", o.top_p);
   FORGE_CHECK(o.top_k >= 0, "generate: top_k must be >= 0, got {}", o.top_k);
-  std::vector<int64_t> all;
   try {
-    all = tok.encode(prompt);
+    return tok.encode(prompt);
   } catch (const Error& e) {
     throw_error(fmt::format("prompt: {}", e.what()));
   }
+}
+
+Generated generate(GPT& model, const Tokenizer& tok, const std::string& prompt,
+                   const SampleOptions& o, const std::function<void(const std::string&)>& on_text) {
+  std::vector<int64_t> all = encode_prompt(tok, prompt, o);
   NoGradGuard no_grad;
   MemoryTagScope tag(MemoryTag::activations);
   bool was_training = model.is_training();

@@ -40,6 +40,11 @@ struct Generated {
   bool stopped_by_string = false;
 };
 
+// The prompt's tokens, after checking it and the options; throws naming what is wrong. generate()
+// calls it first; a program that prints the prompt calls it before printing anything.
+std::vector<int64_t> encode_prompt(const Tokenizer& tokenizer, const std::string& prompt,
+                                   const SampleOptions& options);
+
 Generated generate(GPT& model, const Tokenizer& tokenizer, const std::string& prompt,
                    const SampleOptions& options,
                    const std::function<void(const std::string&)>& on_text = {});

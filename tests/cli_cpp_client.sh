@@ -45,9 +45,12 @@ FORGE_API_KEY=$key run timeout 30 "$complete" --url "http://127.0.0.1:$port" --p
 [ "$rc" -eq 0 ] || { fail "complete --chat (key from FORGE_API_KEY) exited $rc"; show; }
 run timeout 30 "$complete" --url "http://127.0.0.1:$port" --api-key "$key" --prompt "we" --top-k 99999999999999999999
 [ "$rc" -ne 0 ] || fail "complete: a top-k out of range was accepted"
-run timeout 30 "$complete" --url "http://127.0.0.1:$port" --api-key "$key" --prompt "we~"
-[ "$rc" -eq 1 ] && grep -q '^error: 400 invalid_request_error (param prompt): ' "$tmp/err" ||
-  { fail "complete with a character outside the vocabulary: expected 'error: 400 ... (param prompt)' and exit 1"; show; }
+for mode in "" --stream --ws; do
+  run timeout 30 "$complete" --url "http://127.0.0.1:$port" --api-key "$key" --prompt "we~" $mode
+  [ "$rc" -eq 1 ] && grep -q '^error: 400 invalid_request_error (param prompt): ' "$tmp/err" ||
+    { fail "complete $mode with a character outside the vocabulary: expected 'error: 400 ... (param prompt)' and exit 1"; show; }
+  [ ! -s "$tmp/out" ] || { fail "complete $mode: a refused prompt printed on stdout"; show; }
+done
 run timeout 30 "$complete" --url "http://127.0.0.1:$port" --api-key sk-wrong --prompt "we" --ws
 [ "$rc" -eq 1 ] && grep -q '^error: 401 ' "$tmp/err" || { fail "complete --ws with a wrong key: expected 'error: 401' and exit 1"; show; }
 

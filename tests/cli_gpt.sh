@@ -196,5 +196,9 @@ expect_error "infer of a truncated model file" "$tmp/truncated.safetensors" "tru
 
 run "$infer" --checkpoint "$out" --prompt "a~b" --max-tokens 5
 expect_error "a prompt with a character outside the vocabulary" "prompt" "~" "position 1"
+[ ! -s "$tmp/out" ] || { fail "a refused prompt printed on stdout (the error alone is expected)"; show; }
+run "$infer" --checkpoint "$out" --prompt "The" --top-p 2 --max-tokens 5
+expect_error "infer --top-p 2" "top_p must be in (0, 1]"
+[ ! -s "$tmp/out" ] || { fail "infer --top-p 2 printed on stdout (the error alone is expected)"; show; }
 
 finish cli_gpt

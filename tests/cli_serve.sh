@@ -151,6 +151,8 @@ expect_error_param "no prompt" 400 prompt '{"model": "tiny", "max_tokens": 5}'
 expect_error_param "5 stop strings" 400 stop '{"model": "tiny", "prompt": "The", "stop": ["a", "b", "c", "d", "e"]}'
 expect_error_param "a prompt outside the vocabulary" 400 prompt '{"model": "tiny", "prompt": "a~b"}'
 check_json "a prompt outside the vocabulary: the message shows the character" "'~' in d['error']['message']"
+# Streamed, the refusal comes as the same 400 before any event (no stream is opened).
+expect_error_param "a streamed prompt outside the vocabulary" 400 prompt '{"model": "tiny", "prompt": "a~b", "stream": true}'
 post /v1/completions '{"model": "tiny", "prompt": '
 expect_status "malformed JSON" 400 &&
   check_json "malformed JSON: an OpenAI error that says so" "d['error']['type'] == 'invalid_request_error' and 'JSON' in d['error']['message']"
