@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdio>
 #include <map>
+#include <optional>
 
 #include "parallel/communicator.h"
 #include "recipes/gpt_train.h"
@@ -77,22 +78,27 @@ int world_rank() {
   return launched_by_mpi() ? world_communicator()->rank() : 0;
 }
 
+// Rank 0 prints a log line every log_interval steps (and at evaluations, skipped steps and the
+// last step); on a terminal a progress line stays below them.
 int run_gpt(const GptTrainConfig& cfg) {
-  bool tty = stdout_is_terminal() && !launched_by_mpi();  // mpirun gives ranks a pty
+  const bool tty = stdout_is_terminal() && !launched_by_mpi();  // mpirun gives ranks a pty
   const bool lead = world_rank() == 0;
-  auto line = [tty, lead](const std::string& text) {
-    if (!lead) return;
-    fmt::print("{}{}\n", tty ? "\r\033[K" : "", text);
-    std::fflush(stdout);
+  ProgressBar bar(cfg.max_iters, "step", tty && lead);
+  auto line = [&bar, lead](const std::string& text) {
+    if (lead) bar.print(text);
   };
   GptRunHooks hooks;
-  hooks.progress = tty;
   hooks.stop = &g_stop;
   hooks.on_message = line;
   StepStats last;  // the last step's figures (its peak memory is printed at the end)
+  std::optional<double> val_loss;
   hooks.on_step = [&](const StepStats& s) {
     last = s;
-    if (s.step % cfg.log_interval == 0 || s.skipped) {
+    if (s.val_loss) val_loss = s.val_loss;
+    bar.update(s.step, fmt::format("{:.1f} ms/step | {:.0f} tok/s | loss {:.4f} | val {}",
+                                   s.ms_per_step, s.tokens_per_s, s.loss,
+                                   val_loss ? fmt::format("{:.4f}", *val_loss) : "-"));
+    if (s.step % cfg.log_interval == 0 || s.step == cfg.max_iters || s.skipped) {
       std::string scale = s.loss_scale != 1.0 ? fmt::format(" | scale {:g}", s.loss_scale) : "";
       if (s.skipped) scale += " (step skipped: inf/NaN gradients)";
       line(
@@ -107,6 +113,7 @@ int run_gpt(const GptTrainConfig& cfg) {
   };
   std::signal(SIGINT, on_sigint);
   GptRun run = train_gpt(cfg, hooks);
+  bar.finish(true);  // the last state stays on screen: steps, time taken, last losses
   if (last.step > 0) {
     auto mb = [&](MemoryTag t) { return double(last.peak_by_tag[size_t(t)]) / (1 << 20); };
     line(fmt::format(

@@ -76,7 +76,7 @@ struct GptTrainConfig {
   // Evaluation and logging.
   int64_t eval_interval = 250;
   int64_t eval_iters = 200;
-  int64_t log_interval = 1;
+  int64_t log_interval = 10;  // steps between log lines (nanoGPT's default); metrics: every step
   // Run.
   int64_t seed = 1337;
   int64_t threads = 0;  // 0: all cores

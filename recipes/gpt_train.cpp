@@ -470,26 +470,25 @@ void GptTrainer::evaluate(int64_t step, StepStats& s) {
 }
 
 void GptTrainer::log(const StepStats& s) {
-  if (s.val_loss || s.step % cfg_.log_interval == 0) {
-    metrics_.write({{"step", s.step},
-                    {"loss", s.loss},
-                    {"val_loss", s.val_loss ? *s.val_loss : std::nan("")},
-                    {"lr", s.lr},
-                    {"ms_per_step", s.ms_per_step},
-                    {"tokens_per_s", s.tokens_per_s},
-                    {"gflops", s.gflops},
-                    {"peak_bytes", s.peak_bytes},
-                    {"peak_rank", int64_t(s.peak_rank)},
-                    {"peak_parameters_bytes", s.peak_by_tag[size_t(MemoryTag::parameters)]},
-                    {"peak_gradients_bytes", s.peak_by_tag[size_t(MemoryTag::gradients)]},
-                    {"peak_optimizer_bytes", s.peak_by_tag[size_t(MemoryTag::optimizer)]},
-                    {"peak_activations_bytes", s.peak_by_tag[size_t(MemoryTag::activations)]},
-                    {"peak_other_bytes", s.peak_by_tag[size_t(MemoryTag::other)]},
-                    {"loss_scale", s.loss_scale},
-                    {"skipped", int64_t(s.skipped)},
-                    {"comm_wait_ms", s.comm_wait_ms},
-                    {"allreduce_ms", s.allreduce_ms}});
-  }
+  metrics_.write({{"step", s.step},
+                  {"loss", s.loss},
+                  {"val_loss", s.val_loss ? *s.val_loss : std::nan("")},
+                  {"lr", s.lr},
+                  {"elapsed_s", s.elapsed_s},
+                  {"ms_per_step", s.ms_per_step},
+                  {"tokens_per_s", s.tokens_per_s},
+                  {"gflops", s.gflops},
+                  {"peak_bytes", s.peak_bytes},
+                  {"peak_rank", int64_t(s.peak_rank)},
+                  {"peak_parameters_bytes", s.peak_by_tag[size_t(MemoryTag::parameters)]},
+                  {"peak_gradients_bytes", s.peak_by_tag[size_t(MemoryTag::gradients)]},
+                  {"peak_optimizer_bytes", s.peak_by_tag[size_t(MemoryTag::optimizer)]},
+                  {"peak_activations_bytes", s.peak_by_tag[size_t(MemoryTag::activations)]},
+                  {"peak_other_bytes", s.peak_by_tag[size_t(MemoryTag::other)]},
+                  {"loss_scale", s.loss_scale},
+                  {"skipped", int64_t(s.skipped)},
+                  {"comm_wait_ms", s.comm_wait_ms},
+                  {"allreduce_ms", s.allreduce_ms}});
   if (hooks_.on_step && lead_) hooks_.on_step(s);
 }
 
@@ -555,11 +554,11 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
   const int64_t start = trainer.restore();
   const int64_t ckpt_every =
       cfg.checkpoint_interval > 0 ? cfg.checkpoint_interval : cfg.eval_interval;
-  ProgressBar bar(cfg.max_iters - start, "train", hooks.progress && trainer.lead());
+  const auto t0 = std::chrono::steady_clock::now();
   for (int64_t step = start + 1; step <= cfg.max_iters; ++step) {
     StepStats s = trainer.train_step(step);
     if (step % cfg.eval_interval == 0 || step == cfg.max_iters) trainer.evaluate(step, s);
-    bar.update(step - start, fmt::format("loss {:.4f}", s.loss));
+    s.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     trainer.log(s);
     const bool stop = trainer.stop_requested();
     if (step % ckpt_every == 0 || step == cfg.max_iters || stop) trainer.save(step);
@@ -569,7 +568,6 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
       break;
     }
   }
-  bar.finish();
   if (!trainer.run.final_val_loss && start >= cfg.max_iters) {
     StepStats s;
     trainer.evaluate(start, s);

@@ -37,6 +37,7 @@ struct StepStats {
   int64_t step = 0;  // 1-based: steps completed
   double loss = 0;
   double lr = 0;
+  double elapsed_s = 0;  // wall time from the start of this call's first step to this one's end
   double ms_per_step = 0;
   double tokens_per_s = 0;
   double gflops = 0;  // achieved, from the model's FLOPs per token
@@ -58,7 +59,6 @@ struct GptRunHooks {
   std::function<void(const StepStats&)> on_step;       // every step
   std::function<void(const std::string&)> on_message;  // setup, checkpoints, stops
   const std::atomic<bool>* stop = nullptr;             // set (e.g. by SIGINT): save and return
-  bool progress = false;                               // progress bar (terminals)
 };
 
 struct GptRun {

@@ -1,10 +1,13 @@
 #include "recipes/report.h"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include "tensor/error.h"
 
@@ -14,6 +17,21 @@ bool stdout_is_terminal() {
   return isatty(fileno(stdout)) != 0;
 }
 
+std::string format_duration(double seconds) {
+  const int64_t s = std::llround(std::max(0.0, seconds));
+  if (s < 60) return fmt::format("{}s", s);
+  if (s < 3600) return fmt::format("{}m{:02d}s", s / 60, s % 60);
+  return fmt::format("{}h{:02d}m", s / 3600, s % 3600 / 60);
+}
+
+namespace {
+// Columns of the terminal on stdout; 0 when unknown (then lines are not cut).
+int terminal_columns() {
+  winsize w{};
+  return ioctl(STDOUT_FILENO, TIOCGWINSZ, &w) == 0 ? int(w.ws_col) : 0;
+}
+}  // namespace
+
 ProgressBar::ProgressBar(int64_t total, std::string label, bool enabled)
     : total_(total), label_(std::move(label)), enabled_(enabled) {
   start_ = last_draw_ = std::chrono::steady_clock::now();
@@ -21,24 +39,62 @@ ProgressBar::ProgressBar(int64_t total, std::string label, bool enabled)
 
 void ProgressBar::update(int64_t done, const std::string& status) {
   if (!enabled_) return;
-  auto now = std::chrono::steady_clock::now();
-  if (done < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
-  last_draw_ = now;
-  double elapsed = std::chrono::duration<double>(now - start_).count();
-  double eta = done > 0 ? elapsed * double(total_ - done) / double(done) : 0.0;
-  constexpr int kWidth = 30;
-  int filled = total_ > 0 ? int(kWidth * done / total_) : kWidth;
+  const auto now = std::chrono::steady_clock::now();
+  if (first_done_ < 0) {
+    first_done_ = done;
+    first_time_ = now;
+  }
+  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  // The rate of the updates seen so far (a resumed run starts at its step, and setup is not a
+  // step).
+  const double since_first = std::chrono::duration<double>(now - first_time_).count();
+  const std::string eta =
+      done >= total_ ? "0s"
+      : done > first_done_
+          ? format_duration(since_first * double(total_ - done) / double(done - first_done_))
+          : "--";
+  constexpr int kWidth = 20;
+  const int filled =
+      total_ > 0 ? int(kWidth * std::clamp<int64_t>(done, 0, total_) / total_) : kWidth;
   std::string bar(size_t(filled), '#');
   bar.resize(kWidth, '.');
-  std::printf("\r%s [%s] %lld/%lld eta %.0fs %s\033[K", label_.c_str(), bar.c_str(),
-              (long long)done, (long long)total_, eta, status.c_str());
-  std::fflush(stdout);
+  line_ = fmt::format("{} [{}] {}/{} | {} elapsed, eta {}{}{}", label_, bar, done, total_,
+                      format_duration(elapsed), eta, status.empty() ? "" : " | ", status);
+  const int columns = terminal_columns();
+  if (columns > 1 && line_.size() >= size_t(columns)) line_.resize(size_t(columns - 1));
+  if (done < total_ && shown_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
+  last_draw_ = now;
+  draw();
 }
 
-void ProgressBar::finish() {
-  if (!enabled_) return;
-  std::printf("\r\033[K");
+void ProgressBar::draw() {
+  std::fputs("\r", stdout);
+  std::fputs(line_.c_str(), stdout);
+  std::fputs("\033[K", stdout);
   std::fflush(stdout);
+  shown_ = true;
+}
+
+void ProgressBar::print(const std::string& line) {
+  if (enabled_) std::fputs("\r\033[K", stdout);
+  std::fputs(line.c_str(), stdout);
+  std::fputc('\n', stdout);
+  if (enabled_ && shown_)
+    draw();
+  else
+    std::fflush(stdout);
+}
+
+void ProgressBar::finish(bool keep) {
+  if (!enabled_ || !shown_) return;
+  if (keep) {
+    draw();  // the latest state, which the ~10 draws a second may have skipped
+    std::fputc('\n', stdout);
+  } else {
+    std::fputs("\r\033[K", stdout);
+  }
+  std::fflush(stdout);
+  shown_ = false;
 }
 
 namespace {
@@ -85,6 +141,12 @@ std::string to_json_line(const MetricRecord& record) {
 
 MetricsWriter::MetricsWriter(const std::string& path) {
   if (path.empty()) return;
+  // The file's directory is made as --out's is (`--out out --metrics out/metrics.jsonl` works).
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  std::error_code ec;
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  FORGE_CHECK(!ec, "--metrics {}: cannot make its directory {}: {}", path, parent.string(),
+              ec.message());
   file_ = std::fopen(path.c_str(), "a");
   FORGE_CHECK(file_ != nullptr, "--metrics {}: cannot open for appending: {}", path,
               std::strerror(errno));

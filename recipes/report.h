@@ -2,8 +2,9 @@
 //
 //   ProgressBar bar(469, "epoch 1/5");          // draws only when stdout is a terminal
 //   bar.update(i + 1, fmt::format("loss {:.4f}", loss));
-//   bar.finish();
-//   MetricsWriter m("run.jsonl");               // appends; no file when the path is empty
+//   bar.print("step 10 | loss 2.31");           // a log line above the bar (plain off a terminal)
+//   bar.finish();                               // clears the bar (finish(true): keeps its last
+//   state) MetricsWriter m("run.jsonl");               // appends; no file when the path is empty
 //   m.write({{"epoch", 1}, {"train_loss", 0.51}});
 #pragma once
 
@@ -19,18 +20,32 @@ namespace forge {
 
 bool stdout_is_terminal();
 
+// "42s", "2m05s", "1h02m": a duration as a progress line shows it.
+std::string format_duration(double seconds);
+
+// One line kept at the bottom of a terminal: label, bar, done/total, ETA and a status. Log lines go
+// above it through print(). Drawn lines are cut to the terminal's width, so that a carriage return
+// always goes back to the line's start.
 class ProgressBar {
  public:
   ProgressBar(int64_t total, std::string label, bool enabled = stdout_is_terminal());
-  // Redraws at most ~10 times a second; shows count, rate-based ETA and `status`.
+  // Redraws at most ~10 times a second (always at the last step); the ETA is the rate so far.
   void update(int64_t done, const std::string& status = "");
-  void finish();  // clears the bar line
+  // Prints `line` and a newline: on a terminal above the bar, which is drawn again below it.
+  void print(const std::string& line);
+  void finish(bool keep = false);  // clears the bar line, or leaves its last state on its own line
+  bool enabled() const { return enabled_; }
 
  private:
+  void draw();
+
   int64_t total_;
   std::string label_;
   bool enabled_;
-  std::chrono::steady_clock::time_point start_, last_draw_;
+  std::chrono::steady_clock::time_point start_, last_draw_, first_time_;
+  int64_t first_done_ = -1;  // `done` at the first update, when first_time_ was taken
+  std::string line_;         // the bar's latest state
+  bool shown_ = false;       // the bar is on screen (drawn, not finished)
 };
 
 using MetricValue = std::variant<int64_t, double, std::string>;

@@ -34,7 +34,7 @@ for line in lines:
         problems.append(f"not JSON: {line!r} ({e})")
         continue
     steps.append(r.get("step"))
-    for key in ("step", "loss", "lr", "ms_per_step", "tokens_per_s", "peak_bytes"):
+    for key in ("step", "loss", "lr", "elapsed_s", "ms_per_step", "tokens_per_s", "peak_bytes"):
         v = r.get(key)
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             problems.append(f"step {r.get('step')}: {key} = {v!r}")

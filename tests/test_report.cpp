@@ -38,7 +38,27 @@ TEST_CASE("MetricsWriter appends one line per record and keeps earlier lines") {
   std::filesystem::remove(path);
 }
 
-TEST_CASE("MetricsWriter names the path it cannot open") {
-  REQUIRE_THROWS_WITH(MetricsWriter("/nonexistent-dir/x.jsonl"),
-                      Catch::Matchers::Contains("/nonexistent-dir/x.jsonl"));
+TEST_CASE("MetricsWriter makes the file's directory, and names the path it cannot open") {
+  const auto dir = std::filesystem::temp_directory_path() / "forge_metrics_dir_test";
+  std::filesystem::remove_all(dir);
+  {
+    MetricsWriter w((dir / "out" / "m.jsonl").string());  // as `--out out --metrics out/m.jsonl`
+    w.write({{"step", int64_t(1)}});
+  }
+  CHECK(std::filesystem::file_size(dir / "out" / "m.jsonl") == 12);
+  // A directory that cannot be made: its would-be parent is a file.
+  const std::string under_file = (dir / "out" / "m.jsonl" / "x.jsonl").string();
+  REQUIRE_THROWS_WITH(MetricsWriter(under_file), Catch::Matchers::Contains(under_file));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("format_duration writes seconds, minutes and hours as a progress line shows them") {
+  CHECK(format_duration(0) == "0s");
+  CHECK(format_duration(-3) == "0s");
+  CHECK(format_duration(42.4) == "42s");
+  CHECK(format_duration(59.6) == "1m00s");
+  CHECK(format_duration(125) == "2m05s");
+  CHECK(format_duration(3599) == "59m59s");
+  CHECK(format_duration(3720) == "1h02m");
+  CHECK(format_duration(90000) == "25h00m");
 }
