@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
     const Device device = Device::parse(device_text);
     cuda::check_device(device, "--device");
     LoadedModel loaded = load_model(resolve_model_path(checkpoint));
+    encode_prompt(loaded.tokenizer, prompt, o);  // a refused prompt prints nothing but the error
     FORGE_CHECK(save_quantized_path.empty() || !std::filesystem::exists(save_quantized_path) ||
                     !std::filesystem::equivalent(save_quantized_path, loaded.path),
                 "--save-quantized {} is the model being read; write the quantized model elsewhere",
@@ -80,7 +81,6 @@ int main(int argc, char** argv) {
       fmt::print(stderr, "# wrote {} ({:.2f} MB)\n", save_quantized_path,
                  double(state_bytes(quantized_state(model))) / 1e6);
     }
-    encode_prompt(loaded.tokenizer, prompt, o);  // a refused prompt prints nothing but the error
     model.set_prepacked(true);  // the weights' product panels packed once, not at every token
     std::fputs(prompt.c_str(), stdout);
     Generated out = generate(model, loaded.tokenizer, prompt, o, [](const std::string& piece) {

@@ -95,9 +95,9 @@ int run_gpt(const GptTrainConfig& cfg) {
   hooks.on_step = [&](const StepStats& s) {
     last = s;
     if (s.val_loss) val_loss = s.val_loss;
-    bar.update(s.step, fmt::format("{:.1f} ms/step | {:.0f} tok/s | loss {:.4f} | val {}",
-                                   s.ms_per_step, s.tokens_per_s, s.loss,
-                                   val_loss ? fmt::format("{:.4f}", *val_loss) : "-"));
+    bar.update(s.step, fmt::format("loss {:.4f} | val {} | {:.1f} ms | {:.0f} tok/s", s.loss,
+                                   val_loss ? fmt::format("{:.4f}", *val_loss) : "-", s.ms_per_step,
+                                   s.tokens_per_s));
     if (s.step % cfg.log_interval == 0 || s.step == cfg.max_iters || s.skipped) {
       std::string scale = s.loss_scale != 1.0 ? fmt::format(" | scale {:g}", s.loss_scale) : "";
       if (s.skipped) scale += " (step skipped: inf/NaN gradients)";

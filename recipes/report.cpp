@@ -53,18 +53,29 @@ void ProgressBar::update(int64_t done, const std::string& status) {
       : done > first_done_
           ? format_duration(since_first * double(total_ - done) / double(done - first_done_))
           : "--";
-  constexpr int kWidth = 20;
-  const int filled =
-      total_ > 0 ? int(kWidth * std::clamp<int64_t>(done, 0, total_) / total_) : kWidth;
-  std::string bar(size_t(filled), '#');
-  bar.resize(kWidth, '.');
-  line_ = fmt::format("{} [{}] {}/{} | {} elapsed, eta {}{}{}", label_, bar, done, total_,
-                      format_duration(elapsed), eta, status.empty() ? "" : " | ", status);
+  const std::string head = fmt::format("{} {}/{} ", label_, done, total_);
+  const std::string tail = fmt::format("{}{}eta {} | {} elapsed", status,
+                                       status.empty() ? "" : " | ", eta, format_duration(elapsed));
+  // The bar takes up to 20 columns of what the terminal has left (none under 5).
+  constexpr int kMaxBar = 20;
   const int columns = terminal_columns();
+  const int room = columns > 0 ? columns - 1 - int(head.size() + tail.size()) - 3 : kMaxBar;
+  const int width = std::min(kMaxBar, room);
+  std::string bar;
+  if (width >= 5) {
+    const int64_t filled =
+        total_ > 0 ? width * std::clamp<int64_t>(done, 0, total_) / total_ : width;
+    bar = "[" + std::string(size_t(filled), '#') + std::string(size_t(width - filled), '.') + "] ";
+  }
+  line_ = head + bar + tail;
   if (columns > 1 && line_.size() >= size_t(columns)) line_.resize(size_t(columns - 1));
   if (done < total_ && shown_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
   last_draw_ = now;
   draw();
+}
+
+ProgressBar::~ProgressBar() {
+  finish(true);
 }
 
 void ProgressBar::draw() {

@@ -3,8 +3,8 @@
 //   ProgressBar bar(469, "epoch 1/5");          // draws only when stdout is a terminal
 //   bar.update(i + 1, fmt::format("loss {:.4f}", loss));
 //   bar.print("step 10 | loss 2.31");           // a log line above the bar (plain off a terminal)
-//   bar.finish();                               // clears the bar (finish(true): keeps its last
-//   state) MetricsWriter m("run.jsonl");               // appends; no file when the path is empty
+//   bar.finish();                               // clears it; finish(true) keeps its last state
+//   MetricsWriter m("run.jsonl");               // appends; no file when the path is empty
 //   m.write({{"epoch", 1}, {"train_loss", 0.51}});
 #pragma once
 
@@ -23,12 +23,16 @@ bool stdout_is_terminal();
 // "42s", "2m05s", "1h02m": a duration as a progress line shows it.
 std::string format_duration(double seconds);
 
-// One line kept at the bottom of a terminal: label, bar, done/total, ETA and a status. Log lines go
-// above it through print(). Drawn lines are cut to the terminal's width, so that a carriage return
-// always goes back to the line's start.
+// One line kept at the bottom of a terminal: "label done/total [####....] status | eta 1m31s |
+// 1m32s elapsed". Log lines go above it through print(). The line fits the terminal's width, so
+// that a carriage return always goes back to its start: the bar narrows, then goes, then the end
+// is cut (put what matters first in the status).
 class ProgressBar {
  public:
   ProgressBar(int64_t total, std::string label, bool enabled = stdout_is_terminal());
+  ~ProgressBar();  // finish(true) if still shown (an exception unwinding past it, say)
+  ProgressBar(const ProgressBar&) = delete;
+  ProgressBar& operator=(const ProgressBar&) = delete;
   // Redraws at most ~10 times a second (always at the last step); the ETA is the rate so far.
   void update(int64_t done, const std::string& status = "");
   // Prints `line` and a newline: on a terminal above the bar, which is drawn again below it.

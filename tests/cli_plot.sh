@@ -97,6 +97,21 @@ for name, rgb in (("run 1 (purple, 148,0,211)", b"\x94\x00\xd3"), ("run 2 (green
 print(f"  PNG {width}x{height}, {len(colours)} colours, both runs drawn")
 PY
 
+# Two runs appended to one file (the same --metrics twice): two separate lines, not one drawn back
+# from the last step to the first.
+cat "$tmp/lr1e-3.jsonl" "$tmp/lr3e-3.jsonl" >"$tmp/appended.jsonl"
+run "$plot" "$tmp/appended.jsonl" -o "$tmp/appended.svg"
+[ "$rc" -eq 0 ] || { fail "plot of an appended file exited $rc"; show; }
+python3 - "$tmp/appended.svg" <<'PY' || fail "the appended runs were not drawn as two lines"
+import sys
+import xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+group = next(g for g in root.iter() if g.get("id") == "gnuplot_plot_1a")
+data = max((p.get("d") for p in group.iter() if p.tag.endswith("path")), key=len)
+print(f"  train-loss path of the appended file: {data.count('M')} pieces")
+sys.exit(0 if data.count("M") == 2 else 1)
+PY
+
 run "$plot" "$tmp/no-such.jsonl" -o "$tmp/x.svg"
 expect_error "plot of a missing file" "no-such.jsonl" "No such file"
 echo '{"epoch": 1, "train_loss": 0.5}' >"$tmp/mnist.jsonl"

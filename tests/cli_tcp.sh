@@ -29,7 +29,7 @@ run env OMPI_MCA_btl=tcp,self OMPI_MCA_pml=ob1 OMPI_MCA_btl_tcp_if_include=lo \
 [ "$rc" -eq 0 ] || { fail "the TCP run exited $rc"; show; }
 grep -q "data parallel: 2 ranks" "$tmp/out" || { fail "TCP run: no data-parallel line"; show; }
 # Each rank reports the BTLs it selected; vader (shared memory) must not be among them.
-opened=$(cat "$tmp/err" "$tmp/out" | grep -c "select: initializing btl component tcp")
+opened=$(cat "$tmp/err" "$tmp/out" | grep -o "select: initializing btl component tcp" | wc -l)
 [ "$opened" -eq 2 ] || { fail "TCP run: $opened ranks report opening the tcp BTL, expected 2"; show; }
 if cat "$tmp/err" "$tmp/out" | grep -q "select: initializing btl component vader"; then
   fail "TCP run: the shared-memory BTL (vader) was opened"
