@@ -9,9 +9,11 @@ its int8 form (`infer --save-quantized`) into a temporary directory, then in eac
 the read bandwidth (`bench/stream_read`, 1 GiB) and `infer`'s tokens/s in f32 and int8 (greedy
 would repeat; temperature 1 with the round as seed), interleaved. Bytes per token are the model
 files' sizes (every tensor in them is read per token; the token and position embeddings only one
-row each, a 0.1% overestimate of the bound's bytes here). Prints the medians and best rounds and
-each precision's share of its bound. Corpus: --data, else $TINYSHAKESPEARE, else
-../shared/data/tinyshakespeare.txt.
+row each, a 0.1% overestimate of the bound's bytes here) plus the KV cache's keys and values that
+attention reads, f32 in both precisions: 2 x layers x context x width x 4 bytes at each token's
+context, averaged over the run (with --tokens 250 the context reaches the model's 256). Prints the
+medians and best rounds and each precision's share of its bound. Corpus: --data, else
+$TINYSHAKESPEARE, else ../shared/data/tinyshakespeare.txt.
 """
 import argparse
 import os
@@ -39,11 +41,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=64, help="tokens generated (at most 250)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data", default=os.environ.get("TINYSHAKESPEARE") or
                     os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"))
     a = ap.parse_args()
+    if not 1 <= a.tokens <= 250:
+        sys.exit("decode_bound: --tokens must be 1..250 (the context stays within the model's 256)")
     if not os.path.isfile(a.data):
         sys.exit(f"decode_bound: no corpus at {a.data} (set TINYSHAKESPEARE or --data)")
     app = lambda name: os.path.join(a.build, "apps", name)
@@ -60,7 +64,11 @@ def main():
         subprocess.run([app("infer"), "--checkpoint", model, "--quant", "int8", "--max-tokens", "1",
                         "--save-quantized", int8_file], check=True, capture_output=True)
         files = {"f32": f32_file, "int8": int8_file}
-        nbytes = {k: os.path.getsize(v) for k, v in files.items()}
+        # The KV cache read per token, averaged: token i attends over the prompt and i + 1 more.
+        layers, width, prompt = 12, 768, "ROMEO:"
+        contexts = [min(256, len(prompt) + i + 1) for i in range(a.tokens)]
+        kv = 2 * layers * width * 4 * sum(contexts) / len(contexts)
+        nbytes = {k: os.path.getsize(v) + kv for k, v in files.items()}
         gbs, rate = [], {"f32": [], "int8": []}
         for r in range(a.rounds):
             s = out([os.path.join(a.build, "bench", "stream_read"), "--threads", str(a.threads),
@@ -69,13 +77,14 @@ def main():
             for prec, f in files.items():
                 p = subprocess.run([app("infer"), "--checkpoint", f, "--max-tokens", str(a.tokens),
                                     "--threads", str(a.threads), "--temperature", "1", "--seed",
-                                    str(r), "--prompt", "ROMEO:"],
+                                    str(r), "--prompt", prompt],
                                    capture_output=True, text=True, check=True)
                 rate[prec].append(number(r"([0-9.]+) tokens/s", p.stdout + p.stderr, "tokens/s"))
     bw = statistics.median(gbs)
     print(f"# decode_bound: GPT-2-small shape (12 x 768, vocabulary of the corpus), batch 1, "
           f"threads {a.threads}, {a.tokens} tokens, {a.rounds} rounds; read bandwidth GB/s "
-          f"median {bw:.2f} (rounds {min(gbs):.2f}-{max(gbs):.2f})")
+          f"median {bw:.2f} (rounds {min(gbs):.2f}-{max(gbs):.2f}); KV cache read per token "
+          f"{kv / 1e6:.1f} MB on average (counted in MB / token)")
     print("| precision | MB / token | bound tokens/s | tokens/s median (best) | median / bound |")
     print("|---|---|---|---|---|")
     for prec in files:

@@ -159,34 +159,41 @@ TEST_CASE("a product of a few rows (read in place, one-row kernel) gives the row
   // m * 3 <= MR takes the one-row kernel on A in place; its arithmetic is one row of the tile
   // kernel's, so the first rows of a 13-row product (full tiles) are the same bits, per call
   // and prepacked, across K blocks (k 600) and B panels (n 3100), for alpha and beta as they come.
+  // Per call, B is read in place too (transposed in registers when tb): k 600 leaves K blocks of
+  // 300 (a last depth block of 12 under the 16-wide transpose), k 64 with a row stride of 3 x 64
+  // is attention's keys and values in a KV cache, k 7 is all tail; n 53 has an edge sliver.
   Generator gen(41);
+  struct Shape {
+    int64_t k, pad;  // B's row stride: its row length + pad
+  };
   for (Isa isa : runnable_isas("gemm kernel family")) {
     IsaScope scope(isa);
     for (bool tb : {false, true})
-      for (int64_t n : {53, 3100}) {
-        const int64_t k = 600, M = 13;
-        Tensor a = randn({M, k}, gen), b = tb ? randn({n, k}, gen) : randn({k, n}, gen);
-        Tensor c0 = randn({M, n}, gen);
-        const int64_t ldb = tb ? k : n;
-        cpu::PackedB packed = cpu::PackedB::pack(tb, b.data<float>(), ldb, k, n);
-        for (float beta : {0.0f, 1.0f, 1.3f}) {
-          Tensor full = c0.clone();
-          cpu::gemm_packed(false, tb, M, n, k, 0.7f, a.data<float>(), k, b.data<float>(), ldb, beta,
-                           full.data<float>(), n);
-          for (int64_t m : {1, 2, 3, 4}) {
-            INFO("isa " << cpu::isa_name(isa) << " tb " << tb << " n " << n << " beta " << beta
-                        << " m " << m);
-            Tensor got = c0.narrow(0, 0, m).clone(), got_pre = got.clone();
-            cpu::gemm_packed(false, tb, m, n, k, 0.7f, a.data<float>(), k, b.data<float>(), ldb,
-                             beta, got.data<float>(), n);
-            cpu::gemm_prepacked(m, 0.7f, a.data<float>(), k, packed, beta, got_pre.data<float>(),
-                                n);
-            Tensor want = full.narrow(0, 0, m).contiguous();
-            CHECK(testing::bitwise_equal(got, want));
-            CHECK(testing::bitwise_equal(got_pre, want));
+      for (int64_t n : {53, 3100})
+        for (Shape sh : {Shape{600, 0}, Shape{64, 128}, Shape{7, 1}}) {
+          const int64_t k = sh.k, M = 13;
+          const int64_t ldb = (tb ? k : n) + sh.pad;
+          Tensor a = randn({M, k}, gen), b = tb ? randn({n, ldb}, gen) : randn({k, ldb}, gen);
+          Tensor c0 = randn({M, n}, gen);
+          cpu::PackedB packed = cpu::PackedB::pack(tb, b.data<float>(), ldb, k, n);
+          for (float beta : {0.0f, 1.0f, 1.3f}) {
+            Tensor full = c0.clone();
+            cpu::gemm_packed(false, tb, M, n, k, 0.7f, a.data<float>(), k, b.data<float>(), ldb,
+                             beta, full.data<float>(), n);
+            for (int64_t m : {1, 2, 3, 4}) {
+              INFO("isa " << cpu::isa_name(isa) << " tb " << tb << " n " << n << " k " << k
+                          << " ldb " << ldb << " beta " << beta << " m " << m);
+              Tensor got = c0.narrow(0, 0, m).clone(), got_pre = got.clone();
+              cpu::gemm_packed(false, tb, m, n, k, 0.7f, a.data<float>(), k, b.data<float>(), ldb,
+                               beta, got.data<float>(), n);
+              cpu::gemm_prepacked(m, 0.7f, a.data<float>(), k, packed, beta, got_pre.data<float>(),
+                                  n);
+              Tensor want = full.narrow(0, 0, m).contiguous();
+              CHECK(testing::bitwise_equal(got, want));
+              CHECK(testing::bitwise_equal(got_pre, want));
+            }
           }
         }
-      }
   }
 }
 

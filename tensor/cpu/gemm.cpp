@@ -266,7 +266,12 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   const int64_t MC = std::min<int64_t>(kMC, (m + MR - 1) / MR * MR);
   const int64_t NC = n_block(n, NR);
   const bool a_in_place = rows_in_place(K, ta, ea, m);
-  Workspace a_pack(a_in_place ? 0 : size_t(MC * KC)), b_pack(src.prepacked ? 0 : size_t(NC * KC));
+  // With A in place and an f32 B given per call (attention's keys and values while decoding), B is
+  // read in place too, but for an edge sliver (fewer than NR columns), packed on its own.
+  const bool b_in_place =
+      a_in_place && !src.prepacked && src.eb == GemmElem::f32 && K.row_kernel_b != nullptr;
+  Workspace a_pack(a_in_place ? 0 : size_t(MC * KC));
+  Workspace b_pack(src.prepacked ? 0 : b_in_place ? size_t(NR * KC) : size_t(NC * KC));
   float* Ap = a_pack.p;
 
   // Threads only pay off with enough work: about 2^21 multiply-adds each.
@@ -292,6 +297,12 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
         const float* Bp = panel;
         if (src.prepacked) {
           panel += b_slivers * kc * NR;
+        } else if (b_in_place) {
+          const int64_t edge = (n - jc) / NR;  // the sliver past the whole ones, if any
+          if (edge < b_slivers) {
+#pragma omp single
+            K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + edge * NR, pc, kc, NR, b_pack.p);
+          }
         } else {
           Bp = b_pack.p;
 #pragma omp for schedule(static)
@@ -320,9 +331,18 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
         if (a_in_place) {
 #pragma omp for schedule(static)
           for (int64_t tile = 0; tile < m * b_slivers; ++tile) {
-            const int64_t jr = tile / m, row = tile % m;
-            tile_out(K.row_kernel, 1, static_cast<const float*>(A) + row * lda + pc,
-                     Bp + jr * kc * NR, row, jc + jr * NR, 1);
+            const int64_t jr = tile / m, row = tile % m, col = jc + jr * NR;
+            const float* a = static_cast<const float*>(A) + row * lda + pc;
+            if (!b_in_place) {
+              tile_out(K.row_kernel, 1, a, Bp + jr * kc * NR, row, col, 1);
+            } else if (col + NR <= n) {
+              const float* b = static_cast<const float*>(src.B) +
+                               (src.tb ? col * src.ldb + pc : pc * src.ldb + col);
+              K.row_kernel_b(long(kc), a, b, long(src.ldb), src.tb, C + row * ldc + col, alpha,
+                             beta_eff);
+            } else {
+              tile_out(K.row_kernel, 1, a, b_pack.p, row, col, 1);  // the edge, packed above
+            }
           }
           continue;
         }

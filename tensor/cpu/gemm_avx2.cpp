@@ -11,6 +11,8 @@
 #include "tensor/cpu/gemm_microkernel.h"
 
 namespace {
+inline void transpose8x8(__m256 r[8]);
+
 struct Avx2 {
   using reg = __m256;
   static constexpr int W = 8;
@@ -20,6 +22,7 @@ struct Avx2 {
   static reg broadcast(float x) { return _mm256_set1_ps(x); }
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  static void transpose(reg r[8]) { transpose8x8(r); }
 };
 
 void kernel_6x16(long kc, const float* a, const float* b, float* c, long ldc, float alpha,
@@ -29,6 +32,11 @@ void kernel_6x16(long kc, const float* a, const float* b, float* c, long ldc, fl
 void kernel_1x16(long kc, const float* a, const float* b, float* c, long ldc, float alpha,
                  float beta) {
   microkernel<Avx2, 1, 2>(kc, a, b, c, ldc, alpha, beta);
+}
+
+void kernel_1x16_in_place(long kc, const float* a, const float* b, long ldb, bool trans_b, float* c,
+                          float alpha, float beta) {
+  row_kernel_in_place<Avx2, 2>(kc, a, b, ldb, trans_b, c, alpha, beta);
 }
 
 long min_l(long a, long b) {
@@ -200,9 +208,14 @@ void pack_b(bool tb, const void* Bv, int64_t ldb, int64_t n, int64_t c0, int64_t
   }
 }
 
-const forge::cpu::GemmKernelInfo kInfo{
-    "avx2 6x16", 6, 16, kernel_6x16, forge::cpu::gemm_pack_a_avx2, forge::cpu::gemm_pack_b_avx2,
-    kernel_1x16};
+const forge::cpu::GemmKernelInfo kInfo{"avx2 6x16",
+                                       6,
+                                       16,
+                                       kernel_6x16,
+                                       forge::cpu::gemm_pack_a_avx2,
+                                       forge::cpu::gemm_pack_b_avx2,
+                                       kernel_1x16,
+                                       kernel_1x16_in_place};
 }  // namespace
 
 namespace forge::cpu {

@@ -20,6 +20,11 @@ using GemmPackA = void (*)(GemmElem elem, bool trans_a, const void* A, int64_t l
 using GemmPackB = void (*)(GemmElem elem, bool trans_b, const void* B, int64_t ldb, int64_t n,
                            int64_t c0, int64_t p0, int64_t kc, int NR, float* dst);
 
+// One row of C (nr columns) = alpha * a (kc values, in place) . B + beta * C, with B read in place:
+// B[p][j] = b[p * ldb + j], or b[j * ldb + p] with trans_b. Every one of the nr columns must exist.
+using GemmRowKernelB = void (*)(long kc, const float* a, const float* b, long ldb, bool trans_b,
+                                float* c, float alpha, float beta);
+
 struct GemmKernelInfo {
   const char* name;
   int mr, nr;
@@ -31,6 +36,9 @@ struct GemmKernelInfo {
   // products of a few rows (a decoding step's), where a full tile would do MR times the work.
   // nullptr: no such kernel (small products then pack and run full tiles).
   GemmMicrokernel row_kernel = nullptr;
+  // row_kernel reading an f32 B in place too (attention's products on a KV cache while decoding:
+  // no B packing); the same bits. nullptr: B is packed for row_kernel.
+  GemmRowKernelB row_kernel_b = nullptr;
 };
 
 // Defined in gemm_avx2.cpp / gemm_avx512.cpp (compiled with those instruction sets); nullptr

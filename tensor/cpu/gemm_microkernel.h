@@ -56,4 +56,54 @@ void microkernel(long kc, const float* __restrict a, const float* __restrict b, 
   }
 }
 
+// One row of the tile kernel above (MR = 1) with B read in place instead of from a packed sliver:
+// B[p][j] = b[p * ldb + j], or with trans_b b[j * ldb + p] (B^T's rows, as attention's keys are
+// stored), turned W x W in registers by V::transpose. Each accumulator takes the same products in
+// the same p order as the packed kernel's, so the results are its bits. The NR columns must all
+// exist (the driver packs an edge sliver instead).
+template <class V, int NV>
+void row_kernel_in_place(long kc, const float* __restrict a, const float* __restrict b, long ldb,
+                         bool trans_b, float* c, float alpha, float beta) {
+  constexpr int W = V::W;
+  typename V::reg acc[NV];
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) acc[j] = V::zero();
+  if (!trans_b) {
+    for (long p = 0; p < kc; ++p) {
+      typename V::reg av = V::broadcast(a[p]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[j] = V::fma(av, V::load(b + p * ldb + j * W), acc[j]);
+    }
+  } else {
+    for (long p = 0; p < kc; p += W) {
+      const long q_end = kc - p < W ? kc - p : W;  // a last block of fewer than W depths
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        typename V::reg r[W];
+        if (q_end == W) {
+#pragma GCC unroll 16
+          for (int i = 0; i < W; ++i) r[i] = V::load(b + (j * W + i) * ldb + p);
+        } else {
+          alignas(64) float part[W * W] = {};
+          for (int i = 0; i < W; ++i)
+            for (long q = 0; q < q_end; ++q) part[i * W + q] = b[(j * W + i) * ldb + p + q];
+          for (int i = 0; i < W; ++i) r[i] = V::load(part + i * W);
+        }
+        V::transpose(r);  // r[q]: B[p + q][j * W .. j * W + W)
+        for (long q = 0; q < q_end; ++q) acc[j] = V::fma(V::broadcast(a[p + q]), r[q], acc[j]);
+      }
+    }
+  }
+  typename V::reg va = V::broadcast(alpha);
+  if (beta == 0.0f) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) V::store(c + j * W, V::mul(va, acc[j]));
+  } else {
+    typename V::reg vb = V::broadcast(beta);
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j)
+      V::store(c + j * W, V::fma(va, acc[j], V::mul(vb, V::load(c + j * W))));
+  }
+}
+
 }  // namespace
