@@ -189,7 +189,6 @@ class StepReplay {
         index_[name] = params_.size() - 1;
       }
     build_units();
-    if (prof_ && cfg.dp * cfg.tp * cfg.pp > 1) busy_ = prof_->busy_factor;
     if (prof_ && prof_->cache_bytes > 0 && prof_->cold_gbs > 0) {
       int64_t weights = 0;
       for (const Param& p : params_) weights += p.numel;
@@ -233,13 +232,13 @@ class StepReplay {
     else
       for (const Param& p : params_) updated += p.numel;
     if (prof_) {
-      r.optimizer_s = busy_ * (double(updated) * (28 + 4) / (prof_->bandwidth_gbs * 1e9) +
-                               2.0 * double(params_.size()) * prof_->op_overhead_us * 1e-6);
+      r.optimizer_s = double(updated) * (28 + 4) / (prof_->bandwidth_gbs * 1e9) +
+                      2.0 * double(params_.size()) * prof_->op_overhead_us * 1e-6;
       // Autocast's 16-bit copy of each weight, made once per step (its cast cache).
       if (half_)
         for (const Param& p : params_)
-          r.optimizer_s += busy_ * (prof_->op_overhead_us * 1e-6 +
-                                    6.0 * double(p.numel) / (prof_->bandwidth_gbs * 1e9));
+          r.optimizer_s +=
+              prof_->op_overhead_us * 1e-6 + 6.0 * double(p.numel) / (prof_->bandwidth_gbs * 1e9);
     }
     for (const Unit& u : units_)
       if (u.numel > 0) r.unit_bytes.push_back(N() * u.share * kF32);
@@ -290,7 +289,6 @@ class StepReplay {
   int64_t C_ = 0, Cl_ = 0, F_ = 0, Hl_ = 0, Vl_ = 0, T_ = 0, b_ = 0, M_ = 0;
   Ledger L_;
   const MachineProfile* prof_;
-  double busy_ = 1;  // the profile's busy_factor on a layout of several ranks, else 1
   bool cpu_ = Device::parse(cfg_.device).is_cpu();  // the packed CPU kernels' scratch
   bool half_ = cfg_.mixed_precision();              // 16-bit products (time only)
   bool cold_ = false;  // the stage's weights stream from memory (MachineProfile::cache_bytes)
@@ -474,16 +472,12 @@ class StepReplay {
     u.gathered.reset();
   }
 
-  // Time of this rank's own work (not its communication): slower by the profile's busy factor when
-  // the layout has other ranks computing on the same machine at the same time.
-  void compute(double seconds) { t_ += busy_ * seconds; }
-
   // An op's output (an elementwise op, a reduction: memory-bound, about three times its output's
   // bytes moved) or a tensor saved beside it.
   Id act(int64_t bytes) {
     ++ops_;
     if (prof_)
-      compute(prof_->op_overhead_us * 1e-6 + 3.0 * double(bytes) / (prof_->bandwidth_gbs * 1e9));
+      t_ += prof_->op_overhead_us * 1e-6 + 3.0 * double(bytes) / (prof_->bandwidth_gbs * 1e9);
     return L_.alloc(MemoryTag::activations, bytes);
   }
   // A product op(A) (m, k) @ op(B) (k, n): its packing scratch while it runs, and its result.
@@ -491,7 +485,7 @@ class StepReplay {
   Id product(int64_t m, int64_t n, int64_t k, int trans) {
     if (shapes_) shapes_->insert({m, n, k, trans});
     ++ops_;
-    if (prof_) compute(prof_->op_overhead_us * 1e-6 + prof_->gemm_seconds(m, n, k, trans, half_));
+    if (prof_) t_ += prof_->op_overhead_us * 1e-6 + prof_->gemm_seconds(m, n, k, trans, half_);
     Id out = L_.alloc(MemoryTag::activations, m * n * kF32);
     if (cpu_) L_.transient(MemoryTag::other, cpu::gemm_workspace_bytes(m, n, k, trans & kTransA));
     return out;
@@ -501,7 +495,7 @@ class StepReplay {
   void cast_time(int64_t elements) {
     if (!prof_ || !half_) return;
     ++ops_;
-    compute(prof_->op_overhead_us * 1e-6 + 6.0 * double(elements) / (prof_->bandwidth_gbs * 1e9));
+    t_ += prof_->op_overhead_us * 1e-6 + 6.0 * double(elements) / (prof_->bandwidth_gbs * 1e9);
   }
   // A linear layer's forward x (M, in) @ W^T (out, in): under autocast x is rounded first.
   Id linear(int64_t out, int64_t in) {
@@ -511,17 +505,17 @@ class StepReplay {
   }
   // A weight (or its gradient) streamed from memory when the stage's do not stay in cache.
   void cold_time(double bytes) {
-    if (cold_) compute(bytes / (prof_->cold_gbs * 1e9));
+    if (cold_) t_ += bytes / (prof_->cold_gbs * 1e9);
   }
   void gelu_time(double factor) {
-    if (prof_) compute(factor * double(M_ * F_) * prof_->gelu_ns * 1e-9);
+    if (prof_) t_ += factor * double(M_ * F_) * prof_->gelu_ns * 1e-9;
   }
   // Causal attention over this rank's heads: QK^T and PV over the lower triangle, 2 b H T^2 hd
   // multiply-adds; backward twice that.
   void attention_time(double factor) {
     if (!prof_) return;
     const double flops = 2.0 * double(b_ * Hl_) * double(T_ * T_) * double(C_ / m_.n_head);
-    compute(factor * flops / prof_->attention_rate(half_));
+    t_ += factor * flops / prof_->attention_rate(half_);
   }
 
   // A linear layer's backward (x (M, in), W (out, in)): dx, then dW and db, handed to the
@@ -929,7 +923,6 @@ std::string MachineProfile::to_json() const {
   j["op_overhead_us"] = op_overhead_us;
   j["gelu_ns"] = gelu_ns;
   j["overlap"] = overlap;
-  j["busy_factor"] = busy_factor;
   j["gemm"] = nlohmann::json::array();
   for (const Gemm& g : gemm) {
     nlohmann::ordered_json row = {g.m, g.n, g.k, g.trans, g.gflops};
@@ -967,7 +960,6 @@ MachineProfile MachineProfile::from_json(const std::string& text, const std::str
     p.op_overhead_us = j.at("op_overhead_us").get<double>();
     p.gelu_ns = j.value("gelu_ns", 0.0);
     p.overlap = j.value("overlap", 1.0);
-    p.busy_factor = j.value("busy_factor", 1.0);
     const nlohmann::json gemms = j.value("gemm", nlohmann::json::array());
     const nlohmann::json collectives = j.value("collectives", nlohmann::json::object());
     for (const auto& g : gemms)
@@ -985,9 +977,6 @@ MachineProfile MachineProfile::from_json(const std::string& text, const std::str
                   (p.gemm_gflops > 0 || !p.gemm.empty()),
               "{}: peak_gflops, attention_gflops, bandwidth_gbs and gemm figures must be positive",
               where);
-  FORGE_CHECK(p.busy_factor >= 1 && p.busy_factor <= 4,
-              "{}: busy_factor must be in [1, 4] (a rank's slowdown with all ranks busy), got {}",
-              where, p.busy_factor);
   return p;
 }
 

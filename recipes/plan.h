@@ -119,11 +119,6 @@ struct MachineProfile {
   // How much of a collective hides behind compute running at the same time: 1 when they do not
   // slow each other (spare cores, a GPU's copy engines), 0 when they share the cores fully.
   double overlap = 1;
-  // How much slower a rank computes while every rank of the machine computes at once (shared
-  // cores, caches and memory bandwidth, MPI's own threads), against one rank alone: its time on
-  // a layout of several ranks is multiplied by it. Measured by calibrate under mpirun; 1 when not
-  // measured (one rank, datasheet profiles: a GPU per rank shares nothing).
-  double busy_factor = 1;
   struct Link {
     double latency_us = 0, gbs = 0;  // time = latency + bytes / (gbs * 1e9)
   };

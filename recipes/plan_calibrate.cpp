@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <thread>
 
 #include "autograd/functions.h"
 #include "models/gpt.h"
@@ -226,35 +225,6 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
       w.wait();
     });
     p.overlap = std::clamp((comm + work - both) / std::min(comm, work), 0.0, 1.0);
-    // Busy factor: the model's widest product, timed on every rank at once against rank 0 alone
-    // while the others sleep (not waiting in a collective, whose polling would take a core). The
-    // medians of several calls each, and the rank most slowed (a collective waits for it).
-    {
-      const int64_t T = m.block_size * std::max<int64_t>(1, cfg.batch_size), C = m.n_embd;
-      Tensor x = randn({T, C}, gen), w = randn({4 * C, C}, gen);
-      auto product = [&] {
-        for (int i = 0; i < 5; ++i) matmul(x, w, false, true);
-      };
-      const double together = median_over_ranks(world, 9, product);
-      std::vector<double> alone;
-      for (int i = 0; i < 9; ++i) {
-        world.barrier_async().wait();
-        if (world.rank() == 0) {
-          const auto t0 = Clock::now();
-          product();
-          alone.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-        } else {
-          std::this_thread::sleep_for(std::chrono::duration<double>(3 * together));
-        }
-      }
-      Tensor a0 = zeros({1}, DType::f64);
-      if (world.rank() == 0) {
-        std::sort(alone.begin(), alone.end());
-        a0.fill_(alone[alone.size() / 2]);
-      }
-      world.all_reduce(a0, ReduceOp::sum);  // rank 0's median, to every rank
-      p.busy_factor = std::clamp(together / a0.item(), 1.0, 4.0);
-    }
   }
   return p;
 }

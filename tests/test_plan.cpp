@@ -212,43 +212,6 @@ TEST_CASE("step time: data parallelism adds its exposed reduction, ZeRO-1 all of
   CHECK(one.mfu < 1);
 }
 
-TEST_CASE("step time: the busy factor slows a layout of several ranks' compute, not its links") {
-  MachineProfile p;
-  p.name = "test";
-  p.peak_gflops = p.gemm_gflops = 100;
-  p.attention_gflops = 10;
-  p.bandwidth_gbs = 20;
-  p.op_overhead_us = 1;
-  for (const char* op : {"all_reduce", "reduce_scatter", "all_gather", "send"})
-    p.collectives[op][2] = {50, 1};
-  MachineProfile busy = MachineProfile::from_json(p.to_json(), "busy");
-  CHECK(busy.busy_factor == 1);  // absent: 1
-  busy.busy_factor = 1.25;
-  busy = MachineProfile::from_json(busy.to_json(), "busy");
-  CHECK(busy.busy_factor == 1.25);
-  GptTrainConfig c = tiny_model();
-  // One rank: no other rank to share the machine with, the factor does not apply.
-  CHECK(predict(c, {}, 0, &busy).time.ms_per_step ==
-        Approx(predict(c, {}, 0, &p).time.ms_per_step));
-  // Two ranks: the compute (the pipeline's forward and backward, the update) takes 1.25 times as
-  // long; the communication (the exposed reduction, the small all-reduces) as long as before.
-  c.dp = 2;
-  const TimePrediction a = predict(c, {}, 0, &p).time, b = predict(c, {}, 0, &busy).time;
-  CHECK(b.pipeline_ms == Approx(1.25 * a.pipeline_ms));
-  CHECK(b.optimizer_ms == Approx(1.25 * a.optimizer_ms));
-  CHECK(b.tp_comm_ms == a.tp_comm_ms);
-  CHECK(b.dp_exposed_ms <= a.dp_exposed_ms);  // more compute to hide behind
-  c.dp = 1;
-  c.tp = 2;  // tensor parallel: its all-reduces inside the pipeline's time are not scaled
-  const TimePrediction ta = predict(c, {}, 0, &p).time, tb = predict(c, {}, 0, &busy).time;
-  CHECK(ta.tp_comm_ms > 0);
-  CHECK(tb.tp_comm_ms == Approx(ta.tp_comm_ms));
-  CHECK(tb.pipeline_ms - tb.tp_comm_ms == Approx(1.25 * (ta.pipeline_ms - ta.tp_comm_ms)));
-  busy.busy_factor = 0.5;
-  CHECK_THROWS_WITH(MachineProfile::from_json(busy.to_json(), "fast.json"),
-                    Contains("fast.json") && Contains("busy_factor"));
-}
-
 TEST_CASE("step time: ZeRO-2 and -3 reduce-scatter after every micro-batch's backward") {
   MachineProfile p;
   p.name = "test";
