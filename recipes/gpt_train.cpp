@@ -564,7 +564,8 @@ GptRun train_gpt(const GptTrainConfig& config, const GptRunHooks& hooks) {
     if (step % ckpt_every == 0 || step == cfg.max_iters || stop) trainer.save(step);
     if (stop) {
       trainer.run.stopped = true;
-      trainer.say(fmt::format("stopped at step {}", step));
+      // Its loss too: with log lines every few steps, the last one may be steps behind.
+      trainer.say(fmt::format("stopped at step {} (loss {:.4f})", step, s.loss));
       break;
     }
   }

@@ -166,6 +166,8 @@ else
   [ -s "$ckpt/model.safetensors" ] && [ -s "$ckpt/state.safetensors" ] ||
     fail "Ctrl-C at step $stopped: no checkpoint $ckpt"
   grep -qF "saved checkpoint $ckpt" "$tmp/int_out" || fail "Ctrl-C: no 'saved checkpoint $ckpt' line"
+  grep -Eq "stopped at step $stopped \(loss [0-9]+\.[0-9]{4}\)" "$tmp/int_out" ||
+    fail "Ctrl-C: the 'stopped at step $stopped' line does not give the step's loss"
 fi
 
 # ---- Bad input: non-zero exit and a message on stderr that names the problem ----
