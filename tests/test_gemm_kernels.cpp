@@ -246,3 +246,29 @@ TEST_CASE(
         Catch::Matchers::Contains("portable"));
   }
 }
+
+TEST_CASE("gemm_workspace_bytes is what a per-call product allocates, tiles or a few rows") {
+  // The planner charges a product this scratch; the driver's own allocations must match it:
+  // packed A and B panels for tiles, no A and one edge sliver of B for rows read in place.
+  Generator gen(43);
+  struct Case {
+    bool tb;
+    int64_t m, n, k;
+  };
+  for (Isa isa : runnable_isas("gemm kernel family")) {
+    IsaScope scope(isa);
+    for (const Case& c : {Case{true, 1, 53, 64}, Case{false, 3, 3100, 600}, Case{true, 2, 64, 7},
+                          Case{false, 13, 53, 600}, Case{true, 200, 700, 300}}) {
+      INFO("isa " << cpu::isa_name(isa) << " tb " << c.tb << " m " << c.m << " n " << c.n << " k "
+                  << c.k);
+      Tensor a = randn({c.m, c.k}, gen), b = c.tb ? randn({c.n, c.k}, gen) : randn({c.k, c.n}, gen);
+      Tensor out = Tensor::empty({c.m, c.n});
+      const int64_t base = memory_stats(Device::cpu()).live_bytes;
+      reset_peak_memory(Device::cpu());
+      cpu::gemm_packed(false, c.tb, c.m, c.n, c.k, 1.0f, a.data<float>(), c.k, b.data<float>(),
+                       c.tb ? c.k : c.n, 0.0f, out.data<float>(), c.n);
+      CHECK(memory_stats(Device::cpu()).peak_bytes - base ==
+            cpu::gemm_workspace_bytes(c.m, c.n, c.k));
+    }
+  }
+}

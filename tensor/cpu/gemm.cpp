@@ -241,6 +241,17 @@ bool rows_in_place(const GemmKernelInfo& K, bool ta, GemmElem ea, int64_t m) {
   return K.row_kernel && !ta && ea == GemmElem::f32 && m * 3 <= K.mr;
 }
 
+// With A in place, an f32 B given per call (attention's keys and values while decoding) is read in
+// place too, all but an edge sliver (fewer than NR columns), which is packed on its own.
+bool b_in_place(const GemmKernelInfo& K, bool a_in_place, GemmElem eb, bool prepacked) {
+  return a_in_place && !prepacked && eb == GemmElem::f32 && K.row_kernel_b != nullptr;
+}
+
+// The floats of the driver's B workspace: every sliver of a panel, or the edge sliver alone.
+int64_t b_pack_floats(const GemmKernelInfo& K, int64_t n, int64_t KC, bool b_read_in_place) {
+  return (b_read_in_place ? K.nr : n_block(n, K.nr)) * KC;
+}
+
 // Where the B panels come from: packed per call from (eb, tb, B, ldb), or already packed (then
 // `prepacked` holds every (jc, pc) panel, jc-major, each as the packers lay it out).
 struct BSource {
@@ -266,12 +277,9 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   const int64_t MC = std::min<int64_t>(kMC, (m + MR - 1) / MR * MR);
   const int64_t NC = n_block(n, NR);
   const bool a_in_place = rows_in_place(K, ta, ea, m);
-  // With A in place and an f32 B given per call (attention's keys and values while decoding), B is
-  // read in place too, but for an edge sliver (fewer than NR columns), packed on its own.
-  const bool b_in_place =
-      a_in_place && !src.prepacked && src.eb == GemmElem::f32 && K.row_kernel_b != nullptr;
+  const bool b_read_in_place = b_in_place(K, a_in_place, src.eb, src.prepacked != nullptr);
   Workspace a_pack(a_in_place ? 0 : size_t(MC * KC));
-  Workspace b_pack(src.prepacked ? 0 : b_in_place ? size_t(NR * KC) : size_t(NC * KC));
+  Workspace b_pack(src.prepacked ? 0 : size_t(b_pack_floats(K, n, KC, b_read_in_place)));
   float* Ap = a_pack.p;
 
   // Threads only pay off with enough work: about 2^21 multiply-adds each.
@@ -297,7 +305,7 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
         const float* Bp = panel;
         if (src.prepacked) {
           panel += b_slivers * kc * NR;
-        } else if (b_in_place) {
+        } else if (b_read_in_place) {
           const int64_t edge = (n - jc) / NR;  // the sliver past the whole ones, if any
           if (edge < b_slivers) {
 #pragma omp single
@@ -333,7 +341,7 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
           for (int64_t tile = 0; tile < m * b_slivers; ++tile) {
             const int64_t jr = tile / m, row = tile % m, col = jc + jr * NR;
             const float* a = static_cast<const float*>(A) + row * lda + pc;
-            if (!b_in_place) {
+            if (!b_read_in_place) {
               tile_out(K.row_kernel, 1, a, Bp + jr * kc * NR, row, col, 1);
             } else if (col + NR <= n) {
               const float* b = static_cast<const float*>(src.B) +
@@ -385,8 +393,10 @@ int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a) {
   const GemmKernelInfo& K = kernel_for(cpu_isa());
   const int64_t KC = k_block(k), MC = std::min<int64_t>(kMC, (m + K.mr - 1) / K.mr * K.mr);
   const bool a_in_place = rows_in_place(K, trans_a, GemmElem::f32, m);
+  const bool b_read_in_place = b_in_place(K, a_in_place, GemmElem::f32, false);
   return int64_t(cpu_allocator().accounted(size_t(a_in_place ? 0 : MC * KC) * sizeof(float))) +
-         int64_t(cpu_allocator().accounted(size_t(n_block(n, K.nr) * KC) * sizeof(float)));
+         int64_t(cpu_allocator().accounted(size_t(b_pack_floats(K, n, KC, b_read_in_place)) *
+                                           sizeof(float)));
 }
 
 // ---------------------------------------------------------------------------------------------
