@@ -39,23 +39,31 @@ ProgressBar::ProgressBar(int64_t total, std::string label, bool enabled)
 
 void ProgressBar::update(int64_t done, const std::string& status) {
   if (!enabled_) return;
-  const auto now = std::chrono::steady_clock::now();
+  updated_ = std::chrono::steady_clock::now();
   if (first_done_ < 0) {
     first_done_ = done;
-    first_time_ = now;
+    first_time_ = updated_;
   }
-  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  done_ = done;
+  status_ = status;
+  if (done < total_ && shown_ && updated_ - last_draw_ < std::chrono::milliseconds(100)) return;
+  last_draw_ = updated_;
+  draw();
+}
+
+std::string ProgressBar::render() const {
+  const double elapsed = std::chrono::duration<double>(updated_ - start_).count();
   // The rate of the updates seen so far (a resumed run starts at its step, and setup is not a
   // step).
-  const double since_first = std::chrono::duration<double>(now - first_time_).count();
+  const double since_first = std::chrono::duration<double>(updated_ - first_time_).count();
   const std::string eta =
-      done >= total_ ? "0s"
-      : done > first_done_
-          ? format_duration(since_first * double(total_ - done) / double(done - first_done_))
+      done_ >= total_ ? "0s"
+      : done_ > first_done_
+          ? format_duration(since_first * double(total_ - done_) / double(done_ - first_done_))
           : "--";
-  const std::string head = fmt::format("{} {}/{} ", label_, done, total_);
-  const std::string tail = fmt::format("{}{}eta {} | {} elapsed", status,
-                                       status.empty() ? "" : " | ", eta, format_duration(elapsed));
+  const std::string head = fmt::format("{} {}/{} ", label_, done_, total_);
+  const std::string tail = fmt::format("{}{}eta {} | {} elapsed", status_,
+                                       status_.empty() ? "" : " | ", eta, format_duration(elapsed));
   // The bar takes up to 20 columns of what the terminal has left (none under 5).
   constexpr int kMaxBar = 20;
   const int columns = terminal_columns();
@@ -64,14 +72,12 @@ void ProgressBar::update(int64_t done, const std::string& status) {
   std::string bar;
   if (width >= 5) {
     const int64_t filled =
-        total_ > 0 ? width * std::clamp<int64_t>(done, 0, total_) / total_ : width;
+        total_ > 0 ? width * std::clamp<int64_t>(done_, 0, total_) / total_ : width;
     bar = "[" + std::string(size_t(filled), '#') + std::string(size_t(width - filled), '.') + "] ";
   }
-  line_ = head + bar + tail;
-  if (columns > 1 && line_.size() >= size_t(columns)) line_.resize(size_t(columns - 1));
-  if (done < total_ && shown_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
-  last_draw_ = now;
-  draw();
+  std::string line = head + bar + tail;
+  if (columns > 1 && line.size() >= size_t(columns)) line.resize(size_t(columns - 1));
+  return line;
 }
 
 ProgressBar::~ProgressBar() {
@@ -80,7 +86,7 @@ ProgressBar::~ProgressBar() {
 
 void ProgressBar::draw() {
   std::fputs("\r", stdout);
-  std::fputs(line_.c_str(), stdout);
+  std::fputs(render().c_str(), stdout);
   std::fputs("\033[K", stdout);
   std::fflush(stdout);
   shown_ = true;

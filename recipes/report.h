@@ -38,18 +38,19 @@ class ProgressBar {
   // Prints `line` and a newline: on a terminal above the bar, which is drawn again below it.
   void print(const std::string& line);
   void finish(bool keep = false);  // clears the bar line, or leaves its last state on its own line
-  bool enabled() const { return enabled_; }
 
  private:
+  std::string render() const;  // the line of the latest update, fitted to the terminal
   void draw();
 
   int64_t total_;
   std::string label_;
   bool enabled_;
-  std::chrono::steady_clock::time_point start_, last_draw_, first_time_;
+  std::chrono::steady_clock::time_point start_, last_draw_, first_time_, updated_;
   int64_t first_done_ = -1;  // `done` at the first update, when first_time_ was taken
-  std::string line_;         // the bar's latest state
-  bool shown_ = false;       // the bar is on screen (drawn, not finished)
+  int64_t done_ = 0;         // the latest update (at updated_), drawn or not
+  std::string status_;
+  bool shown_ = false;  // the bar is on screen (drawn, not finished)
 };
 
 using MetricValue = std::variant<int64_t, double, std::string>;
