@@ -24,6 +24,14 @@ void microkernel(long kc, const float* __restrict a, const float* __restrict b, 
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[i][j] = V::zero();
+      // The C tile's rows (MR rows, ldc apart: as many pages once C is wide) are read or written
+      // only after the kc products: ask for their lines now, so that their misses overlap the
+      // arithmetic rather than follow it.
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    __builtin_prefetch(c + i * ldc, 0, 2);
+    __builtin_prefetch(c + i * ldc + NR - 1, 0, 2);
+  }
 
 #pragma GCC unroll 4
   for (long p = 0; p < kc; ++p) {
