@@ -26,6 +26,7 @@
 #include <algorithm>
 
 #include "tensor/cpu/gemm_kernels.h"
+#include "tensor/cpu/gemm_microkernel.h"
 
 namespace {
 
@@ -43,12 +44,7 @@ void kernel_12x32(long kc, const float* a_words, const float* b_words, float* c,
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
-      // The C tile's rows into L2 before the products, as the f32 kernel does (gemm_microkernel.h).
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    __builtin_prefetch(c + i * ldc, 0, 2);
-    __builtin_prefetch(c + i * ldc + NV * 16 - 1, 0, 2);
-  }
+  prefetch_c_tile<MR, NR>(c, ldc);
 
 #pragma GCC unroll 2
   for (long q = 0; q < pairs; ++q) {

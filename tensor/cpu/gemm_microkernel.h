@@ -1,9 +1,9 @@
 // The register-blocked inner kernel of the packed f32 GEMM, written once for every vector width.
 //
 // Included only by gemm_avx2.cpp and gemm_avx512.cpp, each compiled for its instruction set with a
-// traits struct V (reg, W lanes, zero/load/store/broadcast/fma/mul). Everything here has internal
-// linkage and uses no library code, so nothing compiled for AVX-512 can be picked by the linker for
-// use elsewhere.
+// traits struct V (reg, W lanes, zero/load/store/broadcast/fma/mul), and by gemm_avx512_bf16.cpp
+// for prefetch_c_tile. Everything here has internal linkage and uses no library code, so nothing
+// compiled for AVX-512 can be picked by the linker for use elsewhere.
 //
 //   C[MR x NR] = alpha * sum_p A[p][0..MR) (x) B[p][0..NR) + beta * C      (beta == 0: C not read)
 //
@@ -13,6 +13,18 @@
 #pragma once
 
 namespace {
+
+// A kernel's C tile (MR rows of NR floats, ldc apart: as many pages once C is wide) is read or
+// written only after its kc products: ask for its lines at the start, into L2, so that their
+// misses overlap the arithmetic rather than follow it (into L1 they would evict the B sliver).
+template <int MR, int NR>
+inline void prefetch_c_tile(const float* c, long ldc) {
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    __builtin_prefetch(c + i * ldc, 0, 2);
+    __builtin_prefetch(c + i * ldc + NR - 1, 0, 2);
+  }
+}
 
 template <class V, int MR, int NV>
 void microkernel(long kc, const float* __restrict a, const float* __restrict b, float* c, long ldc,
@@ -24,14 +36,7 @@ void microkernel(long kc, const float* __restrict a, const float* __restrict b, 
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[i][j] = V::zero();
-      // The C tile's rows (MR rows, ldc apart: as many pages once C is wide) are read or written
-      // only after the kc products: ask for their lines now, so that their misses overlap the
-      // arithmetic rather than follow it.
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    __builtin_prefetch(c + i * ldc, 0, 2);
-    __builtin_prefetch(c + i * ldc + NR - 1, 0, 2);
-  }
+  prefetch_c_tile<MR, NR>(c, ldc);
 
 #pragma GCC unroll 4
   for (long p = 0; p < kc; ++p) {
