@@ -211,6 +211,7 @@ class StepReplay {
   struct Result {
     MemoryPrediction memory;
     double forward_s = 0, backward_s = 0, tp_comm_s = 0, optimizer_s = 0;
+    double forward_tp_s = 0, backward_tp_s = 0;  // the collectives inside forward_s, backward_s
     std::vector<int64_t> grad_buckets;  // DDP's / ZeRO's reduce units, bytes, in ready order
     std::vector<int64_t> unit_bytes;    // ZeRO: each unit's whole bytes (gathers)
     int64_t ops = 0;                    // ops (allocations) of one micro-batch's forward+backward
@@ -223,6 +224,8 @@ class StepReplay {
     r.forward_s = forward_s_;
     r.backward_s = backward_s_;
     r.tp_comm_s = tp_comm_s_;
+    r.forward_tp_s = fwd_tp_;
+    r.backward_tp_s = bwd_tp_;
     r.ops = ops_fwd_ + ops_bwd_;
     // AdamW reads parameter, gradient and both moments and writes three: 28 bytes an element,
     // one pass per tensor; then the gradient norm reads each gradient once more.
@@ -923,6 +926,7 @@ std::string MachineProfile::to_json() const {
   j["op_overhead_us"] = op_overhead_us;
   j["gelu_ns"] = gelu_ns;
   j["overlap"] = overlap;
+  j["busy_pace"] = busy_pace;
   j["gemm"] = nlohmann::json::array();
   for (const Gemm& g : gemm) {
     nlohmann::ordered_json row = {g.m, g.n, g.k, g.trans, g.gflops};
@@ -960,6 +964,7 @@ MachineProfile MachineProfile::from_json(const std::string& text, const std::str
     p.op_overhead_us = j.at("op_overhead_us").get<double>();
     p.gelu_ns = j.value("gelu_ns", 0.0);
     p.overlap = j.value("overlap", 1.0);
+    p.busy_pace = j.value("busy_pace", 1.0);
     const nlohmann::json gemms = j.value("gemm", nlohmann::json::array());
     const nlohmann::json collectives = j.value("collectives", nlohmann::json::object());
     for (const auto& g : gemms)
@@ -1064,6 +1069,7 @@ PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int6
   std::vector<double> F(static_cast<size_t>(P)), B(static_cast<size_t>(P));
   double tp_comm = 0, dp_exposed = 0, optimizer = 0;
   int64_t ops = 0;
+  const double pace = profile && cfg.dp * cfg.tp * cfg.pp > 1 ? profile->busy_pace : 1.0;
   for (int stage = 0; stage < P; ++stage)
     for (int r = 0; r < int(cfg.tp); ++r) {
       StepReplay::Result res = StepReplay(cfg, corpus, stage, r, cap_bytes, profile).run();
@@ -1079,6 +1085,12 @@ PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int6
         any = true;
       }
       if (!profile || r > 0) continue;  // tensor-parallel ranks run in step
+      // With several ranks computing at once, the step goes at the slowest one's pace.
+      if (pace != 1) {
+        res.forward_s = res.forward_tp_s + pace * (res.forward_s - res.forward_tp_s);
+        res.backward_s = res.backward_tp_s + pace * (res.backward_s - res.backward_tp_s);
+        res.optimizer_s *= pace;
+      }
       F[size_t(stage)] = res.forward_s;
       B[size_t(stage)] = res.backward_s;
       tp_comm = std::max(tp_comm, res.tp_comm_s * double(cfg.micro_batches));

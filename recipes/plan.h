@@ -119,6 +119,12 @@ struct MachineProfile {
   // How much of a collective hides behind compute running at the same time: 1 when they do not
   // slow each other (spare cores, a GPU's copy engines), 0 when they share the cores fully.
   double overlap = 1;
+  // The compute of a step of several ranks against one rank's alone: the ranks run in step, so
+  // at the pace of the slowest, and on a machine whose cores are not equally busy (a shared host's
+  // other tenants, interrupts) that is slower than the fastest core a lone process runs on.
+  // calibrate measures it as the slowest rank's median time over the products against the
+  // fastest rank's, every rank running them at once. 1: ranks keep the same pace (GPU profiles).
+  double busy_pace = 1;
   struct Link {
     double latency_us = 0, gbs = 0;  // time = latency + bytes / (gbs * 1e9)
   };

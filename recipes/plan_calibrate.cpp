@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 #include "autograd/functions.h"
 #include "models/gpt.h"
@@ -33,6 +34,11 @@ double best_seconds(const std::function<void()>& fn, double budget = 0.05, int c
     spent += s;
   }
   return best;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
 }
 
 // `reps` timed calls of `fn` on every rank, each after a barrier and `work_first` of busy work;
@@ -65,6 +71,57 @@ MachineProfile::Link fit_link(const std::vector<std::pair<double, double>>& pts)
   return {a * 1e6, b > 0 ? 1.0 / b / 1e9 : 1e3};
 }
 
+// Ranks in step (MachineProfile::busy_pace): a forward and backward of the model at a
+// data-parallel rank's batch, timed on each rank alone (the others waiting at a barrier) and on
+// all ranks at once (each of those steps started together and ended by the slowest rank). The
+// rounds are spread over the calibration, since this shared machine's other tenants come and go
+// over seconds; the pace is the median step in step against the fastest rank's median alone.
+class PaceProbe {
+ public:
+  PaceProbe(const GptTrainConfig& cfg, Communicator& world)
+      : world_(world), model_(local(cfg.model), init_, drop_) {
+    model_.train();
+    const int64_t b = std::max<int64_t>(1, cfg.batch_size / world.size());
+    idx_ = zeros({b, cfg.model.block_size}, DType::i64);
+    step_seconds();  // warm-up
+  }
+  void round() {
+    for (int r = 0; r < world_.size(); ++r) {
+      world_.barrier_async().wait();
+      if (world_.rank() == r)
+        for (int i = 0; i < 2; ++i) alone_.push_back(step_seconds());
+    }
+    for (int i = 0; i < 2; ++i) {
+      world_.barrier_async().wait();
+      Tensor t = full({1}, step_seconds(), DType::f64);
+      world_.all_reduce(t, ReduceOp::max);
+      together_.push_back(t.item());
+    }
+  }
+  double pace() {
+    Tensor fastest = full({1}, -median(alone_), DType::f64);
+    world_.all_reduce(fastest, ReduceOp::max);
+    return median(together_) / -fastest.item();
+  }
+
+ private:
+  static GPTConfig local(GPTConfig m) {
+    m.dropout = 0;
+    return m;
+  }
+  double step_seconds() {
+    const auto t0 = Clock::now();
+    for (Variable& v : model_.parameters()) v.zero_grad();
+    model_.loss(model_.forward(idx_), idx_).backward();
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+  Communicator& world_;
+  Generator init_{1}, drop_{2};
+  GPT model_;
+  Tensor idx_;
+  std::vector<double> alone_, together_;
+};
+
 }  // namespace
 
 MachineProfile calibrate_machine(const GptTrainConfig& cfg,
@@ -75,23 +132,54 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
   // Matrix products: every shape the layouts run, in f32 and, where the processor multiplies bf16
   // natively (AVX512_BF16), with bf16 inputs as autocast gives them (--precision bf16).
   const bool bf16 = cpu::bf16_native_supported() && cpu::bf16_gemm() == cpu::Bf16Gemm::native;
-  // GFLOP/s of op(a) @ op(b): {f32, bf16 (0 where not native)}.
+  // Every rank times every product at once, each rank's fastest call, {f32, bf16 (0 where not
+  // native)}; with several ranks, a round of the pace probe every eighth of the way.
+  std::vector<double> best_f32, best_bf16;
+  std::optional<PaceProbe> pace;
+  if (world.size() > 1) pace.emplace(cfg, world);
+  const size_t every = std::max<size_t>(1, shapes.size() / 8);
+  for (const auto& [m, n, k, trans] : shapes) {
+    if (pace && best_f32.size() % every == 0) pace->round();
+    const bool ta = trans == 1, tb = trans == 2;
+    Tensor a = ta ? randn({k, m}, gen) : randn({m, k}, gen);
+    Tensor b = tb ? randn({n, k}, gen) : randn({k, n}, gen);
+    best_f32.push_back(best_seconds([&] { matmul(a, b, ta, tb); }));
+    best_bf16.push_back(0);
+    if (bf16) {
+      Tensor a16 = a.to(DType::bf16), b16 = b.to(DType::bf16);
+      best_bf16.back() = best_seconds([&] { matmul(a16, b16, ta, tb); });
+    }
+  }
+  // Over the ranks: the table keeps the fastest rank's times (a lone process's pace: it runs on
+  // the least busy core).
+  auto over_ranks = [&](std::vector<double> v, bool slowest) {
+    if (world.size() == 1 || v.empty()) return v;
+    const double sign = slowest ? 1.0 : -1.0;  // the fastest: the max of the negated times
+    for (double& x : v) x *= sign;
+    Tensor t = from_vector(v);
+    world.all_reduce(t, ReduceOp::max);
+    const double* r = t.data<double>();
+    for (size_t i = 0; i < v.size(); ++i) v[i] = sign * r[i];
+    return v;
+  };
+  best_f32 = over_ranks(best_f32, false);
+  best_bf16 = over_ranks(best_bf16, false);
+  double best = 0, best16 = 0;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const auto& [m, n, k, trans] = shapes[i];
+    const double flops = 2.0 * double(m) * double(n) * double(k);
+    const double gflops = flops / best_f32[i] * 1e-9;
+    const double gflops16 = best_bf16[i] > 0 ? flops / best_bf16[i] * 1e-9 : 0.0;
+    p.gemm.push_back({m, n, k, int(trans), gflops, gflops16});
+    best = std::max(best, gflops);
+    best16 = std::max(best16, gflops16);
+  }
   auto rates = [&](const Tensor& a, const Tensor& b, bool ta, bool tb, double flops) {
     const double f32 = flops / best_seconds([&] { matmul(a, b, ta, tb); }) * 1e-9;
     if (!bf16) return std::pair{f32, 0.0};
     Tensor a16 = a.to(DType::bf16), b16 = b.to(DType::bf16);
     return std::pair{f32, flops / best_seconds([&] { matmul(a16, b16, ta, tb); }) * 1e-9};
   };
-  double best = 0, best16 = 0;
-  for (const auto& [m, n, k, trans] : shapes) {
-    const bool ta = trans == 1, tb = trans == 2;
-    Tensor a = ta ? randn({k, m}, gen) : randn({m, k}, gen);
-    Tensor b = tb ? randn({n, k}, gen) : randn({k, n}, gen);
-    const auto [gflops, gflops16] = rates(a, b, ta, tb, 2.0 * double(m) * double(n) * double(k));
-    p.gemm.push_back({m, n, k, int(trans), gflops, gflops16});
-    best = std::max(best, gflops);
-    best16 = std::max(best16, gflops16);
-  }
   {
     Tensor a = randn({1024, 1024}, gen), b = randn({1024, 1024}, gen);
     const auto [gflops, gflops16] = rates(a, b, false, false, 2.0 * 1024 * 1024 * 1024);
@@ -182,6 +270,7 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
     p.op_overhead_us =
         std::max(0.0, (measured - t.pipeline_ms * 1e-3) / double(t.ops_per_micro_batch)) * 1e6;
   }
+  if (pace) p.busy_pace = pace->pace();
   // Collectives over the whole world (under mpirun), at a few sizes, fitted to latency +
   // bytes / bandwidth; `send` between ranks 0 and 1.
   const int N = world.size();

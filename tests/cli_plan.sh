@@ -95,6 +95,8 @@ assert len(p["gemm"]) > 10 and all(g[4] > 0 for g in p["gemm"]), len(p["gemm"])
 if sys.argv[2] == "1":
     for op in ("all_reduce", "reduce_scatter", "all_gather", "send"):
         assert p["collectives"][op]["2"]["gbs"] > 0, op
+    # the ranks' pace in step against one alone: measured, and not absurd even on a busy machine
+    assert 0.3 < p["busy_pace"] < 20, p["busy_pace"]
 PY
 if [ "$want_collectives" = 1 ]; then
   run "$plan" "${model[@]}" --world 2 --global-batch 12 --profile "$tmp/profile.json" --format json

@@ -243,6 +243,34 @@ TEST_CASE("step time: ZeRO-2 and -3 reduce-scatter after every micro-batch's bac
   CHECK(predict(c, {}, 0, &p).time.dp_exposed_ms == Approx(one.dp_exposed_ms));
 }
 
+TEST_CASE("step time: ranks in step compute at the profile's busy pace, one rank at its own") {
+  MachineProfile p;
+  p.name = "test";
+  p.peak_gflops = p.gemm_gflops = 100;
+  p.attention_gflops = 10;
+  p.bandwidth_gbs = 20;
+  p.op_overhead_us = 1;
+  for (const char* op : {"all_reduce", "reduce_scatter", "all_gather", "send"})
+    p.collectives[op][2] = {50, 1};
+  MachineProfile slow = MachineProfile::from_json(p.to_json(), "pace 1");
+  CHECK(slow.busy_pace == 1);
+  slow.busy_pace = 1.25;
+  slow = MachineProfile::from_json(slow.to_json(), "pace 1.25");
+  CHECK(slow.busy_pace == 1.25);
+  GptTrainConfig c = tiny_model();
+  // One rank: no one to wait for.
+  CHECK(predict(c, {}, 0, &slow).time.ms_per_step ==
+        Approx(predict(c, {}, 0, &p).time.ms_per_step));
+  // Two tensor-parallel ranks: their compute (the pipeline less its collectives) and the update
+  // take 1.25 times as long; the collectives are the profile's own.
+  c.tp = 2;
+  const TimePrediction a = predict(c, {}, 0, &p).time, b = predict(c, {}, 0, &slow).time;
+  CHECK(b.tp_comm_ms == Approx(a.tp_comm_ms));
+  CHECK(a.tp_comm_ms > 0);
+  CHECK(b.pipeline_ms - b.tp_comm_ms == Approx(1.25 * (a.pipeline_ms - a.tp_comm_ms)));
+  CHECK(b.optimizer_ms == Approx(1.25 * a.optimizer_ms));
+}
+
 TEST_CASE("step time under mixed precision: 16-bit products at the profile's 16-bit rates") {
   MachineProfile p;
   p.name = "test";
