@@ -285,15 +285,26 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   // Threads only pay off with enough work: about 2^21 multiply-adds each.
   double work = double(m) * double(n) * double(k);
   int threads = int(std::min<double>(get_num_threads(), std::max(1.0, work / double(1 << 21))));
-  const bool nested = omp_in_parallel();
-  if (nested) threads = 1;
+  if (omp_in_parallel()) threads = 1;
 
-  // The loops below share their work with `omp for`, which binds to the innermost enclosing
-  // region. Called from a thread of another region (a batched product's parallel_for) they need a
-  // region of their own, of one thread; called from outside any region with one thread they run
-  // serially as they are: no OpenMP region at all, since even a region of one (an `if (false)`
-  // clause) goes through libgomp, and that costs more than a small product (a decoding step's).
-  auto run = [&]() {
+  // The work is split by hand among a team of `nt` threads (this one is number `t`), each with
+  // a static share of every loop, and `sync()` where one thread's writes are another's reads. A
+  // product of one thread (a small one, or one called inside another region: a batched
+  // product's parallel_for) runs serially with no OpenMP region at all, since even a region of
+  // one goes through libgomp, and that costs more than a small product (a decoding step's, an
+  // attention head's).
+  //
+  // Each A block is split by rows where B is the narrower operand and every thread gets a few
+  // slivers: each thread packs its own A slivers and computes their whole row of tiles, so A
+  // never crosses to another core and no thread waits for another's packing. Else its tiles
+  // are split, (jr, ir) in order, so that each thread uses part of B and all of A.
+  auto run = [&](int64_t t, int64_t nt) {
+    auto part = [&](int64_t count) { return std::pair{count * t / nt, count * (t + 1) / nt}; };
+    auto sync = [&] {
+      if (nt > 1) {
+#pragma omp barrier
+      }
+    };
     float scratch[12 * 32];              // an edge tile: MR x NR of the widest kernel
     const float* panel = src.prepacked;  // the next prepacked (jc, pc) panel
     for (int64_t jc = 0; jc < n; jc += NC) {
@@ -308,15 +319,17 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
         } else if (b_read_in_place) {
           const int64_t edge = (n - jc) / NR;  // the sliver past the whole ones, if any
           if (edge < b_slivers) {
-#pragma omp single
-            K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + edge * NR, pc, kc, NR, b_pack.p);
+            if (t == 0)
+              K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + edge * NR, pc, kc, NR, b_pack.p);
+            sync();
           }
         } else {
           Bp = b_pack.p;
-#pragma omp for schedule(static)
-          for (int64_t t = 0; t < b_slivers; ++t)
-            K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + t * NR, pc, kc, NR,
-                     b_pack.p + t * kc * NR);
+          const auto [s0, s1] = part(b_slivers);
+          for (int64_t s = s0; s < s1; ++s)
+            K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + s * NR, pc, kc, NR,
+                     b_pack.p + s * kc * NR);
+          sync();
         }
         // One tile: rows x cols of C at (row, col) from the A sliver a and the B sliver b, by a
         // kernel of kernel_rows x NR (straight into C when the tile is whole).
@@ -337,8 +350,8 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
             }
         };
         if (a_in_place) {
-#pragma omp for schedule(static)
-          for (int64_t tile = 0; tile < m * b_slivers; ++tile) {
+          const auto [t0, t1] = part(m * b_slivers);
+          for (int64_t tile = t0; tile < t1; ++tile) {
             const int64_t jr = tile / m, row = tile % m, col = jc + jr * NR;
             const float* a = static_cast<const float*>(A) + row * lda + pc;
             if (!b_read_in_place) {
@@ -352,30 +365,46 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
               tile_out(K.row_kernel, 1, a, b_pack.p, row, col, 1);  // the edge, packed above
             }
           }
+          sync();
           continue;
         }
+        auto tile = [&](int64_t ic, int64_t ir, int64_t jr) {
+          const int64_t row = ic + ir * MR;
+          tile_out(K.kernel, MR, Ap + ir * kc * MR, Bp + jr * kc * NR, row, jc + jr * NR,
+                   std::min<int64_t>(MR, m - row));
+        };
+        int64_t unsynced = 0;  // the sliver count of a row-split A block not yet synced after
         for (int64_t ic = 0; ic < m; ic += MC) {
           const int64_t mc = std::min(MC, m - ic);
           const int64_t a_slivers = (mc + MR - 1) / MR;
-#pragma omp for schedule(static)
-          for (int64_t s = 0; s < a_slivers; ++s)
-            K.pack_a(ea, ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
-#pragma omp for schedule(static)
-          for (int64_t tile = 0; tile < a_slivers * b_slivers; ++tile) {
-            const int64_t jr = tile / a_slivers, ir = tile % a_slivers;
-            const int64_t row = ic + ir * MR;
-            tile_out(K.kernel, MR, Ap + ir * kc * MR, Bp + jr * kc * NR, row, jc + jr * NR,
-                     std::min<int64_t>(MR, m - row));
+          // Another split of the slivers: their packed places may still be another thread's.
+          if (unsynced && unsynced != a_slivers) sync(), unsynced = 0;
+          if (nt > 1 && n < m && a_slivers >= 2 * nt) {
+            const auto [s0, s1] = part(a_slivers);
+            for (int64_t s = s0; s < s1; ++s)
+              K.pack_a(ea, ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
+            for (int64_t jr = 0; jr < b_slivers; ++jr)
+              for (int64_t ir = s0; ir < s1; ++ir) tile(ic, ir, jr);
+            unsynced = a_slivers;
+            continue;
           }
+          const auto [s0, s1] = part(a_slivers);
+          for (int64_t s = s0; s < s1; ++s)
+            K.pack_a(ea, ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
+          sync();
+          const auto [t0, t1] = part(a_slivers * b_slivers);
+          for (int64_t i = t0; i < t1; ++i) tile(ic, i % a_slivers, i / a_slivers);
+          sync();
         }
+        if (unsynced) sync();  // the next (jc, pc) repacks B
       }
     }
   };
-  if (threads > 1 || nested) {
+  if (threads > 1) {
 #pragma omp parallel num_threads(threads)
-    run();
+    run(omp_get_thread_num(), omp_get_num_threads());
   } else {
-    run();
+    run(0, 1);
   }
 }
 
