@@ -61,15 +61,67 @@ void kernel_1x32_in_place(long kc, const float* a, const float* b, long ldb, boo
   row_kernel_in_place<Avx512, 2>(kc, a, b, ldb, trans_b, c, alpha, beta);
 }
 
-// AVX-512 processors have AVX2: the packers are the AVX2 ones.
-const forge::cpu::GemmKernelInfo kInfo{"avx512 12x32",
-                                       12,
-                                       32,
-                                       kernel_12x32,
-                                       forge::cpu::gemm_pack_a_avx2,
-                                       forge::cpu::gemm_pack_b_avx2,
-                                       kernel_1x32,
-                                       kernel_1x32_in_place};
+using forge::cpu::GemmElem;
+
+// `lanes` (<= 16) rows of f32 contiguous along k (row i at src + i * lds; rows from `valid` on
+// read as zero), written transposed: dst[p * ldd + i] = src[i * lds + p]. Sixteen p of sixteen
+// rows at a time through one register transpose (the AVX2 packers take two 8 x 8 ones for eight
+// rows, and a whole one for the last four of a 12-row sliver).
+void transpose_rows(const float* src, long lds, long valid, long lanes, long len, float* dst,
+                    long ldd) {
+  const __mmask16 store = __mmask16((1u << lanes) - 1);
+  __m512 r[16];
+  for (long p = 0; p < len; p += 16) {
+    const long n = len - p < 16 ? len - p : 16;
+    const __mmask16 load = __mmask16((1u << n) - 1);
+    for (int i = 0; i < 16; ++i)
+      r[i] = i < valid ? _mm512_maskz_loadu_ps(load, src + i * lds + p) : _mm512_setzero_ps();
+    Avx512::transpose(r);
+    for (long q = 0; q < n; ++q) _mm512_mask_storeu_ps(dst + (p + q) * ldd, store, r[q]);
+  }
+}
+
+// `len` rows of `width` (<= 32) contiguous f32 (zero past `valid`) copied into rows of `width`:
+// one or two vectors a row, masked at the edges.
+void copy_rows(const float* src, long lds, long valid, long width, long len, float* dst) {
+  auto mask = [](long lanes) {
+    return __mmask16(lanes <= 0 ? 0 : lanes >= 16 ? 0xFFFF : (1u << lanes) - 1);
+  };
+  const __mmask16 load0 = mask(valid), load1 = mask(valid - 16);
+  const __mmask16 store0 = mask(width), store1 = mask(width - 16);
+  for (long p = 0; p < len; ++p, src += lds, dst += width) {
+    _mm512_mask_storeu_ps(dst, store0, _mm512_maskz_loadu_ps(load0, src));
+    if (width > 16) _mm512_mask_storeu_ps(dst + 16, store1, _mm512_maskz_loadu_ps(load1, src + 16));
+  }
+}
+
+// The packers: f32 operands stored along k (A as it is, B transposed) go through the transpose
+// above, the others (stored across k) through the copy; 16-bit inputs are the AVX2 packers'.
+void pack_a(GemmElem e, bool ta, const void* A, int64_t lda, int64_t m, int64_t r0, int64_t p0,
+            int64_t kc, int MR, float* dst) {
+  if (e != GemmElem::f32 || MR > 16)
+    return forge::cpu::gemm_pack_a_avx2(e, ta, A, lda, m, r0, p0, kc, MR, dst);
+  const long rows = m - r0 < MR ? long(m - r0) : MR;
+  const float* a = static_cast<const float*>(A);
+  if (ta) return copy_rows(a + p0 * lda + r0, lda, rows, MR, kc, dst);
+  transpose_rows(a + r0 * lda + p0, lda, rows, MR, kc, dst, MR);
+}
+
+void pack_b(GemmElem e, bool tb, const void* B, int64_t ldb, int64_t n, int64_t c0, int64_t p0,
+            int64_t kc, int NR, float* dst) {
+  if (e != GemmElem::f32 || NR > 32)
+    return forge::cpu::gemm_pack_b_avx2(e, tb, B, ldb, n, c0, p0, kc, NR, dst);
+  const long cols = n - c0 < NR ? long(n - c0) : NR;
+  if (!tb) return copy_rows(static_cast<const float*>(B) + p0 * ldb + c0, ldb, cols, NR, kc, dst);
+  for (long g = 0; g < NR; g += 16) {
+    const long valid = cols - g < 0 ? 0 : (cols - g < 16 ? cols - g : 16);
+    transpose_rows(static_cast<const float*>(B) + (c0 + g) * ldb + p0, ldb, valid,
+                   NR - g < 16 ? NR - g : 16, kc, dst + g, NR);
+  }
+}
+
+const forge::cpu::GemmKernelInfo kInfo{"avx512 12x32", 12,     32,          kernel_12x32,
+                                       pack_a,         pack_b, kernel_1x32, kernel_1x32_in_place};
 }  // namespace
 
 namespace forge::cpu {
