@@ -7,6 +7,9 @@
 //         pack A[ic:ic+mc, pc:pc+kc]            threads split its MR-high slivers
 //         for each (jr, ir) tile: microkernel   threads split the tiles; a B sliver stays in L1
 //
+// Where B is the narrower operand, threads split an A block by rows instead: each packs its own
+// A slivers and computes all their tiles (see gemm_driver).
+//
 // Tiles at the right and bottom edges run the same microkernel into a scratch tile (the packed
 // panels are zero-padded), then the valid part is combined into C.
 #include "tensor/cpu/gemm.h"
