@@ -122,8 +122,9 @@ struct MachineProfile {
   // The compute of a step of several ranks against one rank's alone: the ranks run in step, so
   // at the pace of the slowest, and on a machine whose cores are not equally busy (a shared host's
   // other tenants, interrupts) that is slower than the fastest core a lone process runs on.
-  // calibrate measures it as the slowest rank's median time over the products against the
-  // fastest rank's, every rank running them at once. 1: ranks keep the same pace (GPU profiles).
+  // calibrate measures it as the median step of the model's forward and backward on all ranks at
+  // once (each ended by the slowest rank) against the fastest rank's median step alone.
+  // 1: ranks keep the same pace (GPU profiles).
   double busy_pace = 1;
   struct Link {
     double latency_us = 0, gbs = 0;  // time = latency + bytes / (gbs * 1e9)

@@ -54,8 +54,7 @@ double median_over_ranks(Communicator& world, int reps, const std::function<void
     fn();
     times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
   }
-  std::sort(times.begin(), times.end());
-  Tensor t = full({1}, times[times.size() / 2], DType::f64);
+  Tensor t = full({1}, median(times), DType::f64);
   world.all_reduce(t, ReduceOp::max);
   return t.item();
 }
@@ -132,8 +131,15 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
   // Matrix products: every shape the layouts run, in f32 and, where the processor multiplies bf16
   // natively (AVX512_BF16), with bf16 inputs as autocast gives them (--precision bf16).
   const bool bf16 = cpu::bf16_native_supported() && cpu::bf16_gemm() == cpu::Bf16Gemm::native;
-  // Every rank times every product at once, each rank's fastest call, {f32, bf16 (0 where not
-  // native)}; with several ranks, a round of the pace probe every eighth of the way.
+  // The fastest call of op(a) @ op(b): {f32, bf16 (0 where not native)}, in seconds.
+  auto seconds = [&](const Tensor& a, const Tensor& b, bool ta, bool tb) {
+    const double f32 = best_seconds([&] { matmul(a, b, ta, tb); });
+    if (!bf16) return std::pair{f32, 0.0};
+    Tensor a16 = a.to(DType::bf16), b16 = b.to(DType::bf16);
+    return std::pair{f32, best_seconds([&] { matmul(a16, b16, ta, tb); })};
+  };
+  // Every rank times every product at once; with several ranks, a round of the pace probe every
+  // eighth of the way.
   std::vector<double> best_f32, best_bf16;
   std::optional<PaceProbe> pace;
   if (world.size() > 1) pace.emplace(cfg, world);
@@ -143,48 +149,38 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
     const bool ta = trans == 1, tb = trans == 2;
     Tensor a = ta ? randn({k, m}, gen) : randn({m, k}, gen);
     Tensor b = tb ? randn({n, k}, gen) : randn({k, n}, gen);
-    best_f32.push_back(best_seconds([&] { matmul(a, b, ta, tb); }));
-    best_bf16.push_back(0);
-    if (bf16) {
-      Tensor a16 = a.to(DType::bf16), b16 = b.to(DType::bf16);
-      best_bf16.back() = best_seconds([&] { matmul(a16, b16, ta, tb); });
-    }
+    const auto [f32, half] = seconds(a, b, ta, tb);
+    best_f32.push_back(f32);
+    best_bf16.push_back(half);
   }
-  // Over the ranks: the table keeps the fastest rank's times (a lone process's pace: it runs on
-  // the least busy core).
-  auto over_ranks = [&](std::vector<double> v, bool slowest) {
+  // The table keeps the fastest rank's times (a lone process's pace: it runs on the least busy
+  // core): the max over the ranks of the negated times.
+  auto fastest_over_ranks = [&](std::vector<double> v) {
     if (world.size() == 1 || v.empty()) return v;
-    const double sign = slowest ? 1.0 : -1.0;  // the fastest: the max of the negated times
-    for (double& x : v) x *= sign;
+    for (double& x : v) x = -x;
     Tensor t = from_vector(v);
     world.all_reduce(t, ReduceOp::max);
     const double* r = t.data<double>();
-    for (size_t i = 0; i < v.size(); ++i) v[i] = sign * r[i];
+    for (size_t i = 0; i < v.size(); ++i) v[i] = -r[i];
     return v;
   };
-  best_f32 = over_ranks(best_f32, false);
-  best_bf16 = over_ranks(best_bf16, false);
+  best_f32 = fastest_over_ranks(best_f32);
+  best_bf16 = fastest_over_ranks(best_bf16);
+  auto gflops_of = [](double flops, double s) { return s > 0 ? flops / s * 1e-9 : 0.0; };
   double best = 0, best16 = 0;
   for (size_t i = 0; i < shapes.size(); ++i) {
     const auto& [m, n, k, trans] = shapes[i];
     const double flops = 2.0 * double(m) * double(n) * double(k);
-    const double gflops = flops / best_f32[i] * 1e-9;
-    const double gflops16 = best_bf16[i] > 0 ? flops / best_bf16[i] * 1e-9 : 0.0;
+    const double gflops = gflops_of(flops, best_f32[i]), gflops16 = gflops_of(flops, best_bf16[i]);
     p.gemm.push_back({m, n, k, int(trans), gflops, gflops16});
     best = std::max(best, gflops);
     best16 = std::max(best16, gflops16);
   }
-  auto rates = [&](const Tensor& a, const Tensor& b, bool ta, bool tb, double flops) {
-    const double f32 = flops / best_seconds([&] { matmul(a, b, ta, tb); }) * 1e-9;
-    if (!bf16) return std::pair{f32, 0.0};
-    Tensor a16 = a.to(DType::bf16), b16 = b.to(DType::bf16);
-    return std::pair{f32, flops / best_seconds([&] { matmul(a16, b16, ta, tb); }) * 1e-9};
-  };
   {
     Tensor a = randn({1024, 1024}, gen), b = randn({1024, 1024}, gen);
-    const auto [gflops, gflops16] = rates(a, b, false, false, 2.0 * 1024 * 1024 * 1024);
-    best = std::max(best, gflops);
-    best16 = std::max(best16, gflops16);
+    const auto [f32, half] = seconds(a, b, false, false);
+    best = std::max(best, gflops_of(2.0 * 1024 * 1024 * 1024, f32));
+    best16 = std::max(best16, gflops_of(2.0 * 1024 * 1024 * 1024, half));
   }
   p.peak_gflops = best;
   p.peak16_gflops = best16;

@@ -33,6 +33,20 @@ GptTrainConfig tiny_model() {
   return c;
 }
 
+// A profile of flat rates: every product at 100 GFLOP/s, attention at 10, 20 GB/s, 1 us an op,
+// each collective over 2 ranks 50 us + bytes at 1 GB/s.
+MachineProfile flat_profile() {
+  MachineProfile p;
+  p.name = "test";
+  p.peak_gflops = p.gemm_gflops = 100;
+  p.attention_gflops = 10;
+  p.bandwidth_gbs = 20;
+  p.op_overhead_us = 1;
+  for (const char* op : {"all_reduce", "reduce_scatter", "all_gather", "send"})
+    p.collectives[op][2] = {50, 1};
+  return p;
+}
+
 std::map<std::string, int> count_refusals(const std::vector<PlanCandidate>& cs, int* runs) {
   std::map<std::string, int> by_reason;
   *runs = 0;
@@ -188,14 +202,7 @@ TEST_CASE("a machine profile: JSON both ways, products and collectives looked up
 }
 
 TEST_CASE("step time: data parallelism adds its exposed reduction, ZeRO-1 all of it") {
-  MachineProfile p;
-  p.name = "test";
-  p.peak_gflops = p.gemm_gflops = 100;
-  p.attention_gflops = 10;
-  p.bandwidth_gbs = 20;
-  p.op_overhead_us = 1;
-  for (const char* op : {"all_reduce", "reduce_scatter", "all_gather", "send"})
-    p.collectives[op][2] = {50, 1};
+  MachineProfile p = flat_profile();
   GptTrainConfig c = tiny_model();
   const TimePrediction one = predict(c, {}, 0, &p).time;
   c.dp = 2;
@@ -213,14 +220,8 @@ TEST_CASE("step time: data parallelism adds its exposed reduction, ZeRO-1 all of
 }
 
 TEST_CASE("step time: ZeRO-2 and -3 reduce-scatter after every micro-batch's backward") {
-  MachineProfile p;
-  p.name = "test";
-  p.peak_gflops = p.gemm_gflops = 100;
-  p.attention_gflops = 10;
-  p.bandwidth_gbs = 20;
-  p.op_overhead_us = 1;
-  p.overlap = 0;  // nothing hides: the exposed time is all of it
-  for (const char* op : {"all_reduce", "reduce_scatter", "send"}) p.collectives[op][2] = {50, 1};
+  MachineProfile p = flat_profile();
+  p.overlap = 0;                              // nothing hides: the exposed time is all of it
   p.collectives["all_gather"][2] = {0, 1e9};  // free, so only the reductions remain
   GptTrainConfig c = tiny_model();
   c.dp = 2;
@@ -244,14 +245,7 @@ TEST_CASE("step time: ZeRO-2 and -3 reduce-scatter after every micro-batch's bac
 }
 
 TEST_CASE("step time: ranks in step compute at the profile's busy pace, one rank at its own") {
-  MachineProfile p;
-  p.name = "test";
-  p.peak_gflops = p.gemm_gflops = 100;
-  p.attention_gflops = 10;
-  p.bandwidth_gbs = 20;
-  p.op_overhead_us = 1;
-  for (const char* op : {"all_reduce", "reduce_scatter", "all_gather", "send"})
-    p.collectives[op][2] = {50, 1};
+  MachineProfile p = flat_profile();
   MachineProfile slow = MachineProfile::from_json(p.to_json(), "pace 1");
   CHECK(slow.busy_pace == 1);
   slow.busy_pace = 1.25;
