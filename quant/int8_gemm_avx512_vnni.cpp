@@ -37,18 +37,28 @@ void tile(const Int8Block& blk, int64_t i0, int64_t p) {
   const int64_t kp = blk.kp, panel = kp * kPanelCols;
   const int8_t* w = blk.panels + p * panel;
   const uint8_t* a = blk.a + i0 * kp;
+  // Every loop over the register arrays is unrolled by pragma, early enough that GCC keeps the
+  // arrays in registers (unrolled later, it left them on the stack: a load and store around
+  // every vpdpbusd).
   __m512i c[MR][NP];
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NP; ++v) c[r][v] = _mm512_setzero_si512();
   for (int64_t g = 0; g < kp; g += 4) {
     __m512i b[NP];
+#pragma GCC unroll 4
     for (int v = 0; v < NP; ++v) b[v] = _mm512_loadu_si512(w + v * panel + g * kPanelCols);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m512i av = broadcast4(a + r * kp + g);
+#pragma GCC unroll 4
       for (int v = 0; v < NP; ++v) c[r][v] = _mm512_dpbusd_epi32(c[r][v], av, b[v]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NP; ++v) {
       const int64_t j = (p + v) * kPanelCols;
       store16(blk, i0 + r, j, c[r][v], blk.n - j);

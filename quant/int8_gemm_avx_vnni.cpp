@@ -19,20 +19,28 @@ void tile(const Int8Block& blk, int64_t i0, int64_t p) {
   const int64_t kp = blk.kp, panel = kp * kPanelCols;
   const int8_t* w = blk.panels + p * panel;
   const uint8_t* a = blk.a + i0 * kp;
+  // Unrolled by pragma so that the arrays stay in registers (see int8_gemm_avx512_vnni.cpp).
   __m256i c[MR][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) c[r][v] = _mm256_setzero_si256();
   for (int64_t g = 0; g < kp; g += 4) {
     __m256i b[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
       b[v] = _mm256_loadu_si256(
           reinterpret_cast<const __m256i*>(w + (v / 2) * panel + g * kPanelCols + (v % 2) * 32));
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m256i av = broadcast4(a + r * kp + g);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) c[r][v] = _mm256_dpbusd_avx_epi32(c[r][v], av, b[v]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       const int64_t j = p * kPanelCols + v * 8;
       if (j < blk.n) store8(blk, i0 + r, j, c[r][v], min64(8, blk.n - j));
