@@ -101,10 +101,11 @@ TEST_CASE("packed gemm with k = 0 scales C by beta") {
 
 TEST_CASE("packed gemm gives bitwise the same result at 1, 2 and 3 threads for every family") {
   // The driver splits an A block by rows when B is the narrower operand (301 x 190: a block of
-  // 240 rows, then one of 61), its tiles when B is the wider (190 x 301), and goes from one to
-  // the other within a product when the last block is too small to split (252 rows: 240, 12);
-  // the few-row path reads A in place (3 rows); products of two threads inside another
-  // thread's region run serially.
+  // 240 rows, then one of 61), and goes to splitting its tiles within a product when the last
+  // block is too small to split (252 rows: 240, 12); it splits B's slivers, each thread with its
+  // own copy of A, when B is the wider (190 x 301; 250 x 400: two A blocks), and the tiles when
+  // B has too few slivers for that (40 x 40); the few-row path reads A in place (3 rows);
+  // products of two threads inside another thread's region run serially.
   struct Case {
     int64_t m, n, k;
     bool ta, tb;
@@ -112,7 +113,8 @@ TEST_CASE("packed gemm gives bitwise the same result at 1, 2 and 3 threads for e
   };
   const Case cases[] = {{301, 190, 530, false, false, 0.0f}, {190, 301, 530, false, true, 0.5f},
                         {252, 64, 300, true, false, 1.0f},   {252, 64, 300, true, true, 0.0f},
-                        {3, 190, 530, false, true, 0.0f},    {768, 128, 128, false, true, 1.0f}};
+                        {3, 190, 530, false, true, 0.0f},    {768, 128, 128, false, true, 1.0f},
+                        {250, 400, 300, true, false, 0.0f},  {40, 40, 2700, false, false, 0.5f}};
   Generator gen(11);
   for (const Case& cs : cases) {
     CAPTURE(cs.m, cs.n, cs.k, cs.ta, cs.tb, cs.beta);

@@ -265,6 +265,28 @@ struct BSource {
   const float* prepacked = nullptr;
 };
 
+// How many threads a product gets, and whether they split its B slivers. Threads only pay off
+// with enough work: about 2^21 multiply-adds each; a product inside another parallel region
+// (a batched product's parallel_for) runs on one.
+//
+// Where B is at least as wide as A is tall and every thread gets two slivers or more, each thread
+// takes its share of every B panel's slivers, packs them and the whole A block for itself, and
+// computes its columns of tiles: no barrier in the product and nothing packed on another core,
+// for A packed once per thread rather than once (m <= n, so A is the smaller operand).
+struct Team {
+  int threads = 1;
+  bool split_cols = false;
+};
+Team team_for(const GemmKernelInfo& K, int64_t m, int64_t n, int64_t k) {
+  Team team;
+  const double work = double(m) * double(n) * double(k);
+  team.threads = int(std::min<double>(get_num_threads(), std::max(1.0, work / double(1 << 21))));
+  if (omp_in_parallel()) team.threads = 1;
+  team.split_cols =
+      team.threads > 1 && n >= m && n_block(n, K.nr) / K.nr >= 2 * int64_t(team.threads);
+  return team;
+}
+
 // The BLIS loops (see the top of this file) for either B source.
 void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t k, float alpha,
                  const void* A, GemmElem ea, int64_t lda, const BSource& src, float beta, float* C,
@@ -281,14 +303,11 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   const int64_t NC = n_block(n, NR);
   const bool a_in_place = rows_in_place(K, ta, ea, m);
   const bool b_read_in_place = b_in_place(K, a_in_place, src.eb, src.prepacked != nullptr);
-  Workspace a_pack(a_in_place ? 0 : size_t(MC * KC));
+  const Team team = team_for(K, m, n, k);
+  const int threads = team.threads;
+  const bool split_cols = team.split_cols && !a_in_place;
+  Workspace a_pack(a_in_place ? 0 : size_t(MC * KC) * (split_cols ? threads : 1));
   Workspace b_pack(src.prepacked ? 0 : size_t(b_pack_floats(K, n, KC, b_read_in_place)));
-  float* Ap = a_pack.p;
-
-  // Threads only pay off with enough work: about 2^21 multiply-adds each.
-  double work = double(m) * double(n) * double(k);
-  int threads = int(std::min<double>(get_num_threads(), std::max(1.0, work / double(1 << 21))));
-  if (omp_in_parallel()) threads = 1;
 
   // The work is split by hand among a team of `nt` threads (this one is number `t`), each with
   // a static share of every loop, and `sync()` where one thread's writes are another's reads. A
@@ -297,10 +316,12 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   // one goes through libgomp, and that costs more than a small product (a decoding step's, an
   // attention head's).
   //
-  // Each A block is split by rows where B is the narrower operand and every thread gets a few
-  // slivers: each thread packs its own A slivers and computes their whole row of tiles, so A
-  // never crosses to another core and no thread waits for another's packing. Else its tiles
-  // are split, (jr, ir) in order, so that each thread uses part of B and all of A.
+  // With split_cols (see team_for), each thread packs its own B slivers and its own copy of A,
+  // and computes their column of tiles. Else each A block is split by rows where B is the
+  // narrower operand and every thread gets a few slivers: each thread packs its own A slivers
+  // and computes their whole row of tiles, so A never crosses to another core and no thread
+  // waits for another's packing. Else its tiles are split, (jr, ir) in order, so that each
+  // thread uses part of B and all of A.
   auto run = [&](int64_t t, int64_t nt) {
     auto part = [&](int64_t count) { return std::pair{count * t / nt, count * (t + 1) / nt}; };
     auto sync = [&] {
@@ -310,11 +331,18 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
     };
     float scratch[12 * 32];              // an edge tile: MR x NR of the widest kernel
     const float* panel = src.prepacked;  // the next prepacked (jc, pc) panel
+    float* Ap = a_pack.p + (split_cols ? t * MC * KC : 0);  // this thread's A block
     for (int64_t jc = 0; jc < n; jc += NC) {
       const int64_t nc = std::min(NC, n - jc);
       const int64_t b_slivers = (nc + NR - 1) / NR;
+      // Under split_cols no thread waits for another between panels: a thread's B slivers keep
+      // their places from one K block to the next (KC apart, whatever kc is), so that it never
+      // overwrites a sliver the other may still be reading, until a last, narrower panel moves
+      // the shares (then all wait once).
+      if (split_cols && jc > 0 && b_slivers != (NC + NR - 1) / NR) sync();
       for (int64_t pc = 0; pc < k; pc += KC) {
         const int64_t kc = std::min(KC, k - pc);
+        const int64_t b_stride = split_cols && !src.prepacked ? KC * NR : kc * NR;
         const float beta_eff = pc == 0 ? beta : 1.0f;
         const float* Bp = panel;
         if (src.prepacked) {
@@ -331,8 +359,8 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
           const auto [s0, s1] = part(b_slivers);
           for (int64_t s = s0; s < s1; ++s)
             K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + s * NR, pc, kc, NR,
-                     b_pack.p + s * kc * NR);
-          sync();
+                     b_pack.p + s * b_stride);
+          if (!split_cols) sync();
         }
         // One tile: rows x cols of C at (row, col) from the A sliver a and the B sliver b, by a
         // kernel of kernel_rows x NR (straight into C when the tile is whole).
@@ -373,9 +401,20 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
         }
         auto tile = [&](int64_t ic, int64_t ir, int64_t jr) {
           const int64_t row = ic + ir * MR;
-          tile_out(K.kernel, MR, Ap + ir * kc * MR, Bp + jr * kc * NR, row, jc + jr * NR,
+          tile_out(K.kernel, MR, Ap + ir * kc * MR, Bp + jr * b_stride, row, jc + jr * NR,
                    std::min<int64_t>(MR, m - row));
         };
+        if (split_cols) {
+          const auto [s0, s1] = part(b_slivers);
+          for (int64_t ic = 0; ic < m; ic += MC) {
+            const int64_t a_slivers = (std::min(MC, m - ic) + MR - 1) / MR;
+            for (int64_t s = 0; s < a_slivers; ++s)
+              K.pack_a(ea, ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
+            for (int64_t jr = s0; jr < s1; ++jr)
+              for (int64_t ir = 0; ir < a_slivers; ++ir) tile(ic, ir, jr);
+          }
+          continue;
+        }
         int64_t unsynced = 0;  // the sliver count of a row-split A block not yet synced after
         for (int64_t ic = 0; ic < m; ic += MC) {
           const int64_t mc = std::min(MC, m - ic);
@@ -426,7 +465,9 @@ int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a) {
   const int64_t KC = k_block(k), MC = std::min<int64_t>(kMC, (m + K.mr - 1) / K.mr * K.mr);
   const bool a_in_place = rows_in_place(K, trans_a, GemmElem::f32, m);
   const bool b_read_in_place = b_in_place(K, a_in_place, GemmElem::f32, false);
-  return int64_t(cpu_allocator().accounted(size_t(a_in_place ? 0 : MC * KC) * sizeof(float))) +
+  const Team team = team_for(K, m, n, k);
+  const int64_t a_blocks = a_in_place ? 0 : team.split_cols ? team.threads : 1;
+  return int64_t(cpu_allocator().accounted(size_t(MC * KC * a_blocks) * sizeof(float))) +
          int64_t(cpu_allocator().accounted(size_t(b_pack_floats(K, n, KC, b_read_in_place)) *
                                            sizeof(float)));
 }
