@@ -181,10 +181,12 @@ int main(int argc, char** argv) {
                               corpus.train_tokens, corpus.val_tokens);
     }
 
+    // The run's thread count: products split across threads keep a packed A block per thread
+    // (cpu::gemm_workspace_bytes), so the predicted scratch depends on it too.
+    if (base.threads > 0) set_num_threads(int(base.threads));
     if (cal->parsed()) {
       // The products of every layout of 1, 2, 4, ... up to --world ranks (default 8).
       auto comm = world_communicator();
-      if (base.threads > 0) set_num_threads(int(base.threads));
       std::set<std::array<int64_t, 4>> shapes;
       const int64_t up_to = world > 1 ? world : 8;
       for (int64_t w = 1; w <= up_to; w *= 2)

@@ -140,8 +140,8 @@ def main():
         common = ["--preset", a.preset, *extra, *layout]
         rows_per_replica = a.batch_size // f["dp"] if a.all else a.batch_size
         prof = ["--profile", a.profile] if a.profile else []
-        pred = json.loads(run([plan, *common, "--batch-size", str(rows_per_replica), "--format",
-                               "json", *prof]).splitlines()[0])
+        pred = json.loads(run([plan, *common, "--batch-size", str(rows_per_replica), "--threads",
+                               str(a.threads), "--format", "json", *prof]).splitlines()[0])
         with tempfile.TemporaryDirectory() as tmp:
             metrics = os.path.join(tmp, "m.jsonl")
             cmd = [train, "gpt", *common, "--batch-size", str(rows_per_replica), "--max-iters",
