@@ -481,6 +481,22 @@ TEST_CASE("index_select picks rows in the order given, repeats included") {
         std::vector<double>{1, 4, 7, 10, 13});
   REQUIRE_THROWS_WITH(index_select(a, from_vector<int64_t>({5}, {1})),
                       Contains("index_select") && Contains("5"));
+  // Many rows (split across threads, each copy after asking for the rows ahead of it) of 70
+  // floats (rows not a whole number of cache lines), at random, against plain loops.
+  Generator gen(5);
+  Tensor table = randn({1000, 70}, gen);
+  Tensor idx = randperm(1000, gen).narrow(0, 0, 300).contiguous();
+  for (int threads : {1, 2}) {
+    testing::ThreadCount tc(threads);
+    Tensor got = index_select(table, idx);
+    REQUIRE(got.shape() == Shape{300, 70});
+    bool same = true;
+    for (int64_t i = 0; i < 300; ++i)
+      for (int64_t j = 0; j < 70; ++j)
+        same = same && got.data<float>()[i * 70 + j] ==
+                           table.data<float>()[idx.data<int64_t>()[i] * 70 + j];
+    CHECK(same);
+  }
 }
 
 TEST_CASE("concat joins along any dim and split returns views with the given sizes") {
