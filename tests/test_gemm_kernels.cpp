@@ -7,6 +7,7 @@
 
 #include "tensor/cpu/cpu_features.h"
 #include "tensor/cpu/gemm.h"
+#include "tensor/cpu/gemm_kernels.h"
 #include "testing.h"
 
 using namespace forge;
@@ -316,6 +317,38 @@ TEST_CASE("gemm_workspace_bytes is what a per-call product allocates, tiles or a
                        c.tb ? c.k : c.n, 0.0f, out.data<float>(), c.n);
       CHECK(memory_stats(Device::cpu()).peak_bytes - base ==
             cpu::gemm_workspace_bytes(c.m, c.n, c.k));
+    }
+  }
+}
+
+TEST_CASE("a bottom edge sliver (its own kernel for its rows) gives the rows of a full tile") {
+  // m = MR + r rows: the second sliver has r rows, which the family's edge kernel computes on
+  // their own; they must be the bits of the same rows inside a product of 2 MR rows (two full
+  // slivers), for whole and right-edge columns (n: two NR-wide slivers and 5 more), across K
+  // blocks (k 600), for beta 0 and not, with op(A) stored either way.
+  Generator gen(47);
+  for (Isa isa : runnable_isas("gemm kernel family")) {
+    IsaScope scope(isa);
+    const cpu::GemmKernelInfo* K = isa == Isa::avx512 ? cpu::gemm_kernel_avx512()
+                                   : isa == Isa::avx2 ? cpu::gemm_kernel_avx2()
+                                                      : nullptr;
+    const int64_t MR = K ? K->mr : 4, n = 2 * (K ? K->nr : 8) + 5, k = 600;  // portable: 4 x 8
+    for (bool ta : {false, true}) {
+      Tensor a = ta ? randn({k, 2 * MR}, gen) : randn({2 * MR, k}, gen);
+      Tensor b = randn({k, n}, gen), c0 = randn({2 * MR, n}, gen);
+      const int64_t lda = ta ? 2 * MR : k;
+      for (float beta : {0.0f, 0.5f}) {
+        Tensor full = c0.clone();
+        cpu::gemm_packed(ta, false, 2 * MR, n, k, 1.0f, a.data<float>(), lda, b.data<float>(), n,
+                         beta, full.data<float>(), n);
+        for (int64_t r = 1; r < MR; ++r) {
+          INFO("isa " << cpu::isa_name(isa) << " ta " << ta << " beta " << beta << " rows " << r);
+          Tensor got = c0.narrow(0, 0, MR + r).clone();
+          cpu::gemm_packed(ta, false, MR + r, n, k, 1.0f, a.data<float>(), lda, b.data<float>(), n,
+                           beta, got.data<float>(), n);
+          CHECK(testing::bitwise_equal(got, full.narrow(0, 0, MR + r).contiguous()));
+        }
+      }
     }
   }
 }

@@ -10,8 +10,9 @@
 // Where B is the narrower operand, threads split an A block by rows instead: each packs its own
 // A slivers and computes all their tiles (see gemm_driver).
 //
-// Tiles at the right and bottom edges run the same microkernel into a scratch tile (the packed
-// panels are zero-padded), then the valid part is combined into C.
+// Tiles at the bottom edge run the kernel family's edge kernel for their rows (the same
+// arithmetic on fewer rows), straight into C; tiles at the right edge run into a scratch tile
+// (the packed panels are zero-padded), then the valid part is combined into C.
 #include "tensor/cpu/gemm.h"
 
 #include <cmath>
@@ -368,6 +369,10 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
                             const float* b, int64_t row, int64_t col, int64_t rows) {
           const int64_t cols = std::min<int64_t>(NR, n - col);
           float* c = C + row * ldc + col;
+          if (rows < kernel_rows && kernel == K.kernel && K.edge_kernels) {
+            kernel = K.edge_kernels[rows];  // the first rows of the sliver only
+            kernel_rows = rows;
+          }
           if (rows == kernel_rows && cols == NR) {
             kernel(long(kc), a, b, c, long(ldc), alpha, beta_eff);
             return;

@@ -33,6 +33,13 @@ void kernel_1x16(long kc, const float* a, const float* b, float* c, long ldc, fl
                  float beta) {
   microkernel<Avx2, 1, 2>(kc, a, b, c, ldc, alpha, beta);
 }
+template <int R>
+void edge_x16(long kc, const float* a, const float* b, float* c, long ldc, float alpha,
+              float beta) {
+  microkernel<Avx2, R, 2, 6>(kc, a, b, c, ldc, alpha, beta);
+}
+const forge::cpu::GemmMicrokernel kEdge[6] = {nullptr,     edge_x16<1>, edge_x16<2>,
+                                              edge_x16<3>, edge_x16<4>, edge_x16<5>};
 
 void kernel_1x16_in_place(long kc, const float* a, const float* b, long ldb, bool trans_b, float* c,
                           float alpha, float beta) {
@@ -215,7 +222,8 @@ const forge::cpu::GemmKernelInfo kInfo{"avx2 6x16",
                                        forge::cpu::gemm_pack_a_avx2,
                                        forge::cpu::gemm_pack_b_avx2,
                                        kernel_1x16,
-                                       kernel_1x16_in_place};
+                                       kernel_1x16_in_place,
+                                       kEdge};
 }  // namespace
 
 namespace forge::cpu {

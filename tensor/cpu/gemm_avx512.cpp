@@ -55,6 +55,14 @@ void kernel_1x32(long kc, const float* a, const float* b, float* c, long ldc, fl
                  float beta) {
   microkernel<Avx512, 1, 2>(kc, a, b, c, ldc, alpha, beta);
 }
+template <int R>
+void edge_x32(long kc, const float* a, const float* b, float* c, long ldc, float alpha,
+              float beta) {
+  microkernel<Avx512, R, 2, 12>(kc, a, b, c, ldc, alpha, beta);
+}
+const forge::cpu::GemmMicrokernel kEdge[12] = {
+    nullptr,     edge_x32<1>, edge_x32<2>, edge_x32<3>, edge_x32<4>,  edge_x32<5>,
+    edge_x32<6>, edge_x32<7>, edge_x32<8>, edge_x32<9>, edge_x32<10>, edge_x32<11>};
 
 void kernel_1x32_in_place(long kc, const float* a, const float* b, long ldb, bool trans_b, float* c,
                           float alpha, float beta) {
@@ -120,8 +128,8 @@ void pack_b(GemmElem e, bool tb, const void* B, int64_t ldb, int64_t n, int64_t 
   }
 }
 
-const forge::cpu::GemmKernelInfo kInfo{"avx512 12x32", 12,     32,          kernel_12x32,
-                                       pack_a,         pack_b, kernel_1x32, kernel_1x32_in_place};
+const forge::cpu::GemmKernelInfo kInfo{
+    "avx512 12x32", 12, 32, kernel_12x32, pack_a, pack_b, kernel_1x32, kernel_1x32_in_place, kEdge};
 }  // namespace
 
 namespace forge::cpu {

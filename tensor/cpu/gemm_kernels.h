@@ -39,6 +39,10 @@ struct GemmKernelInfo {
   // row_kernel reading an f32 B in place too (attention's products on a KV cache while decoding:
   // no B packing); the same bits. nullptr: B is packed for row_kernel.
   GemmRowKernelB row_kernel_b = nullptr;
+  // edge_kernels[r], r = 1 .. mr - 1: `kernel` for the first r rows of a packed sliver (a bottom
+  // edge: its other rows are padding), each row with the full kernel's arithmetic, so the same
+  // bits, for r / mr of the work. nullptr: edge slivers run the full kernel.
+  const GemmMicrokernel* edge_kernels = nullptr;
 };
 
 // Defined in gemm_avx2.cpp / gemm_avx512.cpp (compiled with those instruction sets); nullptr

@@ -26,7 +26,9 @@ inline void prefetch_c_tile(const float* c, long ldc) {
   }
 }
 
-template <class V, int MR, int NV>
+// AS: the A sliver's stride per p (MR for a full sliver; a sliver of MR rows read for its first
+// rows only by an edge kernel: see GemmKernelInfo::edge_kernels).
+template <class V, int MR, int NV, int AS = MR>
 void microkernel(long kc, const float* __restrict a, const float* __restrict b, float* c, long ldc,
                  float alpha, float beta) {
   constexpr int W = V::W;
@@ -45,7 +47,7 @@ void microkernel(long kc, const float* __restrict a, const float* __restrict b, 
     for (int j = 0; j < NV; ++j) bv[j] = V::load(b + p * NR + j * W);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      typename V::reg av = V::broadcast(a[p * MR + i]);
+      typename V::reg av = V::broadcast(a[p * AS + i]);
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
     }
