@@ -59,6 +59,9 @@ double median_over_ranks(Communicator& world, int reps, const std::function<void
   return t.item();
 }
 
+// The bandwidth fit_link gives points whose time does not grow with their bytes.
+constexpr double kNoBandwidth = 1e3;
+
 // Least squares of t = a + bytes * b over the points; a >= 0.
 MachineProfile::Link fit_link(const std::vector<std::pair<double, double>>& pts) {
   double sx = 0, sy = 0, sxx = 0, sxy = 0;
@@ -67,7 +70,7 @@ MachineProfile::Link fit_link(const std::vector<std::pair<double, double>>& pts)
   double b = (n * sxy - sx * sy) / (n * sxx - sx * sx);
   double a = (sy - b * sx) / n;
   if (a < 0) a = 0, b = sxy / sxx;
-  return {a * 1e6, b > 0 ? 1.0 / b / 1e9 : 1e3};
+  return {a * 1e6, b > 0 ? 1.0 / b / 1e9 : kNoBandwidth};
 }
 
 // Ranks in step (MachineProfile::busy_pace): a forward and backward of the model at a
@@ -272,27 +275,48 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
   const int N = world.size();
   if (N > 1) {
     for (const char* op : {"all_reduce", "reduce_scatter", "all_gather", "send"}) {
-      std::vector<std::pair<double, double>> pts;
-      for (int64_t bytes :
-           {int64_t(4) << 10, int64_t(64) << 10, int64_t(1) << 20, int64_t(4) << 20}) {
-        const int64_t whole = bytes / 4 / N * N;
-        Tensor big = zeros({whole}), part = zeros({whole / N});
-        std::string name = op;
-        auto once = [&] {
-          if (name == "all_reduce") world.all_reduce(big);
-          if (name == "reduce_scatter") world.reduce_scatter_async(part, big, ReduceOp::sum).wait();
-          if (name == "all_gather") world.all_gather_async(big, part).wait();
-          if (name == "send") {
-            if (world.rank() == 0) world.send(big, 1);
-            if (world.rank() == 1) world.recv(big, 0);
-          }
-        };
-        // 200 us of work before each, as a step's ops come between its collectives: the
-        // communication thread is then asleep, as it is in training.
-        pts.push_back(
-            {double(whole * 4), median_over_ranks(world, 7, once, std::chrono::microseconds(200))});
+      auto measure = [&] {
+        std::vector<std::pair<double, double>> pts;
+        for (int64_t bytes :
+             {int64_t(4) << 10, int64_t(64) << 10, int64_t(1) << 20, int64_t(4) << 20}) {
+          const int64_t whole = bytes / 4 / N * N;
+          Tensor big = zeros({whole}), part = zeros({whole / N});
+          std::string name = op;
+          auto once = [&] {
+            if (name == "all_reduce") world.all_reduce(big);
+            if (name == "reduce_scatter")
+              world.reduce_scatter_async(part, big, ReduceOp::sum).wait();
+            if (name == "all_gather") world.all_gather_async(big, part).wait();
+            if (name == "send") {
+              if (world.rank() == 0) world.send(big, 1);
+              if (world.rank() == 1) world.recv(big, 0);
+            }
+          };
+          // 200 us of work before each, as a step's ops come between its collectives: the
+          // communication thread is then asleep, as it is in training.
+          pts.push_back({double(whole * 4),
+                         median_over_ranks(world, 7, once, std::chrono::microseconds(200))});
+        }
+        return pts;
+      };
+      // Time grows with the bytes moved; points that say otherwise (a fit with no finite
+      // bandwidth) were disturbed by this shared machine's other load, and once made a 2 ms
+      // all-reduce latency of a 3 us one. Measured again, up to three times, else the least
+      // disturbed set (the smallest total time) is kept. Every rank sees the same times (the
+      // slowest rank's), so all take the same branch.
+      std::vector<std::pair<double, double>> kept;
+      double kept_total = 0;
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        std::vector<std::pair<double, double>> pts = measure();
+        double total = 0;
+        for (auto [bytes, seconds] : pts) total += seconds;
+        if (kept.empty() || total < kept_total) kept = pts, kept_total = total;
+        if (fit_link(pts).gbs < kNoBandwidth) {
+          kept = pts;
+          break;
+        }
       }
-      p.collectives[op][N] = fit_link(pts);
+      p.collectives[op][N] = fit_link(kept);
     }
     // Overlap: a 4 MiB all-reduce alone, products alone, and the all-reduce started just
     // before the same products (as DDP starts a bucket's while backward goes on).
