@@ -308,13 +308,13 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
       double kept_total = 0;
       for (int attempt = 0; attempt < 3; ++attempt) {
         std::vector<std::pair<double, double>> pts = measure();
-        double total = 0;
-        for (auto [bytes, seconds] : pts) total += seconds;
-        if (kept.empty() || total < kept_total) kept = pts, kept_total = total;
         if (fit_link(pts).gbs < kNoBandwidth) {
           kept = pts;
           break;
         }
+        double total = 0;
+        for (auto [bytes, seconds] : pts) total += seconds;
+        if (kept.empty() || total < kept_total) kept = pts, kept_total = total;
       }
       p.collectives[op][N] = fit_link(kept);
     }

@@ -512,13 +512,15 @@ Tensor index_select(const Tensor& a, const Tensor& indices) {
     const char* src = static_cast<const char*>(x.raw_data());
     char* dst = static_cast<char*>(out.raw_data());
     // Rows picked at random from a large table miss every cache level, and a copy stalls on
-    // each; asking for the rows a few ahead first keeps several misses in flight at once.
+    // each; asking for the rows a few ahead first keeps several misses in flight at once. Past
+    // its first 4 KiB a row is a sequential stream the hardware prefetcher follows by itself.
     constexpr int64_t kAhead = 4;
+    const size_t ask = std::min<size_t>(row, 4096);
     parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         if (i + kAhead < e) {
           const char* next = src + int64_t(pi[i + kAhead]) * row;
-          for (size_t off = 0; off < row; off += 64) __builtin_prefetch(next + off, 0, 0);
+          for (size_t off = 0; off < ask; off += 64) __builtin_prefetch(next + off, 0, 0);
         }
         std::memcpy(dst + i * row, src + int64_t(pi[i]) * row, row);
       }

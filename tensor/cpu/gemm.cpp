@@ -268,7 +268,7 @@ struct BSource {
 
 // How many threads a product gets, and whether they split its B slivers. Threads only pay off
 // with enough work: about 2^21 multiply-adds each; a product inside another parallel region
-// (a batched product's parallel_for) runs on one.
+// (a batched product's parallel_for) runs on one. A read in place (a few rows) is never split so.
 //
 // Where B is at least as wide as A is tall and every thread gets two slivers or more, each thread
 // takes its share of every B panel's slivers, packs them and the whole A block for itself, and
@@ -278,13 +278,13 @@ struct Team {
   int threads = 1;
   bool split_cols = false;
 };
-Team team_for(const GemmKernelInfo& K, int64_t m, int64_t n, int64_t k) {
+Team team_for(const GemmKernelInfo& K, int64_t m, int64_t n, int64_t k, bool a_in_place) {
   Team team;
   const double work = double(m) * double(n) * double(k);
   team.threads = int(std::min<double>(get_num_threads(), std::max(1.0, work / double(1 << 21))));
   if (omp_in_parallel()) team.threads = 1;
-  team.split_cols =
-      team.threads > 1 && n >= m && n_block(n, K.nr) / K.nr >= 2 * int64_t(team.threads);
+  team.split_cols = team.threads > 1 && !a_in_place && n >= m &&
+                    n_block(n, K.nr) / K.nr >= 2 * int64_t(team.threads);
   return team;
 }
 
@@ -304,9 +304,9 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   const int64_t NC = n_block(n, NR);
   const bool a_in_place = rows_in_place(K, ta, ea, m);
   const bool b_read_in_place = b_in_place(K, a_in_place, src.eb, src.prepacked != nullptr);
-  const Team team = team_for(K, m, n, k);
+  const Team team = team_for(K, m, n, k, a_in_place);
   const int threads = team.threads;
-  const bool split_cols = team.split_cols && !a_in_place;
+  const bool split_cols = team.split_cols;
   Workspace a_pack(a_in_place ? 0 : size_t(MC * KC) * (split_cols ? threads : 1));
   Workspace b_pack(src.prepacked ? 0 : size_t(b_pack_floats(K, n, KC, b_read_in_place)));
 
@@ -340,7 +340,7 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
       // their places from one K block to the next (KC apart, whatever kc is), so that it never
       // overwrites a sliver the other may still be reading, until a last, narrower panel moves
       // the shares (then all wait once).
-      if (split_cols && jc > 0 && b_slivers != (NC + NR - 1) / NR) sync();
+      if (split_cols && jc > 0 && b_slivers != NC / NR) sync();
       for (int64_t pc = 0; pc < k; pc += KC) {
         const int64_t kc = std::min(KC, k - pc);
         const int64_t b_stride = split_cols && !src.prepacked ? KC * NR : kc * NR;
@@ -470,7 +470,7 @@ int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a) {
   const int64_t KC = k_block(k), MC = std::min<int64_t>(kMC, (m + K.mr - 1) / K.mr * K.mr);
   const bool a_in_place = rows_in_place(K, trans_a, GemmElem::f32, m);
   const bool b_read_in_place = b_in_place(K, a_in_place, GemmElem::f32, false);
-  const Team team = team_for(K, m, n, k);
+  const Team team = team_for(K, m, n, k, a_in_place);
   const int64_t a_blocks = a_in_place ? 0 : team.split_cols ? team.threads : 1;
   return int64_t(cpu_allocator().accounted(size_t(MC * KC * a_blocks) * sizeof(float))) +
          int64_t(cpu_allocator().accounted(size_t(b_pack_floats(K, n, KC, b_read_in_place)) *
