@@ -189,10 +189,11 @@ class StepReplay {
         index_[name] = params_.size() - 1;
       }
     build_units();
-    if (prof_ && prof_->cache_bytes > 0 && prof_->cold_gbs > 0) {
+    if (prof_) {
       int64_t weights = 0;
       for (const Param& p : params_) weights += p.numel;
-      cold_ = 2 * weights * kF32 > prof_->cache_bytes;  // parameters and their gradients
+      cold_s_per_byte_ =  // weights and gradients, beside the other ranks' on this machine
+          prof_->cold_seconds_per_byte(2 * weights * kF32, cfg.dp * cfg.tp * cfg.pp);
     }
     C_ = m_.n_embd;
     const int64_t tp = cfg.tp;
@@ -294,7 +295,7 @@ class StepReplay {
   const MachineProfile* prof_;
   bool cpu_ = Device::parse(cfg_.device).is_cpu();  // the packed CPU kernels' scratch
   bool half_ = cfg_.mixed_precision();              // 16-bit products (time only)
-  bool cold_ = false;  // the stage's weights stream from memory (MachineProfile::cache_bytes)
+  double cold_s_per_byte_ = 0;  // weights out of cache (MachineProfile::cold_seconds_per_byte)
   std::set<std::array<int64_t, 4>>* shapes_;
   double t_ = 0;  // seconds of the ops replayed so far (with a profile)
   double forward_s_ = 0, backward_s_ = 0, tp_comm_s_ = 0, fwd_tp_ = 0, bwd_tp_ = 0;
@@ -408,6 +409,10 @@ class StepReplay {
   void gradient(const std::string& name, Id g) {
     const size_t k = index_.at(name);
     if (grad_[k]) {
+      // A later micro-batch's gradient is added into the one kept (two read, one written).
+      if (prof_)
+        t_ += prof_->op_overhead_us * 1e-6 +
+              3.0 * double(params_[k].numel * kF32) / (prof_->bandwidth_gbs * 1e9);
       L_.free(g);
     } else {
       L_.retag(g, MemoryTag::gradients);
@@ -507,9 +512,7 @@ class StepReplay {
     return product(M_, out, in, kTransB);
   }
   // A weight (or its gradient) streamed from memory when the stage's do not stay in cache.
-  void cold_time(double bytes) {
-    if (cold_) t_ += bytes / (prof_->cold_gbs * 1e9);
-  }
+  void cold_time(double bytes) { t_ += bytes * cold_s_per_byte_; }
   void gelu_time(double factor) {
     if (prof_) t_ += factor * double(M_ * F_) * prof_->gelu_ns * 1e-9;
   }
@@ -801,11 +804,14 @@ class StepReplay {
     previous_at_ = 0;
     std::deque<MicroBatch> in_flight;
     int forwards = 0, backwards = 0;
+    // Times are the mean over the step's micro-batches (the first backward has no gradients
+    // to add into, the later ones do); ops are the first micro-batch's.
     auto forward_one = [&] {
       const double t0 = t_, c0 = tp_comm_s_;
       const int64_t n0 = ops_;
       in_flight.push_back(forward(forwards++));
-      if (forwards == 1) forward_s_ = t_ - t0, fwd_tp_ = tp_comm_s_ - c0, ops_fwd_ = ops_ - n0;
+      forward_s_ += (t_ - t0) / M, fwd_tp_ += (tp_comm_s_ - c0) / M;
+      if (forwards == 1) ops_fwd_ = ops_ - n0;
     };
     auto backward_one = [&] {
       MicroBatch f = std::move(in_flight.front());
@@ -813,7 +819,8 @@ class StepReplay {
       const double t0 = t_, c0 = tp_comm_s_;
       const int64_t n0 = ops_;
       backward(f, backwards++);
-      if (backwards == 1) backward_s_ = t_ - t0, bwd_tp_ = tp_comm_s_ - c0, ops_bwd_ = ops_ - n0;
+      backward_s_ += (t_ - t0) / M, bwd_tp_ += (tp_comm_s_ - c0) / M;
+      if (backwards == 1) ops_bwd_ = ops_ - n0;
     };
     for (bool forward : pipeline_order(cfg_.schedule, P, s, M))
       forward ? forward_one() : backward_one();
@@ -910,6 +917,23 @@ double MachineProfile::collective_seconds(const std::string& op, int group, int6
          double(bytes) / (l.gbs * 1e9) * (op == "send" ? 1.0 : share);
 }
 
+double MachineProfile::cold_seconds_per_byte(int64_t working_set, int64_t ranks) const {
+  if (cold_curve.empty())
+    return cache_bytes > 0 && cold_gbs > 0 && working_set > cache_bytes ? 1.0 / (cold_gbs * 1e9)
+                                                                        : 0.0;
+  // Linear in log(bytes) between the measured sizes, flat beyond them.
+  const double at = double(working_set) * double(ranks) / double(cold_ranks);
+  if (at <= double(cold_curve.front().first)) return cold_curve.front().second;
+  for (size_t i = 1; i < cold_curve.size(); ++i) {
+    const auto [b1, s1] = cold_curve[i];
+    if (at > double(b1)) continue;
+    const auto [b0, s0] = cold_curve[i - 1];
+    const double f = std::log(at / double(b0)) / std::log(double(b1) / double(b0));
+    return s0 + f * (s1 - s0);
+  }
+  return cold_curve.back().second;
+}
+
 std::string MachineProfile::to_json() const {
   nlohmann::ordered_json j;
   j["name"] = name;
@@ -922,6 +946,11 @@ std::string MachineProfile::to_json() const {
   if (attention16_gflops > 0) j["attention16_gflops"] = attention16_gflops;
   if (cold_gbs > 0) j["cold_gbs"] = cold_gbs;
   if (cache_bytes > 0) j["cache_bytes"] = cache_bytes;
+  if (!cold_curve.empty()) {
+    j["cold_curve"] = nlohmann::json::array();
+    for (const auto& [bytes, s] : cold_curve) j["cold_curve"].push_back({bytes, s});
+    j["cold_ranks"] = cold_ranks;
+  }
   j["bandwidth_gbs"] = bandwidth_gbs;
   j["op_overhead_us"] = op_overhead_us;
   j["gelu_ns"] = gelu_ns;
@@ -960,6 +989,17 @@ MachineProfile MachineProfile::from_json(const std::string& text, const std::str
     p.attention16_gflops = j.value("attention16_gflops", 0.0);
     p.cold_gbs = j.value("cold_gbs", 0.0);
     p.cache_bytes = j.value("cache_bytes", int64_t(0));
+    p.cold_ranks = j.value("cold_ranks", 1);
+    FORGE_CHECK(p.cold_ranks >= 1, "{}: cold_ranks {} is not a rank count", where, p.cold_ranks);
+    for (const auto& point : j.value("cold_curve", nlohmann::json::array())) {
+      p.cold_curve.emplace_back(point.at(0).get<int64_t>(), point.at(1).get<double>());
+      const size_t n = p.cold_curve.size();
+      FORGE_CHECK(p.cold_curve[n - 1].first > 0 && p.cold_curve[n - 1].second >= 0 &&
+                      (n == 1 || (p.cold_curve[n - 1].first > p.cold_curve[n - 2].first &&
+                                  p.cold_curve[n - 1].second >= p.cold_curve[n - 2].second)),
+                  "{}: cold_curve point {}: sizes must rise and extras must not fall, from 0",
+                  where, n - 1);
+    }
     p.bandwidth_gbs = j.at("bandwidth_gbs").get<double>();
     p.op_overhead_us = j.at("op_overhead_us").get<double>();
     p.gelu_ns = j.value("gelu_ns", 0.0);

@@ -114,6 +114,17 @@ struct MachineProfile {
   // product on one. 0: not modelled (GPU profiles: a GPU's product rate already streams them).
   double cold_gbs = 0;
   int64_t cache_bytes = 0;
+  // The same measurement at every working-set size calibrate tried: {bytes, extra seconds per
+  // weight byte read}, sizes rising, extras not falling. Where present it replaces the step above
+  // (a cache fills gradually, and a one-size threshold flipped between calibrations).
+  std::vector<std::pair<int64_t, double>> cold_curve;
+  // How many ranks measured the curve at once, each cycling its own weights through the cache
+  // they share: a layout of R ranks on the machine reads the curve at R / cold_ranks times a
+  // rank's working set (one rank alone has the whole cache).
+  int cold_ranks = 1;
+  // Extra seconds per weight byte read when each of `ranks` ranks' weights and gradients take
+  // `working_set` bytes.
+  double cold_seconds_per_byte(int64_t working_set, int64_t ranks = 1) const;
   double op_overhead_us = 0;  // the fixed cost of one op (dispatch, allocation, threads)
   double gelu_ns = 0;  // GELU forward per element (its backward: twice); 0: memory-bound only
   // How much of a collective hides behind compute running at the same time: 1 when they do not

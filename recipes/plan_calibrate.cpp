@@ -207,7 +207,8 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
   // Weights out of cache: the model's widest product (x (T, C) @ W^T, W (4C, C)) on one weight
   // again and again (cache-hot, as the products above were timed), then cycling through enough
   // weights to fill S bytes: past the cache each product waits for its weight to stream in. The
-  // extra time at 256 MiB gives cold_gbs; the largest S still costing under half that extra is
+  // extra time per weight byte at every S from 1 to 256 MiB is the profile's cold_curve; in
+  // summary, the extra at 256 MiB gives cold_gbs and the largest S still costing under half of it
   // the cache a rank keeps (every rank measures at once, so ranks sharing a cache share it here).
   {
     world.barrier_async().wait();
@@ -228,11 +229,21 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
       return s / double(count);
     };
     const double hot = per_product(0);
-    const double far = per_product(int64_t(256) << 20) - hot;
+    std::vector<std::pair<int64_t, double>> curve;  // {bytes, extra seconds per weight byte}
+    for (int64_t mib = 1; mib <= 256; mib *= 2)
+      curve.emplace_back(mib << 20, std::max(0.0, per_product(mib << 20) - hot) / weight_bytes);
+    // A busy moment of this shared machine only adds time, so each size keeps the least extra
+    // measured at it or any larger size: the curve does not fall, and one slow point cannot
+    // raise the sizes above it.
+    for (size_t i = curve.size() - 1; i-- > 0;)
+      curve[i].second = std::min(curve[i].second, curve[i + 1].second);
+    const double far = curve.back().second;
     if (far > 0) {
-      p.cold_gbs = weight_bytes / far * 1e-9;
-      for (int64_t mib = 1; mib <= 128; mib *= 2)
-        if (per_product(mib << 20) - hot < 0.5 * far) p.cache_bytes = mib << 20;
+      p.cold_curve = curve;
+      p.cold_ranks = world.size();
+      p.cold_gbs = 1.0 / far * 1e-9;
+      for (const auto& [bytes, s] : curve)
+        if (s < 0.5 * far) p.cache_bytes = bytes;
     }
     weights.clear();
   }

@@ -8,7 +8,9 @@
 // (StepStats::peak_bytes, the allocator's counters) must equal the prediction within 5%, and the
 // peak's rank must be the predicted one. 1 rank (unit suite): serial layouts; under mpirun 2 and
 // 4 ranks: data, tensor and pipeline parallel layouts, ZeRO 1-3.
+#include <cmath>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "io/text_data.h"
 #include "parallel/communicator.h"
@@ -319,6 +321,64 @@ TEST_CASE("step time: weights past the cache stream in once per product that use
   const int64_t C = c.model.n_embd, V = c.model.vocab_size;
   const double bytes = 16.0 * double(c.model.n_layer * 12 * C * C + V * C);
   CHECK(predict(c, {}, 0, &q).time.ms_per_step == Approx(hot + bytes / 1e9 * 1e3));
+
+  // A measured curve replaces the step: linear in log(bytes) between its sizes, flat beyond them.
+  // This model's parameters and gradients take 2 x 4 bytes x (12 C^2 L + V C + T C + the biases
+  // and norms): between 1 and 2 MiB.
+  int64_t numel = 0;
+  for (const auto& [name, shape] : gpt_parameter_shapes(c.model)) numel += shape.numel();
+  const double set = 8.0 * double(numel);
+  REQUIRE(set > double(1 << 20));
+  REQUIRE(set < double(2 << 20));
+  MachineProfile curved = p;
+  curved.cold_curve = {{1 << 20, 0.25e-9}, {2 << 20, 0.75e-9}, {4 << 20, 1e-9}};
+  const MachineProfile r = MachineProfile::from_json(curved.to_json(), "curve round trip");
+  REQUIRE(r.cold_curve.size() == 3);
+  CHECK(r.cold_seconds_per_byte(1) == Approx(0.25e-9));
+  CHECK(r.cold_seconds_per_byte(int64_t(3) << 19) ==
+        Approx(0.25e-9 + std::log2(1.5) * 0.5e-9));  // 1.5 MiB
+  CHECK(r.cold_seconds_per_byte(int64_t(1) << 40) == Approx(1e-9));
+  const double per_byte = 0.25e-9 + std::log2(set / double(1 << 20)) * 0.5e-9;
+  CHECK(predict(c, {}, 0, &r).time.ms_per_step == Approx(hot + bytes * per_byte * 1e3));
+  // Measured by 2 ranks at once (sharing the cache): one rank alone reads the curve at half its
+  // working set, 2 data-parallel ranks at their own.
+  MachineProfile two = r;
+  two.cold_ranks = 2;
+  two = MachineProfile::from_json(two.to_json(), "cold_ranks round trip");
+  CHECK(two.cold_ranks == 2);
+  CHECK(two.cold_seconds_per_byte(int64_t(3) << 20, 1) ==
+        Approx(r.cold_seconds_per_byte(int64_t(3) << 19)));
+  CHECK(two.cold_seconds_per_byte(int64_t(3) << 20, 2) ==
+        Approx(r.cold_seconds_per_byte(int64_t(3) << 20)));
+  const double alone = 0.25e-9;  // set / 2 is under 1 MiB: the curve's first point
+  CHECK(predict(c, {}, 0, &two).time.ms_per_step == Approx(hot + bytes * alone * 1e3));
+  // A curve that falls, or whose sizes do not rise, is refused with its file and point named.
+  for (const char* bad :
+       {R"([[1048576, 1e-9], [2097152, 0.5e-9]])", R"([[2097152, 1e-9], [1048576, 2e-9]])"}) {
+    nlohmann::json j = nlohmann::json::parse(curved.to_json());
+    j["cold_curve"] = nlohmann::json::parse(bad);
+    CHECK_THROWS_WITH(MachineProfile::from_json(j.dump(), "falling.json"),
+                      Contains("falling.json") && Contains("cold_curve point 1"));
+  }
+}
+
+TEST_CASE("step time: later micro-batches add their gradients into the ones kept") {
+  // With flat rates a micro-batch of one sequence costs the same whatever the step's number of
+  // micro-batches, except that after the first each parameter's gradient is added into the one
+  // kept: an op reading two tensors and writing one. (The tied wte's second gradient is added in
+  // every micro-batch, the first included.)
+  MachineProfile p = flat_profile();
+  GptTrainConfig c = tiny_model();
+  c.batch_size = 1;
+  c.micro_batches = 1;
+  const TimePrediction one = predict(c, {}, 0, &p).time;
+  c.batch_size = 4;
+  c.micro_batches = 4;
+  const TimePrediction four = predict(c, {}, 0, &p).time;
+  double adds_s = 0;
+  for (const auto& [name, shape] : gpt_parameter_shapes(c.model))
+    adds_s += p.op_overhead_us * 1e-6 + 3.0 * 4.0 * double(shape.numel()) / (p.bandwidth_gbs * 1e9);
+  CHECK(four.pipeline_ms == Approx(4 * one.pipeline_ms + 3 * adds_s * 1e3));
 }
 
 namespace {
