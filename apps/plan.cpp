@@ -207,11 +207,11 @@ int main(int argc, char** argv) {
         fmt::print(
             "plan calibrate: {} -> {}\n  best product {:.1f} GFLOP/s, attention {:.1f} "
             "GFLOP/s, bandwidth {:.1f} GB/s, one small op {:.2f} us, weights past {:.0f} MiB "
-            "stream at {:.1f} GB/s, {} collectives, ranks in step at {:.3f}x a lone one's "
-            "time\n",
+            "stream at {:.1f} GB/s, {} collectives (+{:.1f} us each inside compute), ranks in "
+            "step at {:.3f}x a lone one's time\n",
             p.name, calibrate_out, p.peak_gflops, p.attention_gflops, p.bandwidth_gbs,
             p.op_overhead_us, double(p.cache_bytes) / double(1 << 20), p.cold_gbs,
-            p.collectives.size(), p.busy_pace);
+            p.collectives.size(), p.inline_sync_us, p.busy_pace);
       }
       return 0;
     }

@@ -546,7 +546,8 @@ class StepReplay {
   Id tp_summed(Id x, int64_t bytes) {
     if (cfg_.tp == 1) return x;
     if (prof_) {
-      const double c = prof_->collective_seconds("all_reduce", int(cfg_.tp), bytes);
+      const double c = prof_->collective_seconds("all_reduce", int(cfg_.tp), bytes) +
+                       prof_->inline_sync_us * 1e-6;
       t_ += c;
       tp_comm_s_ += c;
     }
@@ -956,6 +957,7 @@ std::string MachineProfile::to_json() const {
   j["gelu_ns"] = gelu_ns;
   j["overlap"] = overlap;
   j["busy_pace"] = busy_pace;
+  if (inline_sync_us > 0) j["inline_sync_us"] = inline_sync_us;
   j["gemm"] = nlohmann::json::array();
   for (const Gemm& g : gemm) {
     nlohmann::ordered_json row = {g.m, g.n, g.k, g.trans, g.gflops};
@@ -1005,6 +1007,7 @@ MachineProfile MachineProfile::from_json(const std::string& text, const std::str
     p.gelu_ns = j.value("gelu_ns", 0.0);
     p.overlap = j.value("overlap", 1.0);
     p.busy_pace = j.value("busy_pace", 1.0);
+    p.inline_sync_us = j.value("inline_sync_us", 0.0);
     const nlohmann::json gemms = j.value("gemm", nlohmann::json::array());
     const nlohmann::json collectives = j.value("collectives", nlohmann::json::object());
     for (const auto& g : gemms)

@@ -137,6 +137,12 @@ struct MachineProfile {
   // once (each ended by the slowest rank) against the fastest rank's median step alone.
   // 1: ranks keep the same pace (GPU profiles).
   double busy_pace = 1;
+  // What a collective costs inside compute beyond its own time (tensor parallelism's
+  // all-reduces, between a rank's products): the ranks arrive apart (each one's pace drifts
+  // between collectives) and the first waits for the last, then for its own communication thread
+  // to wake. calibrate measures it as products with an all-reduce after each, against the same
+  // products and all-reduces apart, per all-reduce. 0: none (GPU profiles).
+  double inline_sync_us = 0;
   struct Link {
     double latency_us = 0, gbs = 0;  // time = latency + bytes / (gbs * 1e9)
   };

@@ -345,6 +345,28 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
       w.wait();
     });
     p.overlap = std::clamp((comm + work - both) / std::min(comm, work), 0.0, 1.0);
+    // Collectives inside compute: a block's worth of products (x (T, C) @ W (C, 4C)) with a
+    // tensor-parallel-sized all-reduce (T x C) after each, against the products alone and the
+    // all-reduces alone, per all-reduce.
+    {
+      const int64_t T = m.block_size, C = m.n_embd;
+      Tensor x = randn({T, C}, gen), w = randn({C, 4 * C}, gen), sum = zeros({T, C});
+      constexpr int kRounds = 24;
+      auto products = [&] {
+        for (int i = 0; i < kRounds; ++i) matmul(x, w);
+      };
+      auto reduces = [&] {
+        for (int i = 0; i < kRounds; ++i) world.all_reduce(sum);
+      };
+      auto interleaved = [&] {
+        for (int i = 0; i < kRounds; ++i) {
+          matmul(x, w);
+          world.all_reduce(sum);
+        }
+      };
+      const double apart = timed(products) + timed(reduces);
+      p.inline_sync_us = std::max(0.0, (timed(interleaved) - apart) / kRounds) * 1e6;
+    }
   }
   return p;
 }

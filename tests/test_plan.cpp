@@ -267,6 +267,28 @@ TEST_CASE("step time: ranks in step compute at the profile's busy pace, one rank
   CHECK(b.optimizer_ms == Approx(1.25 * a.optimizer_ms));
 }
 
+TEST_CASE("step time: a tensor-parallel all-reduce inside compute waits inline_sync_us more") {
+  MachineProfile p = flat_profile();
+  GptTrainConfig c = tiny_model();
+  c.tp = 2;
+  const TimePrediction base = predict(c, {}, 0, &p).time;
+  MachineProfile q = p;
+  q.inline_sync_us = 7;
+  q = MachineProfile::from_json(q.to_json(), "inline_sync_us round trip");
+  CHECK(q.inline_sync_us == 7);
+  const TimePrediction with = predict(c, {}, 0, &q).time;
+  // One micro-batch of 4 blocks: each block's attention and MLP outputs summed in forward and
+  // their inputs' gradients in backward (16), the vocabulary-parallel embedding's output and the
+  // head's input gradient (2): 18 all-reduces, 7 us more each, on the critical path.
+  const double extra_ms = with.tp_comm_ms - base.tp_comm_ms;
+  CHECK(extra_ms == Approx(18 * 7e-3));
+  CHECK(with.pipeline_ms - base.pipeline_ms == Approx(extra_ms));
+  // Data parallelism's reductions are not inside compute: unchanged.
+  c.tp = 1;
+  c.dp = 2;
+  CHECK(predict(c, {}, 0, &q).time.ms_per_step == Approx(predict(c, {}, 0, &p).time.ms_per_step));
+}
+
 TEST_CASE("step time under mixed precision: 16-bit products at the profile's 16-bit rates") {
   MachineProfile p;
   p.name = "test";
