@@ -999,7 +999,8 @@ MachineProfile MachineProfile::from_json(const std::string& text, const std::str
       FORGE_CHECK(p.cold_curve[n - 1].first > 0 && p.cold_curve[n - 1].second >= 0 &&
                       (n == 1 || (p.cold_curve[n - 1].first > p.cold_curve[n - 2].first &&
                                   p.cold_curve[n - 1].second >= p.cold_curve[n - 2].second)),
-                  "{}: cold_curve point {}: sizes must rise and extras must not fall, from 0",
+                  "{}: cold_curve point {}: sizes must be positive and rise, extras at least 0 and "
+                  "not falling",
                   where, n - 1);
     }
     p.bandwidth_gbs = j.at("bandwidth_gbs").get<double>();

@@ -345,9 +345,9 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
       w.wait();
     });
     p.overlap = std::clamp((comm + work - both) / std::min(comm, work), 0.0, 1.0);
-    // Collectives inside compute: a block's worth of products (x (T, C) @ W (C, 4C)) with a
-    // tensor-parallel-sized all-reduce (T x C) after each, against the products alone and the
-    // all-reduces alone, per all-reduce.
+    // Collectives inside compute: products of the MLP's shape (x (T, C) @ W (C, 4C)), each
+    // followed by an all-reduce of a tensor-parallel output's size (T x C), against the products
+    // alone and the all-reduces alone, per all-reduce.
     {
       const int64_t T = m.block_size, C = m.n_embd;
       Tensor x = randn({T, C}, gen), w = randn({C, 4 * C}, gen), sum = zeros({T, C});
