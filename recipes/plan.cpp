@@ -240,9 +240,7 @@ class StepReplay {
                       2.0 * double(params_.size()) * prof_->op_overhead_us * 1e-6;
       // Autocast's 16-bit copy of each weight, made once per step (its cast cache).
       if (half_)
-        for (const Param& p : params_)
-          r.optimizer_s +=
-              prof_->op_overhead_us * 1e-6 + 6.0 * double(p.numel) / (prof_->bandwidth_gbs * 1e9);
+        for (const Param& p : params_) r.optimizer_s += pass_seconds(6.0 * double(p.numel));
     }
     for (const Unit& u : units_)
       if (u.numel > 0) r.unit_bytes.push_back(N() * u.share * kF32);
@@ -410,9 +408,7 @@ class StepReplay {
     const size_t k = index_.at(name);
     if (grad_[k]) {
       // A later micro-batch's gradient is added into the one kept (two read, one written).
-      if (prof_)
-        t_ += prof_->op_overhead_us * 1e-6 +
-              3.0 * double(params_[k].numel * kF32) / (prof_->bandwidth_gbs * 1e9);
+      if (prof_) t_ += pass_seconds(3.0 * double(params_[k].numel * kF32));
       L_.free(g);
     } else {
       L_.retag(g, MemoryTag::gradients);
@@ -480,12 +476,15 @@ class StepReplay {
     u.gathered.reset();
   }
 
+  // One memory-bound op moving `bytes` (read and written), with a profile.
+  double pass_seconds(double bytes) const {
+    return prof_->op_overhead_us * 1e-6 + bytes / (prof_->bandwidth_gbs * 1e9);
+  }
   // An op's output (an elementwise op, a reduction: memory-bound, about three times its output's
   // bytes moved) or a tensor saved beside it.
   Id act(int64_t bytes) {
     ++ops_;
-    if (prof_)
-      t_ += prof_->op_overhead_us * 1e-6 + 3.0 * double(bytes) / (prof_->bandwidth_gbs * 1e9);
+    if (prof_) t_ += pass_seconds(3.0 * double(bytes));
     return L_.alloc(MemoryTag::activations, bytes);
   }
   // A product op(A) (m, k) @ op(B) (k, n): its packing scratch while it runs, and its result.
@@ -503,7 +502,7 @@ class StepReplay {
   void cast_time(int64_t elements) {
     if (!prof_ || !half_) return;
     ++ops_;
-    t_ += prof_->op_overhead_us * 1e-6 + 6.0 * double(elements) / (prof_->bandwidth_gbs * 1e9);
+    t_ += pass_seconds(6.0 * double(elements));
   }
   // A linear layer's forward x (M, in) @ W^T (out, in): under autocast x is rounded first.
   Id linear(int64_t out, int64_t in) {
