@@ -512,6 +512,14 @@ class StepReplay {
   }
   // A weight (or its gradient) streamed from memory when the stage's do not stay in cache.
   void cold_time(double bytes) { t_ += bytes * cold_s_per_byte_; }
+  // A weight's backward reads it again; the product g^T @ x writes its gradient: into memory
+  // out of cache (read for ownership, written back) when it is the parameter's first, or into
+  // a recycled, cache-hot buffer that gradient() then adds into the one kept, a streaming pass
+  // charged there.
+  void weight_backward_cold(const std::string& name, int64_t elements) {
+    const bool first = !grad_[index_.at(name)];
+    cold_time((first ? 3.0 : 1.0) * double(elements) * kF32);
+  }
   void gelu_time(double factor) {
     if (prof_) t_ += factor * double(M_ * F_) * prof_->gelu_ns * 1e-9;
   }
@@ -526,9 +534,9 @@ class StepReplay {
   // A linear layer's backward (x (M, in), W (out, in)): dx, then dW and db, handed to the
   // parameters; the saved input freed by the caller.
   Id linear_backward(const std::string& name, int64_t in, int64_t out) {
-    cast_time(M_ * out);                       // g rounded
-    cold_time(3.0 * double(out * in) * kF32);  // W read; its gradient read and written
-    Id dx = product(M_, in, out, kPlain);      // g @ W
+    cast_time(M_ * out);  // g rounded
+    weight_backward_cold(name + ".weight", out * in);
+    Id dx = product(M_, in, out, kPlain);  // g @ W
     gradient(name + ".weight", product(out, in, M_, kTransA));  // g^T @ x
     if (bias()) gradient(name + ".bias", act(out * kF32));
     return dx;
@@ -731,7 +739,7 @@ class StepReplay {
       L_.free(f.head[3]);  // logits
       for (size_t i = 4; i < n; ++i) L_.free(f.head[i]);
       cast_time(M_ * Vl_);  // dlogits rounded
-      cold_time(3.0 * double(Vl_ * C_) * kF32);
+      weight_backward_cold("transformer.wte.weight", Vl_ * C_);
       Id dx = product(M_, C_, Vl_, kPlain);
       gradient("transformer.wte.weight", product(Vl_, C_, M_, kTransA));
       L_.free(dlogits);
