@@ -69,8 +69,13 @@ TEST_CASE("packed gemm matches a naive f64 product for every kernel family, tran
   for (Isa isa : runnable_isas("gemm kernel family"))
     for (bool ta : {false, true})
       for (bool tb : {false, true})
-        for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{
-                 {1, 1, 1}, {7, 13, 5}, {12, 32, 64}, {13, 33, 257}, {250, 70, 600}, {3, 3100, 9}})
+        for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{{1, 1, 1},
+                                                                  {7, 13, 5},
+                                                                  {12, 32, 64},
+                                                                  {13, 33, 257},
+                                                                  {250, 70, 600},
+                                                                  {3, 3100, 9},
+                                                                  {40, 3100, 260}})
           check_packed(isa, ta, tb, m, n, k, 1.0f, 0.0f);
 }
 
@@ -106,16 +111,19 @@ TEST_CASE("packed gemm gives bitwise the same result at 1, 2 and 3 threads for e
   // block is too small to split (252 rows: 240, 12); it splits B's slivers, each thread with its
   // own copy of A, when B is the wider (190 x 301; 250 x 400: two A blocks), and the tiles when
   // B has too few slivers for that (40 x 40); the few-row path reads A in place (3 rows);
-  // products of two threads inside another thread's region run serially.
+  // products of two threads inside another thread's region run serially. One thread packs the B
+  // slivers of a single A block one at a time as its tiles need them (100 x 3100: two B panels,
+  // two K blocks, an edge sliver), two split B's slivers.
   struct Case {
     int64_t m, n, k;
     bool ta, tb;
     float beta;
   };
-  const Case cases[] = {{301, 190, 530, false, false, 0.0f}, {190, 301, 530, false, true, 0.5f},
-                        {252, 64, 300, true, false, 1.0f},   {252, 64, 300, true, true, 0.0f},
-                        {3, 190, 530, false, true, 0.0f},    {768, 128, 128, false, true, 1.0f},
-                        {250, 400, 300, true, false, 0.0f},  {40, 40, 2700, false, false, 0.5f}};
+  const Case cases[] = {{301, 190, 530, false, false, 0.0f},  {190, 301, 530, false, true, 0.5f},
+                        {252, 64, 300, true, false, 1.0f},    {252, 64, 300, true, true, 0.0f},
+                        {3, 190, 530, false, true, 0.0f},     {768, 128, 128, false, true, 1.0f},
+                        {250, 400, 300, true, false, 0.0f},   {40, 40, 2700, false, false, 0.5f},
+                        {100, 3100, 300, false, false, 1.0f}, {100, 3100, 300, true, true, 0.0f}};
   Generator gen(11);
   for (const Case& cs : cases) {
     CAPTURE(cs.m, cs.n, cs.k, cs.ta, cs.tb, cs.beta);

@@ -266,6 +266,25 @@ struct BSource {
   const float* prepacked = nullptr;
 };
 
+// Asks for part `part` of `parts` of the source lines of the B sliver at column `col` (NR columns,
+// K rows pc .. pc + kc), towards L2, ahead of its packing.
+void prefetch_b_part(const BSource& src, int64_t n, int64_t col, int64_t pc, int64_t kc, int NR,
+                     int64_t part, int64_t parts) {
+  const int64_t elem = src.eb == GemmElem::f32 ? 4 : 2;
+  const int64_t cols = std::min<int64_t>(NR, n - col);
+  const auto* B = static_cast<const char*>(src.B);
+  // Lines of (rows, bytes per row): B (k, n) gives kc rows of the sliver's columns; B^T (n, k)
+  // gives its columns' rows, kc elements each.
+  const int64_t rows = src.tb ? cols : kc, row_bytes = (src.tb ? kc : cols) * elem;
+  const int64_t r0 = rows * part / parts, r1 = rows * (part + 1) / parts;
+  for (int64_t r = r0; r < r1; ++r) {
+    const char* p =
+        src.tb ? B + ((col + r) * src.ldb + pc) * elem : B + ((pc + r) * src.ldb + col) * elem;
+    for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(p + b, 0, 2);
+    __builtin_prefetch(p + row_bytes - 1, 0, 2);
+  }
+}
+
 // How many threads a product gets, and whether they split its B slivers. Threads only pay off
 // with enough work: about 2^21 multiply-adds each; a product inside another parallel region
 // (a batched product's parallel_for) runs on one. A read in place (a few rows) is never split so.
@@ -307,6 +326,12 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   const Team team = team_for(K, m, n, k, a_in_place);
   const int threads = team.threads;
   const bool split_cols = team.split_cols;
+  // With one thread and one A block (m <= MC), each B sliver is used by that block's tiles only:
+  // it is packed just before them, into one place that stays in cache, while the next sliver's
+  // source is asked for a part per tile. B then streams in under the arithmetic instead of in a
+  // pass of its own (a wide B read once, as the LM head's, waited for memory there), and its
+  // packed panel no longer passes through memory. Same packed bits, same arithmetic.
+  const bool lazy_b = threads == 1 && !a_in_place && !src.prepacked && m <= MC;
   Workspace a_pack(a_in_place ? 0 : size_t(MC * KC) * (split_cols ? threads : 1));
   Workspace b_pack(src.prepacked ? 0 : size_t(b_pack_floats(K, n, KC, b_read_in_place)));
 
@@ -355,13 +380,15 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
               K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + edge * NR, pc, kc, NR, b_pack.p);
             sync();
           }
-        } else {
+        } else if (!lazy_b) {
           Bp = b_pack.p;
           const auto [s0, s1] = part(b_slivers);
           for (int64_t s = s0; s < s1; ++s)
             K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + s * NR, pc, kc, NR,
                      b_pack.p + s * b_stride);
           if (!split_cols) sync();
+        } else {
+          Bp = b_pack.p;  // packed sliver by sliver, in the first A block's tiles
         }
         // One tile: rows x cols of C at (row, col) from the A sliver a and the B sliver b, by a
         // kernel of kernel_rows x NR (straight into C when the tile is whole).
@@ -406,8 +433,8 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
         }
         auto tile = [&](int64_t ic, int64_t ir, int64_t jr) {
           const int64_t row = ic + ir * MR;
-          tile_out(K.kernel, MR, Ap + ir * kc * MR, Bp + jr * b_stride, row, jc + jr * NR,
-                   std::min<int64_t>(MR, m - row));
+          tile_out(K.kernel, MR, Ap + ir * kc * MR, lazy_b ? Bp : Bp + jr * b_stride, row,
+                   jc + jr * NR, std::min<int64_t>(MR, m - row));
         };
         if (split_cols) {
           const auto [s0, s1] = part(b_slivers);
@@ -440,7 +467,16 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
             K.pack_a(ea, ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
           sync();
           const auto [t0, t1] = part(a_slivers * b_slivers);
-          for (int64_t i = t0; i < t1; ++i) tile(ic, i % a_slivers, i / a_slivers);
+          for (int64_t i = t0; i < t1; ++i) {
+            const int64_t ir = i % a_slivers, jr = i / a_slivers;
+            if (lazy_b) {
+              if (ir == 0)
+                K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + jr * NR, pc, kc, NR, b_pack.p);
+              if (jr + 1 < b_slivers)
+                prefetch_b_part(src, n, jc + (jr + 1) * NR, pc, kc, NR, ir, a_slivers);
+            }
+            tile(ic, ir, jr);
+          }
           sync();
         }
         if (unsynced) sync();  // the next (jc, pc) repacks B
