@@ -536,7 +536,7 @@ class StepReplay {
   Id linear_backward(const std::string& name, int64_t in, int64_t out) {
     cast_time(M_ * out);  // g rounded
     weight_backward_cold(name + ".weight", out * in);
-    Id dx = product(M_, in, out, kPlain);  // g @ W
+    Id dx = product(M_, in, out, kPlain);                       // g @ W
     gradient(name + ".weight", product(out, in, M_, kTransA));  // g^T @ x
     if (bias()) gradient(name + ".bias", act(out * kF32));
     return dx;
