@@ -190,10 +190,17 @@ class StepReplay {
       }
     build_units();
     if (prof_) {
-      int64_t weights = 0;
-      for (const Param& p : params_) weights += p.numel;
-      cold_s_per_byte_ =  // weights and gradients, beside the other ranks' on this machine
-          prof_->cold_seconds_per_byte(2 * weights * kF32, cfg.dp * cfg.tp * cfg.pp);
+      int64_t weights = 0, block = 0;
+      for (const Param& p : params_) {
+        weights += p.numel;
+        if (p.name.starts_with(block_name(layers_.begin))) block += p.numel;
+      }
+      const int64_t ranks = cfg.dp * cfg.tp * cfg.pp;
+      // Weights and gradients, beside the other ranks' on this machine.
+      cold_s_per_byte_ = prof_->cold_seconds_per_byte(2 * weights * kF32, ranks);
+      // A checkpointed block's backward right after its recomputation, which has just read the
+      // block's weights: between the two reads lie one block's weights and gradients.
+      recomputed_cold_s_per_byte_ = prof_->cold_seconds_per_byte(2 * block * kF32, ranks);
     }
     C_ = m_.n_embd;
     const int64_t tp = cfg.tp;
@@ -294,6 +301,8 @@ class StepReplay {
   bool cpu_ = Device::parse(cfg_.device).is_cpu();  // the packed CPU kernels' scratch
   bool half_ = cfg_.mixed_precision();              // 16-bit products (time only)
   double cold_s_per_byte_ = 0;  // weights out of cache (MachineProfile::cold_seconds_per_byte)
+  double recomputed_cold_s_per_byte_ = 0;  // a block's weights read again after its recompute
+  bool recomputed_ = false;                // in the backward of a just recomputed block
   std::set<std::array<int64_t, 4>>* shapes_;
   double t_ = 0;  // seconds of the ops replayed so far (with a profile)
   double forward_s_ = 0, backward_s_ = 0, tp_comm_s_ = 0, fwd_tp_ = 0, bwd_tp_ = 0;
@@ -512,13 +521,14 @@ class StepReplay {
   }
   // A weight (or its gradient) streamed from memory when the stage's do not stay in cache.
   void cold_time(double bytes) { t_ += bytes * cold_s_per_byte_; }
-  // A weight's backward reads it again; the product g^T @ x writes its gradient: into memory
-  // out of cache (read for ownership, written back) when it is the parameter's first, or into
-  // a recycled, cache-hot buffer that gradient() then adds into the one kept, a streaming pass
-  // charged there.
+  // A weight's backward reads it again (just after a checkpointed block's recomputation read it
+  // too); the product g^T @ x writes its gradient: into memory out of cache (read for
+  // ownership, written back) when it is the parameter's first, or into a recycled, cache-hot
+  // buffer that gradient() then adds into the one kept, a streaming pass charged there.
   void weight_backward_cold(const std::string& name, int64_t elements) {
-    const bool first = !grad_[index_.at(name)];
-    cold_time((first ? 3.0 : 1.0) * double(elements) * kF32);
+    const double bytes = double(elements) * kF32;
+    t_ += bytes * (recomputed_ ? recomputed_cold_s_per_byte_ : cold_s_per_byte_);
+    if (!grad_[index_.at(name)]) cold_time(2.0 * bytes);
   }
   void gelu_time(double factor) {
     if (prof_) t_ += factor * double(M_ * F_) * prof_->gelu_ns * 1e-9;
@@ -766,7 +776,9 @@ class StepReplay {
         // Recomputed with a graph from the kept input, then backward through it.
         L_.at(fmt::format("recompute of block {}", l));
         BlockSaved again = block_forward(s.input);
+        recomputed_ = true;
         Id gx = block_backward(l, again, g, /*leaf_input=*/true, /*free_input=*/false);
+        recomputed_ = false;
         L_.free(again.out);
         if (!received) L_.free(s.input);  // the checkpoint's one saved tensor
         g = gx;

@@ -420,6 +420,33 @@ TEST_CASE("step time: later micro-batches add their gradients into the ones kept
   CHECK(cold_four_ms == Approx((4 + 3 * 2) * matrix_bytes * 1e-9 * 1e3));
 }
 
+TEST_CASE("step time: a checkpointed block's backward finds the weights its recompute read") {
+  // Checkpointing reads a block's weights once more (the recomputation); the block's backward
+  // follows at once, so its own read of them costs what one block's weights and gradients cost,
+  // not what the stage's do. With a curve cold only past the block's size (the tiny model's
+  // blocks take ~0.4 MB with gradients, the stage ~1.6 MB) the two reads cost one; with every
+  // size cold they cost two.
+  GptTrainConfig c = tiny_model();
+  c.batch_size = 1;
+  MachineProfile step = flat_profile(), everywhere = flat_profile();
+  step.cold_curve = {{512 << 10, 0.0}, {1 << 20, 1e-9}};
+  everywhere.cold_curve = {{1, 1e-9}, {int64_t(1) << 40, 1e-9}};
+  double block_matrix_bytes = 0;  // the blocks' product weights
+  for (const auto& [name, shape] : gpt_parameter_shapes(c.model))
+    if (shape.size() == 2 && name.starts_with("transformer.h."))
+      block_matrix_bytes += 4.0 * double(shape.numel());
+  auto pipeline_ms = [&](const MachineProfile& p, ActivationCheckpointing ckpt) {
+    c.checkpoint = ckpt;
+    return predict(c, {}, 0, &p).time.pipeline_ms;
+  };
+  const auto kNone = ActivationCheckpointing::none, kBlocks = ActivationCheckpointing::blocks;
+  const double recompute_ms =
+      pipeline_ms(flat_profile(), kBlocks) - pipeline_ms(flat_profile(), kNone);
+  CHECK(pipeline_ms(step, kBlocks) - pipeline_ms(step, kNone) == Approx(recompute_ms));
+  CHECK(pipeline_ms(everywhere, kBlocks) - pipeline_ms(everywhere, kNone) ==
+        Approx(recompute_ms + block_matrix_bytes * 1e-9 * 1e3));
+}
+
 namespace {
 
 // Rank 0's directory, its path sent to every rank (the ranks of one run share its out directory).
