@@ -245,6 +245,21 @@ bool rows_in_place(const GemmKernelInfo& K, bool ta, GemmElem ea, int64_t m) {
   return K.row_kernel && !ta && ea == GemmElem::f32 && m * 3 <= K.mr;
 }
 
+// An f32 A stored along k (not transposed), more rows than that, and B at most kARowsMaxN wide: the
+// family's a_rows kernels read its tiles' rows in place, so A is never packed. Packing A costs a
+// pass over it per product, amortized over B's n columns: at the `cpu` preset's n (65 to 512) the
+// step is ~3% faster without it; at 2048^3, reading 12 rows 8 KB apart lost 1-4% (AVX-512 and
+// AVX2) to the packed sliver's contiguous reads (bench/RESULTS.md, 2026-12-07).
+// FORGE_GEMM_A_ROWS=0 always packs (for A/B measurements: the same bits either way).
+constexpr int64_t kARowsMaxN = 1024;
+bool a_rows_in_place(const GemmKernelInfo& K, bool ta, GemmElem ea, int64_t n) {
+  static const bool enabled = [] {
+    const char* env = std::getenv("FORGE_GEMM_A_ROWS");
+    return !env || std::strcmp(env, "0") != 0;
+  }();
+  return enabled && K.a_rows_kernels && !ta && ea == GemmElem::f32 && n <= kARowsMaxN;
+}
+
 // With A in place, an f32 B given per call (attention's keys and values while decoding) is read in
 // place too, all but an edge sliver (fewer than NR columns), which is packed on its own.
 bool b_in_place(const GemmKernelInfo& K, bool a_in_place, GemmElem eb, bool prepacked) {
@@ -322,6 +337,7 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   const int64_t MC = std::min<int64_t>(kMC, (m + MR - 1) / MR * MR);
   const int64_t NC = n_block(n, NR);
   const bool a_in_place = rows_in_place(K, ta, ea, m);
+  const bool a_rows = !a_in_place && a_rows_in_place(K, ta, ea, n);
   const bool b_read_in_place = b_in_place(K, a_in_place, src.eb, src.prepacked != nullptr);
   const Team team = team_for(K, m, n, k, a_in_place);
   const int threads = team.threads;
@@ -332,7 +348,7 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   // pass of its own (a wide B read once, as the LM head's, waited for memory there), and its
   // packed panel no longer passes through memory. Same packed bits, same arithmetic.
   const bool lazy_b = threads == 1 && !a_in_place && !src.prepacked && m <= MC;
-  Workspace a_pack(a_in_place ? 0 : size_t(MC * KC) * (split_cols ? threads : 1));
+  Workspace a_pack(a_in_place || a_rows ? 0 : size_t(MC * KC) * (split_cols ? threads : 1));
   Workspace b_pack(src.prepacked ? 0 : size_t(b_pack_floats(K, n, KC, b_read_in_place)));
 
   // The work is split by hand among a team of `nt` threads (this one is number `t`), each with
@@ -358,6 +374,12 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
     float scratch[12 * 32];              // an edge tile: MR x NR of the widest kernel
     const float* panel = src.prepacked;  // the next prepacked (jc, pc) panel
     float* Ap = a_pack.p + (split_cols ? t * MC * KC : 0);  // this thread's A block
+    // Packs the A slivers [s0, s1) of the block at row ic (nothing to do when A is read in place).
+    auto pack_a = [&](int64_t ic, int64_t pc, int64_t kc, int64_t s0, int64_t s1) {
+      if (!a_rows)
+        for (int64_t s = s0; s < s1; ++s)
+          K.pack_a(ea, ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
+    };
     for (int64_t jc = 0; jc < n; jc += NC) {
       const int64_t nc = std::min(NC, n - jc);
       const int64_t b_slivers = (nc + NR - 1) / NR;
@@ -390,21 +412,17 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
         } else {
           Bp = b_pack.p;  // packed sliver by sliver, in the first A block's tiles
         }
-        // One tile: rows x cols of C at (row, col) from the A sliver a and the B sliver b, by a
-        // kernel of kernel_rows x NR (straight into C when the tile is whole).
-        auto tile_out = [&](GemmMicrokernel kernel, int64_t kernel_rows, const float* a,
-                            const float* b, int64_t row, int64_t col, int64_t rows) {
+        // One tile: rows x cols of C at (row, col), where kernel(c, ldc, alpha, beta) computes
+        // kernel_rows x NR of them (straight into C when the tile is whole).
+        auto tile_out = [&](auto kernel, int64_t kernel_rows, int64_t row, int64_t col,
+                            int64_t rows) {
           const int64_t cols = std::min<int64_t>(NR, n - col);
           float* c = C + row * ldc + col;
-          if (rows < kernel_rows && kernel == K.kernel && K.edge_kernels) {
-            kernel = K.edge_kernels[rows];  // the first rows of the sliver only
-            kernel_rows = rows;
-          }
           if (rows == kernel_rows && cols == NR) {
-            kernel(long(kc), a, b, c, long(ldc), alpha, beta_eff);
+            kernel(c, long(ldc), alpha, beta_eff);
             return;
           }
-          kernel(long(kc), a, b, scratch, NR, 1.0f, 0.0f);
+          kernel(scratch, long(NR), 1.0f, 0.0f);
           for (int64_t i = 0; i < rows; ++i)
             for (int64_t j = 0; j < cols; ++j) {
               const float v = scratch[i * NR + j];  // combined as the kernels combine
@@ -417,31 +435,54 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
           for (int64_t tile = t0; tile < t1; ++tile) {
             const int64_t jr = tile / m, row = tile % m, col = jc + jr * NR;
             const float* a = static_cast<const float*>(A) + row * lda + pc;
+            // The one-row kernel on a B sliver packed at b.
+            auto row_tile = [&](const float* b) {
+              tile_out([&](float* c, long l, float al,
+                           float be) { K.row_kernel(kc, a, b, c, l, al, be); },
+                       1, row, col, 1);
+            };
             if (!b_read_in_place) {
-              tile_out(K.row_kernel, 1, a, Bp + jr * kc * NR, row, col, 1);
+              row_tile(Bp + jr * kc * NR);
             } else if (col + NR <= n) {
               const float* b = static_cast<const float*>(src.B) +
                                (src.tb ? col * src.ldb + pc : pc * src.ldb + col);
               K.row_kernel_b(long(kc), a, b, long(src.ldb), src.tb, C + row * ldc + col, alpha,
                              beta_eff);
             } else {
-              tile_out(K.row_kernel, 1, a, b_pack.p, row, col, 1);  // the edge, packed above
+              row_tile(b_pack.p);  // the edge, packed above
             }
           }
           sync();
           continue;
         }
+        // Tile (ir, jr) of the A block at row ic: the family's kernel for its rows (a bottom
+        // edge's first rows only), on A's rows in place or its packed sliver.
         auto tile = [&](int64_t ic, int64_t ir, int64_t jr) {
-          const int64_t row = ic + ir * MR;
-          tile_out(K.kernel, MR, Ap + ir * kc * MR, lazy_b ? Bp : Bp + jr * b_stride, row,
-                   jc + jr * NR, std::min<int64_t>(MR, m - row));
+          const int64_t row = ic + ir * MR, rows = std::min<int64_t>(MR, m - row);
+          const float* b = lazy_b ? Bp : Bp + jr * b_stride;
+          if (a_rows) {
+            const float* a = static_cast<const float*>(A) + row * lda + pc;
+            const GemmARowsKernel kernel = K.a_rows_kernels[rows];
+            tile_out([&](float* c, long l, float al,
+                         float be) { kernel(kc, a, long(lda), b, c, l, al, be); },
+                     rows, row, jc + jr * NR, rows);
+            return;
+          }
+          const float* a = Ap + ir * kc * MR;
+          GemmMicrokernel kernel = K.kernel;
+          int64_t kernel_rows = MR;
+          if (rows < MR && K.edge_kernels) {
+            kernel = K.edge_kernels[rows];  // the first rows of the sliver only
+            kernel_rows = rows;
+          }
+          tile_out([&](float* c, long l, float al, float be) { kernel(kc, a, b, c, l, al, be); },
+                   kernel_rows, row, jc + jr * NR, rows);
         };
         if (split_cols) {
           const auto [s0, s1] = part(b_slivers);
           for (int64_t ic = 0; ic < m; ic += MC) {
             const int64_t a_slivers = (std::min(MC, m - ic) + MR - 1) / MR;
-            for (int64_t s = 0; s < a_slivers; ++s)
-              K.pack_a(ea, ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
+            pack_a(ic, pc, kc, 0, a_slivers);
             for (int64_t jr = s0; jr < s1; ++jr)
               for (int64_t ir = 0; ir < a_slivers; ++ir) tile(ic, ir, jr);
           }
@@ -455,16 +496,14 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
           if (unsynced && unsynced != a_slivers) sync(), unsynced = 0;
           if (nt > 1 && n < m && a_slivers >= 2 * nt) {
             const auto [s0, s1] = part(a_slivers);
-            for (int64_t s = s0; s < s1; ++s)
-              K.pack_a(ea, ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
+            pack_a(ic, pc, kc, s0, s1);
             for (int64_t jr = 0; jr < b_slivers; ++jr)
               for (int64_t ir = s0; ir < s1; ++ir) tile(ic, ir, jr);
             unsynced = a_slivers;
             continue;
           }
           const auto [s0, s1] = part(a_slivers);
-          for (int64_t s = s0; s < s1; ++s)
-            K.pack_a(ea, ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
+          pack_a(ic, pc, kc, s0, s1);
           sync();
           const auto [t0, t1] = part(a_slivers * b_slivers);
           for (int64_t i = t0; i < t1; ++i) {
@@ -507,7 +546,9 @@ int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a) {
   const bool a_in_place = rows_in_place(K, trans_a, GemmElem::f32, m);
   const bool b_read_in_place = b_in_place(K, a_in_place, GemmElem::f32, false);
   const Team team = team_for(K, m, n, k, a_in_place);
-  const int64_t a_blocks = a_in_place ? 0 : team.split_cols ? team.threads : 1;
+  const int64_t a_blocks = a_in_place || a_rows_in_place(K, trans_a, GemmElem::f32, n) ? 0
+                           : team.split_cols ? team.threads
+                                             : 1;
   return int64_t(cpu_allocator().accounted(size_t(MC * KC * a_blocks) * sizeof(float))) +
          int64_t(cpu_allocator().accounted(size_t(b_pack_floats(K, n, KC, b_read_in_place)) *
                                            sizeof(float)));

@@ -41,6 +41,15 @@ void edge_x16(long kc, const float* a, const float* b, float* c, long ldc, float
 const forge::cpu::GemmMicrokernel kEdge[6] = {nullptr,     edge_x16<1>, edge_x16<2>,
                                               edge_x16<3>, edge_x16<4>, edge_x16<5>};
 
+template <int R>
+void a_rows_x16(long kc, const float* a, long lda, const float* b, float* c, long ldc, float alpha,
+                float beta) {
+  microkernel_a_rows<Avx2, R, 2>(kc, a, lda, b, c, ldc, alpha, beta);
+}
+const forge::cpu::GemmARowsKernel kARows[7] = {nullptr,       a_rows_x16<1>, a_rows_x16<2>,
+                                               a_rows_x16<3>, a_rows_x16<4>, a_rows_x16<5>,
+                                               a_rows_x16<6>};
+
 void kernel_1x16_in_place(long kc, const float* a, const float* b, long ldb, bool trans_b, float* c,
                           float alpha, float beta) {
   row_kernel_in_place<Avx2, 2>(kc, a, b, ldb, trans_b, c, alpha, beta);
@@ -223,7 +232,8 @@ const forge::cpu::GemmKernelInfo kInfo{"avx2 6x16",
                                        forge::cpu::gemm_pack_b_avx2,
                                        kernel_1x16,
                                        kernel_1x16_in_place,
-                                       kEdge};
+                                       kEdge,
+                                       kARows};
 }  // namespace
 
 namespace forge::cpu {

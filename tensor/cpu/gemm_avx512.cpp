@@ -64,6 +64,16 @@ const forge::cpu::GemmMicrokernel kEdge[12] = {
     nullptr,     edge_x32<1>, edge_x32<2>, edge_x32<3>, edge_x32<4>,  edge_x32<5>,
     edge_x32<6>, edge_x32<7>, edge_x32<8>, edge_x32<9>, edge_x32<10>, edge_x32<11>};
 
+template <int R>
+void a_rows_x32(long kc, const float* a, long lda, const float* b, float* c, long ldc, float alpha,
+                float beta) {
+  microkernel_a_rows<Avx512, R, 2>(kc, a, lda, b, c, ldc, alpha, beta);
+}
+const forge::cpu::GemmARowsKernel kARows[13] = {
+    nullptr,        a_rows_x32<1>,  a_rows_x32<2>, a_rows_x32<3>, a_rows_x32<4>,
+    a_rows_x32<5>,  a_rows_x32<6>,  a_rows_x32<7>, a_rows_x32<8>, a_rows_x32<9>,
+    a_rows_x32<10>, a_rows_x32<11>, a_rows_x32<12>};
+
 void kernel_1x32_in_place(long kc, const float* a, const float* b, long ldb, bool trans_b, float* c,
                           float alpha, float beta) {
   row_kernel_in_place<Avx512, 2>(kc, a, b, ldb, trans_b, c, alpha, beta);
@@ -128,8 +138,9 @@ void pack_b(GemmElem e, bool tb, const void* B, int64_t ldb, int64_t n, int64_t 
   }
 }
 
-const forge::cpu::GemmKernelInfo kInfo{
-    "avx512 12x32", 12, 32, kernel_12x32, pack_a, pack_b, kernel_1x32, kernel_1x32_in_place, kEdge};
+const forge::cpu::GemmKernelInfo kInfo{"avx512 12x32", 12,     32,          kernel_12x32,
+                                       pack_a,         pack_b, kernel_1x32, kernel_1x32_in_place,
+                                       kEdge,          kARows};
 }  // namespace
 
 namespace forge::cpu {

@@ -7,9 +7,10 @@
 //
 //   C[MR x NR] = alpha * sum_p A[p][0..MR) (x) B[p][0..NR) + beta * C      (beta == 0: C not read)
 //
-// A is a packed sliver (kc x MR, one column of MR values per p), B a packed sliver (kc x NR). Each
-// accumulator sums its products in p order with one fused multiply-add per p: the order never
-// depends on how the caller split the work across threads.
+// A is a packed sliver (kc x MR, one column of MR values per p) or an f32 A's MR rows in place, B a
+// packed sliver (kc x NR). Each accumulator sums its products in p order with one fused
+// multiply-add per p: the order never depends on how the caller split the work across threads, nor
+// on where A was read from.
 #pragma once
 
 namespace {
@@ -26,11 +27,12 @@ inline void prefetch_c_tile(const float* c, long ldc) {
   }
 }
 
-// AS: the A sliver's stride per p (MR for a full sliver; a sliver of MR rows read for its first
-// rows only by an edge kernel: see GemmKernelInfo::edge_kernels).
-template <class V, int MR, int NV, int AS = MR>
-void microkernel(long kc, const float* __restrict a, const float* __restrict b, float* c, long ldc,
-                 float alpha, float beta) {
+// The tile's arithmetic, with A's value for depth p and row i read by a_at(p, i): from a packed
+// sliver or from A's rows in place (below), the same products in the same order either way.
+template <class V, int MR, int NV, class AAt>
+inline __attribute__((always_inline)) void tile_kernel(long kc, AAt a_at, const float* __restrict b,
+                                                       float* c, long ldc, float alpha,
+                                                       float beta) {
   constexpr int W = V::W;
   constexpr int NR = NV * W;
   typename V::reg acc[MR][NV];
@@ -47,7 +49,7 @@ void microkernel(long kc, const float* __restrict a, const float* __restrict b, 
     for (int j = 0; j < NV; ++j) bv[j] = V::load(b + p * NR + j * W);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      typename V::reg av = V::broadcast(a[p * AS + i]);
+      typename V::reg av = V::broadcast(a_at(p, i));
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
     }
@@ -69,6 +71,24 @@ void microkernel(long kc, const float* __restrict a, const float* __restrict b, 
         V::store(cp, V::fma(va, acc[i][j], V::mul(vb, V::load(cp))));
       }
   }
+}
+
+// AS: the A sliver's stride per p (MR for a full sliver; a sliver of MR rows read for its first
+// rows only by an edge kernel: see GemmKernelInfo::edge_kernels).
+template <class V, int MR, int NV, int AS = MR>
+void microkernel(long kc, const float* __restrict a, const float* __restrict b, float* c, long ldc,
+                 float alpha, float beta) {
+  tile_kernel<V, MR, NV>(
+      kc, [a](long p, int i) { return a[p * AS + i]; }, b, c, ldc, alpha, beta);
+}
+
+// The same tile (or its first MR rows of a wider one) with A's rows read in place, unpacked:
+// row i of the tile at a + i * lda, its depths contiguous (an f32 A stored along k).
+template <class V, int MR, int NV>
+void microkernel_a_rows(long kc, const float* __restrict a, long lda, const float* __restrict b,
+                        float* c, long ldc, float alpha, float beta) {
+  tile_kernel<V, MR, NV>(
+      kc, [a, lda](long p, int i) { return a[i * lda + p]; }, b, c, ldc, alpha, beta);
 }
 
 // One row of the tile kernel above (MR = 1) with B read in place instead of from a packed sliver:
