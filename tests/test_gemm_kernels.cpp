@@ -329,34 +329,42 @@ TEST_CASE("gemm_workspace_bytes is what a per-call product allocates, tiles or a
   }
 }
 
-TEST_CASE("an A read in place (stored along k) gives the bits of the same A packed") {
-  // A stored along k is read in place by the a_rows kernels, never packed; A stored across k (its
-  // transpose, the same values) is packed: each output takes the same products in the same order
-  // either way. Whole and bottom-edge slivers (every row count of the widest MR), right-edge
-  // columns, two K blocks (k 600), A's rows padded (lda > k), alpha and beta as they come, and 1
-  // and 2 threads (B split by slivers where n >= m, A's slivers by rows where n < m).
+TEST_CASE("an A read in place, unpacked, gives the bits of the same A packed") {
+  // Where B is at most 1024 wide, an f32 A stored either way is read in place by the family's
+  // a_in_place kernels; APacking::always packs it: each output takes the same products in the same
+  // order either way. Whole and bottom-edge slivers (every row count of the widest MR), right-edge
+  // columns, two K blocks (k 600), A's rows padded (lda past its row), alpha and beta as they come,
+  // and 1 and 2 threads (B split by slivers where n >= m, A's slivers by rows where n < m); n 1100
+  // is packed either way.
+  struct Packing {
+    cpu::APacking saved = cpu::gemm_a_packing();
+    ~Packing() { cpu::set_gemm_a_packing(saved); }
+  } restore;
   Generator gen(53);
   for (Isa isa : runnable_isas("gemm kernel family")) {
     IsaScope scope(isa);
     for (int threads : {1, 2}) {
       testing::ThreadCount thread_count(threads);
-      for (int64_t m : {12, 23, 96, 250})
-        for (int64_t n : {37, 300})
-          for (int64_t k : {40, 600}) {
-            const int64_t lda = k + 3;
-            Tensor a = randn({m, lda}, gen), b = randn({k, n}, gen), c0 = randn({m, n}, gen);
-            Tensor at = a.narrow(1, 0, k).t().contiguous();  // (k, m): op(A) = A^T
-            for (float beta : {0.0f, 1.3f}) {
-              INFO("isa " << cpu::isa_name(isa) << " threads " << threads << " m " << m << " n "
-                          << n << " k " << k << " beta " << beta);
-              Tensor in_place = c0.clone(), packed = c0.clone();
-              cpu::gemm_packed(false, false, m, n, k, 0.7f, a.data<float>(), lda, b.data<float>(),
-                               n, beta, in_place.data<float>(), n);
-              cpu::gemm_packed(true, false, m, n, k, 0.7f, at.data<float>(), m, b.data<float>(), n,
-                               beta, packed.data<float>(), n);
-              CHECK(testing::bitwise_equal(in_place, packed));
+      for (bool ta : {false, true})
+        for (int64_t m : {12, 23, 96, 250})
+          for (int64_t n : {37, 300, 1100})
+            for (int64_t k : {40, 600}) {
+              const int64_t lda = (ta ? m : k) + 3;
+              Tensor a = randn({ta ? k : m, lda}, gen), b = randn({k, n}, gen);
+              Tensor c0 = randn({m, n}, gen);
+              for (float beta : {0.0f, 1.3f}) {
+                INFO("isa " << cpu::isa_name(isa) << " threads " << threads << " ta " << ta << " m "
+                            << m << " n " << n << " k " << k << " beta " << beta);
+                Tensor got = c0.clone(), packed = c0.clone();
+                cpu::set_gemm_a_packing(cpu::APacking::automatic);
+                cpu::gemm_packed(ta, false, m, n, k, 0.7f, a.data<float>(), lda, b.data<float>(), n,
+                                 beta, got.data<float>(), n);
+                cpu::set_gemm_a_packing(cpu::APacking::always);
+                cpu::gemm_packed(ta, false, m, n, k, 0.7f, a.data<float>(), lda, b.data<float>(), n,
+                                 beta, packed.data<float>(), n);
+                CHECK(testing::bitwise_equal(got, packed));
+              }
             }
-          }
     }
   }
 }

@@ -89,6 +89,14 @@ Bf16Gemm initial_bf16_gemm() {
 }
 Bf16Gemm g_bf16 = initial_bf16_gemm();
 
+APacking initial_a_packing() {
+  const char* env = std::getenv("FORGE_GEMM_A");
+  if (!env || std::strcmp(env, "auto") == 0) return APacking::automatic;
+  if (std::strcmp(env, "packed") == 0) return APacking::always;
+  throw_error(fmt::format("FORGE_GEMM_A={}: expected 'auto' or 'packed'", env));
+}
+APacking g_a_packing = initial_a_packing();
+
 // The kernel for a product of these element types.
 const GemmKernelInfo& kernel_for(GemmElem ea, GemmElem eb) {
   if (ea == GemmElem::bf16 && eb == GemmElem::bf16 && g_bf16 == Bf16Gemm::native &&
@@ -100,6 +108,12 @@ const GemmKernelInfo& kernel_for(GemmElem ea, GemmElem eb) {
 
 Bf16Gemm bf16_gemm() {
   return g_bf16;
+}
+APacking gemm_a_packing() {
+  return g_a_packing;
+}
+void set_gemm_a_packing(APacking mode) {
+  g_a_packing = mode;
 }
 void set_bf16_gemm(Bf16Gemm mode) {
   g_bf16 = mode;
@@ -245,19 +259,17 @@ bool rows_in_place(const GemmKernelInfo& K, bool ta, GemmElem ea, int64_t m) {
   return K.row_kernel && !ta && ea == GemmElem::f32 && m * 3 <= K.mr;
 }
 
-// An f32 A stored along k (not transposed), more rows than that, and B at most kARowsMaxN wide: the
-// family's a_rows kernels read its tiles' rows in place, so A is never packed. Packing A costs a
-// pass over it per product, amortized over B's n columns: at the `cpu` preset's n (65 to 512) the
-// step is ~3% faster without it; at 2048^3, reading 12 rows 8 KB apart lost 1-4% (AVX-512 and
-// AVX2) to the packed sliver's contiguous reads (bench/RESULTS.md, 2026-12-07).
-// FORGE_GEMM_A_ROWS=0 always packs (for A/B measurements: the same bits either way).
-constexpr int64_t kARowsMaxN = 1024;
-bool a_rows_in_place(const GemmKernelInfo& K, bool ta, GemmElem ea, int64_t n) {
-  static const bool enabled = [] {
-    const char* env = std::getenv("FORGE_GEMM_A_ROWS");
-    return !env || std::strcmp(env, "0") != 0;
-  }();
-  return enabled && K.a_rows_kernels && !ta && ea == GemmElem::f32 && n <= kARowsMaxN;
+// An f32 A (stored either way) with more rows than that, times a B at most kAUnpackedMaxN wide: the
+// family's a_in_place kernels read its tiles in place, so A is never packed. Packing A costs a pass
+// over it per product, amortized over B's n columns: at the `cpu` preset's n (65 to 512) the step
+// is ~6% faster without it (a layer's input stored along k, forward and for the input gradient,
+// and the output gradient across k for the weight gradient); at 2048^3, reading 12 rows 8 KB apart
+// lost 1-4% (AVX-512 and AVX2) to the packed sliver's contiguous reads (bench/RESULTS.md,
+// 2026-12-07). FORGE_GEMM_A=packed always packs (the same bits either way).
+constexpr int64_t kAUnpackedMaxN = 1024;
+bool a_read_unpacked(const GemmKernelInfo& K, bool ta, GemmElem ea, int64_t n) {
+  return g_a_packing == APacking::automatic && K.a_in_place_kernels[ta] && ea == GemmElem::f32 &&
+         n <= kAUnpackedMaxN;
 }
 
 // With A in place, an f32 B given per call (attention's keys and values while decoding) is read in
@@ -337,7 +349,7 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   const int64_t MC = std::min<int64_t>(kMC, (m + MR - 1) / MR * MR);
   const int64_t NC = n_block(n, NR);
   const bool a_in_place = rows_in_place(K, ta, ea, m);
-  const bool a_rows = !a_in_place && a_rows_in_place(K, ta, ea, n);
+  const bool a_unpacked = !a_in_place && a_read_unpacked(K, ta, ea, n);
   const bool b_read_in_place = b_in_place(K, a_in_place, src.eb, src.prepacked != nullptr);
   const Team team = team_for(K, m, n, k, a_in_place);
   const int threads = team.threads;
@@ -348,7 +360,7 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   // pass of its own (a wide B read once, as the LM head's, waited for memory there), and its
   // packed panel no longer passes through memory. Same packed bits, same arithmetic.
   const bool lazy_b = threads == 1 && !a_in_place && !src.prepacked && m <= MC;
-  Workspace a_pack(a_in_place || a_rows ? 0 : size_t(MC * KC) * (split_cols ? threads : 1));
+  Workspace a_pack(a_in_place || a_unpacked ? 0 : size_t(MC * KC) * (split_cols ? threads : 1));
   Workspace b_pack(src.prepacked ? 0 : size_t(b_pack_floats(K, n, KC, b_read_in_place)));
 
   // The work is split by hand among a team of `nt` threads (this one is number `t`), each with
@@ -376,7 +388,7 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
     float* Ap = a_pack.p + (split_cols ? t * MC * KC : 0);  // this thread's A block
     // Packs the A slivers [s0, s1) of the block at row ic (nothing to do when A is read in place).
     auto pack_a = [&](int64_t ic, int64_t pc, int64_t kc, int64_t s0, int64_t s1) {
-      if (!a_rows)
+      if (!a_unpacked)
         for (int64_t s = s0; s < s1; ++s)
           K.pack_a(ea, ta, A, lda, m, ic + s * MR, pc, kc, MR, Ap + s * kc * MR);
     };
@@ -460,9 +472,9 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
         auto tile = [&](int64_t ic, int64_t ir, int64_t jr) {
           const int64_t row = ic + ir * MR, rows = std::min<int64_t>(MR, m - row);
           const float* b = lazy_b ? Bp : Bp + jr * b_stride;
-          if (a_rows) {
-            const float* a = static_cast<const float*>(A) + row * lda + pc;
-            const GemmARowsKernel kernel = K.a_rows_kernels[rows];
+          if (a_unpacked) {
+            const float* a = static_cast<const float*>(A) + (ta ? pc * lda + row : row * lda + pc);
+            const GemmAInPlaceKernel kernel = K.a_in_place_kernels[ta][rows];
             tile_out([&](float* c, long l, float al,
                          float be) { kernel(kc, a, long(lda), b, c, l, al, be); },
                      rows, row, jc + jr * NR, rows);
@@ -546,7 +558,7 @@ int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a) {
   const bool a_in_place = rows_in_place(K, trans_a, GemmElem::f32, m);
   const bool b_read_in_place = b_in_place(K, a_in_place, GemmElem::f32, false);
   const Team team = team_for(K, m, n, k, a_in_place);
-  const int64_t a_blocks = a_in_place || a_rows_in_place(K, trans_a, GemmElem::f32, n) ? 0
+  const int64_t a_blocks = a_in_place || a_read_unpacked(K, trans_a, GemmElem::f32, n) ? 0
                            : team.split_cols ? team.threads
                                              : 1;
   return int64_t(cpu_allocator().accounted(size_t(MC * KC * a_blocks) * sizeof(float))) +

@@ -69,9 +69,9 @@ void gemm_prepacked(int64_t m, float alpha, const float* A, int64_t lda, const P
                     float beta, float* C, int64_t ldc);
 
 // The scratch a packed product of this shape takes from the allocator (tagged `other`) while it
-// runs: its A block and B panel, sized by the kernel in use (an f32 A of a few rows, not
-// transposed, is read in place: no A block). The memory planner (recipes/plan.h) counts it at the
-// step's peak.
+// runs: its A block and B panel, sized by the kernel in use (an f32 A read in place, a few rows
+// of it or any with B at most 1024 wide, takes no A block). The memory planner (recipes/plan.h)
+// counts it at the step's peak.
 int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a = false);
 
 // How bf16 x bf16 products run: native (the AVX512_BF16 kernel, where the processor has it and
@@ -82,6 +82,12 @@ Bf16Gemm bf16_gemm();
 void set_bf16_gemm(Bf16Gemm mode);    // FORGE_BF16_GEMM=native|widen sets the initial one
 bool bf16_native_supported();         // the processor has AVX512_BF16 and the build its kernel
 const char* gemm_bf16_kernel_name();  // the kernel a bf16 x bf16 product uses now
+
+// Whether the packed kernels pack an f32 A: automatic (read in place, unpacked, where B is at most
+// 1024 columns wide, else packed) or always (for measuring one against the other: the same bits).
+enum class APacking { automatic, always };
+APacking gemm_a_packing();
+void set_gemm_a_packing(APacking mode);  // FORGE_GEMM_A=auto|packed sets the initial one
 
 enum class GemmBackend { packed, eigen };
 GemmBackend gemm_backend();

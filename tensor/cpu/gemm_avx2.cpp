@@ -41,14 +41,19 @@ void edge_x16(long kc, const float* a, const float* b, float* c, long ldc, float
 const forge::cpu::GemmMicrokernel kEdge[6] = {nullptr,     edge_x16<1>, edge_x16<2>,
                                               edge_x16<3>, edge_x16<4>, edge_x16<5>};
 
-template <int R>
-void a_rows_x16(long kc, const float* a, long lda, const float* b, float* c, long ldc, float alpha,
-                float beta) {
-  microkernel_a_rows<Avx2, R, 2>(kc, a, lda, b, c, ldc, alpha, beta);
+template <bool TA, int R>
+void a_in_place_x16(long kc, const float* a, long lda, const float* b, float* c, long ldc,
+                    float alpha, float beta) {
+  microkernel_a_in_place<Avx2, R, 2, TA>(kc, a, lda, b, c, ldc, alpha, beta);
 }
-const forge::cpu::GemmARowsKernel kARows[7] = {nullptr,       a_rows_x16<1>, a_rows_x16<2>,
-                                               a_rows_x16<3>, a_rows_x16<4>, a_rows_x16<5>,
-                                               a_rows_x16<6>};
+template <bool TA>
+constexpr forge::cpu::GemmAInPlaceKernel kAInPlace[7] = {nullptr,
+                                                         a_in_place_x16<TA, 1>,
+                                                         a_in_place_x16<TA, 2>,
+                                                         a_in_place_x16<TA, 3>,
+                                                         a_in_place_x16<TA, 4>,
+                                                         a_in_place_x16<TA, 5>,
+                                                         a_in_place_x16<TA, 6>};
 
 void kernel_1x16_in_place(long kc, const float* a, const float* b, long ldb, bool trans_b, float* c,
                           float alpha, float beta) {
@@ -233,7 +238,7 @@ const forge::cpu::GemmKernelInfo kInfo{"avx2 6x16",
                                        kernel_1x16,
                                        kernel_1x16_in_place,
                                        kEdge,
-                                       kARows};
+                                       {kAInPlace<false>, kAInPlace<true>}};
 }  // namespace
 
 namespace forge::cpu {

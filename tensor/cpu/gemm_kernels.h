@@ -25,9 +25,10 @@ using GemmPackB = void (*)(GemmElem elem, bool trans_b, const void* B, int64_t l
 using GemmRowKernelB = void (*)(long kc, const float* a, const float* b, long ldb, bool trans_b,
                                 float* c, float alpha, float beta);
 
-// The tile kernel with an f32 A read in place: its rows at a + i * lda, depths contiguous.
-using GemmARowsKernel = void (*)(long kc, const float* a, long lda, const float* b, float* c,
-                                 long ldc, float alpha, float beta);
+// The tile kernel with an f32 A read in place: op(A)(i, p) at a[i * lda + p], or a[p * lda + i] for
+// a transposed A.
+using GemmAInPlaceKernel = void (*)(long kc, const float* a, long lda, const float* b, float* c,
+                                    long ldc, float alpha, float beta);
 
 struct GemmKernelInfo {
   const char* name;
@@ -47,10 +48,10 @@ struct GemmKernelInfo {
   // edge: its other rows are padding), each row with the full kernel's arithmetic, so the same
   // bits, for r / mr of the work. nullptr: edge slivers run the full kernel.
   const GemmMicrokernel* edge_kernels = nullptr;
-  // a_rows_kernels[r], r = 1 .. mr: the tile kernel for r rows of an f32 A stored along k (not
-  // transposed), read in place: no A packing, and each row's arithmetic is the packed kernel's,
-  // so the same bits. nullptr: A is packed.
-  const GemmARowsKernel* a_rows_kernels = nullptr;
+  // a_in_place_kernels[trans_a][r], r = 1 .. mr: the tile kernel for r rows of an f32 A read in
+  // place, stored along k (trans_a 0) or across it (1): no A packing, and each row's arithmetic is
+  // the packed kernel's, so the same bits. nullptr: A is packed.
+  const GemmAInPlaceKernel* a_in_place_kernels[2] = {nullptr, nullptr};
 };
 
 // Defined in gemm_avx2.cpp / gemm_avx512.cpp (compiled with those instruction sets); nullptr

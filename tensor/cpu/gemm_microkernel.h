@@ -82,13 +82,15 @@ void microkernel(long kc, const float* __restrict a, const float* __restrict b, 
       kc, [a](long p, int i) { return a[p * AS + i]; }, b, c, ldc, alpha, beta);
 }
 
-// The same tile (or its first MR rows of a wider one) with A's rows read in place, unpacked:
-// row i of the tile at a + i * lda, its depths contiguous (an f32 A stored along k).
-template <class V, int MR, int NV>
-void microkernel_a_rows(long kc, const float* __restrict a, long lda, const float* __restrict b,
-                        float* c, long ldc, float alpha, float beta) {
+// The same tile (or its first MR rows of a wider one) with an f32 A read in place, unpacked: stored
+// along k (TA false: row i of the tile at a + i * lda, its depths contiguous) or across k (TA: the
+// tile's MR values of depth p contiguous at a + p * lda, as in a packed sliver, lda apart).
+template <class V, int MR, int NV, bool TA>
+void microkernel_a_in_place(long kc, const float* __restrict a, long lda, const float* __restrict b,
+                            float* c, long ldc, float alpha, float beta) {
   tile_kernel<V, MR, NV>(
-      kc, [a, lda](long p, int i) { return a[i * lda + p]; }, b, c, ldc, alpha, beta);
+      kc, [a, lda](long p, int i) { return TA ? a[p * lda + i] : a[i * lda + p]; }, b, c, ldc,
+      alpha, beta);
 }
 
 // One row of the tile kernel above (MR = 1) with B read in place instead of from a packed sliver:
