@@ -67,16 +67,22 @@ struct Scratch {
 
 // Rows of P (pass 2): causal softmax of S (rows x cols) in place; row t sees columns
 // 0 .. offset+t, the rest become 0.
+//
+// The hidden columns are set to -inf and every pass then runs over the whole row: each visible
+// element goes to the same lane of the reductions as over the visible part alone, -inf never wins
+// the max, e^-inf is +0, and adding +0 to a lane changes nothing, so the bits are those of a
+// softmax over the visible part; but the loops are the row's full width (attention's T, a
+// multiple of the vector width), not a different length per row with a scalar tail for each.
 template <class T>
 void causal_softmax_rows(T* S, int64_t rows, int64_t cols, int64_t offset = 0) {
   for (int64_t t = 0; t < rows; ++t) {
     T* row = S + t * cols;
-    int64_t n = std::min(cols, offset + t + 1);
-    T m = cpu::lanes_max(row, n);
-    for (int64_t j = 0; j < n; ++j) row[j] = cpu::vexp(row[j] - m);
-    T inv = T(1) / cpu::lanes_sum(row, n);
-    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
-    for (int64_t j = n; j < cols; ++j) row[j] = T(0);
+    const int64_t n = std::min(cols, offset + t + 1);
+    for (int64_t j = n; j < cols; ++j) row[j] = -std::numeric_limits<T>::infinity();
+    const T m = cpu::lanes_max(row, cols);
+    for (int64_t j = 0; j < cols; ++j) row[j] = cpu::vexp(row[j] - m);
+    const T inv = T(1) / cpu::lanes_sum(row, cols);
+    for (int64_t j = 0; j < cols; ++j) row[j] *= inv;
   }
 }
 
@@ -345,13 +351,14 @@ Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, co
           cpu::gemm<T>(false, true, Tn, Tn, hs, T(1), dO, C, V, 3 * C, T(0), dP, Tn);   // dP'
           cpu::gemm<T>(true, false, Tn, hs, Tn, T(1), Pd, Tn, dO, C, T(0), dV, 3 * C);  // dV
           if (pmask) apply_mask(dP, pmask + bh * Tn * Tn, keep, Tn * Tn, dP);           // dP
-          for (int64_t t = 0; t < Tn; ++t) {  // dS, in place of dP
+          // dS, in place of dP. Row t's probabilities past t are +0, so over the whole row the dot
+          // adds +-0 to its lanes past t (the same bits, as in causal_softmax_rows) and the loops
+          // keep the row's full width.
+          for (int64_t t = 0; t < Tn; ++t) {
             const T* p = P + t * Tn;
             T* d = dP + t * Tn;
-            int64_t n = t + 1;
-            T dot = cpu::lanes_dot(p, d, n);
-            for (int64_t j = 0; j < n; ++j) d[j] = p[j] * (d[j] - dot);
-            for (int64_t j = n; j < Tn; ++j) d[j] = T(0);
+            const T dot = cpu::lanes_dot(p, d, Tn);
+            for (int64_t j = 0; j < Tn; ++j) d[j] = j <= t ? p[j] * (d[j] - dot) : T(0);
           }
           cpu::gemm<T>(false, false, Tn, hs, Tn, scale, dP, Tn, K, 3 * C, T(0), dQ, 3 * C);  // dQ
           cpu::gemm<T>(true, false, Tn, hs, Tn, scale, dP, Tn, Q, 3 * C, T(0), dK, 3 * C);   // dK

@@ -4,11 +4,14 @@
 // Sum tolerances: a float sum of n terms is within (n - 1) u sum|x| of the exact sum (u = 2^-24
 // for f32, 2^-53 for f64: the bound for any summation order). bf16 results add half a bf16 ulp.
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
 
+#include "tensor/cpu/lanes.h"
 #include "testing.h"
 
 using namespace forge;
@@ -421,4 +424,82 @@ TEST_CASE("max_abs_diff and allclose compare elementwise with the documented tol
   CHECK(allclose(from_vector(std::vector<double>{0.0}), from_vector(std::vector<double>{1e-9})));
   CHECK_FALSE(allclose(x, zeros({2, 1}, DType::f64)));
   CHECK_FALSE(allclose(from_vector(std::vector<float>{NAN}), from_vector(std::vector<float>{NAN})));
+}
+
+namespace {
+
+// The row reductions' definition (tensor/cpu/lanes.h), written out per element: element i into
+// lane i % 16, then the lanes combined, pairwise for the sums (8 apart, then 4, 2, 1), in lane
+// order for the max, which is NaN if any element is.
+template <class A>
+A combined(std::array<A, 16> acc) {
+  for (int w = 8; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) acc[size_t(j)] += acc[size_t(j + w)];
+  return acc[0];
+}
+template <class A>
+A sum_by_lanes(const A* x, int64_t n) {
+  std::array<A, 16> acc{};
+  for (int64_t i = 0; i < n; ++i) acc[size_t(i % 16)] += x[i];
+  return combined(acc);
+}
+template <class A>
+A dot_by_lanes(const A* x, const A* y, int64_t n) {
+  std::array<A, 16> acc{};
+  for (int64_t i = 0; i < n; ++i) acc[size_t(i % 16)] += x[i] * y[i];
+  return combined(acc);
+}
+template <class A>
+A max_by_lanes(const A* x, int64_t n) {
+  std::array<A, 16> acc;
+  acc.fill(-std::numeric_limits<A>::infinity());
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) {
+    nan |= std::isnan(x[i]);
+    A& a = acc[size_t(i % 16)];
+    a = x[i] > a ? x[i] : a;
+  }
+  for (size_t j = 1; j < 16; ++j) acc[0] = acc[j] > acc[0] ? acc[j] : acc[0];
+  return nan ? std::numeric_limits<A>::quiet_NaN() : acc[0];
+}
+
+template <class A>
+bool same_bits(A a, A b) {
+  return std::isnan(a) ? std::isnan(b) : std::memcmp(&a, &b, sizeof a) == 0;
+}
+
+template <class A>
+void check_lanes() {
+  std::mt19937 rng(7);
+  std::normal_distribution<double> normal;
+  std::vector<A> x(80), y(80);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = A(normal(rng)), y[i] = A(normal(rng));
+  // Every length from empty to past four vectors, at an offset (unaligned rows), then a -0, an
+  // infinity and a NaN placed in turn in whole and tail vectors.
+  for (int64_t n = 0; n <= 70; ++n)
+    for (int64_t off : {0, 3}) {
+      INFO("n " << n << " offset " << off);
+      const A* px = x.data() + off;
+      CHECK(same_bits(cpu::lanes_sum(px, n), sum_by_lanes(px, n)));
+      CHECK(same_bits(cpu::lanes_dot(px, y.data(), n), dot_by_lanes(px, y.data(), n)));
+      CHECK(same_bits(cpu::lanes_max(px, n), max_by_lanes(px, n)));
+    }
+  for (A special :
+       {A(-0.0), std::numeric_limits<A>::infinity(), std::numeric_limits<A>::quiet_NaN()})
+    for (int64_t at : {0, 15, 16, 33}) {
+      std::vector<A> z(x.begin(), x.begin() + 40);
+      z[size_t(at)] = special;
+      INFO("special " << special << " at " << at);
+      CHECK(same_bits(cpu::lanes_sum(z.data(), 40), sum_by_lanes(z.data(), 40)));
+      CHECK(
+          same_bits(cpu::lanes_dot(z.data(), y.data(), 40), dot_by_lanes(z.data(), y.data(), 40)));
+      CHECK(same_bits(cpu::lanes_max(z.data(), 40), max_by_lanes(z.data(), 40)));
+    }
+}
+
+}  // namespace
+
+TEST_CASE("row reductions in 16 lanes give the bits of their per-element definition") {
+  check_lanes<float>();
+  check_lanes<double>();
 }

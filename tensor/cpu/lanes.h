@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -25,45 +26,86 @@ A combine_lanes(A* acc) {
   return acc[0];
 }
 
+namespace lanes_detail {
+
+// The sixteen lanes as one GCC vector (zmm registers with AVX-512, pairs of ymm with AVX2, plain
+// code elsewhere). Written per element, the loops below stayed scalar or half-vectorised: GCC 12
+// does not vectorise the max's select, nor the reductions' scalar tails, and attention calls them
+// on thousands of rows of 1 to 64 elements per step.
+template <class A>
+struct Vec {
+  typedef A type __attribute__((vector_size(16 * sizeof(A))));
+};
+template <class A>
+using vec_t = typename Vec<A>::type;
+
+template <class A>
+vec_t<A> load(const A* x) {
+  vec_t<A> v;
+  std::memcpy(&v, x, sizeof v);
+  return v;
+}
+// The last n (< 16) elements in lanes 0 .. n-1, the other lanes `fill`: a lane past the row takes
+// fill, which leaves its reduction as it was (+0 for a sum, never below -inf for a max), so a row's
+// elements land in the same lanes with the same results as in the per-element loops.
+template <class A>
+vec_t<A> load_tail(const A* x, int64_t n, A fill) {
+  A part[16];
+  for (int j = 0; j < 16; ++j) part[j] = fill;
+  std::memcpy(part, x, size_t(n) * sizeof(A));
+  return load(part);
+}
+template <class A>
+A combine(vec_t<A> v) {
+  A acc[16];
+  std::memcpy(acc, &v, sizeof acc);
+  return combine_lanes(acc);
+}
+
+}  // namespace lanes_detail
+
+// Element i goes to lane i % 16 (a sum starts each lane at +0, so adding +0 for the lanes past a
+// row's end changes nothing), then the lanes combine pairwise: a fixed order.
 template <class A>
 A lanes_sum(const A* x, int64_t n) {
-  A acc[16] = {};
+  using namespace lanes_detail;
+  vec_t<A> acc = {};
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += x[i + j];
-  for (int j = 0; i < n; ++i, ++j) acc[j] += x[i];
-  return combine_lanes(acc);
+  for (; i + 16 <= n; i += 16) acc += load(x + i);
+  if (i < n) acc += load_tail(x + i, n - i, A(0));
+  return combine<A>(acc);
 }
 
 template <class A>
 A lanes_dot(const A* x, const A* y, int64_t n) {
-  A acc[16] = {};
+  using namespace lanes_detail;
+  vec_t<A> acc = {};
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += x[i + j] * y[i + j];
-  for (int j = 0; i < n; ++i, ++j) acc[j] += x[i] * y[i];
-  return combine_lanes(acc);
+  for (; i + 16 <= n; i += 16) acc += load(x + i) * load(y + i);
+  if (i < n) acc += load_tail(x + i, n - i, A(0)) * load_tail(y + i, n - i, A(0));
+  return combine<A>(acc);
 }
 
 // Maximum; NaN if any element is NaN.
 template <class A>
 A lanes_max(const A* x, int64_t n) {
-  A acc[16];
-  for (int j = 0; j < 16; ++j) acc[j] = -std::numeric_limits<A>::infinity();
-  bool nan = false;
+  using namespace lanes_detail;
+  constexpr A kLow = -std::numeric_limits<A>::infinity();
+  vec_t<A> acc = vec_t<A>{} + kLow;
+  decltype(acc != acc) nan = {};
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) {
-      A v = x[i + j];
-      nan |= v != v;
-      acc[j] = v > acc[j] ? v : acc[j];
-    }
-  for (int j = 0; i < n; ++i, ++j) {
-    nan |= x[i] != x[i];
-    acc[j] = x[i] > acc[j] ? x[i] : acc[j];
-  }
-  for (int j = 1; j < 16; ++j) acc[0] = acc[j] > acc[0] ? acc[j] : acc[0];
-  return nan ? std::numeric_limits<A>::quiet_NaN() : acc[0];
+  auto take = [&](vec_t<A> v) {
+    nan |= v != v;
+    acc = v > acc ? v : acc;
+  };
+  for (; i + 16 <= n; i += 16) take(load(x + i));
+  if (i < n) take(load_tail(x + i, n - i, kLow));
+  A lanes[16];
+  std::memcpy(lanes, &acc, sizeof lanes);
+  bool any_nan = false;
+  for (int j = 0; j < 16; ++j) any_nan |= nan[j] != 0;
+  for (int j = 1; j < 16; ++j) lanes[0] = lanes[j] > lanes[0] ? lanes[j] : lanes[0];
+  return any_nan ? std::numeric_limits<A>::quiet_NaN() : lanes[0];
 }
 
 // A row in the compute type: the row itself when it is already of that type, else a converted
