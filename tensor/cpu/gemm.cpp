@@ -4,7 +4,8 @@
 //     for pc over K in steps of KC:             KC depends on K only (fixes the summation order)
 //       pack B[pc:pc+kc, jc:jc+nc]              threads split its NR-wide slivers
 //       for ic over M in steps of MC:           A block (MC x KC) lives in L2
-//         pack A[ic:ic+mc, pc:pc+kc]            threads split its MR-high slivers
+//         pack A[ic:ic+mc, pc:pc+kc]            threads split its MR-high slivers (an f32 A
+//                                               times a B <= 1024 wide is read in place instead)
 //         for each (jr, ir) tile: microkernel   threads split the tiles; a B sliver stays in L1
 //
 // Where B is the narrower operand, threads split an A block by rows instead: each packs its own
@@ -262,10 +263,10 @@ bool rows_in_place(const GemmKernelInfo& K, bool ta, GemmElem ea, int64_t m) {
 // An f32 A (stored either way) with more rows than that, times a B at most kAUnpackedMaxN wide: the
 // family's a_in_place kernels read its tiles in place, so A is never packed. Packing A costs a pass
 // over it per product, amortized over B's n columns: at the `cpu` preset's n (65 to 512) the step
-// is ~6% faster without it (a layer's input stored along k, forward and for the input gradient,
-// and the output gradient across k for the weight gradient); at 2048^3, reading 12 rows 8 KB apart
-// lost 1-4% (AVX-512 and AVX2) to the packed sliver's contiguous reads (bench/RESULTS.md,
-// 2026-12-07). FORGE_GEMM_A=packed always packs (the same bits either way).
+// is ~6% faster without it (along k: a layer's input in forward, the output gradient in the input
+// gradient's product; across k: the output gradient in the weight gradient's); at 2048^3, reading
+// 12 rows 8 KB apart lost 1-4% (AVX-512 and AVX2) to the packed sliver's contiguous reads
+// (bench/RESULTS.md, 2026-12-07 evening). FORGE_GEMM_A=packed always packs (the same bits).
 constexpr int64_t kAUnpackedMaxN = 1024;
 bool a_read_unpacked(const GemmKernelInfo& K, bool ta, GemmElem ea, int64_t n) {
   return g_a_packing == APacking::automatic && K.a_in_place_kernels[ta] && ea == GemmElem::f32 &&
