@@ -34,13 +34,19 @@ namespace forge::cpu {
 // Backend selection
 
 namespace {
-GemmBackend initial_backend() {
-  const char* env = std::getenv("FORGE_GEMM");
-  if (!env || std::strcmp(env, "packed") == 0) return GemmBackend::packed;
-  if (std::strcmp(env, "eigen") == 0) return GemmBackend::eigen;
-  throw_error(fmt::format("FORGE_GEMM={}: expected 'packed' or 'eigen'", env));
+// The setting environment variable `name` picks between two choices: the first when unset, and
+// anything else refused with both names.
+template <class E>
+E env_choice(const char* name, const char* first, E first_value, const char* second,
+             E second_value) {
+  const char* env = std::getenv(name);
+  if (!env || std::strcmp(env, first) == 0) return first_value;
+  if (std::strcmp(env, second) == 0) return second_value;
+  throw_error(fmt::format("{}={}: expected '{}' or '{}'", name, env, first, second));
 }
-GemmBackend g_backend = initial_backend();
+
+GemmBackend g_backend =
+    env_choice("FORGE_GEMM", "packed", GemmBackend::packed, "eigen", GemmBackend::eigen);
 
 // a * b + c rounded once, as the vector kernels' fma, where the target has the instruction; said
 // explicitly rather than left to the compiler's contraction (GCC contracts only from -O2, and
@@ -82,21 +88,10 @@ const GemmKernelInfo& kernel_for(Isa isa) {
 }  // namespace
 
 namespace {
-Bf16Gemm initial_bf16_gemm() {
-  const char* env = std::getenv("FORGE_BF16_GEMM");
-  if (!env || std::strcmp(env, "native") == 0) return Bf16Gemm::native;
-  if (std::strcmp(env, "widen") == 0) return Bf16Gemm::widen;
-  throw_error(fmt::format("FORGE_BF16_GEMM={}: expected 'native' or 'widen'", env));
-}
-Bf16Gemm g_bf16 = initial_bf16_gemm();
-
-APacking initial_a_packing() {
-  const char* env = std::getenv("FORGE_GEMM_A");
-  if (!env || std::strcmp(env, "auto") == 0) return APacking::automatic;
-  if (std::strcmp(env, "packed") == 0) return APacking::always;
-  throw_error(fmt::format("FORGE_GEMM_A={}: expected 'auto' or 'packed'", env));
-}
-APacking g_a_packing = initial_a_packing();
+Bf16Gemm g_bf16 =
+    env_choice("FORGE_BF16_GEMM", "native", Bf16Gemm::native, "widen", Bf16Gemm::widen);
+APacking g_a_packing =
+    env_choice("FORGE_GEMM_A", "auto", APacking::automatic, "packed", APacking::always);
 
 // The kernel for a product of these element types.
 const GemmKernelInfo& kernel_for(GemmElem ea, GemmElem eb) {

@@ -41,20 +41,6 @@ void edge_x16(long kc, const float* a, const float* b, float* c, long ldc, float
 const forge::cpu::GemmMicrokernel kEdge[6] = {nullptr,     edge_x16<1>, edge_x16<2>,
                                               edge_x16<3>, edge_x16<4>, edge_x16<5>};
 
-template <bool TA, int R>
-void a_in_place_x16(long kc, const float* a, long lda, const float* b, float* c, long ldc,
-                    float alpha, float beta) {
-  microkernel_a_in_place<Avx2, R, 2, TA>(kc, a, lda, b, c, ldc, alpha, beta);
-}
-template <bool TA>
-constexpr forge::cpu::GemmAInPlaceKernel kAInPlace[7] = {nullptr,
-                                                         a_in_place_x16<TA, 1>,
-                                                         a_in_place_x16<TA, 2>,
-                                                         a_in_place_x16<TA, 3>,
-                                                         a_in_place_x16<TA, 4>,
-                                                         a_in_place_x16<TA, 5>,
-                                                         a_in_place_x16<TA, 6>};
-
 void kernel_1x16_in_place(long kc, const float* a, const float* b, long ldb, bool trans_b, float* c,
                           float alpha, float beta) {
   row_kernel_in_place<Avx2, 2>(kc, a, b, ldb, trans_b, c, alpha, beta);
@@ -229,16 +215,17 @@ void pack_b(bool tb, const void* Bv, int64_t ldb, int64_t n, int64_t c0, int64_t
   }
 }
 
-const forge::cpu::GemmKernelInfo kInfo{"avx2 6x16",
-                                       6,
-                                       16,
-                                       kernel_6x16,
-                                       forge::cpu::gemm_pack_a_avx2,
-                                       forge::cpu::gemm_pack_b_avx2,
-                                       kernel_1x16,
-                                       kernel_1x16_in_place,
-                                       kEdge,
-                                       {kAInPlace<false>, kAInPlace<true>}};
+const forge::cpu::GemmKernelInfo kInfo{
+    "avx2 6x16",
+    6,
+    16,
+    kernel_6x16,
+    forge::cpu::gemm_pack_a_avx2,
+    forge::cpu::gemm_pack_b_avx2,
+    kernel_1x16,
+    kernel_1x16_in_place,
+    kEdge,
+    {a_in_place_kernels<Avx2, 6, 2, false>, a_in_place_kernels<Avx2, 6, 2, true>}};
 }  // namespace
 
 namespace forge::cpu {

@@ -64,26 +64,6 @@ const forge::cpu::GemmMicrokernel kEdge[12] = {
     nullptr,     edge_x32<1>, edge_x32<2>, edge_x32<3>, edge_x32<4>,  edge_x32<5>,
     edge_x32<6>, edge_x32<7>, edge_x32<8>, edge_x32<9>, edge_x32<10>, edge_x32<11>};
 
-template <bool TA, int R>
-void a_in_place_x32(long kc, const float* a, long lda, const float* b, float* c, long ldc,
-                    float alpha, float beta) {
-  microkernel_a_in_place<Avx512, R, 2, TA>(kc, a, lda, b, c, ldc, alpha, beta);
-}
-template <bool TA>
-constexpr forge::cpu::GemmAInPlaceKernel kAInPlace[13] = {nullptr,
-                                                          a_in_place_x32<TA, 1>,
-                                                          a_in_place_x32<TA, 2>,
-                                                          a_in_place_x32<TA, 3>,
-                                                          a_in_place_x32<TA, 4>,
-                                                          a_in_place_x32<TA, 5>,
-                                                          a_in_place_x32<TA, 6>,
-                                                          a_in_place_x32<TA, 7>,
-                                                          a_in_place_x32<TA, 8>,
-                                                          a_in_place_x32<TA, 9>,
-                                                          a_in_place_x32<TA, 10>,
-                                                          a_in_place_x32<TA, 11>,
-                                                          a_in_place_x32<TA, 12>};
-
 void kernel_1x32_in_place(long kc, const float* a, const float* b, long ldb, bool trans_b, float* c,
                           float alpha, float beta) {
   row_kernel_in_place<Avx512, 2>(kc, a, b, ldb, trans_b, c, alpha, beta);
@@ -148,16 +128,17 @@ void pack_b(GemmElem e, bool tb, const void* B, int64_t ldb, int64_t n, int64_t 
   }
 }
 
-const forge::cpu::GemmKernelInfo kInfo{"avx512 12x32",
-                                       12,
-                                       32,
-                                       kernel_12x32,
-                                       pack_a,
-                                       pack_b,
-                                       kernel_1x32,
-                                       kernel_1x32_in_place,
-                                       kEdge,
-                                       {kAInPlace<false>, kAInPlace<true>}};
+const forge::cpu::GemmKernelInfo kInfo{
+    "avx512 12x32",
+    12,
+    32,
+    kernel_12x32,
+    pack_a,
+    pack_b,
+    kernel_1x32,
+    kernel_1x32_in_place,
+    kEdge,
+    {a_in_place_kernels<Avx512, 12, 2, false>, a_in_place_kernels<Avx512, 12, 2, true>}};
 }  // namespace
 
 namespace forge::cpu {

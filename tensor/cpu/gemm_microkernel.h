@@ -2,8 +2,9 @@
 //
 // Included only by gemm_avx2.cpp and gemm_avx512.cpp, each compiled for its instruction set with a
 // traits struct V (reg, W lanes, zero/load/store/broadcast/fma/mul), and by gemm_avx512_bf16.cpp
-// for prefetch_c_tile. Everything here has internal linkage and uses no library code, so nothing
-// compiled for AVX-512 can be picked by the linker for use elsewhere.
+// for prefetch_c_tile. Everything here has internal linkage and uses no library code (only the
+// type std::integer_sequence, to list the kernel tables), so nothing compiled for AVX-512 can be
+// picked by the linker for use elsewhere.
 //
 //   C[MR x NR] = alpha * sum_p A[p][0..MR) (x) B[p][0..NR) + beta * C      (beta == 0: C not read)
 //
@@ -12,6 +13,10 @@
 // multiply-add per p: the order never depends on how the caller split the work across threads, nor
 // on where A was read from.
 #pragma once
+
+#include <utility>
+
+#include "tensor/cpu/gemm_kernels.h"
 
 namespace {
 
@@ -92,6 +97,19 @@ void microkernel_a_in_place(long kc, const float* __restrict a, long lda, const 
       kc, [a, lda](long p, int i) { return TA ? a[p * lda + i] : a[i * lda + p]; }, b, c, ldc,
       alpha, beta);
 }
+
+// A family's a_in_place kernels (GemmKernelInfo::a_in_place_kernels[TA]): the MR x NR tile's
+// kernel for 1 .. MR rows of A in place, indexed by the row count (0 unused).
+template <class V, int NV, bool TA, class Rows>
+struct AInPlaceTable;
+template <class V, int NV, bool TA, int... I>
+struct AInPlaceTable<V, NV, TA, std::integer_sequence<int, I...>> {
+  static constexpr forge::cpu::GemmAInPlaceKernel kernels[] = {
+      nullptr, microkernel_a_in_place<V, I + 1, NV, TA>...};
+};
+template <class V, int MR, int NV, bool TA>
+constexpr const forge::cpu::GemmAInPlaceKernel* a_in_place_kernels =
+    AInPlaceTable<V, NV, TA, std::make_integer_sequence<int, MR>>::kernels;
 
 // One row of the tile kernel above (MR = 1) with B read in place instead of from a packed sliver:
 // B[p][j] = b[p * ldb + j], or with trans_b b[j * ldb + p] (B^T's rows, as attention's keys are
