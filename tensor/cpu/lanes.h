@@ -56,7 +56,7 @@ vec_t<A> load_tail(const A* x, int64_t n, A fill) {
   return load(part);
 }
 template <class A>
-A combine(vec_t<A> v) {
+A combine(const vec_t<A>& v) {
   A acc[16];
   std::memcpy(acc, &v, sizeof acc);
   return combine_lanes(acc);
@@ -94,7 +94,7 @@ A lanes_max(const A* x, int64_t n) {
   vec_t<A> acc = vec_t<A>{} + kLow;
   decltype(acc != acc) nan = {};
   int64_t i = 0;
-  auto take = [&](vec_t<A> v) {
+  auto take = [&](const vec_t<A>& v) {
     nan |= v != v;
     acc = v > acc ? v : acc;
   };
