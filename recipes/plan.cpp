@@ -503,7 +503,9 @@ class StepReplay {
     ++ops_;
     if (prof_) t_ += prof_->op_overhead_us * 1e-6 + prof_->gemm_seconds(m, n, k, trans, half_);
     Id out = L_.alloc(MemoryTag::activations, m * n * kF32);
-    if (cpu_) L_.transient(MemoryTag::other, cpu::gemm_workspace_bytes(m, n, k, trans & kTransA));
+    if (cpu_)
+      L_.transient(MemoryTag::other,
+                   cpu::gemm_workspace_bytes(m, n, k, trans & kTransA, trans & kTransB));
     return out;
   }
   // Autocast rounds a product's f32 operand to 16 bits first (read 4 bytes, write 2 an element);

@@ -314,7 +314,8 @@ TEST_CASE("gemm_workspace_bytes is what a per-call product allocates, tiles or a
   for (Isa isa : runnable_isas("gemm kernel family")) {
     IsaScope scope(isa);
     for (const Case& c : {Case{true, 1, 53, 64}, Case{false, 3, 3100, 600}, Case{true, 2, 64, 7},
-                          Case{false, 13, 53, 600}, Case{true, 200, 700, 300}}) {
+                          Case{false, 13, 53, 600}, Case{true, 200, 700, 300},
+                          Case{false, 200, 700, 300}, Case{false, 30, 64, 300}}) {
       INFO("isa " << cpu::isa_name(isa) << " tb " << c.tb << " m " << c.m << " n " << c.n << " k "
                   << c.k);
       Tensor a = randn({c.m, c.k}, gen), b = c.tb ? randn({c.n, c.k}, gen) : randn({c.k, c.n}, gen);
@@ -324,7 +325,7 @@ TEST_CASE("gemm_workspace_bytes is what a per-call product allocates, tiles or a
       cpu::gemm_packed(false, c.tb, c.m, c.n, c.k, 1.0f, a.data<float>(), c.k, b.data<float>(),
                        c.tb ? c.k : c.n, 0.0f, out.data<float>(), c.n);
       CHECK(memory_stats(Device::cpu()).peak_bytes - base ==
-            cpu::gemm_workspace_bytes(c.m, c.n, c.k));
+            cpu::gemm_workspace_bytes(c.m, c.n, c.k, false, c.tb));
     }
   }
 }
@@ -337,7 +338,7 @@ TEST_CASE("an A read in place, unpacked, gives the bits of the same A packed") {
   // and 1 and 2 threads (B split by slivers where n >= m, A's slivers by rows where n < m); n 1100
   // is packed either way.
   struct Packing {
-    cpu::APacking saved = cpu::gemm_a_packing();
+    cpu::Packing saved = cpu::gemm_a_packing();
     ~Packing() { cpu::set_gemm_a_packing(saved); }
   } restore;
   Generator gen(53);
@@ -356,15 +357,57 @@ TEST_CASE("an A read in place, unpacked, gives the bits of the same A packed") {
                 INFO("isa " << cpu::isa_name(isa) << " threads " << threads << " ta " << ta << " m "
                             << m << " n " << n << " k " << k << " beta " << beta);
                 Tensor got = c0.clone(), packed = c0.clone();
-                cpu::set_gemm_a_packing(cpu::APacking::automatic);
+                cpu::set_gemm_a_packing(cpu::Packing::automatic);
                 cpu::gemm_packed(ta, false, m, n, k, 0.7f, a.data<float>(), lda, b.data<float>(), n,
                                  beta, got.data<float>(), n);
-                cpu::set_gemm_a_packing(cpu::APacking::always);
+                cpu::set_gemm_a_packing(cpu::Packing::always);
                 cpu::gemm_packed(ta, false, m, n, k, 0.7f, a.data<float>(), lda, b.data<float>(), n,
                                  beta, packed.data<float>(), n);
                 CHECK(testing::bitwise_equal(got, packed));
               }
             }
+    }
+  }
+}
+
+TEST_CASE("a B read in place, unpacked, gives the bits of the same B packed") {
+  // With A read unpacked, an f32 B stored across k is read in place by the same kernels (all but
+  // a right-edge sliver, packed on its own); Packing::always packs it: each output takes the same
+  // products in the same order either way. A stored either way, B's rows padded (ldb past its
+  // row) and starting off a vector boundary, whole slivers only (n 64) and with an edge (37, 300),
+  // two K blocks (k 600), beta 0 and not, 1 and 2 threads; a transposed B (packed either way).
+  struct Restore {
+    cpu::Packing saved = cpu::gemm_b_packing();
+    ~Restore() { cpu::set_gemm_b_packing(saved); }
+  } restore;
+  Generator gen(59);
+  for (Isa isa : runnable_isas("gemm kernel family")) {
+    IsaScope scope(isa);
+    for (int threads : {1, 2}) {
+      testing::ThreadCount thread_count(threads);
+      for (bool ta : {false, true})
+        for (bool tb : {false, true})
+          for (int64_t m : {12, 23, 250})
+            for (int64_t n : {37, 64, 300})
+              for (int64_t k : {40, 600}) {
+                const int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 5;
+                Tensor a = randn({ta ? k : m, lda}, gen), b = randn({(tb ? n : k) + 1, ldb}, gen);
+                const float* bp = b.data<float>() + 1;  // off a vector boundary
+                Tensor c0 = randn({m, n}, gen);
+                for (float beta : {0.0f, 1.3f}) {
+                  INFO("isa " << cpu::isa_name(isa) << " threads " << threads << " ta " << ta
+                              << " tb " << tb << " m " << m << " n " << n << " k " << k << " beta "
+                              << beta);
+                  Tensor got = c0.clone(), packed = c0.clone();
+                  cpu::set_gemm_b_packing(cpu::Packing::automatic);
+                  cpu::gemm_packed(ta, tb, m, n, k, 0.7f, a.data<float>(), lda, bp, ldb, beta,
+                                   got.data<float>(), n);
+                  cpu::set_gemm_b_packing(cpu::Packing::always);
+                  cpu::gemm_packed(ta, tb, m, n, k, 0.7f, a.data<float>(), lda, bp, ldb, beta,
+                                   packed.data<float>(), n);
+                  CHECK(testing::bitwise_equal(got, packed));
+                }
+              }
     }
   }
 }

@@ -90,8 +90,10 @@ const GemmKernelInfo& kernel_for(Isa isa) {
 namespace {
 Bf16Gemm g_bf16 =
     env_choice("FORGE_BF16_GEMM", "native", Bf16Gemm::native, "widen", Bf16Gemm::widen);
-APacking g_a_packing =
-    env_choice("FORGE_GEMM_A", "auto", APacking::automatic, "packed", APacking::always);
+Packing g_a_packing =
+    env_choice("FORGE_GEMM_A", "auto", Packing::automatic, "packed", Packing::always);
+Packing g_b_packing =
+    env_choice("FORGE_GEMM_B", "auto", Packing::automatic, "packed", Packing::always);
 
 // The kernel for a product of these element types.
 const GemmKernelInfo& kernel_for(GemmElem ea, GemmElem eb) {
@@ -105,11 +107,17 @@ const GemmKernelInfo& kernel_for(GemmElem ea, GemmElem eb) {
 Bf16Gemm bf16_gemm() {
   return g_bf16;
 }
-APacking gemm_a_packing() {
+Packing gemm_a_packing() {
   return g_a_packing;
 }
-void set_gemm_a_packing(APacking mode) {
+void set_gemm_a_packing(Packing mode) {
   g_a_packing = mode;
+}
+Packing gemm_b_packing() {
+  return g_b_packing;
+}
+void set_gemm_b_packing(Packing mode) {
+  g_b_packing = mode;
 }
 void set_bf16_gemm(Bf16Gemm mode) {
   g_bf16 = mode;
@@ -261,11 +269,17 @@ bool rows_in_place(const GemmKernelInfo& K, bool ta, GemmElem ea, int64_t m) {
 // is ~6% faster without it (along k: a layer's input in forward, the output gradient in the input
 // gradient's product; across k: the output gradient in the weight gradient's); at 2048^3, reading
 // 12 rows 8 KB apart lost 1-4% (AVX-512 and AVX2) to the packed sliver's contiguous reads
-// (bench/RESULTS.md, 2026-12-07 evening). FORGE_GEMM_A=packed always packs (the same bits).
+// (bench/RESULTS.md, 2026-12-07 evening). Rows a multiple of 4 KB apart are packed all the same:
+// their lines all fall in one set of L1 (64 sets of 64-byte lines), which holds 12 of them at most
+// (Zen 5; 8 on older cores), so the tile's rows evict each other (1024^3 ran at 0.87 of packed).
+// FORGE_GEMM_A=packed always packs (the same bits).
 constexpr int64_t kAUnpackedMaxN = 1024;
-bool a_read_unpacked(const GemmKernelInfo& K, bool ta, GemmElem ea, int64_t n) {
-  return g_a_packing == APacking::automatic && K.a_in_place_kernels[ta] && ea == GemmElem::f32 &&
-         n <= kAUnpackedMaxN;
+bool one_l1_set(int64_t ld) {
+  return ld % 1024 == 0;  // f32 rows a multiple of 4 KB apart
+}
+bool a_read_unpacked(const GemmKernelInfo& K, bool ta, GemmElem ea, int64_t n, int64_t lda) {
+  return g_a_packing == Packing::automatic && K.a_in_place_kernels[ta] && ea == GemmElem::f32 &&
+         !one_l1_set(lda) && n <= kAUnpackedMaxN;
 }
 
 // With A in place, an f32 B given per call (attention's keys and values while decoding) is read in
@@ -274,8 +288,24 @@ bool b_in_place(const GemmKernelInfo& K, bool a_in_place, GemmElem eb, bool prep
   return a_in_place && !prepacked && eb == GemmElem::f32 && K.row_kernel_b != nullptr;
 }
 
-// The floats of the driver's B workspace: every sliver of a panel, or the edge sliver alone.
-int64_t b_pack_floats(const GemmKernelInfo& K, int64_t n, int64_t KC, bool b_read_in_place) {
+// With A read unpacked, an f32 B stored across k (B(p, j) at B[p * ldb + j]: a linear layer's
+// weight in its input gradient's product, its input in the weight gradient's, attention's values)
+// is read in place by the same kernels, B's stride for the packed sliver's: the same products in
+// the same order. Packing B costs a pass over it per A block and, at the `cpu` preset's shapes,
+// more than the kernels lose to reading B's rows ldb apart (bench/RESULTS.md, 2026-12-07 night).
+// A B stored along k (B^T's rows: the weight in the forward product) is still packed: the kernel
+// would have to transpose it for every tile. Rows 4 KB apart are packed, as A's are (above).
+// FORGE_GEMM_B=packed always packs (the same bits).
+bool b_read_unpacked(bool a_unpacked, GemmElem eb, bool tb, bool prepacked, int64_t ldb) {
+  return a_unpacked && g_b_packing == Packing::automatic && eb == GemmElem::f32 && !tb &&
+         !prepacked && !one_l1_set(ldb);
+}
+
+// The floats of the driver's B workspace: every sliver of a panel, or the edge sliver alone (B
+// read in place), or nothing (B in place, no edge).
+int64_t b_pack_floats(const GemmKernelInfo& K, int64_t n, int64_t KC, bool b_read_in_place,
+                      bool b_unpacked) {
+  if (b_unpacked) return n % K.nr ? K.nr * KC : 0;
   return (b_read_in_place ? K.nr : n_block(n, K.nr)) * KC;
 }
 
@@ -345,8 +375,13 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   const int64_t MC = std::min<int64_t>(kMC, (m + MR - 1) / MR * MR);
   const int64_t NC = n_block(n, NR);
   const bool a_in_place = rows_in_place(K, ta, ea, m);
-  const bool a_unpacked = !a_in_place && a_read_unpacked(K, ta, ea, n);
+  const bool a_unpacked = !a_in_place && a_read_unpacked(K, ta, ea, n, lda);
   const bool b_read_in_place = b_in_place(K, a_in_place, src.eb, src.prepacked != nullptr);
+  const bool b_unpacked =
+      b_read_unpacked(a_unpacked, src.eb, src.tb, src.prepacked != nullptr, src.ldb);
+  // With B unpacked, whether its sliver at column col is read in place (a whole one) or packed
+  // on its own at the workspace's start (the edge).
+  auto sliver_in_place = [&](int64_t col) { return b_unpacked && col + NR <= n; };
   const Team team = team_for(K, m, n, k, a_in_place);
   const int threads = team.threads;
   const bool split_cols = team.split_cols;
@@ -357,7 +392,8 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
   // packed panel no longer passes through memory. Same packed bits, same arithmetic.
   const bool lazy_b = threads == 1 && !a_in_place && !src.prepacked && m <= MC;
   Workspace a_pack(a_in_place || a_unpacked ? 0 : size_t(MC * KC) * (split_cols ? threads : 1));
-  Workspace b_pack(src.prepacked ? 0 : size_t(b_pack_floats(K, n, KC, b_read_in_place)));
+  Workspace b_pack(src.prepacked ? 0
+                                 : size_t(b_pack_floats(K, n, KC, b_read_in_place, b_unpacked)));
 
   // The work is split by hand among a team of `nt` threads (this one is number `t`), each with
   // a static share of every loop, and `sync()` where one thread's writes are another's reads. A
@@ -414,8 +450,9 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
           Bp = b_pack.p;
           const auto [s0, s1] = part(b_slivers);
           for (int64_t s = s0; s < s1; ++s)
-            K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + s * NR, pc, kc, NR,
-                     b_pack.p + s * b_stride);
+            if (!sliver_in_place(jc + s * NR))
+              K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + s * NR, pc, kc, NR,
+                       b_pack.p + (b_unpacked ? 0 : s * b_stride));
           if (!split_cols) sync();
         } else {
           Bp = b_pack.p;  // packed sliver by sliver, in the first A block's tiles
@@ -467,13 +504,19 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
         // edge's first rows only), on A's rows in place or its packed sliver.
         auto tile = [&](int64_t ic, int64_t ir, int64_t jr) {
           const int64_t row = ic + ir * MR, rows = std::min<int64_t>(MR, m - row);
-          const float* b = lazy_b ? Bp : Bp + jr * b_stride;
+          const int64_t col = jc + jr * NR;
+          const float* b = lazy_b || b_unpacked ? Bp : Bp + jr * b_stride;
           if (a_unpacked) {
             const float* a = static_cast<const float*>(A) + (ta ? pc * lda + row : row * lda + pc);
             const GemmAInPlaceKernel kernel = K.a_in_place_kernels[ta][rows];
+            long ldb = NR;
+            if (sliver_in_place(col)) {
+              b = static_cast<const float*>(src.B) + pc * src.ldb + col;
+              ldb = long(src.ldb);
+            }
             tile_out([&](float* c, long l, float al,
-                         float be) { kernel(kc, a, long(lda), b, c, l, al, be); },
-                     rows, row, jc + jr * NR, rows);
+                         float be) { kernel(kc, a, long(lda), b, ldb, c, l, al, be); },
+                     rows, row, col, rows);
             return;
           }
           const float* a = Ap + ir * kc * MR;
@@ -484,7 +527,7 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
             kernel_rows = rows;
           }
           tile_out([&](float* c, long l, float al, float be) { kernel(kc, a, b, c, l, al, be); },
-                   kernel_rows, row, jc + jr * NR, rows);
+                   kernel_rows, row, col, rows);
         };
         if (split_cols) {
           const auto [s0, s1] = part(b_slivers);
@@ -516,11 +559,13 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
           const auto [t0, t1] = part(a_slivers * b_slivers);
           for (int64_t i = t0; i < t1; ++i) {
             const int64_t ir = i % a_slivers, jr = i / a_slivers;
-            if (lazy_b) {
+            if (lazy_b && !b_unpacked) {
               if (ir == 0)
                 K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + jr * NR, pc, kc, NR, b_pack.p);
               if (jr + 1 < b_slivers)
                 prefetch_b_part(src, n, jc + (jr + 1) * NR, pc, kc, NR, ir, a_slivers);
+            } else if (lazy_b && ir == 0 && !sliver_in_place(jc + jr * NR)) {
+              K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + jr * NR, pc, kc, NR, b_pack.p);
             }
             tile(ic, ir, jr);
           }
@@ -547,19 +592,20 @@ void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
               BSource{.eb = eb, .tb = tb, .B = B, .ldb = ldb}, beta, C, ldc);
 }
 
-int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a) {
+int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b) {
   if (m == 0 || n == 0 || k == 0) return 0;
   const GemmKernelInfo& K = kernel_for(cpu_isa());
   const int64_t KC = k_block(k), MC = std::min<int64_t>(kMC, (m + K.mr - 1) / K.mr * K.mr);
   const bool a_in_place = rows_in_place(K, trans_a, GemmElem::f32, m);
   const bool b_read_in_place = b_in_place(K, a_in_place, GemmElem::f32, false);
+  const int64_t lda = trans_a ? m : k, ldb = trans_b ? k : n;  // contiguous operands
+  const bool a_unpacked = !a_in_place && a_read_unpacked(K, trans_a, GemmElem::f32, n, lda);
+  const bool b_unpacked = b_read_unpacked(a_unpacked, GemmElem::f32, trans_b, false, ldb);
   const Team team = team_for(K, m, n, k, a_in_place);
-  const int64_t a_blocks = a_in_place || a_read_unpacked(K, trans_a, GemmElem::f32, n) ? 0
-                           : team.split_cols ? team.threads
-                                             : 1;
+  const int64_t a_blocks = a_in_place || a_unpacked ? 0 : team.split_cols ? team.threads : 1;
+  const int64_t b_floats = b_pack_floats(K, n, KC, b_read_in_place, b_unpacked);
   return int64_t(cpu_allocator().accounted(size_t(MC * KC * a_blocks) * sizeof(float))) +
-         int64_t(cpu_allocator().accounted(size_t(b_pack_floats(K, n, KC, b_read_in_place)) *
-                                           sizeof(float)));
+         int64_t(cpu_allocator().accounted(size_t(b_floats) * sizeof(float)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -70,9 +70,11 @@ void gemm_prepacked(int64_t m, float alpha, const float* A, int64_t lda, const P
 
 // The scratch a packed product of this shape takes from the allocator (tagged `other`) while it
 // runs: its A block and B panel, sized by the kernel in use (an f32 A read in place, a few rows
-// of it or any with B at most 1024 wide, takes no A block). The memory planner (recipes/plan.h)
+// of it or any with B at most 1024 wide, takes no A block; with the latter, a B stored across k
+// takes at most an edge sliver), for contiguous operands. The memory planner (recipes/plan.h)
 // counts it at the step's peak.
-int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a = false);
+int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a = false,
+                             bool trans_b = false);
 
 // How bf16 x bf16 products run: native (the AVX512_BF16 kernel, where the processor has it and
 // the avx512 family is in use; else as widen) or widen (to f32 as they are packed, the f32
@@ -83,11 +85,14 @@ void set_bf16_gemm(Bf16Gemm mode);    // FORGE_BF16_GEMM=native|widen sets the i
 bool bf16_native_supported();         // the processor has AVX512_BF16 and the build its kernel
 const char* gemm_bf16_kernel_name();  // the kernel a bf16 x bf16 product uses now
 
-// Whether the packed kernels pack an f32 A: automatic (read in place, unpacked, where B is at most
-// 1024 columns wide, else packed) or always (for measuring one against the other: the same bits).
-enum class APacking { automatic, always };
-APacking gemm_a_packing();
-void set_gemm_a_packing(APacking mode);  // FORGE_GEMM_A=auto|packed sets the initial one
+// Whether the packed kernels pack an f32 operand: automatic (A read in place, unpacked, where B is
+// at most 1024 columns wide, and then a B stored across k read in place too; else packed) or
+// always (for measuring one against the other: the same bits).
+enum class Packing { automatic, always };
+Packing gemm_a_packing();
+void set_gemm_a_packing(Packing mode);  // FORGE_GEMM_A=auto|packed sets the initial one
+Packing gemm_b_packing();
+void set_gemm_b_packing(Packing mode);  // FORGE_GEMM_B=auto|packed sets the initial one
 
 enum class GemmBackend { packed, eigen };
 GemmBackend gemm_backend();

@@ -27,8 +27,8 @@ using GemmRowKernelB = void (*)(long kc, const float* a, const float* b, long ld
 
 // The tile kernel with an f32 A read in place: op(A)(i, p) at a[i * lda + p], or a[p * lda + i] for
 // a transposed A.
-using GemmAInPlaceKernel = void (*)(long kc, const float* a, long lda, const float* b, float* c,
-                                    long ldc, float alpha, float beta);
+using GemmAInPlaceKernel = void (*)(long kc, const float* a, long lda, const float* b, long ldb,
+                                    float* c, long ldc, float alpha, float beta);
 
 struct GemmKernelInfo {
   const char* name;

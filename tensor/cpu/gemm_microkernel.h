@@ -36,7 +36,7 @@ inline void prefetch_c_tile(const float* c, long ldc) {
 // sliver or from A's rows in place (below), the same products in the same order either way.
 template <class V, int MR, int NV, class AAt>
 inline __attribute__((always_inline)) void tile_kernel(long kc, AAt a_at, const float* __restrict b,
-                                                       float* c, long ldc, float alpha,
+                                                       long ldb, float* c, long ldc, float alpha,
                                                        float beta) {
   constexpr int W = V::W;
   constexpr int NR = NV * W;
@@ -51,7 +51,7 @@ inline __attribute__((always_inline)) void tile_kernel(long kc, AAt a_at, const 
   for (long p = 0; p < kc; ++p) {
     typename V::reg bv[NV];
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = V::load(b + p * NR + j * W);
+    for (int j = 0; j < NV; ++j) bv[j] = V::load(b + p * ldb + j * W);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       typename V::reg av = V::broadcast(a_at(p, i));
@@ -84,7 +84,7 @@ template <class V, int MR, int NV, int AS = MR>
 void microkernel(long kc, const float* __restrict a, const float* __restrict b, float* c, long ldc,
                  float alpha, float beta) {
   tile_kernel<V, MR, NV>(
-      kc, [a](long p, int i) { return a[p * AS + i]; }, b, c, ldc, alpha, beta);
+      kc, [a](long p, int i) { return a[p * AS + i]; }, b, NV * V::W, c, ldc, alpha, beta);
 }
 
 // The same tile (or its first MR rows of a wider one) with an f32 A read in place, unpacked: stored
@@ -92,10 +92,10 @@ void microkernel(long kc, const float* __restrict a, const float* __restrict b, 
 // tile's MR values of depth p contiguous at a + p * lda, as in a packed sliver, lda apart).
 template <class V, int MR, int NV, bool TA>
 void microkernel_a_in_place(long kc, const float* __restrict a, long lda, const float* __restrict b,
-                            float* c, long ldc, float alpha, float beta) {
+                            long ldb, float* c, long ldc, float alpha, float beta) {
   tile_kernel<V, MR, NV>(
-      kc, [a, lda](long p, int i) { return TA ? a[p * lda + i] : a[i * lda + p]; }, b, c, ldc,
-      alpha, beta);
+      kc, [a, lda](long p, int i) { return TA ? a[p * lda + i] : a[i * lda + p]; }, b, ldb, c,
+      ldc, alpha, beta);
 }
 
 // A family's a_in_place kernels (GemmKernelInfo::a_in_place_kernels[TA]): the MR x NR tile's
