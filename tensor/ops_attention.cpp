@@ -14,7 +14,9 @@
 //   dS  = P * (dP - rowsum(P * dP))   on and below the diagonal, 0 above
 //   dQ  = dS K / sqrt(hs)  dK = dS^T Q / sqrt(hs)
 // The (batch, head) pairs are split across threads; each pair's products run single-threaded, so
-// results do not depend on the thread count.
+// results do not depend on the thread count. In f32 the products skip what the causal mask makes
+// zero or unneeded (cpu::Causal: S and dP' above the diagonal, the depths a row of P or dS cannot
+// see), with the full products' bits; bench/attention_products measures the saving.
 //
 // On cuda (tensor/cuda/attention.cu) the forward never forms P: a flash-attention kernel keeps a
 // running softmax per row, and `probs` of the result holds instead the log-sum-exp of each row,
@@ -84,6 +86,17 @@ void causal_softmax_rows(T* S, int64_t rows, int64_t cols, int64_t offset = 0) {
     const T inv = T(1) / cpu::lanes_sum(row, cols);
     for (int64_t j = 0; j < cols; ++j) row[j] *= inv;
   }
+}
+
+// One head's product (cpu::gemm's arguments), told which part the causal mask makes zero or
+// unneeded (see cpu::Causal): f32 skips it, f64 (Eigen) computes it all.
+template <class T>
+void head_gemm(cpu::Causal causal, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
+               const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>)
+    cpu::gemm_causal(causal, ta, tb, m, n, k, alpha, A, lda, B, ldb, 0.0f, C, ldc);
+  else
+    cpu::gemm<T>(ta, tb, m, n, k, alpha, A, lda, B, ldb, T(0), C, ldc);
 }
 
 // P' = P * mask / (1 - p) into dst.
@@ -258,9 +271,10 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
           const T* K = Q + C;
           const T* V = Q + 2 * C;
           T* P = narrow_probs ? dropped.get() + (pmask ? Tn * Tn : 0) : pprobs + bh * Tn * Tn;
-          cpu::gemm<T>(false, true, Tn, Tn, hs, scale, Q, 3 * C, K, 3 * C, T(0), P, Tn);  // pass 1
-          causal_softmax_rows(P, Tn, Tn);                                                 // pass 2
-          if (narrow_probs)  // kept for backward in 16 bits; the forward goes on in T
+          head_gemm(cpu::Causal::c_lower, false, true, Tn, Tn, hs, scale, Q, 3 * C, K, 3 * C, P,
+                    Tn);                   // pass 1
+          causal_softmax_rows(P, Tn, Tn);  // pass 2
+          if (narrow_probs)                // kept for backward in 16 bits; the forward goes on in T
             dispatch_float(pdt, "causal_attention", [&]<class P16>() {
               P16* dst = r.probs.data<P16>() + bh * Tn * Tn;
               for (int64_t i = 0; i < Tn * Tn; ++i) dst[i] = P16(float(P[i]));
@@ -271,8 +285,8 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
             apply_mask(P, pmask + bh * Tn * Tn, keep, Tn * Tn, buf);
             Pd = buf;
           }
-          cpu::gemm<T>(false, false, Tn, hs, Tn, T(1), Pd, Tn, V, 3 * C, T(0),  // pass 4
-                       pout + b * Tn * C + h * hs, C);
+          head_gemm(cpu::Causal::a_lower, false, false, Tn, hs, Tn, T(1), Pd, Tn, V, 3 * C,
+                    pout + b * Tn * C + h * hs, C);  // pass 4
         }
       });
     }
@@ -348,9 +362,11 @@ Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, co
             apply_mask(P, pmask + bh * Tn * Tn, keep, Tn * Tn, buf);
             Pd = buf;
           }
-          cpu::gemm<T>(false, true, Tn, Tn, hs, T(1), dO, C, V, 3 * C, T(0), dP, Tn);   // dP'
-          cpu::gemm<T>(true, false, Tn, hs, Tn, T(1), Pd, Tn, dO, C, T(0), dV, 3 * C);  // dV
-          if (pmask) apply_mask(dP, pmask + bh * Tn * Tn, keep, Tn * Tn, dP);           // dP
+          head_gemm(cpu::Causal::c_lower, false, true, Tn, Tn, hs, T(1), dO, C, V, 3 * C, dP,
+                    Tn);  // dP'
+          head_gemm(cpu::Causal::a_upper, true, false, Tn, hs, Tn, T(1), Pd, Tn, dO, C, dV,
+                    3 * C);                                                    // dV
+          if (pmask) apply_mask(dP, pmask + bh * Tn * Tn, keep, Tn * Tn, dP);  // dP
           // dS, in place of dP. Row t's probabilities past t are +0, so over the whole row the dot
           // adds +-0 to its lanes past t (the same bits, as in causal_softmax_rows) and the loops
           // keep the row's full width.
@@ -360,8 +376,10 @@ Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, co
             const T dot = cpu::lanes_dot(p, d, Tn);
             for (int64_t j = 0; j < Tn; ++j) d[j] = j <= t ? p[j] * (d[j] - dot) : T(0);
           }
-          cpu::gemm<T>(false, false, Tn, hs, Tn, scale, dP, Tn, K, 3 * C, T(0), dQ, 3 * C);  // dQ
-          cpu::gemm<T>(true, false, Tn, hs, Tn, scale, dP, Tn, Q, 3 * C, T(0), dK, 3 * C);   // dK
+          head_gemm(cpu::Causal::a_lower, false, false, Tn, hs, Tn, scale, dP, Tn, K, 3 * C, dQ,
+                    3 * C);  // dQ
+          head_gemm(cpu::Causal::a_upper, true, false, Tn, hs, Tn, scale, dP, Tn, Q, 3 * C, dK,
+                    3 * C);  // dK
         }
       });
     }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 
 #include "tensor/cpu/cpu_features.h"
 #include "tensor/cpu/gemm.h"
@@ -410,6 +411,77 @@ TEST_CASE("a B read in place, unpacked, gives the bits of the same B packed") {
               }
     }
   }
+}
+
+TEST_CASE("a causal product skips the masked part and gives the full product's bits") {
+  // Attention's products of one head (cpu::Causal): op(A) zero above its diagonal (a_lower: P V,
+  // dS K) or below it (a_upper: P^T dO, dS^T Q), stored either way, each tile summing only the
+  // depths its rows see; and C wanted on and below its diagonal (c_lower: Q K^T), tiles wholly
+  // above it set to 0. Against the full product of the same operands, bit for bit: T from one
+  // row past a tile to two K blocks (300), rows lda apart as in qkv (3C), A read in place and
+  // packed (Packing::always), 1 and 2 threads (tiles split between them).
+  struct Restore {
+    cpu::Packing saved = cpu::gemm_a_packing();
+    ~Restore() { cpu::set_gemm_a_packing(saved); }
+  } restore;
+  Generator gen(61);
+  for (Isa isa : runnable_isas("gemm kernel family")) {
+    IsaScope scope(isa);
+    for (cpu::Packing packing : {cpu::Packing::automatic, cpu::Packing::always}) {
+      cpu::set_gemm_a_packing(packing);
+      for (int threads : {1, 2}) {
+        testing::ThreadCount thread_count(threads);
+        for (int64_t T : {13, 64, 100, 300})
+          for (int64_t hs : {32, 20}) {
+            INFO("isa " << cpu::isa_name(isa) << " packed A " << (packing == cpu::Packing::always)
+                        << " threads " << threads << " T " << T << " hs " << hs);
+            const int64_t ld = 3 * hs + 7;  // B and Q/K/V rows padded, as heads inside qkv
+            Tensor Bm = randn({T, ld}, gen), c0 = randn({T, T}, gen), c1 = randn({T, hs}, gen);
+            for (cpu::Causal causal : {cpu::Causal::a_lower, cpu::Causal::a_upper})
+              for (bool ta : {false, true}) {
+                INFO("a_lower " << (causal == cpu::Causal::a_lower) << " ta " << ta);
+                // op(A) (T x T), zero on the masked side; stored as A or as A^T.
+                Tensor M = randn({T, T}, gen);
+                float* pm = M.data<float>();
+                for (int64_t i = 0; i < T; ++i)
+                  for (int64_t p = 0; p < T; ++p)
+                    if (causal == cpu::Causal::a_lower ? p > i : p < i) pm[i * T + p] = 0.0f;
+                Tensor A = ta ? M.transpose(0, 1).contiguous() : M;
+                for (float beta : {0.0f, 0.5f}) {
+                  Tensor got = c1.clone(), full = c1.clone();
+                  cpu::gemm_causal(causal, ta, false, T, hs, T, 0.7f, A.data<float>(), T,
+                                   Bm.data<float>(), ld, beta, got.data<float>(), hs);
+                  cpu::gemm_packed(ta, false, T, hs, T, 0.7f, A.data<float>(), T, Bm.data<float>(),
+                                   ld, beta, full.data<float>(), hs);
+                  CHECK(testing::bitwise_equal(got, full));
+                }
+              }
+            // c_lower: S = Q K^T with Q, K rows of Bm; on and below the diagonal the full
+            // product's bits, above it 0 or the product.
+            Tensor got = c0.clone(), full = c0.clone();
+            const float* q = Bm.data<float>();
+            cpu::gemm_causal(cpu::Causal::c_lower, false, true, T, T, hs, 0.7f, q, ld, q + hs, ld,
+                             0.0f, got.data<float>(), T);
+            cpu::gemm_packed(false, true, T, T, hs, 0.7f, q, ld, q + hs, ld, 0.0f,
+                             full.data<float>(), T);
+            const float *pg = got.data<float>(), *pf = full.data<float>();
+            int64_t wrong = 0, zeroed = 0;
+            for (int64_t i = 0; i < T; ++i)
+              for (int64_t j = 0; j < T; ++j) {
+                const float g = pg[i * T + j], f = pf[i * T + j];
+                const bool same = std::memcmp(&g, &f, sizeof g) == 0;
+                if (j <= i ? !same : !(same || g == 0.0f)) ++wrong;
+                if (j > i && g == 0.0f && f != 0.0f) ++zeroed;
+              }
+            CHECK(wrong == 0);
+            if (T >= 64) CHECK(zeroed > 0);  // some tile above the diagonal was skipped
+          }
+      }
+    }
+  }
+  CHECK_THROWS_WITH(cpu::gemm_causal(cpu::Causal::c_lower, false, true, 2, 2, 2, 1.0f, nullptr, 2,
+                                     nullptr, 2, 1.0f, nullptr, 2),
+                    Catch::Matchers::Contains("beta"));
 }
 
 TEST_CASE("a bottom edge sliver (its own kernel for its rows) gives the rows of a full tile") {

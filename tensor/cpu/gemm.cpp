@@ -16,6 +16,7 @@
 // (the packed panels are zero-padded), then the valid part is combined into C.
 #include "tensor/cpu/gemm.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -363,7 +364,7 @@ Team team_for(const GemmKernelInfo& K, int64_t m, int64_t n, int64_t k, bool a_i
 // The BLIS loops (see the top of this file) for either B source.
 void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t k, float alpha,
                  const void* A, GemmElem ea, int64_t lda, const BSource& src, float beta, float* C,
-                 int64_t ldc) {
+                 int64_t ldc, Causal causal) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
     for (int64_t i = 0; i < m; ++i)
@@ -505,29 +506,43 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
         auto tile = [&](int64_t ic, int64_t ir, int64_t jr) {
           const int64_t row = ic + ir * MR, rows = std::min<int64_t>(MR, m - row);
           const int64_t col = jc + jr * NR;
-          const float* b = lazy_b || b_unpacked ? Bp : Bp + jr * b_stride;
+          // The depths [p0, p1) of this K block the tile takes (see Causal): the others' products
+          // are exact zeros, which leave its sums' bits as they are.
+          int64_t p0 = 0, p1 = kc;
+          if (causal == Causal::a_lower) p1 = std::clamp<int64_t>(row + rows - pc, 0, kc);
+          if (causal == Causal::a_upper) p0 = std::clamp<int64_t>(row - pc, 0, kc);
+          p1 = std::max(p0, p1);
+          if (causal == Causal::c_lower && col >= row + rows) {  // wholly above the diagonal
+            if (pc == 0)
+              for (int64_t i = row; i < row + rows; ++i)
+                std::fill_n(C + i * ldc + col, std::min<int64_t>(NR, n - col), 0.0f);
+            return;
+          }
+          const float* b = (lazy_b || b_unpacked ? Bp : Bp + jr * b_stride) + p0 * NR;
           if (a_unpacked) {
-            const float* a = static_cast<const float*>(A) + (ta ? pc * lda + row : row * lda + pc);
+            const int64_t p = pc + p0;
+            const float* a = static_cast<const float*>(A) + (ta ? p * lda + row : row * lda + p);
             const GemmAInPlaceKernel kernel = K.a_in_place_kernels[ta][rows];
             long ldb = NR;
             if (sliver_in_place(col)) {
-              b = static_cast<const float*>(src.B) + pc * src.ldb + col;
+              b = static_cast<const float*>(src.B) + p * src.ldb + col;
               ldb = long(src.ldb);
             }
             tile_out([&](float* c, long l, float al,
-                         float be) { kernel(kc, a, long(lda), b, ldb, c, l, al, be); },
+                         float be) { kernel(p1 - p0, a, long(lda), b, ldb, c, l, al, be); },
                      rows, row, col, rows);
             return;
           }
-          const float* a = Ap + ir * kc * MR;
+          const float* a = Ap + ir * kc * MR + p0 * MR;
           GemmMicrokernel kernel = K.kernel;
           int64_t kernel_rows = MR;
           if (rows < MR && K.edge_kernels) {
             kernel = K.edge_kernels[rows];  // the first rows of the sliver only
             kernel_rows = rows;
           }
-          tile_out([&](float* c, long l, float al, float be) { kernel(kc, a, b, c, l, al, be); },
-                   kernel_rows, row, col, rows);
+          tile_out(
+              [&](float* c, long l, float al, float be) { kernel(p1 - p0, a, b, c, l, al, be); },
+              kernel_rows, row, col, rows);
         };
         if (split_cols) {
           const auto [s0, s1] = part(b_slivers);
@@ -589,7 +604,19 @@ void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
                 GemmElem ea, int64_t lda, const void* B, GemmElem eb, int64_t ldb, float beta,
                 float* C, int64_t ldc) {
   gemm_driver(kernel_for(ea, eb), ta, m, n, k, alpha, A, ea, lda,
-              BSource{.eb = eb, .tb = tb, .B = B, .ldb = ldb}, beta, C, ldc);
+              BSource{.eb = eb, .tb = tb, .B = B, .ldb = ldb}, beta, C, ldc, Causal::none);
+}
+
+void gemm_causal(Causal causal, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                 int64_t ldc) {
+  FORGE_CHECK(causal != Causal::c_lower || beta == 0.0f,
+              "gemm_causal: a lower C is written afresh (beta 0), got beta {}", beta);
+  if (g_backend == GemmBackend::eigen)
+    gemm_eigen<float>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+  else
+    gemm_driver(kernel_for(cpu_isa()), ta, m, n, k, alpha, A, GemmElem::f32, lda,
+                BSource{.tb = tb, .B = B, .ldb = ldb}, beta, C, ldc, causal);
 }
 
 int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b) {
@@ -654,7 +681,7 @@ void gemm_prepacked(int64_t m, float alpha, const float* A, int64_t lda, const P
               B.kernel_name(), gemm_kernel_name(),
               g_backend == GemmBackend::packed ? "packed backend" : "eigen backend");
   gemm_driver(*static_cast<const GemmKernelInfo*>(B.kernel_), false, m, B.n(), B.k(), alpha, A,
-              GemmElem::f32, lda, BSource{.prepacked = B.data_.get()}, beta, C, ldc);
+              GemmElem::f32, lda, BSource{.prepacked = B.data_.get()}, beta, C, ldc, Causal::none);
 }
 
 }  // namespace forge::cpu

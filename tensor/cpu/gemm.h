@@ -23,6 +23,20 @@ template <class T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// Causal attention's products of one head (T x T probabilities P and their gradient dS, zero above
+// the diagonal; scores S and dP wanted on and below it only): which part the packed f32 kernels
+// may skip. a_lower: op(A)(i, p) is 0 for p > i (P V, dS K); a_upper: op(A)(i, p) is 0 for p < i
+// (P^T dO, dS^T Q); each tile then sums only the depths its rows can see, in the same order, and
+// the products it leaves out are exact zeros, so for a finite B the result is the full product's,
+// bit for bit. c_lower (beta 0): C(i, j) is wanted for j <= i only (Q K^T, dO V^T); tiles wholly
+// above the diagonal are set to 0 instead of computed, the others computed whole (so entries
+// above the diagonal hold 0 or their product). With T = 64 and 12 x 32 tiles this leaves out a
+// sixth of the tiles of S and dP and a third to a half of the depths of the other four products.
+enum class Causal : uint8_t { none, a_lower, a_upper, c_lower };
+void gemm_causal(Causal causal, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                 float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                 float* C, int64_t ldc);
+
 // Element types the packed kernels read: 16-bit inputs are widened to f32 as they are packed, and
 // the products accumulate in f32 (exact widening: the result is, bit for bit, the f32 product of
 // the widened inputs).

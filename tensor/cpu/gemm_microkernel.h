@@ -94,8 +94,8 @@ template <class V, int MR, int NV, bool TA>
 void microkernel_a_in_place(long kc, const float* __restrict a, long lda, const float* __restrict b,
                             long ldb, float* c, long ldc, float alpha, float beta) {
   tile_kernel<V, MR, NV>(
-      kc, [a, lda](long p, int i) { return TA ? a[p * lda + i] : a[i * lda + p]; }, b, ldb, c,
-      ldc, alpha, beta);
+      kc, [a, lda](long p, int i) { return TA ? a[p * lda + i] : a[i * lda + p]; }, b, ldb, c, ldc,
+      alpha, beta);
 }
 
 // A family's a_in_place kernels (GemmKernelInfo::a_in_place_kernels[TA]): the MR x NR tile's
