@@ -70,21 +70,28 @@ struct Scratch {
 // Rows of P (pass 2): causal softmax of S (rows x cols) in place; row t sees columns
 // 0 .. offset+t, the rest become 0.
 //
-// The hidden columns are set to -inf and every pass then runs over the whole row: each visible
-// element goes to the same lane of the reductions as over the visible part alone, -inf never wins
-// the max, e^-inf is +0, and adding +0 to a lane changes nothing, so the bits are those of a
-// softmax over the visible part; but the loops are the row's full width (attention's T, a
-// multiple of the vector width), not a different length per row with a scalar tail for each.
+// The passes run over the visible part rounded up to whole groups of the reductions' 16 lanes,
+// its hidden columns set to -inf; the columns past it are set to +0. Each visible element goes to
+// the same lane of the reductions as over the visible part alone, -inf never wins the max, e^-inf
+// is +0, and adding +0 to a lane changes nothing, so the bits are those of a softmax over the
+// visible part; but the loops are whole vectors (attention's T is a multiple of 16), not a
+// different length per row with a scalar tail for each, and the hidden groups (half of a causal
+// block) are never exponentiated.
+constexpr int64_t kLanes = 16;  // cpu::lanes_*'s
+int64_t lane_groups_end(int64_t n, int64_t cols) {
+  return std::min(cols, (n + kLanes - 1) / kLanes * kLanes);
+}
 template <class T>
 void causal_softmax_rows(T* S, int64_t rows, int64_t cols, int64_t offset = 0) {
   for (int64_t t = 0; t < rows; ++t) {
     T* row = S + t * cols;
-    const int64_t n = std::min(cols, offset + t + 1);
-    for (int64_t j = n; j < cols; ++j) row[j] = -std::numeric_limits<T>::infinity();
-    const T m = cpu::lanes_max(row, cols);
-    for (int64_t j = 0; j < cols; ++j) row[j] = cpu::vexp(row[j] - m);
-    const T inv = T(1) / cpu::lanes_sum(row, cols);
-    for (int64_t j = 0; j < cols; ++j) row[j] *= inv;
+    const int64_t n = std::min(cols, offset + t + 1), w = lane_groups_end(n, cols);
+    for (int64_t j = n; j < w; ++j) row[j] = -std::numeric_limits<T>::infinity();
+    std::fill(row + w, row + cols, T(0));
+    const T m = cpu::lanes_max(row, w);
+    for (int64_t j = 0; j < w; ++j) row[j] = cpu::vexp(row[j] - m);
+    const T inv = T(1) / cpu::lanes_sum(row, w);
+    for (int64_t j = 0; j < w; ++j) row[j] *= inv;
   }
 }
 
@@ -367,14 +374,16 @@ Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, co
           head_gemm(cpu::Causal::a_upper, true, false, Tn, hs, Tn, T(1), Pd, Tn, dO, C, dV,
                     3 * C);                                                    // dV
           if (pmask) apply_mask(dP, pmask + bh * Tn * Tn, keep, Tn * Tn, dP);  // dP
-          // dS, in place of dP. Row t's probabilities past t are +0, so over the whole row the dot
-          // adds +-0 to its lanes past t (the same bits, as in causal_softmax_rows) and the loops
-          // keep the row's full width.
+          // dS, in place of dP. Row t's probabilities past t are +0, so up to the end of its last
+          // group of lanes the dot adds +-0 to its lanes past t (the same bits, as in
+          // causal_softmax_rows) and the loops run whole vectors; past that group dS is 0.
           for (int64_t t = 0; t < Tn; ++t) {
             const T* p = P + t * Tn;
             T* d = dP + t * Tn;
-            const T dot = cpu::lanes_dot(p, d, Tn);
-            for (int64_t j = 0; j < Tn; ++j) d[j] = j <= t ? p[j] * (d[j] - dot) : T(0);
+            const int64_t w = lane_groups_end(t + 1, Tn);
+            const T dot = cpu::lanes_dot(p, d, w);
+            for (int64_t j = 0; j < w; ++j) d[j] = j <= t ? p[j] * (d[j] - dot) : T(0);
+            std::fill(d + w, d + Tn, T(0));
           }
           head_gemm(cpu::Causal::a_lower, false, false, Tn, hs, Tn, scale, dP, Tn, K, 3 * C, dQ,
                     3 * C);  // dQ
