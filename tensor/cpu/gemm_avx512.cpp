@@ -79,7 +79,14 @@ void transpose_rows(const float* src, long lds, long valid, long lanes, long len
                     long ldd) {
   const __mmask16 store = __mmask16((1u << lanes) - 1);
   __m512 r[16];
-  for (long p = 0; p < len; p += 16) {
+  long p = 0;
+  if (valid == 16 && lanes == 16)  // whole blocks without masks
+    for (; p + 16 <= len; p += 16) {
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds + p);
+      Avx512::transpose(r);
+      for (int q = 0; q < 16; ++q) _mm512_storeu_ps(dst + (p + q) * ldd, r[q]);
+    }
+  for (; p < len; p += 16) {
     const long n = len - p < 16 ? len - p : 16;
     const __mmask16 load = __mmask16((1u << n) - 1);
     for (int i = 0; i < 16; ++i)
