@@ -104,6 +104,13 @@ void copy_rows(const float* src, long lds, long valid, long width, long len, flo
   };
   const __mmask16 load0 = mask(valid), load1 = mask(valid - 16);
   const __mmask16 store0 = mask(width), store1 = mask(width - 16);
+  if (valid == 32 && width == 32) {  // whole rows without masks
+    for (long p = 0; p < len; ++p, src += lds, dst += width) {
+      _mm512_storeu_ps(dst, _mm512_loadu_ps(src));
+      _mm512_storeu_ps(dst + 16, _mm512_loadu_ps(src + 16));
+    }
+    return;
+  }
   for (long p = 0; p < len; ++p, src += lds, dst += width) {
     _mm512_mask_storeu_ps(dst, store0, _mm512_maskz_loadu_ps(load0, src));
     if (width > 16) _mm512_mask_storeu_ps(dst + 16, store1, _mm512_maskz_loadu_ps(load1, src + 16));
