@@ -2,7 +2,8 @@
 //
 //   for jc over N in steps of NC:               B panel (KC x NC) lives in L3
 //     for pc over K in steps of KC:             KC depends on K only (fixes the summation order)
-//       pack B[pc:pc+kc, jc:jc+nc]              threads split its NR-wide slivers
+//       pack B[pc:pc+kc, jc:jc+nc]              threads split its NR-wide slivers (read in
+//                                               place instead where A is and B is stored across k)
 //       for ic over M in steps of MC:           A block (MC x KC) lives in L2
 //         pack A[ic:ic+mc, pc:pc+kc]            threads split its MR-high slivers (an f32 A
 //                                               times a B <= 1024 wide is read in place instead)
@@ -511,7 +512,6 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
           int64_t p0 = 0, p1 = kc;
           if (causal == Causal::a_lower) p1 = std::clamp<int64_t>(row + rows - pc, 0, kc);
           if (causal == Causal::a_upper) p0 = std::clamp<int64_t>(row - pc, 0, kc);
-          p1 = std::max(p0, p1);
           if (causal == Causal::c_lower && col >= row + rows) {  // wholly above the diagonal
             if (pc == 0)
               for (int64_t i = row; i < row + rows; ++i)
@@ -574,13 +574,11 @@ void gemm_driver(const GemmKernelInfo& K, bool ta, int64_t m, int64_t n, int64_t
           const auto [t0, t1] = part(a_slivers * b_slivers);
           for (int64_t i = t0; i < t1; ++i) {
             const int64_t ir = i % a_slivers, jr = i / a_slivers;
-            if (lazy_b && !b_unpacked) {
+            if (lazy_b && !sliver_in_place(jc + jr * NR)) {
               if (ir == 0)
                 K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + jr * NR, pc, kc, NR, b_pack.p);
-              if (jr + 1 < b_slivers)
+              if (jr + 1 < b_slivers && !b_unpacked)
                 prefetch_b_part(src, n, jc + (jr + 1) * NR, pc, kc, NR, ir, a_slivers);
-            } else if (lazy_b && ir == 0 && !sliver_in_place(jc + jr * NR)) {
-              K.pack_b(src.eb, src.tb, src.B, src.ldb, n, jc + jr * NR, pc, kc, NR, b_pack.p);
             }
             tile(ic, ir, jr);
           }
