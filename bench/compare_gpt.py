@@ -30,7 +30,7 @@ def forge_side(build, shape, threads, steps, warmup, gelu="tanh", precision="f32
            "--steps", str(steps), "--warmup", str(warmup), "--gelu", gelu, "--precision", precision,
            "--checkpoint", checkpoint]
     return harness.Side(f"forge {precision} gelu={gelu} ckpt={checkpoint}", cmd, harness.forge_env(),
-                        harness.json_times("min_ms", "median_ms"))
+                        harness.json_times("min_ms", "median_ms"), threads=threads)
 
 
 def torch_side(setup, shape, steps, warmup, gelu="tanh", precision="f32"):
@@ -38,7 +38,7 @@ def torch_side(setup, shape, steps, warmup, gelu="tanh", precision="f32"):
            str(setup.threads), "--steps", str(steps), "--warmup", str(warmup), "--gelu", gelu,
            "--precision", precision] + setup.flags()
     return harness.Side(f"torch[{setup.label()}] {precision} gelu={gelu}", cmd, setup.env(),
-                        harness.json_times("min_ms", "median_ms"))
+                        harness.json_times("min_ms", "median_ms"), threads=setup.threads)
 
 
 def reference_setup(shape, threads, steps, opts, gelu="tanh"):

@@ -46,11 +46,12 @@ def main():
         common = ["--threads", str(t), "--repeats", str(opts.repeats), "--warmup", str(opts.warmup)]
         typed = common + ["--dtype", opts.dtype]
         binary = os.path.join(opts.build, "bench", "matmul")
-        ours = harness.Side("forge", [binary] + typed, harness.forge_env(), product_times, unit="s")
+        ours = harness.Side("forge", [binary] + typed, harness.forge_env(), product_times, unit="s",
+                            threads=t)
         f32 = harness.Side("forge-f32", [binary] + common, harness.forge_env(), product_times,
-                           unit="s")
+                           unit="s", threads=t)
         theirs = [harness.Side(f"torch[{s.label()}]", [harness.TORCH_PYTHON, os.path.join(HERE, "matmul_torch.py")]
-                               + typed, s.env(), product_times, unit="s")
+                               + typed, s.env(), product_times, unit="s", threads=t)
                   for s in harness.torch_setups(t, opts, optimizer=False)]
         sides = [ours] + ([f32] if opts.dtype != "f32" else []) + theirs
         runs = harness.run_rounds(sides, opts, f"{t} thread(s) {opts.dtype}")

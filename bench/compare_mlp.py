@@ -31,13 +31,14 @@ def epoch_times(stdout, _stderr):
 def forge_side(build, threads, epochs, warmup):
     cmd = [os.path.join(build, "bench", "mlp_epoch"), "--threads", str(threads), "--epochs", str(epochs),
            "--warmup", str(warmup)]
-    return harness.Side("forge", cmd, harness.forge_env(), epoch_times, unit="s")
+    return harness.Side("forge", cmd, harness.forge_env(), epoch_times, unit="s", threads=threads)
 
 
 def torch_side(setup, epochs, warmup):
     cmd = [harness.TORCH_PYTHON, os.path.join(HERE, "mlp_torch.py"), "--threads", str(setup.threads),
            "--epochs", str(epochs), "--warmup", str(warmup)] + setup.flags()
-    return harness.Side(f"torch[{setup.label()}]", cmd, setup.env(), epoch_times, unit="s")
+    return harness.Side(f"torch[{setup.label()}]", cmd, setup.env(), epoch_times, unit="s",
+                        threads=setup.threads)
 
 
 def main():

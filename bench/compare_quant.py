@@ -76,13 +76,14 @@ def torch_times(stdout, _stderr):
 def forge_bench_side(args, model, batches):
     cmd = [os.path.join(args.build, "bench", "quant_bench"), "--model", model, "--batch", batches,
            "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-    return harness.Side(f"forge {model}", cmd, harness.forge_env(), bench_times, cwd=ROOT)
+    return harness.Side(f"forge {model}", cmd, harness.forge_env(), bench_times, cwd=ROOT,
+                        threads=args.threads)
 
 
 def torch_stack_sides(args):
     cmd = [harness.TORCH_PYTHON, os.path.join(ROOT, "bench", "quant_torch.py"), "--threads", str(args.threads),
            "--batch", "1,64", "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-    return [harness.Side(f"torch[{s.label()}]", cmd, s.env(), torch_times, cwd=ROOT)
+    return [harness.Side(f"torch[{s.label()}]", cmd, s.env(), torch_times, cwd=ROOT, threads=args.threads)
             for s in harness.torch_setups(args.threads, args, optimizer=False)]
 
 
@@ -115,7 +116,8 @@ def gpt(args, tmp):
         rows[q] = (val, mb, step)
         sides.append(harness.Side(f"infer {q}", [infer, "--checkpoint", ckpt, "--quant", q, "--temperature", "0",
                                                  "--max-tokens", "256", "--threads", str(args.threads)] + group,
-                                  harness.forge_env(), tokens_time, unit="s/token", cwd=ROOT))
+                                  harness.forge_env(), tokens_time, unit="s/token", cwd=ROOT,
+                                  threads=args.threads))
     runs = harness.run_rounds(sides, args, "GPT generation, f32 / int8 / int4")
     speed = {q: harness.over_rounds(runs[s.name]) for q, s in zip(("none", "int8", "int4"), sides)}
     return ckpt, rows, speed

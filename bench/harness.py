@@ -18,6 +18,11 @@ to read its figures from its output), then lets the harness run them:
   run is the difference, printed as the average number of cores they used. Above --max-others the
   run is printed as disturbed and run again, at most --max-retries times; if every try was
   disturbed, the least disturbed is kept and marked (`*` in the tables).
+- Pinning (--pin on, the default): a side that says how many threads T it uses runs confined by
+  `taskset` to CPUs 0 .. T-1, so both sides of a comparison share the same cores. On a shared host
+  the cores are not equally fast (here one vCPU ran a 1-thread step 15% slower than the other for
+  minutes, then they swapped): unpinned, a 1-thread run lands on either, and the ratio takes that
+  difference at random.
 - Environments are built from scratch, not copied from the caller: PATH, HOME, LANG for both
   sides; PyTorch adds the OpenBLAS library and its thread variables (`TorchSetup`), forge the
   caller's FORGE_* variables (kernel or ISA overrides), if any. Each side's exact environment and
@@ -62,6 +67,8 @@ def add_arguments(ap, rounds=3, torch=True, torch_optimizer=False):
     g.add_argument("--max-others", type=float, default=0.1,
                    help="a run is disturbed when other processes used more cores than this on average")
     g.add_argument("--max-retries", type=int, default=3, help="reruns of a disturbed run; 0: keep it")
+    g.add_argument("--pin", choices=["on", "off"], default="on",
+                   help="confine a side of T threads to CPUs 0..T-1 (taskset), both sides alike")
     if not torch:
         return
     g.add_argument("--calibration-rounds", type=int, default=1,
@@ -78,7 +85,8 @@ def print_setup(opts, script, threads=()):
     at the thread counts `threads` (none: the script runs no PyTorch)."""
     print(f"# {script} | cpu {cpu_model()} | cores {os.cpu_count()} | commit {commit()}")
     print(f"# rounds {opts.rounds} (interleaved), warm-up {opts.warmup}, a run is disturbed above "
-          f"{opts.max_others:g} cores of other processes (retried up to {opts.max_retries} times)")
+          f"{opts.max_others:g} cores of other processes (retried up to {opts.max_retries} times), "
+          f"pinning {opts.pin} (a side of T threads on CPUs 0..T-1)")
     print(f"# forge env: {format_env(forge_env())}")
     for blas in sorted({s.blas for t in threads for s in torch_setups(t, opts, optimizer=False)}):
         print(f"# torch with the {blas} OpenBLAS: {describe_torch(blas)}")
@@ -190,6 +198,7 @@ class Side:
     parse: Callable
     unit: str = "ms"
     cwd: Optional[str] = None
+    threads: Optional[int] = None  # with --pin on, the run is confined to CPUs 0 .. threads-1
 
 
 @dataclasses.dataclass
@@ -244,10 +253,18 @@ def run_checked(cmd, env=None, cwd=None):
     return out.stdout, out.stderr
 
 
-def measure(side):
+def command(side, opts):
+    """A side's command line, under taskset when it is pinned (see --pin)."""
+    if getattr(opts, "pin", "off") == "on" and side.threads and side.threads < (os.cpu_count() or 1):
+        cpus = "0" if side.threads == 1 else f"0-{side.threads - 1}"
+        return ["taskset", "-c", cpus] + list(side.cmd)
+    return list(side.cmd)
+
+
+def measure(side, opts):
     """One run of a side, with the CPU time other processes took meanwhile."""
     busy0, cpu0, t0 = _busy_seconds(), _children_cpu_s(), time.perf_counter()
-    stdout, stderr = run_checked(side.cmd, side.env, side.cwd)
+    stdout, stderr = run_checked(command(side, opts), side.env, side.cwd)
     wall = time.perf_counter() - t0
     busy1, cpu1 = _busy_seconds(), _children_cpu_s()
     child = cpu1 - cpu0
@@ -260,13 +277,13 @@ def measure(side):
 _announced = set()
 
 
-def _announce(side, run):
+def _announce(side, run, opts):
     """The first run of a side prints its command, environment and the program's settings lines."""
     identity = (side.name, tuple(side.cmd), tuple(sorted(side.env.items())))
     if identity in _announced:
         return
     _announced.add(identity)
-    print(f"# [{side.name}] {' '.join(side.cmd)}")
+    print(f"# [{side.name}] {' '.join(command(side, opts))}")
     print(f"# [{side.name}] env: {format_env(side.env)}")
     for line in run.settings():
         print(f"# [{side.name}] {line.lstrip('# ')}")
@@ -277,8 +294,8 @@ def run_undisturbed(side, opts, label):
     again; when every try was disturbed, keeps the least disturbed, marked."""
     tries = []
     for attempt in range(opts.max_retries + 1):
-        run = measure(side)
-        _announce(side, run)
+        run = measure(side, opts)
+        _announce(side, run, opts)
         bad = run.others_cores > opts.max_others
         note = ""
         if bad:
