@@ -27,6 +27,7 @@
 // head sizes the tensor-core kernels do not take are computed in f32.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <optional>
 
@@ -76,13 +77,64 @@ struct Scratch {
 // is +0, and adding +0 to a lane changes nothing, so the bits are those of a softmax over the
 // visible part; but the loops are whole vectors (attention's T is a multiple of 16), not a
 // different length per row with a scalar tail for each, and the hidden groups (half of a causal
-// block) are never exponentiated.
+// block) are never exponentiated. A row with a NaN score is NaN where visible and 0 past it.
 constexpr int64_t kLanes = 16;  // cpu::lanes_*'s
 int64_t lane_groups_end(int64_t n, int64_t cols) {
   return std::min(cols, (n + kLanes - 1) / kLanes * kLanes);
 }
+
+// The same for f32 rows of whole groups (cols a multiple of 16), each group one vector of the
+// reductions' lanes: the max, the exponentials with their sum, and the scaling each one pass over
+// the row's visible groups, with no call and no loop set-up per pass. Each element takes the same
+// operations in the same lane and order as through lanes_max, vexp and lanes_sum above (and
+// -ffp-contract is off under -std=c++20, so vectorising vexp fuses nothing): the same bits.
+void causal_softmax_rows_f32(float* S, int64_t rows, int64_t cols, int64_t offset) {
+  using V = cpu::lanes_detail::vec_t<float>;
+  constexpr float kLow = -std::numeric_limits<float>::infinity();
+  V iota;
+  for (int l = 0; l < kLanes; ++l) iota[l] = float(l);
+  for (int64_t t = 0; t < rows; ++t) {
+    float* row = S + t * cols;
+    const int64_t n = std::min(cols, offset + t + 1), w = lane_groups_end(n, cols);
+    // The last visible group's hidden columns to -inf (j >= n), then the max.
+    float* last = row + w - kLanes;
+    const auto hidden = iota >= float(n - (w - kLanes));
+    V v = cpu::lanes_detail::load(last);
+    v = hidden ? V{} + kLow : v;
+    std::memcpy(last, &v, sizeof v);
+    V acc = V{} + kLow;
+    auto nan = acc != acc;
+    for (int64_t j = 0; j < w; j += kLanes) {
+      const V x = cpu::lanes_detail::load(row + j);
+      nan |= x != x;
+      acc = x > acc ? x : acc;
+    }
+    float lanes[kLanes];
+    std::memcpy(lanes, &acc, sizeof lanes);
+    bool any_nan = false;
+    for (int l = 0; l < kLanes; ++l) any_nan |= nan[l] != 0;
+    for (int l = 1; l < kLanes; ++l) lanes[0] = lanes[l] > lanes[0] ? lanes[l] : lanes[0];
+    const float m = any_nan ? std::numeric_limits<float>::quiet_NaN() : lanes[0];
+    V sum = {};
+    for (int64_t j = 0; j < w; j += kLanes) {
+      float e[kLanes];
+      for (int l = 0; l < kLanes; ++l) e[l] = cpu::vexp(row[j + l] - m);
+      std::memcpy(row + j, e, sizeof e);
+      sum += cpu::lanes_detail::load(e);
+    }
+    const float inv = 1.0f / cpu::lanes_detail::combine<float>(sum);
+    for (int64_t j = 0; j < w; j += kLanes) {
+      V x = cpu::lanes_detail::load(row + j) * inv;
+      std::memcpy(row + j, &x, sizeof x);
+    }
+    std::fill(row + n, row + cols, 0.0f);  // +0 already unless the row has a NaN
+  }
+}
 template <class T>
 void causal_softmax_rows(T* S, int64_t rows, int64_t cols, int64_t offset = 0) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (cols % kLanes == 0) return causal_softmax_rows_f32(S, rows, cols, offset);
+  }
   for (int64_t t = 0; t < rows; ++t) {
     T* row = S + t * cols;
     const int64_t n = std::min(cols, offset + t + 1), w = lane_groups_end(n, cols);
@@ -92,6 +144,7 @@ void causal_softmax_rows(T* S, int64_t rows, int64_t cols, int64_t offset = 0) {
     for (int64_t j = 0; j < w; ++j) row[j] = cpu::vexp(row[j] - m);
     const T inv = T(1) / cpu::lanes_sum(row, w);
     for (int64_t j = 0; j < w; ++j) row[j] *= inv;
+    std::fill(row + n, row + w, T(0));  // +0 already unless the row has a NaN
   }
 }
 

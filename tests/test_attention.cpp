@@ -9,9 +9,13 @@
 // the f32 rounding of the scores (|s| ~ a few, so ~1e-6 absolute), of exp and of sums of <= 17
 // terms: 3e-5 absolute plus relative leaves a factor ~10 over what they show.
 #include <cmath>
+#include <cstring>
 
 #include "autograd/functions.h"
 #include "autograd/gradcheck.h"
+#include "tensor/cpu/gemm.h"
+#include "tensor/cpu/lanes.h"
+#include "tensor/cpu/vec_math.h"
 #include "testing.h"
 
 using namespace forge;
@@ -150,6 +154,42 @@ TEST_CASE("causal_attention probabilities are zero above the diagonal and each r
           }
           CHECK(std::abs(row_sum - 1.0) <= row_tol);
         }
+  }
+}
+
+TEST_CASE("causal_attention probabilities are, bit for bit, the softmax of the visible scores") {
+  // Row t of P from S = Q K^T / sqrt(hs) (the same product, on and below the diagonal) by its
+  // definition over the visible part alone: m = lanes_max(s, t + 1), e_j = vexp(s_j - m),
+  // P_tj = e_j * (1 / lanes_sum(e, t + 1)), then 0 past t. The f32 rows of whole 16-lane groups
+  // (T 16, 48, 64) take the vector path, T 37 the general one; a NaN score gives a NaN row.
+  Generator gen(29);
+  for (int64_t T : {16, 37, 48, 64}) {
+    const int64_t NH = 2, hs = 8, C = NH * hs;
+    Tensor qkv = mul(randn({2, T, 3 * C}, gen), 2.0);
+    if (T == 48) qkv.data<float>()[5 * 3 * C] = std::nanf("");  // q of position 5, head 0
+    AttentionResult r = causal_attention(qkv, int(NH));
+    const float scale = float(1.0 / std::sqrt(double(hs)));
+    int64_t wrong = 0;
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t h = 0; h < NH; ++h) {
+        const float* Q = qkv.data<float>() + b * T * 3 * C + h * hs;
+        std::vector<float> S(size_t(T * T));
+        cpu::gemm<float>(false, true, T, T, hs, scale, Q, 3 * C, Q + C, 3 * C, 0.0f, S.data(), T);
+        const float* P = r.probs.data<float>() + (b * NH + h) * T * T;
+        for (int64_t t = 0; t < T; ++t) {
+          float* s = S.data() + t * T;
+          const float m = cpu::lanes_max(s, t + 1);
+          for (int64_t j = 0; j <= t; ++j) s[j] = cpu::vexp(s[j] - m);
+          const float inv = 1.0f / cpu::lanes_sum(s, t + 1);
+          for (int64_t j = 0; j < T; ++j) {
+            const float want = j <= t ? s[j] * inv : 0.0f, got = P[t * T + j];
+            if (std::memcmp(&want, &got, sizeof want) != 0 && !(want != want && got != got))
+              ++wrong;
+          }
+        }
+      }
+    INFO("T " << T);
+    CHECK(wrong == 0);
   }
 }
 
