@@ -159,6 +159,45 @@ void head_gemm(cpu::Causal causal, bool ta, bool tb, int64_t m, int64_t n, int64
     cpu::gemm<T>(ta, tb, m, n, k, alpha, A, lda, B, ldb, T(0), C, ldc);
 }
 
+// dS = P * (dP - rowsum(P * dP)) on and below the diagonal, 0 above, in place of dP (T x T). Row
+// t's probabilities past t are +0, so up to the end of its last group of lanes the dot adds +-0 to
+// its lanes past t (the same bits, as in causal_softmax_rows) and the loops run whole vectors;
+// past that group dS is 0. f32 rows of whole groups take one vector per group, as the softmax.
+template <class T>
+void causal_softmax_backward_rows(const T* P, T* dP, int64_t Tn) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (Tn % kLanes == 0) {
+      using V = cpu::lanes_detail::vec_t<float>;
+      V iota;
+      for (int l = 0; l < kLanes; ++l) iota[l] = float(l);
+      for (int64_t t = 0; t < Tn; ++t) {
+        const float* p = P + t * Tn;
+        float* d = dP + t * Tn;
+        const int64_t w = lane_groups_end(t + 1, Tn);
+        V acc = {};
+        for (int64_t j = 0; j < w; j += kLanes)
+          acc += cpu::lanes_detail::load(p + j) * cpu::lanes_detail::load(d + j);
+        const float dot = cpu::lanes_detail::combine<float>(acc);
+        for (int64_t j = 0; j < w; j += kLanes) {
+          V x = cpu::lanes_detail::load(p + j) * (cpu::lanes_detail::load(d + j) - dot);
+          x = iota + float(j) <= float(t) ? x : V{};
+          std::memcpy(d + j, &x, sizeof x);
+        }
+        std::fill(d + w, d + Tn, 0.0f);
+      }
+      return;
+    }
+  }
+  for (int64_t t = 0; t < Tn; ++t) {
+    const T* p = P + t * Tn;
+    T* d = dP + t * Tn;
+    const int64_t w = lane_groups_end(t + 1, Tn);
+    const T dot = cpu::lanes_dot(p, d, w);
+    for (int64_t j = 0; j < w; ++j) d[j] = j <= t ? p[j] * (d[j] - dot) : T(0);
+    std::fill(d + w, d + Tn, T(0));
+  }
+}
+
 // P' = P * mask / (1 - p) into dst.
 template <class T>
 void apply_mask(const T* P, const uint8_t* mask, T scale, int64_t n, T* dst) {
@@ -427,17 +466,7 @@ Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, co
           head_gemm(cpu::Causal::a_upper, true, false, Tn, hs, Tn, T(1), Pd, Tn, dO, C, dV,
                     3 * C);                                                    // dV
           if (pmask) apply_mask(dP, pmask + bh * Tn * Tn, keep, Tn * Tn, dP);  // dP
-          // dS, in place of dP. Row t's probabilities past t are +0, so up to the end of its last
-          // group of lanes the dot adds +-0 to its lanes past t (the same bits, as in
-          // causal_softmax_rows) and the loops run whole vectors; past that group dS is 0.
-          for (int64_t t = 0; t < Tn; ++t) {
-            const T* p = P + t * Tn;
-            T* d = dP + t * Tn;
-            const int64_t w = lane_groups_end(t + 1, Tn);
-            const T dot = cpu::lanes_dot(p, d, w);
-            for (int64_t j = 0; j < w; ++j) d[j] = j <= t ? p[j] * (d[j] - dot) : T(0);
-            std::fill(d + w, d + Tn, T(0));
-          }
+          causal_softmax_backward_rows(P, dP, Tn);                             // dS, in place of dP
           head_gemm(cpu::Causal::a_lower, false, false, Tn, hs, Tn, scale, dP, Tn, K, 3 * C, dQ,
                     3 * C);  // dQ
           head_gemm(cpu::Causal::a_upper, true, false, Tn, hs, Tn, scale, dP, Tn, Q, 3 * C, dK,

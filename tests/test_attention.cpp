@@ -193,6 +193,41 @@ TEST_CASE("causal_attention probabilities are, bit for bit, the softmax of the v
   }
 }
 
+TEST_CASE("causal_attention_backward is, bit for bit, its products and dS by definition") {
+  // Per head, from the saved P: dP = dO V^T, dV = P^T dO, dS_tj = P_tj (dP_tj - lanes_dot(P_t,
+  // dP_t, t + 1)) for j <= t (0 past t), dQ = dS K / sqrt(hs), dK = dS^T Q / sqrt(hs), each product
+  // whole (the op's causal skips give the same bits). T 16 and 64 take the f32 vector rows, 37 the
+  // general ones.
+  Generator gen(31);
+  for (int64_t T : {16, 37, 64}) {
+    const int64_t NH = 2, hs = 8, C = NH * hs, B = 2;
+    Tensor qkv = randn({B, T, 3 * C}, gen), dout = randn({B, T, C}, gen);
+    AttentionResult r = causal_attention(qkv, int(NH));
+    Tensor got = causal_attention_backward(dout, qkv, r.probs, Tensor(), int(NH), 0.0);
+    Tensor want = zeros({B, T, 3 * C});
+    const float scale = float(1.0 / std::sqrt(double(hs)));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < NH; ++h) {
+        const float* Q = qkv.data<float>() + b * T * 3 * C + h * hs;
+        const float *K = Q + C, *V = Q + 2 * C, *dO = dout.data<float>() + b * T * C + h * hs;
+        float* dQ = want.data<float>() + b * T * 3 * C + h * hs;
+        const float* P = r.probs.data<float>() + (b * NH + h) * T * T;
+        std::vector<float> dP(size_t(T * T));
+        cpu::gemm<float>(false, true, T, T, hs, 1.0f, dO, C, V, 3 * C, 0.0f, dP.data(), T);
+        cpu::gemm<float>(true, false, T, hs, T, 1.0f, P, T, dO, C, 0.0f, dQ + 2 * C, 3 * C);
+        for (int64_t t = 0; t < T; ++t) {
+          float* d = dP.data() + t * T;
+          const float dot = cpu::lanes_dot(P + t * T, d, t + 1);
+          for (int64_t j = 0; j < T; ++j) d[j] = j <= t ? P[t * T + j] * (d[j] - dot) : 0.0f;
+        }
+        cpu::gemm<float>(false, false, T, hs, T, scale, dP.data(), T, K, 3 * C, 0.0f, dQ, 3 * C);
+        cpu::gemm<float>(true, false, T, hs, T, scale, dP.data(), T, Q, 3 * C, 0.0f, dQ + C, 3 * C);
+      }
+    INFO("T " << T);
+    CHECK(bitwise_equal(got, want));
+  }
+}
+
 TEST_CASE("causal_attention with T = 1 returns v of the one position") {
   // A query that sees only itself gives probability 1 and out = v exactly.
   Generator gen(4);
