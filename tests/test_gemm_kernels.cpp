@@ -64,6 +64,15 @@ void check_packed(Isa isa, bool ta, bool tb, int64_t m, int64_t n, int64_t k, fl
   CHECK(worst <= 1.0);
 }
 
+// Restores the A and B packing settings on scope exit (tests switch them to compare the paths).
+struct PackingScope {
+  cpu::Packing a = cpu::gemm_a_packing(), b = cpu::gemm_b_packing();
+  ~PackingScope() {
+    cpu::set_gemm_a_packing(a);
+    cpu::set_gemm_b_packing(b);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("packed gemm matches a naive f64 product for every kernel family, transpose and edge") {
@@ -338,10 +347,7 @@ TEST_CASE("an A read in place, unpacked, gives the bits of the same A packed") {
   // columns, two K blocks (k 600), A's rows padded (lda past its row), alpha and beta as they come,
   // and 1 and 2 threads (B split by slivers where n >= m, A's slivers by rows where n < m); n 1100
   // is packed either way.
-  struct Packing {
-    cpu::Packing saved = cpu::gemm_a_packing();
-    ~Packing() { cpu::set_gemm_a_packing(saved); }
-  } restore;
+  PackingScope restore;
   Generator gen(53);
   for (Isa isa : runnable_isas("gemm kernel family")) {
     IsaScope scope(isa);
@@ -377,10 +383,7 @@ TEST_CASE("a B read in place, unpacked, gives the bits of the same B packed") {
   // products in the same order either way. A stored either way, B's rows padded (ldb past its
   // row) and starting off a vector boundary, whole slivers only (n 64) and with an edge (37, 300),
   // two K blocks (k 600), beta 0 and not, 1 and 2 threads; a transposed B (packed either way).
-  struct Restore {
-    cpu::Packing saved = cpu::gemm_b_packing();
-    ~Restore() { cpu::set_gemm_b_packing(saved); }
-  } restore;
+  PackingScope restore;
   Generator gen(59);
   for (Isa isa : runnable_isas("gemm kernel family")) {
     IsaScope scope(isa);
@@ -420,10 +423,7 @@ TEST_CASE("a causal product skips the masked part and gives the full product's b
   // above it set to 0. Against the full product of the same operands, bit for bit: T from one
   // row past a tile to two K blocks (300), rows lda apart as in qkv (3C), A read in place and
   // packed (Packing::always), 1 and 2 threads (tiles split between them).
-  struct Restore {
-    cpu::Packing saved = cpu::gemm_a_packing();
-    ~Restore() { cpu::set_gemm_a_packing(saved); }
-  } restore;
+  PackingScope restore;
   Generator gen(61);
   for (Isa isa : runnable_isas("gemm kernel family")) {
     IsaScope scope(isa);

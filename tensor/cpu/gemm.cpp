@@ -145,10 +145,7 @@ const char* gemm_kernel_name() {
 template <>
 void gemm<float>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A,
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (g_backend == GemmBackend::eigen)
-    gemm_eigen<float>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-  else
-    gemm_packed(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+  gemm_causal(Causal::none, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 template <>
@@ -605,6 +602,7 @@ void gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
               BSource{.eb = eb, .tb = tb, .B = B, .ldb = ldb}, beta, C, ldc, Causal::none);
 }
 
+// The f32 product behind gemm<float> too (Causal::none): Eigen or the packed driver.
 void gemm_causal(Causal causal, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                  int64_t ldc) {
