@@ -2,7 +2,10 @@
 // backwards.
 #include <array>
 #include <cmath>
+#include <initializer_list>
 
+#include "tensor/cpu/activations.h"
+#include "tensor/cpu/cpu_features.h"
 #include "tensor/cpu/loops.h"
 #include "tensor/cpu/vec_math.h"
 #include "tensor/cuda/cuda_misc.h"
@@ -75,6 +78,22 @@ void binary_loop(Tensor& out, const Tensor& a, const Tensor& b, F f) {
                                          load(reinterpret_cast<const TIn*>(p[2] + i * s[2]))));
                              }
                            });
+}
+
+// Whether f32 tensors can take a unit-stride run kernel of the avx512 family (cpu/activations.h)
+// instead of the per-element loops: all contiguous f32 on the CPU, with that family in use.
+bool avx512_runs(std::initializer_list<const Tensor*> ts) {
+  if (cpu::cpu_isa() != cpu::Isa::avx512) return false;
+  for (const Tensor* t : ts)
+    if (!t->device().is_cpu() || t->dtype() != DType::f32 || !t->is_contiguous()) return false;
+  return true;
+}
+
+// Runs of `run` over [0, n) split across threads as for_each_strided splits the loops (each
+// element is written by one call, so the split does not change results).
+template <class F>
+void split_runs(int64_t n, F run) {
+  parallel_for(0, n, int64_t(1) << 15, [&](int64_t b, int64_t e) { run(b, e - b); });
 }
 
 enum class Kinds { floating, any };
@@ -247,6 +266,14 @@ constexpr double kInvSqrt2Pi = 0.3989422804014327;
 // The tanh form through the identity 0.5 (1 + tanh(u)) = 1 / (1 + e^-2u): one exponential and one
 // division per element instead of tanh's two branches, and no cancellation for large |u|.
 Tensor gelu(const Tensor& a, GeluApprox approx) {
+  if (approx == GeluApprox::tanh && a.defined() && avx512_runs({&a})) {
+    Tensor out = Tensor::empty(a.shape(), DType::f32);
+    const float* x = a.data<float>();
+    float* y = out.data<float>();
+    split_runs(a.numel(),
+               [&](int64_t b, int64_t n) { cpu::gelu_tanh_run_avx512(x + b, y + b, n); });
+    return out;
+  }
   if (approx == GeluApprox::tanh)
     return unary_op(a, "gelu", CudaUnary::gelu_tanh, [](auto x) {
       using C = decltype(x);
@@ -265,9 +292,13 @@ Tensor gelu(const Tensor& a, GeluApprox approx) {
 namespace {
 using CudaBackward = cuda::kernels::ActivationBackward;
 
+// run_avx512 (optional): the same backward over unit-stride f32 runs (g, x, out, n), taken where
+// avx512_runs allows.
+using BackwardRun = void (*)(const float*, const float*, float*, int64_t);
+
 template <class F>
 Tensor backward_op(const Tensor& grad, const Tensor& x, const char* op,
-                   cuda::kernels::ActivationBackward code, F f) {
+                   cuda::kernels::ActivationBackward code, F f, BackwardRun run_avx512 = nullptr) {
   FORGE_CHECK(grad.defined() && x.defined(), "{}: undefined tensor", op);
   check_same_device(grad, x, op);
   check_same_dtype(grad, x, op);
@@ -276,6 +307,12 @@ Tensor backward_op(const Tensor& grad, const Tensor& x, const char* op,
   check_floating(x, op);
   if (x.device().is_cuda()) return cuda::activation_backward(code, grad, x, op);
   Tensor out = Tensor::empty(x.shape(), x.dtype());
+  if (run_avx512 && avx512_runs({&grad, &x})) {
+    const float *g = grad.data<float>(), *v = x.data<float>();
+    float* o = out.data<float>();
+    split_runs(x.numel(), [&](int64_t b, int64_t n) { run_avx512(g + b, v + b, o + b, n); });
+    return out;
+  }
   dispatch_float(x.dtype(), op, [&]<class T>() { binary_loop<T, T>(out, grad, x, f); });
   return out;
 }
@@ -292,16 +329,19 @@ Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
     // and r = 1 / (1 + q): s = r (u >= 0) or q r (u < 0), and s (1 - s) = q r^2. Nothing overflows
     // (e^-2u does for u < -44 in f32, and inf * 0 made the gradient NaN below x = -10) and
     // nothing cancels as s -> 1. CUDA's kernel is the same (tensor/cuda/misc.cu).
-    return backward_op(grad, x, "gelu_backward", CudaBackward::gelu_tanh, [](auto g, auto v) {
-      using C = decltype(v);
-      C v2 = v * v;
-      C u = C(kSqrt2OverPi) * (v + C(0.044715) * v2 * v);
-      C q = cpu::vexp(C(-2) * (u < C(0) ? -u : u));
-      C r = C(1) / (C(1) + q);
-      C s = u < C(0) ? q * r : r;
-      C du = C(kSqrt2OverPi) * (C(1) + C(3 * 0.044715) * v2);
-      return g * (s + C(2) * (q * r * r * v) * du);
-    });
+    return backward_op(
+        grad, x, "gelu_backward", CudaBackward::gelu_tanh,
+        [](auto g, auto v) {
+          using C = decltype(v);
+          C v2 = v * v;
+          C u = C(kSqrt2OverPi) * (v + C(0.044715) * v2 * v);
+          C q = cpu::vexp(C(-2) * (u < C(0) ? -u : u));
+          C r = C(1) / (C(1) + q);
+          C s = u < C(0) ? q * r : r;
+          C du = C(kSqrt2OverPi) * (C(1) + C(3 * 0.044715) * v2);
+          return g * (s + C(2) * (q * r * r * v) * du);
+        },
+        cpu::gelu_tanh_backward_run_avx512);
   return backward_op(grad, x, "gelu_backward", CudaBackward::gelu_erf, [](auto g, auto v) {
     using C = decltype(v);
     C cdf = C(0.5) * (C(1) + cpu::verf(v * C(kInvSqrt2)));

@@ -9,6 +9,8 @@
 #include <random>
 #include <vector>
 
+#include "tensor/cpu/activations.h"
+#include "tensor/cpu/cpu_features.h"
 #include "tensor/cpu/vec_math.h"
 #include "testing.h"
 
@@ -453,6 +455,93 @@ TEST_CASE("activation backward kernels equal grad times the analytic derivative"
                       Contains("relu_backward") && Contains("[3]") && Contains("[4]"));
   REQUIRE_THROWS_WITH(gelu_backward(zeros({2}), zeros({2}, DType::f64), GeluApprox::none),
                       Contains("gelu_backward"));
+}
+
+TEST_CASE("GELU's AVX-512 runs: as close to f64 GELU as the portable formulas, same specials") {
+  if (!cpu::isa_supported(cpu::Isa::avx512)) {
+    std::printf(
+        "SKIPPED: GELU's AVX-512 runs: this processor lacks AVX-512 (the portable "
+        "per-element formulas run)\n");
+    return;
+  }
+  // [-12, 12] in steps of 1/256 (e^-2u from ~1e-37 to ~1e37), the tails where e^-2u overflows or
+  // vanishes, zeros, a denormal; then the specials.
+  std::vector<float> xs;
+  for (int i = -12 * 256; i <= 12 * 256; ++i) xs.push_back(float(i) / 256);
+  for (float v :
+       {-1e4f, -300.0f, -30.0f, -10.5f, 10.5f, 30.0f, 300.0f, 1e4f, -0.0f, 1e-30f, -1e-30f, 1e-40f})
+    xs.push_back(v);
+  const size_t finite = xs.size();
+  for (float v : {INFINITY, -INFINITY, NAN}) xs.push_back(v);
+  std::vector<float> gs(xs.size());
+  for (size_t i = 0; i < gs.size(); ++i) gs[i] = (i % 2 ? -0.5f : 1.25f) * float(1 + i % 5);
+  Tensor x = from_vector(xs), g = from_vector(gs);
+
+  auto d_gelu_tanh = [](double v) {
+    double k = std::sqrt(2 / M_PI), u = k * (v + 0.044715 * v * v * v), t = std::tanh(u);
+    return 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * 0.044715 * v * v);
+  };
+  struct Run {
+    std::vector<float> y, dx;
+  };
+  auto run = [&](cpu::Isa isa) {
+    testing::IsaScope scope(isa);
+    return Run{gelu(x, GeluApprox::tanh).to_vector<float>(),
+               gelu_backward(g, x, GeluApprox::tanh).to_vector<float>()};
+  };
+  Run fast = run(cpu::Isa::avx512), portable = run(cpu::Isa::portable);
+  // Largest error relative to the f64 value (the forward's at least 1e-3; the backward's at least
+  // |g|, as g times a derivative of order 1 that crosses 0 near x = -0.75 by cancellation).
+  auto worst = [&](const Run& r) {
+    double fwd = 0, bwd = 0;
+    for (size_t i = 0; i < finite; ++i) {
+      double ry = gelu_tanh_ref(xs[i]), rd = double(gs[i]) * d_gelu_tanh(xs[i]);
+      fwd = std::max(fwd, std::abs(r.y[i] - ry) / std::max(std::abs(ry), 1e-3));
+      bwd = std::max(bwd, std::abs(r.dx[i] - rd) / std::max(std::abs(rd), double(std::abs(gs[i]))));
+    }
+    return std::pair{fwd, bwd};
+  };
+  auto [fast_fwd, fast_bwd] = worst(fast);
+  auto [port_fwd, port_bwd] = worst(portable);
+  INFO("worst relative error, forward: avx512 " << fast_fwd << ", portable " << port_fwd
+                                                << "; backward: avx512 " << fast_bwd
+                                                << ", portable " << port_bwd);
+  CHECK(fast_fwd < 1e-6);
+  CHECK(fast_bwd < 5e-7);
+  CHECK(fast_fwd <= 1.5 * port_fwd);
+  CHECK(fast_bwd <= 1.5 * port_bwd);
+  // Specials: the portable formulas' (a NaN where they give one, else the same value).
+  for (size_t i = finite; i < xs.size(); ++i) {
+    INFO("x " << xs[i]);
+    CHECK(std::isnan(fast.y[i]) == std::isnan(portable.y[i]));
+    if (!std::isnan(portable.y[i])) CHECK(fast.y[i] == portable.y[i]);
+    CHECK(std::isnan(fast.dx[i]) == std::isnan(portable.dx[i]));
+    if (!std::isnan(portable.dx[i])) CHECK(fast.dx[i] == portable.dx[i]);
+  }
+  CHECK(fast.y[finite] == INFINITY);
+
+  // The runs themselves: every length's masked tail gives each element the bits of a whole vector
+  // and writes nothing past its end; the op, split across threads, the bits of one run.
+  for (int64_t n = 1; n <= 40; ++n) {
+    INFO("n " << n);
+    std::vector<float> y(size_t(n) + 1, -7.0f), dx(size_t(n) + 1, -7.0f);
+    cpu::gelu_tanh_run_avx512(xs.data() + 5, y.data(), n);
+    cpu::gelu_tanh_backward_run_avx512(gs.data() + 5, xs.data() + 5, dx.data(), n);
+    int bad = 0;
+    for (int64_t i = 0; i < n; ++i)
+      bad += y[size_t(i)] != fast.y[size_t(i) + 5] || dx[size_t(i)] != fast.dx[size_t(i) + 5];
+    CHECK(bad == 0);
+    CHECK(y[size_t(n)] == -7.0f);
+    CHECK(dx[size_t(n)] == -7.0f);
+  }
+  testing::IsaScope scope(cpu::Isa::avx512);
+  testing::ThreadCount threads(2);
+  Tensor big = uniform_tensor({300, 331}, -8, 8, 93), gbig = uniform_tensor({300, 331}, -2, 2, 94);
+  std::vector<float> yb(size_t(big.numel())), db(size_t(big.numel()));
+  cpu::gelu_tanh_run_avx512(big.data<float>(), yb.data(), big.numel());
+  cpu::gelu_tanh_backward_run_avx512(gbig.data<float>(), big.data<float>(), db.data(), big.numel());
+  CHECK(gelu(big, GeluApprox::tanh).to_vector<float>() == yb);
+  CHECK(gelu_backward(gbig, big, GeluApprox::tanh).to_vector<float>() == db);
 }
 
 TEST_CASE("dropout keeps about 1-p of the elements and scales them by 1/(1-p)") {
