@@ -25,6 +25,7 @@
 
 #include <algorithm>
 
+#include "tensor/cpu/avx512_traits.h"
 #include "tensor/cpu/gemm_kernels.h"
 #include "tensor/cpu/gemm_microkernel.h"
 
@@ -59,25 +60,7 @@ void kernel_12x32(long kc, const float* a_words, const float* b_words, float* c,
     }
   }
 
-  // The epilogue is the f32 kernels' (gemm_microkernel.h).
-  const __m512 va = _mm512_set1_ps(alpha);
-  if (beta == 0.0f) {
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j)
-        _mm512_storeu_ps(c + i * ldc + j * 16, _mm512_mul_ps(va, acc[i][j]));
-  } else {
-    const __m512 vb = _mm512_set1_ps(beta);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) {
-        float* cp = c + i * ldc + j * 16;
-        _mm512_storeu_ps(cp,
-                         _mm512_fmadd_ps(va, acc[i][j], _mm512_mul_ps(vb, _mm512_loadu_ps(cp))));
-      }
-  }
+  store_tile<Avx512, MR, NV>(acc, c, ldc, alpha, beta);  // the f32 kernels' epilogue
 }
 
 inline uint32_t pair(uint16_t lo, uint16_t hi) {

@@ -1,10 +1,10 @@
 // The register-blocked inner kernel of the packed f32 GEMM, written once for every vector width.
 //
 // Included only by gemm_avx2.cpp and gemm_avx512.cpp, each compiled for its instruction set with a
-// traits struct V (reg, W lanes, zero/load/store/broadcast/fma/mul), and by gemm_avx512_bf16.cpp
-// for prefetch_c_tile. Everything here has internal linkage and uses no library code (only the
-// type std::integer_sequence, to list the kernel tables), so nothing compiled for AVX-512 can be
-// picked by the linker for use elsewhere.
+// traits struct V (reg, W lanes, zero/load/store/broadcast/fma/mul/add), and by
+// gemm_avx512_bf16.cpp for prefetch_c_tile and store_tile. Everything here has internal linkage and
+// uses no library code (only the type std::integer_sequence, to list the kernel tables), so nothing
+// compiled for AVX-512 can be picked by the linker for use elsewhere.
 //
 //   C[MR x NR] = alpha * sum_p A[p][0..MR) (x) B[p][0..NR) + beta * C      (beta == 0: C not read)
 //
@@ -29,6 +29,48 @@ inline void prefetch_c_tile(const float* c, long ldc) {
   for (int i = 0; i < MR; ++i) {
     __builtin_prefetch(c + i * ldc, 0, 2);
     __builtin_prefetch(c + i * ldc + NR - 1, 0, 2);
+  }
+}
+
+// C tile = alpha * acc + beta * C (beta 0: C not read), the one epilogue of every kernel (the bf16
+// one's too). alpha 1 (every product but attention's scores) skips its multiplications, and beta 1
+// (a later K block's) too: multiplying by 1 is exact, so the bits are the general form's.
+template <class V, int MR, int NV>
+inline __attribute__((always_inline)) void store_tile(const typename V::reg (&acc)[MR][NV],
+                                                      float* c, long ldc, float alpha, float beta) {
+  constexpr int W = V::W;
+  if (alpha == 1.0f && beta == 0.0f) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) V::store(c + i * ldc + j * W, acc[i][j]);
+    return;
+  }
+  if (alpha == 1.0f && beta == 1.0f) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        float* cp = c + i * ldc + j * W;
+        V::store(cp, V::add(acc[i][j], V::load(cp)));
+      }
+    return;
+  }
+  typename V::reg va = V::broadcast(alpha);
+  if (beta == 0.0f) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) V::store(c + i * ldc + j * W, V::mul(va, acc[i][j]));
+  } else {
+    typename V::reg vb = V::broadcast(beta);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        float* cp = c + i * ldc + j * W;
+        V::store(cp, V::fma(va, acc[i][j], V::mul(vb, V::load(cp))));
+      }
   }
 }
 
@@ -60,22 +102,7 @@ inline __attribute__((always_inline)) void tile_kernel(long kc, AAt a_at, const 
     }
   }
 
-  typename V::reg va = V::broadcast(alpha);
-  if (beta == 0.0f) {
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) V::store(c + i * ldc + j * W, V::mul(va, acc[i][j]));
-  } else {
-    typename V::reg vb = V::broadcast(beta);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) {
-        float* cp = c + i * ldc + j * W;
-        V::store(cp, V::fma(va, acc[i][j], V::mul(vb, V::load(cp))));
-      }
-  }
+  store_tile<V, MR, NV>(acc, c, ldc, alpha, beta);
 }
 
 // AS: the A sliver's stride per p (MR for a full sliver; a sliver of MR rows read for its first
@@ -120,14 +147,14 @@ template <class V, int NV>
 void row_kernel_in_place(long kc, const float* __restrict a, const float* __restrict b, long ldb,
                          bool trans_b, float* c, float alpha, float beta) {
   constexpr int W = V::W;
-  typename V::reg acc[NV];
+  typename V::reg acc[1][NV];
 #pragma GCC unroll 4
-  for (int j = 0; j < NV; ++j) acc[j] = V::zero();
+  for (int j = 0; j < NV; ++j) acc[0][j] = V::zero();
   if (!trans_b) {
     for (long p = 0; p < kc; ++p) {
       typename V::reg av = V::broadcast(a[p]);
 #pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[j] = V::fma(av, V::load(b + p * ldb + j * W), acc[j]);
+      for (int j = 0; j < NV; ++j) acc[0][j] = V::fma(av, V::load(b + p * ldb + j * W), acc[0][j]);
     }
   } else {
     for (long p = 0; p < kc; p += W) {
@@ -145,20 +172,12 @@ void row_kernel_in_place(long kc, const float* __restrict a, const float* __rest
           for (int i = 0; i < W; ++i) r[i] = V::load(part + i * W);
         }
         V::transpose(r);  // r[q]: B[p + q][j * W .. j * W + W)
-        for (long q = 0; q < q_end; ++q) acc[j] = V::fma(V::broadcast(a[p + q]), r[q], acc[j]);
+        for (long q = 0; q < q_end; ++q)
+          acc[0][j] = V::fma(V::broadcast(a[p + q]), r[q], acc[0][j]);
       }
     }
   }
-  typename V::reg va = V::broadcast(alpha);
-  if (beta == 0.0f) {
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) V::store(c + j * W, V::mul(va, acc[j]));
-  } else {
-    typename V::reg vb = V::broadcast(beta);
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j)
-      V::store(c + j * W, V::fma(va, acc[j], V::mul(vb, V::load(c + j * W))));
-  }
+  store_tile<V, 1, NV>(acc, c, 0, alpha, beta);
 }
 
 }  // namespace
