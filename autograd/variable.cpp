@@ -161,6 +161,22 @@ void accumulate_leaf(VariableImpl& leaf, Tensor g) {
   }
 }
 
+// A node's gradient from one more consumer: summed into the one pending when that is a buffer
+// nothing else refers to (the residual stream's, from two branches), else into a new one. The sum
+// is the same either way, element by element.
+void accumulate_pending(Tensor& pending, Tensor g) {
+  if (!pending.defined()) {
+    pending = std::move(g);
+    return;
+  }
+  const auto& s = pending.storage();
+  if (s.use_count() == 1 && pending.is_contiguous() && pending.shape() == g.shape() &&
+      pending.dtype() == g.dtype())
+    add_(pending, g);
+  else
+    pending = add(pending, g);
+}
+
 struct LaterFirst {
   bool operator()(const Node* a, const Node* b) const { return a->sequence < b->sequence; }
 };
@@ -247,10 +263,7 @@ void run_backward(const std::vector<Variable>& roots, const std::vector<Tensor>&
       Tensor& gi = grads_in[i];
       if (e.node) {
         Node* m = e.node.get();
-        if (gi.defined()) {
-          Tensor& p = pending[m];
-          p = p.defined() ? add(p, gi) : std::move(gi);
-        }
+        if (gi.defined()) accumulate_pending(pending[m], std::move(gi));
         if (--deps[m] == 0) ready.push(m);
       } else if (e.leaf) {
         VariableImpl& leaf = *e.leaf;

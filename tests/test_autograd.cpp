@@ -76,6 +76,27 @@ TEST_CASE("a variable feeding two paths (diamond) gets the sum of both paths' gr
   CHECK(std::abs(ref[0] - 3 * (1 - std::tanh(0.3) * std::tanh(0.3))) > 0.1);
 }
 
+TEST_CASE("a gradient handed to two inputs is not summed into in place by a third") {
+  // add(a, b) hands its gradient (2, from mul(s, 2): a contiguous buffer) to a and b as one tensor;
+  // a's other gradient, from mul(a, 3), arrives later and must be summed into a new buffer
+  // (run_backward sums in place only into a buffer nothing else holds), or b's would change too.
+  // The nodes run latest first, so the order of creation sets that order. dx = 5 (1 - a^2) + 2 e^x.
+  std::vector<float> xs{0.3f, -0.7f, 1.2f};
+  Variable x = leaf(xs);
+  Variable a = tanh(x), b = exp(x);
+  Variable m = mul(a, 3.0);
+  Variable s = add(a, b);
+  Variable l1 = sum(mul(s, 2.0));
+  Variable l0 = sum(m);
+  add(l0, l1).backward();
+  std::vector<double> ref;
+  for (float xi : xs) {
+    double t = std::tanh(double(xi));
+    ref.push_back(5 * (1 - t * t) + 2 * std::exp(double(xi)));
+  }
+  CHECK(max_err(x.grad(), ref) < kTol);
+}
+
 TEST_CASE("a second backward without retain_graph throws naming retain_graph") {
   Variable x = leaf({1, 2});
   Variable loss = sum(mul(x, x));
