@@ -3,6 +3,7 @@
 // DDP weights with a reference computed in the same process. Runs on 1 rank as a unit test and
 // under mpirun on 2 and 4 ranks.
 #include <cmath>
+#include <numeric>
 #include <optional>
 
 #include "autograd/autocast.h"
@@ -65,15 +66,20 @@ double mean_over_ranks(Communicator& c, double v) {
 }
 
 // Trains `steps` steps data-parallel and serially; returns the worst relative differences of the
-// per-step losses and of the final weights.
+// per-step losses, of the first step's gradients and of the final weights; and, as the yardstick
+// for the weights, how far the serial run drifts from itself with its batch's rows reversed (the
+// same mathematics, other rounding). Twenty AdamW steps amplify rounding chaotically: a change
+// of one rounding in GELU's formula moved the DDP weights' difference on 4 ranks from 9e-7 to 3e-6,
+// and the reversed serial run's difference spans 2e-6 .. 6e-6 per tensor across such changes.
 struct Compare {
-  double loss = 0, weights = 0, element = 0;  // weights: per tensor (rel_l2); element: the largest
+  double loss = 0, grads = 0, weights = 0, element = 0;  // per tensor (rel_l2); element: largest
+  double ref_weights = 0, ref_element = 0;               // the serial run against itself reversed
   int buckets = 0, started_early = 0;
 };
 Compare train_both(int steps, int64_t bucket_bytes, std::optional<DType> autocast = {}) {
   auto w = world_communicator();
   const int R = w->size(), me = w->rank();
-  Trainer serial(7);
+  Trainer serial(7), reversed(7);
   // Every rank but 0 starts from other weights: DDP's broadcast must fix that.
   Trainer dist(7 + uint64_t(me) * 100);
   DistributedDataParallel ddp(dist.params, w, {.bucket_bytes = bucket_bytes});
@@ -86,13 +92,24 @@ Compare train_both(int steps, int64_t bucket_bytes, std::optional<DType> autocas
     serial.opt->zero_grad();
     Variable ls = serial.model->loss(serial.model->forward(x), y);
     ls.backward();
+    std::vector<int64_t> rows(size_t(x.size(0)));
+    std::iota(rows.rbegin(), rows.rend(), int64_t(0));  // the batch's rows, last first
+    Tensor back = from_vector(rows);
+    reversed.opt->zero_grad();
+    reversed.model->loss(reversed.model->forward(index_select(x, back)), index_select(y, back))
+        .backward();
     ddp.zero_grad();
     Variable ld = dist.model->loss(dist.model->forward(rows_of(x, me, kB)), rows_of(y, me, kB));
     ld.backward();
     ddp.finish_grad_sync();
     scope.reset();
+    if (step == 0)
+      for (size_t i = 0; i < serial.params.size(); ++i)
+        c.grads = std::max(c.grads, rel_l2(dist.params[i].grad(), serial.params[i].grad()));
     c.started_early = std::max(c.started_early, ddp.last_sync().started_in_backward);
     clip_grad_norm(serial.params, 1.0);
+    clip_grad_norm(reversed.params, 1.0);
+    reversed.opt->step();
     clip_grad_norm(dist.params, 1.0);
     serial.opt->step();
     dist.opt->step();
@@ -102,6 +119,10 @@ Compare train_both(int steps, int64_t bucket_bytes, std::optional<DType> autocas
   for (size_t i = 0; i < serial.params.size(); ++i) {
     c.weights = std::max(c.weights, rel_l2(dist.params[i].data(), serial.params[i].data()));
     c.element = std::max(c.element, max_rel_diff(dist.params[i].data(), serial.params[i].data()));
+    c.ref_weights =
+        std::max(c.ref_weights, rel_l2(reversed.params[i].data(), serial.params[i].data()));
+    c.ref_element =
+        std::max(c.ref_element, max_rel_diff(reversed.params[i].data(), serial.params[i].data()));
   }
   return c;
 }
@@ -113,10 +134,17 @@ TEST_CASE("DDP on N ranks with batch b equals one process with batch N*b (f32, 2
   for (int64_t bucket : {int64_t(25) << 20, int64_t(4096)}) {
     INFO(R << " ranks, bucket " << bucket << " bytes");
     Compare c = train_both(20, bucket);
-    // The tolerances of the 3D test (test_parallel_gpt): 1e-5 per tensor, 2e-4 per element.
+    INFO("weights: DDP " << c.weights << " per tensor, " << c.element
+                         << " per element; the serial "
+                            "run reversed "
+                         << c.ref_weights << ", " << c.ref_element);
+    // The gradients of a step: the same up to the order of the sums. After 20 steps, the 3D
+    // test's tolerances (test_parallel_gpt: 1e-5 per tensor, 2e-4 per element), or, where the
+    // serial run reversed drifts as far, ten times that drift (see Compare).
     CHECK(c.loss <= 1e-5);
-    CHECK(c.weights <= 1e-5);
-    CHECK(c.element <= 2e-4);
+    CHECK(c.grads <= 1e-6);
+    CHECK(c.weights <= std::max(1e-5, 10 * c.ref_weights));
+    CHECK(c.element <= std::max(2e-4, 10 * c.ref_element));
     if (bucket == 4096) {
       CHECK(c.buckets > 5);
       // Most buckets start from the hooks, during backward, not at the wait.
