@@ -265,6 +265,7 @@ constexpr double kInvSqrt2Pi = 0.3989422804014327;
 
 // The tanh form through the identity 0.5 (1 + tanh(u)) = 1 / (1 + e^-2u): one exponential and one
 // division per element instead of tanh's two branches, and no cancellation for large |u|.
+// Contiguous f32 on the avx512 family takes the same formula in AVX-512 runs (cpu/activations.h).
 Tensor gelu(const Tensor& a, GeluApprox approx) {
   if (approx == GeluApprox::tanh && a.defined() && avx512_runs({&a})) {
     Tensor out = Tensor::empty(a.shape(), DType::f32);
@@ -328,7 +329,8 @@ Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
     // With s = 0.5 (1 + tanh(u)): d/dx [x s] = s + 2 x s (1 - s) u'. In terms of q = e^-2|u| <= 1
     // and r = 1 / (1 + q): s = r (u >= 0) or q r (u < 0), and s (1 - s) = q r^2. Nothing overflows
     // (e^-2u does for u < -44 in f32, and inf * 0 made the gradient NaN below x = -10) and
-    // nothing cancels as s -> 1. CUDA's kernel is the same (tensor/cuda/misc.cu).
+    // nothing cancels as s -> 1. CUDA's kernel is the same (tensor/cuda/misc.cu), and so are the
+    // AVX-512 runs (cpu/activations.h).
     return backward_op(
         grad, x, "gelu_backward", CudaBackward::gelu_tanh,
         [](auto g, auto v) {
