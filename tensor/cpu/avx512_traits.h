@@ -16,7 +16,6 @@ struct Avx512 {
   static reg broadcast(float x) { return _mm512_set1_ps(x); }
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
-  static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   // r[i] holds 16 floats of row i; afterwards r[q] holds column q: (row0[q], ..., row15[q]).
   static void transpose(reg r[16]) {
     reg t[16];

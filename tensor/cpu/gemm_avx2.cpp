@@ -22,7 +22,6 @@ struct Avx2 {
   static reg broadcast(float x) { return _mm256_set1_ps(x); }
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
-  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static void transpose(reg r[8]) { transpose8x8(r); }
 };
 

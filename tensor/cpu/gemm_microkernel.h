@@ -1,7 +1,7 @@
 // The register-blocked inner kernel of the packed f32 GEMM, written once for every vector width.
 //
 // Included only by gemm_avx2.cpp and gemm_avx512.cpp, each compiled for its instruction set with a
-// traits struct V (reg, W lanes, zero/load/store/broadcast/fma/mul/add), and by
+// traits struct V (reg, W lanes, zero/load/store/broadcast/fma/mul), and by
 // gemm_avx512_bf16.cpp for prefetch_c_tile and store_tile. Everything here has internal linkage and
 // uses no library code (only the type std::integer_sequence, to list the kernel tables), so nothing
 // compiled for AVX-512 can be picked by the linker for use elsewhere.
@@ -33,8 +33,9 @@ inline void prefetch_c_tile(const float* c, long ldc) {
 }
 
 // C tile = alpha * acc + beta * C (beta 0: C not read), the one epilogue of every kernel (the bf16
-// one's too). alpha 1 (every product but attention's scores) skips its multiplications, and beta 1
-// (a later K block's) too: multiplying by 1 is exact, so the bits are the general form's.
+// one's too). With alpha 1 (every product but attention's scores) and beta 0 or 1 (a later K
+// block's) the multiplications by alpha and beta are left out: multiplying by 1 is exact, so the
+// bits are the general form's, NaN payloads included (test_gemm_bf16 checks them).
 template <class V, int MR, int NV>
 inline __attribute__((always_inline)) void store_tile(const typename V::reg (&acc)[MR][NV],
                                                       float* c, long ldc, float alpha, float beta) {
@@ -47,12 +48,15 @@ inline __attribute__((always_inline)) void store_tile(const typename V::reg (&ac
     return;
   }
   if (alpha == 1.0f && beta == 1.0f) {
+    // A fused multiply-add by 1, not an add: of two NaNs it keeps the one the general form keeps
+    // (an add's operands commute, and the compiler picks their order).
+    const typename V::reg one = V::broadcast(1.0f);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) {
         float* cp = c + i * ldc + j * W;
-        V::store(cp, V::add(acc[i][j], V::load(cp)));
+        V::store(cp, V::fma(one, acc[i][j], V::load(cp)));
       }
     return;
   }
