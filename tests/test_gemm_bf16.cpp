@@ -4,6 +4,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <sstream>
 
 #include "tensor/cpu/cpu_features.h"
 #include "tensor/cpu/gemm.h"
@@ -137,10 +138,13 @@ void check_bitwise(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alph
     }
   INFO("ta " << ta << " tb " << tb << " m " << m << " n " << n << " k " << k << " alpha " << alpha
              << " beta " << beta << " special " << special);
+  // (An INFO inside the `if` would end with it, before the CHECK could report it.)
+  std::ostringstream where;
   if (first >= 0)
-    INFO("first difference at row " << first / ldc << " col " << first % ldc << ": kernel "
-                                    << std::hex << f32_bits(C[size_t(first)]) << " emulated "
-                                    << f32_bits(want[size_t(first)]) << std::dec);
+    where << "first difference at row " << first / ldc << " col " << first % ldc << ": kernel "
+          << std::hex << f32_bits(C[size_t(first)]) << " emulated "
+          << f32_bits(want[size_t(first)]);
+  INFO(where.str());
   CHECK(differ == 0);
 }
 
