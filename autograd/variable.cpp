@@ -139,12 +139,16 @@ Variable make_variable(Tensor out, const char* name, const std::vector<const Var
 
 namespace {
 
-// Takes `g` as the buffer of a gradient when nothing else refers to its storage; copies otherwise
-// (the same tensor may have been handed to several inputs, e.g. by add's backward).
+// Whether nothing but `t` refers to its storage, which it covers contiguously: its buffer may be
+// written in place (the same tensor may have been handed to several inputs, e.g. by add's
+// backward, and then it may not).
+bool held_alone(const Tensor& t) {
+  return t.storage().use_count() == 1 && t.is_contiguous();
+}
+
+// Takes `g` as the buffer of a gradient when it holds its whole storage alone; copies otherwise.
 Tensor own(Tensor g) {
-  const auto& s = g.storage();
-  if (s.use_count() == 1 && g.is_contiguous() && g.offset_bytes() == 0 && g.nbytes() == s->nbytes())
-    return g;
+  if (held_alone(g) && g.offset_bytes() == 0 && g.nbytes() == g.storage()->nbytes()) return g;
   return g.clone();
 }
 
@@ -169,9 +173,7 @@ void accumulate_pending(Tensor& pending, Tensor g) {
     pending = std::move(g);
     return;
   }
-  const auto& s = pending.storage();
-  if (s.use_count() == 1 && pending.is_contiguous() && pending.shape() == g.shape() &&
-      pending.dtype() == g.dtype())
+  if (held_alone(pending) && pending.shape() == g.shape() && pending.dtype() == g.dtype())
     add_(pending, g);
   else
     pending = add(pending, g);

@@ -111,11 +111,23 @@ Tensor unary_op(const Tensor& a, const char* op, F f) {
 
 // The same with `code`, the map's name for the CUDA kernels, which run it when `a` is on a GPU.
 // The checks come first, so both devices refuse the same arguments with the same message.
+// run_avx512 (optional): the same op over unit-stride f32 runs (x, out, n), taken where
+// avx512_runs allows.
+using UnaryRun = void (*)(const float*, float*, int64_t);
+
 template <class F>
-Tensor unary_op(const Tensor& a, const char* op, CudaUnary code, F f) {
+Tensor unary_op(const Tensor& a, const char* op, CudaUnary code, F f,
+                UnaryRun run_avx512 = nullptr) {
   FORGE_CHECK(a.defined(), "{}: undefined tensor", op);
   check_floating(a, op);
   if (a.device().is_cuda()) return cuda::unary(code, a, op);
+  if (run_avx512 && avx512_runs({&a})) {
+    Tensor out = Tensor::empty(a.shape(), DType::f32);
+    const float* x = a.data<float>();
+    float* y = out.data<float>();
+    split_runs(a.numel(), [&](int64_t b, int64_t n) { run_avx512(x + b, y + b, n); });
+    return out;
+  }
   return unary_op(a, op, f);
 }
 
@@ -267,20 +279,15 @@ constexpr double kInvSqrt2Pi = 0.3989422804014327;
 // division per element instead of tanh's two branches, and no cancellation for large |u|.
 // Contiguous f32 on the avx512 family takes the same formula in AVX-512 runs (cpu/activations.h).
 Tensor gelu(const Tensor& a, GeluApprox approx) {
-  if (approx == GeluApprox::tanh && a.defined() && avx512_runs({&a})) {
-    Tensor out = Tensor::empty(a.shape(), DType::f32);
-    const float* x = a.data<float>();
-    float* y = out.data<float>();
-    split_runs(a.numel(),
-               [&](int64_t b, int64_t n) { cpu::gelu_tanh_run_avx512(x + b, y + b, n); });
-    return out;
-  }
   if (approx == GeluApprox::tanh)
-    return unary_op(a, "gelu", CudaUnary::gelu_tanh, [](auto x) {
-      using C = decltype(x);
-      C two_u = C(2 * kSqrt2OverPi) * (x + C(0.044715) * x * x * x);
-      return x / (C(1) + cpu::vexp(-two_u));
-    });
+    return unary_op(
+        a, "gelu", CudaUnary::gelu_tanh,
+        [](auto x) {
+          using C = decltype(x);
+          C two_u = C(2 * kSqrt2OverPi) * (x + C(0.044715) * x * x * x);
+          return x / (C(1) + cpu::vexp(-two_u));
+        },
+        cpu::gelu_tanh_run_avx512);
   return unary_op(a, "gelu", CudaUnary::gelu_erf, [](auto x) {
     using C = decltype(x);
     return C(0.5) * x * (C(1) + cpu::verf(x * C(kInvSqrt2)));
