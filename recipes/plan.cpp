@@ -12,6 +12,7 @@
 #include "io/text_data.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/error.h"
+#include "tensor/parallel.h"
 
 namespace forge {
 
@@ -273,14 +274,16 @@ class StepReplay {
   // What one micro-batch's forward left for its backward.
   struct BlockSaved {
     std::vector<Id> ids;    // freed by the block's backward (its ops' saved tensors)
+    std::vector<Id> masks;  // dropout's: of the probabilities, attention's output, the MLP's
     Id input = 0, out = 0;  // the block's input (the previous block's out) and output
   };
   struct MicroBatch {
     std::vector<BlockSaved> blocks;
-    std::vector<Id> embed, head;  // saved by the embeddings and by the head and loss
-    std::optional<Id> recv;       // a later stage's input from the previous stage
-    std::optional<Id> sent;       // the output sent to the next stage (not on the last)
-    Id last_out = 0;              // the last block's output (or the input, with no blocks)
+    std::vector<Id> embed, head;   // saved by the embeddings and by the head and loss
+    std::optional<Id> embed_mask;  // the embeddings' dropout mask
+    std::optional<Id> recv;        // a later stage's input from the previous stage
+    std::optional<Id> sent;        // the output sent to the next stage (not on the last)
+    Id last_out = 0;               // the last block's output (or the input, with no blocks)
     Id loss = 0;
   };
 
@@ -300,6 +303,8 @@ class StepReplay {
   const MachineProfile* prof_;
   bool cpu_ = Device::parse(cfg_.device).is_cpu();  // the packed CPU kernels' scratch
   bool half_ = cfg_.mixed_precision();              // 16-bit products (time only)
+  bool drop_ = m_.dropout > 0;                      // dropout's masks and passes
+  int64_t threads_ = cfg_.threads > 0 ? cfg_.threads : get_num_threads();  // attention's scratch
   double cold_s_per_byte_ = 0;  // weights out of cache (MachineProfile::cold_seconds_per_byte)
   double recomputed_cold_s_per_byte_ = 0;  // a block's weights read again after its recompute
   bool recomputed_ = false;                // in the backward of a just recomputed block
@@ -532,6 +537,40 @@ class StepReplay {
     t_ += bytes * (recomputed_ ? recomputed_cold_s_per_byte_ : cold_s_per_byte_);
     if (!grad_[index_.at(name)]) cold_time(2.0 * bytes);
   }
+  // Dropout draws a mask of `elements`, one uniform and one byte each, that its backward keeps.
+  Id dropout_mask(int64_t elements) {
+    ++ops_;
+    if (prof_)
+      t_ +=
+          prof_->op_overhead_us * 1e-6 +
+          double(elements) * std::max(prof_->dropout_ns * 1e-9, 1.0 / (prof_->bandwidth_gbs * 1e9));
+    return L_.alloc(MemoryTag::activations, elements);
+  }
+  // Dropout of a hidden state x (M, C): its mask kept in `masks`; x gives way to x * mask / (1-p).
+  Id dropped(Id x, std::vector<Id>& masks) {
+    masks.push_back(dropout_mask(M_ * C_));
+    Id y = act(M_ * C_ * kF32);
+    L_.free(x);
+    return y;
+  }
+  // Dropout's backward: the gradient times the mask (a new tensor); the mask goes with its node.
+  Id dropped_backward(Id mask) {
+    Id d = act(M_ * C_ * kF32);
+    L_.free(mask);
+    return d;
+  }
+  // Inside the attention ops, with dropout: P' = P * mask / (1-p) per (batch, head), `passes`
+  // times (forward once; backward P' again and dP), each reading P and the mask, writing P'.
+  void attention_dropout_time(double passes) {
+    if (prof_ && drop_)
+      t_ += passes * double(b_ * Hl_ * T_ * T_) * (2 * kF32 + 1) / (prof_->bandwidth_gbs * 1e9);
+  }
+  // The attention ops' per-thread scratch of `slices` (T, T) slices while they run (CPU).
+  void attention_scratch(int64_t slices) {
+    if (cpu_)
+      L_.transient(MemoryTag::activations,
+                   threads_ * std::max<int64_t>(1, slices * T_ * T_) * kF32);
+  }
   void gelu_time(double factor) {
     if (prof_) t_ += factor * double(M_ * F_) * prof_->gelu_ns * 1e-9;
   }
@@ -590,7 +629,13 @@ class StepReplay {
     attention_time(1.0);
     keep(act(M_ * Cl_ * kF32));            // attention out
     keep(act(b_ * Hl_ * T_ * T_ * kF32));  // probabilities
+    if (drop_) {
+      s.masks.push_back(dropout_mask(b_ * Hl_ * T_ * T_));  // the probabilities'
+      attention_dropout_time(1.0);
+    }
+    attention_scratch(drop_ ? 1 : 0);
     Id p = tp_summed(linear(C_, Cl_), M_ * C_ * kF32);
+    if (drop_) p = dropped(p, s.masks);
     keep(act(M_ * C_ * kF32));  // h = x + attn
     L_.free(p);
     keep(act(M_ * C_ * kF32));  // ln_2 out
@@ -600,6 +645,7 @@ class StepReplay {
     gelu_time(1.0);
     keep(act(M_ * F_ * kF32));  // GELU out
     Id o = tp_summed(linear(C_, F_), M_ * C_ * kF32);
+    if (drop_) o = dropped(o, s.masks);
     s.out = act(M_ * C_ * kF32);  // h + mlp
     L_.free(o);
     return s;
@@ -609,6 +655,7 @@ class StepReplay {
   Id block_forward_no_grad(Id x) {
     BlockSaved s = block_forward(x);
     for (Id id : s.ids) L_.free(id);
+    for (Id id : s.masks) L_.free(id);
     return s.out;
   }
 
@@ -622,7 +669,10 @@ class StepReplay {
     L_.at(fmt::format("backward of block {}", l));
     // In the order of the engine (latest node first); s.ids in block_forward's order.
     const auto& v = s.ids;
+    // With dropout, each branch's dropout runs its backward before the product under it.
+    const Id dmlp = drop_ ? dropped_backward(s.masks[2]) : g_out;
     Id dgl = linear_backward(b + "mlp.c_proj", F_, C_);
+    if (drop_) L_.free(dmlp);
     L_.free(v[11]);  // GELU out
     gelu_time(2.0);
     Id dfc = act(M_ * F_ * kF32);  // GELU backward
@@ -639,14 +689,22 @@ class StepReplay {
     L_.free(dh);
     std::optional<Id> gin;
     if (leaf_input) gin = L_.alloc(MemoryTag::gradients, M_ * C_ * kF32);
+    const Id dattn = drop_ ? dropped_backward(s.masks[1]) : g1;
+    if (drop_ && leaf_input) L_.free(g1);
     Id dy = linear_backward(b + "attn.c_proj", Cl_, C_);
-    if (leaf_input) L_.free(g1);
+    if (drop_)
+      L_.free(dattn);
+    else if (leaf_input)
+      L_.free(g1);
     L_.free(v[4]);
     attention_time(2.0);
+    attention_dropout_time(2.0);
     Id dqkv = act(M_ * 3 * Cl_ * kF32);  // attention backward
+    attention_scratch(drop_ ? 2 : 1);
     L_.free(dy);
     L_.free(v[3]);
     L_.free(v[5]);
+    if (drop_) L_.free(s.masks[0]);
     Id da = tp_summed(linear_backward(b + "attn.c_attn", C_, 3 * Cl_), M_ * C_ * kF32);
     L_.free(dqkv);
     L_.free(v[0]);
@@ -687,6 +745,11 @@ class StepReplay {
       x = act(M_ * C_ * kF32);
       L_.free(tok);
       L_.free(pos);
+      if (drop_) {
+        std::vector<Id> mask;
+        x = dropped(x, mask);
+        f.embed_mask = mask[0];
+      }
       release(wpe_unit_);
       if (!last_) release(wte_unit_);
     } else {
@@ -790,6 +853,11 @@ class StepReplay {
     }
     if (first_) {
       L_.at(fmt::format("backward of the embeddings (micro-batch {})", m));
+      if (f.embed_mask) {
+        Id d = dropped_backward(*f.embed_mask);
+        L_.free(g);
+        g = d;
+      }
       Id dpos = act(T_ * C_ * kF32);  // the broadcast's sum over the batch
       gradient("transformer.wpe.weight", act(T_ * C_ * kF32));
       L_.free(dpos);
@@ -976,6 +1044,7 @@ std::string MachineProfile::to_json() const {
   j["bandwidth_gbs"] = bandwidth_gbs;
   j["op_overhead_us"] = op_overhead_us;
   j["gelu_ns"] = gelu_ns;
+  if (dropout_ns > 0) j["dropout_ns"] = dropout_ns;
   j["overlap"] = overlap;
   j["busy_pace"] = busy_pace;
   if (inline_sync_us > 0) j["inline_sync_us"] = inline_sync_us;
@@ -1027,6 +1096,7 @@ MachineProfile MachineProfile::from_json(const std::string& text, const std::str
     p.bandwidth_gbs = j.at("bandwidth_gbs").get<double>();
     p.op_overhead_us = j.at("op_overhead_us").get<double>();
     p.gelu_ns = j.value("gelu_ns", 0.0);
+    p.dropout_ns = j.value("dropout_ns", 0.0);
     p.overlap = j.value("overlap", 1.0);
     p.busy_pace = j.value("busy_pace", 1.0);
     p.inline_sync_us = j.value("inline_sync_us", 0.0);
@@ -1225,8 +1295,6 @@ PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int6
                     profile && !profile->has_half_products()
                         ? "; the profile has no 16-bit product figures (f32's are used)"
                         : ""));
-  if (cfg.model.dropout > 0)
-    best.caveats.push_back("dropout (its masks and passes) is not modelled");
   if (!Device::parse(cfg.device).is_cpu())
     best.caveats.push_back("GPU allocators' rounding and workspaces are not modelled");
   if (!profile) return out;

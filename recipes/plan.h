@@ -127,6 +127,8 @@ struct MachineProfile {
   double cold_seconds_per_byte(int64_t working_set, int64_t ranks = 1) const;
   double op_overhead_us = 0;  // the fixed cost of one op (dispatch, allocation, threads)
   double gelu_ns = 0;  // GELU forward per element (its backward: twice); 0: memory-bound only
+  // Dropout's mask drawn per element (one uniform each, a byte written); 0: memory-bound only.
+  double dropout_ns = 0;
   // How much of a collective hides behind compute running at the same time: 1 when they do not
   // slow each other (spare cores, a GPU's copy engines), 0 when they share the cores fully.
   double overlap = 1;

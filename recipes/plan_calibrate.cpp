@@ -203,6 +203,10 @@ MachineProfile calibrate_machine(const GptTrainConfig& cfg,
     Variable g(randn({1 << 20}, gen), true);
     const double gs = best_seconds([&] { sum(gelu(g, GeluApprox::tanh)).backward(); });
     p.gelu_ns = gs / 3.0 / double(1 << 20) * 1e9;  // backward about twice forward
+    // Dropout's mask: one uniform drawn and one byte written per element.
+    Generator drop_gen(7);
+    const double ds = best_seconds([&] { dropout_mask({1 << 20}, 0.1, drop_gen); });
+    p.dropout_ns = ds / double(1 << 20) * 1e9;
   }
   // Weights out of cache: the model's widest product (x (T, C) @ W^T, W (4C, C)) on one weight
   // again and again (cache-hot, as the products above were timed), then cycling through enough
