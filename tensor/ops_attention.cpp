@@ -185,9 +185,10 @@ void causal_softmax_backward_rows(const T* P, T* dP, int64_t Tn) {
   }
 }
 
-// P' = P * mask / (1 - p) into dst.
+// P' = P * mask / (1 - p) into dst (which may be P itself). The mask restrict: a byte pointer
+// may alias anything, and without it the loop stays scalar.
 template <class T>
-void apply_mask(const T* P, const uint8_t* mask, T scale, int64_t n, T* dst) {
+void apply_mask(const T* P, const uint8_t* __restrict mask, T scale, int64_t n, T* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = mask[i] ? P[i] * scale : T(0);
 }
 

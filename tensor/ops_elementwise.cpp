@@ -1,5 +1,6 @@
 // Elementwise ops: unary, binary with broadcasting, where/masked_fill, and the activation
 // backwards.
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <initializer_list>
@@ -445,30 +446,39 @@ Tensor dropout_mask(const Shape& whole, double p, Generator& gen, int dim, int64
   Shape out_shape = whole;
   if (nd > 0) out_shape[dim] = length;
   Tensor mask = Tensor::empty(out_shape, DType::u8);
-  // Element i of the whole draw keeps when the i-th uniform is >= p: a pure function of the
-  // generator state and i, so any thread split (and any slice) gives the same bits.
+  // Element i of the whole draw keeps when the i-th uniform, uniform_from_bits(w) of word i % 4
+  // of block i / 4, is >= p: a pure function of the generator state and i, so any thread split
+  // (and any slice) gives the same bits. That uniform is (w >> 8) 2^-24 exactly, so the test is
+  // (w >> 8) >= ceil(p 2^24) (p as a float, as the uniform is compared with), in integers.
   const uint64_t first = gen.advance(uint64_t((total + 3) / 4));
-  const float pf = float(p);
+  const uint32_t keep_from = uint32_t(std::ceil(double(float(p)) * 16777216.0));
   uint8_t* m = mask.data<uint8_t>();
   parallel_for(0, outer * run, 1 << 14, [&](int64_t b, int64_t e) {
-    int64_t o = b / run, j = b % run;  // run and offset in it of slice element b
-    int64_t i = (o * n_dim + start) * inner + j;
-    std::array<uint32_t, 4> w = gen.block(first, uint64_t(i / 4));
-    for (int64_t k = b; k < e; ++k) {
-      if (i % 4 == 0) w = gen.block(first, uint64_t(i / 4));
-      m[k] = uniform_from_bits(w[size_t(i % 4)]) >= pf;
-      if (++j == run) {  // next run: jump over the rest of dim
-        j = 0;
-        ++o;
-        i = (o * n_dim + start) * inner;
-        if (k + 1 < e) w = gen.block(first, uint64_t(i / 4));
-      } else {
-        ++i;
-      }
+    constexpr int64_t kChunk = 1024;  // elements drawn at a time
+    uint32_t words[kChunk + 8];       // their blocks' words, from the block holding the first
+    for (int64_t k = b; k < e;) {
+      const int64_t o = k / run, j = k % run;             // run and offset in it of slice element k
+      const int64_t i = (o * n_dim + start) * inner + j;  // its index in the whole draw
+      const int64_t count = std::min({e - k, run - j, kChunk});
+      const int64_t block0 = i / 4, blocks = (i + count + 3) / 4 - block0;
+      gen.blocks(first + uint64_t(block0), blocks, words);
+      const uint32_t* w = words + (i - 4 * block0);
+      for (int64_t q = 0; q < count; ++q) m[k + q] = (w[q] >> 8) >= keep_from;
+      k += count;
     }
   });
   return mask;
 }
+
+namespace {
+// out = g * scale where the mask is set, else 0. Restrict pointers: a byte pointer may alias
+// anything, and without them the loop stays scalar.
+template <class T, class C>
+void masked_scale(const T* __restrict g, const uint8_t* __restrict mask, C scale, int64_t n,
+                  T* __restrict out) {
+  for (int64_t i = 0; i < n; ++i) store(out + i, mask[i] ? C(load(g + i)) * scale : C(0));
+}
+}  // namespace
 
 Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p) {
   FORGE_CHECK(grad.defined() && mask.defined(), "dropout_backward: undefined tensor");
@@ -486,9 +496,8 @@ Tensor dropout_backward(const Tensor& grad, const Tensor& mask, double p) {
     const T* pg = g.data<T>();
     const uint8_t* pm = mk.data<uint8_t>();
     T* po = out.data<T>();
-    parallel_for(0, g.numel(), 1 << 15, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) store(po + i, pm[i] ? C(load(pg + i)) * scale : C(0));
-    });
+    parallel_for(0, g.numel(), 1 << 15,
+                 [&](int64_t b, int64_t e) { masked_scale(pg + b, pm + b, scale, e - b, po + b); });
   });
   return out;
 }

@@ -1,5 +1,6 @@
 #include "tensor/random.h"
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -7,9 +8,45 @@
 
 namespace forge {
 
+namespace {
+constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // round multipliers
+constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // key schedule (golden ratio, sqrt 3)
+constexpr int kLanes = 16;
+
+// Philox4x32-10 of the 16 counters (c + j, j < 16), each (low word, high word, 0, 0), lane by
+// lane in arrays: the compiler vectorises the rounds (the 32 x 32 -> 64-bit products as even and
+// odd lanes). Block j's words go to out[4 j .. 4 j + 3].
+void philox16(uint64_t c, uint64_t key, uint32_t* out) {
+  uint32_t x0[kLanes], x1[kLanes], x2[kLanes], x3[kLanes];
+  for (int j = 0; j < kLanes; ++j) {
+    const uint64_t cj = c + uint64_t(j);
+    x0[j] = uint32_t(cj);
+    x1[j] = uint32_t(cj >> 32);
+    x2[j] = x3[j] = 0;
+  }
+  uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
+  for (int round = 0; round < 10; ++round) {
+    for (int j = 0; j < kLanes; ++j) {
+      const uint64_t p0 = uint64_t(kM0) * x0[j], p1 = uint64_t(kM1) * x2[j];
+      const uint32_t y0 = uint32_t(p1 >> 32) ^ x1[j] ^ k0, y2 = uint32_t(p0 >> 32) ^ x3[j] ^ k1;
+      x1[j] = uint32_t(p1);
+      x3[j] = uint32_t(p0);
+      x0[j] = y0;
+      x2[j] = y2;
+    }
+    k0 += kW0;
+    k1 += kW1;
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    out[4 * j] = x0[j];
+    out[4 * j + 1] = x1[j];
+    out[4 * j + 2] = x2[j];
+    out[4 * j + 3] = x3[j];
+  }
+}
+}  // namespace
+
 std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> c, uint64_t key) {
-  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // round multipliers
-  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // key schedule (golden ratio, sqrt 3)
   uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
   for (int round = 0; round < 10; ++round) {
     uint64_t p0 = uint64_t(kM0) * c[0], p1 = uint64_t(kM1) * c[2];
@@ -19,6 +56,15 @@ std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> c, uint64_t key) {
     k1 += kW1;
   }
   return c;
+}
+
+void Generator::blocks(uint64_t first, int64_t n, uint32_t* out) const {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) philox16(first + uint64_t(i), state_.seed, out + 4 * i);
+  for (; i < n; ++i) {
+    const std::array<uint32_t, 4> w = block(first, uint64_t(i));
+    std::copy(w.begin(), w.end(), out + 4 * i);
+  }
 }
 
 double Generator::uniform() {

@@ -46,6 +46,11 @@ class Generator {
     return philox4x32({uint32_t(c), uint32_t(c >> 32), 0, 0}, state_.seed);
   }
 
+  // Blocks 0 .. n - 1 of a reservation starting at `first`, their words in order: out[4 i + w] is
+  // word w of block(first, i). Sixteen blocks at a time in vectorised lanes: the same words, about
+  // four times faster than block() one by one (dropout's masks draw millions a step).
+  void blocks(uint64_t first, int64_t n, uint32_t* out) const;
+
   // Scalar draws (one block each), for sampling and shuffling.
   double uniform();              // [0, 1)
   uint64_t randint(uint64_t n);  // [0, n)

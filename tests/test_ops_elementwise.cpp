@@ -589,6 +589,38 @@ TEST_CASE("dropout keeps about 1-p of the elements and scales them by 1/(1-p)") 
                       Contains("dropout_backward") && Contains("[3]") && Contains("[256, 256]"));
 }
 
+TEST_CASE("dropout_mask keeps element i when the i-th uniform of its draw is >= p") {
+  // The definition, element by element: word i % 4 of block i / 4 of the reservation, as a
+  // uniform, against p as a float. p = 0.5 and 0.25 put the threshold on a uniform exactly.
+  for (double p : {0.1, 0.2, 0.25, 1.0 / 3.0, 0.5, 0.9}) {
+    for (int64_t n : {int64_t(1), int64_t(5), int64_t(1023), int64_t(1025), int64_t(70001)}) {
+      INFO("p " << p << " n " << n);
+      Generator gen(21), ref(21);
+      const std::vector<uint8_t> mask = dropout_mask({n}, p, gen).to_vector<uint8_t>();
+      const uint64_t first = ref.advance(uint64_t((n + 3) / 4));
+      int64_t differ = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float u = uniform_from_bits(ref.block(first, uint64_t(i / 4))[size_t(i % 4)]);
+        differ += mask[size_t(i)] != (u >= float(p) ? 1 : 0);
+      }
+      CHECK(differ == 0);
+      CHECK(gen.state() == ref.state());
+    }
+  }
+  // On the threshold: p equal to an element's uniform keeps it, the next float above drops it.
+  Generator probe(22);
+  const std::array<uint32_t, 4> w = probe.block(probe.advance(1), 0);
+  for (int k = 0; k < 4; ++k) {
+    const float u = uniform_from_bits(w[size_t(k)]);
+    if (u == 0.0f) continue;
+    for (float p : {u, std::nextafter(u, 1.0f)}) {
+      INFO("word " << k << " uniform " << u << " p " << p);
+      Generator gen(22);
+      CHECK(dropout_mask({4}, double(p), gen).to_vector<uint8_t>()[size_t(k)] == (p == u ? 1 : 0));
+    }
+  }
+}
+
 TEST_CASE("dropout_mask of a slice is that slice of the whole mask, drawn with the same advance") {
   const Shape whole{3, 5, 6, 7};
   Generator ref(12);

@@ -62,6 +62,24 @@ TEST_CASE("Generator::block is Philox of the 64-bit counter first + i under the 
   CHECK(g.state().seed == 0x0123456789abcdefull);
 }
 
+TEST_CASE("Generator::blocks gives block()'s words in order, across the counter's 32-bit carry") {
+  Generator g(0x0123456789abcdefull);
+  for (uint64_t first : {uint64_t(0), uint64_t(0xffffffffull) - 20, uint64_t(1) << 40}) {
+    for (int64_t n = 0; n <= 40; ++n) {
+      INFO("first " << first << " n " << n);
+      std::vector<uint32_t> words(size_t(4 * n + 4), 0xdeadbeefu);  // one block's room past the end
+      g.blocks(first, n, words.data());
+      bool same = true;
+      for (int64_t i = 0; i < n; ++i) {
+        const std::array<uint32_t, 4> w = g.block(first, uint64_t(i));
+        for (int k = 0; k < 4; ++k) same = same && words[size_t(4 * i + k)] == w[size_t(k)];
+      }
+      CHECK(same);
+      for (size_t k = size_t(4 * n); k < words.size(); ++k) CHECK(words[k] == 0xdeadbeefu);
+    }
+  }
+}
+
 TEST_CASE("uniform_from_bits maps the top 24 bits onto [0, 1)") {
   CHECK(uniform_from_bits(0) == 0.0f);
   CHECK(uniform_from_bits(0xff) == 0.0f);
