@@ -166,7 +166,7 @@ class Ledger {
 };
 
 using Id = Ledger::Id;
-constexpr int64_t kF32 = 4, kF64 = 8, kI64 = 8;
+constexpr int64_t kF32 = 4, kF64 = 8, kI64 = 8, kHalf = 2;
 // Products' transposition (MachineProfile::Gemm::trans).
 constexpr int kPlain = 0, kTransA = 1, kTransB = 2;
 
@@ -302,8 +302,8 @@ class StepReplay {
   Ledger L_;
   const MachineProfile* prof_;
   bool cpu_ = Device::parse(cfg_.device).is_cpu();  // the packed CPU kernels' scratch
-  bool half_ = cfg_.mixed_precision();              // 16-bit products (time only)
-  bool drop_ = m_.dropout > 0;                      // dropout's masks and passes
+  bool half_ = cfg_.mixed_precision();  // 16-bit products, and autocast's 16-bit saved copies
+  bool drop_ = m_.dropout > 0;          // dropout's masks and passes
   int64_t threads_ = cfg_.threads > 0 ? cfg_.threads : get_num_threads();  // attention's scratch
   double cold_s_per_byte_ = 0;  // weights out of cache (MachineProfile::cold_seconds_per_byte)
   double recomputed_cold_s_per_byte_ = 0;  // a block's weights read again after its recompute
@@ -313,6 +313,7 @@ class StepReplay {
   double forward_s_ = 0, backward_s_ = 0, tp_comm_s_ = 0, fwd_tp_ = 0, bwd_tp_ = 0;
   int64_t ops_ = 0, ops_fwd_ = 0, ops_bwd_ = 0;
   std::vector<int64_t> ddp_bucket_bytes_;
+  std::map<std::string, Id> casts_;  // autocast's 16-bit weight copies (its cast cache) this step
   // Gradients: DDP's bucket views exist all along; otherwise backward creates them.
   std::vector<std::optional<Id>> grad_;
   std::vector<int> contributions_;         // per parameter: gradients backward handed it so far
@@ -520,11 +521,24 @@ class StepReplay {
     ++ops_;
     t_ += pass_seconds(6.0 * double(elements));
   }
-  // A linear layer's forward x (M, in) @ W^T (out, in): under autocast x is rounded first.
-  Id linear(int64_t out, int64_t in) {
+  // A linear layer's forward x (M, in) @ W^T (out, in): under autocast x is rounded first, and
+  // the weight's 16-bit copy is made at its first use in the step and kept to the step's end.
+  Id linear(const std::string& weight, int64_t out, int64_t in) {
     cast_time(M_ * in);
+    if (half_ && !casts_.count(weight))
+      casts_[weight] = L_.alloc(MemoryTag::parameters, out * in * kHalf);
     cold_time(1.0 * double(out * in) * kF32);  // W read
     return product(M_, out, in, kTransB);
+  }
+  // What a product keeps of its input x (`elements`) for backward: x itself, or under autocast
+  // its 16-bit copy (x is then held only as long as the forward code holds it).
+  Id saved_input(Id x, int64_t elements) {
+    return half_ ? L_.alloc(MemoryTag::activations, elements * kHalf) : x;
+  }
+  // An f32 tensor the forward code holds past its op: under autocast freed at `done`, else one
+  // of the saved tensors (freed by backward).
+  void drop_f32(Id x) {
+    if (half_) L_.free(x);
   }
   // A weight (or its gradient) streamed from memory when the stage's do not stay in cache.
   void cold_time(double bytes) { t_ += bytes * cold_s_per_byte_; }
@@ -586,11 +600,27 @@ class StepReplay {
   // parameters; the saved input freed by the caller.
   Id linear_backward(const std::string& name, int64_t in, int64_t out) {
     cast_time(M_ * out);  // g rounded
+    const std::optional<Id> g16 = rounded(M_ * out);
     weight_backward_cold(name + ".weight", out * in);
-    Id dx = product(M_, in, out, kPlain);                       // g @ W
-    gradient(name + ".weight", product(out, in, M_, kTransA));  // g^T @ x
-    if (bias()) gradient(name + ".bias", act(out * kF32));
+    Id dx = product(M_, in, out, kPlain);         // g @ W
+    const Id dw = product(out, in, M_, kTransA);  // g^T @ x
+    const std::optional<Id> db = bias() ? std::optional<Id>(act(out * kF32)) : std::nullopt;
+    if (g16) L_.free(*g16);          // the node's 16-bit g goes when it returns; then the engine
+    gradient(name + ".weight", dw);  // hands the gradients on
+    if (db) gradient(name + ".bias", *db);
     return dx;
+  }
+  // Under autocast, a backward's 16-bit copy of its output gradient (`elements`), held while
+  // the node runs.
+  std::optional<Id> rounded(int64_t elements) {
+    if (!half_) return std::nullopt;
+    return L_.alloc(MemoryTag::activations, elements * kHalf);
+  }
+  // Under autocast, a 16-bit saved input widened back to f32 for an op's backward, held while
+  // it runs.
+  std::optional<Id> widened(int64_t elements) {
+    if (!half_) return std::nullopt;
+    return L_.alloc(MemoryTag::activations, elements * kF32);
   }
   // A layer norm's backward: dx, dweight (and dbias).
   Id layer_norm_backward(const std::string& name) {
@@ -615,45 +645,78 @@ class StepReplay {
   }
 
   // One block's forward with a graph: the tensors its ops save.
-  BlockSaved block_forward(Id x) {
+  // The attention probabilities (b, H/t, T, T), kept for backward: f32, or under autocast 16-bit
+  // (the pass that writes them is charged as an f32 op's either way).
+  Id probabilities() {
+    const int64_t n = b_ * Hl_ * T_ * T_;
+    if (!half_) return act(n * kF32);
+    ++ops_;
+    if (prof_) t_ += pass_seconds(3.0 * double(n * kF32));
+    return L_.alloc(MemoryTag::activations, n * kHalf);
+  }
+
+  BlockSaved block_forward(int64_t l, Id x) {
     BlockSaved s;
     s.input = x;
     auto keep = [&](Id id) {
       s.ids.push_back(id);
       return id;
     };
-    keep(act(M_ * C_ * kF32));  // ln_1 out
-    keep(act(M_ * kF32));       // mean
-    keep(act(M_ * kF32));       // rstd
-    keep(linear(3 * Cl_, C_));  // qkv
+    // Under autocast the products, attention and GELU keep 16-bit copies of their inputs; the
+    // f32 tensors live as long as Block::forward and the layers' forward hold them.
+    const std::string b = block_name(l);
+    const Id a = act(M_ * C_ * kF32);  // ln_1 out
+    const Id mean = act(M_ * kF32), rstd = act(M_ * kF32);
+    keep(saved_input(a, M_ * C_));  // ... as c_attn keeps it
+    keep(mean);
+    keep(rstd);
+    Id qkv = linear(b + "attn.c_attn.weight", 3 * Cl_, C_);
+    keep(saved_input(qkv, M_ * 3 * Cl_));  // qkv as attention keeps it
+    std::optional<Id> wide;                // the rounded qkv widened for the f32 attention
+    if (half_) wide = L_.alloc(MemoryTag::activations, M_ * 3 * Cl_ * kF32);
     attention_time(1.0);
-    keep(act(M_ * Cl_ * kF32));            // attention out
-    keep(act(b_ * Hl_ * T_ * T_ * kF32));  // probabilities
+    Id y = act(M_ * Cl_ * kF32);  // attention out
+    keep(probabilities());
     if (drop_) {
       s.masks.push_back(dropout_mask(b_ * Hl_ * T_ * T_));  // the probabilities'
       attention_dropout_time(1.0);
     }
-    attention_scratch(drop_ ? 1 : 0);
-    Id p = tp_summed(linear(C_, Cl_), M_ * C_ * kF32);
+    attention_scratch((drop_ ? 1 : 0) + (half_ ? 1 : 0));
+    if (wide) L_.free(*wide);
+    const Id ys = keep(saved_input(y, M_ * Cl_));  // attention out as c_proj keeps it
+    Id p = tp_summed(linear(b + "attn.c_proj.weight", C_, Cl_), M_ * C_ * kF32);
     if (drop_) p = dropped(p, s.masks);
+    drop_f32(y);  // CausalSelfAttention::forward returns
+    drop_f32(qkv);
+    // ys sits at position 4, before the probabilities: swap them into block_backward's order.
+    std::swap(s.ids[s.ids.size() - 1], s.ids[s.ids.size() - 2]);
+    (void)ys;
     keep(act(M_ * C_ * kF32));  // h = x + attn
     L_.free(p);
-    keep(act(M_ * C_ * kF32));  // ln_2 out
-    keep(act(M_ * kF32));
-    keep(act(M_ * kF32));
-    keep(linear(F_, C_));  // c_fc out (GELU's input)
+    const Id n2 = act(M_ * C_ * kF32);  // ln_2 out
+    const Id mean2 = act(M_ * kF32), rstd2 = act(M_ * kF32);
+    keep(saved_input(n2, M_ * C_));  // ... as c_fc keeps it
+    keep(mean2);
+    keep(rstd2);
+    Id fc = linear(b + "mlp.c_fc.weight", F_, C_);  // c_fc out (GELU's input)
     gelu_time(1.0);
-    keep(act(M_ * F_ * kF32));  // GELU out
-    Id o = tp_summed(linear(C_, F_), M_ * C_ * kF32);
+    Id gl = act(M_ * F_ * kF32);     // GELU out
+    keep(saved_input(fc, M_ * F_));  // GELU keeps its input
+    drop_f32(fc);                    // the statement with gelu(c_fc(x)) ends
+    keep(saved_input(gl, M_ * F_));  // c_proj keeps it
+    Id o = tp_summed(linear(b + "mlp.c_proj.weight", C_, F_), M_ * C_ * kF32);
     if (drop_) o = dropped(o, s.masks);
+    drop_f32(gl);                 // GPTMLP::forward returns
     s.out = act(M_ * C_ * kF32);  // h + mlp
     L_.free(o);
+    drop_f32(n2);  // Block::forward returns
+    drop_f32(a);
     return s;
   }
 
   // The same block without a graph (activation checkpointing's forward): only its output stays.
-  Id block_forward_no_grad(Id x) {
-    BlockSaved s = block_forward(x);
+  Id block_forward_no_grad(int64_t l, Id x) {
+    BlockSaved s = block_forward(l, x);
     for (Id id : s.ids) L_.free(id);
     for (Id id : s.masks) L_.free(id);
     return s.out;
@@ -675,7 +738,9 @@ class StepReplay {
     if (drop_) L_.free(dmlp);
     L_.free(v[11]);  // GELU out
     gelu_time(2.0);
-    Id dfc = act(M_ * F_ * kF32);  // GELU backward
+    const std::optional<Id> x32 = widened(M_ * F_);  // GELU's saved input
+    Id dfc = act(M_ * F_ * kF32);                    // GELU backward
+    if (x32) L_.free(*x32);
     L_.free(dgl);
     L_.free(v[10]);  // GELU's input
     Id dn = tp_summed(linear_backward(b + "mlp.c_fc", C_, F_), M_ * C_ * kF32);
@@ -699,8 +764,10 @@ class StepReplay {
     L_.free(v[4]);
     attention_time(2.0);
     attention_dropout_time(2.0);
-    Id dqkv = act(M_ * 3 * Cl_ * kF32);  // attention backward
-    attention_scratch(drop_ ? 2 : 1);
+    const std::optional<Id> qkv32 = widened(M_ * 3 * Cl_);  // attention's saved qkv
+    Id dqkv = act(M_ * 3 * Cl_ * kF32);                     // attention backward
+    attention_scratch(1 + (drop_ ? 1 : 0) + (half_ ? 1 : 0));
+    if (qkv32) L_.free(*qkv32);
     L_.free(dy);
     L_.free(v[3]);
     L_.free(v[5]);
@@ -771,9 +838,9 @@ class StepReplay {
       BlockSaved s;
       if (ckpt) {
         s.input = x;
-        s.out = block_forward_no_grad(x);
+        s.out = block_forward_no_grad(l, x);
       } else {
-        s = block_forward(x);
+        s = block_forward(l, x);
       }
       release(unit);
       x = s.out;
@@ -783,11 +850,14 @@ class StepReplay {
     if (last_) {
       acquire(lnf_unit_);
       if (!first_) acquire(wte_unit_);
-      f.head.push_back(act(M_ * C_ * kF32));  // ln_f out
-      f.head.push_back(act(M_ * kF32));
-      f.head.push_back(act(M_ * kF32));
-      f.head.push_back(linear(Vl_, C_));                        // logits
-      if (cfg_.tp > 1) f.head.push_back(act(M_ * kI64));        // the targets, marked
+      const Id lnf = act(M_ * C_ * kF32);  // ln_f out
+      const Id mean = act(M_ * kF32), rstd = act(M_ * kF32);
+      f.head.push_back(saved_input(lnf, M_ * C_));  // ... as the head keeps it
+      f.head.push_back(mean);
+      f.head.push_back(rstd);
+      f.head.push_back(linear("transformer.wte.weight", Vl_, C_));  // logits
+      drop_f32(lnf);                                      // the statement with head(ln_f(x)) ends
+      if (cfg_.tp > 1) f.head.push_back(act(M_ * kI64));  // the targets, marked
       f.head.push_back(act(M_ * (cfg_.tp > 1 ? kF64 : kF32)));  // log-sum-exp
       f.loss = act(kF32);
       release(lnf_unit_);
@@ -814,9 +884,12 @@ class StepReplay {
       L_.free(f.head[3]);  // logits
       for (size_t i = 4; i < n; ++i) L_.free(f.head[i]);
       cast_time(M_ * Vl_);  // dlogits rounded
+      const std::optional<Id> g16 = rounded(M_ * Vl_);
       weight_backward_cold("transformer.wte.weight", Vl_ * C_);
       Id dx = product(M_, C_, Vl_, kPlain);
-      gradient("transformer.wte.weight", product(Vl_, C_, M_, kTransA));
+      const Id dw = product(Vl_, C_, M_, kTransA);
+      if (g16) L_.free(*g16);
+      gradient("transformer.wte.weight", dw);
       L_.free(dlogits);
       L_.free(f.head[0]);
       if (cfg_.tp > 1) dx = tp_summed(dx, M_ * C_ * kF32);
@@ -840,7 +913,7 @@ class StepReplay {
       if (ckpt) {
         // Recomputed with a graph from the kept input, then backward through it.
         L_.at(fmt::format("recompute of block {}", l));
-        BlockSaved again = block_forward(s.input);
+        BlockSaved again = block_forward(l, s.input);
         recomputed_ = true;
         Id gx = block_backward(l, again, g, /*leaf_input=*/true, /*free_input=*/false);
         recomputed_ = false;
@@ -915,6 +988,9 @@ class StepReplay {
     for (bool forward : pipeline_order(cfg_.schedule, P, s, M))
       forward ? forward_one() : backward_one();
     tp_comm_s_ = fwd_tp_ + bwd_tp_;  // one micro-batch's
+    // The autocast scope closes: its cast cache goes.
+    for (const auto& [name, id] : casts_) L_.free(id);
+    casts_.clear();
     L_.at("after backward");
     for (Id id : gradient_sends_) L_.free(id);  // the previous stage's last backwards
     gradient_sends_.clear();
@@ -1287,14 +1363,9 @@ PlanPrediction predict(const GptTrainConfig& cfg, const CorpusSize& corpus, int6
       dp_exposed = std::max(dp_exposed, exposed);
     }
   best.rank_peak_bytes = std::move(peaks);
-  if (cfg.mixed_precision())
-    best.caveats.push_back(
-        fmt::format("precision {}: the memory of the 16-bit copies autocast saves is not modelled "
-                    "(counted as f32){}",
-                    cfg.precision,
-                    profile && !profile->has_half_products()
-                        ? "; the profile has no 16-bit product figures (f32's are used)"
-                        : ""));
+  if (cfg.mixed_precision() && profile && !profile->has_half_products())
+    best.caveats.push_back(fmt::format(
+        "precision {}: the profile has no 16-bit product figures (f32's are used)", cfg.precision));
   if (!Device::parse(cfg.device).is_cpu())
     best.caveats.push_back("GPU allocators' rounding and workspaces are not modelled");
   if (!profile) return out;

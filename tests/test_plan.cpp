@@ -500,6 +500,7 @@ struct Case {
   int64_t zero;
   ActivationCheckpointing checkpoint;
   double dropout = 0;  // its masks: the probabilities', the hidden states' (embeddings, blocks)
+  DType precision = DType::f32;  // bf16, f16: autocast's 16-bit copies, kept and cached
 };
 
 constexpr auto k1f1b = PipelineSchedule::one_f_one_b, kGpipe = PipelineSchedule::gpipe;
@@ -510,6 +511,10 @@ const std::vector<Case> kCases = {
     {"serial, checkpointed blocks", 1, 1, 1, 1, k1f1b, 0, kBlocks},
     {"serial, dropout 0.2", 1, 1, 1, 1, k1f1b, 0, kNone, 0.2},
     {"serial, dropout 0.2, checkpointed blocks", 1, 1, 1, 1, k1f1b, 0, kBlocks, 0.2},
+    {"serial, bf16", 1, 1, 1, 1, k1f1b, 0, kNone, 0, DType::bf16},
+    {"serial, bf16, dropout 0.1, checkpointed blocks", 1, 1, 1, 1, k1f1b, 0, kBlocks, 0.1,
+     DType::bf16},
+    {"4 micro-batches, gpipe, f16", 1, 1, 1, 4, kGpipe, 0, kNone, 0, DType::f16},
     {"4 micro-batches, gpipe", 1, 1, 1, 4, kGpipe, 0, kNone},
     {"2 micro-batches, 1f1b", 1, 1, 1, 2, k1f1b, 0, kNone},
     {"dp 2 (DDP)", 2, 1, 1, 1, k1f1b, 0, kNone},
@@ -518,6 +523,11 @@ const std::vector<Case> kCases = {
     {"dp 2, ZeRO-3", 2, 1, 1, 1, k1f1b, 3, kNone},
     {"tp 2", 1, 2, 1, 1, k1f1b, 0, kNone},
     {"tp 2, dropout 0.1", 1, 2, 1, 1, k1f1b, 0, kNone, 0.1},
+    {"tp 2, bf16", 1, 2, 1, 1, k1f1b, 0, kNone, 0, DType::bf16},
+    {"dp 2 (DDP), bf16", 2, 1, 1, 1, k1f1b, 0, kNone, 0, DType::bf16},
+    {"dp 2, ZeRO-2, 2 micro-batches, bf16", 2, 1, 1, 2, k1f1b, 2, kNone, 0, DType::bf16},
+    {"dp 2, ZeRO-3, bf16", 2, 1, 1, 1, k1f1b, 3, kNone, 0, DType::bf16},
+    {"pp 2, 2 micro-batches, bf16", 1, 1, 2, 2, k1f1b, 0, kNone, 0, DType::bf16},
     {"pp 2, 2 micro-batches, dropout 0.1", 1, 1, 2, 2, k1f1b, 0, kNone, 0.1},
     {"pp 2, 2 micro-batches, 1f1b", 1, 1, 2, 2, k1f1b, 0, kNone},
     {"pp 2, 8 micro-batches, 1f1b", 1, 1, 2, 8, k1f1b, 0, kNone},
@@ -564,6 +574,7 @@ TEST_CASE("predicted peak memory equals the runtime's measured peak") {
     c.zero = k.zero;
     c.checkpoint = k.checkpoint;
     c.model.dropout = k.dropout;
+    c.precision = k.precision;
     StepStats last;
     GptRunHooks hooks;
     hooks.on_step = [&](const StepStats& s) { last = s; };
@@ -582,6 +593,8 @@ TEST_CASE("predicted peak memory equals the runtime's measured peak") {
     // Dropout's masks add only 3-4% to these small runs' peaks, inside the 5%: they must be
     // counted, within 1%.
     if (k.dropout > 0) CHECK(std::abs(ratio - 1.0) <= 0.01);
+    // Counted as f32, autocast's 16-bit copies put the prediction 20% over: within 2%.
+    if (k.precision != DType::f32) CHECK(std::abs(ratio - 1.0) <= 0.02);
     // The rank of the peak, unless the predicted peaks of the two ranks are within 2% (then
     // either may come out higher).
     REQUIRE(size_t(last.peak_rank) < p.rank_peak_bytes.size());
