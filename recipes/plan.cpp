@@ -514,8 +514,9 @@ class StepReplay {
                    cpu::gemm_workspace_bytes(m, n, k, trans & kTransA, trans & kTransB));
     return out;
   }
-  // Autocast rounds a product's f32 operand to 16 bits first (read 4 bytes, write 2 an element);
-  // only the time is charged, the copies' memory is not modelled yet.
+  // Autocast rounds an f32 tensor to 16 bits (a product's operand, an input kept for backward)
+  // or widens a kept one back: read 4 bytes and write 2 an element, or the reverse. The time; the
+  // copies' memory is allocated where they are made.
   void cast_time(int64_t elements) {
     if (!prof_ || !half_) return;
     ++ops_;
@@ -620,6 +621,7 @@ class StepReplay {
   // it runs.
   std::optional<Id> widened(int64_t elements) {
     if (!half_) return std::nullopt;
+    cast_time(elements);
     return L_.alloc(MemoryTag::activations, elements * kF32);
   }
   // A layer norm's backward: dx, dweight (and dbias).
@@ -671,9 +673,13 @@ class StepReplay {
     keep(mean);
     keep(rstd);
     Id qkv = linear(b + "attn.c_attn.weight", 3 * Cl_, C_);
-    keep(saved_input(qkv, M_ * 3 * Cl_));  // qkv as attention keeps it
-    std::optional<Id> wide;                // the rounded qkv widened for the f32 attention
-    if (half_) wide = L_.alloc(MemoryTag::activations, M_ * 3 * Cl_ * kF32);
+    cast_time(M_ * 3 * Cl_);  // qkv rounded, as attention keeps it
+    keep(saved_input(qkv, M_ * 3 * Cl_));
+    std::optional<Id> wide;  // the rounded qkv widened for the f32 attention
+    if (half_) {
+      cast_time(M_ * 3 * Cl_);
+      wide = L_.alloc(MemoryTag::activations, M_ * 3 * Cl_ * kF32);
+    }
     attention_time(1.0);
     Id y = act(M_ * Cl_ * kF32);  // attention out
     keep(probabilities());
@@ -700,8 +706,9 @@ class StepReplay {
     keep(rstd2);
     Id fc = linear(b + "mlp.c_fc.weight", F_, C_);  // c_fc out (GELU's input)
     gelu_time(1.0);
-    Id gl = act(M_ * F_ * kF32);     // GELU out
-    keep(saved_input(fc, M_ * F_));  // GELU keeps its input
+    Id gl = act(M_ * F_ * kF32);  // GELU out
+    cast_time(M_ * F_);           // GELU's input rounded, as it keeps it
+    keep(saved_input(fc, M_ * F_));
     drop_f32(fc);                    // the statement with gelu(c_fc(x)) ends
     keep(saved_input(gl, M_ * F_));  // c_proj keeps it
     Id o = tp_summed(linear(b + "mlp.c_proj.weight", C_, F_), M_ * C_ * kF32);
