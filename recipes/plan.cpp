@@ -536,8 +536,8 @@ class StepReplay {
   Id saved_input(Id x, int64_t elements) {
     return half_ ? L_.alloc(MemoryTag::activations, elements * kHalf) : x;
   }
-  // An f32 tensor the forward code holds past its op: under autocast freed at `done`, else one
-  // of the saved tensors (freed by backward).
+  // Where the forward code lets an f32 tensor go: under autocast it is freed there; otherwise it
+  // is the saved tensor itself, which backward frees.
   void drop_f32(Id x) {
     if (half_) L_.free(x);
   }
@@ -682,21 +682,19 @@ class StepReplay {
     }
     attention_time(1.0);
     Id y = act(M_ * Cl_ * kF32);  // attention out
-    keep(probabilities());
+    const Id probs = probabilities();
     if (drop_) {
       s.masks.push_back(dropout_mask(b_ * Hl_ * T_ * T_));  // the probabilities'
       attention_dropout_time(1.0);
     }
     attention_scratch((drop_ ? 1 : 0) + (half_ ? 1 : 0));
     if (wide) L_.free(*wide);
-    const Id ys = keep(saved_input(y, M_ * Cl_));  // attention out as c_proj keeps it
+    keep(saved_input(y, M_ * Cl_));  // attention out as c_proj keeps it
+    keep(probs);
     Id p = tp_summed(linear(b + "attn.c_proj.weight", C_, Cl_), M_ * C_ * kF32);
     if (drop_) p = dropped(p, s.masks);
     drop_f32(y);  // CausalSelfAttention::forward returns
     drop_f32(qkv);
-    // ys sits at position 4, before the probabilities: swap them into block_backward's order.
-    std::swap(s.ids[s.ids.size() - 1], s.ids[s.ids.size() - 2]);
-    (void)ys;
     keep(act(M_ * C_ * kF32));  // h = x + attn
     L_.free(p);
     const Id n2 = act(M_ * C_ * kF32);  // ln_2 out
