@@ -496,11 +496,12 @@ class StepReplay {
     return prof_->op_overhead_us * 1e-6 + bytes / (prof_->bandwidth_gbs * 1e9);
   }
   // An op's output (an elementwise op, a reduction: memory-bound, about three times its output's
-  // bytes moved) or a tensor saved beside it.
-  Id act(int64_t bytes) {
+  // bytes moved) or a tensor saved beside it; `stored` bytes of it kept when they are fewer (a
+  // result computed in f32 and stored in 16 bits).
+  Id act(int64_t bytes, std::optional<int64_t> stored = std::nullopt) {
     ++ops_;
     if (prof_) t_ += pass_seconds(3.0 * double(bytes));
-    return L_.alloc(MemoryTag::activations, bytes);
+    return L_.alloc(MemoryTag::activations, stored.value_or(bytes));
   }
   // A product op(A) (m, k) @ op(B) (k, n): its packing scratch while it runs, and its result.
   // Linear's forward is x @ W^T, its backward g @ W and g^T @ x.
@@ -617,8 +618,8 @@ class StepReplay {
     if (!half_) return std::nullopt;
     return L_.alloc(MemoryTag::activations, elements * kHalf);
   }
-  // Under autocast, a 16-bit saved input widened back to f32 for an op's backward, held while
-  // it runs.
+  // Under autocast, a 16-bit kept input widened back to f32 for an op (attention, GELU's
+  // backward), held while it runs.
   std::optional<Id> widened(int64_t elements) {
     if (!half_) return std::nullopt;
     cast_time(elements);
@@ -647,16 +648,6 @@ class StepReplay {
   }
 
   // One block's forward with a graph: the tensors its ops save.
-  // The attention probabilities (b, H/t, T, T), kept for backward: f32, or under autocast 16-bit
-  // (the pass that writes them is charged as an f32 op's either way).
-  Id probabilities() {
-    const int64_t n = b_ * Hl_ * T_ * T_;
-    if (!half_) return act(n * kF32);
-    ++ops_;
-    if (prof_) t_ += pass_seconds(3.0 * double(n * kF32));
-    return L_.alloc(MemoryTag::activations, n * kHalf);
-  }
-
   BlockSaved block_forward(int64_t l, Id x) {
     BlockSaved s;
     s.input = x;
@@ -675,16 +666,15 @@ class StepReplay {
     Id qkv = linear(b + "attn.c_attn.weight", 3 * Cl_, C_);
     cast_time(M_ * 3 * Cl_);  // qkv rounded, as attention keeps it
     keep(saved_input(qkv, M_ * 3 * Cl_));
-    std::optional<Id> wide;  // the rounded qkv widened for the f32 attention
-    if (half_) {
-      cast_time(M_ * 3 * Cl_);
-      wide = L_.alloc(MemoryTag::activations, M_ * 3 * Cl_ * kF32);
-    }
+    const std::optional<Id> wide = widened(M_ * 3 * Cl_);  // for the f32 attention
     attention_time(1.0);
     Id y = act(M_ * Cl_ * kF32);  // attention out
-    const Id probs = probabilities();
+    // The probabilities (b, H/t, T, T), kept f32 or under autocast 16-bit (the pass that writes
+    // them charged as an f32 op's either way).
+    const int64_t pn = b_ * Hl_ * T_ * T_;
+    const Id probs = act(pn * kF32, pn * (half_ ? kHalf : kF32));
     if (drop_) {
-      s.masks.push_back(dropout_mask(b_ * Hl_ * T_ * T_));  // the probabilities'
+      s.masks.push_back(dropout_mask(pn));  // the probabilities'
       attention_dropout_time(1.0);
     }
     attention_scratch((drop_ ? 1 : 0) + (half_ ? 1 : 0));
