@@ -9,7 +9,8 @@ teraFLOP/s per GPU. For each row this script asks `build/apps/plan` for the same
 (dp, tp, pp) and batch, on the A100 profile (bench/profiles/a100_sxm_hdr_ib.json), with bf16
 autocast and block checkpointing, over every micro-batch count and both schedules, and takes the
 fastest predicted layout that fits in 80 GB, with Megatron-LM's default dropout (0.1 on the
-hidden states and on the attention probabilities). Its step time gives the predicted teraFLOP/s
+hidden states and on the attention probabilities) and its attention of then (unfused: the
+probabilities written and kept; the profile's gpu_attention "materialized"). Its step time gives the predicted teraFLOP/s
 per GPU with the paper's own count (its eq. 3, which includes the recomputation):
 
     F = 96 B s l h^2 (1 + s / (6 h) + V / (16 l h))        teraFLOP/s per GPU = F / (t * GPUs)
@@ -58,9 +59,13 @@ def paper_flops(batch, layers, hidden):
 
 
 def profile_with(path, efficiency):
-    """The profile with its 16-bit products at `efficiency` of the tensor-core peak."""
+    """The profile with its 16-bit products at `efficiency` of the tensor-core peak, and attention
+    as Megatron-LM ran it in 2021: unfused, the probabilities written to memory and kept, softmax
+    and dropout passes over them, the batched products on tensor cores at every head size (this
+    runtime's fused CUDA kernels keep the rows' log-sum-exp instead)."""
     with open(path) as f:
         p = json.load(f)
+    p["gpu_attention"] = "materialized"
     if efficiency is not None:
         p["gemm16_gflops"] = p["attention16_gflops"] = p["peak16_gflops"] * efficiency
     tmp = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)

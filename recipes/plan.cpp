@@ -302,6 +302,8 @@ class StepReplay {
   Ledger L_;
   const MachineProfile* prof_;
   bool cpu_ = Device::parse(cfg_.device).is_cpu();  // the packed CPU kernels' scratch
+  // Attention writes and keeps its probabilities (the CPU's; see gpu_attention_materialized).
+  bool materialized_ = cpu_ || (prof_ && prof_->gpu_attention_materialized);
   bool half_ = cfg_.mixed_precision();  // 16-bit products, and autocast's 16-bit saved copies
   bool drop_ = m_.dropout > 0;          // dropout's masks and passes
   int64_t threads_ = cfg_.threads > 0 ? cfg_.threads : get_num_threads();  // attention's scratch
@@ -576,10 +578,12 @@ class StepReplay {
     return d;
   }
   // Inside the attention ops, with dropout: P' = P * mask / (1-p) per (batch, head), `passes`
-  // times (forward once; backward P' again and dP), each reading P and the mask, writing P'.
+  // times (forward once; backward P' again and dP). Materialized, each pass reads P and the mask
+  // and writes P'; a GPU's fused kernels apply the mask to P as they compute it: its read only.
   void attention_dropout_time(double passes) {
+    const double bytes = materialized_ ? 2 * kF32 + 1 : 1;
     if (prof_ && drop_)
-      t_ += passes * double(b_ * Hl_ * T_ * T_) * (2 * kF32 + 1) / (prof_->bandwidth_gbs * 1e9);
+      t_ += passes * double(b_ * Hl_ * T_ * T_) * bytes / (prof_->bandwidth_gbs * 1e9);
   }
   // The attention ops' per-thread scratch of `slices` (T, T) slices while they run (CPU).
   void attention_scratch(int64_t slices) {
@@ -592,10 +596,12 @@ class StepReplay {
   }
   // Causal attention over this rank's heads: QK^T and PV over the lower triangle, 2 b H T^2 hd
   // multiply-adds; backward twice that.
+  // A GPU's fused kernels take 16-bit inputs on tensor cores at some head sizes only.
   void attention_time(double factor) {
     if (!prof_) return;
     const double flops = 2.0 * double(b_ * Hl_) * double(T_ * T_) * double(C_ / m_.n_head);
-    t_ += factor * flops / prof_->attention_rate(half_);
+    const bool half = half_ && (materialized_ || gpu_attention_direct());
+    t_ += factor * flops / prof_->attention_rate(half);
   }
 
   // A linear layer's backward (x (M, in), W (out, in)): dx, then dW and db, handed to the
@@ -647,6 +653,94 @@ class StepReplay {
     return s;
   }
 
+  // Causal attention's forward, materialized (the CPU's, tensor/ops_attention.cpp) from the saved
+  // qkv: its output (f32) and the probabilities (b, H/t, T, T) it keeps for backward, f32 or
+  // under autocast 16-bit (the pass that writes them charged as an f32 op's either way); with
+  // dropout their mask, drawn inside, goes into `masks`.
+  std::pair<Id, Id> attention_forward(std::vector<Id>& masks) {
+    const std::optional<Id> wide = widened(M_ * 3 * Cl_);  // for the f32 attention
+    attention_time(1.0);
+    const Id y = act(M_ * Cl_ * kF32);
+    const int64_t pn = b_ * Hl_ * T_ * T_;
+    const Id probs = act(pn * kF32, pn * (half_ ? kHalf : kF32));
+    if (drop_) {
+      masks.push_back(dropout_mask(pn));
+      attention_dropout_time(1.0);
+    }
+    attention_scratch((drop_ ? 1 : 0) + (half_ ? 1 : 0));
+    if (wide) L_.free(*wide);
+    return {y, probs};
+  }
+  // Its backward: d qkv (f32), the saved qkv widened for it under autocast.
+  Id attention_backward() {
+    attention_time(2.0);
+    attention_dropout_time(2.0);
+    const std::optional<Id> qkv32 = widened(M_ * 3 * Cl_);
+    const Id dqkv = act(M_ * 3 * Cl_ * kF32);
+    attention_scratch(1 + (drop_ ? 1 : 0) + (half_ ? 1 : 0));
+    if (qkv32) L_.free(*qkv32);
+    return dqkv;
+  }
+  // Whether a GPU's attention takes autocast's 16-bit qkv as it is (tensor cores, head size 32,
+  // 64 or 128 on sm_80 and later: cuda::kernels::attention_tensor_cores) rather than a widened
+  // f32 copy.
+  bool gpu_attention_direct() const {
+    const int64_t hs = C_ / m_.n_head;
+    return !half_ || hs == 32 || hs == 64 || hs == 128;
+  }
+  // Causal attention's forward on a GPU (flash-attention style, tensor/cuda/attention.cu): no
+  // (T, T) matrix is kept, and none is scratch; it keeps the rows' log-sum-exp (b, H/t, T), in
+  // f32, from which backward recomputes the probabilities. The dropout mask is drawn before the
+  // kernel, which reads it. Under autocast the output comes back 16-bit and is widened to f32
+  // (the model's dtype). Returns (output, log-sum-exp).
+  std::pair<Id, Id> gpu_attention_forward(std::vector<Id>& masks) {
+    if (drop_) masks.push_back(dropout_mask(b_ * Hl_ * T_ * T_));
+    const bool direct = gpu_attention_direct();
+    const std::optional<Id> wide = direct ? std::nullopt : widened(M_ * 3 * Cl_);
+    attention_time(1.0);
+    attention_dropout_time(1.0);
+    Id out = act(M_ * Cl_ * (half_ && direct ? kHalf : kF32));
+    const Id lse = act(b_ * Hl_ * T_ * kF32);
+    if (wide) L_.free(*wide);
+    if (!half_) return {out, lse};
+    if (!direct) out = cast(out, M_ * Cl_, kHalf);  // back to qkv's 16 bits
+    return {cast(out, M_ * Cl_, kF32), lse};
+  }
+  // Its backward: the gradient rounded under autocast, d qkv in the kernels' dtype with the
+  // delta (b, H/t, T) as scratch, then d qkv widened to f32. Returns d qkv (f32).
+  Id gpu_attention_backward() {
+    attention_time(2.0);
+    attention_dropout_time(2.0);
+    const bool direct = gpu_attention_direct();
+    std::optional<Id> g16;
+    if (half_) {
+      cast_time(M_ * Cl_);
+      g16 = rounded(M_ * Cl_);
+    }
+    // Not direct: the kernels run on f32 copies of the gradient and qkv, held to the statement's
+    // end (after d qkv is rounded back).
+    const std::optional<Id> g32 = direct ? std::nullopt : widened(M_ * Cl_);
+    const std::optional<Id> qkv32 = direct ? std::nullopt : widened(M_ * 3 * Cl_);
+    Id dqkv = act(M_ * 3 * Cl_ * (half_ && direct ? kHalf : kF32));
+    L_.free(L_.alloc(MemoryTag::activations, b_ * Hl_ * T_ * kF32));  // delta
+    if (!half_) return dqkv;
+    if (!direct) {
+      const Id d16 = cast(dqkv, M_ * 3 * Cl_, kHalf, /*free_input=*/false);
+      for (Id id : {*g32, *qkv32, dqkv}) L_.free(id);
+      dqkv = d16;
+    }
+    dqkv = cast(dqkv, M_ * 3 * Cl_, kF32);
+    L_.free(*g16);
+    return dqkv;
+  }
+  // A cast of `elements` to `bytes` each (a new tensor); the input freed unless told not to.
+  Id cast(Id x, int64_t elements, int64_t bytes, bool free_input = true) {
+    cast_time(elements);
+    const Id y = L_.alloc(MemoryTag::activations, elements * bytes);
+    if (free_input) L_.free(x);
+    return y;
+  }
+
   // One block's forward with a graph: the tensors its ops save.
   BlockSaved block_forward(int64_t l, Id x) {
     BlockSaved s;
@@ -666,19 +760,8 @@ class StepReplay {
     Id qkv = linear(b + "attn.c_attn.weight", 3 * Cl_, C_);
     cast_time(M_ * 3 * Cl_);  // qkv rounded, as attention keeps it
     keep(saved_input(qkv, M_ * 3 * Cl_));
-    const std::optional<Id> wide = widened(M_ * 3 * Cl_);  // for the f32 attention
-    attention_time(1.0);
-    Id y = act(M_ * Cl_ * kF32);  // attention out
-    // The probabilities (b, H/t, T, T), kept f32 or under autocast 16-bit (the pass that writes
-    // them charged as an f32 op's either way).
-    const int64_t pn = b_ * Hl_ * T_ * T_;
-    const Id probs = act(pn * kF32, pn * (half_ ? kHalf : kF32));
-    if (drop_) {
-      s.masks.push_back(dropout_mask(pn));  // the probabilities'
-      attention_dropout_time(1.0);
-    }
-    attention_scratch((drop_ ? 1 : 0) + (half_ ? 1 : 0));
-    if (wide) L_.free(*wide);
+    const auto [y, probs] =
+        materialized_ ? attention_forward(s.masks) : gpu_attention_forward(s.masks);
     keep(saved_input(y, M_ * Cl_));  // attention out as c_proj keeps it
     keep(probs);
     Id p = tp_summed(linear(b + "attn.c_proj.weight", C_, Cl_), M_ * C_ * kF32);
@@ -757,12 +840,7 @@ class StepReplay {
     else if (leaf_input)
       L_.free(g1);
     L_.free(v[4]);
-    attention_time(2.0);
-    attention_dropout_time(2.0);
-    const std::optional<Id> qkv32 = widened(M_ * 3 * Cl_);  // attention's saved qkv
-    Id dqkv = act(M_ * 3 * Cl_ * kF32);                     // attention backward
-    attention_scratch(1 + (drop_ ? 1 : 0) + (half_ ? 1 : 0));
-    if (qkv32) L_.free(*qkv32);
+    Id dqkv = materialized_ ? attention_backward() : gpu_attention_backward();
     L_.free(dy);
     L_.free(v[3]);
     L_.free(v[5]);
@@ -1116,6 +1194,7 @@ std::string MachineProfile::to_json() const {
   j["op_overhead_us"] = op_overhead_us;
   j["gelu_ns"] = gelu_ns;
   if (dropout_ns > 0) j["dropout_ns"] = dropout_ns;
+  if (gpu_attention_materialized) j["gpu_attention"] = "materialized";
   j["overlap"] = overlap;
   j["busy_pace"] = busy_pace;
   if (inline_sync_us > 0) j["inline_sync_us"] = inline_sync_us;
@@ -1168,6 +1247,10 @@ MachineProfile MachineProfile::from_json(const std::string& text, const std::str
     p.op_overhead_us = j.at("op_overhead_us").get<double>();
     p.gelu_ns = j.value("gelu_ns", 0.0);
     p.dropout_ns = j.value("dropout_ns", 0.0);
+    const std::string attention = j.value("gpu_attention", "fused");
+    FORGE_CHECK(attention == "fused" || attention == "materialized",
+                "{}: gpu_attention '{}' is not fused or materialized", where, attention);
+    p.gpu_attention_materialized = attention == "materialized";
     p.overlap = j.value("overlap", 1.0);
     p.busy_pace = j.value("busy_pace", 1.0);
     p.inline_sync_us = j.value("inline_sync_us", 0.0);

@@ -129,6 +129,13 @@ struct MachineProfile {
   double gelu_ns = 0;  // GELU forward per element (its backward: twice); 0: memory-bound only
   // Dropout's mask drawn per element (one uniform each, a byte written); 0: memory-bound only.
   double dropout_ns = 0;
+  // On a GPU, attention as this runtime's CUDA kernels run it (false: flash-attention style, the
+  // rows' log-sum-exp kept, 16-bit inputs on tensor cores for head sizes 32, 64 and 128, f32
+  // kernels otherwise), or materialized (true: the probabilities (b, H, T, T) written and kept,
+  // softmax and dropout passes over them, the products on tensor cores at every head size, as
+  // Megatron-LM's unfused attention of Narayanan et al. 2021; for modelling such runs). The CPU
+  // always materializes.
+  bool gpu_attention_materialized = false;
   // How much of a collective hides behind compute running at the same time: 1 when they do not
   // slow each other (spare cores, a GPU's copy engines), 0 when they share the cores fully.
   double overlap = 1;

@@ -201,6 +201,15 @@ TEST_CASE("a machine profile: JSON both ways, products and collectives looked up
   CHECK_THROWS_WITH(MachineProfile::from_json("{", "bad.json"), Contains("bad.json"));
   CHECK_THROWS_WITH(MachineProfile::from_json(R"({"peak_gflops": 1})", "short.json"),
                     Contains("short.json") && Contains("attention_gflops"));
+  // How a GPU's attention runs: this runtime's fused kernels unless the profile says otherwise.
+  CHECK_FALSE(q.gpu_attention_materialized);
+  MachineProfile m = p;
+  m.gpu_attention_materialized = true;
+  CHECK(MachineProfile::from_json(m.to_json(), "materialized").gpu_attention_materialized);
+  nlohmann::json bad = nlohmann::json::parse(p.to_json());
+  bad["gpu_attention"] = "flash";
+  CHECK_THROWS_WITH(MachineProfile::from_json(bad.dump(), "bad attention.json"),
+                    Contains("bad attention.json") && Contains("gpu_attention 'flash'"));
 }
 
 TEST_CASE("step time: data parallelism adds its exposed reduction, ZeRO-1 all of it") {
@@ -447,6 +456,83 @@ TEST_CASE("step time: dropout draws its masks and passes over what it drops") {
   const double memory_bound_ms = predict(c, {}, 0, &p).time.pipeline_ms;
   CHECK(dropout_ms - memory_bound_ms ==
         Approx(((2 * L + 1) * M * C + L * probs) * (2e-9 - 1 / bw) * 1e3));
+  // On a GPU the attention kernels apply the mask as they compute P: each pass reads its byte.
+  p.dropout_ns = 2;
+  c.device = "cuda";
+  const double gpu_dropout_ms = predict(c, {}, 0, &p).time.pipeline_ms;
+  c.model.dropout = 0;
+  const double gpu_plain_ms = predict(c, {}, 0, &p).time.pipeline_ms;
+  const double gpu_attention = (op + probs * 2e-9) + 3 * probs / bw;
+  CHECK(gpu_dropout_ms - gpu_plain_ms == Approx(((2 * L + 1) * hidden + L * gpu_attention) * 1e3));
+}
+
+TEST_CASE("on a GPU attention keeps each row's log-sum-exp, not the (T, T) probabilities") {
+  // CUDA's attention (tensor/cuda/attention.cu) keeps the log-sum-exp (b, H, T) in f32 for
+  // backward, which recomputes the probabilities from it; the CPU's keeps the probabilities
+  // (b, H, T, T), in f32 or under autocast in 16 bits. So each block keeps that much less on a
+  // GPU: one more block widens the CPU's lead by exactly that (what else differs, the CPU's
+  // packing and attention scratch, is the same at both peaks). Dropout's masks are kept alike.
+  for (const DType precision : {DType::f32, DType::bf16})
+    for (const double dropout : {0.0, 0.1}) {
+      GptTrainConfig c = tiny_model();  // activations outweighing the weights: the peak is in
+      c.batch_size = 8;                 // the last block's backward, every block's kept
+      c.model.block_size = 64;
+      c.precision = precision;
+      c.model.dropout = dropout;
+      auto cpu_lead = [&](int64_t layers) {
+        GptTrainConfig at = c;
+        at.model.n_layer = layers;
+        at.device = "cpu";
+        const int64_t cpu = predict_memory(at, {}).peak_bytes;
+        at.device = "cuda";
+        return cpu - predict_memory(at, {}).peak_bytes;
+      };
+      const int64_t b = c.batch_size, H = c.model.n_head, T = c.model.block_size;
+      const int64_t probs = b * H * T * T * (precision == DType::f32 ? 4 : 2), lse = b * H * T * 4;
+      INFO(dtype_name(precision) << ", dropout " << dropout);
+      CHECK(cpu_lead(3) - cpu_lead(2) == probs - lse);
+      CHECK(cpu_lead(4) - cpu_lead(3) == probs - lse);
+      // A profile that says the GPU's attention is materialized (bench/plan_paper.py's model of
+      // Megatron-LM) keeps the probabilities as the CPU does.
+      MachineProfile materialized = flat_profile();
+      materialized.gpu_attention_materialized = true;
+      auto gpu_peak = [&](int64_t layers, const MachineProfile* p) {
+        GptTrainConfig at = c;
+        at.model.n_layer = layers;
+        at.device = "cuda";
+        return predict(at, {}, 0, p).memory.peak_bytes;
+      };
+      const MachineProfile fused = flat_profile();
+      CHECK(gpu_peak(3, &fused) == gpu_peak(3, nullptr));
+      CHECK((gpu_peak(3, &materialized) - gpu_peak(2, &materialized)) -
+                (gpu_peak(3, &fused) - gpu_peak(2, &fused)) ==
+            probs - lse);
+    }
+}
+
+TEST_CASE("step time: a GPU's fused attention takes 16-bit inputs at head sizes 32, 64, 128") {
+  // Under autocast the CUDA kernels run 16-bit qkv on tensor cores at those head sizes (at the
+  // profile's 16-bit attention rate); at others they run f32 copies, at its f32 rate (forward
+  // once, backward twice the FLOPs). Materialized attention takes the 16-bit rate at any size.
+  GptTrainConfig c = tiny_model();
+  c.batch_size = 2;
+  c.device = "cuda";
+  c.precision = DType::bf16;
+  MachineProfile p = flat_profile();
+  p.attention16_gflops = 40;
+  auto ms = [&](int64_t heads, double f32_gflops, bool materialized) {
+    GptTrainConfig at = c;
+    at.model.n_head = heads;
+    p.attention_gflops = f32_gflops;
+    p.gpu_attention_materialized = materialized;
+    return predict(at, {}, 0, &p).time.pipeline_ms;
+  };
+  const double C = double(c.model.n_embd), T = double(c.model.block_size);
+  const double flops = 3 * 2.0 * double(c.batch_size) * T * T * C * double(c.model.n_layer);
+  // n_embd 64: 2 heads of 32 (tensor cores), 4 of 16 (f32 copies).
+  CHECK(ms(2, 10, false) == Approx(ms(2, 20, false)));
+  CHECK(ms(4, 10, false) - ms(4, 20, false) == Approx(flops * (1 / 10e9 - 1 / 20e9) * 1e3));
+  CHECK(ms(4, 10, true) == Approx(ms(4, 20, true)));
 }
 
 TEST_CASE("step time: a checkpointed block's backward finds the weights its recompute read") {
