@@ -40,18 +40,30 @@ using forge::cpu::GemmElem;
 // read as zero), written transposed: dst[p * ldd + i] = src[i * lds + p]. Sixteen p of sixteen
 // rows at a time through one register transpose (the AVX2 packers take two 8 x 8 ones for eight
 // rows, and a whole one for the last four of a 12-row sliver).
+//
+// Each step reads one line of each of its rows, and those rows' lines come from 16 streams too
+// many for the hardware to prefetch: every load waited for the cache below. The packers go on
+// to the `lanes` rows after these (the next sliver or its second half), at the same depths, so
+// each step asks for those rows' lines first (a prefetch past the matrix's end does not fault).
 void transpose_rows(const float* src, long lds, long valid, long lanes, long len, float* dst,
                     long ldd) {
   const __mmask16 store = __mmask16((1u << lanes) - 1);
+  const float* next = src + lanes * lds;
+  auto ask_next = [&](long p) {
+    for (long i = 0; i < lanes; ++i)
+      _mm_prefetch(reinterpret_cast<const char*>(next + i * lds + p), _MM_HINT_T0);
+  };
   __m512 r[16];
   long p = 0;
   if (valid == 16 && lanes == 16)  // whole blocks without masks
     for (; p + 16 <= len; p += 16) {
+      ask_next(p);
       for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds + p);
       Avx512::transpose(r);
       for (int q = 0; q < 16; ++q) _mm512_storeu_ps(dst + (p + q) * ldd, r[q]);
     }
   for (; p < len; p += 16) {
+    ask_next(p);
     const long n = len - p < 16 ? len - p : 16;
     const __mmask16 load = __mmask16((1u << n) - 1);
     for (int i = 0; i < 16; ++i)
