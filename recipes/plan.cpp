@@ -682,8 +682,10 @@ class StepReplay {
     return dqkv;
   }
   // Whether a GPU's attention takes autocast's 16-bit qkv as it is (tensor cores, head size 32,
-  // 64 or 128 on sm_80 and later: cuda::kernels::attention_tensor_cores) rather than a widened
-  // f32 copy.
+  // 64 or 128: cuda::kernels::attention_tensor_cores) rather than a widened f32 copy. The kernels
+  // also need sm_80 or later and, at 128, about 121 KiB of shared memory a block: an A100 or
+  // H100 (the shipped GPU profiles) has both; on a GPU without them (a V100, or an sm_86/89 card
+  // at 128) the runtime widens where this says it does not, and memory and time come out low.
   bool gpu_attention_direct() const {
     const int64_t hs = C_ / m_.n_head;
     return !half_ || hs == 32 || hs == 64 || hs == 128;

@@ -134,7 +134,9 @@ struct MachineProfile {
   // kernels otherwise), or materialized (true: the probabilities (b, H, T, T) written and kept,
   // softmax and dropout passes over them, the products on tensor cores at every head size, as
   // Megatron-LM's unfused attention of Narayanan et al. 2021; for modelling such runs). The CPU
-  // always materializes.
+  // always materializes. It changes the predicted memory too: predict() with such a profile
+  // counts the probabilities that predict_memory() (no profile) does not. The tensor-core head
+  // sizes assume an sm_80 or later GPU with ~121 KiB of shared memory a block (A100, H100).
   bool gpu_attention_materialized = false;
   // How much of a collective hides behind compute running at the same time: 1 when they do not
   // slow each other (spare cores, a GPU's copy engines), 0 when they share the cores fully.

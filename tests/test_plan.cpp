@@ -472,42 +472,46 @@ TEST_CASE("on a GPU attention keeps each row's log-sum-exp, not the (T, T) proba
   // (b, H, T, T), in f32 or under autocast in 16 bits. So each block keeps that much less on a
   // GPU: one more block widens the CPU's lead by exactly that (what else differs, the CPU's
   // packing and attention scratch, is the same at both peaks). Dropout's masks are kept alike.
-  for (const DType precision : {DType::f32, DType::bf16})
-    for (const double dropout : {0.0, 0.1}) {
-      GptTrainConfig c = tiny_model();  // activations outweighing the weights: the peak is in
-      c.batch_size = 8;                 // the last block's backward, every block's kept
-      c.model.block_size = 64;
-      c.precision = precision;
-      c.model.dropout = dropout;
-      auto cpu_lead = [&](int64_t layers) {
-        GptTrainConfig at = c;
-        at.model.n_layer = layers;
-        at.device = "cpu";
-        const int64_t cpu = predict_memory(at, {}).peak_bytes;
-        at.device = "cuda";
-        return cpu - predict_memory(at, {}).peak_bytes;
-      };
-      const int64_t b = c.batch_size, H = c.model.n_head, T = c.model.block_size;
-      const int64_t probs = b * H * T * T * (precision == DType::f32 ? 4 : 2), lse = b * H * T * 4;
-      INFO(dtype_name(precision) << ", dropout " << dropout);
-      CHECK(cpu_lead(3) - cpu_lead(2) == probs - lse);
-      CHECK(cpu_lead(4) - cpu_lead(3) == probs - lse);
-      // A profile that says the GPU's attention is materialized (bench/plan_paper.py's model of
-      // Megatron-LM) keeps the probabilities as the CPU does.
-      MachineProfile materialized = flat_profile();
-      materialized.gpu_attention_materialized = true;
-      auto gpu_peak = [&](int64_t layers, const MachineProfile* p) {
-        GptTrainConfig at = c;
-        at.model.n_layer = layers;
-        at.device = "cuda";
-        return predict(at, {}, 0, p).memory.peak_bytes;
-      };
-      const MachineProfile fused = flat_profile();
-      CHECK(gpu_peak(3, &fused) == gpu_peak(3, nullptr));
-      CHECK((gpu_peak(3, &materialized) - gpu_peak(2, &materialized)) -
-                (gpu_peak(3, &fused) - gpu_peak(2, &fused)) ==
-            probs - lse);
-    }
+  // 4 heads of 16 (under bf16 the kernels take f32 copies), 2 of 32 (16-bit on tensor cores).
+  for (const int64_t heads : {4, 2})
+    for (const DType precision : {DType::f32, DType::bf16})
+      for (const double dropout : {0.0, 0.1}) {
+        GptTrainConfig c = tiny_model();  // activations outweighing the weights: the peak is in
+        c.batch_size = 8;                 // the last block's backward, every block's kept
+        c.model.block_size = 64;
+        c.model.n_head = heads;
+        c.precision = precision;
+        c.model.dropout = dropout;
+        auto cpu_lead = [&](int64_t layers) {
+          GptTrainConfig at = c;
+          at.model.n_layer = layers;
+          at.device = "cpu";
+          const int64_t cpu = predict_memory(at, {}).peak_bytes;
+          at.device = "cuda";
+          return cpu - predict_memory(at, {}).peak_bytes;
+        };
+        const int64_t b = c.batch_size, H = c.model.n_head, T = c.model.block_size;
+        const int64_t probs = b * H * T * T * (precision == DType::f32 ? 4 : 2),
+                      lse = b * H * T * 4;
+        INFO(heads << " heads, " << dtype_name(precision) << ", dropout " << dropout);
+        CHECK(cpu_lead(3) - cpu_lead(2) == probs - lse);
+        CHECK(cpu_lead(4) - cpu_lead(3) == probs - lse);
+        // A profile that says the GPU's attention is materialized (bench/plan_paper.py's model of
+        // Megatron-LM) keeps the probabilities as the CPU does.
+        MachineProfile materialized = flat_profile();
+        materialized.gpu_attention_materialized = true;
+        auto gpu_peak = [&](int64_t layers, const MachineProfile* p) {
+          GptTrainConfig at = c;
+          at.model.n_layer = layers;
+          at.device = "cuda";
+          return predict(at, {}, 0, p).memory.peak_bytes;
+        };
+        const MachineProfile fused = flat_profile();
+        CHECK(gpu_peak(3, &fused) == gpu_peak(3, nullptr));
+        CHECK((gpu_peak(3, &materialized) - gpu_peak(2, &materialized)) -
+                  (gpu_peak(3, &fused) - gpu_peak(2, &fused)) ==
+              probs - lse);
+      }
 }
 
 TEST_CASE("step time: a GPU's fused attention takes 16-bit inputs at head sizes 32, 64, 128") {
@@ -516,6 +520,7 @@ TEST_CASE("step time: a GPU's fused attention takes 16-bit inputs at head sizes 
   // once, backward twice the FLOPs). Materialized attention takes the 16-bit rate at any size.
   GptTrainConfig c = tiny_model();
   c.batch_size = 2;
+  c.model.n_embd = 384;
   c.device = "cuda";
   c.precision = DType::bf16;
   MachineProfile p = flat_profile();
@@ -529,10 +534,17 @@ TEST_CASE("step time: a GPU's fused attention takes 16-bit inputs at head sizes 
   };
   const double C = double(c.model.n_embd), T = double(c.model.block_size);
   const double flops = 3 * 2.0 * double(c.batch_size) * T * T * C * double(c.model.n_layer);
-  // n_embd 64: 2 heads of 32 (tensor cores), 4 of 16 (f32 copies).
-  CHECK(ms(2, 10, false) == Approx(ms(2, 20, false)));
-  CHECK(ms(4, 10, false) - ms(4, 20, false) == Approx(flops * (1 / 10e9 - 1 / 20e9) * 1e3));
-  CHECK(ms(4, 10, true) == Approx(ms(4, 20, true)));
+  // n_embd 384: 12 heads of 32, 6 of 64, 3 of 128 on tensor cores; 24 of 16, 4 of 96 as f32.
+  for (const int64_t heads : {12, 6, 3}) {
+    INFO(heads << " heads");
+    CHECK(ms(heads, 10, false) == Approx(ms(heads, 20, false)));
+  }
+  for (const int64_t heads : {24, 4}) {
+    INFO(heads << " heads");
+    CHECK(ms(heads, 10, false) - ms(heads, 20, false) ==
+          Approx(flops * (1 / 10e9 - 1 / 20e9) * 1e3));
+    CHECK(ms(heads, 10, true) == Approx(ms(heads, 20, true)));
+  }
 }
 
 TEST_CASE("step time: a checkpointed block's backward finds the weights its recompute read") {
