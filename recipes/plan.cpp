@@ -607,8 +607,7 @@ class StepReplay {
   // A linear layer's backward (x (M, in), W (out, in)): dx, then dW and db, handed to the
   // parameters; the saved input freed by the caller.
   Id linear_backward(const std::string& name, int64_t in, int64_t out) {
-    cast_time(M_ * out);  // g rounded
-    const std::optional<Id> g16 = rounded(M_ * out);
+    const std::optional<Id> g16 = rounded(M_ * out);  // g
     weight_backward_cold(name + ".weight", out * in);
     Id dx = product(M_, in, out, kPlain);         // g @ W
     const Id dw = product(out, in, M_, kTransA);  // g^T @ x
@@ -618,10 +617,11 @@ class StepReplay {
     if (db) gradient(name + ".bias", *db);
     return dx;
   }
-  // Under autocast, a backward's 16-bit copy of its output gradient (`elements`), held while
-  // the node runs.
+  // Under autocast, a backward's output gradient (`elements`) rounded to 16 bits (its time
+  // charged), the copy held while the node runs.
   std::optional<Id> rounded(int64_t elements) {
     if (!half_) return std::nullopt;
+    cast_time(elements);
     return L_.alloc(MemoryTag::activations, elements * kHalf);
   }
   // Under autocast, a 16-bit kept input widened back to f32 for an op (attention, GELU's
@@ -714,11 +714,7 @@ class StepReplay {
     attention_time(2.0);
     attention_dropout_time(2.0);
     const bool direct = gpu_attention_direct();
-    std::optional<Id> g16;
-    if (half_) {
-      cast_time(M_ * Cl_);
-      g16 = rounded(M_ * Cl_);
-    }
+    const std::optional<Id> g16 = rounded(M_ * Cl_);
     // Not direct: the kernels run on f32 copies of the gradient and qkv, held to the statement's
     // end (after d qkv is rounded back).
     const std::optional<Id> g32 = direct ? std::nullopt : widened(M_ * Cl_);
@@ -958,8 +954,7 @@ class StepReplay {
       const size_t n = f.head.size();
       L_.free(f.head[3]);  // logits
       for (size_t i = 4; i < n; ++i) L_.free(f.head[i]);
-      cast_time(M_ * Vl_);  // dlogits rounded
-      const std::optional<Id> g16 = rounded(M_ * Vl_);
+      const std::optional<Id> g16 = rounded(M_ * Vl_);  // dlogits
       weight_backward_cold("transformer.wte.weight", Vl_ * C_);
       Id dx = product(M_, C_, Vl_, kPlain);
       const Id dw = product(Vl_, C_, M_, kTransA);
