@@ -13,6 +13,12 @@ compared with the prediction, tag by tag.
   python3 bench/plan_check.py --all --world 4 --sample 40   # 40 of them, drawn with a fixed seed
   python3 bench/plan_check.py --all --world 2 --profile /tmp/p.json --calibrate-every 10 --steps 6
   python3 bench/plan_check.py --all --world 2 --profile /tmp/p.json --calibrate-every 10 --rounds 3
+  python3 bench/plan_check.py --all --world 2 --profile /tmp/p.json --repredict /tmp/rows.json
+
+With --calibrate-every, each calibration is also kept as PROFILE.1, PROFILE.2, ... and every round
+of --json's rows names the one it was predicted from; --repredict FILE predicts those rows again
+from their own profiles with this build's plan, against the same measurements (a change to the
+step-time model is then judged on the runs it was not tuned on, without running them again).
 
 Exits 1 when a layout's prediction is off by more than --tolerance (relative, on peak_bytes).
 Needs TINYSHAKESPEARE (or the corpus where train finds it) and, for several ranks, mpirun.
@@ -22,6 +28,7 @@ import json
 import random
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,6 +99,9 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="threads per rank")
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--repredict", metavar="FILE",
+                    help="no runs: predict the rows of an earlier --json again, each round from "
+                    "the profile it was predicted from, against its measurements")
     ap.add_argument("--profile", help="a machine profile (plan calibrate): also predicted against "
                     "measured step time (the median of the steps after the first)")
     ap.add_argument("--time-tolerance", type=float, default=0.15)
@@ -115,7 +125,7 @@ def main():
     print(f"{'layout':<18} {'ranks':>5} {'predicted':>10} {'measured':>10} {'ratio':>7}  "
           f"tags predicted/measured MiB (params grads optim acts other)")
     names = a.layouts
-    if a.all:
+    if a.all and not a.repredict:
         if not a.world:
             raise SystemExit("plan_check: --all needs --world")
         listing = run([plan, "--preset", a.preset, *extra, "--world", str(a.world),
@@ -123,28 +133,44 @@ def main():
         names = [short_name(json.loads(line)) for line in listing.splitlines()]
         if a.sample and a.sample < len(names):
             names = sorted(random.Random(1).sample(names, a.sample))
+    calibrations = []  # the kept copies of each calibration's profile
+
     def calibrate():
         out = run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", plan,
                    "calibrate", "--out", a.profile, "--preset", a.preset, *extra, "--threads",
                    str(a.threads), "--world", "2"])
         print("  " + out.strip().splitlines()[-1].strip())
+        calibrations.append(f"{a.profile}.{len(calibrations) + 1}")
+        shutil.copyfile(a.profile, calibrations[-1])
+
+    def common_flags(name):
+        f = flags_of(name)
+        layout = []
+        for k, v in f.items():
+            layout += [f"--{k}", str(v)]
+        rows_per_replica = a.batch_size // f["dp"] if a.all else a.batch_size
+        return f["dp"] * f["tp"] * f["pp"], ["--preset", a.preset, *extra, *layout,
+                                              "--batch-size", str(rows_per_replica)]
+
+    def predict(name, profile, kept=None):
+        """plan's prediction for the layout (with the profile's step time, if one); `kept`: the
+        kept copy of that profile, named in the prediction."""
+        common = common_flags(name)[1]
+        prof = ["--profile", profile] if profile else []
+        pred = json.loads(run([plan, *common, "--threads", str(a.threads), "--format", "json",
+                               *prof]).splitlines()[0])
+        if kept:
+            pred["profile_file"] = kept
+        return pred
 
     def measure(name):
         """plan's prediction for the layout and the last step of a run of it, with the median
         step time of the steps after the first."""
-        f = flags_of(name)
-        world = f["dp"] * f["tp"] * f["pp"]
-        layout = []
-        for k, v in f.items():
-            layout += [f"--{k}", str(v)]
-        common = ["--preset", a.preset, *extra, *layout]
-        rows_per_replica = a.batch_size // f["dp"] if a.all else a.batch_size
-        prof = ["--profile", a.profile] if a.profile else []
-        pred = json.loads(run([plan, *common, "--batch-size", str(rows_per_replica), "--threads",
-                               str(a.threads), "--format", "json", *prof]).splitlines()[0])
+        world, common = common_flags(name)
+        pred = predict(name, a.profile, calibrations[-1] if calibrations else None)
         with tempfile.TemporaryDirectory() as tmp:
             metrics = os.path.join(tmp, "m.jsonl")
-            cmd = [train, "gpt", *common, "--batch-size", str(rows_per_replica), "--max-iters",
+            cmd = [train, "gpt", *common, "--max-iters",
                    str(a.steps), "--eval-interval", "1000", "--eval-iters", "1", "--threads",
                    str(a.threads), "--out", os.path.join(tmp, "out"), "--metrics", metrics]
             if world > 1:
@@ -164,8 +190,25 @@ def main():
     # over rounds of each round's median step, against the median of the rounds' predictions
     # (each from the profile calibrated last before it).
     runs = {name: [] for name in names}
+    if a.repredict:
+        with open(a.repredict) as fh:
+            old = json.load(fh)
+        names = [row["layout"] for row in old]
+        runs = {name: [] for name in names}
+        for row in old:
+            files = row["predicted"].get("rounds_profile")
+            if not files:
+                raise SystemExit(f"plan_check: {a.repredict}: layout '{row['layout']}' does not "
+                                 "name its rounds' profiles (measured without --calibrate-every, "
+                                 "or before they were kept)")
+            for i, file in enumerate(files):
+                last = dict(row["measured"])
+                last["median_ms_per_step"] = last["rounds_ms_per_step"][i]
+                runs[row["layout"]].append((row["ranks"], predict(row["layout"], file, file), last))
+        a.rounds = max(len(r) for r in runs.values())
+        a.profile = a.profile or "(each round's own)"
     done = 0
-    for rnd in range(a.rounds):
+    for rnd in range(0 if a.repredict else a.rounds):
         if a.rounds > 1:
             print(f"round {rnd + 1} of {a.rounds}")
         for name in names:
@@ -187,10 +230,14 @@ def main():
     for name in names:
         world, pred, last = runs[name][-1]
         if a.profile:
-            pred["ms_per_step"] = median([r[1]["ms_per_step"] for r in runs[name]])
-            last["median_ms_per_step"] = median([r[2]["median_ms_per_step"] for r in runs[name]])
+            # Each round's figures first: the last round's dicts are the ones overwritten here
+            # with the medians (which replaced that round's own figures before 2026-12-08).
             last["rounds_ms_per_step"] = [r[2]["median_ms_per_step"] for r in runs[name]]
             pred["rounds_ms_per_step"] = [r[1]["ms_per_step"] for r in runs[name]]
+            pred["ms_per_step"] = median(pred["rounds_ms_per_step"])
+            last["median_ms_per_step"] = median(last["rounds_ms_per_step"])
+            if all("profile_file" in r[1] for r in runs[name]):
+                pred["rounds_profile"] = [r[1]["profile_file"] for r in runs[name]]
         p, m = pred["peak_bytes"], last["peak_bytes"]
         ratio = p / m
         ok = abs(ratio - 1) <= a.tolerance

@@ -140,6 +140,7 @@ class Ledger {
     by_tag_[size_t(to)] += b.bytes;
     b.tag = to;
   }
+  int64_t bytes(Id id) const { return blocks_.at(id).bytes; }
   // Memory held only while an operation runs (a product's packing scratch).
   void transient(MemoryTag tag, int64_t bytes) { free(alloc(tag, bytes)); }
   void at(std::string where) { where_ = std::move(where); }
@@ -197,8 +198,13 @@ class StepReplay {
         if (p.name.starts_with(block_name(layers_.begin))) block += p.numel;
       }
       const int64_t ranks = cfg.dp * cfg.tp * cfg.pp;
-      // Weights and gradients, beside the other ranks' on this machine.
-      cold_s_per_byte_ = prof_->cold_seconds_per_byte(2 * weights * kF32, ranks);
+      // The step's working set, beside the other ranks' on this machine: weights and gradients,
+      // and the activations its forwards save for its backwards, at their peak (this replay's,
+      // without the profile). Between a weight's two reads, or an activation's write and read,
+      // the rest of it passes through the cache.
+      const int64_t saved =
+          StepReplay(cfg, corpus, stage, tp_rank, 0).run().memory.tag(MemoryTag::activations);
+      cold_s_per_byte_ = prof_->cold_seconds_per_byte(2 * weights * kF32 + saved, ranks);
       // A checkpointed block's backward right after its recomputation, which has just read the
       // block's weights: between the two reads lie one block's weights and gradients.
       recomputed_cold_s_per_byte_ = prof_->cold_seconds_per_byte(2 * block * kF32, ranks);
@@ -546,6 +552,21 @@ class StepReplay {
   }
   // A weight (or its gradient) streamed from memory when the stage's do not stay in cache.
   void cold_time(double bytes) { t_ += bytes * cold_s_per_byte_; }
+  // What a forward saves for its backward, when the step's working set does not stay in cache:
+  // written into memory last touched a step ago (read for ownership, later written back), and
+  // read again by the backward (a just recomputed block's, written a moment before, from cache).
+  double bytes_of(std::initializer_list<const std::vector<Id>*> groups) const {
+    double bytes = 0;
+    for (const std::vector<Id>* ids : groups)
+      for (Id id : *ids) bytes += double(L_.bytes(id));
+    return bytes;
+  }
+  void saved_written(std::initializer_list<const std::vector<Id>*> groups) {
+    cold_time(2.0 * bytes_of(groups));
+  }
+  void saved_read(std::initializer_list<const std::vector<Id>*> groups) {
+    t_ += bytes_of(groups) * (recomputed_ ? recomputed_cold_s_per_byte_ : cold_s_per_byte_);
+  }
   // A weight's backward reads it again (just after a checkpointed block's recomputation read it
   // too); the product g^T @ x writes its gradient: into memory out of cache (read for
   // ownership, written back) when it is the parameter's first, or into a recycled, cache-hot
@@ -808,6 +829,8 @@ class StepReplay {
     L_.at(fmt::format("backward of block {}", l));
     // In the order of the engine (latest node first); s.ids in block_forward's order.
     const auto& v = s.ids;
+    const std::vector<Id> input{s.input};
+    saved_read({&v, &s.masks, &input});
     // With dropout, each branch's dropout runs its backward before the product under it.
     const Id dmlp = drop_ ? dropped_backward(s.masks[2]) : g_out;
     Id dgl = linear_backward(b + "mlp.c_proj", F_, C_);
@@ -907,11 +930,17 @@ class StepReplay {
       acquire(unit);
       if (l + 1 < layers_.end) gather(unit + 1);
       BlockSaved s;
+      const std::vector<Id> input{x};
+      if (l == layers_.begin) saved_written({&input});  // the embeddings' or the received
       if (ckpt) {
         s.input = x;
         s.out = block_forward_no_grad(l, x);
+        const std::vector<Id> out{s.out};
+        saved_written({&out});  // the next checkpoint
       } else {
         s = block_forward(l, x);
+        const std::vector<Id> out{s.out};
+        saved_written({&s.ids, &s.masks, &out});
       }
       release(unit);
       x = s.out;
@@ -931,6 +960,7 @@ class StepReplay {
       if (cfg_.tp > 1) f.head.push_back(act(M_ * kI64));  // the targets, marked
       f.head.push_back(act(M_ * (cfg_.tp > 1 ? kF64 : kF32)));  // log-sum-exp
       f.loss = act(kF32);
+      saved_written({&f.head});
       release(lnf_unit_);
       release(wte_unit_);
     } else {
@@ -948,6 +978,8 @@ class StepReplay {
       acquire_for_backward(wte_unit_);
       gather(block_unit0_ + int(f.blocks.size()) - 1);
       L_.at(fmt::format("backward of the head (micro-batch {})", m));
+      const std::vector<Id> last_out{f.last_out};
+      saved_read({&f.head, &last_out});
       Id dlogits = act(M_ * Vl_ * kF32);
       L_.free(g);
       L_.free(f.loss);
@@ -983,7 +1015,9 @@ class StepReplay {
       if (ckpt) {
         // Recomputed with a graph from the kept input, then backward through it.
         L_.at(fmt::format("recompute of block {}", l));
-        BlockSaved again = block_forward(l, s.input);
+        const std::vector<Id> input{s.input};
+        saved_read({&input});
+        BlockSaved again = block_forward(l, s.input);  // into cache-hot memory, just freed
         recomputed_ = true;
         Id gx = block_backward(l, again, g, /*leaf_input=*/true, /*free_input=*/false);
         recomputed_ = false;

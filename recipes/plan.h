@@ -107,9 +107,11 @@ struct MachineProfile {
   double gemm_gflops = 0;       // for shapes when `gemm` is empty (datasheet profiles)
   double attention_gflops = 0;  // causal attention, forward (backward counted as twice its FLOPs)
   double bandwidth_gbs = 0;     // elementwise ops: bytes read + written per second
-  // Weights that do not stay in cache: when a stage's parameters and gradients exceed
-  // `cache_bytes`, every product re-reads its weight from memory (and backward its gradient,
-  // read and written) at `cold_gbs`, on top of the calibrated (cache-hot) product time. Measured
+  // Weights that do not stay in cache: when a stage's working set (parameters, gradients and
+  // the activations its forwards save, at their peak) exceeds `cache_bytes`, every product
+  // re-reads its weight from memory (and backward its gradient, read and written) at `cold_gbs`,
+  // on top of the calibrated (cache-hot) product time, and what a forward saves is written out
+  // (read for ownership, written back) and read back by its backward at the same price. Measured
   // by calibrate: a product cycling through more weights than the cache holds, against the same
   // product on one. 0: not modelled (GPU profiles: a GPU's product rate already streams them).
   double cold_gbs = 0;
@@ -122,7 +124,7 @@ struct MachineProfile {
   // they share: a layout of R ranks on the machine reads the curve at R / cold_ranks times a
   // rank's working set (one rank alone has the whole cache).
   int cold_ranks = 1;
-  // Extra seconds per weight byte read when each of `ranks` ranks' weights and gradients take
+  // Extra seconds per byte read from memory when each of `ranks` ranks' working sets take
   // `working_set` bytes.
   double cold_seconds_per_byte(int64_t working_set, int64_t ranks = 1) const;
   double op_overhead_us = 0;  // the fixed cost of one op (dispatch, allocation, threads)
