@@ -1,5 +1,8 @@
 // AVX-512 runs of GELU's tanh form and its backward (activations.h). Compiled with -mavx512f;
 // called only when the avx512 family is in use.
+// GCC 12's min and roundscale intrinsics pass _mm512_undefined_ps() (`__m512 __Y = __Y`) as their
+// unused merge source, which -Wmaybe-uninitialized reports once inlined; nothing reads it.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "tensor/cpu/activations.h"
