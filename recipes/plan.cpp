@@ -555,17 +555,19 @@ class StepReplay {
   // What a forward saves for its backward, when the step's working set does not stay in cache:
   // written into memory last touched a step ago (read for ownership, later written back), and
   // read again by the backward (a just recomputed block's, written a moment before, from cache).
-  double bytes_of(std::initializer_list<const std::vector<Id>*> groups) const {
+  double bytes_of(Id id) const { return double(L_.bytes(id)); }
+  double bytes_of(const std::vector<Id>& ids) const {
     double bytes = 0;
-    for (const std::vector<Id>* ids : groups)
-      for (Id id : *ids) bytes += double(L_.bytes(id));
+    for (Id id : ids) bytes += bytes_of(id);
     return bytes;
   }
-  void saved_written(std::initializer_list<const std::vector<Id>*> groups) {
-    cold_time(2.0 * bytes_of(groups));
+  template <class... Saved>
+  void saved_written(const Saved&... saved) {
+    cold_time(2.0 * (bytes_of(saved) + ...));
   }
-  void saved_read(std::initializer_list<const std::vector<Id>*> groups) {
-    t_ += bytes_of(groups) * (recomputed_ ? recomputed_cold_s_per_byte_ : cold_s_per_byte_);
+  template <class... Saved>
+  void saved_read(const Saved&... saved) {
+    t_ += (bytes_of(saved) + ...) * (recomputed_ ? recomputed_cold_s_per_byte_ : cold_s_per_byte_);
   }
   // A weight's backward reads it again (just after a checkpointed block's recomputation read it
   // too); the product g^T @ x writes its gradient: into memory out of cache (read for
@@ -829,8 +831,7 @@ class StepReplay {
     L_.at(fmt::format("backward of block {}", l));
     // In the order of the engine (latest node first); s.ids in block_forward's order.
     const auto& v = s.ids;
-    const std::vector<Id> input{s.input};
-    saved_read({&v, &s.masks, &input});
+    saved_read(v, s.masks, s.input);
     // With dropout, each branch's dropout runs its backward before the product under it.
     const Id dmlp = drop_ ? dropped_backward(s.masks[2]) : g_out;
     Id dgl = linear_backward(b + "mlp.c_proj", F_, C_);
@@ -930,17 +931,14 @@ class StepReplay {
       acquire(unit);
       if (l + 1 < layers_.end) gather(unit + 1);
       BlockSaved s;
-      const std::vector<Id> input{x};
-      if (l == layers_.begin) saved_written({&input});  // the embeddings' or the received
+      if (l == layers_.begin) saved_written(x);  // the embeddings' output or the received
       if (ckpt) {
         s.input = x;
         s.out = block_forward_no_grad(l, x);
-        const std::vector<Id> out{s.out};
-        saved_written({&out});  // the next checkpoint
+        saved_written(s.out);  // the next checkpoint
       } else {
         s = block_forward(l, x);
-        const std::vector<Id> out{s.out};
-        saved_written({&s.ids, &s.masks, &out});
+        saved_written(s.ids, s.masks, s.out);
       }
       release(unit);
       x = s.out;
@@ -960,7 +958,7 @@ class StepReplay {
       if (cfg_.tp > 1) f.head.push_back(act(M_ * kI64));  // the targets, marked
       f.head.push_back(act(M_ * (cfg_.tp > 1 ? kF64 : kF32)));  // log-sum-exp
       f.loss = act(kF32);
-      saved_written({&f.head});
+      saved_written(f.head);
       release(lnf_unit_);
       release(wte_unit_);
     } else {
@@ -978,8 +976,7 @@ class StepReplay {
       acquire_for_backward(wte_unit_);
       gather(block_unit0_ + int(f.blocks.size()) - 1);
       L_.at(fmt::format("backward of the head (micro-batch {})", m));
-      const std::vector<Id> last_out{f.last_out};
-      saved_read({&f.head, &last_out});
+      saved_read(f.head, f.last_out);
       Id dlogits = act(M_ * Vl_ * kF32);
       L_.free(g);
       L_.free(f.loss);
@@ -1015,8 +1012,7 @@ class StepReplay {
       if (ckpt) {
         // Recomputed with a graph from the kept input, then backward through it.
         L_.at(fmt::format("recompute of block {}", l));
-        const std::vector<Id> input{s.input};
-        saved_read({&input});
+        saved_read(s.input);
         BlockSaved again = block_forward(l, s.input);  // into cache-hot memory, just freed
         recomputed_ = true;
         Id gx = block_backward(l, again, g, /*leaf_input=*/true, /*free_input=*/false);
