@@ -13,12 +13,14 @@ compared with the prediction, tag by tag.
   python3 bench/plan_check.py --all --world 4 --sample 40   # 40 of them, drawn with a fixed seed
   python3 bench/plan_check.py --all --world 2 --profile /tmp/p.json --calibrate-every 10 --steps 6
   python3 bench/plan_check.py --all --world 2 --profile /tmp/p.json --calibrate-every 10 --rounds 3
-  python3 bench/plan_check.py --all --world 2 --profile /tmp/p.json --repredict /tmp/rows.json
+  python3 bench/plan_check.py --repredict /tmp/rows.json      # an earlier --json, predicted again
 
-With --calibrate-every, each calibration is also kept as PROFILE.1, PROFILE.2, ... and every round
-of --json's rows names the one it was predicted from; --repredict FILE predicts those rows again
-from their own profiles with this build's plan, against the same measurements (a change to the
-step-time model is then judged on the runs it was not tuned on, without running them again).
+With --calibrate-every, each calibration is also kept as PROFILE.<run>.1, PROFILE.<run>.2, ...
+(<run>: the run's start time and process id) and every round of --json's rows names the one it
+was predicted from, beside the run's preset, model and threads; --repredict FILE predicts those
+rows again, each with its own run's settings and batch and its rounds' profiles, with this build's
+plan, against the same measurements (a change to the step-time model is then judged on runs it
+was not tuned on, without running them again). Layout filters do not apply to it.
 
 Exits 1 when a layout's prediction is off by more than --tolerance (relative, on peak_bytes).
 Needs TINYSHAKESPEARE (or the corpus where train finds it) and, for several ranks, mpirun.
@@ -29,6 +31,7 @@ import random
 import os
 import shlex
 import shutil
+import time
 import subprocess
 import sys
 import tempfile
@@ -134,30 +137,34 @@ def main():
         if a.sample and a.sample < len(names):
             names = sorted(random.Random(1).sample(names, a.sample))
     calibrations = []  # the kept copies of each calibration's profile
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
 
     def calibrate():
         out = run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", plan,
                    "calibrate", "--out", a.profile, "--preset", a.preset, *extra, "--threads",
                    str(a.threads), "--world", "2"])
         print("  " + out.strip().splitlines()[-1].strip())
-        calibrations.append(f"{a.profile}.{len(calibrations) + 1}")
+        calibrations.append(f"{a.profile}.{run_id}.{len(calibrations) + 1}")
         shutil.copyfile(a.profile, calibrations[-1])
 
-    def common_flags(name):
+    settings = {"preset": a.preset, "model": a.model, "threads": a.threads}
+
+    def common_flags(name, rows_per_replica=None, s=settings):
         f = flags_of(name)
         layout = []
         for k, v in f.items():
             layout += [f"--{k}", str(v)]
-        rows_per_replica = a.batch_size // f["dp"] if a.all else a.batch_size
-        return f["dp"] * f["tp"] * f["pp"], ["--preset", a.preset, *extra, *layout,
-                                              "--batch-size", str(rows_per_replica)]
+        if rows_per_replica is None:
+            rows_per_replica = a.batch_size // f["dp"] if a.all else a.batch_size
+        return f["dp"] * f["tp"] * f["pp"], ["--preset", s["preset"], *shlex.split(s["model"]),
+                                              *layout, "--batch-size", str(rows_per_replica)]
 
-    def predict(name, profile, kept=None):
+    def predict(name, profile, kept=None, rows_per_replica=None, s=settings):
         """plan's prediction for the layout (with the profile's step time, if one); `kept`: the
         kept copy of that profile, named in the prediction."""
-        common = common_flags(name)[1]
+        common = common_flags(name, rows_per_replica, s)[1]
         prof = ["--profile", profile] if profile else []
-        pred = json.loads(run([plan, *common, "--threads", str(a.threads), "--format", "json",
+        pred = json.loads(run([plan, *common, "--threads", str(s["threads"]), "--format", "json",
                                *prof]).splitlines()[0])
         if kept:
             pred["profile_file"] = kept
@@ -190,21 +197,25 @@ def main():
     # over rounds of each round's median step, against the median of the rounds' predictions
     # (each from the profile calibrated last before it).
     runs = {name: [] for name in names}
+    runs_settings = {}  # each repredicted row's own run's settings
     if a.repredict:
         with open(a.repredict) as fh:
             old = json.load(fh)
         names = [row["layout"] for row in old]
         runs = {name: [] for name in names}
         for row in old:
+            runs_settings[row["layout"]] = row.get("settings", settings)
             files = row["predicted"].get("rounds_profile")
             if not files:
                 raise SystemExit(f"plan_check: {a.repredict}: layout '{row['layout']}' does not "
                                  "name its rounds' profiles (measured without --calibrate-every, "
                                  "or before they were kept)")
+            s = runs_settings[row["layout"]]
             for i, file in enumerate(files):
                 last = dict(row["measured"])
                 last["median_ms_per_step"] = last["rounds_ms_per_step"][i]
-                runs[row["layout"]].append((row["ranks"], predict(row["layout"], file, file), last))
+                pred = predict(row["layout"], file, file, row["predicted"]["batch_size"], s)
+                runs[row["layout"]].append((row["ranks"], pred, last))
         a.rounds = max(len(r) for r in runs.values())
         a.profile = a.profile or "(each round's own)"
     done = 0
@@ -256,7 +267,8 @@ def main():
                   f"(pipeline {pred['pipeline_ms']:.2f}, bubble {pred['bubble_ms']:.2f}, tp "
                   f"{pred['tp_comm_ms']:.2f}, dp exposed {pred['dp_exposed_ms']:.2f}, optimizer "
                   f"{pred['optimizer_ms']:.2f})")
-        rows.append({"layout": name, "ranks": world, "predicted": pred, "measured": last})
+        rows.append({"layout": name, "ranks": world, "predicted": pred, "measured": last,
+                     "settings": runs_settings.get(name, settings)})
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=1)

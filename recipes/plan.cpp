@@ -197,17 +197,19 @@ class StepReplay {
         weights += p.numel;
         if (p.name.starts_with(block_name(layers_.begin))) block += p.numel;
       }
-      const int64_t ranks = cfg.dp * cfg.tp * cfg.pp;
+      ranks_ = cfg.dp * cfg.tp * cfg.pp;
+      block_bytes_ = 2 * block * kF32;
       // The step's working set, beside the other ranks' on this machine: weights and gradients,
-      // and the activations its forwards save for its backwards, at their peak (this replay's,
-      // without the profile). Between a weight's two reads, or an activation's write and read,
-      // the rest of it passes through the cache.
-      const int64_t saved =
-          StepReplay(cfg, corpus, stage, tp_rank, 0).run().memory.tag(MemoryTag::activations);
-      cold_s_per_byte_ = prof_->cold_seconds_per_byte(2 * weights * kF32 + saved, ranks);
-      // A checkpointed block's backward right after its recomputation, which has just read the
-      // block's weights: between the two reads lie one block's weights and gradients.
-      recomputed_cold_s_per_byte_ = prof_->cold_seconds_per_byte(2 * block * kF32, ranks);
+      // and the activations live at the rank's peak (what its forwards saved for their
+      // backwards, and the temporaries of the moment), from a replay of its memory alone.
+      // Between a weight's two reads, or an activation's write and read, the rest of it passes
+      // through the cache. (That replay keeps attention's probabilities as the CPU does: the
+      // GPU profiles have no cold curve to read it with.)
+      if (!prof_->cold_curve.empty() || prof_->cold_gbs > 0) {
+        const int64_t live =
+            StepReplay(cfg, corpus, stage, tp_rank, 0).run().memory.tag(MemoryTag::activations);
+        cold_s_per_byte_ = prof_->cold_seconds_per_byte(2 * weights * kF32 + live, ranks_);
+      }
     }
     C_ = m_.n_embd;
     const int64_t tp = cfg.tp;
@@ -314,8 +316,12 @@ class StepReplay {
   bool drop_ = m_.dropout > 0;          // dropout's masks and passes
   int64_t threads_ = cfg_.threads > 0 ? cfg_.threads : get_num_threads();  // attention's scratch
   double cold_s_per_byte_ = 0;  // weights out of cache (MachineProfile::cold_seconds_per_byte)
-  double recomputed_cold_s_per_byte_ = 0;  // a block's weights read again after its recompute
-  bool recomputed_ = false;                // in the backward of a just recomputed block
+  // A recomputed block's weights and activations, read again by its backward: between the two
+  // lie that block's weights, gradients and activations (see backward()).
+  double recomputed_cold_s_per_byte_ = 0;
+  int64_t block_bytes_ = 0;  // one block's weights and gradients
+  int64_t ranks_ = 1;
+  bool recomputed_ = false;  // in the backward of a just recomputed block
   std::set<std::array<int64_t, 4>>* shapes_;
   double t_ = 0;  // seconds of the ops replayed so far (with a profile)
   double forward_s_ = 0, backward_s_ = 0, tp_comm_s_ = 0, fwd_tp_ = 0, bwd_tp_ = 0;
@@ -562,12 +568,16 @@ class StepReplay {
     return bytes;
   }
   template <class... Saved>
+  double total_bytes(const Saved&... saved) const {
+    return (bytes_of(saved) + ...);
+  }
+  template <class... Saved>
   void saved_written(const Saved&... saved) {
-    cold_time(2.0 * (bytes_of(saved) + ...));
+    cold_time(2.0 * total_bytes(saved...));
   }
   template <class... Saved>
   void saved_read(const Saved&... saved) {
-    t_ += (bytes_of(saved) + ...) * (recomputed_ ? recomputed_cold_s_per_byte_ : cold_s_per_byte_);
+    t_ += total_bytes(saved...) * (recomputed_ ? recomputed_cold_s_per_byte_ : cold_s_per_byte_);
   }
   // A weight's backward reads it again (just after a checkpointed block's recomputation read it
   // too); the product g^T @ x writes its gradient: into memory out of cache (read for
@@ -1014,6 +1024,9 @@ class StepReplay {
         L_.at(fmt::format("recompute of block {}", l));
         saved_read(s.input);
         BlockSaved again = block_forward(l, s.input);  // into cache-hot memory, just freed
+        if (prof_)
+          recomputed_cold_s_per_byte_ = prof_->cold_seconds_per_byte(
+              block_bytes_ + int64_t(total_bytes(again.ids, again.masks, again.input)), ranks_);
         recomputed_ = true;
         Id gx = block_backward(l, again, g, /*leaf_input=*/true, /*free_input=*/false);
         recomputed_ = false;

@@ -108,7 +108,7 @@ struct MachineProfile {
   double attention_gflops = 0;  // causal attention, forward (backward counted as twice its FLOPs)
   double bandwidth_gbs = 0;     // elementwise ops: bytes read + written per second
   // Weights that do not stay in cache: when a stage's working set (parameters, gradients and
-  // the activations its forwards save, at their peak) exceeds `cache_bytes`, every product
+  // the activations live at its peak) exceeds `cache_bytes`, every product
   // re-reads its weight from memory (and backward its gradient, read and written) at `cold_gbs`,
   // on top of the calibrated (cache-hot) product time, and what a forward saves is written out
   // (read for ownership, written back) and read back by its backward at the same price. Measured

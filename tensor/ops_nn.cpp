@@ -284,8 +284,9 @@ LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, cons
           const A* dyr = cpu::row_in_compute_type(pdy + r * C, C, dybuf);
           // x was saved by the forward long ago and comes from memory (dy was just written):
           // its rows a few ahead are asked for now, so that their misses overlap this row's work.
-          for (int64_t c = 0; c < C; c += 64 / int64_t(sizeof(T)))
-            __builtin_prefetch(px + (r + 4) * C + c);
+          if (r + 4 < R)
+            for (int64_t c = 0; c < C; c += 64 / int64_t(sizeof(T)))
+              __builtin_prefetch(px + (r + 4) * C + c);
           A m = pm[r], rs = ps[r];
           for (int64_t c = 0; c < C; ++c) {
             xhat[c] = (xr[c] - m) * rs;

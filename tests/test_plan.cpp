@@ -580,17 +580,17 @@ TEST_CASE("step time: a GPU's fused attention takes 16-bit inputs at head sizes 
 
 TEST_CASE("step time: a checkpointed block's backward finds the weights its recompute read") {
   // Checkpointing reads a block's weights once more (the recomputation); the block's backward
-  // follows at once, so its own read of them costs what one block's weights and gradients cost,
-  // not what the stage's do. With a curve cold only past the block's size (the tiny model's
-  // blocks take ~0.4 MB with gradients, the stage ~1.6 MB) the two reads cost one; with every
-  // size cold they cost two. Of the saved activations only the blocks' inputs and outputs and the
-  // head's go through memory; each block's own (`ids`) are recomputed into cache and read from
-  // there, which costs nothing with the first curve and one pass (with the block's input) with
-  // the second.
+  // follows at once, so its own read of them costs what one block's weights, gradients and
+  // activations cost, not what the stage's do. With a curve cold only past the block's size (the
+  // tiny model's blocks take ~0.4 MB with gradients and ~0.15 MB of activations at batch 1, the
+  // stage's weights and gradients ~1.6 MB) the two reads cost one; with every size cold they cost
+  // two. Of the saved activations only the blocks' inputs and outputs and the head's go through
+  // memory; each block's own (`ids`) are recomputed into cache and read from there, which costs
+  // nothing with the first curve and one pass (with the block's input) with the second.
   GptTrainConfig c = tiny_model();
   c.batch_size = 1;
   MachineProfile step = flat_profile(), everywhere = flat_profile();
-  step.cold_curve = {{512 << 10, 0.0}, {1 << 20, 1e-9}};
+  step.cold_curve = {{768 << 10, 0.0}, {1536 << 10, 1e-9}};
   everywhere.cold_curve = {{1, 1e-9}, {int64_t(1) << 40, 1e-9}};
   double block_matrix_bytes = 0;  // the blocks' product weights
   for (const auto& [name, shape] : gpt_parameter_shapes(c.model))
@@ -607,9 +607,22 @@ TEST_CASE("step time: a checkpointed block's backward finds the weights its reco
   const Saved saved = saved_bytes(c);
   const double ids_ms = 3 * saved.ids * 1e-9 * 1e3;
   CHECK(pipeline_ms(step, kBlocks) - pipeline_ms(step, kNone) == Approx(recompute_ms - ids_ms));
-  CHECK(pipeline_ms(everywhere, kBlocks) - pipeline_ms(everywhere, kNone) ==
-        Approx(recompute_ms + block_matrix_bytes * 1e-9 * 1e3 - ids_ms +
-               (saved.ids + saved.outs - saved.outs / c.model.n_layer + saved.input) * 1e-9 * 1e3));
+  const double everywhere_ms =
+      recompute_ms + block_matrix_bytes * 1e-9 * 1e3 - ids_ms +
+      (saved.ids + saved.outs - saved.outs / c.model.n_layer + saved.input) * 1e-9 * 1e3;
+  CHECK(pipeline_ms(everywhere, kBlocks) - pipeline_ms(everywhere, kNone) == Approx(everywhere_ms));
+  // Cold past 500 KiB: a block's weights and gradients (~400 KB) fit, but not with the
+  // activations the recompute wrote (and its input), so the block's backward reads all of them
+  // from memory, as with every size cold.
+  double block_numel = 0;
+  for (const auto& [name, shape] : gpt_parameter_shapes(c.model))
+    if (name.starts_with("transformer.h.0.")) block_numel += double(shape.numel());
+  REQUIRE(8 * block_numel < 420 << 10);
+  REQUIRE(8 * block_numel + saved.ids / c.model.n_layer + saved.input > 500 << 10);
+  MachineProfile block_sized = flat_profile();
+  block_sized.cold_curve = {{420 << 10, 0.0}, {500 << 10, 1e-9}};
+  CHECK(pipeline_ms(block_sized, kBlocks) - pipeline_ms(block_sized, kNone) ==
+        Approx(everywhere_ms));
 }
 
 namespace {
