@@ -45,7 +45,8 @@ inline __m512 gelu_ps(__m512 x) {
 
 // u = sqrt(2/pi) (x + 0.044715 x^3) has x's sign (its second factor is positive), so -2|u| is |x|
 // times -2 sqrt(2/pi) (1 + 0.044715 x^2), never above 0, and u < 0 where x < 0; the 2 of 2 x s (1 -
-// s) u' rides in u''s constants: 15% fewer cycles on data in cache than the formula spelled out.
+// s) u' rides in the constants of u': 15% fewer cycles on data in cache than the formula spelled
+// out.
 inline __m512 gelu_backward_ps(__m512 g, __m512 x) {
   const __m512 one = _mm512_set1_ps(1.0f);
   __m512 x2 = _mm512_mul_ps(x, x);
