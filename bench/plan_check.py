@@ -196,21 +196,21 @@ def main():
     # round of many layouts, not on every round of one; the step time compared is the median
     # over rounds of each round's median step, against the median of the rounds' predictions
     # (each from the profile calibrated last before it).
-    runs = {name: [] for name in names}
-    runs_settings = {}  # each repredicted row's own run's settings
+    old = []
     if a.repredict:
         with open(a.repredict) as fh:
             old = json.load(fh)
         names = [row["layout"] for row in old]
-        runs = {name: [] for name in names}
+    runs = {name: [] for name in names}
+    runs_settings = {}  # each repredicted row's own run's settings
+    if a.repredict:
         for row in old:
-            runs_settings[row["layout"]] = row.get("settings", settings)
+            s = runs_settings[row["layout"]] = row.get("settings", settings)
             files = row["predicted"].get("rounds_profile")
             if not files:
                 raise SystemExit(f"plan_check: {a.repredict}: layout '{row['layout']}' does not "
                                  "name its rounds' profiles (measured without --calibrate-every, "
                                  "or before they were kept)")
-            s = runs_settings[row["layout"]]
             for i, file in enumerate(files):
                 last = dict(row["measured"])
                 last["median_ms_per_step"] = last["rounds_ms_per_step"][i]

@@ -197,7 +197,6 @@ class StepReplay {
         weights += p.numel;
         if (p.name.starts_with(block_name(layers_.begin))) block += p.numel;
       }
-      ranks_ = cfg.dp * cfg.tp * cfg.pp;
       block_bytes_ = 2 * block * kF32;
       // The step's working set, beside the other ranks' on this machine: weights and gradients,
       // and the activations live at the rank's peak (what its forwards saved for their
@@ -208,7 +207,7 @@ class StepReplay {
       if (!prof_->cold_curve.empty() || prof_->cold_gbs > 0) {
         const int64_t live =
             StepReplay(cfg, corpus, stage, tp_rank, 0).run().memory.tag(MemoryTag::activations);
-        cold_s_per_byte_ = prof_->cold_seconds_per_byte(2 * weights * kF32 + live, ranks_);
+        cold_s_per_byte_ = prof_->cold_seconds_per_byte(2 * weights * kF32 + live, ranks());
       }
     }
     C_ = m_.n_embd;
@@ -320,7 +319,6 @@ class StepReplay {
   // lie that block's weights, gradients and activations (see backward()).
   double recomputed_cold_s_per_byte_ = 0;
   int64_t block_bytes_ = 0;  // one block's weights and gradients
-  int64_t ranks_ = 1;
   bool recomputed_ = false;  // in the backward of a just recomputed block
   std::set<std::array<int64_t, 4>>* shapes_;
   double t_ = 0;  // seconds of the ops replayed so far (with a profile)
@@ -340,6 +338,7 @@ class StepReplay {
   size_t previous_at_ = 0;
 
   int64_t N() const { return cfg_.dp; }
+  int64_t ranks() const { return cfg_.dp * cfg_.tp * cfg_.pp; }  // the layout's, on this machine
   bool ddp() const { return cfg_.zero == 0 && cfg_.dp > 1; }
   bool bias() const { return m_.bias; }
   std::string block_name(int64_t l) const { return fmt::format("transformer.h.{}.", l); }
@@ -1026,7 +1025,7 @@ class StepReplay {
         BlockSaved again = block_forward(l, s.input);  // into cache-hot memory, just freed
         if (prof_)
           recomputed_cold_s_per_byte_ = prof_->cold_seconds_per_byte(
-              block_bytes_ + int64_t(total_bytes(again.ids, again.masks, again.input)), ranks_);
+              block_bytes_ + int64_t(total_bytes(again.ids, again.masks, again.input)), ranks());
         recomputed_ = true;
         Id gx = block_backward(l, again, g, /*leaf_input=*/true, /*free_input=*/false);
         recomputed_ = false;

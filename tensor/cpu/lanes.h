@@ -50,9 +50,8 @@ vec_t<A> load_tail(const A* x, int64_t n, A fill) {
 }
 // The sixteen lanes' sum, pairwise: lane j takes lane j + 8, then (of the first eight) j + 4, then
 // j + 2, then j + 1 — each round the upper half of the vector added onto its lower half, in
-// registers. Through memory, each round's narrower loads of the wider store before
-// it waited for the store to reach the cache instead of being forwarded (a fifth of a softmax
-// row's time).
+// registers. Through memory, each round's narrower loads of the wider store before it waited for
+// the store to reach the cache instead of being forwarded (a fifth of a softmax row's time).
 template <class A>
 A combine(const vec_t<A>& v) {
   typedef A v8 __attribute__((vector_size(8 * sizeof(A))));
