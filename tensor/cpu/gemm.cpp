@@ -218,14 +218,17 @@ void pack_b_portable(GemmElem e, bool tb, const void* B, int64_t ldb, int64_t n,
   });
 }
 
-// Scratch buffers from the caching allocator, for one call.
+// Scratch buffers from the caching allocator, for one call; none when nothing is packed (A and B
+// read in place: the allocator's locks and look-ups cost an attention head's product ~10%).
 struct Workspace {
   float* p = nullptr;
   size_t bytes = 0;
   explicit Workspace(size_t n) : bytes(n * sizeof(float)) {
-    p = static_cast<float*>(cpu_allocator().allocate(bytes, MemoryTag::other));
+    if (n) p = static_cast<float*>(cpu_allocator().allocate(bytes, MemoryTag::other));
   }
-  ~Workspace() { cpu_allocator().deallocate(p, bytes, MemoryTag::other); }
+  ~Workspace() {
+    if (p) cpu_allocator().deallocate(p, bytes, MemoryTag::other);
+  }
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
 };
@@ -627,8 +630,10 @@ int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, bool trans_a, bool
   const Team team = team_for(K, m, n, k, a_in_place);
   const int64_t a_blocks = a_in_place || a_unpacked ? 0 : team.split_cols ? team.threads : 1;
   const int64_t b_floats = b_pack_floats(K, n, KC, b_read_in_place, b_unpacked);
-  return int64_t(cpu_allocator().accounted(size_t(MC * KC * a_blocks) * sizeof(float))) +
-         int64_t(cpu_allocator().accounted(size_t(b_floats) * sizeof(float)));
+  auto accounted = [](int64_t floats) {  // as Workspace allocates them: nothing for none
+    return floats ? int64_t(cpu_allocator().accounted(size_t(floats) * sizeof(float))) : 0;
+  };
+  return accounted(MC * KC * a_blocks) + accounted(b_floats);
 }
 
 // ---------------------------------------------------------------------------------------------
