@@ -192,6 +192,26 @@ void apply_mask(const T* P, const uint8_t* __restrict mask, T scale, int64_t n, 
   for (int64_t i = 0; i < n; ++i) dst[i] = mask[i] ? P[i] * scale : T(0);
 }
 
+// Asks for part `part` of `parts` of head bh's operands towards L2 (q, k, v; with dout, its dO
+// too; with probs, its P), while the head before it computes: their rows are short (hs elements)
+// and far apart (3C, C), streams the hardware prefetcher does not follow, and in backward they
+// come back from memory (written in forward, evicted since). A few percent off the products in
+// the `cpu` step (bench/RESULTS.md, 2026-12-08).
+template <class T>
+void prefetch_head(const T* qkv, const T* dout, const T* probs, int64_t bh, int64_t NH, int64_t Tn,
+                   int64_t C, int part, int parts) {
+  auto rows = [&](const T* base, int64_t ld, int64_t cols) {
+    const int64_t bytes = cols * int64_t(sizeof(T));
+    for (int64_t r = Tn * part / parts; r < Tn * (part + 1) / parts; ++r)
+      for (int64_t b = 0; b < bytes; b += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(base + r * ld) + b, 0, 2);
+  };
+  const int64_t b = bh / NH, hs = C / NH, h = bh % NH;
+  for (int i = 0; i < 3; ++i) rows(qkv + b * Tn * 3 * C + i * C + h * hs, 3 * C, hs);
+  if (dout) rows(dout + b * Tn * C + h * hs, C, hs);
+  if (probs) rows(probs + bh * Tn * Tn, Tn, Tn);
+}
+
 // How many (batch, head) pairs a thread takes at least, from the multiply-adds of one: a parallel
 // region costs microseconds (and far more when another process holds a core and a worker must
 // wait for it), so the heads of one decoding step, a few thousand multiply-adds each, stay on one
@@ -358,8 +378,14 @@ AttentionResult causal_attention(const Tensor& qkv_in, int n_head, double dropou
           const T* K = Q + C;
           const T* V = Q + 2 * C;
           T* P = narrow_probs ? dropped.get() + (pmask ? Tn * Tn : 0) : pprobs + bh * Tn * Tn;
+          // The next head's q, k and v, half before each of this head's two products.
+          auto prefetch_next = [&](int part) {
+            if (bh + 1 < hi) prefetch_head<T>(pqkv, nullptr, nullptr, bh + 1, NH, Tn, C, part, 2);
+          };
+          prefetch_next(0);
           head_gemm(cpu::Causal::c_lower, false, true, Tn, Tn, hs, scale, Q, 3 * C, K, 3 * C, P,
-                    Tn);                   // pass 1
+                    Tn);  // pass 1
+          prefetch_next(1);
           causal_softmax_rows(P, Tn, Tn);  // pass 2
           if (narrow_probs)                // kept for backward in 16 bits; the forward goes on in T
             dispatch_float(pdt, "causal_attention", [&]<class P16>() {
@@ -436,6 +462,11 @@ Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, co
           T* dV = dQ + 2 * C;
           T* dP = scratch.get();
           const T* P = narrow_probs ? dP + Tn * Tn * (slices - 1) : pprobs + bh * Tn * Tn;
+          // The next head's operands, a part before each of this head's four products.
+          auto prefetch_next = [&](int part) {
+            if (bh + 1 < hi) prefetch_head(pqkv, pdout, pprobs, bh + 1, NH, Tn, C, part, 4);
+          };
+          prefetch_next(0);
           if (narrow_probs) {
             T* wide = dP + Tn * Tn * (slices - 1);
             dispatch_float(probs.dtype(), "causal_attention_backward", [&]<class P16>() {
@@ -451,12 +482,15 @@ Tensor causal_attention_backward(const Tensor& dout_in, const Tensor& qkv_in, co
           }
           head_gemm(cpu::Causal::c_lower, false, true, Tn, Tn, hs, T(1), dO, C, V, 3 * C, dP,
                     Tn);  // dP'
+          prefetch_next(1);
           head_gemm(cpu::Causal::a_upper, true, false, Tn, hs, Tn, T(1), Pd, Tn, dO, C, dV,
-                    3 * C);                                                    // dV
+                    3 * C);  // dV
+          prefetch_next(2);
           if (pmask) apply_mask(dP, pmask + bh * Tn * Tn, keep, Tn * Tn, dP);  // dP
           causal_softmax_backward_rows(P, dP, Tn);                             // dS, in place of dP
           head_gemm(cpu::Causal::a_lower, false, false, Tn, hs, Tn, scale, dP, Tn, K, 3 * C, dQ,
                     3 * C);  // dQ
+          prefetch_next(3);
           head_gemm(cpu::Causal::a_upper, true, false, Tn, hs, Tn, scale, dP, Tn, Q, 3 * C, dK,
                     3 * C);  // dK
         }
